@@ -1,0 +1,122 @@
+//! The validated config that the rest of Gatehouse sees. Never deserialized directly: it is
+//! built from [`super::file::FileConfig`] by [`super::validate`], so every value here has been
+//! checked (addresses parsed, header names valid, regexes compiled, durations read).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use regex::Regex;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub log: Log,
+    pub headers: Headers,
+    pub upstreams: Vec<Upstream>,
+    pub public: Vec<PublicRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<TlsListen>,
+    pub admin_listen: SocketAddr,
+    /// Already resolved: never 0.
+    pub worker_threads: usize,
+    pub shutdown_grace: Duration,
+    pub upstream_keepalive_pool: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, checked to parse.
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// The headers Gatehouse sets towards the app, and which incoming headers it removes.
+#[derive(Debug, Clone)]
+pub struct Headers {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub groups: HeaderName,
+    pub preferred_username: HeaderName,
+    /// Extra names to strip from every incoming request.
+    pub strip: Vec<HeaderName>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Headers {
+    /// Every header name Gatehouse owns: the incoming copies of these are always removed.
+    /// (`X-Gatehouse-*` is owned as a prefix, see [`crate::proxy::hygiene`].)
+    pub fn owned_names(&self) -> Vec<HeaderName> {
+        let mut names = vec![
+            self.user.clone(),
+            self.email.clone(),
+            self.groups.clone(),
+            self.preferred_username.clone(),
+        ];
+        names.extend(self.strip.iter().cloned());
+        names
+    }
+}
+
+/// How a request's `Host` selects an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lower-case host name, no port.
+    Exact(String),
+    /// `*.example.com` kept as `.example.com`: matches any name that ends with it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub id: String,
+    pub host: Option<HostMatch>,
+    /// Starts with `/`; matched segment by segment.
+    pub path_prefix: String,
+    pub tls: bool,
+    pub address: SocketAddr,
+    /// `host[:port]` of the target URL, sent as `Host` unless `preserve_host`.
+    pub authority: String,
+    /// The target's host name, for SNI and certificate checks.
+    pub sni: String,
+    pub preserve_host: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches the prefix itself and anything below it, segment by segment.
+    Prefix(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct PublicRule {
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub case_sensitive: bool,
+}

@@ -1,0 +1,400 @@
+//! From the file as written to the model the code uses. Every check runs, and every problem is
+//! kept with its key path, so an operator sees the whole list at once.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use regex::RegexBuilder;
+
+use super::duration::parse_duration;
+use super::file::{
+    FileConfig, HeadersSection, LogSection, PublicSection, ServerSection, UpstreamSection,
+};
+use super::model::{
+    Config, Headers, HostMatch, Log, LogFormat, PathMatch, PublicRule, Server, TlsListen, Upstream,
+};
+use super::{ConfigError, ConfigErrors};
+
+/// Collects problems while the checks go on.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Keeps the value of `result`, or records its error under `path`.
+    fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.add(path, message);
+                None
+            }
+        }
+    }
+}
+
+/// Checks everything in `file`; returns the model, or every problem found.
+pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
+    let mut p = Problems::default();
+    let server = server(&file.server, &mut p);
+    let log = log(&file.log, &mut p);
+    let headers = headers(&file.headers, &mut p);
+    if file.upstreams.is_empty() {
+        p.add("upstreams", "at least one [[upstreams]] entry is needed");
+    }
+    let upstreams: Vec<Option<Upstream>> = file
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| upstream(i, u, &mut p))
+        .collect();
+    let mut seen_ids = std::collections::HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        if let Some(u) = u {
+            if !seen_ids.insert(u.id.clone()) {
+                p.add(
+                    format!("upstreams[{i}].id"),
+                    format!("`{}` is used twice", u.id),
+                );
+            }
+        }
+    }
+    let public: Vec<Option<PublicRule>> = file
+        .public
+        .iter()
+        .enumerate()
+        .map(|(i, r)| public_rule(i, r, &mut p))
+        .collect();
+
+    match (server, log, headers) {
+        (Some(server), Some(log), Some(headers)) if p.0.is_empty() => Ok(Config {
+            server,
+            log,
+            headers,
+            upstreams: upstreams.into_iter().flatten().collect(),
+            public: public.into_iter().flatten().collect(),
+        }),
+        _ => Err(ConfigErrors(p.0)),
+    }
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = SocketAddr::from_str(text) {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not an address with a port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
+    let before = p.0.len();
+    if s.listen.is_empty() && s.tls_listen.is_empty() {
+        p.add(
+            "server.listen",
+            "no proxy listener: set listen or tls_listen",
+        );
+    }
+    let listen: Vec<SocketAddr> = s
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| p.check(format!("server.listen[{i}]"), socket_addr(a)))
+        .collect();
+    let tls_listen: Vec<SocketAddr> = s
+        .tls_listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| p.check(format!("server.tls_listen[{i}]"), socket_addr(a)))
+        .collect();
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        _ if s.tls_listen.is_empty() => {
+            if s.tls_cert.is_some() || s.tls_key.is_some() {
+                p.add(
+                    "server.tls_cert",
+                    "tls_cert/tls_key are set but tls_listen is empty",
+                );
+            }
+            None
+        }
+        (Some(cert), Some(key)) => {
+            for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
+                if !std::path::Path::new(path).is_file() {
+                    p.add(
+                        format!("server.{name}"),
+                        format!("`{path}` is not a readable file"),
+                    );
+                }
+            }
+            Some(TlsListen {
+                listen: tls_listen,
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            })
+        }
+        _ => {
+            p.add(
+                "server.tls_cert",
+                "tls_listen needs both tls_cert and tls_key",
+            );
+            None
+        }
+    };
+    let admin_listen = p.check("server.admin_listen", socket_addr(&s.admin_listen));
+    let shutdown_grace = p.check("server.shutdown_grace", parse_duration(&s.shutdown_grace));
+    if s.upstream_keepalive_pool == 0 {
+        p.add("server.upstream_keepalive_pool", "must be at least 1");
+    }
+    let worker_threads = match s.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Server {
+        listen,
+        tls,
+        admin_listen: admin_listen?,
+        worker_threads,
+        shutdown_grace: shutdown_grace?,
+        upstream_keepalive_pool: s.upstream_keepalive_pool,
+    })
+}
+
+fn log(l: &LogSection, p: &mut Problems) -> Option<Log> {
+    let format = match l.format.as_str() {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        other => {
+            p.add("log.format", format!("`{other}` is not one of text, json"));
+            None
+        }
+    };
+    let level = p.check(
+        "log.level",
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&l.level)
+            .map(|_| l.level.clone())
+            .map_err(|e| format!("`{}` is not a log filter ({e})", l.level)),
+    );
+    Some(Log {
+        format: format?,
+        level: level?,
+        access_log: l.access_log,
+    })
+}
+
+fn header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_str(text).map_err(|_| format!("`{text}` is not a valid header name"))
+}
+
+fn headers(h: &HeadersSection, p: &mut Problems) -> Option<Headers> {
+    let before = p.0.len();
+    let mut named = |key: &str, value: &str| p.check(format!("headers.{key}"), header_name(value));
+    let user = named("user", &h.user);
+    let email = named("email", &h.email);
+    let groups = named("groups", &h.groups);
+    let preferred_username = named("preferred_username", &h.preferred_username);
+    let strip: Vec<HeaderName> = h
+        .strip
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| p.check(format!("headers.strip[{i}]"), header_name(n)))
+        .collect();
+    let trusted_proxies: Vec<IpNet> = h
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cidr)| {
+            let parsed = IpNet::from_str(cidr)
+                .or_else(|_| std::net::IpAddr::from_str(cidr).map(IpNet::from))
+                .map_err(|_| format!("`{cidr}` is not an IP address or CIDR block"));
+            p.check(format!("headers.trusted_proxies[{i}]"), parsed)
+        })
+        .collect();
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Headers {
+        user: user?,
+        email: email?,
+        groups: groups?,
+        preferred_username: preferred_username?,
+        strip,
+        trusted_proxies,
+    })
+}
+
+fn host_match(text: &str) -> Result<HostMatch, String> {
+    let lower = text.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid {
+        return Err(format!("`{text}` is not a host name or `*.suffix`"));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+/// Checks a configured path: absolute, and already in the normalized form requests are
+/// compared in, so a rule can never name a path no request can have.
+fn rule_path(text: &str) -> Result<String, String> {
+    match crate::proxy::path::normalize(text) {
+        Ok(normal) if normal.as_str() == text => Ok(text.to_string()),
+        Ok(normal) => Err(format!(
+            "`{text}` is not normalized; write it as `{}`",
+            normal.as_str()
+        )),
+        Err(e) => Err(format!("`{text}` is not a valid path ({e})")),
+    }
+}
+
+fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream> {
+    let at = |key: &str| format!("upstreams[{i}].{key}");
+    let before = p.0.len();
+    let host = u
+        .host
+        .as_deref()
+        .and_then(|h| p.check(at("host"), host_match(h)));
+    let path_prefix = p.check(at("path_prefix"), rule_path(&u.path_prefix));
+    let connect_timeout = p.check(at("connect_timeout"), parse_duration(&u.connect_timeout));
+    let read_timeout = p.check(at("read_timeout"), parse_duration(&u.read_timeout));
+    let target = p.check(at("url"), target(&u.url));
+    if let Some(id) = &u.id {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            p.add(
+                at("id"),
+                format!("`{id}` may hold only letters, digits, `-`, `_` and `.`"),
+            );
+        }
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    let (tls, address, authority, sni) = target?;
+    Some(Upstream {
+        id: u.id.clone().unwrap_or_else(|| format!("upstream-{i}")),
+        host,
+        path_prefix: path_prefix?,
+        tls,
+        address,
+        authority,
+        sni,
+        preserve_host: u.preserve_host,
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+    })
+}
+
+/// Reads an upstream URL into (tls, resolved address, authority, host name).
+fn target(url: &str) -> Result<(bool, SocketAddr, String, String), String> {
+    let uri = Uri::from_str(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}` must not carry user information"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{url}` has a path or query; requests keep their own path (use path_prefix to route)"
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let address = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{host}` does not resolve ({e})"))?
+        .next()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))?;
+    Ok((
+        tls,
+        address,
+        authority.as_str().to_string(),
+        host.to_string(),
+    ))
+}
+
+fn public_rule(i: usize, r: &PublicSection, p: &mut Problems) -> Option<PublicRule> {
+    let at = |key: &str| format!("public[{i}].{key}");
+    let before = p.0.len();
+    let path = match r.match_kind.as_str() {
+        "exact" => p
+            .check(at("path"), rule_path(&r.path))
+            .map(PathMatch::Exact),
+        "prefix" => p
+            .check(at("path"), rule_path(&r.path))
+            .map(PathMatch::Prefix),
+        "regex" => p
+            .check(
+                at("path"),
+                RegexBuilder::new(&format!("^(?:{})$", r.path))
+                    .case_insensitive(!r.case_sensitive)
+                    .build()
+                    .map_err(|e| format!("`{}` is not a regex ({e})", r.path)),
+            )
+            .map(PathMatch::Regex),
+        other => {
+            p.add(
+                at("match"),
+                format!("`{other}` is not one of exact, prefix, regex"),
+            );
+            None
+        }
+    };
+    let methods: Vec<Method> = r
+        .methods
+        .iter()
+        .enumerate()
+        .filter_map(|(j, m)| {
+            let parsed = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("`{m}` is not an HTTP method"));
+            p.check(format!("public[{i}].methods[{j}]"), parsed)
+        })
+        .collect();
+    if p.0.len() > before {
+        return None;
+    }
+    let path = match path? {
+        PathMatch::Exact(s) if !r.case_sensitive => PathMatch::Exact(s.to_ascii_lowercase()),
+        PathMatch::Prefix(s) if !r.case_sensitive => PathMatch::Prefix(s.to_ascii_lowercase()),
+        other => other,
+    };
+    Some(PublicRule {
+        path,
+        methods,
+        case_sensitive: r.case_sensitive,
+    })
+}

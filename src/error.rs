@@ -1,0 +1,67 @@
+//! The errors a request can end in, and the one place they become HTTP statuses.
+
+use http::StatusCode;
+
+use crate::proxy::path::PathError;
+
+/// Why Gatehouse answered a request itself instead of the app.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("bad request path: {0}")]
+    BadPath(#[from] PathError),
+    #[error("no upstream serves this host and path")]
+    NoUpstream,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("upstream unavailable ({0})")]
+    UpstreamUnavailable(&'static str),
+    #[error("upstream timed out ({0})")]
+    UpstreamTimeout(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl RequestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::BadPath(_) => StatusCode::BAD_REQUEST,
+            RequestError::NoUpstream | RequestError::NotFound => StatusCode::NOT_FOUND,
+            RequestError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            RequestError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: short, and never the upstream's internals.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            RequestError::BadPath(_) => "The request path is not allowed.",
+            RequestError::NoUpstream | RequestError::NotFound => {
+                "Nothing is served at this address."
+            }
+            RequestError::Unauthenticated => "Sign-in is required.",
+            RequestError::UpstreamUnavailable(_) => "The application is not reachable right now.",
+            RequestError::UpstreamTimeout(_) => "The application took too long to answer.",
+            RequestError::Internal(_) => "Something went wrong in the gateway.",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_status_its_meaning_calls_for() {
+        assert_eq!(RequestError::BadPath(PathError::Nul).status(), 400);
+        assert_eq!(RequestError::NoUpstream.status(), 404);
+        assert_eq!(
+            RequestError::UpstreamUnavailable("connect_refused").status(),
+            502
+        );
+        assert_eq!(RequestError::UpstreamTimeout("read_timeout").status(), 504);
+    }
+}

@@ -1,0 +1,39 @@
+//! Gatehouse: an authentication sidecar in front of web apps that have no login of their own.
+//!
+//! # Request flow
+//!
+//! ```text
+//! client ──> proxy listener (pingora; HTTP/1.1, h2c, TLS+h2)
+//!              │ proxy::Gatehouse::request_filter
+//!              ├─ proxy::request_id   keep a sane X-Request-Id or make one
+//!              ├─ proxy::path         normalize once; refuse %2f, \, NUL, climbs above /
+//!              ├─ proxy::hygiene      strip every incoming identity / X-Gatehouse-* header
+//!              ├─ proxy::forwarded    X-Forwarded-*, trusted only from trusted_proxies
+//!              ├─ proxy::routes       classify: internal | auth (/oauth2/*) | public | protected
+//!              │                      and pick the upstream (host, longest path prefix)
+//!              ├─ protected without a session: 401 (API) or 302 to /oauth2/start (browser)
+//!              │                      (proxy::respond writes every early answer)
+//!              └─ upstream (pingora connection pool); failures -> 502/504 in fail_to_proxy
+//!            logging(): metrics + one access line per request
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: the file structs (serde, unknown keys rejected), validation that reports every
+//!   problem with its key path, and the internal model.
+//! - [`server`]: binds listeners up front, builds the pingora services, runs and drains.
+//! - [`proxy`]: the `ProxyHttp` phases and one module per pipeline step.
+//! - [`admin`]: the admin listener (`/metrics`, `/ping`, `/ready`).
+//! - [`error`]: request errors and their HTTP statuses, in one place.
+//! - [`headers`]: header names and the header-editing trait.
+//! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;

@@ -1,0 +1,162 @@
+//! Metric definitions and the helpers that record them. Each Gatehouse instance owns its own
+//! registry (so in-process tests do not share counters); `/metrics` on the admin listener
+//! renders it. Labels are bounded: never a path, host, user or email.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every reason `gatehouse_upstream_errors_total` can carry.
+pub const UPSTREAM_ERROR_REASONS: &[&str] = &[
+    "connect_refused",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "reset",
+    "tls",
+    "other",
+];
+
+/// Every route kind the request metrics can carry.
+pub const KINDS: &[&str] = &["public", "protected", "auth", "internal"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGauge,
+    upstream_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_requests_total",
+                "Requests answered, by route kind and status code.",
+            ),
+            &["kind", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_request_duration_seconds",
+                "Time from request header to the end of the response, by route kind.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["kind"],
+        )?;
+        let in_flight = IntGauge::new(
+            "gatehouse_http_requests_in_flight",
+            "Requests being handled now.",
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_errors_total",
+                "Requests that failed at the upstream, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_build_info",
+                "Always 1; the label carries the version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for reason in UPSTREAM_ERROR_REASONS {
+            upstream_errors.with_label_values(&[reason]);
+        }
+        for kind in KINDS {
+            duration.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_errors,
+        })
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn request_finished(&self, kind: &str, code: u16, elapsed: Duration) {
+        self.in_flight.dec();
+        let (digits, len) = itoa_buf(code);
+        let code = std::str::from_utf8(&digits[..len]).unwrap_or("0");
+        self.requests.with_label_values(&[kind, code]).inc();
+        self.duration
+            .with_label_values(&[kind])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    pub fn upstream_error(&self, reason: &str) {
+        self.upstream_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4096);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// A status code as decimal text without allocating: (digits, length).
+fn itoa_buf(code: u16) -> ([u8; 5], usize) {
+    let mut digits = [0u8; 5];
+    let mut n = code;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[..len].reverse();
+    (digits, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_request_is_counted_by_kind_and_code() {
+        let m = Metrics::new().unwrap();
+        m.request_started();
+        m.request_finished("public", 200, Duration::from_millis(3));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("gatehouse_http_requests_total{code=\"200\",kind=\"public\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("gatehouse_http_requests_in_flight 0"));
+        assert!(text.contains("gatehouse_upstream_errors_total{reason=\"connect_refused\"} 0"));
+        assert!(text.contains("gatehouse_build_info{version="));
+    }
+}

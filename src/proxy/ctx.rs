@@ -1,0 +1,50 @@
+//! The per-request state carried through the pipeline phases (pingora's CTX). A fresh one is
+//! made for every request; anything that outlives a request lives on [`super::Gatehouse`].
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::path::NormalPath;
+use super::routes::Route;
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    /// Set once the in-flight gauge was raised, so `logging` lowers it exactly once.
+    pub counted: bool,
+    pub route: Option<Route>,
+    pub path: Option<NormalPath>,
+    /// Index into the service's upstream table.
+    pub upstream: Option<usize>,
+    pub client: Option<IpAddr>,
+    pub request_id: String,
+    /// The bounded reason label when the upstream failed.
+    pub upstream_error: Option<&'static str>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            counted: false,
+            route: None,
+            path: None,
+            upstream: None,
+            client: None,
+            request_id: String::new(),
+            upstream_error: None,
+        }
+    }
+
+    /// The `kind` label for metrics; a request refused before classification counts as
+    /// protected, the kind every unknown request is treated as.
+    pub fn kind(&self) -> &'static str {
+        self.route.map_or("protected", Route::kind)
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

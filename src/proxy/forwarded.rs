@@ -1,0 +1,167 @@
+//! `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. Incoming values are believed only
+//! when the direct peer is one of `headers.trusted_proxies`; from anyone else they are
+//! replaced by what Gatehouse saw itself.
+
+use std::net::IpAddr;
+
+use http::header::{FORWARDED, HOST};
+use http::{HeaderName, HeaderValue};
+
+use crate::headers::HeaderEdit;
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    trusted: Vec<IpNet>,
+}
+
+/// What the client side of a request looked like, as far as Gatehouse can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The address that opened the connection (`None` on a Unix socket).
+    pub addr: Option<IpAddr>,
+    /// Whether the connection came in over TLS.
+    pub tls: bool,
+}
+
+impl Forwarding {
+    pub fn new(trusted: Vec<IpNet>) -> Self {
+        Self { trusted }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Rewrites the forwarding headers in place and returns the client's address: the
+    /// right-most address in the chain that is not a trusted proxy.
+    pub fn apply(
+        &self,
+        headers: &mut impl HeaderEdit,
+        peer: Peer,
+        authority: Option<&str>,
+    ) -> Option<IpAddr> {
+        let peer_ip = peer.addr.map(|ip| ip.to_canonical());
+        let trusted_peer = peer_ip.is_some_and(|ip| self.is_trusted(ip));
+        let mut chain = String::new();
+        let mut client = peer_ip;
+        if trusted_peer {
+            for value in headers.map().get_all(&X_FORWARDED_FOR) {
+                if let Ok(v) = value.to_str() {
+                    if !chain.is_empty() {
+                        chain.push_str(", ");
+                    }
+                    chain.push_str(v.trim());
+                }
+            }
+            let hops: Vec<IpAddr> = chain
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            if let Some(ip) = hops
+                .iter()
+                .rev()
+                .find(|ip| !self.is_trusted(**ip))
+                .or(hops.first())
+            {
+                client = Some(*ip);
+            }
+        } else {
+            for name in [&X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED] {
+                headers.remove(name);
+            }
+        }
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_REAL_IP);
+        if let Some(ip) = peer_ip {
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(&ip.to_string());
+        }
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            if !chain.is_empty() {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        if let Some(ip) = client {
+            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(X_REAL_IP, v);
+            }
+        }
+        if !headers.map().contains_key(&X_FORWARDED_PROTO) {
+            let proto = if peer.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !headers.map().contains_key(&X_FORWARDED_HOST) {
+            let host = headers
+                .map()
+                .get(HOST)
+                .cloned()
+                .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+            if let Some(host) = host {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+        }
+        client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn peer(ip: &str) -> Peer {
+        Peer {
+            addr: Some(ip.parse().unwrap()),
+            tls: false,
+        }
+    }
+
+    fn with_spoof() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(X_FORWARDED_HOST, "evil.example".parse().unwrap());
+        h.insert(X_REAL_IP, "6.6.6.6".parse().unwrap());
+        h.insert(HOST, "app.example".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_set_forwarding_headers() {
+        let f = Forwarding::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = with_spoof();
+        let client = f.apply(&mut h, peer("192.0.2.7"), None);
+        assert_eq!(client, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example");
+        assert_eq!(h[&X_REAL_IP], "192.0.2.7");
+    }
+
+    #[test]
+    fn trusted_peer_appends_and_the_client_is_the_last_untrusted_hop() {
+        let f = Forwarding::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = with_spoof();
+        h.insert(
+            X_FORWARDED_FOR,
+            "6.6.6.6, 198.51.100.1, 10.1.1.1".parse().unwrap(),
+        );
+        let client = f.apply(&mut h, peer("10.0.0.2"), None);
+        assert_eq!(client, Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(
+            h[&X_FORWARDED_FOR],
+            "6.6.6.6, 198.51.100.1, 10.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "evil.example");
+    }
+}

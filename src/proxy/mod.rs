@@ -1,0 +1,417 @@
+//! The proxy pipeline: pingora's [`ProxyHttp`] phases, in the order a request meets them.
+//!
+//! ```text
+//! early_request_filter  count the request in flight
+//! request_filter        request id -> normalize path -> strip owned headers -> forwarding
+//!                       headers -> classify route -> (internal endpoint | no upstream |
+//!                       public | protected: session check, else 401 / 302 to login)
+//! upstream_peer         the upstream picked in request_filter
+//! upstream_request_filter  Host for the upstream
+//! fail_to_proxy         502 / 504 page and the upstream error metric
+//! logging               metrics and the access line, once per request
+//! ```
+
+pub mod ctx;
+pub mod forwarded;
+pub mod hygiene;
+pub mod path;
+pub mod request_id;
+pub mod respond;
+pub mod routes;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, StatusCode, Uri};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::model::Upstream;
+use crate::config::Config;
+use crate::error::RequestError;
+use crate::headers::{HeaderEdit, X_REQUEST_ID};
+use crate::health::Readiness;
+use crate::logging::{access_line, AccessLine, Redacted};
+use crate::metrics::Metrics;
+pub use ctx::RequestCtx;
+use forwarded::{Forwarding, Peer};
+use hygiene::HeaderHygiene;
+use path::{NormalPath, PathError};
+use request_id::RequestIds;
+use routes::{Route, Router};
+
+/// The proxy service: everything that lives across requests, built once at startup.
+pub struct Gatehouse {
+    router: Router,
+    /// One prepared peer per upstream, in the router's order.
+    peers: Vec<HttpPeer>,
+    hygiene: HeaderHygiene,
+    forwarding: Forwarding,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    access_log: bool,
+}
+
+fn peer_for(u: &Upstream) -> HttpPeer {
+    let mut peer = HttpPeer::new(u.address, u.tls, u.sni.clone());
+    peer.options.connection_timeout = Some(u.connect_timeout);
+    peer.options.read_timeout = Some(u.read_timeout);
+    peer.options.write_timeout = Some(u.read_timeout);
+    peer
+}
+
+/// Splits the request target into its raw path and query.
+fn target(session: &Session) -> Result<(String, Option<String>), PathError> {
+    let req = session.req_header();
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') {
+        let raw = std::str::from_utf8(raw).map_err(|_| PathError::NotAscii)?;
+        Ok(match raw.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (raw.to_string(), None),
+        })
+    } else {
+        // absolute-form (`GET http://host/x`) or h2: the parsed URI has the parts.
+        Ok((
+            req.uri.path().to_string(),
+            req.uri.query().map(str::to_string),
+        ))
+    }
+}
+
+impl Gatehouse {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
+        let router = Router::new(config.public.clone(), config.upstreams.clone());
+        let peers = router.upstreams().iter().map(peer_for).collect();
+        Self {
+            router,
+            peers,
+            hygiene: HeaderHygiene::new(&config.headers.owned_names()),
+            forwarding: Forwarding::new(config.headers.trusted_proxies.clone()),
+            ids: RequestIds::default(),
+            metrics,
+            readiness,
+            access_log: config.log.access_log,
+        }
+    }
+
+    /// Normalizes the path and puts the normalized form in the request that goes upstream.
+    fn normalize_target(&self, session: &mut Session) -> Result<NormalPath, RequestError> {
+        let (raw_path, query) = target(session)?;
+        let normal = path::normalize(&raw_path)?;
+        if normal.as_str() != raw_path {
+            let rebuilt = match &query {
+                Some(q) => format!("{}?{q}", normal.as_str()),
+                None => normal.as_str().to_string(),
+            };
+            let uri =
+                Uri::try_from(rebuilt).map_err(|_| RequestError::BadPath(PathError::BadEscape))?;
+            session.req_header_mut().set_uri(uri);
+        }
+        Ok(normal)
+    }
+
+    /// The `rd` target of a login redirect: the normalized path and the original query.
+    fn return_to(session: &Session, path: &NormalPath) -> String {
+        let query = session.req_header().uri.query();
+        let mut rd = String::with_capacity(path.as_str().len() + query.map_or(0, |q| q.len() + 1));
+        rd.push_str(path.as_str());
+        if let Some(q) = query {
+            rd.push('?');
+            rd.push_str(q);
+        }
+        format!(
+            "{}/start?rd={}",
+            routes::AUTH_PREFIX,
+            percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+
+    /// Answers a request Gatehouse serves itself. Returns `Ok(true)`: the response is written.
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        error: RequestError,
+    ) -> Result<bool> {
+        tracing::debug!(request_id = %ctx.request_id, %error, "answered by gatehouse");
+        respond::error(session, &error, &ctx.request_id).await?;
+        Ok(true)
+    }
+
+    async fn answer_text(
+        &self,
+        session: &mut Session,
+        status: StatusCode,
+        text: &'static str,
+    ) -> Result<bool> {
+        respond::send(
+            session,
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(text.as_bytes()),
+            &[],
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
+/// The bounded reason label for an upstream failure, and whether it was a timeout.
+fn upstream_reason(e: &Error) -> (&'static str, bool) {
+    match e.etype() {
+        ErrorType::ConnectRefused => ("connect_refused", false),
+        ErrorType::ConnectTimedout => ("connect_timeout", true),
+        ErrorType::ReadTimedout => ("read_timeout", true),
+        ErrorType::WriteTimedout => ("write_timeout", true),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            ("reset", false)
+        }
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert => ("tls", false),
+        _ => ("other", false),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gatehouse {
+    type CTX = RequestCtx;
+
+    /// A fresh context per request.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Counts the request in flight before anything can fail.
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.metrics.request_started();
+        ctx.counted = true;
+        Ok(())
+    }
+
+    /// The whole inbound pipeline. Returns `Ok(true)` when Gatehouse has written the response
+    /// itself (every early answer below says so), `Ok(false)` to proxy the request upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = self
+            .ids
+            .for_request(session.req_header().headers.get(X_REQUEST_ID));
+
+        let peer = Peer {
+            addr: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        };
+        let authority = session
+            .req_header()
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string());
+        let req = session.req_header_mut();
+        let stripped = self.hygiene.strip(req);
+        if stripped > 0 {
+            tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
+        }
+        ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            HeaderEdit::insert(req, X_REQUEST_ID, id);
+        }
+        tracing::debug!(request_id = %ctx.request_id, headers = ?Redacted(&req.headers), "request");
+
+        let path = match self.normalize_target(session) {
+            Ok(path) => path,
+            // Early answer: 400 for a path that cannot be checked safely.
+            Err(e) => return self.answer_error(session, ctx, e).await,
+        };
+        let req = session.req_header();
+
+        let route = self.router.classify(&req.method, &path);
+        ctx.route = Some(route);
+        ctx.path = Some(path);
+        match route {
+            // Early answer: liveness.
+            Route::Ping => return self.answer_text(session, StatusCode::OK, "OK\n").await,
+            // Early answer: readiness.
+            Route::Ready if self.readiness.is_ready() => {
+                return self.answer_text(session, StatusCode::OK, "OK\n").await
+            }
+            Route::Ready => {
+                return self
+                    .answer_text(session, StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    .await
+            }
+            // Early answer: the login endpoints are not served yet.
+            Route::Auth => {
+                return self
+                    .answer_error(session, ctx, RequestError::NotFound)
+                    .await
+            }
+            Route::Public | Route::Protected => {}
+        }
+
+        let host = session
+            .req_header()
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(authority.as_deref());
+        let path = ctx
+            .path
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
+        ctx.upstream = self.router.upstream_index(host, path);
+        if ctx.upstream.is_none() {
+            // Early answer: 404, nothing is configured for this host and path.
+            return self
+                .answer_error(session, ctx, RequestError::NoUpstream)
+                .await;
+        }
+
+        if route == Route::Public {
+            return Ok(false);
+        }
+        // Protected, and no session mechanism accepted the request.
+        let req = session.req_header();
+        if respond::is_browser(&req.method, &req.headers) {
+            let location = Self::return_to(session, path);
+            // Early answer: a browser is sent to log in.
+            respond::redirect(session, &location).await?;
+            Ok(true)
+        } else {
+            // Early answer: 401 for API clients.
+            self.answer_error(session, ctx, RequestError::Unauthenticated)
+                .await
+        }
+    }
+
+    /// The upstream that `request_filter` picked.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.upstream
+            .and_then(|i| self.peers.get(i))
+            .map(|p| Box::new(p.clone()))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))
+    }
+
+    /// Sets `Host` to the upstream's own unless the upstream preserves the client's.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(u) = ctx.upstream.and_then(|i| self.router.upstreams().get(i)) {
+            if !u.preserve_host {
+                upstream_request.insert_header(HOST, u.authority.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a failure into our own 502/504 page (never the upstream's internals) and counts
+    /// upstream failures by reason.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => {
+                let code = *code;
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let html = respond::is_browser(
+                    &session.req_header().method,
+                    &session.req_header().headers,
+                );
+                let (kind, body) = respond::error_body(
+                    status,
+                    "The request could not be handled.",
+                    &ctx.request_id,
+                    html,
+                );
+                let _ = respond::send(session, status, kind, body, &[]).await;
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            }
+            (ErrorSource::Upstream, _) => {
+                let (reason, timeout) = upstream_reason(e);
+                ctx.upstream_error = Some(reason);
+                self.metrics.upstream_error(reason);
+                tracing::warn!(request_id = %ctx.request_id, reason, error = %e, "upstream failed");
+                if timeout {
+                    RequestError::UpstreamTimeout(reason)
+                } else {
+                    RequestError::UpstreamUnavailable(reason)
+                }
+            }
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => {
+                // The client went away: nobody to answer.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            (ErrorSource::Downstream, _) => RequestError::BadPath(PathError::BadEscape),
+            _ => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "internal error");
+                RequestError::Internal("proxy")
+            }
+        };
+        let code = error.status().as_u16();
+        if session.response_written().is_none() {
+            if let Err(write_error) = respond::error(session, &error, &ctx.request_id).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not write error page");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records the request metrics and writes the access line, once per request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        if ctx.counted {
+            self.metrics.request_finished(ctx.kind(), status, elapsed);
+        }
+        if self.access_log {
+            let upstream = ctx
+                .upstream
+                .and_then(|i| self.router.upstreams().get(i))
+                .map(|u| u.id.as_str());
+            access_line(&AccessLine {
+                method: session.req_header().method.as_str(),
+                path: ctx.path.as_ref().map_or("-", NormalPath::as_str),
+                status,
+                elapsed,
+                kind: ctx.kind(),
+                upstream,
+                client: ctx.client,
+                request_id: &ctx.request_id,
+                error: ctx.upstream_error.or(e.map(|_| "error")),
+            });
+        }
+    }
+}

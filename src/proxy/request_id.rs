@@ -1,0 +1,68 @@
+//! Request ids: an incoming `X-Request-Id` that looks like an id is kept, so traces join up
+//! across proxies; otherwise Gatehouse makes one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Makes process-unique ids: a per-start prefix and a counter.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self {
+            prefix: nanos ^ std::process::id().rotate_left(16),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+/// An id we accept from a client: 1 to 64 characters of `[A-Za-z0-9._-]`.
+fn is_plausible(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+impl RequestIds {
+    /// The id for a request that came with `incoming`.
+    pub fn for_request(&self, incoming: Option<&HeaderValue>) -> String {
+        match incoming {
+            Some(v) if is_plausible(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => format!(
+                "{:08x}{:012x}",
+                self.prefix,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_incoming_id_is_kept_and_a_strange_one_replaced() {
+        let ids = RequestIds::default();
+        assert_eq!(
+            ids.for_request(Some(&HeaderValue::from_static("abc-123"))),
+            "abc-123"
+        );
+        let made = ids.for_request(Some(&HeaderValue::from_static("a b<script>")));
+        assert_eq!(made.len(), 20);
+        assert_ne!(ids.for_request(None), ids.for_request(None));
+    }
+}

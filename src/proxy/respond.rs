@@ -1,0 +1,168 @@
+//! Early answers: responses Gatehouse writes itself (errors, redirects, `/ping`). Error pages
+//! come as a small HTML page or as JSON, by what the client accepts.
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, Method, StatusCode};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::error::RequestError;
+
+const X_REQUESTED_WITH: &str = "x-requested-with";
+
+/// A request a browser made for a page (so it can follow a login redirect), as opposed to an
+/// API call that should get 401: a GET or HEAD that accepts `text/html` and is not XHR.
+pub fn is_browser(method: &Method, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && !headers.contains_key(X_REQUESTED_WITH)
+        && accepts_html(headers)
+}
+
+fn accepts_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+/// Writes a whole response. HEAD requests get the headers only.
+pub async fn send(
+    session: &mut Session,
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    extra: &[(http::HeaderName, String)],
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    header.insert_header(CONTENT_TYPE, content_type)?;
+    header.insert_header(CONTENT_LENGTH, body.len())?;
+    header.insert_header(CACHE_CONTROL, "no-store")?;
+    for (name, value) in extra {
+        header.insert_header(name.clone(), value.as_str())?;
+    }
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The body of an error answer, as HTML for browsers and JSON for everyone else.
+pub fn error_body(
+    status: StatusCode,
+    message: &str,
+    request_id: &str,
+    html: bool,
+) -> (&'static str, Bytes) {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    if html {
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
+             <body><main><h1>{code} {reason}</h1><p>{message}</p><p><small>Request id: {id}</small></p></main></body></html>\n",
+            code = status.as_u16(),
+            reason = escape_html(reason),
+            message = escape_html(message),
+            id = escape_html(request_id),
+        );
+        ("text/html; charset=utf-8", Bytes::from(page))
+    } else {
+        let json = serde_json::json!({
+            "status": status.as_u16(),
+            "error": reason,
+            "message": message,
+            "request_id": request_id,
+        });
+        ("application/json", Bytes::from(json.to_string()))
+    }
+}
+
+/// Answers with the status and page of `error`.
+pub async fn error(session: &mut Session, error: &RequestError, request_id: &str) -> Result<()> {
+    let status = error.status();
+    let html = accepts_html(&session.req_header().headers);
+    let (content_type, body) = error_body(status, error.public_message(), request_id, html);
+    let extra = match error {
+        RequestError::Unauthenticated => {
+            vec![(WWW_AUTHENTICATE, "Bearer realm=\"gatehouse\"".to_string())]
+        }
+        _ => Vec::new(),
+    };
+    send(session, status, content_type, body, &extra).await
+}
+
+/// A 302 to `location`.
+pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
+    send(
+        session,
+        StatusCode::FOUND,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"Redirecting\n"),
+        &[(LOCATION, location.to_string())],
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_page_load_is_a_browser_and_an_xhr_or_post_is_not() {
+        let page = headers(&[("accept", "text/html,application/xhtml+xml")]);
+        assert!(is_browser(&Method::GET, &page));
+        assert!(!is_browser(&Method::POST, &page));
+        let xhr = headers(&[
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest"),
+        ]);
+        assert!(!is_browser(&Method::GET, &xhr));
+        assert!(!is_browser(
+            &Method::GET,
+            &headers(&[("accept", "application/json")])
+        ));
+        assert!(!is_browser(&Method::GET, &headers(&[])));
+    }
+
+    #[test]
+    fn error_pages_escape_what_they_show() {
+        let (kind, body) = error_body(StatusCode::BAD_GATEWAY, "<script>", "id\"1", true);
+        assert!(kind.starts_with("text/html"));
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains("&lt;script&gt;") && body.contains("id&quot;1"));
+        let (kind, body) = error_body(StatusCode::BAD_GATEWAY, "down", "1", false);
+        assert_eq!(kind, "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 502);
+    }
+}

@@ -1,0 +1,181 @@
+//! Building and running the pingora server: the proxy service (plain and TLS listeners) and
+//! the admin service, over listeners bound up front.
+
+pub mod prebound;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora::services::listening::Service as ListeningService;
+use tokio::sync::watch;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+use crate::proxy::Gatehouse;
+use prebound::{Bound, PreBound};
+
+/// Why Gatehouse could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what} listener): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load the TLS certificate or key: {0}")]
+    Tls(String),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start the server thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Where a started Gatehouse listens (ports resolved, so port 0 in config shows its real port).
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub proxy: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// A server with its sockets bound, ready to run.
+pub struct Prepared {
+    server: Server,
+    pub addresses: Addresses,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, StartError> {
+    addrs.iter().map(|a| Bound::bind(*a, what)).collect()
+}
+
+/// Binds every listener and builds the services. Nothing is served until [`Prepared::run`].
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let readiness = Arc::new(Readiness::default());
+
+    let proxy_sockets = bind_all(&config.server.listen, "proxy")?;
+    let tls_sockets = match &config.server.tls {
+        Some(tls) => bind_all(&tls.listen, "proxy TLS")?,
+        None => Vec::new(),
+    };
+    let admin_socket = Bound::bind(config.server.admin_listen, "admin")?;
+    let addresses = Addresses {
+        proxy: proxy_sockets.iter().map(|b| b.addr).collect(),
+        tls: tls_sockets.iter().map(|b| b.addr).collect(),
+        admin: admin_socket.addr,
+    };
+
+    let grace = config.server.shutdown_grace.as_secs_f64().ceil() as u64;
+    let conf = ServerConf {
+        threads: config.server.worker_threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone());
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, gatehouse)
+        .name("gatehouse proxy")
+        .server_options(server_options)
+        .build();
+    for socket in &proxy_sockets {
+        proxy.add_tcp(&socket.key());
+    }
+    if let Some(tls) = &config.server.tls {
+        for socket in &tls_sockets {
+            let mut settings =
+                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&socket.key(), None, settings);
+        }
+    }
+    let mut sockets = proxy_sockets;
+    sockets.extend(tls_sockets);
+    server.add_service(PreBound::new(proxy, sockets));
+
+    let mut admin = ListeningService::new(
+        "gatehouse admin".to_string(),
+        AdminApp::new(metrics.clone(), readiness.clone()),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_socket.key());
+    server.add_service(PreBound::new(admin, vec![admin_socket]));
+
+    Ok(Prepared {
+        server,
+        addresses,
+        metrics,
+        readiness,
+    })
+}
+
+impl Prepared {
+    /// Serves until `signals` says stop, then drains. Blocks.
+    pub fn run(self, signals: Box<dyn ShutdownSignalWatch>) {
+        self.readiness.set_serving();
+        self.server.run(RunArgs {
+            shutdown_signal: signals,
+        });
+    }
+
+    /// Serves until SIGTERM or SIGINT, drains, and returns when every request has finished
+    /// (the process exits early once nothing is in flight). For the binary.
+    pub fn run_until_signal(self) {
+        shutdown::exit_when_drained(self.server.watch_execution_phase(), self.metrics.clone());
+        let signals = Box::new(shutdown::OsSignals {
+            readiness: self.readiness.clone(),
+        });
+        self.run(signals);
+    }
+}
+
+/// A Gatehouse running on a background thread of this process (for tests and embedding).
+pub struct Running {
+    pub addresses: Addresses,
+    pub metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Prepares and starts Gatehouse on a background thread.
+pub fn spawn(config: &Config) -> Result<Running, StartError> {
+    let prepared = prepare(config)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let running = Running {
+        addresses: prepared.addresses.clone(),
+        metrics: prepared.metrics.clone(),
+        stop,
+    };
+    let signals = Box::new(shutdown::Manual {
+        stop: stop_rx,
+        readiness: prepared.readiness.clone(),
+    });
+    std::thread::Builder::new()
+        .name("gatehouse".into())
+        .spawn(move || prepared.run(signals))
+        .map_err(StartError::Thread)?;
+    Ok(running)
+}

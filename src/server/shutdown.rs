@@ -1,0 +1,105 @@
+//! How Gatehouse stops. SIGTERM and SIGINT both drain: `/ready` turns 503, the listeners stop
+//! accepting, in-flight requests finish, and the process exits as soon as none is left or when
+//! `server.shutdown_grace` runs out, whichever comes first. (pingora alone would treat SIGINT
+//! as a fast stop and always sleep the whole grace period.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+
+/// Waits for SIGTERM, SIGINT or SIGQUIT.
+pub struct OsSignals {
+    pub readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for OsSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+        ];
+        let mut streams = Vec::new();
+        for kind in kinds {
+            match signal(kind) {
+                Ok(s) => streams.push(s),
+                Err(e) => tracing::error!(error = %e, "cannot listen for a shutdown signal"),
+            }
+        }
+        let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
+        if waits.len() == 0 {
+            std::future::pending::<()>().await;
+        }
+        futures_select_any(waits.collect()).await;
+        self.readiness.set_draining();
+        tracing::info!("shutdown signal received: draining");
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Resolves when any of the futures does.
+async fn futures_select_any<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// A shutdown trigger for Gatehouse run inside another program (the tests).
+pub struct Manual {
+    pub stop: watch::Receiver<bool>,
+    pub readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Manual {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut stop = self.stop.clone();
+        // An error means the sender is gone: nobody can stop us any more, so run on.
+        if stop.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.readiness.set_draining();
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Ends the process as soon as the grace period has begun and no request is in flight.
+/// Runs on its own thread; only for the real binary, never inside tests.
+pub fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    metrics: Arc<Metrics>,
+) {
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                let mut quiet_polls = 0;
+                while quiet_polls < 2 {
+                    std::thread::sleep(Duration::from_millis(25));
+                    quiet_polls = if metrics.in_flight() == 0 {
+                        quiet_polls + 1
+                    } else {
+                        0
+                    };
+                }
+                tracing::info!("all requests finished: exiting");
+                std::process::exit(0);
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    });
+}
