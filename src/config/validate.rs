@@ -58,12 +58,12 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
         .map(|(i, u)| upstream(i, u, &mut p))
         .collect();
     let mut seen_ids = std::collections::HashSet::new();
-    for (i, u) in upstreams.iter().enumerate() {
-        if let Some(u) = u {
-            if !seen_ids.insert(u.id.clone()) {
+    for (i, u) in file.upstreams.iter().enumerate() {
+        if let Some(id) = &u.id {
+            if !seen_ids.insert(id) {
                 p.add(
                     format!("upstreams[{i}].id"),
-                    format!("`{}` is used twice", u.id),
+                    format!("`{id}` is used twice"),
                 );
             }
         }

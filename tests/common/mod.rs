@@ -66,6 +66,22 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Waits (up to 5 s) until a sample reaches `expected`, and returns its last value:
+    /// metrics are recorded after the response has been sent, so a client can be faster.
+    pub async fn metric_reaching(&self, sample: &str, expected: f64) -> f64 {
+        let mut value = self.metric(sample).await;
+        for _ in 0..100 {
+            if value == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            value = self.metric(sample).await;
+        }
+        value
+    }
+}
+
 /// Config for a Gatehouse on free ports in front of `upstream`, plus `extra` TOML.
 pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
     format!(

@@ -1,0 +1,227 @@
+//! The `gatehouse` binary: `check-config` on every shipped and every bad config, startup
+//! errors, and a graceful SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn check_config(path: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("run gatehouse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every `.toml` under a folder, recursively.
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(toml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Every config shipped under `config/` and `examples/` passes `check-config`.
+#[test]
+fn every_shipped_config_is_valid() {
+    let files: Vec<PathBuf> = ["config", "examples"]
+        .iter()
+        .flat_map(|d| toml_files(&repo(d)))
+        .collect();
+    assert!(!files.is_empty());
+    for file in files {
+        let (code, stdout, stderr) = check_config(&file);
+        assert_eq!(
+            (code, stdout.trim()),
+            (0, "ok"),
+            "{}: {stderr}",
+            file.display()
+        );
+    }
+}
+
+/// Each bad fixture exits 2 and names every problem its first line expects, by key path.
+#[test]
+fn every_bad_config_fails_with_each_problem_named_by_its_key_path() {
+    let files = toml_files(&repo("tests/fixtures/bad"));
+    assert!(files.len() >= 5);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .expect("an expect line");
+        let (code, _, stderr) = check_config(&file);
+        assert_eq!(code, 2, "{}: {stderr}", file.display());
+        for path in expected.split(", ") {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|line| line.trim_start().starts_with(&format!("{path}:"))),
+                "{}: no line for {path} in\n{stderr}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// A missing file is a config error too.
+#[test]
+fn a_missing_config_file_exits_2() {
+    let (code, _, stderr) = check_config(Path::new("/nonexistent/gatehouse.toml"));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+/// `--version` prints the crate version.
+#[test]
+fn version_prints_the_crate_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// A port that is taken stops startup with a clear message and a non-zero exit, for the
+/// proxy and the admin listener alike.
+#[test]
+fn a_taken_port_is_a_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, admin, what) in [
+        (port.to_string(), "127.0.0.1:0".to_string(), "proxy"),
+        ("127.0.0.1:0".to_string(), port.to_string(), "admin"),
+    ] {
+        let config = write_config(
+            dir.path(),
+            &format!("[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n"),
+        );
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {port} ({what} listener)")),
+            "{stderr}"
+        );
+    }
+}
+
+/// Reads the child's log until the line announcing the proxy address.
+fn proxy_address(child: &mut Child) -> String {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("log line");
+        if let Some(addr) = line.split("proxy listening on http://").nth(1) {
+            let addr = addr.trim().to_string();
+            // keep draining the log so the child never blocks on a full pipe
+            std::thread::spawn(move || for _ in lines {});
+            return addr;
+        }
+    }
+    panic!("gatehouse never said where it listens");
+}
+
+/// SIGTERM during a slow request: the request completes, then the process exits 0 without
+/// waiting out the whole grace period.
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        // a hand-made slow upstream: answers each request after 1.5 s
+        loop {
+            let Ok((mut socket, _)) = upstream.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone",
+                    )
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"30s\"\n[[upstreams]]\nurl = \"http://{upstream_addr}\"\n[[public]]\npath = \"/\"\nmatch = \"prefix\"\n"
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = proxy_address(&mut child);
+    let request = tokio::spawn(async move { reqwest::get(format!("http://{addr}/slow")).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let response = request
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done");
+
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        // Far below the 30 s grace: the process must leave once drained. Not a speed test.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gatehouse did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut rest));
+}

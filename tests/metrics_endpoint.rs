@@ -1,0 +1,122 @@
+//! The admin listener's `/metrics` is valid Prometheus text with every metric Gatehouse
+//! promises, with bounded labels.
+
+mod common;
+
+use common::{client, start};
+
+/// Every promised metric family is present and the text parses.
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
+    let h = start("[[public]]\npath = \"/open\"\n").await;
+    client().get(h.url("/open")).send().await.unwrap();
+    h.metric_reaching(
+        "gatehouse_http_requests_total{code=\"200\",kind=\"public\"}",
+        1.0,
+    )
+    .await;
+    let response = client().get(h.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    for family in [
+        "gatehouse_http_requests_total",
+        "gatehouse_http_request_duration_seconds",
+        "gatehouse_http_requests_in_flight",
+        "gatehouse_upstream_errors_total",
+        "gatehouse_build_info",
+    ] {
+        // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == family || s.metric.starts_with(&format!("{family}_")))
+                || text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    let allowed = ["kind", "code", "reason", "version", "le", "quantile"];
+    for sample in &scrape.samples {
+        for (label, _) in sample.labels.iter() {
+            assert!(
+                allowed.contains(&label.as_str()),
+                "unbounded label {label} on {}",
+                sample.metric
+            );
+        }
+    }
+    assert!(text.contains(&format!(
+        "gatehouse_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+}
+
+/// The admin listener also answers liveness and readiness, and nothing else.
+#[tokio::test]
+async fn the_admin_listener_answers_ping_and_ready() {
+    let h = start("").await;
+    assert_eq!(
+        client()
+            .get(h.admin_url("/ping"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(h.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(h.admin_url("/other"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+/// Once shutdown begins, readiness fails (503 on a kept-alive connection, or the listener is
+/// closed) so load balancers stop sending traffic.
+#[tokio::test]
+async fn readiness_fails_once_shutdown_begins() {
+    let h = start("").await;
+    let admin = client();
+    assert_eq!(
+        admin
+            .get(h.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    h.gatehouse.stop();
+    let mut ready = true;
+    for _ in 0..100 {
+        match admin.get(h.admin_url("/ready")).send().await {
+            Ok(r) if r.status() == 200 => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            _ => {
+                ready = false;
+                break;
+            }
+        }
+    }
+    assert!(!ready, "still ready after shutdown began");
+}
