@@ -6,6 +6,15 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
+/// Names as written on the wire when Gatehouse sets them.
+pub mod wire {
+    pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+    pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+    pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+    pub const X_REAL_IP: &str = "X-Real-IP";
+    pub const X_REQUEST_ID: &str = "X-Request-Id";
+}
+
 pub use crate::proxy::forwarded::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP,
 };
@@ -16,8 +25,9 @@ pub trait HeaderEdit {
     fn map(&self) -> &HeaderMap;
     /// Removes every value of `name`.
     fn remove(&mut self, name: &HeaderName);
-    /// Replaces every value of `name` with `value`.
-    fn insert(&mut self, name: HeaderName, value: HeaderValue);
+    /// Replaces every value of `name` with `value`. `name` is written as given on the wire
+    /// (Title-Case), and a static name costs pingora no copy of it.
+    fn insert(&mut self, name: &'static str, value: HeaderValue);
 }
 
 impl HeaderEdit for HeaderMap {
@@ -27,8 +37,10 @@ impl HeaderEdit for HeaderMap {
     fn remove(&mut self, name: &HeaderName) {
         HeaderMap::remove(self, name);
     }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
-        HeaderMap::insert(self, name, value);
+    fn insert(&mut self, name: &'static str, value: HeaderValue) {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            HeaderMap::insert(self, name, value);
+        }
     }
 }
 
@@ -39,8 +51,8 @@ impl HeaderEdit for RequestHeader {
     fn remove(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
-        // Only fails for values that are not valid header values; ours always are.
+    fn insert(&mut self, name: &'static str, value: HeaderValue) {
+        // Only fails for an invalid name; ours are constants.
         let _ = self.insert_header(name, value);
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::header::{FORWARDED, HOST};
 use http::{HeaderName, HeaderValue};
 
-use crate::headers::HeaderEdit;
+use crate::headers::{wire, HeaderEdit};
 use ipnet::IpNet;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,17 +87,17 @@ impl Forwarding {
         }
         if let Ok(v) = HeaderValue::from_str(&chain) {
             if !chain.is_empty() {
-                headers.insert(X_FORWARDED_FOR, v);
+                headers.insert(wire::X_FORWARDED_FOR, v);
             }
         }
         if let Some(ip) = client {
             if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                headers.insert(X_REAL_IP, v);
+                headers.insert(wire::X_REAL_IP, v);
             }
         }
         if !headers.map().contains_key(&X_FORWARDED_PROTO) {
             let proto = if peer.tls { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            headers.insert(wire::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !headers.map().contains_key(&X_FORWARDED_HOST) {
             let host = headers
@@ -106,7 +106,7 @@ impl Forwarding {
                 .cloned()
                 .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
             if let Some(host) = host {
-                headers.insert(X_FORWARDED_HOST, host);
+                headers.insert(wire::X_FORWARDED_HOST, host);
             }
         }
         client

@@ -32,7 +32,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::model::Upstream;
 use crate::config::Config;
 use crate::error::RequestError;
-use crate::headers::{HeaderEdit, X_REQUEST_ID};
+use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
@@ -224,7 +224,7 @@ impl ProxyHttp for Gatehouse {
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            HeaderEdit::insert(req, X_REQUEST_ID, id);
+            HeaderEdit::insert(req, wire::X_REQUEST_ID, id);
         }
         tracing::debug!(request_id = %ctx.request_id, headers = ?Redacted(&req.headers), "request");
 

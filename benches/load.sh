@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Load comparison on one machine, all on 127.0.0.1: the same nginx upstream (a small body)
+# reached directly, through nginx as a reverse proxy, through a bare pingora proxy (the
+# framework baseline, examples/bare_pingora.rs) and through Gatehouse (a public route), in
+# interleaved rounds so drift on a shared machine hits all of them alike.
+#
+#   benches/load.sh                 # 3 rounds of 10 s each, 64 connections
+#   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
+#
+# Prints req/s, p50, p99 and the proxy's CPU time per request for each target (median over
+# rounds), and the ratios Gatehouse/nginx and Gatehouse/bare pingora.
+# Needs wrk and nginx (installed from Debian if missing). Every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+WORKERS=${WORKERS:-2}
+
+for tool in wrk nginx; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
+    echo "installing $tool" >&2
+    (apt-get update -qq && apt-get install -y -qq "$tool") >/dev/null
+  fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet --bin gatehouse --example bare_pingora
+BIN=target/release/gatehouse
+BARE=target/release/examples/bare_pingora
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for name in upstream proxy; do
+    [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATEHOUSE=$(free_port); ADMIN=$(free_port); BARE_PORT=$(free_port)
+
+# Two nginx instances, so the proxy's CPU time can be measured apart from the upstream's.
+nginx_conf() { # name body
+  cat >"$work/$1.conf" <<CONF
+worker_processes $WORKERS;
+pid $work/$1.pid;
+error_log $work/$1-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
+  $2
+}
+CONF
+  "$NGINX" -c "$work/$1.conf" -p "$work"
+}
+nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM; location / { default_type text/plain; return 200 'hello from the upstream\n'; } }"
+nginx_conf proxy "upstream app { server 127.0.0.1:$UPSTREAM; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PROXY;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }"
+
+cat >"$work/gatehouse.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$GATEHOUSE"]
+admin_listen = "127.0.0.1:$ADMIN"
+worker_threads = $WORKERS
+[log]
+level = "warn"
+access_log = false
+[[upstreams]]
+url = "http://127.0.0.1:$UPSTREAM"
+[[public]]
+path = "/"
+match = "prefix"
+CONF
+"$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
+pids+=($!)
+GATEHOUSE_PID=$!
+"$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM" "$WORKERS" 2>"$work/bare.log" &
+pids+=($!)
+BARE_PID=$!
+
+for port in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+done
+
+# wrk's --latency output in ms, whatever unit it printed.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+
+# CPU time (user+system, in clock ticks) of a process and its children's threads.
+cpu_ticks() { # pids...
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+proxy_pids() { # name -> the pids whose CPU counts for that target
+  case $1 in
+    nginx) echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')" ;;
+    gatehouse) echo "$GATEHOUSE_PID" ;;
+    pingora) echo "$BARE_PID" ;;
+    *) echo "" ;;
+  esac
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+run() { # name port -> appends "name rps p50 p99 cpu_us_per_request" to results
+  local out pids before after
+  pids=$(proxy_pids "$1")
+  before=$(cpu_ticks $pids)
+  out=$(timeout $((SECONDS_PER_ROUND + 20)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency "http://127.0.0.1:$2/bench/path?x=1")
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+  after=$(cpu_ticks $pids)
+  local requests cpu_us
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu_us=$(awk -v t=$((after - before)) -v us="$TICK_US" -v n="$requests" 'BEGIN { printf "%.1f", (n > 0 ? t * us / n : 0) }')
+  echo "$1 $rps $p50 $p99 $cpu_us" >>"$work/results"
+  printf '  round %s  %-10s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/req\n' "$round" "$1" "$rps" "$p50" "$p99" "$cpu_us" >&2
+}
+
+for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do  # warm-up, not measured
+  timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/" >/dev/null
+done
+for round in $(seq "$ROUNDS"); do
+  run direct "$UPSTREAM"
+  run nginx "$NGINX_PROXY"
+  run pingora "$BARE_PORT"
+  run gatehouse "$GATEHOUSE"
+done
+
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, *values = line.split()
+    rows.setdefault(name, []).append(tuple(float(v) for v in values))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4)) for k, v in rows.items()}
+print("| target | req/s (median) | p50 ms | p99 ms | proxy CPU us/req |")
+print("|---|---:|---:|---:|---:|")
+for name in ("direct", "nginx", "pingora", "gatehouse"):
+    rps, p50, p99, cpu = med[name]
+    cpu_text = "-" if name == "direct" else f"{cpu:.1f}"
+    print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {cpu_text} |")
+print(f"\nratio gatehouse/nginx, req/s: {med['gatehouse'][0] / med['nginx'][0]:.2f}")
+print(f"ratio nginx/gatehouse, CPU per request: {med['nginx'][3] / med['gatehouse'][3]:.2f}")
+print(f"ratio gatehouse/bare pingora, req/s: {med['gatehouse'][0] / med['pingora'][0]:.2f}")
+PY
