@@ -61,6 +61,10 @@ impl Default for ServerSection {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4180";
+/// Where the container image keeps its config (`GATEHOUSE_CONFIG` points here).
+pub const CONTAINER_CONFIG_PATH: &str = "/etc/gatehouse/gatehouse.toml";
+/// The data directory of the embedded store (the container image's volume).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/gatehouse";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 fn default_listen() -> Vec<String> {
