@@ -14,7 +14,9 @@ use std::process::ExitCode;
 mod echo;
 
 fn main() -> ExitCode {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "config/gatehouse.toml".to_string());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "config/gatehouse.toml".to_string());
     let config = match gatehouse::config::load(path.as_ref()) {
         Ok(config) => config,
         Err(errors) => {
@@ -30,7 +32,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let echo_thread = std::thread::spawn(move || -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(app).await?;
             echo::serve(listener).await
@@ -42,8 +46,12 @@ fn main() -> ExitCode {
             let proxy = prepared.addresses.proxy[0];
             println!();
             println!("  Gatehouse is running in front of the echo app ({app}).");
-            println!("  Open http://{proxy}/healthz  (a public route: the app shows the headers it got)");
-            println!("  Open http://{proxy}/anything (protected: sends a browser to /oauth2/start)");
+            println!(
+                "  Open http://{proxy}/healthz  (a public route: the app shows the headers it got)"
+            );
+            println!(
+                "  Open http://{proxy}/anything (protected: sends a browser to /oauth2/start)"
+            );
             println!("  Metrics: http://{}/metrics", prepared.addresses.admin);
             println!("  Stop with Ctrl-C.");
             println!();

@@ -21,10 +21,14 @@ fn instruction<'a>(dockerfile: &'a str, name: &str) -> Vec<&'a str> {
 #[test]
 fn the_dockerfile_matches_the_code_defaults_and_the_container_config() {
     let dockerfile = read("Dockerfile");
-    let config = gatehouse::config::parse(&read("config/container.toml")).expect("container config");
+    let config =
+        gatehouse::config::parse(&read("config/container.toml")).expect("container config");
     let proxy_port = config.server.listen[0].port();
     let admin_port = config.server.admin_listen.port();
-    assert!(config.server.listen[0].ip().is_unspecified(), "the container must listen on all interfaces");
+    assert!(
+        config.server.listen[0].ip().is_unspecified(),
+        "the container must listen on all interfaces"
+    );
 
     let exposed: Vec<u16> = instruction(&dockerfile, "EXPOSE")
         .iter()
@@ -34,12 +38,25 @@ fn the_dockerfile_matches_the_code_defaults_and_the_container_config() {
     assert_eq!(exposed, vec![proxy_port, admin_port]);
 
     assert!(
-        dockerfile.contains(&format!("COPY config/container.toml {CONTAINER_CONFIG_PATH}")),
+        dockerfile.contains(&format!(
+            "COPY config/container.toml {CONTAINER_CONFIG_PATH}"
+        )),
         "the image must carry config/container.toml at {CONTAINER_CONFIG_PATH}"
     );
     assert!(dockerfile.contains(&format!("ENV GATEHOUSE_CONFIG={CONTAINER_CONFIG_PATH}")));
-    assert_eq!(instruction(&dockerfile, "VOLUME"), vec![format!("[\"{DEFAULT_DATA_DIR}\"]").as_str()]);
-    assert!(dockerfile.contains(&format!("http://127.0.0.1:{admin_port}/ping")), "health check must probe /ping");
-    assert!(instruction(&dockerfile, "USER").iter().all(|u| *u != "root"), "must not run as root");
+    assert_eq!(
+        instruction(&dockerfile, "VOLUME"),
+        vec![format!("[\"{DEFAULT_DATA_DIR}\"]").as_str()]
+    );
+    assert!(
+        dockerfile.contains(&format!("http://127.0.0.1:{admin_port}/ping")),
+        "health check must probe /ping"
+    );
+    assert!(
+        instruction(&dockerfile, "USER")
+            .iter()
+            .all(|u| *u != "root"),
+        "must not run as root"
+    );
     assert_eq!(instruction(&dockerfile, "CMD"), vec!["[\"serve\"]"]);
 }
