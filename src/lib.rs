@@ -29,11 +29,14 @@
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod store;

@@ -20,6 +20,14 @@ pub struct FileConfig {
     pub upstreams: Vec<UpstreamSection>,
     #[serde(default)]
     pub public: Vec<PublicSection>,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub session: SessionSection,
+    #[serde(default)]
+    pub login: LoginSection,
+    #[serde(default)]
+    pub connections: Vec<ConnectionSection>,
 }
 
 /// `[server]`: listeners, threads, shutdown.
@@ -199,4 +207,168 @@ pub struct PublicSection {
 
 fn default_match() -> String {
     "exact".to_string()
+}
+
+/// `[store]`: where the embedded database lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_data_dir() -> String {
+    DEFAULT_DATA_DIR.to_string()
+}
+
+/// `[session]`: the session cookie.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    pub cookie_domain: Option<String>,
+    #[serde(default = "default_cookie_path")]
+    pub cookie_path: String,
+    #[serde(default = "default_true")]
+    pub cookie_secure: bool,
+    /// Base64 32-byte keys: the first seals, all open. Or `keys_file` / `keys_env`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub keys_file: Option<String>,
+    pub keys_env: Option<String>,
+    #[serde(default = "default_session_lifetime")]
+    pub lifetime: String,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: String,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            cookie_name: default_cookie_name(),
+            cookie_domain: None,
+            cookie_path: default_cookie_path(),
+            cookie_secure: true,
+            keys: Vec::new(),
+            keys_file: None,
+            keys_env: None,
+            lifetime: default_session_lifetime(),
+            idle_timeout: default_idle_timeout(),
+            login_timeout: default_login_timeout(),
+        }
+    }
+}
+
+fn default_cookie_name() -> String {
+    "_gatehouse".to_string()
+}
+fn default_cookie_path() -> String {
+    "/".to_string()
+}
+fn default_session_lifetime() -> String {
+    "12h".to_string()
+}
+fn default_idle_timeout() -> String {
+    "1h".to_string()
+}
+fn default_login_timeout() -> String {
+    "10m".to_string()
+}
+
+/// `[login]`: how sign-in starts and where it may return to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginSection {
+    /// The URL users reach Gatehouse at (`https://app.example.com`); by default taken from
+    /// each request's scheme and host.
+    pub external_url: Option<String>,
+    pub default_connection: Option<String>,
+    /// Hosts an absolute `rd` may point to; `.example.com` allows its subdomains too.
+    #[serde(default)]
+    pub allowed_redirect_domains: Vec<String>,
+}
+
+/// `[[connections]]`: one OpenID Connect identity provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSection {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub extra_auth_params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub claims: ClaimsSection,
+    #[serde(default = "default_true")]
+    pub jit: bool,
+    #[serde(default)]
+    pub allow_bearer: bool,
+    /// Audiences a bearer token may carry; default the client id.
+    #[serde(default)]
+    pub bearer_audiences: Vec<String>,
+    #[serde(default)]
+    pub fetch_userinfo: bool,
+    pub ca_file: Option<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Which claim feeds which identity field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsSection {
+    #[serde(default = "default_username_claim")]
+    pub username: String,
+    #[serde(default = "default_email_claim")]
+    pub email: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups: String,
+    #[serde(default = "default_name_claim")]
+    pub name: String,
+}
+
+impl Default for ClaimsSection {
+    fn default() -> Self {
+        Self {
+            username: default_username_claim(),
+            email: default_email_claim(),
+            groups: default_groups_claim(),
+            name: default_name_claim(),
+        }
+    }
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".to_string()
+}
+fn default_email_claim() -> String {
+    "email".to_string()
+}
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+fn default_name_claim() -> String {
+    "name".to_string()
 }

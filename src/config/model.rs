@@ -17,6 +17,80 @@ pub struct Config {
     pub headers: Headers,
     pub upstreams: Vec<Upstream>,
     pub public: Vec<PublicRule>,
+    pub data_dir: PathBuf,
+    pub session: Session,
+    pub login: Login,
+    pub connections: Vec<Connection>,
+}
+
+/// Keys that seal cookies: given in config, or `None` to load (or create) them in the data
+/// directory.
+#[derive(Clone)]
+pub struct SessionKeys(pub Option<Vec<[u8; 32]>>);
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(keys) => write!(f, "SessionKeys({} configured)", keys.len()),
+            None => write!(f, "SessionKeys(from the data dir)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub cookie_name: String,
+    pub cookie_domain: Option<String>,
+    pub cookie_path: String,
+    pub cookie_secure: bool,
+    pub keys: SessionKeys,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub login_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// `scheme://host[:port]`, no trailing slash.
+    pub external_url: Option<String>,
+    pub default_connection: Option<String>,
+    pub allowed_redirect_domains: Vec<String>,
+}
+
+/// A client secret, kept out of `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    pub username: String,
+    pub email: String,
+    pub groups: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub display_name: String,
+    /// Without a trailing slash.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: Vec<(String, String)>,
+    pub claims: ClaimNames,
+    pub jit: bool,
+    pub allow_bearer: bool,
+    pub bearer_audiences: Vec<String>,
+    pub fetch_userinfo: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

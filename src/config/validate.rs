@@ -11,10 +11,12 @@ use regex::RegexBuilder;
 
 use super::duration::parse_duration;
 use super::file::{
-    FileConfig, HeadersSection, LogSection, PublicSection, ServerSection, UpstreamSection,
+    ConnectionSection, FileConfig, HeadersSection, LogSection, LoginSection, PublicSection,
+    ServerSection, SessionSection, UpstreamSection,
 };
 use super::model::{
-    Config, Headers, HostMatch, Log, LogFormat, PathMatch, PublicRule, Server, TlsListen, Upstream,
+    ClaimNames, Config, Connection, Headers, HostMatch, Log, LogFormat, Login, PathMatch,
+    PublicRule, Secret, Server, Session, SessionKeys, TlsListen, Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -75,14 +77,41 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
         .map(|(i, r)| public_rule(i, r, &mut p))
         .collect();
 
-    match (server, log, headers) {
-        (Some(server), Some(log), Some(headers)) if p.0.is_empty() => Ok(Config {
-            server,
-            log,
-            headers,
-            upstreams: upstreams.into_iter().flatten().collect(),
-            public: public.into_iter().flatten().collect(),
-        }),
+    let session = session(&file.session, &mut p);
+    let connections: Vec<Option<Connection>> = file
+        .connections
+        .iter()
+        .enumerate()
+        .map(|(i, c)| connection(i, c, &mut p))
+        .collect();
+    let mut seen_connections = std::collections::HashSet::new();
+    for (i, c) in file.connections.iter().enumerate() {
+        if !seen_connections.insert(c.id.as_str()) {
+            p.add(
+                format!("connections[{i}].id"),
+                format!("`{}` is used twice", c.id),
+            );
+        }
+    }
+    let login = login(&file.login, &seen_connections, &mut p);
+    if file.store.data_dir.is_empty() {
+        p.add("store.data_dir", "must not be empty");
+    }
+
+    match (server, log, headers, session, login) {
+        (Some(server), Some(log), Some(headers), Some(session), Some(login)) if p.0.is_empty() => {
+            Ok(Config {
+                server,
+                log,
+                headers,
+                upstreams: upstreams.into_iter().flatten().collect(),
+                public: public.into_iter().flatten().collect(),
+                data_dir: PathBuf::from(&file.store.data_dir),
+                session,
+                login,
+                connections: connections.into_iter().flatten().collect(),
+            })
+        }
         _ => Err(ConfigErrors(p.0)),
     }
 }
@@ -396,5 +425,301 @@ fn public_rule(i: usize, r: &PublicSection, p: &mut Problems) -> Option<PublicRu
         path,
         methods,
         case_sensitive: r.case_sensitive,
+    })
+}
+
+/// Reads a secret given inline, as a file (`<key>_file`) or as an environment variable
+/// (`<key>_env`): exactly one of the three.
+fn secret(
+    p: &mut Problems,
+    path: &str,
+    inline: &Option<String>,
+    file: &Option<String>,
+    env: &Option<String>,
+) -> Option<String> {
+    match (inline, file, env) {
+        (Some(value), None, None) => Some(value.clone()),
+        (None, Some(file), None) => p.check(
+            format!("{path}_file"),
+            std::fs::read_to_string(file)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("cannot read `{file}`: {e}")),
+        ),
+        (None, None, Some(var)) => p.check(
+            format!("{path}_env"),
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
+        ),
+        (None, None, None) => {
+            p.add(
+                path,
+                format!("missing: set {path}, {path}_file or {path}_env"),
+            );
+            None
+        }
+        _ => {
+            p.add(path, "set only one of the value, `_file` and `_env`");
+            None
+        }
+    }
+}
+
+fn session_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let text = text.trim();
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let bytes = engines
+        .iter()
+        .find_map(|e| e.decode(text).ok())
+        .ok_or("a key is not base64 (make one with `openssl rand -base64 32`)")?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("a key must be 32 bytes, this one is {}", b.len()))
+}
+
+fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
+    let before = p.0.len();
+    let lines = |text: &str| -> Vec<String> {
+        text.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (path, texts) = match (&s.keys[..], &s.keys_file, &s.keys_env) {
+        ([], None, None) => ("session.keys", None),
+        (keys, None, None) => ("session.keys", Some(keys.to_vec())),
+        ([], Some(file), None) => (
+            "session.keys_file",
+            p.check(
+                "session.keys_file",
+                std::fs::read_to_string(file)
+                    .map(|t| lines(&t))
+                    .map_err(|e| format!("cannot read `{file}`: {e}")),
+            ),
+        ),
+        ([], None, Some(var)) => (
+            "session.keys_env",
+            p.check(
+                "session.keys_env",
+                std::env::var(var)
+                    .map(|t| lines(&t))
+                    .map_err(|_| format!("environment variable `{var}` is not set")),
+            ),
+        ),
+        _ => {
+            p.add(
+                "session.keys",
+                "set only one of keys, keys_file and keys_env",
+            );
+            ("session.keys", None)
+        }
+    };
+    let keys = texts.map(|texts| {
+        texts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| p.check(format!("{path}[{i}]"), session_key(t)))
+            .collect::<Vec<_>>()
+    });
+    if keys.as_ref().is_some_and(|k| k.is_empty()) && p.0.len() == before {
+        p.add(path, "no key given");
+    }
+    if s.cookie_name.is_empty()
+        || !s
+            .cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        p.add(
+            "session.cookie_name",
+            "may hold only letters, digits, `_`, `-` and `.`",
+        );
+    }
+    if !s.cookie_path.starts_with('/') {
+        p.add("session.cookie_path", "must start with /");
+    }
+    let lifetime = p.check("session.lifetime", parse_duration(&s.lifetime));
+    let idle_timeout = p.check("session.idle_timeout", parse_duration(&s.idle_timeout));
+    let login_timeout = p.check("session.login_timeout", parse_duration(&s.login_timeout));
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Session {
+        cookie_name: s.cookie_name.clone(),
+        cookie_domain: s.cookie_domain.clone().filter(|d| !d.is_empty()),
+        cookie_path: s.cookie_path.clone(),
+        cookie_secure: s.cookie_secure,
+        keys: SessionKeys(keys),
+        lifetime: lifetime?,
+        idle_timeout: idle_timeout?,
+        login_timeout: login_timeout?,
+    })
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `scheme://host[:port]` with no path: https, or http on a loopback host.
+fn base_url(text: &str, allow_path: bool) -> Result<String, String> {
+    let uri = Uri::from_str(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    let host = uri.host().ok_or_else(|| format!("`{text}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback_host(host) => {}
+        Some("http") => {
+            return Err(format!(
+                "`{text}` must use https (http is allowed on loopback only)"
+            ))
+        }
+        _ => return Err(format!("`{text}` must start with https://")),
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some() {
+        return Err(format!(
+            "`{text}` must not carry user information or a query"
+        ));
+    }
+    if !allow_path && !matches!(uri.path(), "" | "/") {
+        return Err(format!("`{text}` must not have a path"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn login(
+    l: &LoginSection,
+    connections: &std::collections::HashSet<&str>,
+    p: &mut Problems,
+) -> Option<Login> {
+    let before = p.0.len();
+    let external_url = l
+        .external_url
+        .as_deref()
+        .and_then(|u| p.check("login.external_url", base_url(u, false)));
+    if let Some(id) = &l.default_connection {
+        if !connections.contains(id.as_str()) {
+            p.add(
+                "login.default_connection",
+                format!("no connection has id `{id}`"),
+            );
+        }
+    }
+    let domains: Vec<String> = l
+        .allowed_redirect_domains
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let name = d.strip_prefix('.').unwrap_or(d);
+            let checked = host_match(name).and_then(|m| match m {
+                HostMatch::Exact(_) => Ok(d.to_ascii_lowercase()),
+                HostMatch::Suffix(_) => Err(format!(
+                    "`{d}`: write `.example.com` for subdomains, not `*.`"
+                )),
+            });
+            p.check(format!("login.allowed_redirect_domains[{i}]"), checked)
+        })
+        .collect();
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Login {
+        external_url,
+        default_connection: l.default_connection.clone(),
+        allowed_redirect_domains: domains,
+    })
+}
+
+fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Connection> {
+    let at = |key: &str| format!("connections[{i}].{key}");
+    let before = p.0.len();
+    if c.id.is_empty()
+        || !c
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+    {
+        p.add(
+            at("id"),
+            format!("`{}` may hold only letters, digits, `-` and `_`", c.id),
+        );
+    }
+    let issuer = p.check(at("issuer"), base_url(&c.issuer, true));
+    if c.client_id.is_empty() {
+        p.add(at("client_id"), "must not be empty");
+    }
+    let client_secret = secret(
+        p,
+        &at("client_secret"),
+        &c.client_secret,
+        &c.client_secret_file,
+        &c.client_secret_env,
+    );
+    if !c.scopes.iter().any(|s| s == "openid") {
+        p.add(at("scopes"), "must include `openid`");
+    }
+    for reserved in [
+        "client_id",
+        "redirect_uri",
+        "response_type",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+    ] {
+        if c.extra_auth_params.contains_key(reserved) {
+            p.add(
+                at("extra_auth_params"),
+                format!("`{reserved}` is set by Gatehouse and cannot be overridden"),
+            );
+        }
+    }
+    let ca_file = c.ca_file.as_ref().map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            p.add(
+                at("ca_file"),
+                format!("`{}` is not a readable file", ca.display()),
+            );
+        }
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    let audiences = if c.bearer_audiences.is_empty() {
+        vec![c.client_id.clone()]
+    } else {
+        c.bearer_audiences.clone()
+    };
+    Some(Connection {
+        id: c.id.clone(),
+        display_name: c.display_name.clone().unwrap_or_else(|| c.id.clone()),
+        issuer: issuer?,
+        client_id: c.client_id.clone(),
+        client_secret: Secret(client_secret?),
+        scopes: c.scopes.clone(),
+        extra_auth_params: c
+            .extra_auth_params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        claims: ClaimNames {
+            username: c.claims.username.clone(),
+            email: c.claims.email.clone(),
+            groups: c.claims.groups.clone(),
+            name: c.claims.name.clone(),
+        },
+        jit: c.jit,
+        allow_bearer: c.allow_bearer,
+        bearer_audiences: audiences,
+        fetch_userinfo: c.fetch_userinfo,
+        ca_file,
     })
 }

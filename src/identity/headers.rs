@@ -1,0 +1,82 @@
+//! Identity headers towards the app (and in forward-auth answers). Values are made safe: no
+//! control characters, non-ASCII percent-encoded, length-capped; a value that still cannot be
+//! sent is dropped with a log line and the request goes on.
+
+use http::HeaderValue;
+
+use super::Identity;
+use crate::config::model::Headers;
+
+/// The longest header value Gatehouse sends.
+pub const MAX_VALUE_LEN: usize = 4096;
+
+pub const X_GATEHOUSE_CONNECTION: &str = "X-Gatehouse-Connection";
+
+/// Makes a header value from claim text: control characters are dropped, non-ASCII bytes
+/// percent-encoded, and the result capped at [`MAX_VALUE_LEN`].
+pub fn safe_value(text: &str) -> Option<HeaderValue> {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_control() {
+            continue;
+        }
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if out.len() > MAX_VALUE_LEN {
+            return None;
+        }
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
+/// The identity headers for `identity`, by the configured names (Title-Case on the wire).
+pub fn identity_headers(
+    names: &Headers,
+    identity: &Identity,
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(5);
+    let mut push = |name: &http::HeaderName, value: Option<&str>| {
+        if let Some(text) = value {
+            match safe_value(text) {
+                Some(v) => out.push((name.clone(), v)),
+                None => {
+                    tracing::info!(header = %name, "identity value dropped: too long or not sendable")
+                }
+            }
+        }
+    };
+    push(&names.user, Some(identity.user()));
+    push(&names.email, identity.email.as_deref());
+    push(&names.preferred_username, identity.username.as_deref());
+    if !identity.groups.is_empty() {
+        push(&names.groups, Some(&identity.groups.join(",")));
+    }
+    push(
+        &http::HeaderName::from_static("x-gatehouse-connection"),
+        Some(&identity.connection),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_split_a_header() {
+        let v = safe_value("alice\r\nX-Evil: 1").unwrap();
+        assert_eq!(v, "aliceX-Evil: 1");
+    }
+
+    #[test]
+    fn non_ascii_is_percent_encoded_and_long_values_are_dropped() {
+        assert_eq!(safe_value("Zoë").unwrap(), "Zo%C3%AB");
+        assert!(safe_value(&"a".repeat(MAX_VALUE_LEN + 1)).is_none());
+    }
+}

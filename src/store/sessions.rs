@@ -1,0 +1,161 @@
+//! Session records: what the server keeps about each session (the cookie only names it).
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, SESSIONS};
+use crate::identity::Identity;
+
+/// The version written into every session record.
+pub const SESSION_RECORD_VERSION: u8 = 1;
+
+/// The IdP's tokens for a session, kept server-side only.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Tokens {
+    pub id_token: Option<String>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    /// Unix seconds; `None` when the IdP did not say.
+    pub access_expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("access_expires_at", &self.access_expires_at)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub version: u8,
+    pub sid: String,
+    pub identity: Identity,
+    /// The IdP's session id (`sid` claim), for back-channel logout.
+    pub idp_sid: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub tokens: Tokens,
+}
+
+impl Store {
+    /// Writes (or replaces) a session record.
+    pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(StoreError::db)?;
+        {
+            let mut table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
+            table
+                .insert(record.sid.as_str(), bytes.as_slice())
+                .map_err(StoreError::db)?;
+        }
+        txn.commit().map_err(StoreError::db)
+    }
+
+    /// Deletes sessions by id, in one transaction. Returns how many existed.
+    pub fn delete_sessions(&self, sids: &[String]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::db)?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
+            for sid in sids {
+                if table
+                    .remove(sid.as_str())
+                    .map_err(StoreError::db)?
+                    .is_some()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit().map_err(StoreError::db)?;
+        Ok(removed)
+    }
+
+    /// Every stored session (at startup, to fill the in-memory cache).
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::db)?;
+        let table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(StoreError::db)? {
+            let (_, value) = entry.map_err(StoreError::db)?;
+            match serde_json::from_slice::<SessionRecord>(value.value()) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable session record"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sid: &str) -> SessionRecord {
+        SessionRecord {
+            version: SESSION_RECORD_VERSION,
+            sid: sid.into(),
+            identity: Identity {
+                connection: "corp".into(),
+                subject: "u1".into(),
+                username: Some("alice".into()),
+                email: None,
+                email_verified: false,
+                name: None,
+                groups: vec![],
+            },
+            idp_sid: Some("op-1".into()),
+            created_at: 1,
+            expires_at: 2,
+            tokens: Tokens::default(),
+        }
+    }
+
+    #[test]
+    fn sessions_survive_a_reopen_and_deletes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_session(&record("a")).unwrap();
+            store.put_session(&record("b")).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.sessions().unwrap().len(), 2);
+        assert_eq!(
+            store.delete_sessions(&["a".into(), "zz".into()]).unwrap(),
+            1
+        );
+        assert_eq!(store.sessions().unwrap()[0].sid, "b");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(super::super::FILE_NAME),
+            b"not a database at all, sorry",
+        )
+        .unwrap();
+        let error = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("gatehouse.redb"), "{error}");
+    }
+
+    #[test]
+    fn tokens_never_show_in_debug_output() {
+        let mut r = record("a");
+        r.tokens.refresh_token = Some("secret-refresh".into());
+        assert!(!format!("{r:?}").contains("secret-refresh"));
+    }
+}
