@@ -1,0 +1,491 @@
+//! Sessions: the sealed cookie that names a session, and the in-memory cache of live sessions
+//! kept in step with the store. Per request, a session is checked in memory only; the store is
+//! written at login, refresh and logout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::seal::Sealer;
+use crate::config::model::Session as SessionConfig;
+use crate::identity::Identity;
+use crate::store::sessions::{SessionRecord, Tokens, SESSION_RECORD_VERSION};
+use crate::store::{Store, StoreError};
+
+/// The purpose a session cookie is sealed for (a login cookie cannot stand in for it).
+const PURPOSE: &str = "session";
+/// Browsers keep cookies up to about 4 KiB; longer values are split into numbered chunks.
+const CHUNK: usize = 3800;
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the cookie carries: enough to find and cross-check the server-side record.
+#[derive(Debug, Serialize, Deserialize)]
+struct CookieBody {
+    sid: String,
+    conn: String,
+    sub: String,
+    exp: u64,
+}
+
+/// A session that is alive right now.
+#[derive(Debug)]
+pub struct LiveSession {
+    pub sid: String,
+    pub identity: Identity,
+    pub idp_sid: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub tokens: Mutex<Tokens>,
+    last_seen: AtomicU64,
+    /// Held while this session's tokens are being refreshed (single flight).
+    pub refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl LiveSession {
+    fn from_record(record: SessionRecord) -> Self {
+        Self {
+            last_seen: AtomicU64::new(now()),
+            sid: record.sid,
+            identity: record.identity,
+            idp_sid: record.idp_sid,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            tokens: Mutex::new(record.tokens),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            version: SESSION_RECORD_VERSION,
+            sid: self.sid.clone(),
+            identity: self.identity.clone(),
+            idp_sid: self.idp_sid.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            tokens: self.tokens.lock().map(|t| t.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// When the IdP's access token expires, if it said.
+    pub fn access_expires_at(&self) -> Option<u64> {
+        self.tokens.lock().ok().and_then(|t| t.access_expires_at)
+    }
+}
+
+/// Why a request's session cookie was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not sealed by any of our keys, tampered, truncated, or not a session cookie.
+    Forged,
+    Expired,
+    Idle,
+    /// Signed out, revoked or unknown to the store.
+    Revoked,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Forged => "forged",
+            Rejection::Expired => "expired",
+            Rejection::Idle => "idle",
+            Rejection::Revoked => "revoked",
+        }
+    }
+}
+
+/// The outcome of looking at a request's cookies.
+#[derive(Debug)]
+pub enum Lookup {
+    None,
+    Rejected(Rejection),
+    Live(Arc<LiveSession>),
+}
+
+pub struct Sessions {
+    config: SessionConfig,
+    sealer: Sealer,
+    store: Arc<Store>,
+    live: RwLock<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("cookie", &self.config.cookie_name)
+            .finish()
+    }
+}
+
+/// Every `name=value` pair of the request's Cookie headers.
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+}
+
+fn random_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Sessions {
+    /// Loads the live sessions from the store (expired ones are dropped from it).
+    pub fn new(
+        config: SessionConfig,
+        sealer: Sealer,
+        store: Arc<Store>,
+    ) -> Result<Self, StoreError> {
+        let mut live = HashMap::new();
+        let mut expired = Vec::new();
+        for record in store.sessions()? {
+            if record.expires_at <= now() {
+                expired.push(record.sid);
+            } else {
+                live.insert(
+                    record.sid.clone(),
+                    Arc::new(LiveSession::from_record(record)),
+                );
+            }
+        }
+        if !expired.is_empty() {
+            store.delete_sessions(&expired)?;
+        }
+        Ok(Self {
+            config,
+            sealer,
+            store,
+            live: RwLock::new(live),
+        })
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    pub fn active(&self) -> usize {
+        self.live.read().map_or(0, |l| l.len())
+    }
+
+    /// Creates a session (one store write) and returns its `Set-Cookie` values.
+    pub fn create(
+        &self,
+        identity: Identity,
+        idp_sid: Option<String>,
+        tokens: Tokens,
+    ) -> Result<Vec<String>, StoreError> {
+        let created_at = now();
+        let record = SessionRecord {
+            version: SESSION_RECORD_VERSION,
+            sid: random_id(),
+            identity,
+            idp_sid,
+            created_at,
+            expires_at: created_at + self.config.lifetime.as_secs(),
+            tokens,
+        };
+        self.store.put_session(&record)?;
+        let body = CookieBody {
+            sid: record.sid.clone(),
+            conn: record.identity.connection.clone(),
+            sub: record.identity.subject.clone(),
+            exp: record.expires_at,
+        };
+        let sealed = self
+            .sealer
+            .seal(PURPOSE, &serde_json::to_vec(&body).unwrap_or_default());
+        let live = Arc::new(LiveSession::from_record(record));
+        if let Ok(mut map) = self.live.write() {
+            map.insert(live.sid.clone(), live);
+        }
+        Ok(self.set_cookie(&sealed, self.config.lifetime.as_secs()))
+    }
+
+    /// Writes the session's current tokens back (after a refresh).
+    pub fn save(&self, session: &LiveSession) -> Result<(), StoreError> {
+        self.store.put_session(&session.record())
+    }
+
+    /// Finds the session named by the request's cookie, in memory.
+    pub fn lookup(&self, headers: &HeaderMap) -> Lookup {
+        let Some(sealed) = self.cookie_value(headers) else {
+            return Lookup::None;
+        };
+        let Ok(plain) = self.sealer.open(PURPOSE, &sealed) else {
+            return Lookup::Rejected(Rejection::Forged);
+        };
+        let Ok(body) = serde_json::from_slice::<CookieBody>(&plain) else {
+            return Lookup::Rejected(Rejection::Forged);
+        };
+        let now = now();
+        if body.exp <= now {
+            return Lookup::Rejected(Rejection::Expired);
+        }
+        let live = self
+            .live
+            .read()
+            .ok()
+            .and_then(|m| m.get(&body.sid).cloned());
+        let Some(live) = live else {
+            return Lookup::Rejected(Rejection::Revoked);
+        };
+        // The cookie must name the record's own user (a swapped cookie cannot borrow a sid).
+        if live.identity.subject != body.sub || live.identity.connection != body.conn {
+            return Lookup::Rejected(Rejection::Forged);
+        }
+        if live.expires_at <= now {
+            self.revoke(&[live.sid.clone()]);
+            return Lookup::Rejected(Rejection::Expired);
+        }
+        let last = live.last_seen.load(Ordering::Relaxed);
+        if now.saturating_sub(last) > self.config.idle_timeout.as_secs() {
+            self.revoke(&[live.sid.clone()]);
+            return Lookup::Rejected(Rejection::Idle);
+        }
+        if last != now {
+            live.last_seen.store(now, Ordering::Relaxed);
+        }
+        Lookup::Live(live)
+    }
+
+    /// Ends sessions, in the store and in memory. Returns how many were live.
+    pub fn revoke(&self, sids: &[String]) -> usize {
+        if let Err(e) = self.store.delete_sessions(sids) {
+            tracing::error!(error = %e, "could not delete sessions from the store; they are revoked in memory");
+        }
+        let mut removed = 0;
+        if let Ok(mut map) = self.live.write() {
+            for sid in sids {
+                removed += usize::from(map.remove(sid).is_some());
+            }
+        }
+        removed
+    }
+
+    /// Ends every session that matches `pred`. Returns how many.
+    pub fn revoke_where(&self, pred: impl Fn(&LiveSession) -> bool) -> usize {
+        let sids: Vec<String> = self
+            .live
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|s| pred(s))
+                    .map(|s| s.sid.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if sids.is_empty() {
+            return 0;
+        }
+        self.revoke(&sids)
+    }
+
+    /// The sealed value, joined from chunks when it was split.
+    fn cookie_value(&self, headers: &HeaderMap) -> Option<String> {
+        let name = self.config.cookie_name.as_str();
+        let mut whole = None;
+        let mut chunks: Vec<(usize, &str)> = Vec::new();
+        for (k, v) in request_cookies(headers) {
+            if k == name {
+                whole = Some(v.to_string());
+            } else if let Some(n) = k
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix('_'))
+                .and_then(|n| n.parse().ok())
+            {
+                chunks.push((n, v));
+            }
+        }
+        if whole.is_some() {
+            return whole;
+        }
+        if chunks.is_empty() {
+            return None;
+        }
+        chunks.sort_by_key(|(n, _)| *n);
+        Some(chunks.iter().map(|(_, v)| *v).collect())
+    }
+
+    fn attributes(&self, max_age: u64) -> String {
+        let mut attrs = format!(
+            "Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+            self.config.cookie_path
+        );
+        if self.config.cookie_secure {
+            attrs.push_str("; Secure");
+        }
+        if let Some(domain) = &self.config.cookie_domain {
+            attrs.push_str("; Domain=");
+            attrs.push_str(domain);
+        }
+        attrs
+    }
+
+    /// `Set-Cookie` values for a sealed session, split into `name_0`, `name_1`, ... when long.
+    fn set_cookie(&self, sealed: &str, max_age: u64) -> Vec<String> {
+        let name = &self.config.cookie_name;
+        let attrs = self.attributes(max_age);
+        if sealed.len() <= CHUNK {
+            return vec![format!("{name}={sealed}; {attrs}")];
+        }
+        sealed
+            .as_bytes()
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, part)| format!("{name}_{i}={}; {attrs}", String::from_utf8_lossy(part)))
+            .collect()
+    }
+
+    /// `Set-Cookie` values that clear the session cookie and any chunks the request carried.
+    pub fn clear_cookies(&self, headers: &HeaderMap) -> Vec<String> {
+        let name = self.config.cookie_name.as_str();
+        let attrs = self.attributes(0);
+        let mut out = vec![format!("{name}=; {attrs}")];
+        for (k, _) in request_cookies(headers) {
+            if k.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('_') && r[1..].parse::<usize>().is_ok())
+            {
+                out.push(format!("{k}=; {attrs}"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            cookie_name: "_gh".into(),
+            cookie_domain: None,
+            cookie_path: "/".into(),
+            cookie_secure: true,
+            keys: crate::config::model::SessionKeys(None),
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(600),
+            login_timeout: Duration::from_secs(600),
+        }
+    }
+
+    fn identity(sub: &str) -> Identity {
+        Identity {
+            connection: "corp".into(),
+            subject: sub.into(),
+            username: None,
+            email: None,
+            email_verified: false,
+            name: None,
+            groups: vec![],
+        }
+    }
+
+    fn with_cookie(set_cookie: &str) -> HeaderMap {
+        let pair = set_cookie.split(';').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, pair.parse().unwrap());
+        h
+    }
+
+    fn sessions(dir: &std::path::Path, key: [u8; 32]) -> Sessions {
+        let store = Arc::new(Store::open(dir).unwrap());
+        Sessions::new(config(), Sealer::new(vec![key]).unwrap(), store).unwrap()
+    }
+
+    #[test]
+    fn a_new_session_is_found_by_its_cookie_and_dies_when_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let cookie = s.create(identity("u1"), None, Tokens::default()).unwrap();
+        assert!(
+            cookie[0].contains("HttpOnly")
+                && cookie[0].contains("Secure")
+                && cookie[0].contains("SameSite=Lax")
+        );
+        let headers = with_cookie(&cookie[0]);
+        let Lookup::Live(live) = s.lookup(&headers) else {
+            panic!("not live")
+        };
+        assert_eq!(s.revoke(&[live.sid.clone()]), 1);
+        assert!(matches!(
+            s.lookup(&headers),
+            Lookup::Rejected(Rejection::Revoked)
+        ));
+    }
+
+    #[test]
+    fn sessions_survive_a_restart_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = sessions(dir.path(), [7; 32])
+            .create(identity("u1"), None, Tokens::default())
+            .unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        assert!(matches!(
+            s.lookup(&with_cookie(&cookie[0])),
+            Lookup::Live(_)
+        ));
+    }
+
+    #[test]
+    fn a_cookie_from_other_keys_or_tampered_is_forged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = sessions(dir.path(), [7; 32])
+            .create(identity("u1"), None, Tokens::default())
+            .unwrap();
+        let other = sessions(dir.path(), [8; 32]);
+        assert!(matches!(
+            other.lookup(&with_cookie(&cookie[0])),
+            Lookup::Rejected(Rejection::Forged)
+        ));
+        drop(other);
+        let mine = sessions(dir.path(), [7; 32]);
+        let mut tampered = cookie[0].clone();
+        tampered.insert(8, 'A');
+        assert!(matches!(
+            mine.lookup(&with_cookie(&tampered)),
+            Lookup::Rejected(Rejection::Forged)
+        ));
+        assert!(matches!(
+            mine.lookup(&with_cookie("_gh=")),
+            Lookup::Rejected(Rejection::Forged)
+        ));
+        assert!(matches!(mine.lookup(&HeaderMap::new()), Lookup::None));
+    }
+
+    #[test]
+    fn long_values_are_chunked_and_joined_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let long = "x".repeat(CHUNK * 2 + 10);
+        let parts = s.set_cookie(&long, 60);
+        assert_eq!(parts.len(), 3);
+        let joined: Vec<String> = parts
+            .iter()
+            .map(|p| p.split(';').next().unwrap().to_string())
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, joined.join("; ").parse().unwrap());
+        assert_eq!(s.cookie_value(&h).unwrap(), long);
+        assert_eq!(s.clear_cookies(&h).len(), 4);
+    }
+}
