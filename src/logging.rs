@@ -46,6 +46,7 @@ pub struct AccessLine<'a> {
     pub upstream: Option<&'a str>,
     pub client: Option<IpAddr>,
     pub request_id: &'a str,
+    pub user: Option<&'a str>,
     pub error: Option<&'static str>,
 }
 
@@ -62,6 +63,7 @@ pub fn access_line(line: &AccessLine<'_>) {
         upstream = line.upstream.unwrap_or("-"),
         client = %line.client.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
         request_id = line.request_id,
+        user = line.user.unwrap_or("-"),
         error = line.error.unwrap_or("-"),
     );
 }

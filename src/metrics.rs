@@ -29,6 +29,122 @@ pub struct Metrics {
     duration: HistogramVec,
     in_flight: IntGauge,
     upstream_errors: IntCounterVec,
+    /// Login, session and token metrics.
+    pub auth: AuthMetrics,
+}
+
+/// Every result `gatehouse_logins_total` can carry.
+pub const LOGIN_RESULTS: &[&str] = &[
+    "success",
+    "idp_error",
+    "state_invalid",
+    "token_invalid",
+    "exchange_failed",
+    "idp_unavailable",
+    "store_error",
+];
+
+/// Metrics of the login dance, sessions and tokens. Labels: connection ids (from config) and
+/// fixed result names only.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    pub logins: IntCounterVec,
+    pub login_duration: HistogramVec,
+    pub sessions_active: IntGauge,
+    pub session_refresh: IntCounterVec,
+    pub logouts: IntCounterVec,
+    pub bearer: IntCounterVec,
+    pub idp_up: IntGaugeVec,
+    pub jwks_refresh: IntCounterVec,
+    pub session_rejected: IntCounterVec,
+}
+
+impl AuthMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let logins = counter(
+            "gatehouse_logins_total",
+            "Completed or failed logins, by connection and result.",
+            &["connection", "result"],
+        )?;
+        let session_refresh = counter(
+            "gatehouse_session_refresh_total",
+            "Token refreshes, by result.",
+            &["result"],
+        )?;
+        let logouts = counter(
+            "gatehouse_logouts_total",
+            "Sessions ended, by kind (user, backchannel, expired, refresh_failed).",
+            &["kind"],
+        )?;
+        let bearer = counter(
+            "gatehouse_bearer_total",
+            "Bearer tokens checked, by result.",
+            &["result"],
+        )?;
+        let jwks_refresh = counter(
+            "gatehouse_jwks_refresh_total",
+            "Discovery and key-set fetches, by connection and result.",
+            &["connection", "result"],
+        )?;
+        let session_rejected = counter(
+            "gatehouse_session_rejected_total",
+            "Session cookies refused, by reason.",
+            &["reason"],
+        )?;
+        let login_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_login_duration_seconds",
+                "Time of the callback: code exchange, token checks, session.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["connection"],
+        )?;
+        registry.register(Box::new(login_duration.clone()))?;
+        let sessions_active = IntGauge::new("gatehouse_sessions_active", "Live sessions.")?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        let idp_up = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_idp_up",
+                "1 when the connection's IdP metadata and keys are loaded.",
+            ),
+            &["connection"],
+        )?;
+        registry.register(Box::new(idp_up.clone()))?;
+        for result in ["success", "failure"] {
+            session_refresh.with_label_values(&[result]);
+        }
+        for result in ["valid", "invalid", "not_allowed"] {
+            bearer.with_label_values(&[result]);
+        }
+        Ok(Self {
+            logins,
+            login_duration,
+            sessions_active,
+            session_refresh,
+            logouts,
+            bearer,
+            idp_up,
+            jwks_refresh,
+            session_rejected,
+        })
+    }
+
+    /// Shows every connection's series from the start (at 0).
+    pub fn register_connection(&self, connection: &str) {
+        for result in LOGIN_RESULTS {
+            self.logins.with_label_values(&[connection, result]);
+        }
+        self.login_duration.with_label_values(&[connection]);
+        self.idp_up.with_label_values(&[connection]).set(0);
+    }
 }
 
 impl Metrics {
@@ -84,7 +200,9 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        let auth = AuthMetrics::new(&registry)?;
         Ok(Self {
+            auth,
             registry,
             requests,
             duration,

@@ -1,6 +1,203 @@
-//! Login machinery: sealed cookies and redirect-target checks.
+//! Login machinery: identity-provider connections, the login dance, sessions and their
+//! cookies, redirect-target checks.
 
+pub mod discovery;
+pub mod endpoints;
 pub mod oidc;
+pub mod pages;
 pub mod redirect;
 pub mod seal;
 pub mod session;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::config::model::{Config, Headers, Login};
+use crate::metrics::AuthMetrics;
+use crate::store::Store;
+use oidc::Provider;
+use redirect::RedirectPolicy;
+use seal::Sealer;
+use session::Sessions;
+
+/// Everything the login endpoints and the session check need, built once at startup.
+pub struct Auth {
+    pub providers: Vec<Arc<Provider>>,
+    pub sessions: Sessions,
+    pub redirects: RedirectPolicy,
+    pub login: Login,
+    pub login_timeout: std::time::Duration,
+    pub headers: Headers,
+    pub metrics: AuthMetrics,
+    /// States already used at the callback (until their login cookie would expire).
+    used_states: Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("session keys: {0}")]
+    Keys(String),
+    #[error("connection {0}: {1}")]
+    Connection(String, String),
+}
+
+/// The session keys: from config, or from `session.keys` in the data directory (created with
+/// one random key on first start, readable by the owner only).
+fn session_keys(config: &Config) -> Result<Vec<[u8; 32]>, AuthSetupError> {
+    if let Some(keys) = &config.session.keys.0 {
+        return Ok(keys.clone());
+    }
+    let path = config.data_dir.join("session.keys");
+    load_or_create_keys(&path).map_err(AuthSetupError::Keys)
+}
+
+fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    use base64::Engine;
+    if !path.exists() {
+        let key = base64::engine::general_purpose::STANDARD.encode(seal::random_key());
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        if let Ok(mut file) = options.open(path) {
+            use std::io::Write;
+            file.write_all(format!("{key}\n").as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let keys: Result<Vec<_>, _> = text.split_whitespace().map(seal::key_from_base64).collect();
+    match keys {
+        Ok(keys) if !keys.is_empty() => Ok(keys),
+        Ok(_) => Err(format!("{} holds no key", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+impl Auth {
+    /// Builds the login machinery; `None` when no connection is configured.
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        metrics: AuthMetrics,
+    ) -> Result<Option<Self>, AuthSetupError> {
+        if config.connections.is_empty() {
+            return Ok(None);
+        }
+        let providers = config
+            .connections
+            .iter()
+            .map(|c| {
+                metrics.register_connection(&c.id);
+                Provider::new(c.clone())
+                    .map(Arc::new)
+                    .map_err(|e| AuthSetupError::Connection(c.id.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sealer =
+            Sealer::new(session_keys(config)?).map_err(|e| AuthSetupError::Keys(e.to_string()))?;
+        let sessions = Sessions::new(config.session.clone(), sealer, store)?;
+        metrics.sessions_active.set(sessions.active() as i64);
+        Ok(Some(Self {
+            providers,
+            sessions,
+            redirects: RedirectPolicy::new(config.login.allowed_redirect_domains.clone()),
+            login: config.login.clone(),
+            login_timeout: config.session.login_timeout,
+            headers: config.headers.clone(),
+            metrics,
+            used_states: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.connection.id == id)
+    }
+
+    /// Marks a state used; false when it already was (a replayed callback).
+    pub fn use_state(&self, state: &str, until: u64) -> bool {
+        let Ok(mut used) = self.used_states.lock() else {
+            return false;
+        };
+        let now = session::now();
+        used.retain(|_, exp| *exp > now);
+        used.insert(state.to_string(), until).is_none()
+    }
+
+    /// Refreshes the session's IdP tokens when the access token has expired and a refresh
+    /// token exists; one refresh per session at a time, the others wait for its outcome.
+    /// Returns false when the session had to end (the refresh failed).
+    pub async fn ensure_fresh(&self, live: &Arc<session::LiveSession>) -> bool {
+        let expired = |s: &session::LiveSession| {
+            s.access_expires_at()
+                .is_some_and(|exp| exp <= session::now())
+        };
+        let has_refresh =
+            |s: &session::LiveSession| s.tokens.lock().is_ok_and(|t| t.refresh_token.is_some());
+        if !expired(live) || !has_refresh(live) {
+            return true;
+        }
+        let _guard = live.refresh_lock.lock().await;
+        if !expired(live) {
+            return true; // another request refreshed it while we waited
+        }
+        if !self.sessions.is_live(&live.sid) {
+            return false;
+        }
+        let Some(refresh_token) = live
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|t| t.refresh_token.clone())
+        else {
+            return true;
+        };
+        let Some(provider) = self.provider(&live.identity.connection).cloned() else {
+            return false;
+        };
+        match provider.refresh(&refresh_token).await {
+            Ok(tokens) => {
+                if let Ok(mut t) = live.tokens.lock() {
+                    if tokens.id_token.is_some() {
+                        t.id_token = tokens.id_token;
+                    }
+                    t.access_token = tokens.access_token;
+                    t.refresh_token = tokens.refresh_token;
+                    t.access_expires_at = tokens.access_expires_at;
+                }
+                if let Err(e) = self.sessions.save(live) {
+                    tracing::warn!(error = %e, "refreshed tokens could not be stored");
+                }
+                self.metrics
+                    .session_refresh
+                    .with_label_values(&["success"])
+                    .inc();
+                true
+            }
+            Err(e) => {
+                tracing::info!(connection = %live.identity.connection, error = %e, "token refresh failed: session ended");
+                self.metrics
+                    .session_refresh
+                    .with_label_values(&["failure"])
+                    .inc();
+                self.metrics
+                    .logouts
+                    .with_label_values(&["refresh_failed"])
+                    .inc();
+                self.sessions.revoke(&[live.sid.clone()]);
+                self.update_sessions_gauge();
+                false
+            }
+        }
+    }
+
+    pub fn update_sessions_gauge(&self) {
+        self.metrics
+            .sessions_active
+            .set(self.sessions.active() as i64);
+    }
+}

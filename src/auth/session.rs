@@ -266,6 +266,11 @@ impl Sessions {
         Lookup::Live(live)
     }
 
+    /// Whether the session is still live (not revoked meanwhile).
+    pub fn is_live(&self, sid: &str) -> bool {
+        self.live.read().is_ok_and(|m| m.contains_key(sid))
+    }
+
     /// Ends sessions, in the store and in memory. Returns how many were live.
     pub fn revoke(&self, sids: &[String]) -> usize {
         if let Err(e) = self.store.delete_sessions(sids) {

@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The bounded reason label when the upstream failed.
     pub upstream_error: Option<&'static str>,
+    /// Who the request is from, once authenticated (for the access log).
+    pub user: Option<String>,
 }
 
 impl RequestCtx {
@@ -33,6 +35,7 @@ impl RequestCtx {
             client: None,
             request_id: String::new(),
             upstream_error: None,
+            user: None,
         }
     }
 

@@ -29,11 +29,15 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::auth::endpoints;
+use crate::auth::session::Lookup;
+use crate::auth::Auth;
 use crate::config::model::Upstream;
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
+use crate::identity::headers::identity_headers;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 pub use ctx::RequestCtx;
@@ -54,6 +58,8 @@ pub struct Gatehouse {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     access_log: bool,
+    /// The login machinery; `None` when no connection is configured.
+    auth: Option<Arc<Auth>>,
 }
 
 fn peer_for(u: &Upstream) -> HttpPeer {
@@ -84,7 +90,12 @@ fn target(session: &Session) -> Result<(String, Option<String>), PathError> {
 }
 
 impl Gatehouse {
-    pub fn new(config: &Config, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        auth: Option<Arc<Auth>>,
+    ) -> Self {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
         let peers = router.upstreams().iter().map(peer_for).collect();
         Self {
@@ -96,6 +107,7 @@ impl Gatehouse {
             metrics,
             readiness,
             access_log: config.log.access_log,
+            auth,
         }
     }
 
@@ -250,11 +262,19 @@ impl ProxyHttp for Gatehouse {
                     .answer_text(session, StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                     .await
             }
-            // Early answer: the login endpoints are not served yet.
+            // Early answer: the login endpoints write their own responses.
             Route::Auth => {
-                return self
-                    .answer_error(session, ctx, RequestError::NotFound)
-                    .await
+                let Some(auth) = &self.auth else {
+                    return self
+                        .answer_error(session, ctx, RequestError::NotFound)
+                        .await;
+                };
+                let path = ctx
+                    .path
+                    .as_ref()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
+                return endpoints::handle(auth, session, &path).await;
             }
             Route::Public | Route::Protected => {}
         }
@@ -280,7 +300,28 @@ impl ProxyHttp for Gatehouse {
         if route == Route::Public {
             return Ok(false);
         }
-        // Protected, and no session mechanism accepted the request.
+        // Protected: a live session lets the request through, with the identity headers.
+        if let Some(auth) = &self.auth {
+            match auth.sessions.lookup(&session.req_header().headers) {
+                Lookup::Live(live) if auth.ensure_fresh(&live).await => {
+                    let req = session.req_header_mut();
+                    for (name, value) in identity_headers(&auth.headers, &live.identity) {
+                        req.insert_header(name, value)?;
+                    }
+                    ctx.user = Some(live.identity.user().to_string());
+                    return Ok(false);
+                }
+                Lookup::Rejected(reason) => {
+                    auth.metrics
+                        .session_rejected
+                        .with_label_values(&[reason.label()])
+                        .inc();
+                    tracing::info!(request_id = %ctx.request_id, reason = reason.label(), "session cookie refused");
+                }
+                _ => {}
+            }
+        }
+        // No session mechanism accepted the request.
         let req = session.req_header();
         if respond::is_browser(&req.method, &req.headers) {
             let location = Self::return_to(session, path);
@@ -410,6 +451,7 @@ impl ProxyHttp for Gatehouse {
                 upstream,
                 client: ctx.client,
                 request_id: &ctx.request_id,
+                user: ctx.user.as_deref(),
                 error: ctx.upstream_error.or(e.map(|_| "error")),
             });
         }

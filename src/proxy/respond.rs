@@ -43,7 +43,7 @@ pub async fn send(
     header.insert_header(CONTENT_LENGTH, body.len())?;
     header.insert_header(CACHE_CONTROL, "no-store")?;
     for (name, value) in extra {
-        header.insert_header(name.clone(), value.as_str())?;
+        header.append_header(name.clone(), value.as_str())?;
     }
     let head_only = session.req_header().method == Method::HEAD;
     session

@@ -16,10 +16,14 @@ use pingora::services::listening::Service as ListeningService;
 use tokio::sync::watch;
 
 use crate::admin::AdminApp;
+use crate::auth::discovery::Discovery;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::proxy::Gatehouse;
+use crate::store::Store;
+use pingora::services::background::background_service;
 use prebound::{Bound, PreBound};
 
 /// Why Gatehouse could not start.
@@ -37,6 +41,10 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the server thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 /// Where a started Gatehouse listens (ports resolved, so port 0 in config shows its real port).
@@ -92,7 +100,25 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
-    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone());
+    // The login machinery, and its store, exist only when a connection is configured.
+    let auth = if config.connections.is_empty() {
+        None
+    } else {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        Auth::new(config, store, metrics.auth.clone())?.map(Arc::new)
+    };
+    if let Some(auth) = &auth {
+        readiness.expect_idps(auth.providers.len());
+        server.add_service(background_service(
+            "idp discovery",
+            Discovery {
+                providers: auth.providers.clone(),
+                readiness: readiness.clone(),
+                metrics: metrics.auth.clone(),
+            },
+        ));
+    }
+    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth);
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gatehouse)
         .name("gatehouse proxy")
         .server_options(server_options)

@@ -1,0 +1,647 @@
+//! The login endpoints under `/oauth2/`: start, callback, sign_out, auth (forward-auth) and
+//! userinfo. Each writes its own response; the proxy calls [`handle`] for `/oauth2/*`.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{LOCATION, SET_COOKIE};
+use http::{HeaderName, StatusCode};
+use pingora::proxy::Session;
+use serde::{Deserialize, Serialize};
+
+use super::oidc::OidcError;
+use super::pages::{escape, page, CSP};
+use super::session::{now, request_cookies, Lookup};
+use super::Auth;
+use crate::identity::headers::identity_headers;
+use crate::proxy::respond;
+
+const LOGIN_PURPOSE: &str = "login";
+const SIGN_OUT_PURPOSE: &str = "sign-out";
+const CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
+/// Request bodies Gatehouse reads itself are small forms.
+const MAX_FORM: usize = 64 * 1024;
+
+/// What the login cookie remembers between `/oauth2/start` and `/oauth2/callback`.
+#[derive(Serialize, Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    verifier: String,
+    rd: String,
+    conn: String,
+    redirect_uri: String,
+    exp: u64,
+}
+
+/// Decoded `name=value` pairs of a query string or form body.
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A page with the strict CSP, and any extra headers.
+async fn html(
+    session: &mut Session,
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    extra: Vec<(HeaderName, String)>,
+) -> pingora::Result<()> {
+    let mut headers = vec![(CONTENT_SECURITY_POLICY, CSP.to_string())];
+    headers.extend(extra);
+    respond::send(
+        session,
+        status,
+        "text/html; charset=utf-8",
+        Bytes::from(page(title, body)),
+        &headers,
+    )
+    .await
+}
+
+async fn redirect(
+    session: &mut Session,
+    location: &str,
+    cookies: Vec<String>,
+) -> pingora::Result<()> {
+    let mut extra = vec![(LOCATION, location.to_string())];
+    extra.extend(cookies.into_iter().map(|c| (SET_COOKIE, c)));
+    respond::send(
+        session,
+        StatusCode::FOUND,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"Redirecting\n"),
+        &extra,
+    )
+    .await
+}
+
+fn host_header(session: &Session) -> Option<String> {
+    let req = session.req_header();
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+}
+
+/// `scheme://host` users reach Gatehouse at: from config, else from this request (whose
+/// forwarding headers were already sanitized).
+fn external_base(auth: &Auth, session: &Session) -> String {
+    if let Some(url) = &auth.login.external_url {
+        return url.clone();
+    }
+    let proto = session
+        .req_header()
+        .headers
+        .get(crate::headers::X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{proto}://{}", host_header(session).unwrap_or_default())
+}
+
+/// The redirect target if it is safe, else `/`.
+fn safe_rd(auth: &Auth, session: &Session, rd: Option<&str>) -> String {
+    let host = host_header(session);
+    rd.and_then(|rd| auth.redirects.check(rd, host.as_deref()))
+        .unwrap_or_else(|| "/".to_string())
+}
+
+fn login_cookie_name(auth: &Auth, state: &str) -> String {
+    let key: String = state.chars().take(16).collect();
+    format!("{}_login_{key}", auth.sessions.config().cookie_name)
+}
+
+fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
+    let c = auth.sessions.config();
+    let mut attrs = format!("Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax");
+    if c.cookie_secure {
+        attrs.push_str("; Secure");
+    }
+    attrs
+}
+
+/// Serves `/oauth2/*`. Always writes the response: returns `Ok(true)`.
+pub async fn handle(auth: &Auth, session: &mut Session, path: &str) -> pingora::Result<bool> {
+    let query = session.req_header().uri.query().unwrap_or("").to_string();
+    let pairs = form_pairs(&query);
+    match path {
+        "/oauth2/start" => start(auth, session, &pairs).await?,
+        "/oauth2/callback" => callback(auth, session, &pairs).await?,
+        "/oauth2/sign_out" => sign_out(auth, session, &pairs).await?,
+        "/oauth2/auth" => forward_auth(auth, session).await?,
+        "/oauth2/userinfo" => userinfo(auth, session).await?,
+        _ => {
+            let body = escape("Nothing is served at this address.");
+            html(
+                session,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                &format!("<p>{body}</p>"),
+                vec![],
+            )
+            .await?
+        }
+    }
+    Ok(true)
+}
+
+/// `/oauth2/start`: picks the connection (or shows the chooser), then sends the browser to the
+/// IdP with a fresh state, nonce and PKCE challenge kept in a login cookie named by the state.
+async fn start(
+    auth: &Auth,
+    session: &mut Session,
+    pairs: &[(String, String)],
+) -> pingora::Result<()> {
+    let rd = safe_rd(auth, session, param(pairs, "rd"));
+    let chosen = param(pairs, "connection")
+        .or(auth.login.default_connection.as_deref())
+        .or_else(|| (auth.providers.len() == 1).then(|| auth.providers[0].connection.id.as_str()));
+    let Some(provider) = chosen.and_then(|id| auth.provider(id)) else {
+        let buttons: String = auth
+            .providers
+            .iter()
+            .map(|p| {
+                format!(
+                    "<a class=\"button\" href=\"/oauth2/start?connection={}&amp;rd={}\">Sign in with {}</a>",
+                    encode(&p.connection.id),
+                    encode(&rd),
+                    escape(&p.connection.display_name)
+                )
+            })
+            .collect();
+        return html(
+            session,
+            StatusCode::OK,
+            "Sign in",
+            &format!("<p>Choose how to sign in.</p>{buttons}"),
+            vec![],
+        )
+        .await;
+    };
+    let redirect_uri = format!("{}/oauth2/callback", external_base(auth, session));
+    let authorization = match provider.authorize(&redirect_uri) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(connection = %provider.connection.id, error = %e, "cannot start a login");
+            auth.metrics
+                .logins
+                .with_label_values(&[&provider.connection.id, "idp_unavailable"])
+                .inc();
+            let body = "<p>The sign-in service is not reachable right now. Please try again in a moment.</p>";
+            return html(
+                session,
+                StatusCode::BAD_GATEWAY,
+                "Sign-in unavailable",
+                body,
+                vec![],
+            )
+            .await;
+        }
+    };
+    let ttl = auth.login_timeout.as_secs();
+    let state = LoginState {
+        state: authorization.state.clone(),
+        nonce: authorization.nonce,
+        verifier: authorization.pkce_verifier,
+        rd,
+        conn: provider.connection.id.clone(),
+        redirect_uri,
+        exp: now() + ttl,
+    };
+    let sealed = auth.sessions.sealer().seal(
+        LOGIN_PURPOSE,
+        &serde_json::to_vec(&state).unwrap_or_default(),
+    );
+    let cookie = format!(
+        "{}={sealed}; {}",
+        login_cookie_name(auth, &authorization.state),
+        cookie_attributes(auth, "/oauth2/callback", ttl)
+    );
+    redirect(session, &authorization.url, vec![cookie]).await
+}
+
+/// A refused callback: counted, logged, and a 4xx page that says what to do.
+async fn refuse(
+    auth: &Auth,
+    session: &mut Session,
+    connection: &str,
+    result: &'static str,
+    status: StatusCode,
+    message: &str,
+    cookies: Vec<String>,
+) -> pingora::Result<()> {
+    auth.metrics
+        .logins
+        .with_label_values(&[connection, result])
+        .inc();
+    tracing::warn!(connection, result, "login refused");
+    let body = format!(
+        "<p>{}</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
+        escape(message)
+    );
+    html(
+        session,
+        status,
+        "Sign-in failed",
+        &body,
+        cookies.into_iter().map(|c| (SET_COOKIE, c)).collect(),
+    )
+    .await
+}
+
+/// `/oauth2/callback`: checks the state against its login cookie (once only), the IdP's `error`
+/// and `iss`, exchanges the code with the PKCE verifier, verifies the ID token, and issues a
+/// new session.
+async fn callback(
+    auth: &Auth,
+    session: &mut Session,
+    pairs: &[(String, String)],
+) -> pingora::Result<()> {
+    let started = Instant::now();
+    let state_param = param(pairs, "state").unwrap_or("");
+    let cookie_name = login_cookie_name(auth, state_param);
+    let clear_login = vec![format!(
+        "{cookie_name}=; {}",
+        cookie_attributes(auth, "/oauth2/callback", 0)
+    )];
+    let sealed = request_cookies(&session.req_header().headers)
+        .find(|(k, _)| *k == cookie_name)
+        .map(|(_, v)| v.to_string());
+    let login: Option<LoginState> = sealed
+        .filter(|_| !state_param.is_empty())
+        .and_then(|s| auth.sessions.sealer().open(LOGIN_PURPOSE, &s).ok())
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .filter(|l: &LoginState| l.state == state_param && l.exp > now());
+    let Some(login) = login else {
+        let message = "This sign-in link is invalid or has expired.";
+        return refuse(
+            auth,
+            session,
+            "-",
+            "state_invalid",
+            StatusCode::BAD_REQUEST,
+            message,
+            clear_login,
+        )
+        .await;
+    };
+    let conn = login.conn.clone();
+    if !auth.use_state(&login.state, login.exp) {
+        let message = "This sign-in link was already used.";
+        return refuse(
+            auth,
+            session,
+            &conn,
+            "state_invalid",
+            StatusCode::BAD_REQUEST,
+            message,
+            clear_login,
+        )
+        .await;
+    }
+    let Some(provider) = auth.provider(&conn).cloned() else {
+        return refuse(
+            auth,
+            session,
+            "-",
+            "state_invalid",
+            StatusCode::BAD_REQUEST,
+            "Unknown sign-in method.",
+            clear_login,
+        )
+        .await;
+    };
+    if let Some(error) = param(pairs, "error") {
+        let (status, message) = match error {
+            "access_denied" => (
+                StatusCode::FORBIDDEN,
+                "Sign-in was cancelled or refused.".to_string(),
+            ),
+            "login_required" | "interaction_required" | "consent_required" => (
+                StatusCode::FORBIDDEN,
+                "The identity provider needs you to sign in again.".to_string(),
+            ),
+            other => (
+                StatusCode::BAD_REQUEST,
+                format!("The identity provider answered with an error ({other})."),
+            ),
+        };
+        return refuse(
+            auth,
+            session,
+            &conn,
+            "idp_error",
+            status,
+            &message,
+            clear_login,
+        )
+        .await;
+    }
+    if let (Some(iss), Some(expected)) = (param(pairs, "iss"), provider.issuer()) {
+        if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
+            let message = "The answer came from an unexpected issuer.";
+            return refuse(
+                auth,
+                session,
+                &conn,
+                "state_invalid",
+                StatusCode::BAD_REQUEST,
+                message,
+                clear_login,
+            )
+            .await;
+        }
+    }
+    let Some(code) = param(pairs, "code").filter(|c| !c.is_empty()) else {
+        return refuse(
+            auth,
+            session,
+            &conn,
+            "state_invalid",
+            StatusCode::BAD_REQUEST,
+            "The answer has no code.",
+            clear_login,
+        )
+        .await;
+    };
+    let result = provider
+        .exchange(code, &login.verifier, &login.nonce, &login.redirect_uri)
+        .await;
+    let login_result = match result {
+        Ok(r) => r,
+        Err(e @ OidcError::TokenInvalid(_)) => {
+            tracing::warn!(connection = %conn, error = %e, "ID token refused");
+            let message = "The identity provider's answer could not be verified.";
+            return refuse(
+                auth,
+                session,
+                &conn,
+                "token_invalid",
+                StatusCode::UNAUTHORIZED,
+                message,
+                clear_login,
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(connection = %conn, error = %e, "code exchange failed");
+            let message = "The sign-in could not be completed with the identity provider.";
+            return refuse(
+                auth,
+                session,
+                &conn,
+                "exchange_failed",
+                StatusCode::BAD_GATEWAY,
+                message,
+                clear_login,
+            )
+            .await;
+        }
+    };
+    // No fixation: any session the browser brought is ended, and a new id is issued.
+    if let Lookup::Live(old) = auth.sessions.lookup(&session.req_header().headers) {
+        auth.sessions.revoke(&[old.sid.clone()]);
+    }
+    let cookies = match auth.sessions.create(
+        login_result.identity,
+        login_result.idp_sid,
+        login_result.tokens,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store the session");
+            auth.metrics
+                .logins
+                .with_label_values(&[&conn, "store_error"])
+                .inc();
+            return html(
+                session,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in failed",
+                "<p>Please try again.</p>",
+                vec![],
+            )
+            .await;
+        }
+    };
+    auth.update_sessions_gauge();
+    auth.metrics
+        .logins
+        .with_label_values(&[&conn, "success"])
+        .inc();
+    auth.metrics
+        .login_duration
+        .with_label_values(&[&conn])
+        .observe(started.elapsed().as_secs_f64());
+    let target = safe_rd(auth, session, Some(&login.rd));
+    let mut all = clear_login;
+    all.extend(cookies);
+    redirect(session, &target, all).await
+}
+
+/// Reads a small form body.
+async fn read_form(session: &mut Session) -> pingora::Result<Vec<(String, String)>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_FORM {
+            break;
+        }
+    }
+    Ok(form_pairs(&String::from_utf8_lossy(&body)))
+}
+
+/// `/oauth2/sign_out`: GET shows a confirmation form; POST (with the form's token, bound to
+/// this session) revokes the session, clears the cookie, and goes to the IdP's end-session
+/// endpoint when it has one.
+async fn sign_out(
+    auth: &Auth,
+    session: &mut Session,
+    pairs: &[(String, String)],
+) -> pingora::Result<()> {
+    let rd = safe_rd(auth, session, param(pairs, "rd"));
+    let live = match auth.sessions.lookup(&session.req_header().headers) {
+        Lookup::Live(s) => Some(s),
+        _ => None,
+    };
+    let clear = auth.sessions.clear_cookies(&session.req_header().headers);
+    let Some(live) = live else {
+        return redirect(session, &rd, clear).await;
+    };
+    if session.req_header().method != http::Method::POST {
+        let token = auth
+            .sessions
+            .sealer()
+            .seal(SIGN_OUT_PURPOSE, live.sid.as_bytes());
+        let body = format!(
+            "<form method=\"post\" action=\"/oauth2/sign_out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"rd\" value=\"{}\"><button class=\"button\" type=\"submit\" id=\"sign-out\">Sign out</button></form>",
+            escape(&token),
+            escape(&rd)
+        );
+        return html(session, StatusCode::OK, "Sign out?", &body, vec![]).await;
+    }
+    let form = read_form(session).await?;
+    let token_ok = param(&form, "csrf")
+        .and_then(|t| auth.sessions.sealer().open(SIGN_OUT_PURPOSE, t).ok())
+        .is_some_and(|sid| sid == live.sid.as_bytes());
+    if !token_ok {
+        return html(
+            session,
+            StatusCode::FORBIDDEN,
+            "Sign-out refused",
+            "<p>The sign-out form was not valid. Please try again.</p>",
+            vec![],
+        )
+        .await;
+    }
+    let rd = safe_rd(auth, session, param(&form, "rd"));
+    auth.sessions.revoke(&[live.sid.clone()]);
+    auth.update_sessions_gauge();
+    auth.metrics.logouts.with_label_values(&["user"]).inc();
+    let provider = auth.provider(&live.identity.connection);
+    let end_session = provider
+        .and_then(|p| p.current())
+        .and_then(|d| d.end_session_endpoint.clone());
+    let id_token = live.tokens.lock().ok().and_then(|t| t.id_token.clone());
+    let location = match end_session {
+        Some(endpoint) => {
+            let post_logout = if rd.starts_with('/') {
+                format!("{}{rd}", external_base(auth, session))
+            } else {
+                rd
+            };
+            let mut url = format!(
+                "{endpoint}{}post_logout_redirect_uri={}",
+                if endpoint.contains('?') { '&' } else { '?' },
+                encode(&post_logout)
+            );
+            if let Some(hint) = id_token {
+                url.push_str("&id_token_hint=");
+                url.push_str(&encode(&hint));
+            }
+            if let Some(p) = provider {
+                url.push_str("&client_id=");
+                url.push_str(&encode(&p.connection.client_id));
+            }
+            url
+        }
+        None => rd,
+    };
+    redirect(session, &location, clear).await
+}
+
+/// `/oauth2/auth`: for nginx `auth_request` or Traefik forward-auth. 202 with the identity
+/// headers when the request's session is valid, else 401.
+async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
+    match auth.sessions.lookup(&session.req_header().headers) {
+        Lookup::Live(live) => {
+            let headers = identity_headers(&auth.headers, &live.identity)
+                .into_iter()
+                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
+                .collect::<Vec<_>>();
+            respond::send(
+                session,
+                StatusCode::ACCEPTED,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"OK\n"),
+                &headers,
+            )
+            .await
+        }
+        _ => {
+            let extra = [(
+                http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"gatehouse\"".to_string(),
+            )];
+            respond::send(
+                session,
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"Unauthorized\n"),
+                &extra,
+            )
+            .await
+        }
+    }
+}
+
+/// `/oauth2/userinfo`: the session's identity as JSON, or 401.
+async fn userinfo(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
+    match auth.sessions.lookup(&session.req_header().headers) {
+        Lookup::Live(live) => {
+            let id = &live.identity;
+            let body = serde_json::json!({
+                "user": id.user(),
+                "email": id.email,
+                "email_verified": id.email_verified,
+                "preferred_username": id.username,
+                "name": id.name,
+                "groups": id.groups,
+                "connection": id.connection,
+                "subject": id.subject,
+            });
+            respond::send(
+                session,
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(body.to_string()),
+                &[],
+            )
+            .await
+        }
+        _ => {
+            let extra = [(
+                http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"gatehouse\"".to_string(),
+            )];
+            respond::send(
+                session,
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                Bytes::from_static(b"{\"error\":\"unauthorized\"}"),
+                &extra,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        let pairs = form_pairs("rd=%2Fa%3Fb%3D1&x=a+b&empty=&flag");
+        assert_eq!(param(&pairs, "rd"), Some("/a?b=1"));
+        assert_eq!(param(&pairs, "x"), Some("a b"));
+        assert_eq!(param(&pairs, "empty"), Some(""));
+        assert_eq!(param(&pairs, "flag"), Some(""));
+        assert_eq!(param(&pairs, "none"), None);
+    }
+}
