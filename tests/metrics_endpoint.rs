@@ -42,7 +42,16 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         );
     }
     // Connection ids come from config, results are fixed names: both bounded.
-    let allowed = ["kind", "code", "reason", "version", "le", "quantile", "result", "connection"];
+    let allowed = [
+        "kind",
+        "code",
+        "reason",
+        "version",
+        "le",
+        "quantile",
+        "result",
+        "connection",
+    ];
     for sample in &scrape.samples {
         for (label, _) in sample.labels.iter() {
             assert!(

@@ -424,7 +424,7 @@ async fn callback(
     };
     // No fixation: any session the browser brought is ended, and a new id is issued.
     if let Lookup::Live(old) = auth.sessions.lookup(&session.req_header().headers) {
-        auth.sessions.revoke(&[old.sid.clone()]);
+        auth.sessions.revoke(std::slice::from_ref(&old.sid));
     }
     let cookies = match auth.sessions.create(
         login_result.identity,
@@ -520,7 +520,7 @@ async fn sign_out(
         .await;
     }
     let rd = safe_rd(auth, session, param(&form, "rd"));
-    auth.sessions.revoke(&[live.sid.clone()]);
+    auth.sessions.revoke(std::slice::from_ref(&live.sid));
     auth.update_sessions_gauge();
     auth.metrics.logouts.with_label_values(&["user"]).inc();
     let provider = auth.provider(&live.identity.connection);

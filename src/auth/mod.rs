@@ -188,7 +188,7 @@ impl Auth {
                     .logouts
                     .with_label_values(&["refresh_failed"])
                     .inc();
-                self.sessions.revoke(&[live.sid.clone()]);
+                self.sessions.revoke(std::slice::from_ref(&live.sid));
                 self.update_sessions_gauge();
                 false
             }

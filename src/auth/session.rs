@@ -252,12 +252,12 @@ impl Sessions {
             return Lookup::Rejected(Rejection::Forged);
         }
         if live.expires_at <= now {
-            self.revoke(&[live.sid.clone()]);
+            self.revoke(std::slice::from_ref(&live.sid));
             return Lookup::Rejected(Rejection::Expired);
         }
         let last = live.last_seen.load(Ordering::Relaxed);
         if now.saturating_sub(last) > self.config.idle_timeout.as_secs() {
-            self.revoke(&[live.sid.clone()]);
+            self.revoke(std::slice::from_ref(&live.sid));
             return Lookup::Rejected(Rejection::Idle);
         }
         if last != now {
@@ -431,7 +431,7 @@ mod tests {
         let Lookup::Live(live) = s.lookup(&headers) else {
             panic!("not live")
         };
-        assert_eq!(s.revoke(&[live.sid.clone()]), 1);
+        assert_eq!(s.revoke(std::slice::from_ref(&live.sid)), 1);
         assert!(matches!(
             s.lookup(&headers),
             Lookup::Rejected(Rejection::Revoked)

@@ -1,0 +1,526 @@
+//! The login dance against a real OpenID provider (`tests/idp`, oidc-provider on loopback),
+//! driven by an HTTP client with a cookie jar through the IdP's login form.
+
+mod common;
+#[path = "common/idp.rs"]
+mod idp;
+
+use std::time::Duration;
+
+use common::{client, start_echo, start_with, Harness};
+use idp::{client_config, Browser, TestIdp};
+
+/// A Gatehouse with one connection to a fresh test IdP, its upstream, and a data dir.
+struct LoginEnv {
+    idp: TestIdp,
+    gh: Harness,
+    _data: tempfile::TempDir,
+}
+
+impl LoginEnv {
+    fn url(&self, path: &str) -> String {
+        self.gh.url(path)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the IdP (with `idp_extra` merged into its config) and Gatehouse (with `extra` TOML),
+/// and waits until Gatehouse has discovered the IdP.
+async fn login_env(idp_extra: serde_json::Value, extra: &str) -> LoginEnv {
+    let upstream = start_echo().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut idp_config = serde_json::json!({
+        "clients": [client_config(
+            "gatehouse",
+            "gatehouse-secret",
+            vec![format!("{base}/oauth2/callback")],
+            vec![format!("{base}/"), format!("{base}/signed-out")],
+            Some(format!("{base}/oauth2/backchannel-logout")),
+        )],
+    });
+    if let (Some(target), Some(more)) = (idp_config.as_object_mut(), idp_extra.as_object()) {
+        for (k, v) in more {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+    let idp = TestIdp::start(idp_config).await;
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+admin_listen = "127.0.0.1:0"
+worker_threads = 2
+shutdown_grace = "1s"
+[log]
+access_log = false
+[store]
+data_dir = "{data}"
+[session]
+cookie_secure = false
+keys = ["{key}"]
+[[upstreams]]
+id = "echo"
+url = "http://{upstream}"
+[[public]]
+path = "/public"
+match = "prefix"
+[[connections]]
+id = "test"
+display_name = "Test IdP"
+issuer = "{issuer}"
+client_id = "gatehouse"
+client_secret = "gatehouse-secret"
+scopes = ["openid", "email", "profile", "groups"]
+{extra}
+"#,
+        data = data.path().display(),
+        key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        issuer = idp.issuer,
+    );
+    let gh = start_with(upstream, &config);
+    let ready = gh.admin_url("/ready");
+    for _ in 0..200 {
+        if client()
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    LoginEnv {
+        idp,
+        gh,
+        _data: data,
+    }
+}
+
+fn echo_json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not the echo app's JSON ({e}): {body}"))
+}
+
+/// A browser that asks for a protected page is sent through the IdP's login form and lands
+/// on the page it asked for; the app sees who it is, and spoofed headers are gone.
+#[tokio::test]
+async fn a_login_brings_the_user_back_and_the_app_sees_the_identity() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    let journey = browser
+        .follow(&env.url("/private/page?x=1"), Some(("alice", "alice-pw")))
+        .await;
+    assert_eq!(
+        journey.status,
+        200,
+        "{:?}\n{}",
+        journey.hops,
+        env.idp.stderr()
+    );
+    assert!(
+        journey
+            .hops
+            .iter()
+            .any(|(_, u)| u.starts_with(&env.idp.issuer)),
+        "never went to the IdP"
+    );
+    let echo = echo_json(&journey.body);
+    assert_eq!(echo["path"], "/private/page");
+    assert_eq!(echo["query"], "x=1");
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-auth-request-user"][0], "alice");
+    assert_eq!(headers["x-auth-request-email"][0], "alice@example.com");
+    assert_eq!(headers["x-auth-request-groups"][0], "admins,staff");
+    assert_eq!(headers["x-auth-request-preferred-username"][0], "alice");
+    assert_eq!(headers["x-gatehouse-connection"][0], "test");
+
+    // With the session, a spoofed identity header is still replaced by the real one.
+    let cookie = browser
+        .cookie_header(&env.url("/"))
+        .expect("session cookie");
+    let spoofed = client()
+        .get(env.url("/again"))
+        .header("cookie", cookie)
+        .header("X-Auth-Request-User", "mallory")
+        .header("X_Auth_Request_Email", "mallory@evil.example")
+        .send()
+        .await
+        .unwrap();
+    let echo: serde_json::Value = spoofed.json().await.unwrap();
+    assert_eq!(
+        echo["headers"]["x-auth-request-user"],
+        serde_json::json!(["alice"])
+    );
+    assert!(echo["headers"].get("x_auth_request_email").is_none());
+    let sample = "gatehouse_logins_total{connection=\"test\",result=\"success\"}";
+    assert_eq!(env.gh.metric_reaching(sample, 1.0).await, 1.0);
+}
+
+/// Two tabs start logging in at once; both finish, in either order (one login cookie per
+/// state, not a single CSRF cookie).
+#[tokio::test]
+async fn two_tabs_logging_in_at_once_both_succeed() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    let mut authorize = Vec::new();
+    for path in ["/tab-a", "/tab-b"] {
+        let start = browser
+            .get(&env.url(&format!("/oauth2/start?rd={path}")))
+            .await;
+        assert_eq!(start.status(), 302);
+        authorize.push(start.headers()["location"].to_str().unwrap().to_string());
+    }
+    let b = browser
+        .follow(&authorize[1], Some(("alice", "alice-pw")))
+        .await;
+    assert_eq!(b.status, 200, "{:?}", b.hops);
+    assert_eq!(echo_json(&b.body)["path"], "/tab-b");
+    let a = browser
+        .follow(&authorize[0], Some(("alice", "alice-pw")))
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.hops);
+    assert_eq!(echo_json(&a.body)["path"], "/tab-a");
+}
+
+/// A callback is good once: replaying it (even with a copy of its login cookie), or changing
+/// its state, is refused with 400 and counted, and never gives a session.
+#[tokio::test]
+async fn a_replayed_or_tampered_callback_is_refused() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    let start = browser.get(&env.url("/oauth2/start?rd=/x")).await;
+    assert_eq!(start.status(), 302);
+    let login_cookie = start.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let authorize = start.headers()["location"].to_str().unwrap().to_string();
+    let journey = browser.follow(&authorize, Some(("bob", "bob-pw"))).await;
+    assert_eq!(journey.status, 200, "{:?}", journey.hops);
+    let callback = journey
+        .hops
+        .iter()
+        .map(|(_, u)| u.clone())
+        .find(|u| u.contains("/oauth2/callback?"))
+        .expect("a callback hop");
+    // An attacker who copied the callback URL and the login cookie: the state was used.
+    let replay = client()
+        .get(&callback)
+        .header("cookie", login_cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    let used = "gatehouse_logins_total{connection=\"test\",result=\"state_invalid\"}";
+    assert_eq!(env.gh.metric_reaching(used, 1.0).await, 1.0);
+    // Without the login cookie, or with a changed state, nothing matches.
+    assert_eq!(Browser::new().get(&callback).await.status(), 400);
+    let tampered = callback.replace("state=", "state=x");
+    let forged = client()
+        .get(&tampered)
+        .header("cookie", login_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(
+        Browser::new()
+            .get(&env.url("/oauth2/callback?code=abc"))
+            .await
+            .status(),
+        400
+    );
+    let unknown = "gatehouse_logins_total{connection=\"-\",result=\"state_invalid\"}";
+    assert_eq!(env.gh.metric_reaching(unknown, 3.0).await, 3.0);
+}
+
+/// The IdP's `error` answer gives a clear 403 page, never a 500.
+#[tokio::test]
+async fn an_idp_error_answer_gives_a_clear_page() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    let start = browser.get(&env.url("/oauth2/start")).await;
+    let authorize = start.headers()["location"].to_str().unwrap().to_string();
+    let state = reqwest::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let denied = browser
+        .get(&env.url(&format!(
+            "/oauth2/callback?error=access_denied&state={state}"
+        )))
+        .await;
+    assert_eq!(denied.status(), 403);
+    assert!(denied
+        .text()
+        .await
+        .unwrap()
+        .contains("cancelled or refused"));
+}
+
+/// Forged, truncated and swapped cookies are refused: API clients get 401.
+#[tokio::test]
+async fn forged_truncated_or_swapped_cookies_are_refused() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("alice", "alice-pw")))
+            .await
+            .status,
+        200
+    );
+    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let session = cookie
+        .split("; ")
+        .find_map(|c| c.strip_prefix("_gatehouse="))
+        .expect("session cookie")
+        .to_string();
+    let api = |cookie: String| {
+        let url = env.url("/api");
+        async move {
+            client()
+                .get(url)
+                .header("accept", "application/json")
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(api(format!("_gatehouse={session}")).await, 200);
+    assert_eq!(
+        api(format!("_gatehouse={}", &session[..session.len() / 2])).await,
+        401
+    );
+    let mut flipped = session.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    assert_eq!(
+        api(format!(
+            "_gatehouse={}",
+            String::from_utf8(flipped).unwrap()
+        ))
+        .await,
+        401
+    );
+    assert_eq!(api("_gatehouse=forged-by-hand".to_string()).await, 401);
+    // A login-state cookie (sealed with the same keys, for another purpose) is no session.
+    let start = browser.get(&env.url("/oauth2/start")).await;
+    let login_cookie = start.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let login_value = login_cookie.split_once('=').unwrap().1;
+    assert_eq!(api(format!("_gatehouse={login_value}")).await, 401);
+}
+
+/// Sign-out revokes the session server-side (a copied cookie dies too), clears the cookie and
+/// goes to the IdP's end-session endpoint.
+#[tokio::test]
+async fn sign_out_revokes_the_session_even_for_a_copied_cookie() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("alice", "alice-pw")))
+            .await
+            .status,
+        200
+    );
+    let copied = browser.cookie_header(&env.url("/")).unwrap();
+    let confirm = browser.get(&env.url("/oauth2/sign_out")).await;
+    assert_eq!(confirm.status(), 200);
+    let page = confirm.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    // Without the form's token the POST is refused.
+    let refused = browser
+        .post_form(&env.url("/oauth2/sign_out"), &[("csrf", "nope")])
+        .await;
+    assert_eq!(refused.status(), 403);
+    let done = browser
+        .post_form(
+            &env.url("/oauth2/sign_out"),
+            &[("csrf", &csrf), ("rd", "/signed-out")],
+        )
+        .await;
+    assert_eq!(done.status(), 302);
+    let location = done.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&env.idp.issuer), "{location}");
+    assert!(location.contains("id_token_hint="));
+    let after = client()
+        .get(env.url("/private"))
+        .header("accept", "application/json")
+        .header("cookie", copied)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+}
+
+/// Forward-auth answers 202 with the identity headers for a session and 401 without;
+/// userinfo returns the identity as JSON.
+#[tokio::test]
+async fn forward_auth_and_userinfo_answer_for_the_session() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("carol", "carol-pw")))
+            .await
+            .status,
+        200
+    );
+    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let ok = client()
+        .get(env.url("/oauth2/auth"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.headers()["x-auth-request-email"], "carol@example.org");
+    let nobody = client().get(env.url("/oauth2/auth")).send().await.unwrap();
+    assert_eq!(nobody.status(), 401);
+    let info: serde_json::Value = client()
+        .get(env.url("/oauth2/userinfo"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["user"], "carol");
+    assert_eq!(info["connection"], "test");
+}
+
+/// Open-redirect payloads in `rd` fall back to `/` after login.
+#[tokio::test]
+async fn open_redirects_in_rd_land_on_the_root() {
+    let env = login_env(serde_json::json!({}), "").await;
+    for payload in [
+        "//evil.example/x",
+        "/\\evil.example",
+        "/%09/evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "https://127.0.0.1.evil.example/",
+    ] {
+        let browser = Browser::new();
+        let encoded: String = payload.bytes().map(|b| format!("%{b:02X}")).collect();
+        let journey = browser
+            .follow(
+                &env.url(&format!("/oauth2/start?rd={encoded}")),
+                Some(("alice", "alice-pw")),
+            )
+            .await;
+        assert_eq!(journey.status, 200, "{payload}: {:?}", journey.hops);
+        assert!(
+            journey.url.starts_with(&env.url("/")),
+            "{payload} led to {}",
+            journey.url
+        );
+        assert_eq!(echo_json(&journey.body)["path"], "/", "{payload}");
+    }
+}
+
+/// When the access token expires, the next request refreshes it once and goes through.
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_on_the_next_request() {
+    let env = login_env(serde_json::json!({"ttl": {"AccessToken": 2}}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("alice", "alice-pw")))
+            .await
+            .status,
+        200
+    );
+    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let requests = (0..4).map(|_| {
+        let (url, cookie) = (env.url("/after"), cookie.clone());
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    });
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let success = env
+        .gh
+        .metric("gatehouse_session_refresh_total{result=\"success\"}")
+        .await;
+    assert_eq!(success, 1.0, "parallel requests share one refresh");
+}
+
+/// An IdP that is down at startup: public routes are served, `/ready` is false, and a login
+/// attempt gets a clear 502 page.
+#[tokio::test]
+async fn an_idp_down_at_startup_leaves_public_routes_working() {
+    let upstream = start_echo().await;
+    let dead = common::dead_port();
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n[[public]]\npath = \"/public\"\nmatch = \"prefix\"\n[[connections]]\nid = \"down\"\nissuer = \"http://{dead}\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        data.path().display()
+    );
+    let gh = start_with(upstream, &config);
+    assert_eq!(
+        client()
+            .get(gh.url("/public/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gh.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let start = client()
+        .get(gh.url("/oauth2/start"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 502);
+    assert!(start.text().await.unwrap().contains("not reachable"));
+    // Without configured keys, one is made and kept in the data dir (readable by the owner).
+    assert!(data.path().join("session.keys").exists());
+}
