@@ -142,6 +142,14 @@ async fn a_login_brings_the_user_back_and_the_app_sees_the_identity() {
     assert_eq!(headers["x-auth-request-groups"][0], "admins,staff");
     assert_eq!(headers["x-auth-request-preferred-username"][0], "alice");
     assert_eq!(headers["x-gatehouse-connection"][0], "test");
+    let cookies = headers
+        .get("cookie")
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    assert!(
+        !cookies.contains("_gatehouse"),
+        "the app received Gatehouse's cookie: {cookies}"
+    );
 
     // With the session, a spoofed identity header is still replaced by the real one.
     let cookie = browser

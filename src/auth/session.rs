@@ -359,6 +359,25 @@ impl Sessions {
             .collect()
     }
 
+    /// The request's Cookie header without Gatehouse's own cookies (the session, its chunks,
+    /// login cookies), so the app never receives them. `None` when there is nothing to remove;
+    /// `Some(None)` when no cookie is left.
+    pub fn without_own_cookies(&self, headers: &HeaderMap) -> Option<Option<http::HeaderValue>> {
+        let name = self.config.cookie_name.as_str();
+        let owned = |k: &str| k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('_'));
+        if !request_cookies(headers).any(|(k, _)| owned(k)) {
+            return None;
+        }
+        let kept: Vec<String> = request_cookies(headers)
+            .filter(|(k, _)| !owned(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if kept.is_empty() {
+            return Some(None);
+        }
+        Some(http::HeaderValue::from_str(&kept.join("; ")).ok())
+    }
+
     /// `Set-Cookie` values that clear the session cookie and any chunks the request carried.
     pub fn clear_cookies(&self, headers: &HeaderMap) -> Vec<String> {
         let name = self.config.cookie_name.as_str();
@@ -475,6 +494,27 @@ mod tests {
             Lookup::Rejected(Rejection::Forged)
         ));
         assert!(matches!(mine.lookup(&HeaderMap::new()), Lookup::None));
+    }
+
+    #[test]
+    fn own_cookies_are_removed_and_the_app_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            "app=1; _gh=sealed; _gh_login_abc=x; _ghost=2"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            s.without_own_cookies(&h),
+            Some(Some("app=1; _ghost=2".parse().unwrap()))
+        );
+        h.insert(http::header::COOKIE, "_gh=sealed".parse().unwrap());
+        assert_eq!(s.without_own_cookies(&h), Some(None));
+        h.insert(http::header::COOKIE, "app=1".parse().unwrap());
+        assert_eq!(s.without_own_cookies(&h), None);
     }
 
     #[test]

@@ -127,6 +127,28 @@ impl Gatehouse {
         Ok(normal)
     }
 
+    /// Removes Gatehouse's own cookies from the request before it goes upstream.
+    fn strip_own_cookies(&self, session: &mut Session) -> Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        match auth
+            .sessions
+            .without_own_cookies(&session.req_header().headers)
+        {
+            Some(Some(rest)) => session
+                .req_header_mut()
+                .insert_header(http::header::COOKIE, rest)?,
+            Some(None) => {
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::COOKIE);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     /// The `rd` target of a login redirect: the normalized path and the original query.
     fn return_to(session: &Session, path: &NormalPath) -> String {
         let query = session.req_header().uri.query();
@@ -298,6 +320,7 @@ impl ProxyHttp for Gatehouse {
         }
 
         if route == Route::Public {
+            self.strip_own_cookies(session)?;
             return Ok(false);
         }
         // Protected: a live session lets the request through, with the identity headers.
@@ -309,6 +332,7 @@ impl ProxyHttp for Gatehouse {
                         req.insert_header(name, value)?;
                     }
                     ctx.user = Some(live.identity.user().to_string());
+                    self.strip_own_cookies(session)?;
                     return Ok(false);
                 }
                 Lookup::Rejected(reason) => {
