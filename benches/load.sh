@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Load comparison on one machine, all on 127.0.0.1: the same nginx upstream (a small body)
 # reached directly, through nginx as a reverse proxy, through a bare pingora proxy (the
-# framework baseline, examples/bare_pingora.rs) and through Gatehouse (a public route), in
-# interleaved rounds so drift on a shared machine hits all of them alike.
+# framework baseline, examples/bare_pingora.rs), through Gatehouse on a public route, and
+# through Gatehouse on a protected route with a session cookie from a real login at the test
+# OP (tests/idp), in interleaved rounds so drift on a shared machine hits all of them alike.
 #
 #   benches/load.sh                 # 3 rounds of 10 s each, 64 connections
 #   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
@@ -43,7 +44,17 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATEHOUSE=$(free_port); ADMIN=$(free_port); BARE_PORT=$(free_port)
+UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATEHOUSE=$(free_port); ADMIN=$(free_port); BARE_PORT=$(free_port); OP=$(free_port)
+
+# The test OpenID provider, for the authenticated case (a session cookie from a real login).
+[ -d tests/idp/node_modules/oidc-provider ] || npm ci --silent --prefix tests/idp
+cat >"$work/op.json" <<CONF
+{"port": $OP, "exit_on_stdin_eof": false, "clients": [{"client_id": "gatehouse", "client_secret": "bench-secret",
+ "redirect_uris": ["http://127.0.0.1:$GATEHOUSE/oauth2/callback"], "grant_types": ["authorization_code", "refresh_token"],
+ "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]}
+CONF
+node tests/idp/server.mjs "$work/op.json" >"$work/op.out" 2>"$work/op.log" &
+pids+=($!)
 
 # Two nginx instances, so the proxy's CPU time can be measured apart from the upstream's.
 nginx_conf() { # name body
@@ -83,11 +94,20 @@ worker_threads = $WORKERS
 [log]
 level = "warn"
 access_log = false
+[store]
+data_dir = "$work/gatehouse-data"
+[session]
+cookie_secure = false
 [[upstreams]]
 url = "http://127.0.0.1:$UPSTREAM"
 [[public]]
-path = "/"
+path = "/public"
 match = "prefix"
+[[connections]]
+id = "bench"
+issuer = "http://127.0.0.1:$OP"
+client_id = "gatehouse"
+client_secret = "bench-secret"
 CONF
 "$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
 pids+=($!)
@@ -97,8 +117,18 @@ pids+=($!)
 BARE_PID=$!
 
 for port in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
 done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/ready" >/dev/null && break; sleep 0.1; done
+
+# Sign in once as alice through the OP's login form, and keep the session cookie.
+jar="$work/jar"
+curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$GATEHOUSE/" -o "$work/form.html"
+action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
+curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
+SESSION=$(awk '$6 == "_gatehouse" {print $7}' "$jar")
+[ -n "$SESSION" ] || { echo "login failed: no session cookie" >&2; exit 1; }
+COOKIE="Cookie: _gatehouse=$SESSION"
 
 # wrk's --latency output in ms, whatever unit it printed.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
@@ -114,18 +144,18 @@ cpu_ticks() { # pids...
 proxy_pids() { # name -> the pids whose CPU counts for that target
   case $1 in
     nginx) echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')" ;;
-    gatehouse) echo "$GATEHOUSE_PID" ;;
+    gatehouse|gatehouse_auth) echo "$GATEHOUSE_PID" ;;
     pingora) echo "$BARE_PID" ;;
     *) echo "" ;;
   esac
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-run() { # name port -> appends "name rps p50 p99 cpu_us_per_request" to results
-  local out pids before after
+run() { # name port [path] [header] -> appends "name rps p50 p99 cpu_us_per_request" to results
+  local out pids before after path=${3:-/public/bench?x=1} header=${4:-X-Bench: 1}
   pids=$(proxy_pids "$1")
   before=$(cpu_ticks $pids)
-  out=$(timeout $((SECONDS_PER_ROUND + 20)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency "http://127.0.0.1:$2/bench/path?x=1")
+  out=$(timeout $((SECONDS_PER_ROUND + 20)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency -H "$header" "http://127.0.0.1:$2$path")
   local rps p50 p99
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
@@ -139,13 +169,14 @@ run() { # name port -> appends "name rps p50 p99 cpu_us_per_request" to results
 }
 
 for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do  # warm-up, not measured
-  timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/" >/dev/null
+  timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/public/" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
   run direct "$UPSTREAM"
   run nginx "$NGINX_PROXY"
   run pingora "$BARE_PORT"
   run gatehouse "$GATEHOUSE"
+  run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
 done
 
 python3 - "$work/results" <<'PY'
@@ -157,11 +188,12 @@ for line in open(sys.argv[1]):
 med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4)) for k, v in rows.items()}
 print("| target | req/s (median) | p50 ms | p99 ms | proxy CPU us/req |")
 print("|---|---:|---:|---:|---:|")
-for name in ("direct", "nginx", "pingora", "gatehouse"):
+for name in ("direct", "nginx", "pingora", "gatehouse", "gatehouse_auth"):
     rps, p50, p99, cpu = med[name]
     cpu_text = "-" if name == "direct" else f"{cpu:.1f}"
     print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {cpu_text} |")
 print(f"\nratio gatehouse/nginx, req/s: {med['gatehouse'][0] / med['nginx'][0]:.2f}")
 print(f"ratio nginx/gatehouse, CPU per request: {med['nginx'][3] / med['gatehouse'][3]:.2f}")
 print(f"ratio gatehouse/bare pingora, req/s: {med['gatehouse'][0] / med['pingora'][0]:.2f}")
+print(f"ratio authenticated/public route, req/s: {med['gatehouse_auth'][0] / med['gatehouse'][0]:.2f}")
 PY

@@ -532,3 +532,150 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
     // Without configured keys, one is made and kept in the data dir (readable by the owner).
     assert!(data.path().join("session.keys").exists());
 }
+
+/// A JWT access token from the IdP (client credentials with a resource indicator) is
+/// accepted as a bearer token with no cookie; a broken one gets 401 `invalid_token`.
+#[tokio::test]
+async fn a_bearer_jwt_is_accepted_and_a_broken_one_refused() {
+    let env = login_env(
+        serde_json::json!({}),
+        "allow_bearer = true\nbearer_audiences = [\"urn:gatehouse:test-api\"]\n",
+    )
+    .await;
+    let discovery: serde_json::Value = client()
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            env.idp.issuer
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tokens: serde_json::Value = client()
+        .post(discovery["token_endpoint"].as_str().unwrap())
+        .basic_auth("gatehouse", Some("gatehouse-secret"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("resource", "urn:gatehouse:test-api"),
+            ("scope", "api"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"]
+        .as_str()
+        .expect("a JWT access token")
+        .to_string();
+    let ok = client()
+        .get(env.url("/api/items"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let echo: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-auth-request-user"][0], "gatehouse");
+    let forward = client()
+        .get(env.url("/oauth2/auth"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forward.status(), 202);
+
+    let mut broken = token.clone();
+    broken.pop();
+    broken.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for bad in [
+        broken.as_str(),
+        "not-a-jwt",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    ] {
+        let refused = client()
+            .get(env.url("/api/items"))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "{bad}");
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
+    }
+    assert_eq!(
+        env.gh
+            .metric("gatehouse_bearer_total{result=\"valid\"}")
+            .await,
+        2.0
+    );
+}
+
+/// When the user signs out at the IdP, the IdP's back-channel logout ends the Gatehouse
+/// session too; a forged logout token is refused with 400.
+#[tokio::test]
+async fn a_back_channel_logout_from_the_idp_ends_the_session() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("alice", "alice-pw")))
+            .await
+            .status,
+        200
+    );
+    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let api = |cookie: String| {
+        let url = env.url("/api");
+        async move {
+            client()
+                .get(url)
+                .header("accept", "application/json")
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(api(cookie.clone()).await, 200);
+
+    let forged = client()
+        .post(env.url("/oauth2/backchannel-logout"))
+        .form(&[("logout_token", "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(api(cookie.clone()).await, 200);
+
+    // Sign out at the IdP itself: its confirmation form, then its back-channel call to us.
+    let end = format!("{}/session/end", env.idp.issuer);
+    let page = browser.get(&end).await.text().await.unwrap();
+    let (action, hidden) = idp::form_fields(&page, "op.logoutForm");
+    let mut fields: Vec<(&str, &str)> = hidden
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    fields.push(("logout", "yes"));
+    let action = reqwest::Url::parse(&end).unwrap().join(&action).unwrap();
+    let done = browser.post_form(action.as_str(), &fields).await;
+    assert!(
+        done.status().is_redirection() || done.status() == 200,
+        "{}",
+        done.status()
+    );
+    assert_eq!(
+        api(cookie).await,
+        401,
+        "the session outlived the IdP logout\n{}",
+        env.idp.stderr()
+    );
+    let sample = "gatehouse_logouts_total{kind=\"backchannel\"}";
+    assert_eq!(env.gh.metric(sample).await, 1.0);
+}

@@ -153,6 +153,7 @@ pub async fn handle(auth: &Auth, session: &mut Session, path: &str) -> pingora::
         "/oauth2/callback" => callback(auth, session, &pairs).await?,
         "/oauth2/sign_out" => sign_out(auth, session, &pairs).await?,
         "/oauth2/auth" => forward_auth(auth, session).await?,
+        "/oauth2/backchannel-logout" => backchannel_logout(auth, session).await?,
         "/oauth2/userinfo" => userinfo(auth, session).await?,
         _ => {
             let body = escape("Nothing is served at this address.");
@@ -556,11 +557,11 @@ async fn sign_out(
 }
 
 /// `/oauth2/auth`: for nginx `auth_request` or Traefik forward-auth. 202 with the identity
-/// headers when the request's session is valid, else 401.
+/// headers when the request's session or bearer token is valid, else 401.
 async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
-    match auth.sessions.lookup(&session.req_header().headers) {
-        Lookup::Live(live) => {
-            let headers = identity_headers(&auth.headers, &live.identity)
+    match auth.authenticate(&session.req_header().headers).await {
+        Ok(Some(identity)) => {
+            let headers = identity_headers(&auth.headers, &identity)
                 .into_iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
                 .collect::<Vec<_>>();
@@ -573,17 +574,136 @@ async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()>
             )
             .await
         }
-        _ => {
-            let extra = [(
-                http::header::WWW_AUTHENTICATE,
-                "Bearer realm=\"gatehouse\"".to_string(),
-            )];
+        outcome => {
+            let challenge = match outcome {
+                Err(_) => "Bearer error=\"invalid_token\"",
+                _ => "Bearer realm=\"gatehouse\"",
+            };
+            let extra = [(http::header::WWW_AUTHENTICATE, challenge.to_string())];
             respond::send(
                 session,
                 StatusCode::UNAUTHORIZED,
                 "text/plain; charset=utf-8",
                 Bytes::from_static(b"Unauthorized\n"),
                 &extra,
+            )
+            .await
+        }
+    }
+}
+
+/// The event a logout token must carry (OpenID Connect Back-Channel Logout 1.0).
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Checks a logout token: signed by the connection's keys, for us, with the logout event, no
+/// nonce, and a `sid` or `sub`. Returns the connection id, `sid` and `sub`.
+async fn verify_logout_token(
+    auth: &Auth,
+    token: &str,
+) -> Result<(String, Option<String>, Option<String>), String> {
+    let unverified = super::oidc::jwt_payload(token).ok_or("not a JWT")?;
+    let iss = unverified
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("no iss")?;
+    let provider = auth
+        .providers
+        .iter()
+        .find(|p| {
+            p.issuer()
+                .is_some_and(|i| i.trim_end_matches('/') == iss.trim_end_matches('/'))
+        })
+        .ok_or("unknown issuer")?;
+    let discovered = provider.current().ok_or("issuer not discovered")?;
+    let jwks = super::bearer::fetch_jwks(provider.http(), &discovered.jwks_uri).await?;
+    let claims = super::bearer::check(
+        token,
+        &jwks,
+        &discovered.issuer,
+        std::slice::from_ref(&provider.connection.client_id),
+    )
+    .map_err(|e| e.to_string())?;
+    let has_event = claims
+        .get("events")
+        .and_then(|e| e.get(BACKCHANNEL_EVENT))
+        .is_some_and(serde_json::Value::is_object);
+    if !has_event {
+        return Err("no back-channel logout event".into());
+    }
+    if claims.contains_key("nonce") {
+        return Err("a logout token must not carry a nonce".into());
+    }
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let (sid, sub) = (text("sid"), text("sub"));
+    if sid.is_none() && sub.is_none() {
+        return Err("neither sid nor sub".into());
+    }
+    Ok((provider.connection.id.clone(), sid, sub))
+}
+
+/// `POST /oauth2/backchannel-logout`: the IdP ends sessions by `sid` (or all of a user's by
+/// `sub`). Answers 200, or 400 for a token that does not check out.
+async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
+    let no_store = [(http::header::CACHE_CONTROL, "no-store".to_string())];
+    if session.req_header().method != http::Method::POST {
+        return respond::send(
+            session,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "application/json",
+            Bytes::from_static(b"{\"error\":\"method_not_allowed\"}"),
+            &no_store,
+        )
+        .await;
+    }
+    let form = read_form(session).await?;
+    let Some(token) = param(&form, "logout_token") else {
+        return respond::send(
+            session,
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            Bytes::from_static(b"{\"error\":\"invalid_request\"}"),
+            &no_store,
+        )
+        .await;
+    };
+    match verify_logout_token(auth, token).await {
+        Ok((connection, sid, sub)) => {
+            let ended = auth.sessions.revoke_where(|s| {
+                s.identity.connection == connection
+                    && match (&sid, &sub) {
+                        (Some(sid), _) => s.idp_sid.as_deref() == Some(sid.as_str()),
+                        (None, Some(sub)) => &s.identity.subject == sub,
+                        (None, None) => false,
+                    }
+            });
+            auth.update_sessions_gauge();
+            auth.metrics
+                .logouts
+                .with_label_values(&["backchannel"])
+                .inc_by(ended as u64);
+            tracing::info!(connection = %connection, ended, "back-channel logout");
+            respond::send(
+                session,
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(b"{}"),
+                &no_store,
+            )
+            .await
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "logout token refused");
+            respond::send(
+                session,
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                Bytes::from_static(b"{\"error\":\"invalid_request\"}"),
+                &no_store,
             )
             .await
         }

@@ -1,6 +1,7 @@
 //! Login machinery: identity-provider connections, the login dance, sessions and their
 //! cookies, redirect-target checks.
 
+pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
 pub mod oidc;
@@ -24,6 +25,7 @@ use session::Sessions;
 /// Everything the login endpoints and the session check need, built once at startup.
 pub struct Auth {
     pub providers: Vec<Arc<Provider>>,
+    pub bearer: bearer::BearerVerifier,
     pub sessions: Sessions,
     pub redirects: RedirectPolicy,
     pub login: Login,
@@ -103,6 +105,7 @@ impl Auth {
         let sessions = Sessions::new(config.session.clone(), sealer, store)?;
         metrics.sessions_active.set(sessions.active() as i64);
         Ok(Some(Self {
+            bearer: bearer::BearerVerifier::new(&providers),
             providers,
             sessions,
             redirects: RedirectPolicy::new(config.login.allowed_redirect_domains.clone()),
@@ -195,9 +198,61 @@ impl Auth {
         }
     }
 
+    /// The identity of a request: its session, else a valid bearer token. `Err` carries the
+    /// answer to give when a bearer token was presented and refused.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<crate::identity::Identity>, bearer::BearerError> {
+        match self.sessions.lookup(headers) {
+            session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
+                return Ok(Some(live.identity.clone()))
+            }
+            session::Lookup::Rejected(reason) => {
+                self.metrics
+                    .session_rejected
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                tracing::info!(reason = reason.label(), "session cookie refused");
+            }
+            _ => {}
+        }
+        let Some(token) = bearer_token(headers) else {
+            return Ok(None);
+        };
+        if !self.bearer.is_enabled() {
+            self.metrics
+                .bearer
+                .with_label_values(&["not_allowed"])
+                .inc();
+            return Err(bearer::BearerError::NotAllowed);
+        }
+        match self.bearer.verify(token).await {
+            Ok(identity) => {
+                self.metrics.bearer.with_label_values(&["valid"]).inc();
+                Ok(Some(identity))
+            }
+            Err(e) => {
+                self.metrics.bearer.with_label_values(&[e.label()]).inc();
+                tracing::info!(error = %e, "bearer token refused");
+                Err(e)
+            }
+        }
+    }
+
     pub fn update_sessions_gauge(&self) {
         self.metrics
             .sessions_active
             .set(self.sessions.active() as i64);
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }

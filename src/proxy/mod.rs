@@ -30,7 +30,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::endpoints;
-use crate::auth::session::Lookup;
 use crate::auth::Auth;
 use crate::config::model::Upstream;
 use crate::config::Config;
@@ -323,26 +322,35 @@ impl ProxyHttp for Gatehouse {
             self.strip_own_cookies(session)?;
             return Ok(false);
         }
-        // Protected: a live session lets the request through, with the identity headers.
+        // Protected: a live session or a valid bearer token lets the request through, with
+        // the identity headers.
         if let Some(auth) = &self.auth {
-            match auth.sessions.lookup(&session.req_header().headers) {
-                Lookup::Live(live) if auth.ensure_fresh(&live).await => {
+            match auth.authenticate(&session.req_header().headers).await {
+                Ok(Some(identity)) => {
                     let req = session.req_header_mut();
-                    for (name, value) in identity_headers(&auth.headers, &live.identity) {
+                    for (name, value) in identity_headers(&auth.headers, &identity) {
                         req.insert_header(name, value)?;
                     }
-                    ctx.user = Some(live.identity.user().to_string());
+                    ctx.user = Some(identity.user().to_string());
                     self.strip_own_cookies(session)?;
                     return Ok(false);
                 }
-                Lookup::Rejected(reason) => {
-                    auth.metrics
-                        .session_rejected
-                        .with_label_values(&[reason.label()])
-                        .inc();
-                    tracing::info!(request_id = %ctx.request_id, reason = reason.label(), "session cookie refused");
+                Ok(None) => {}
+                Err(_) => {
+                    // Early answer: a bearer token was presented and refused.
+                    let extra = [(
+                        http::header::WWW_AUTHENTICATE,
+                        "Bearer error=\"invalid_token\"".to_string(),
+                    )];
+                    let (kind, body) = respond::error_body(
+                        StatusCode::UNAUTHORIZED,
+                        "The bearer token is not valid.",
+                        &ctx.request_id,
+                        false,
+                    );
+                    respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
+                    return Ok(true);
                 }
-                _ => {}
             }
         }
         // No session mechanism accepted the request.
