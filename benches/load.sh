@@ -179,6 +179,34 @@ for round in $(seq "$ROUNDS"); do
   run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
 done
 
+# Logins: LOGINS sequential sign-ins (new browser each: start, IdP form, callback) with curl.
+LOGINS=${LOGINS:-40}
+login_once() {
+  local jar="$work/login-jar" action
+  rm -f "$jar"
+  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$GATEHOUSE/" -o "$work/form.html"
+  action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
+  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
+}
+metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+sum_before=$(metric 'gatehouse_login_duration_seconds_sum{connection="bench"}')
+count_before=$(metric 'gatehouse_login_duration_seconds_count{connection="bench"}')
+start_ns=$(date +%s%N)
+for _ in $(seq "$LOGINS"); do login_once; done
+elapsed_ns=$(( $(date +%s%N) - start_ns ))
+sum_after=$(metric 'gatehouse_login_duration_seconds_sum{connection="bench"}')
+count_after=$(metric 'gatehouse_login_duration_seconds_count{connection="bench"}')
+python3 - "$LOGINS" "$elapsed_ns" "$sum_before" "$sum_after" "$count_before" "$count_after" >"$work/logins" <<'PY'
+import sys
+n, ns, s0, s1, c0, c1 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+total = ns / 1e9
+callback = (s1 - s0) / max(c1 - c0, 1)
+print(f"\nlogins: {n} sequential in {total:.2f} s = {n / total:.1f} logins/s "
+      f"({1000 * total / n:.1f} ms each; {c1 - c0:.0f} counted by gatehouse_logins)")
+print(f"  of which the callback (code exchange at the OP + ID token checks + session write): "
+      f"{1000 * callback:.1f} ms; the rest is the OP's authorize/login pages and the redirects")
+PY
+
 python3 - "$work/results" <<'PY'
 import statistics, sys
 rows = {}
@@ -197,3 +225,4 @@ print(f"ratio nginx/gatehouse, CPU per request: {med['nginx'][3] / med['gatehous
 print(f"ratio gatehouse/bare pingora, req/s: {med['gatehouse'][0] / med['pingora'][0]:.2f}")
 print(f"ratio authenticated/public route, req/s: {med['gatehouse_auth'][0] / med['gatehouse'][0]:.2f}")
 PY
+cat "$work/logins"

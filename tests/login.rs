@@ -679,3 +679,117 @@ async fn a_back_channel_logout_from_the_idp_ends_the_session() {
     let sample = "gatehouse_logouts_total{kind=\"backchannel\"}";
     assert_eq!(env.gh.metric(sample).await, 1.0);
 }
+
+/// With two connections, `/oauth2/start` shows a chooser with a button per connection, and
+/// the chosen IdP signs the user in.
+#[tokio::test]
+async fn two_connections_get_a_chooser_and_the_chosen_idp_signs_in() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client_entry = client_config(
+        "gatehouse",
+        "gatehouse-secret",
+        vec![format!("{base}/oauth2/callback")],
+        vec![],
+        None,
+    );
+    let first = TestIdp::start(serde_json::json!({"clients": [client_entry.clone()]})).await;
+    let second = TestIdp::start(serde_json::json!({"clients": [client_entry]})).await;
+    let upstream = start_echo().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n",
+        data.path().display()
+    );
+    for (id, idp) in [("first", &first), ("second", &second)] {
+        config.push_str(&format!(
+            "[[connections]]\nid = \"{id}\"\ndisplay_name = \"The {id} IdP\"\nissuer = \"{}\"\nclient_id = \"gatehouse\"\nclient_secret = \"gatehouse-secret\"\n",
+            idp.issuer
+        ));
+    }
+    let gh = start_with(upstream, &config);
+    for _ in 0..200 {
+        if client()
+            .get(gh.admin_url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let browser = Browser::new();
+    let chooser = browser.follow(&gh.url("/reports"), None).await;
+    assert_eq!(chooser.status, 200);
+    assert!(
+        chooser.body.contains("The first IdP") && chooser.body.contains("The second IdP"),
+        "{}",
+        chooser.body
+    );
+    let link = chooser
+        .body
+        .split("href=\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|href| href.contains("connection=second"))
+        .expect("a button for the second IdP")
+        .replace("&amp;", "&");
+    let journey = browser
+        .follow(&gh.url(&link), Some(("carol", "carol-pw")))
+        .await;
+    assert_eq!(journey.status, 200, "{:?}", journey.hops);
+    assert!(journey
+        .hops
+        .iter()
+        .any(|(_, u)| u.starts_with(&second.issuer)));
+    let echo = echo_json(&journey.body);
+    assert_eq!(echo["path"], "/reports");
+    assert_eq!(echo["headers"]["x-gatehouse-connection"][0], "second");
+}
+
+/// Key rotation: a cookie sealed with the old key still opens while the old key is listed
+/// after the new one, and is refused once the old key is dropped.
+#[tokio::test]
+async fn a_cookie_sealed_with_a_retired_key_works_until_the_key_is_dropped() {
+    const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const NEW: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let env = login_env(serde_json::json!({}), "").await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser
+            .follow(&env.url("/"), Some(("alice", "alice-pw")))
+            .await
+            .status,
+        200
+    );
+    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let issuer = env.idp.issuer.clone();
+    let upstream = env.gh.upstream;
+    for (keys, expected) in [
+        (format!("\"{NEW}\", \"{OLD}\""), 200),
+        (format!("\"{NEW}\""), 401),
+    ] {
+        // The running Gatehouse holds the store's lock: the next ones start on a copy of it.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            env._data.path().join("gatehouse.redb"),
+            copy.path().join("gatehouse.redb"),
+        )
+        .unwrap();
+        let data_dir = copy.path();
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\nkeys = [{keys}]\n[[upstreams]]\nurl = \"http://{upstream}\"\n[[connections]]\nid = \"test\"\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"gatehouse-secret\"\n",
+            data_dir.display()
+        );
+        let gh = start_with(upstream, &config);
+        let status = client()
+            .get(gh.url("/api"))
+            .header("accept", "application/json")
+            .header("cookie", cookie.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, expected, "keys [{keys}]");
+    }
+}
