@@ -560,8 +560,8 @@ async fn sign_out(
 /// headers when the request's session or bearer token is valid, else 401.
 async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
     match auth.authenticate(&session.req_header().headers).await {
-        Ok(Some(identity)) => {
-            let headers = identity_headers(&auth.headers, &identity)
+        Ok(Some(who)) => {
+            let headers = identity_headers(&auth.headers, who.identity())
                 .into_iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
                 .collect::<Vec<_>>();

@@ -203,10 +203,10 @@ impl Auth {
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<Option<crate::identity::Identity>, bearer::BearerError> {
+    ) -> Result<Option<Authenticated>, bearer::BearerError> {
         match self.sessions.lookup(headers) {
             session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
-                return Ok(Some(live.identity.clone()))
+                return Ok(Some(Authenticated::Session(live)));
             }
             session::Lookup::Rejected(reason) => {
                 self.metrics
@@ -230,13 +230,26 @@ impl Auth {
         match self.bearer.verify(token).await {
             Ok(identity) => {
                 self.metrics.bearer.with_label_values(&["valid"]).inc();
-                Ok(Some(identity))
+                Ok(Some(Authenticated::Bearer(Box::new(identity))))
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
                 tracing::info!(error = %e, "bearer token refused");
                 Err(e)
             }
+        }
+    }
+
+    /// The identity headers for an authenticated request: cached per session, built per
+    /// request for a bearer token.
+    pub fn wire_headers(&self, who: &Authenticated) -> crate::identity::headers::WireHeaders {
+        use crate::identity::headers::wire_headers;
+        match who {
+            Authenticated::Session(live) => live
+                .header_cache
+                .get_or_init(|| wire_headers(&self.headers, &live.identity))
+                .clone(),
+            Authenticated::Bearer(identity) => wire_headers(&self.headers, identity),
         }
     }
 
@@ -255,4 +268,20 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// Who a request is from.
+#[derive(Debug)]
+pub enum Authenticated {
+    Session(Arc<session::LiveSession>),
+    Bearer(Box<crate::identity::Identity>),
+}
+
+impl Authenticated {
+    pub fn identity(&self) -> &crate::identity::Identity {
+        match self {
+            Authenticated::Session(live) => &live.identity,
+            Authenticated::Bearer(identity) => identity,
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub struct LiveSession {
     last_seen: AtomicU64,
     /// Held while this session's tokens are being refreshed (single flight).
     pub refresh_lock: tokio::sync::Mutex<()>,
+    /// The identity headers, built on first use and reused by every request.
+    pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
 }
 
 impl LiveSession {
@@ -62,6 +64,7 @@ impl LiveSession {
             expires_at: record.expires_at,
             tokens: Mutex::new(record.tokens),
             refresh_lock: tokio::sync::Mutex::new(()),
+            header_cache: std::sync::OnceLock::new(),
         }
     }
 

@@ -64,9 +64,40 @@ pub fn identity_headers(
     out
 }
 
+/// A header list ready for pingora: each name as its Title-Case wire bytes (so inserting costs
+/// no copy of the name) and its value. Built once per session and shared.
+pub type WireHeaders = std::sync::Arc<[(bytes::Bytes, HeaderValue)]>;
+
+/// `x-auth-request-user` as `X-Auth-Request-User`.
+pub fn titled(name: &http::HeaderName) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(name.as_str().len());
+    let mut upper = true;
+    for b in name.as_str().bytes() {
+        out.push(if upper { b.to_ascii_uppercase() } else { b });
+        upper = b == b'-';
+    }
+    bytes::Bytes::from(out)
+}
+
+/// [`identity_headers`] with wire names, for inserting into proxied requests.
+pub fn wire_headers(names: &Headers, identity: &Identity) -> WireHeaders {
+    identity_headers(names, identity)
+        .into_iter()
+        .map(|(name, value)| (titled(&name), value))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_names_are_title_case() {
+        assert_eq!(
+            titled(&http::HeaderName::from_static("x-auth-request-user")),
+            "X-Auth-Request-User"
+        );
+    }
 
     #[test]
     fn control_characters_cannot_split_a_header() {

@@ -36,7 +36,6 @@ use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
-use crate::identity::headers::identity_headers;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 pub use ctx::RequestCtx;
@@ -326,12 +325,12 @@ impl ProxyHttp for Gatehouse {
         // the identity headers.
         if let Some(auth) = &self.auth {
             match auth.authenticate(&session.req_header().headers).await {
-                Ok(Some(identity)) => {
+                Ok(Some(who)) => {
                     let req = session.req_header_mut();
-                    for (name, value) in identity_headers(&auth.headers, &identity) {
-                        req.insert_header(name, value)?;
+                    for (name, value) in auth.wire_headers(&who).iter() {
+                        req.insert_header(name.clone(), value.clone())?;
                     }
-                    ctx.user = Some(identity.user().to_string());
+                    ctx.user = Some(who.identity().user().to_string());
                     self.strip_own_cookies(session)?;
                     return Ok(false);
                 }
