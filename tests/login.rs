@@ -106,6 +106,17 @@ scopes = ["openid", "email", "profile", "groups"]
     }
 }
 
+/// Signs in through the IdP's form in a fresh browser; returns it and its Cookie header.
+async fn sign_in(env: &LoginEnv, user: &str, password: &str) -> (Browser, String) {
+    let browser = Browser::new();
+    let journey = browser.follow(&env.url("/"), Some((user, password))).await;
+    assert_eq!(journey.status, 200, "{:?}", journey.hops);
+    let cookie = browser
+        .cookie_header(&env.url("/"))
+        .expect("a session cookie");
+    (browser, cookie)
+}
+
 fn echo_json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not the echo app's JSON ({e}): {body}"))
 }
@@ -284,15 +295,7 @@ async fn an_idp_error_answer_gives_a_clear_page() {
 #[tokio::test]
 async fn forged_truncated_or_swapped_cookies_are_refused() {
     let env = login_env(serde_json::json!({}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("alice", "alice-pw")))
-            .await
-            .status,
-        200
-    );
-    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
     let session = cookie
         .split("; ")
         .find_map(|c| c.strip_prefix("_gatehouse="))
@@ -345,15 +348,7 @@ async fn forged_truncated_or_swapped_cookies_are_refused() {
 #[tokio::test]
 async fn sign_out_revokes_the_session_even_for_a_copied_cookie() {
     let env = login_env(serde_json::json!({}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("alice", "alice-pw")))
-            .await
-            .status,
-        200
-    );
-    let copied = browser.cookie_header(&env.url("/")).unwrap();
+    let (browser, copied) = sign_in(&env, "alice", "alice-pw").await;
     let confirm = browser.get(&env.url("/oauth2/sign_out")).await;
     assert_eq!(confirm.status(), 200);
     let page = confirm.text().await.unwrap();
@@ -393,15 +388,7 @@ async fn sign_out_revokes_the_session_even_for_a_copied_cookie() {
 #[tokio::test]
 async fn forward_auth_and_userinfo_answer_for_the_session() {
     let env = login_env(serde_json::json!({}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("carol", "carol-pw")))
-            .await
-            .status,
-        200
-    );
-    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let (_, cookie) = sign_in(&env, "carol", "carol-pw").await;
     let ok = client()
         .get(env.url("/oauth2/auth"))
         .header("cookie", cookie.clone())
@@ -459,15 +446,7 @@ async fn open_redirects_in_rd_land_on_the_root() {
 #[tokio::test]
 async fn an_expired_access_token_is_refreshed_on_the_next_request() {
     let env = login_env(serde_json::json!({"ttl": {"AccessToken": 2}}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("alice", "alice-pw")))
-            .await
-            .status,
-        200
-    );
-    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let requests = (0..4).map(|_| {
         let (url, cookie) = (env.url("/after"), cookie.clone());
@@ -621,15 +600,7 @@ async fn a_bearer_jwt_is_accepted_and_a_broken_one_refused() {
 #[tokio::test]
 async fn a_back_channel_logout_from_the_idp_ends_the_session() {
     let env = login_env(serde_json::json!({}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("alice", "alice-pw")))
-            .await
-            .status,
-        200
-    );
-    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
     let api = |cookie: String| {
         let url = env.url("/api");
         async move {
@@ -754,15 +725,7 @@ async fn a_cookie_sealed_with_a_retired_key_works_until_the_key_is_dropped() {
     const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const NEW: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
     let env = login_env(serde_json::json!({}), "").await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser
-            .follow(&env.url("/"), Some(("alice", "alice-pw")))
-            .await
-            .status,
-        200
-    );
-    let cookie = browser.cookie_header(&env.url("/")).unwrap();
+    let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
     let issuer = env.idp.issuer.clone();
     let upstream = env.gh.upstream;
     for (keys, expected) in [

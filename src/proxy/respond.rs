@@ -55,21 +55,6 @@ pub async fn send(
     Ok(())
 }
 
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The body of an error answer, as HTML for browsers and JSON for everyone else.
 pub fn error_body(
     status: StatusCode,
@@ -83,9 +68,9 @@ pub fn error_body(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
              <body><main><h1>{code} {reason}</h1><p>{message}</p><p><small>Request id: {id}</small></p></main></body></html>\n",
             code = status.as_u16(),
-            reason = escape_html(reason),
-            message = escape_html(message),
-            id = escape_html(request_id),
+            reason = crate::auth::pages::escape(reason),
+            message = crate::auth::pages::escape(message),
+            id = crate::auth::pages::escape(request_id),
         );
         ("text/html; charset=utf-8", Bytes::from(page))
     } else {
