@@ -1,4 +1,4 @@
-//! Discovery in the background: each connection's metadata and keys are fetched at startup,
+//! Background work of the login machinery. Discovery: each connection's metadata and keys are fetched at startup,
 //! retried with backoff until the IdP answers. Gatehouse serves public routes and existing
 //! sessions meanwhile; `/ready` stays false until every connection is discovered.
 
@@ -78,5 +78,34 @@ impl BackgroundService for Discovery {
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// Ends expired and idle sessions once a minute and keeps `gatehouse_sessions_active` true.
+pub struct SessionSweeper {
+    pub auth: Arc<super::Auth>,
+}
+
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[async_trait]
+impl BackgroundService for SessionSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            let ended = self.auth.sessions.sweep();
+            if ended > 0 {
+                self.auth
+                    .metrics
+                    .logouts
+                    .with_label_values(&["expired"])
+                    .inc_by(ended as u64);
+                tracing::info!(ended, "expired or idle sessions ended");
+            }
+            self.auth.update_sessions_gauge();
+        }
     }
 }

@@ -288,6 +288,16 @@ impl Sessions {
         removed
     }
 
+    /// Ends sessions past their lifetime or idle timeout (run periodically, so memory and the
+    /// store do not keep sessions nobody comes back to). Returns how many ended.
+    pub fn sweep(&self) -> usize {
+        let now = now();
+        let idle = self.config.idle_timeout.as_secs();
+        self.revoke_where(|s| {
+            s.expires_at <= now || now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
+        })
+    }
+
     /// Ends every session that matches `pred`. Returns how many.
     pub fn revoke_where(&self, pred: impl Fn(&LiveSession) -> bool) -> usize {
         let sids: Vec<String> = self
@@ -458,6 +468,24 @@ mod tests {
             s.lookup(&headers),
             Lookup::Rejected(Rejection::Revoked)
         ));
+    }
+
+    #[test]
+    fn a_sweep_ends_expired_sessions_and_keeps_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut short = config();
+        short.lifetime = Duration::ZERO;
+        let s = Sessions::new(short, Sealer::new(vec![[7; 32]]).unwrap(), store).unwrap();
+        s.create(identity("u1"), None, Tokens::default()).unwrap();
+        assert_eq!(s.active(), 1);
+        assert_eq!(s.sweep(), 1);
+        assert_eq!(s.active(), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        s.create(identity("u2"), None, Tokens::default()).unwrap();
+        assert_eq!(s.sweep(), 0);
+        assert_eq!(s.active(), 1);
     }
 
     #[test]

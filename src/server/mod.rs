@@ -16,7 +16,7 @@ use pingora::services::listening::Service as ListeningService;
 use tokio::sync::watch;
 
 use crate::admin::AdminApp;
-use crate::auth::discovery::Discovery;
+use crate::auth::discovery::{Discovery, SessionSweeper};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::health::Readiness;
@@ -116,6 +116,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
                 readiness: readiness.clone(),
                 metrics: metrics.auth.clone(),
             },
+        ));
+        server.add_service(background_service(
+            "session sweeper",
+            SessionSweeper { auth: auth.clone() },
         ));
     }
     let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth);
