@@ -245,223 +245,186 @@ async fn start(
     redirect(session, &authorization.url, vec![cookie]).await
 }
 
-/// A refused callback: counted, logged, and a 4xx page that says what to do.
-async fn refuse(
-    auth: &Auth,
-    session: &mut Session,
-    connection: &str,
-    result: &'static str,
-    status: StatusCode,
-    message: &str,
-    cookies: Vec<String>,
-) -> pingora::Result<()> {
-    auth.metrics
-        .logins
-        .with_label_values(&[connection, result])
-        .inc();
-    tracing::warn!(connection, result, "login refused");
-    let body = format!(
-        "<p>{}</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
-        escape(message)
-    );
-    html(
-        session,
-        status,
-        "Sign-in failed",
-        &body,
-        cookies.into_iter().map(|c| (SET_COOKIE, c)).collect(),
+/// Why a callback did not end in a session: each maps to one `gatehouse_logins_total`
+/// result, one status and one message, here and nowhere else.
+enum Refusal {
+    /// No matching, unexpired, unused login cookie; a wrong `iss`; no code.
+    StateInvalid(&'static str),
+    /// The IdP answered with `error=<code>`.
+    IdpError(String),
+    TokenInvalid(OidcError),
+    ExchangeFailed(OidcError),
+    StoreError(crate::store::StoreError),
+}
+
+impl Refusal {
+    /// What the log says (the cause, which the page does not show).
+    fn detail(&self) -> String {
+        match self {
+            Refusal::StateInvalid(why) => (*why).to_string(),
+            Refusal::IdpError(code) => format!("the IdP answered error={code}"),
+            Refusal::TokenInvalid(e) | Refusal::ExchangeFailed(e) => e.to_string(),
+            Refusal::StoreError(e) => e.to_string(),
+        }
+    }
+
+    fn result(&self) -> &'static str {
+        match self {
+            Refusal::StateInvalid(_) => "state_invalid",
+            Refusal::IdpError(_) => "idp_error",
+            Refusal::TokenInvalid(_) => "token_invalid",
+            Refusal::ExchangeFailed(_) => "exchange_failed",
+            Refusal::StoreError(_) => "store_error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::StateInvalid(_) => StatusCode::BAD_REQUEST,
+            Refusal::IdpError(code) if is_sign_in_refused(code) => StatusCode::FORBIDDEN,
+            Refusal::IdpError(_) => StatusCode::BAD_REQUEST,
+            Refusal::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
+            Refusal::ExchangeFailed(_) => StatusCode::BAD_GATEWAY,
+            Refusal::StoreError(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::StateInvalid(why) => (*why).to_string(),
+            Refusal::IdpError(code) if code == "access_denied" => {
+                "Sign-in was cancelled or refused.".into()
+            }
+            Refusal::IdpError(code) if is_sign_in_refused(code) => {
+                "The identity provider needs you to sign in again.".into()
+            }
+            Refusal::IdpError(code) => {
+                format!("The identity provider answered with an error ({code}).")
+            }
+            Refusal::TokenInvalid(_) => {
+                "The identity provider's answer could not be verified.".into()
+            }
+            Refusal::ExchangeFailed(_) => {
+                "The sign-in could not be completed with the identity provider.".into()
+            }
+            Refusal::StoreError(_) => "The sign-in could not be saved. Please try again.".into(),
+        }
+    }
+}
+
+/// IdP error codes that mean the user or the IdP declined, rather than a broken request.
+fn is_sign_in_refused(code: &str) -> bool {
+    matches!(
+        code,
+        "access_denied" | "login_required" | "interaction_required" | "consent_required"
     )
-    .await
 }
 
 /// `/oauth2/callback`: checks the state against its login cookie (once only), the IdP's `error`
 /// and `iss`, exchanges the code with the PKCE verifier, verifies the ID token, and issues a
-/// new session.
+/// new session. Every refusal is counted, logged, and answered with a page and the login
+/// cookie cleared.
 async fn callback(
     auth: &Auth,
     session: &mut Session,
     pairs: &[(String, String)],
 ) -> pingora::Result<()> {
     let started = Instant::now();
-    let state_param = param(pairs, "state").unwrap_or("");
-    let cookie_name = login_cookie_name(auth, state_param);
-    let clear_login = vec![format!(
+    let state = param(pairs, "state").unwrap_or("");
+    let cookie_name = login_cookie_name(auth, state);
+    let mut cookies = vec![format!(
         "{cookie_name}=; {}",
         cookie_attributes(auth, "/oauth2/callback", 0)
     )];
-    let sealed = request_cookies(&session.req_header().headers)
-        .find(|(k, _)| *k == cookie_name)
-        .map(|(_, v)| v.to_string());
-    let login: Option<LoginState> = sealed
-        .filter(|_| !state_param.is_empty())
-        .and_then(|s| auth.sessions.sealer().open(LOGIN_PURPOSE, &s).ok())
-        .and_then(|plain| serde_json::from_slice(&plain).ok())
-        .filter(|l: &LoginState| l.state == state_param && l.exp > now());
-    let Some(login) = login else {
-        let message = "This sign-in link is invalid or has expired.";
-        return refuse(
-            auth,
-            session,
-            "-",
-            "state_invalid",
-            StatusCode::BAD_REQUEST,
-            message,
-            clear_login,
-        )
-        .await;
-    };
-    let conn = login.conn.clone();
-    if !auth.use_state(&login.state, login.exp) {
-        let message = "This sign-in link was already used.";
-        return refuse(
-            auth,
-            session,
-            &conn,
-            "state_invalid",
-            StatusCode::BAD_REQUEST,
-            message,
-            clear_login,
-        )
-        .await;
+    let mut connection = "-".to_string();
+    match finish_login(auth, session, pairs, &cookie_name, &mut connection).await {
+        Ok((session_cookies, rd)) => {
+            auth.update_sessions_gauge();
+            auth.metrics
+                .logins
+                .with_label_values(&[&connection, "success"])
+                .inc();
+            auth.metrics
+                .login_duration
+                .with_label_values(&[&connection])
+                .observe(started.elapsed().as_secs_f64());
+            cookies.extend(session_cookies);
+            let target = safe_rd(auth, session, Some(&rd));
+            redirect(session, &target, cookies).await
+        }
+        Err(refusal) => {
+            let result = refusal.result();
+            auth.metrics
+                .logins
+                .with_label_values(&[&connection, result])
+                .inc();
+            tracing::warn!(connection = %connection, result, detail = %refusal.detail(), "login refused");
+            let body = format!(
+                "<p>{}</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
+                escape(&refusal.message())
+            );
+            let extra = cookies.into_iter().map(|c| (SET_COOKIE, c)).collect();
+            html(session, refusal.status(), "Sign-in failed", &body, extra).await
+        }
     }
-    let Some(provider) = auth.provider(&conn).cloned() else {
-        return refuse(
-            auth,
-            session,
-            "-",
-            "state_invalid",
-            StatusCode::BAD_REQUEST,
-            "Unknown sign-in method.",
-            clear_login,
-        )
-        .await;
-    };
+}
+
+/// The checks and the exchange of a callback. Sets `connection` as soon as it is known (for
+/// the metric); returns the session cookies and the `rd` to go to.
+async fn finish_login(
+    auth: &Auth,
+    session: &Session,
+    pairs: &[(String, String)],
+    cookie_name: &str,
+    connection: &mut String,
+) -> Result<(Vec<String>, String), Refusal> {
+    let state = param(pairs, "state").unwrap_or("");
+    let login: LoginState = request_cookies(&session.req_header().headers)
+        .find(|(k, _)| *k == cookie_name)
+        .filter(|_| !state.is_empty())
+        .and_then(|(_, sealed)| auth.sessions.sealer().open(LOGIN_PURPOSE, sealed).ok())
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .filter(|l: &LoginState| l.state == state && l.exp > now())
+        .ok_or(Refusal::StateInvalid(
+            "This sign-in link is invalid or has expired.",
+        ))?;
+    let provider = auth
+        .provider(&login.conn)
+        .cloned()
+        .ok_or(Refusal::StateInvalid("Unknown sign-in method."))?;
+    *connection = login.conn.clone();
+    if !auth.use_state(&login.state, login.exp) {
+        return Err(Refusal::StateInvalid("This sign-in link was already used."));
+    }
     if let Some(error) = param(pairs, "error") {
-        let (status, message) = match error {
-            "access_denied" => (
-                StatusCode::FORBIDDEN,
-                "Sign-in was cancelled or refused.".to_string(),
-            ),
-            "login_required" | "interaction_required" | "consent_required" => (
-                StatusCode::FORBIDDEN,
-                "The identity provider needs you to sign in again.".to_string(),
-            ),
-            other => (
-                StatusCode::BAD_REQUEST,
-                format!("The identity provider answered with an error ({other})."),
-            ),
-        };
-        return refuse(
-            auth,
-            session,
-            &conn,
-            "idp_error",
-            status,
-            &message,
-            clear_login,
-        )
-        .await;
+        return Err(Refusal::IdpError(error.to_string()));
     }
     if let (Some(iss), Some(expected)) = (param(pairs, "iss"), provider.issuer()) {
         if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
-            let message = "The answer came from an unexpected issuer.";
-            return refuse(
-                auth,
-                session,
-                &conn,
-                "state_invalid",
-                StatusCode::BAD_REQUEST,
-                message,
-                clear_login,
-            )
-            .await;
+            return Err(Refusal::StateInvalid(
+                "The answer came from an unexpected issuer.",
+            ));
         }
     }
-    let Some(code) = param(pairs, "code").filter(|c| !c.is_empty()) else {
-        return refuse(
-            auth,
-            session,
-            &conn,
-            "state_invalid",
-            StatusCode::BAD_REQUEST,
-            "The answer has no code.",
-            clear_login,
-        )
-        .await;
-    };
+    let code = param(pairs, "code")
+        .filter(|c| !c.is_empty())
+        .ok_or(Refusal::StateInvalid("The answer has no code."))?;
     let result = provider
         .exchange(code, &login.verifier, &login.nonce, &login.redirect_uri)
-        .await;
-    let login_result = match result {
-        Ok(r) => r,
-        Err(e @ OidcError::TokenInvalid(_)) => {
-            tracing::warn!(connection = %conn, error = %e, "ID token refused");
-            let message = "The identity provider's answer could not be verified.";
-            return refuse(
-                auth,
-                session,
-                &conn,
-                "token_invalid",
-                StatusCode::UNAUTHORIZED,
-                message,
-                clear_login,
-            )
-            .await;
-        }
-        Err(e) => {
-            tracing::warn!(connection = %conn, error = %e, "code exchange failed");
-            let message = "The sign-in could not be completed with the identity provider.";
-            return refuse(
-                auth,
-                session,
-                &conn,
-                "exchange_failed",
-                StatusCode::BAD_GATEWAY,
-                message,
-                clear_login,
-            )
-            .await;
-        }
-    };
+        .await
+        .map_err(|e| match e {
+            OidcError::TokenInvalid(_) => Refusal::TokenInvalid(e),
+            other => Refusal::ExchangeFailed(other),
+        })?;
     // No fixation: any session the browser brought is ended, and a new id is issued.
     if let Lookup::Live(old) = auth.sessions.lookup(&session.req_header().headers) {
         auth.sessions.revoke(std::slice::from_ref(&old.sid));
     }
-    let cookies = match auth.sessions.create(
-        login_result.identity,
-        login_result.idp_sid,
-        login_result.tokens,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store the session");
-            auth.metrics
-                .logins
-                .with_label_values(&[&conn, "store_error"])
-                .inc();
-            return html(
-                session,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in failed",
-                "<p>Please try again.</p>",
-                vec![],
-            )
-            .await;
-        }
-    };
-    auth.update_sessions_gauge();
-    auth.metrics
-        .logins
-        .with_label_values(&[&conn, "success"])
-        .inc();
-    auth.metrics
-        .login_duration
-        .with_label_values(&[&conn])
-        .observe(started.elapsed().as_secs_f64());
-    let target = safe_rd(auth, session, Some(&login.rd));
-    let mut all = clear_login;
-    all.extend(cookies);
-    redirect(session, &target, all).await
+    let cookies = auth
+        .sessions
+        .create(result.identity, result.idp_sid, result.tokens)
+        .map_err(Refusal::StoreError)?;
+    Ok((cookies, login.rd))
 }
 
 /// Reads a small form body.

@@ -258,7 +258,7 @@ impl Provider {
             .id_token()
             .ok_or_else(|| OidcError::TokenInvalid("the token response has no id_token".into()))?;
         let nonce = Nonce::new(nonce.to_string());
-        let verified = {
+        let verify = |d: &Discovered| {
             let verifier = d
                 .client
                 .id_token_verifier()
@@ -266,21 +266,14 @@ impl Provider {
             id_token
                 .claims(&verifier, &nonce)
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| OidcError::TokenInvalid(e.to_string()))
         };
-        if let Err(first) = verified {
+        if let Err(first) = verify(&d) {
             // An unknown key may mean the IdP rotated its keys: fetch them once and retry.
             if !self.refetch_keys().await {
-                return Err(OidcError::TokenInvalid(first));
+                return Err(first);
             }
-            let d = self.discovered()?;
-            let verifier = d
-                .client
-                .id_token_verifier()
-                .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec());
-            id_token
-                .claims(&verifier, &nonce)
-                .map_err(|e| OidcError::TokenInvalid(e.to_string()))?;
+            verify(&*self.discovered()?)?;
         }
         let raw = id_token.to_string();
         let mut claims = jwt_payload(&raw)
