@@ -9,6 +9,8 @@ use crate::proxy::path::PathError;
 pub enum RequestError {
     #[error("bad request path: {0}")]
     BadPath(#[from] PathError),
+    #[error("malformed request")]
+    BadRequest,
     #[error("no upstream serves this host and path")]
     NoUpstream,
     #[error("no such endpoint")]
@@ -26,7 +28,7 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::BadPath(_) => StatusCode::BAD_REQUEST,
+            RequestError::BadPath(_) | RequestError::BadRequest => StatusCode::BAD_REQUEST,
             RequestError::NoUpstream | RequestError::NotFound => StatusCode::NOT_FOUND,
             RequestError::Unauthenticated => StatusCode::UNAUTHORIZED,
             RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -39,6 +41,7 @@ impl RequestError {
     pub fn public_message(&self) -> &'static str {
         match self {
             RequestError::BadPath(_) => "The request path is not allowed.",
+            RequestError::BadRequest => "The request is malformed.",
             RequestError::NoUpstream | RequestError::NotFound => {
                 "Nothing is served at this address."
             }

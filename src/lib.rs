@@ -27,6 +27,7 @@
 //! - [`error`]: request errors and their HTTP statuses, in one place.
 //! - [`headers`]: header names and the header-editing trait.
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
+//! - [`pages`]: the one small HTML template for every page Gatehouse shows itself.
 
 pub mod admin;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod pages;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -217,8 +217,8 @@ impl Metrics {
 
     pub fn request_finished(&self, kind: &str, code: u16, elapsed: Duration) {
         self.in_flight.dec();
-        let (digits, len) = itoa_buf(code);
-        let code = std::str::from_utf8(&digits[..len]).unwrap_or("0");
+        let status = http::StatusCode::from_u16(code).ok();
+        let code = status.as_ref().map_or("0", http::StatusCode::as_str);
         self.requests.with_label_values(&[kind, code]).inc();
         self.duration
             .with_label_values(&[kind])
@@ -240,23 +240,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
-}
-
-/// A status code as decimal text without allocating: (digits, length).
-fn itoa_buf(code: u16) -> ([u8; 5], usize) {
-    let mut digits = [0u8; 5];
-    let mut n = code;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    digits[..len].reverse();
-    (digits, len)
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
 
 use super::oidc::OidcError;
-use super::pages::{escape, page, CSP};
 use super::session::{now, request_cookies, Lookup};
 use super::Auth;
 use crate::identity::headers::identity_headers;
+use crate::pages::{escape, page, CSP};
 use crate::proxy::respond;
 
 const LOGIN_PURPOSE: &str = "login";

@@ -5,7 +5,6 @@ pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
 pub mod oidc;
-pub mod pages;
 pub mod redirect;
 pub mod seal;
 pub mod session;

@@ -443,7 +443,7 @@ impl ProxyHttp for Gatehouse {
                     can_reuse_downstream: false,
                 };
             }
-            (ErrorSource::Downstream, _) => RequestError::BadPath(PathError::BadEscape),
+            (ErrorSource::Downstream, _) => RequestError::BadRequest,
             _ => {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "internal error");
                 RequestError::Internal("proxy")

@@ -11,6 +11,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use crate::error::RequestError;
+use crate::pages::{escape, page};
 
 const X_REQUESTED_WITH: &str = "x-requested-with";
 
@@ -64,15 +65,13 @@ pub fn error_body(
 ) -> (&'static str, Bytes) {
     let reason = status.canonical_reason().unwrap_or("Error");
     if html {
-        let page = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
-             <body><main><h1>{code} {reason}</h1><p>{message}</p><p><small>Request id: {id}</small></p></main></body></html>\n",
-            code = status.as_u16(),
-            reason = crate::auth::pages::escape(reason),
-            message = crate::auth::pages::escape(message),
-            id = crate::auth::pages::escape(request_id),
+        let body = format!(
+            "<p>{}</p><p><small>Request id: {}</small></p>",
+            escape(message),
+            escape(request_id)
         );
-        ("text/html; charset=utf-8", Bytes::from(page))
+        let title = format!("{} {reason}", status.as_u16());
+        ("text/html; charset=utf-8", Bytes::from(page(&title, &body)))
     } else {
         let json = serde_json::json!({
             "status": status.as_u16(),

@@ -22,40 +22,27 @@ pub struct OsSignals {
 impl ShutdownSignalWatch for OsSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let kinds = [
-            SignalKind::terminate(),
-            SignalKind::interrupt(),
-            SignalKind::quit(),
-        ];
-        let mut streams = Vec::new();
-        for kind in kinds {
+        // A signal that cannot be watched is logged and never fires; the others still work.
+        let watch = |kind| async move {
             match signal(kind) {
-                Ok(s) => streams.push(s),
-                Err(e) => tracing::error!(error = %e, "cannot listen for a shutdown signal"),
+                Ok(mut stream) => {
+                    stream.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for a shutdown signal");
+                    std::future::pending::<()>().await;
+                }
             }
+        };
+        tokio::select! {
+            _ = watch(SignalKind::terminate()) => {}
+            _ = watch(SignalKind::interrupt()) => {}
+            _ = watch(SignalKind::quit()) => {}
         }
-        let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
-        if waits.len() == 0 {
-            std::future::pending::<()>().await;
-        }
-        futures_select_any(waits.collect()).await;
         self.readiness.set_draining();
         tracing::info!("shutdown signal received: draining");
         ShutdownSignal::GracefulTerminate
     }
-}
-
-/// Resolves when any of the futures does.
-async fn futures_select_any<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
-    std::future::poll_fn(|cx| {
-        for f in futures.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// A shutdown trigger for Gatehouse run inside another program (the tests).

@@ -1,5 +1,5 @@
-//! The few HTML pages Gatehouse shows itself (the connection chooser, sign-in errors, the
-//! sign-out confirmation): one small template, no external assets, a strict CSP.
+//! The HTML pages Gatehouse shows itself (error pages, the connection chooser, sign-in errors,
+//! the sign-out confirmation): one small template, no external assets, a strict CSP.
 
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' *; base-uri 'none'; frame-ancestors 'none'";
 
