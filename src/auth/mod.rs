@@ -134,17 +134,18 @@ impl Auth {
     /// token exists; one refresh per session at a time, the others wait for its outcome.
     /// Returns false when the session had to end (the refresh failed).
     pub async fn ensure_fresh(&self, live: &Arc<session::LiveSession>) -> bool {
-        let expired = |s: &session::LiveSession| {
-            s.access_expires_at()
-                .is_some_and(|exp| exp <= session::now())
+        // One look at the tokens per request: expired, and refreshable.
+        let needs_refresh = |s: &session::LiveSession| {
+            s.tokens.lock().is_ok_and(|t| {
+                t.refresh_token.is_some()
+                    && t.access_expires_at.is_some_and(|exp| exp <= session::now())
+            })
         };
-        let has_refresh =
-            |s: &session::LiveSession| s.tokens.lock().is_ok_and(|t| t.refresh_token.is_some());
-        if !expired(live) || !has_refresh(live) {
+        if !needs_refresh(live) {
             return true;
         }
         let _guard = live.refresh_lock.lock().await;
-        if !expired(live) {
+        if !needs_refresh(live) {
             return true; // another request refreshed it while we waited
         }
         if !self.sessions.is_live(&live.sid) {

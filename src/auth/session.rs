@@ -79,11 +79,6 @@ impl LiveSession {
             tokens: self.tokens.lock().map(|t| t.clone()).unwrap_or_default(),
         }
     }
-
-    /// When the IdP's access token expires, if it said.
-    pub fn access_expires_at(&self) -> Option<u64> {
-        self.tokens.lock().ok().and_then(|t| t.access_expires_at)
-    }
 }
 
 /// Why a request's session cookie was not accepted.
