@@ -13,7 +13,7 @@ mod idp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine;
-use common::{client, config_text, start_echo, start_with, Harness};
+use common::{config_text, start_echo, start_with, Harness};
 use idp::Browser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -375,24 +375,7 @@ client_secret = "{CLIENT_SECRET}"
         issuer = op.issuer,
     );
     let gh = start_with(upstream, &config_text(upstream, &extra));
-    let ready = gh.admin_url("/ready");
-    let mut is_ready = false;
-    for _ in 0..400 {
-        if client()
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            is_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        is_ready,
-        "Gatehouse never became ready (discovery of the evil OP)"
-    );
+    gh.wait_ready().await;
     Env {
         op,
         gh,

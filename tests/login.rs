@@ -7,7 +7,7 @@ mod idp;
 
 use std::time::Duration;
 
-use common::{client, start_echo, start_with, Harness};
+use common::{client, get_status, start_echo, start_with, Harness};
 use idp::{client_config, Browser, TestIdp};
 
 /// A Gatehouse with one connection to a fresh test IdP, its upstream, and a data dir.
@@ -87,18 +87,7 @@ scopes = ["openid", "email", "profile", "groups"]
         issuer = idp.issuer,
     );
     let gh = start_with(upstream, &config);
-    let ready = gh.admin_url("/ready");
-    for _ in 0..200 {
-        if client()
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    gh.wait_ready().await;
     LoginEnv {
         idp,
         gh,
@@ -483,21 +472,13 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
     );
     let gh = start_with(upstream, &config);
     assert_eq!(
-        client()
-            .get(gh.url("/public/a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&gh.url("/public/a")).await.expect("a response"),
         200
     );
     assert_eq!(
-        client()
-            .get(gh.admin_url("/ready"))
-            .send()
+        get_status(&gh.admin_url("/ready"))
             .await
-            .unwrap()
-            .status(),
+            .expect("a response"),
         503
     );
     let start = client()
@@ -679,17 +660,7 @@ async fn two_connections_get_a_chooser_and_the_chosen_idp_signs_in() {
         ));
     }
     let gh = start_with(upstream, &config);
-    for _ in 0..200 {
-        if client()
-            .get(gh.admin_url("/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    gh.wait_ready().await;
     let browser = Browser::new();
     let chooser = browser.follow(&gh.url("/reports"), None).await;
     assert_eq!(chooser.status, 200);

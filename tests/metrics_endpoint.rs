@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, start};
+use common::{client, get_status, start};
 
 /// Every promised metric family is present and the text parses.
 #[tokio::test]
@@ -72,30 +72,19 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
 async fn the_admin_listener_answers_ping_and_ready() {
     let h = start("").await;
     assert_eq!(
-        client()
-            .get(h.admin_url("/ping"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&h.admin_url("/ping")).await.expect("a response"),
         200
     );
     assert_eq!(
-        client()
-            .get(h.admin_url("/ready"))
-            .send()
+        get_status(&h.admin_url("/ready"))
             .await
-            .unwrap()
-            .status(),
+            .expect("a response"),
         200
     );
     assert_eq!(
-        client()
-            .get(h.admin_url("/other"))
-            .send()
+        get_status(&h.admin_url("/other"))
             .await
-            .unwrap()
-            .status(),
+            .expect("a response"),
         404
     );
 }

@@ -82,6 +82,30 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Waits (up to 5 s) until the admin `/ready` answers 200: every IdP discovered.
+    pub async fn wait_ready(&self) {
+        let ready = self.admin_url("/ready");
+        for _ in 0..200 {
+            if get_status(&ready).await == Some(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gatehouse never became ready");
+    }
+}
+
+/// The status of a plain GET (no redirects followed); `None` when the request failed.
+pub async fn get_status(url: &str) -> Option<u16> {
+    client()
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
 /// Config for a Gatehouse on free ports in front of `upstream`, plus `extra` TOML.
 pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
     format!(
