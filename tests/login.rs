@@ -21,6 +21,19 @@ impl LoginEnv {
     fn url(&self, path: &str) -> String {
         self.gh.url(path)
     }
+
+    /// The status an API client gets for `/api` with this Cookie header.
+    async fn api_status(&self, cookie: String) -> u16 {
+        client()
+            .get(self.url("/api"))
+            .header("accept", "application/json")
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
 }
 
 fn free_port() -> u16 {
@@ -290,35 +303,27 @@ async fn forged_truncated_or_swapped_cookies_are_refused() {
         .find_map(|c| c.strip_prefix("_gatehouse="))
         .expect("session cookie")
         .to_string();
-    let api = |cookie: String| {
-        let url = env.url("/api");
-        async move {
-            client()
-                .get(url)
-                .header("accept", "application/json")
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
-    assert_eq!(api(format!("_gatehouse={session}")).await, 200);
+    assert_eq!(env.api_status(format!("_gatehouse={session}")).await, 200);
     assert_eq!(
-        api(format!("_gatehouse={}", &session[..session.len() / 2])).await,
+        env.api_status(format!("_gatehouse={}", &session[..session.len() / 2]))
+            .await,
         401
     );
     let mut flipped = session.clone().into_bytes();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
     assert_eq!(
-        api(format!(
+        env.api_status(format!(
             "_gatehouse={}",
             String::from_utf8(flipped).unwrap()
         ))
         .await,
         401
     );
-    assert_eq!(api("_gatehouse=forged-by-hand".to_string()).await, 401);
+    assert_eq!(
+        env.api_status("_gatehouse=forged-by-hand".to_string())
+            .await,
+        401
+    );
     // A login-state cookie (sealed with the same keys, for another purpose) is no session.
     let start = browser.get(&env.url("/oauth2/start")).await;
     let login_cookie = start.headers()["set-cookie"]
@@ -329,7 +334,10 @@ async fn forged_truncated_or_swapped_cookies_are_refused() {
         .unwrap()
         .to_string();
     let login_value = login_cookie.split_once('=').unwrap().1;
-    assert_eq!(api(format!("_gatehouse={login_value}")).await, 401);
+    assert_eq!(
+        env.api_status(format!("_gatehouse={login_value}")).await,
+        401
+    );
 }
 
 /// Sign-out revokes the session server-side (a copied cookie dies too), clears the cookie and
@@ -582,20 +590,7 @@ async fn a_bearer_jwt_is_accepted_and_a_broken_one_refused() {
 async fn a_back_channel_logout_from_the_idp_ends_the_session() {
     let env = login_env(serde_json::json!({}), "").await;
     let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
-    let api = |cookie: String| {
-        let url = env.url("/api");
-        async move {
-            client()
-                .get(url)
-                .header("accept", "application/json")
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
-    assert_eq!(api(cookie.clone()).await, 200);
+    assert_eq!(env.api_status(cookie.clone()).await, 200);
 
     let forged = client()
         .post(env.url("/oauth2/backchannel-logout"))
@@ -604,7 +599,7 @@ async fn a_back_channel_logout_from_the_idp_ends_the_session() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 400);
-    assert_eq!(api(cookie.clone()).await, 200);
+    assert_eq!(env.api_status(cookie.clone()).await, 200);
 
     // Sign out at the IdP itself: its confirmation form, then its back-channel call to us.
     let end = format!("{}/session/end", env.idp.issuer);
@@ -623,7 +618,7 @@ async fn a_back_channel_logout_from_the_idp_ends_the_session() {
         done.status()
     );
     assert_eq!(
-        api(cookie).await,
+        env.api_status(cookie).await,
         401,
         "the session outlived the IdP logout\n{}",
         env.idp.stderr()
