@@ -43,6 +43,9 @@ fn session_cookie(c: &mut Criterion) {
         email_verified: true,
         name: Some("Alice Liddell".into()),
         groups: vec!["admins".into(), "staff".into()],
+        user_id: None,
+        roles: vec![],
+        attributes: Default::default(),
     };
     let set_cookie = sessions
         .create(identity, None, Tokens::default())

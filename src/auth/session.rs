@@ -429,6 +429,9 @@ mod tests {
             email_verified: false,
             name: None,
             groups: vec![],
+            user_id: None,
+            roles: vec![],
+            attributes: Default::default(),
         }
     }
 

@@ -28,6 +28,12 @@ pub struct FileConfig {
     pub login: LoginSection,
     #[serde(default)]
     pub connections: Vec<ConnectionSection>,
+    #[serde(default)]
+    pub access: Vec<AccessSection>,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 /// `[server]`: listeners, threads, shutdown.
@@ -132,6 +138,25 @@ pub struct HeadersSection {
     pub groups: String,
     #[serde(default = "default_preferred_username_header")]
     pub preferred_username: String,
+    #[serde(default = "default_user_id_header")]
+    pub user_id: String,
+    #[serde(default = "default_roles_header")]
+    pub roles: String,
+    #[serde(default = "default_name_header")]
+    pub name: String,
+    /// Attribute name -> header name, for the attributes kept from the IdP's claims
+    /// (`connections.claims.attributes`) or set locally.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// Pass the IdP's access token / ID token to the app (off by default).
+    #[serde(default)]
+    pub pass_access_token: bool,
+    #[serde(default = "default_access_token_header")]
+    pub access_token: String,
+    #[serde(default)]
+    pub pass_id_token: bool,
+    #[serde(default = "default_id_token_header")]
+    pub id_token: String,
     /// More incoming headers to strip, on top of the identity headers and `X-Gatehouse-*`.
     #[serde(default)]
     pub strip: Vec<String>,
@@ -146,6 +171,14 @@ impl Default for HeadersSection {
             email: default_email_header(),
             groups: default_groups_header(),
             preferred_username: default_preferred_username_header(),
+            user_id: default_user_id_header(),
+            roles: default_roles_header(),
+            name: default_name_header(),
+            attributes: Default::default(),
+            pass_access_token: false,
+            access_token: default_access_token_header(),
+            pass_id_token: false,
+            id_token: default_id_token_header(),
             strip: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -164,6 +197,21 @@ fn default_groups_header() -> String {
 fn default_preferred_username_header() -> String {
     "X-Auth-Request-Preferred-Username".to_string()
 }
+fn default_user_id_header() -> String {
+    "X-Gatehouse-User-Id".to_string()
+}
+fn default_roles_header() -> String {
+    "X-Gatehouse-Roles".to_string()
+}
+fn default_name_header() -> String {
+    "X-Gatehouse-Name".to_string()
+}
+fn default_access_token_header() -> String {
+    "X-Auth-Request-Access-Token".to_string()
+}
+fn default_id_token_header() -> String {
+    "X-Gatehouse-Id-Token".to_string()
+}
 
 /// `[[upstreams]]`
 #[derive(Debug, Deserialize)]
@@ -180,6 +228,21 @@ pub struct UpstreamSection {
     pub connect_timeout: String,
     #[serde(default = "default_read_timeout")]
     pub read_timeout: String,
+    /// The `aud` of the signed identity header sent to this upstream (default: its id).
+    pub audience: Option<String>,
+    // Who may reach it (see `[[access]]`): every list that is set must be satisfied.
+    /// `example.com` (that domain) or `.example.com` (its subdomains too); the email must be
+    /// verified by the IdP (or the connection trusts its emails).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// Any one of these IdP groups.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Any one of these local roles (JIT users only).
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    #[serde(default)]
+    pub allowed_connections: Vec<String>,
 }
 
 fn default_path_prefix() -> String {
@@ -207,6 +270,79 @@ pub struct PublicSection {
 
 fn default_match() -> String {
     "exact".to_string()
+}
+
+/// `[[access]]`: extra rules for the protected requests whose path matches (all matching
+/// rules apply, on top of the upstream's own).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    pub path: String,
+    #[serde(default = "default_match", rename = "match")]
+    pub match_kind: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+    // Who may reach it (see `[[access]]`): every list that is set must be satisfied.
+    /// `example.com` (that domain) or `.example.com` (its subdomains too); the email must be
+    /// verified by the IdP (or the connection trusts its emails).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// Any one of these IdP groups.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Any one of these local roles (JIT users only).
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    #[serde(default)]
+    pub allowed_connections: Vec<String>,
+}
+
+/// `[identity]`: the signed identity header (`X-Gatehouse-Identity`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    #[serde(default = "default_true")]
+    pub signed_header: bool,
+    /// `ES256` or `EdDSA`.
+    #[serde(default = "default_signing_alg")]
+    pub signing_alg: String,
+    /// A PKCS#8 PEM private key; default: generated once into the data dir.
+    pub signing_key_file: Option<String>,
+    #[serde(default = "default_assertion_ttl")]
+    pub assertion_ttl: String,
+    /// The `iss` of the signed header; default `login.external_url`, else `gatehouse`.
+    pub issuer: Option<String>,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            signed_header: true,
+            signing_alg: default_signing_alg(),
+            signing_key_file: None,
+            assertion_ttl: default_assertion_ttl(),
+            issuer: None,
+        }
+    }
+}
+
+fn default_signing_alg() -> String {
+    "ES256".to_string()
+}
+fn default_assertion_ttl() -> String {
+    "5m".to_string()
+}
+
+/// `[admin]`: the admin API on the admin listener (`/api/users`), used by `gatehouse users`
+/// while the server holds the store. Without a token the API is off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
 }
 
 /// `[store]`: where the embedded database lives.
@@ -318,6 +454,16 @@ pub struct ConnectionSection {
     pub claims: ClaimsSection,
     #[serde(default = "default_true")]
     pub jit: bool,
+    /// JIT: how a returning user's stored attributes follow the IdP: `override`,
+    /// `preserve_local` or `none`.
+    #[serde(default = "default_attribute_sync")]
+    pub attribute_sync: String,
+    /// JIT: link a first login to the local account with the same verified email.
+    #[serde(default)]
+    pub link_by_email: bool,
+    /// Treat this IdP's emails as verified even without `email_verified`.
+    #[serde(default)]
+    pub trust_email: bool,
     #[serde(default)]
     pub allow_bearer: bool,
     /// Audiences a bearer token may carry; default the client id.
@@ -326,6 +472,10 @@ pub struct ConnectionSection {
     #[serde(default)]
     pub fetch_userinfo: bool,
     pub ca_file: Option<String>,
+}
+
+fn default_attribute_sync() -> String {
+    "override".to_string()
 }
 
 fn default_scopes() -> Vec<String> {
@@ -347,6 +497,9 @@ pub struct ClaimsSection {
     pub groups: String,
     #[serde(default = "default_name_claim")]
     pub name: String,
+    /// More claims kept as attributes (stored with JIT, in the session without).
+    #[serde(default)]
+    pub attributes: Vec<String>,
 }
 
 impl Default for ClaimsSection {
@@ -356,6 +509,7 @@ impl Default for ClaimsSection {
             email: default_email_claim(),
             groups: default_groups_claim(),
             name: default_name_claim(),
+            attributes: Vec::new(),
         }
     }
 }

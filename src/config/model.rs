@@ -16,11 +16,87 @@ pub struct Config {
     pub log: Log,
     pub headers: Headers,
     pub upstreams: Vec<Upstream>,
-    pub public: Vec<PublicRule>,
+    pub public: Vec<PathRule>,
     pub data_dir: PathBuf,
     pub session: Session,
     pub login: Login,
     pub connections: Vec<Connection>,
+    /// `[[access]]` rules, in file order.
+    pub access: Vec<AccessRule>,
+    pub identity: IdentityHeader,
+    pub admin: Admin,
+}
+
+/// The admin API: off without a token.
+#[derive(Debug, Clone, Default)]
+pub struct Admin {
+    pub token: Option<Secret>,
+}
+
+/// The signed identity header; `None` when turned off.
+#[derive(Debug, Clone)]
+pub struct IdentityHeader {
+    pub signing: Option<Signing>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Signing {
+    pub alg: SigningAlg,
+    pub key_file: Option<PathBuf>,
+    pub ttl: Duration,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    Es256,
+    EdDsa,
+}
+
+/// An email domain an access rule allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailDomain {
+    /// Lower case, no leading dot.
+    pub domain: String,
+    /// `.example.com` in the file: subdomains are allowed too.
+    pub subdomains: bool,
+}
+
+/// Who may reach a route. Every list that is not empty must be satisfied; empty lists allow
+/// everyone who is signed in.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub email_domains: Vec<EmailDomain>,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub connections: Vec<String>,
+}
+
+impl Rules {
+    pub fn is_empty(&self) -> bool {
+        self.email_domains.is_empty()
+            && self.groups.is_empty()
+            && self.roles.is_empty()
+            && self.connections.is_empty()
+    }
+}
+
+/// `[[access]]`: rules for the protected requests whose path matches.
+#[derive(Debug, Clone)]
+pub struct AccessRule {
+    pub when: PathRule,
+    pub rules: Rules,
+}
+
+/// How a returning JIT user's stored attributes follow the IdP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeSync {
+    /// IdP attributes replace the stored ones; locally added attributes are dropped.
+    Override,
+    /// IdP attributes are updated; local ones stay.
+    PreserveLocal,
+    /// Nothing changes after the account is created.
+    None,
 }
 
 /// Keys that seal cookies: given in config, or `None` to load (or create) them in the data
@@ -73,6 +149,8 @@ pub struct ClaimNames {
     pub email: String,
     pub groups: String,
     pub name: String,
+    /// More claims kept as attributes.
+    pub attributes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +165,9 @@ pub struct Connection {
     pub extra_auth_params: Vec<(String, String)>,
     pub claims: ClaimNames,
     pub jit: bool,
+    pub attribute_sync: AttributeSync,
+    pub link_by_email: bool,
+    pub trust_email: bool,
     pub allow_bearer: bool,
     pub bearer_audiences: Vec<String>,
     pub fetch_userinfo: bool,
@@ -132,6 +213,14 @@ pub struct Headers {
     pub email: HeaderName,
     pub groups: HeaderName,
     pub preferred_username: HeaderName,
+    pub user_id: HeaderName,
+    pub roles: HeaderName,
+    pub name: HeaderName,
+    /// Attribute name and the header it goes in.
+    pub attributes: Vec<(String, HeaderName)>,
+    /// Set when the access token / ID token is passed to the app.
+    pub access_token: Option<HeaderName>,
+    pub id_token: Option<HeaderName>,
     /// Extra names to strip from every incoming request.
     pub strip: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
@@ -146,7 +235,13 @@ impl Headers {
             self.email.clone(),
             self.groups.clone(),
             self.preferred_username.clone(),
+            self.user_id.clone(),
+            self.roles.clone(),
+            self.name.clone(),
         ];
+        names.extend(self.attributes.iter().map(|(_, h)| h.clone()));
+        names.extend(self.access_token.iter().cloned());
+        names.extend(self.id_token.iter().cloned());
         names.extend(self.strip.iter().cloned());
         names
     }
@@ -176,6 +271,9 @@ pub struct Upstream {
     pub preserve_host: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// The `aud` of the signed identity header.
+    pub audience: String,
+    pub rules: Rules,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +286,7 @@ pub enum PathMatch {
 }
 
 #[derive(Debug, Clone)]
-pub struct PublicRule {
+pub struct PathRule {
     pub path: PathMatch,
     /// Empty means any method.
     pub methods: Vec<Method>,

@@ -11,12 +11,13 @@ use regex::RegexBuilder;
 
 use super::duration::parse_duration;
 use super::file::{
-    ConnectionSection, FileConfig, HeadersSection, LogSection, LoginSection, PublicSection,
-    ServerSection, SessionSection, UpstreamSection,
+    AccessSection, AdminSection, ConnectionSection, FileConfig, HeadersSection, IdentitySection,
+    LogSection, LoginSection, PublicSection, ServerSection, SessionSection, UpstreamSection,
 };
 use super::model::{
-    ClaimNames, Config, Connection, Headers, HostMatch, Log, LogFormat, Login, PathMatch,
-    PublicRule, Secret, Server, Session, SessionKeys, TlsListen, Upstream,
+    AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
+    HostMatch, IdentityHeader, Log, LogFormat, Login, PathMatch, PathRule, Rules, Secret, Server,
+    Session, SessionKeys, Signing, SigningAlg, TlsListen, Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -70,7 +71,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    let public: Vec<Option<PublicRule>> = file
+    let public: Vec<Option<PathRule>> = file
         .public
         .iter()
         .enumerate()
@@ -97,9 +98,27 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     if file.store.data_dir.is_empty() {
         p.add("store.data_dir", "must not be empty");
     }
+    for (i, u) in file.upstreams.iter().enumerate() {
+        known_connections(
+            &format!("upstreams[{i}].allowed_connections"),
+            &u.allowed_connections,
+            &seen_connections,
+            &mut p,
+        );
+    }
+    let access: Vec<Option<AccessRule>> = file
+        .access
+        .iter()
+        .enumerate()
+        .map(|(i, a)| access_rule(i, a, &seen_connections, &mut p))
+        .collect();
+    let identity = identity(&file.identity, &file.login, &mut p);
+    let admin = admin(&file.admin, &mut p);
 
-    match (server, log, headers, session, login) {
-        (Some(server), Some(log), Some(headers), Some(session), Some(login)) if p.0.is_empty() => {
+    match (server, log, headers, session, login, identity) {
+        (Some(server), Some(log), Some(headers), Some(session), Some(login), Some(identity))
+            if p.0.is_empty() =>
+        {
             Ok(Config {
                 server,
                 log,
@@ -110,6 +129,9 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
                 session,
                 login,
                 connections: connections.into_iter().flatten().collect(),
+                access: access.into_iter().flatten().collect(),
+                identity,
+                admin,
             })
         }
         _ => Err(ConfigErrors(p.0)),
@@ -235,6 +257,19 @@ fn headers(h: &HeadersSection, p: &mut Problems) -> Option<Headers> {
     let email = named("email", &h.email);
     let groups = named("groups", &h.groups);
     let preferred_username = named("preferred_username", &h.preferred_username);
+    let user_id = named("user_id", &h.user_id);
+    let roles = named("roles", &h.roles);
+    let name = named("name", &h.name);
+    let access_token = named("access_token", &h.access_token);
+    let id_token = named("id_token", &h.id_token);
+    let attributes: Vec<(String, HeaderName)> = h
+        .attributes
+        .iter()
+        .filter_map(|(attr, header)| {
+            p.check(format!("headers.attributes.{attr}"), header_name(header))
+                .map(|n| (attr.clone(), n))
+        })
+        .collect();
     let strip: Vec<HeaderName> = h
         .strip
         .iter()
@@ -260,6 +295,12 @@ fn headers(h: &HeadersSection, p: &mut Problems) -> Option<Headers> {
         email: email?,
         groups: groups?,
         preferred_username: preferred_username?,
+        user_id: user_id?,
+        roles: roles?,
+        name: name?,
+        attributes,
+        access_token: h.pass_access_token.then_some(access_token?),
+        id_token: h.pass_id_token.then_some(id_token?),
         strip,
         trusted_proxies,
     })
@@ -309,6 +350,14 @@ fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream>
     let connect_timeout = p.check(at("connect_timeout"), parse_duration(&u.connect_timeout));
     let read_timeout = p.check(at("read_timeout"), parse_duration(&u.read_timeout));
     let target = p.check(at("url"), target(&u.url));
+    let rules = rules(
+        &at(""),
+        &u.allowed_email_domains,
+        &u.allowed_groups,
+        &u.allowed_roles,
+        &u.allowed_connections,
+        p,
+    );
     if let Some(id) = &u.id {
         if id.is_empty()
             || !id
@@ -325,8 +374,11 @@ fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream>
         return None;
     }
     let (tls, address, authority, sni) = target?;
+    let id = u.id.clone().unwrap_or_else(|| format!("upstream-{i}"));
     Some(Upstream {
-        id: u.id.clone().unwrap_or_else(|| format!("upstream-{i}")),
+        audience: u.audience.clone().unwrap_or_else(|| id.clone()),
+        rules,
+        id,
         host,
         path_prefix: path_prefix?,
         tls,
@@ -376,23 +428,138 @@ fn target(url: &str) -> Result<(bool, SocketAddr, String, String), String> {
     ))
 }
 
-fn public_rule(i: usize, r: &PublicSection, p: &mut Problems) -> Option<PublicRule> {
-    let at = |key: &str| format!("public[{i}].{key}");
+fn public_rule(i: usize, r: &PublicSection, p: &mut Problems) -> Option<PathRule> {
+    path_rule(
+        &format!("public[{i}]"),
+        &r.path,
+        &r.match_kind,
+        &r.methods,
+        r.case_sensitive,
+        p,
+    )
+}
+
+fn access_rule(
+    i: usize,
+    a: &AccessSection,
+    connections: &std::collections::HashSet<&str>,
+    p: &mut Problems,
+) -> Option<AccessRule> {
+    let at = format!("access[{i}]");
+    known_connections(
+        &format!("{at}.allowed_connections"),
+        &a.allowed_connections,
+        connections,
+        p,
+    );
+    let rules = rules(
+        &format!("{at}."),
+        &a.allowed_email_domains,
+        &a.allowed_groups,
+        &a.allowed_roles,
+        &a.allowed_connections,
+        p,
+    );
+    if rules.is_empty() {
+        p.add(
+            &at,
+            "allows everyone signed in: set allowed_email_domains, allowed_groups, allowed_roles or allowed_connections",
+        );
+    }
+    let when = path_rule(&at, &a.path, &a.match_kind, &a.methods, a.case_sensitive, p)?;
+    Some(AccessRule { when, rules })
+}
+
+fn known_connections(
+    at: &str,
+    named: &[String],
+    connections: &std::collections::HashSet<&str>,
+    p: &mut Problems,
+) {
+    for (j, id) in named.iter().enumerate() {
+        if !connections.contains(id.as_str()) {
+            p.add(format!("{at}[{j}]"), format!("no connection has id `{id}`"));
+        }
+    }
+}
+
+/// An email domain rule: `example.com`, or `.example.com` for its subdomains too.
+fn email_domain(text: &str) -> Result<EmailDomain, String> {
+    let (subdomains, name) = match text.strip_prefix('.') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    match host_match(name) {
+        Ok(HostMatch::Exact(domain)) => Ok(EmailDomain { domain, subdomains }),
+        _ => Err(format!(
+            "`{text}` is not a domain (`example.com`, or `.example.com` with subdomains)"
+        )),
+    }
+}
+
+/// `prefix` is the key path of the section with its trailing dot (`upstreams[0].`).
+fn rules(
+    prefix: &str,
+    domains: &[String],
+    groups: &[String],
+    roles: &[String],
+    connections: &[String],
+    p: &mut Problems,
+) -> Rules {
+    let email_domains = domains
+        .iter()
+        .enumerate()
+        .filter_map(|(j, d)| {
+            p.check(
+                format!("{prefix}allowed_email_domains[{j}]"),
+                email_domain(d),
+            )
+        })
+        .collect();
+    for (key, list) in [
+        ("allowed_groups", groups),
+        ("allowed_roles", roles),
+        ("allowed_connections", connections),
+    ] {
+        for (j, v) in list.iter().enumerate() {
+            if v.trim().is_empty() {
+                p.add(format!("{prefix}{key}[{j}]"), "must not be empty");
+            }
+        }
+    }
+    Rules {
+        email_domains,
+        groups: groups.to_vec(),
+        roles: roles.to_vec(),
+        connections: connections.to_vec(),
+    }
+}
+
+/// A path matcher as `[[public]]` and `[[access]]` write it; `at` is the section's key path.
+fn path_rule(
+    at: &str,
+    path_text: &str,
+    match_kind: &str,
+    methods: &[String],
+    case_sensitive: bool,
+    p: &mut Problems,
+) -> Option<PathRule> {
+    let at = |key: &str| format!("{at}.{key}");
     let before = p.0.len();
-    let path = match r.match_kind.as_str() {
+    let path = match match_kind {
         "exact" => p
-            .check(at("path"), rule_path(&r.path))
+            .check(at("path"), rule_path(path_text))
             .map(PathMatch::Exact),
         "prefix" => p
-            .check(at("path"), rule_path(&r.path))
+            .check(at("path"), rule_path(path_text))
             .map(PathMatch::Prefix),
         "regex" => p
             .check(
                 at("path"),
-                RegexBuilder::new(&format!("^(?:{})$", r.path))
-                    .case_insensitive(!r.case_sensitive)
+                RegexBuilder::new(&format!("^(?:{path_text})$"))
+                    .case_insensitive(!case_sensitive)
                     .build()
-                    .map_err(|e| format!("`{}` is not a regex ({e})", r.path)),
+                    .map_err(|e| format!("`{path_text}` is not a regex ({e})")),
             )
             .map(PathMatch::Regex),
         other => {
@@ -403,28 +570,27 @@ fn public_rule(i: usize, r: &PublicSection, p: &mut Problems) -> Option<PublicRu
             None
         }
     };
-    let methods: Vec<Method> = r
-        .methods
+    let methods: Vec<Method> = methods
         .iter()
         .enumerate()
         .filter_map(|(j, m)| {
             let parsed = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                 .map_err(|_| format!("`{m}` is not an HTTP method"));
-            p.check(format!("public[{i}].methods[{j}]"), parsed)
+            p.check(at(&format!("methods[{j}]")), parsed)
         })
         .collect();
     if p.0.len() > before {
         return None;
     }
     let path = match path? {
-        PathMatch::Exact(s) if !r.case_sensitive => PathMatch::Exact(s.to_ascii_lowercase()),
-        PathMatch::Prefix(s) if !r.case_sensitive => PathMatch::Prefix(s.to_ascii_lowercase()),
+        PathMatch::Exact(s) if !case_sensitive => PathMatch::Exact(s.to_ascii_lowercase()),
+        PathMatch::Prefix(s) if !case_sensitive => PathMatch::Prefix(s.to_ascii_lowercase()),
         other => other,
     };
-    Some(PublicRule {
+    Some(PathRule {
         path,
         methods,
-        case_sensitive: r.case_sensitive,
+        case_sensitive,
     })
 }
 
@@ -681,6 +847,32 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
             );
         }
     }
+    let attribute_sync = match c.attribute_sync.as_str() {
+        "override" => Some(AttributeSync::Override),
+        "preserve_local" => Some(AttributeSync::PreserveLocal),
+        "none" => Some(AttributeSync::None),
+        other => {
+            p.add(
+                at("attribute_sync"),
+                format!("`{other}` is not one of override, preserve_local, none"),
+            );
+            None
+        }
+    };
+    if !c.jit && (c.link_by_email || c.attribute_sync != "override") {
+        p.add(
+            at("jit"),
+            "link_by_email and attribute_sync need jit = true (nothing is stored without JIT)",
+        );
+    }
+    for (j, claim) in c.claims.attributes.iter().enumerate() {
+        if claim.is_empty() || claim == "sub" {
+            p.add(
+                at(&format!("claims.attributes[{j}]")),
+                format!("`{claim}` cannot be an attribute"),
+            );
+        }
+    }
     let ca_file = c.ca_file.as_ref().map(PathBuf::from);
     if let Some(ca) = &ca_file {
         if !ca.is_file() {
@@ -715,11 +907,71 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
             email: c.claims.email.clone(),
             groups: c.claims.groups.clone(),
             name: c.claims.name.clone(),
+            attributes: c.claims.attributes.clone(),
         },
         jit: c.jit,
+        attribute_sync: attribute_sync?,
+        link_by_email: c.link_by_email,
+        trust_email: c.trust_email,
         allow_bearer: c.allow_bearer,
         bearer_audiences: audiences,
         fetch_userinfo: c.fetch_userinfo,
         ca_file,
     })
+}
+
+fn identity(i: &IdentitySection, login: &LoginSection, p: &mut Problems) -> Option<IdentityHeader> {
+    let alg = match i.signing_alg.as_str() {
+        "ES256" => Some(SigningAlg::Es256),
+        "EdDSA" => Some(SigningAlg::EdDsa),
+        other => {
+            p.add(
+                "identity.signing_alg",
+                format!("`{other}` is not one of ES256, EdDSA"),
+            );
+            None
+        }
+    };
+    let ttl = p.check("identity.assertion_ttl", parse_duration(&i.assertion_ttl));
+    if ttl.is_some_and(|t| t.as_secs() < 10) {
+        p.add("identity.assertion_ttl", "must be at least 10s");
+    }
+    let key_file = i.signing_key_file.as_ref().map(PathBuf::from);
+    if let Some(file) = &key_file {
+        if !file.is_file() {
+            p.add(
+                "identity.signing_key_file",
+                format!("`{}` is not a readable file", file.display()),
+            );
+        }
+    }
+    if !i.signed_header {
+        return Some(IdentityHeader { signing: None });
+    }
+    let issuer = i
+        .issuer
+        .clone()
+        .or_else(|| login.external_url.clone())
+        .unwrap_or_else(|| "gatehouse".to_string());
+    Some(IdentityHeader {
+        signing: Some(Signing {
+            alg: alg?,
+            key_file,
+            ttl: ttl?,
+            issuer: issuer.trim_end_matches('/').to_string(),
+        }),
+    })
+}
+
+fn admin(a: &AdminSection, p: &mut Problems) -> Admin {
+    if a.token.is_none() && a.token_file.is_none() && a.token_env.is_none() {
+        return Admin { token: None };
+    }
+    let token = secret(p, "admin.token", &a.token, &a.token_file, &a.token_env);
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        p.add("admin.token", "must be at least 16 characters");
+    }
+    Admin {
+        token: token.map(Secret),
+    }
 }

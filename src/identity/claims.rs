@@ -45,15 +45,33 @@ pub fn identity_from_claims(
     names: &ClaimNames,
     claims: &Map<String, Value>,
 ) -> Option<Identity> {
+    let attributes = names
+        .attributes
+        .iter()
+        .filter_map(|name| attribute(claims, name).map(|v| (name.clone(), v)))
+        .collect();
     Some(Identity {
         connection: connection.to_string(),
         subject: text(claims, "sub")?,
         username: text(claims, &names.username),
-        email: text(claims, &names.email),
+        email: text(claims, &names.email).map(|e| e.trim().to_string()),
         email_verified: flag(claims, "email_verified"),
         name: text(claims, &names.name),
         groups: list(claims, &names.groups),
+        user_id: None,
+        roles: Vec::new(),
+        attributes,
     })
+}
+
+/// An attribute claim as text: strings and numbers as they are, booleans as `true`/`false`,
+/// lists of strings comma-joined; objects are not kept.
+fn attribute(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(_) => Some(list(claims, name).join(",")).filter(|s| !s.is_empty()),
+        _ => text(claims, name),
+    }
 }
 
 #[cfg(test)]
@@ -66,7 +84,20 @@ mod tests {
             email: "email".into(),
             groups: "roles".into(),
             name: "name".into(),
+            attributes: vec!["department".into(), "clearance".into(), "tags".into()],
         }
+    }
+
+    #[test]
+    fn configured_attribute_claims_are_kept_as_text() {
+        let claims = serde_json::json!({
+            "sub": "u1", "department": "R&D", "clearance": 3, "tags": ["a", "b"], "other": "x"
+        });
+        let id = identity_from_claims("corp", &names(), claims.as_object().unwrap()).unwrap();
+        assert_eq!(id.attributes.get("department").unwrap(), "R&D");
+        assert_eq!(id.attributes.get("clearance").unwrap(), "3");
+        assert_eq!(id.attributes.get("tags").unwrap(), "a,b");
+        assert!(!id.attributes.contains_key("other"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod headers;
+pub mod jit;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +20,34 @@ pub struct Identity {
     pub name: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The local account's id: set when the connection provisions users (JIT).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Local roles (JIT accounts only).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Attributes: the claims the connection keeps, and (JIT) locally set ones.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Identity {
+    /// An identity with only the connection and subject set.
+    pub fn new(connection: &str, subject: &str) -> Self {
+        Self {
+            connection: connection.to_string(),
+            subject: subject.to_string(),
+            username: None,
+            email: None,
+            email_verified: false,
+            name: None,
+            groups: Vec::new(),
+            user_id: None,
+            roles: Vec::new(),
+            attributes: Default::default(),
+        }
+    }
+
     /// The value of the user header: the username, else the email, else the subject.
     pub fn user(&self) -> &str {
         self.username

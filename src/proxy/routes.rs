@@ -5,7 +5,7 @@
 use http::Method;
 
 use super::path::NormalPath;
-use crate::config::model::{HostMatch, PathMatch, PublicRule, Upstream};
+use crate::config::model::{HostMatch, PathMatch, PathRule, Upstream};
 
 /// The reserved prefix for the login endpoints (start, callback, sign_out, auth, userinfo).
 pub const AUTH_PREFIX: &str = "/oauth2";
@@ -54,7 +54,7 @@ pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
     head_matches && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
-fn rule_matches(rule: &PublicRule, method: &Method, path: &str) -> bool {
+fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
     if !rule.methods.is_empty() && !rule.methods.contains(method) {
         return false;
     }
@@ -69,7 +69,7 @@ fn rule_matches(rule: &PublicRule, method: &Method, path: &str) -> bool {
 /// Classifies requests and picks upstreams; built once from config.
 #[derive(Debug, Clone)]
 pub struct Router {
-    public: Vec<PublicRule>,
+    public: Vec<PathRule>,
     /// Upstreams, most specific first, so the first match wins.
     upstreams: Vec<Upstream>,
 }
@@ -105,7 +105,7 @@ pub fn host_name(host: &str) -> &str {
 }
 
 impl Router {
-    pub fn new(public: Vec<PublicRule>, mut upstreams: Vec<Upstream>) -> Self {
+    pub fn new(public: Vec<PathRule>, mut upstreams: Vec<Upstream>) -> Self {
         upstreams.sort_by_key(|u| std::cmp::Reverse(specificity(u)));
         Self { public, upstreams }
     }

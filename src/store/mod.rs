@@ -1,15 +1,31 @@
-//! The embedded store: one redb file in the data directory. Tables are defined here, values are
-//! versioned JSON, and every change is one write transaction. Writes happen at login, logout and
-//! token refresh, never per proxied request.
+//! The embedded store: one redb file in the data directory. Every table is defined here,
+//! values are versioned JSON, and every change is one write transaction ([`Store::write`]).
+//! Writes happen at login, logout, token refresh and admin commands, never per proxied request.
+//!
+//! - [`sessions`]: the server-side session records (the revocation record).
+//! - [`users`]: local accounts, the identities linked to them, the email and username indexes.
+//! - [`audit`]: the append-only audit log.
 
+pub mod audit;
 pub mod sessions;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
 
 /// Sessions by session id: the server-side record behind every session cookie.
 pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Local accounts by their local user id (a UUIDv7).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// (connection id, IdP `sub`) -> user id.
+pub const LINKS: TableDefinition<(&str, &str), &str> = TableDefinition::new("links");
+/// Normalized (trimmed, lower-case) email -> user id.
+pub const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+/// Lower-case username -> user id (usernames are unique without regard to case).
+pub const USERNAMES: TableDefinition<&str, &str> = TableDefinition::new("usernames");
+/// Sequence number -> audit entry; only ever appended to.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// The store file's name inside the data directory.
 pub const FILE_NAME: &str = "gatehouse.redb";
@@ -18,6 +34,8 @@ pub const FILE_NAME: &str = "gatehouse.redb";
 pub enum StoreError {
     #[error("cannot open the store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("the store {0} is in use by another process (a running gatehouse?)")]
+    Locked(PathBuf),
     #[error("store error: {0}")]
     Db(String),
     #[error("a stored record is unreadable: {0}")]
@@ -25,9 +43,34 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn db(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn db(e: impl std::fmt::Display) -> Self {
         StoreError::Db(e.to_string())
     }
+}
+
+/// Encodes a record for a table.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+/// Decodes a record, refusing one written by a newer format than this build knows.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    newest: u8,
+) -> Result<T, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version: u8,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))?;
+    if version.version > newest {
+        return Err(StoreError::Decode(format!(
+            "record format {} is newer than this gatehouse knows ({newest})",
+            version.version
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
 /// The open store.
@@ -42,6 +85,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// One write transaction: everything done through it commits together, or not at all.
+pub struct Tx {
+    txn: WriteTransaction,
+}
+
+/// One read transaction: a consistent snapshot.
+pub struct ReadTx {
+    txn: ReadTransaction,
+}
+
 impl Store {
     /// Opens the store in `data_dir`, creating the directory and the file if needed. A file
     /// that is corrupt, locked by another process or unwritable is an error naming the file;
@@ -54,7 +107,10 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create {}: {e}", data_dir.display())))?;
-        let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
+            other => open_error(other.to_string()),
+        })?;
         let store = Self {
             db,
             path: path.clone(),
@@ -64,13 +120,72 @@ impl Store {
             .db
             .begin_write()
             .map_err(|e| open_error(e.to_string()))?;
-        txn.open_table(SESSIONS)
-            .map_err(|e| open_error(e.to_string()))?;
+        let tables = (|| {
+            txn.open_table(SESSIONS)?;
+            txn.open_table(USERS)?;
+            txn.open_table(LINKS)?;
+            txn.open_table(EMAILS)?;
+            txn.open_table(USERNAMES)?;
+            txn.open_table(AUDIT)?;
+            Ok::<(), redb::TableError>(())
+        })();
+        tables.map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `f` in one write transaction and commits it (durably) when `f` returns `Ok`; an
+    /// `Err` rolls everything back. Blocks while another write transaction is open: call it
+    /// off the async runtime (`spawn_blocking`) where that matters.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = Tx {
+            txn: self.db.begin_write().map_err(StoreError::db)?,
+        };
+        let out = f(&mut tx)?;
+        tx.txn.commit().map_err(StoreError::db)?;
+        Ok(out)
+    }
+
+    /// Runs `f` on a consistent read snapshot (no disk write).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = ReadTx {
+            txn: self.db.begin_read().map_err(StoreError::db)?,
+        };
+        f(&tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_a_locked_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Locked(_)), "{error}");
+        assert!(error.to_string().contains(FILE_NAME), "{error}");
+    }
+
+    #[test]
+    fn a_record_from_a_newer_format_is_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct R {
+            version: u8,
+        }
+        assert!(decode::<R>(br#"{"version":9}"#, 1).is_err());
+        assert!(decode::<R>(br#"{"version":1}"#, 1).is_ok());
     }
 }

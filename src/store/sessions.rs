@@ -1,9 +1,9 @@
 //! Session records: what the server keeps about each session (the cookie only names it).
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, SESSIONS};
+use super::{decode, encode, Store, StoreError, Tx, SESSIONS};
 use crate::identity::Identity;
 
 /// The version written into every session record.
@@ -49,53 +49,59 @@ pub struct SessionRecord {
     pub tokens: Tokens,
 }
 
-impl Store {
+impl Tx {
     /// Writes (or replaces) a session record.
-    pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let txn = self.db.begin_write().map_err(StoreError::db)?;
-        {
-            let mut table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
-            table
-                .insert(record.sid.as_str(), bytes.as_slice())
-                .map_err(StoreError::db)?;
+    pub fn put_session(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
+        let bytes = encode(record)?;
+        let mut table = self.txn.open_table(SESSIONS).map_err(StoreError::db)?;
+        table
+            .insert(record.sid.as_str(), bytes.as_slice())
+            .map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// Deletes sessions by id. Returns how many existed.
+    pub fn delete_sessions(&mut self, sids: &[String]) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(SESSIONS).map_err(StoreError::db)?;
+        let mut removed = 0;
+        for sid in sids {
+            if table
+                .remove(sid.as_str())
+                .map_err(StoreError::db)?
+                .is_some()
+            {
+                removed += 1;
+            }
         }
-        txn.commit().map_err(StoreError::db)
+        Ok(removed)
+    }
+}
+
+impl Store {
+    /// Writes (or replaces) a session record, in its own transaction.
+    pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.write(|tx| tx.put_session(record))
     }
 
     /// Deletes sessions by id, in one transaction. Returns how many existed.
     pub fn delete_sessions(&self, sids: &[String]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::db)?;
-        let mut removed = 0;
-        {
-            let mut table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
-            for sid in sids {
-                if table
-                    .remove(sid.as_str())
-                    .map_err(StoreError::db)?
-                    .is_some()
-                {
-                    removed += 1;
-                }
-            }
-        }
-        txn.commit().map_err(StoreError::db)?;
-        Ok(removed)
+        self.write(|tx| tx.delete_sessions(sids))
     }
 
     /// Every stored session (at startup, to fill the in-memory cache).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::db)?;
-        let table = txn.open_table(SESSIONS).map_err(StoreError::db)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(StoreError::db)? {
-            let (_, value) = entry.map_err(StoreError::db)?;
-            match serde_json::from_slice::<SessionRecord>(value.value()) {
-                Ok(record) => out.push(record),
-                Err(e) => tracing::warn!(error = %e, "skipping an unreadable session record"),
+        self.read(|tx| {
+            let table = tx.txn.open_table(SESSIONS).map_err(StoreError::db)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(StoreError::db)? {
+                let (_, value) = entry.map_err(StoreError::db)?;
+                match decode::<SessionRecord>(value.value(), SESSION_RECORD_VERSION) {
+                    Ok(record) => out.push(record),
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable session record"),
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }
 
@@ -115,6 +121,9 @@ mod tests {
                 email_verified: false,
                 name: None,
                 groups: vec![],
+                user_id: None,
+                roles: vec![],
+                attributes: Default::default(),
             },
             idp_sid: Some("op-1".into()),
             created_at: 1,

@@ -1,0 +1,496 @@
+//! Just-In-Time provisioning: after a positive answer from a connection with `jit = true`, the
+//! user's identity is looked up in the store and created, linked or updated, in the login's
+//! one write transaction. The identity the session carries then comes from the local account,
+//! so local roles and attributes reach the app even when the IdP does not send them.
+//!
+//! 1. The (connection, `sub`) link names an account: update it by `attribute_sync`.
+//! 2. Else, with `link_by_email`, an account holds the same email: link to it when the IdP
+//!    verified the email (or the connection has `trust_email`); refuse when it did not,
+//!    since linking on an unverified email would hand the account to whoever typed it.
+//! 3. Else create an account. A username that is taken gets `-2`, `-3`, ... (the first free).
+//!
+//! A disabled account is refused. Every create, link, update and refusal is audited, with the
+//! names of the fields that changed and never their values.
+
+use std::collections::BTreeMap;
+
+use super::Identity;
+use crate::config::model::{AttributeSync, Connection};
+use crate::store::audit::AuditEntry;
+use crate::store::users::{Link, UserRecord};
+use crate::store::{StoreError, Tx};
+
+/// What provisioning did; the `action` label of `gatehouse_jit_provisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JitAction {
+    Created,
+    Linked,
+    Updated,
+    Unchanged,
+}
+
+impl JitAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            JitAction::Created => "created",
+            JitAction::Linked => "linked",
+            JitAction::Updated => "updated",
+            JitAction::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Why a login was refused by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JitRefusal {
+    /// The account is disabled.
+    Disabled { user_id: String },
+    /// A local account has this email, but the IdP did not verify it.
+    UnverifiedEmail { user_id: String },
+}
+
+impl JitRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JitRefusal::Disabled { .. } => "disabled",
+            JitRefusal::UnverifiedEmail { .. } => "email_not_verified",
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        match self {
+            JitRefusal::Disabled { user_id } | JitRefusal::UnverifiedEmail { user_id } => user_id,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Provisioned {
+    Allowed {
+        identity: Identity,
+        action: JitAction,
+    },
+    Refused(JitRefusal),
+}
+
+/// The usernames tried for a new account, in order.
+const USERNAME_TRIES: u32 = 1000;
+
+/// Provisions the user `claims` describes, inside `tx`. The caller commits `tx` whatever the
+/// outcome (a refusal's audit entry must be kept).
+pub fn provision(
+    tx: &mut Tx,
+    connection: &Connection,
+    claims: &Identity,
+    now: u64,
+    request_id: &str,
+) -> Result<Provisioned, StoreError> {
+    let audit = |action: &str, user_id: &str| {
+        let mut entry = AuditEntry::new("login", action, now);
+        entry.connection = Some(connection.id.clone());
+        entry.subject = Some(claims.subject.clone());
+        entry.user_id = Some(user_id.to_string());
+        entry.request_id = Some(request_id.to_string()).filter(|r| !r.is_empty());
+        entry
+    };
+    let refuse = |tx: &mut Tx, refusal: JitRefusal| {
+        let mut entry = audit("refused", refusal.user_id());
+        entry.reason = Some(refusal.reason().to_string());
+        tx.append_audit(&entry)?;
+        tracing::warn!(
+            connection = %connection.id,
+            user_id = refusal.user_id(),
+            reason = refusal.reason(),
+            "login refused by the local account"
+        );
+        Ok(Provisioned::Refused(refusal))
+    };
+
+    if let Some(mut user) = tx.user_by_link(&connection.id, &claims.subject)? {
+        if user.disabled {
+            return refuse(tx, JitRefusal::Disabled { user_id: user.id });
+        }
+        let changed = sync(&mut user, claims, connection.attribute_sync);
+        user.last_login_at = Some(now);
+        let action = if changed.is_empty() {
+            JitAction::Unchanged
+        } else {
+            user.updated_at = now;
+            let mut entry = audit("updated", &user.id);
+            entry.changed = changed;
+            tx.append_audit(&entry)?;
+            JitAction::Updated
+        };
+        tx.put_user(&user)?;
+        return Ok(allowed(&user, claims, action));
+    }
+
+    let local = match (&claims.email, connection.link_by_email) {
+        (Some(email), true) => tx.user_by_email(email)?,
+        _ => None,
+    };
+    if let Some(mut user) = local {
+        if !(claims.email_verified || connection.trust_email) {
+            return refuse(tx, JitRefusal::UnverifiedEmail { user_id: user.id });
+        }
+        if user.disabled {
+            return refuse(tx, JitRefusal::Disabled { user_id: user.id });
+        }
+        let link = Link {
+            connection: connection.id.clone(),
+            subject: claims.subject.clone(),
+        };
+        tx.link(&link, &user.id)?;
+        user.links.push(link);
+        let mut changed = sync(&mut user, claims, connection.attribute_sync);
+        changed.insert(0, "links".to_string());
+        user.updated_at = now;
+        user.last_login_at = Some(now);
+        tx.put_user(&user)?;
+        let mut entry = audit("linked", &user.id);
+        entry.changed = changed;
+        tx.append_audit(&entry)?;
+        return Ok(allowed(&user, claims, JitAction::Linked));
+    }
+
+    let username = free_username(tx, &base_username(claims))?;
+    let mut user = UserRecord::new(username, now);
+    let mut changed = vec!["username".to_string()];
+    changed.extend(sync(&mut user, claims, AttributeSync::Override));
+    user.last_login_at = Some(now);
+    let link = Link {
+        connection: connection.id.clone(),
+        subject: claims.subject.clone(),
+    };
+    tx.link(&link, &user.id)?;
+    user.links.push(link);
+    tx.put_user(&user)?;
+    let mut entry = audit("created", &user.id);
+    entry.changed = changed;
+    tx.append_audit(&entry)?;
+    Ok(allowed(&user, claims, JitAction::Created))
+}
+
+fn allowed(user: &UserRecord, claims: &Identity, action: JitAction) -> Provisioned {
+    Provisioned::Allowed {
+        identity: profile_identity(user, claims),
+        action,
+    }
+}
+
+/// The identity a JIT session carries: the local account's fields, under the connection and
+/// subject the user signed in with.
+pub fn profile_identity(user: &UserRecord, claims: &Identity) -> Identity {
+    Identity {
+        connection: claims.connection.clone(),
+        subject: claims.subject.clone(),
+        username: Some(user.username.clone()),
+        email: user.email.clone(),
+        email_verified: user.email_verified,
+        name: user.display_name.clone(),
+        groups: user.groups.clone(),
+        user_id: Some(user.id.clone()),
+        roles: user.roles.clone(),
+        attributes: user.merged_attributes(),
+    }
+}
+
+/// The username a new account asks for: the IdP's username, else the email's local part,
+/// else the subject.
+fn base_username(claims: &Identity) -> String {
+    let from_email = claims
+        .email
+        .as_deref()
+        .and_then(|e| e.split('@').next())
+        .map(str::to_string);
+    claims
+        .username
+        .clone()
+        .or(from_email)
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| claims.subject.clone())
+}
+
+/// `base` when free, else the first free of `base-2`, `base-3`, ...
+fn free_username(tx: &Tx, base: &str) -> Result<String, StoreError> {
+    // A new account has no id yet that could own a name: any owner means taken.
+    if !tx.username_taken(base, "")? {
+        return Ok(base.to_string());
+    }
+    for n in 2..USERNAME_TRIES {
+        let candidate = format!("{base}-{n}");
+        if !tx.username_taken(&candidate, "")? {
+            return Ok(candidate);
+        }
+    }
+    Err(StoreError::Db(format!(
+        "no free username left for `{base}`"
+    )))
+}
+
+/// Applies the IdP's claims to `user` by `mode`; returns the names of what changed.
+fn sync(user: &mut UserRecord, claims: &Identity, mode: AttributeSync) -> Vec<String> {
+    let mut changed = Vec::new();
+    if mode == AttributeSync::None {
+        return changed;
+    }
+    let mut set = |name: &str, differs: bool| {
+        if differs {
+            changed.push(name.to_string());
+        }
+    };
+    set("email", user.email != claims.email);
+    set(
+        "email_verified",
+        user.email_verified != claims.email_verified,
+    );
+    set("display_name", user.display_name != claims.name);
+    set("groups", user.groups != claims.groups);
+    user.email = claims.email.clone();
+    user.email_verified = claims.email_verified;
+    user.display_name = claims.name.clone();
+    user.groups = claims.groups.clone();
+    changed.extend(changed_keys(
+        "attributes",
+        &user.attributes,
+        &claims.attributes,
+    ));
+    user.attributes = claims.attributes.clone();
+    if mode == AttributeSync::Override && !user.local_attributes.is_empty() {
+        changed.extend(
+            user.local_attributes
+                .keys()
+                .map(|k| format!("local_attributes.{k}")),
+        );
+        user.local_attributes.clear();
+    }
+    changed
+}
+
+/// `prefix.name` for every key added, removed or changed between `old` and `new`.
+fn changed_keys(
+    prefix: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut keys: Vec<&String> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    keys.extend(new.keys().filter(|k| !old.contains_key(*k)));
+    keys.sort();
+    keys.into_iter().map(|k| format!("{prefix}.{k}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn connection(sync: AttributeSync, link_by_email: bool) -> Connection {
+        let text = r#"
+            [[upstreams]]
+            url = "http://127.0.0.1:1"
+            [[connections]]
+            id = "corp"
+            issuer = "https://idp.example.com"
+            client_id = "c"
+            client_secret = "s"
+        "#;
+        let mut c = crate::config::parse(text).unwrap().connections.remove(0);
+        c.attribute_sync = sync;
+        c.link_by_email = link_by_email;
+        c
+    }
+
+    fn claims(sub: &str, email: &str, verified: bool) -> Identity {
+        let mut id = Identity::new("corp", sub);
+        id.username = Some("alice".into());
+        id.email = Some(email.into());
+        id.email_verified = verified;
+        id.name = Some("Alice".into());
+        id.groups = vec!["staff".into()];
+        id.attributes.insert("department".into(), "R&D".into());
+        id
+    }
+
+    fn run(store: &Store, c: &Connection, claims: &Identity) -> Provisioned {
+        store
+            .write(|tx| provision(tx, c, claims, 100, "req-1"))
+            .unwrap()
+    }
+
+    fn action(p: &Provisioned) -> JitAction {
+        match p {
+            Provisioned::Allowed { action, .. } => *action,
+            Provisioned::Refused(r) => panic!("refused: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_first_login_creates_and_a_second_finds_the_same_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = connection(AttributeSync::Override, false);
+        let first = run(&store, &c, &claims("s1", "a@example.com", true));
+        assert_eq!(action(&first), JitAction::Created);
+        let second = run(&store, &c, &claims("s1", "a@example.com", true));
+        assert_eq!(action(&second), JitAction::Unchanged);
+        let (Provisioned::Allowed { identity: a, .. }, Provisioned::Allowed { identity: b, .. }) =
+            (first, second)
+        else {
+            unreachable!()
+        };
+        assert_eq!(a.user_id, b.user_id);
+        assert!(a.user_id.is_some());
+        let log = store.read(|tx| tx.audit(None)).unwrap();
+        assert_eq!(log.len(), 1, "an unchanged login is not audited: {log:?}");
+        assert_eq!(log[0].action, "created");
+        assert!(log[0]
+            .changed
+            .contains(&"attributes.department".to_string()));
+        assert_eq!(log[0].request_id.as_deref(), Some("req-1"));
+    }
+
+    #[test]
+    fn a_taken_username_gets_the_first_free_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = connection(AttributeSync::Override, false);
+        let names: Vec<String> = ["s1", "s2", "s3"]
+            .iter()
+            .map(
+                |sub| match run(&store, &c, &claims(sub, &format!("{sub}@x.org"), true)) {
+                    Provisioned::Allowed { identity, .. } => identity.username.unwrap(),
+                    Provisioned::Refused(r) => panic!("{r:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(names, ["alice", "alice-2", "alice-3"]);
+    }
+
+    #[test]
+    fn override_drops_local_attributes_and_preserve_local_keeps_them() {
+        for (mode, kept) in [
+            (AttributeSync::Override, false),
+            (AttributeSync::PreserveLocal, true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let c = connection(mode, false);
+            let Provisioned::Allowed { identity, .. } =
+                run(&store, &c, &claims("s1", "a@example.com", true))
+            else {
+                panic!()
+            };
+            let id = identity.user_id.unwrap();
+            store
+                .write(|tx| {
+                    let mut u = tx.user(&id)?.unwrap();
+                    u.local_attributes.insert("desk".into(), "4F".into());
+                    tx.put_user(&u)
+                })
+                .unwrap();
+            let mut changed = claims("s1", "a@example.com", true);
+            changed
+                .attributes
+                .insert("department".into(), "Sales".into());
+            let Provisioned::Allowed { identity, action } = run(&store, &c, &changed) else {
+                panic!()
+            };
+            assert_eq!(action, JitAction::Updated);
+            assert_eq!(identity.attributes["department"], "Sales");
+            assert_eq!(identity.attributes.contains_key("desk"), kept, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn sync_none_changes_nothing_after_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = connection(AttributeSync::None, false);
+        run(&store, &c, &claims("s1", "a@example.com", true));
+        let mut changed = claims("s1", "new@example.com", true);
+        changed.groups = vec!["other".into()];
+        let Provisioned::Allowed { identity, action } = run(&store, &c, &changed) else {
+            panic!()
+        };
+        assert_eq!(action, JitAction::Unchanged);
+        assert_eq!(identity.email.as_deref(), Some("a@example.com"));
+        assert_eq!(identity.groups, ["staff"]);
+    }
+
+    #[test]
+    fn a_verified_email_links_and_an_unverified_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut local = UserRecord::new("alice.local".into(), 1);
+        local.email = Some("alice@example.com".into());
+        local.roles = vec!["editor".into()];
+        store.write(|tx| tx.put_user(&local)).unwrap();
+        let c = connection(AttributeSync::Override, true);
+
+        let refused = run(&store, &c, &claims("evil", "ALICE@example.com", false));
+        assert!(matches!(
+            refused,
+            Provisioned::Refused(JitRefusal::UnverifiedEmail { .. })
+        ));
+
+        let linked = run(&store, &c, &claims("s1", "alice@example.com", true));
+        let Provisioned::Allowed { identity, action } = linked else {
+            panic!()
+        };
+        assert_eq!(action, JitAction::Linked);
+        assert_eq!(identity.user_id.as_deref(), Some(local.id.as_str()));
+        assert_eq!(identity.roles, ["editor"], "local roles reach the session");
+        let log = store.read(|tx| tx.audit(Some(&local.id))).unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["refused", "linked"]);
+        assert_eq!(log[0].reason.as_deref(), Some("email_not_verified"));
+    }
+
+    #[test]
+    fn without_link_by_email_a_same_email_login_gets_its_own_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut local = UserRecord::new("alice.local".into(), 1);
+        local.email = Some("alice@example.com".into());
+        store.write(|tx| tx.put_user(&local)).unwrap();
+        let c = connection(AttributeSync::Override, false);
+        let p = run(&store, &c, &claims("s1", "alice@example.com", true));
+        let Provisioned::Allowed { identity, action } = p else {
+            panic!()
+        };
+        assert_eq!(action, JitAction::Created);
+        assert_ne!(identity.user_id.as_deref(), Some(local.id.as_str()));
+    }
+
+    #[test]
+    fn a_disabled_account_is_refused_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = connection(AttributeSync::Override, false);
+        let Provisioned::Allowed { identity, .. } =
+            run(&store, &c, &claims("s1", "a@example.com", true))
+        else {
+            panic!()
+        };
+        let id = identity.user_id.unwrap();
+        store
+            .write(|tx| {
+                let mut u = tx.user(&id)?.unwrap();
+                u.disabled = true;
+                tx.put_user(&u)
+            })
+            .unwrap();
+        let p = run(&store, &c, &claims("s1", "a@example.com", true));
+        assert!(matches!(
+            p,
+            Provisioned::Refused(JitRefusal::Disabled { .. })
+        ));
+        let log = store.read(|tx| tx.audit(Some(&id))).unwrap();
+        assert_eq!(log.last().unwrap().reason.as_deref(), Some("disabled"));
+    }
+}

@@ -1,0 +1,408 @@
+//! Local accounts: the user records, the IdP identities linked to them, and the email and
+//! username indexes that keep both unique. The indexes are kept in step by [`Tx::put_user`]
+//! and [`Tx::delete_user`], inside the caller's transaction.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, ReadTx, StoreError, Tx, EMAILS, LINKS, USERNAMES, USERS};
+
+/// The version written into every user record.
+pub const USER_RECORD_VERSION: u8 = 1;
+
+/// An IdP identity linked to a local account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub connection: String,
+    pub subject: String,
+}
+
+/// A local account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub version: u8,
+    /// The stable local id (a UUIDv7).
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    pub display_name: Option<String>,
+    /// Groups as the IdP last sent them.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Attributes from the IdP's claims.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Attributes set locally (`gatehouse users attrs set`).
+    #[serde(default)]
+    pub local_attributes: BTreeMap<String, String>,
+    /// Local roles (`gatehouse users roles add`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub last_login_at: Option<u64>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+impl UserRecord {
+    /// A new account with a fresh id.
+    pub fn new(username: String, now: u64) -> Self {
+        Self {
+            version: USER_RECORD_VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            username,
+            email: None,
+            email_verified: false,
+            display_name: None,
+            groups: Vec::new(),
+            attributes: BTreeMap::new(),
+            local_attributes: BTreeMap::new(),
+            roles: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+            disabled: false,
+            links: Vec::new(),
+        }
+    }
+
+    /// The attributes the app sees: the IdP's, with local ones over them.
+    pub fn merged_attributes(&self) -> BTreeMap<String, String> {
+        let mut out = self.attributes.clone();
+        out.extend(
+            self.local_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        out
+    }
+}
+
+/// The form emails are indexed and compared in.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn username_key(username: &str) -> String {
+    username.to_lowercase()
+}
+
+fn get_user(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    match table.get(id).map_err(StoreError::db)? {
+        Some(bytes) => decode(bytes.value(), USER_RECORD_VERSION).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn get_id(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(table
+        .get(key)
+        .map_err(StoreError::db)?
+        .map(|v| v.value().to_string()))
+}
+
+fn all_users(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<UserRecord>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(StoreError::db)? {
+        let (_, value) = entry.map_err(StoreError::db)?;
+        out.push(decode(value.value(), USER_RECORD_VERSION)?);
+    }
+    Ok(out)
+}
+
+impl Tx {
+    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+        get_user(&table, id)
+    }
+
+    /// The account an IdP identity is linked to.
+    pub fn user_by_link(
+        &self,
+        connection: &str,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        let id = links
+            .get((connection, subject))
+            .map_err(StoreError::db)?
+            .map(|v| v.value().to_string());
+        match id {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The account that holds this email in the index.
+    pub fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        let id = get_id(&emails, &normalize_email(email))?;
+        match id {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `username` (without regard to case) belongs to an account other than `owner`.
+    pub fn username_taken(&self, username: &str, owner: &str) -> Result<bool, StoreError> {
+        let names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
+        Ok(get_id(&names, &username_key(username))?.is_some_and(|id| id != owner))
+    }
+
+    /// Writes an account and keeps the indexes in step: its username is claimed (the caller
+    /// has checked it is free), its email is indexed unless another account holds it, and
+    /// index entries it no longer has are released.
+    pub fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
+        let previous = self.user(&user.id)?;
+        let bytes = encode(user)?;
+        {
+            let mut users = self.txn.open_table(USERS).map_err(StoreError::db)?;
+            users
+                .insert(user.id.as_str(), bytes.as_slice())
+                .map_err(StoreError::db)?;
+        }
+        let mut names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
+        let mut emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        if let Some(old) = &previous {
+            let old_name = username_key(&old.username);
+            if old_name != username_key(&user.username)
+                && get_id(&names, &old_name)?.as_deref() == Some(user.id.as_str())
+            {
+                names.remove(old_name.as_str()).map_err(StoreError::db)?;
+            }
+            if let Some(old_email) = old.email.as_deref().map(normalize_email) {
+                let kept = user.email.as_deref().map(normalize_email);
+                if kept.as_deref() != Some(old_email.as_str())
+                    && get_id(&emails, &old_email)?.as_deref() == Some(user.id.as_str())
+                {
+                    emails.remove(old_email.as_str()).map_err(StoreError::db)?;
+                }
+            }
+        }
+        names
+            .insert(username_key(&user.username).as_str(), user.id.as_str())
+            .map_err(StoreError::db)?;
+        if let Some(email) = user.email.as_deref().map(normalize_email) {
+            if get_id(&emails, &email)?.is_none() {
+                emails
+                    .insert(email.as_str(), user.id.as_str())
+                    .map_err(StoreError::db)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Links an IdP identity to an account (the record's `links` are the caller's to update).
+    pub fn link(&mut self, link: &Link, user_id: &str) -> Result<(), StoreError> {
+        let mut links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        links
+            .insert((link.connection.as_str(), link.subject.as_str()), user_id)
+            .map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// Deletes an account with its links and index entries; returns it.
+    pub fn delete_user(&mut self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(user) = self.user(id)? else {
+            return Ok(None);
+        };
+        {
+            let mut users = self.txn.open_table(USERS).map_err(StoreError::db)?;
+            users.remove(id).map_err(StoreError::db)?;
+        }
+        let mut links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        for link in &user.links {
+            links
+                .remove((link.connection.as_str(), link.subject.as_str()))
+                .map_err(StoreError::db)?;
+        }
+        let mut names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
+        let name = username_key(&user.username);
+        if get_id(&names, &name)?.as_deref() == Some(id) {
+            names.remove(name.as_str()).map_err(StoreError::db)?;
+        }
+        let mut emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        if let Some(email) = user.email.as_deref().map(normalize_email) {
+            if get_id(&emails, &email)?.as_deref() == Some(id) {
+                emails.remove(email.as_str()).map_err(StoreError::db)?;
+            }
+        }
+        Ok(Some(user))
+    }
+}
+
+impl ReadTx {
+    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+        get_user(&table, id)
+    }
+
+    /// The account an IdP identity is linked to.
+    pub fn user_by_link(
+        &self,
+        connection: &str,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        let id = links
+            .get((connection, subject))
+            .map_err(StoreError::db)?
+            .map(|v| v.value().to_string());
+        match id {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// An account by id, else by email.
+    pub fn find_user(&self, id_or_email: &str) -> Result<Option<UserRecord>, StoreError> {
+        if let Some(user) = self.user(id_or_email)? {
+            return Ok(Some(user));
+        }
+        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        match get_id(&emails, &normalize_email(id_or_email))? {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// Every account, in id order (UUIDv7: creation order).
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+        all_users(&table)
+    }
+
+    pub fn user_count(&self) -> Result<u64, StoreError> {
+        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+        table.len().map_err(StoreError::db)
+    }
+
+    /// How many rows the link and email indexes hold (for tests and `users list`).
+    pub fn index_sizes(&self) -> Result<(u64, u64), StoreError> {
+        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        Ok((
+            links.len().map_err(StoreError::db)?,
+            emails.len().map_err(StoreError::db)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+
+    fn user(name: &str, email: Option<&str>) -> UserRecord {
+        let mut u = UserRecord::new(name.into(), 1);
+        u.email = email.map(str::to_string);
+        u
+    }
+
+    #[test]
+    fn a_user_is_found_by_id_link_and_email_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut u = user("alice", Some("Alice@Example.com"));
+        let link = Link {
+            connection: "corp".into(),
+            subject: "s1".into(),
+        };
+        u.links.push(link.clone());
+        store
+            .write(|tx| {
+                tx.put_user(&u)?;
+                tx.link(&link, &u.id)
+            })
+            .unwrap();
+        store
+            .write(|tx| {
+                assert_eq!(tx.user_by_link("corp", "s1")?.unwrap().id, u.id);
+                assert_eq!(tx.user_by_email(" alice@EXAMPLE.com")?.unwrap().id, u.id);
+                assert!(tx.username_taken("ALICE", "someone-else")?);
+                assert!(!tx.username_taken("alice", &u.id)?);
+                Ok(())
+            })
+            .unwrap();
+        let found = store.read(|tx| tx.find_user("alice@example.com")).unwrap();
+        assert_eq!(found.unwrap().id, u.id);
+    }
+
+    #[test]
+    fn a_changed_email_releases_the_old_index_entry_and_delete_removes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut u = user("alice", Some("a@example.com"));
+        let link = Link {
+            connection: "corp".into(),
+            subject: "s1".into(),
+        };
+        u.links.push(link.clone());
+        store
+            .write(|tx| {
+                tx.put_user(&u)?;
+                tx.link(&link, &u.id)
+            })
+            .unwrap();
+        u.email = Some("b@example.com".into());
+        store.write(|tx| tx.put_user(&u)).unwrap();
+        store
+            .write(|tx| {
+                assert!(tx.user_by_email("a@example.com")?.is_none());
+                assert!(tx.user_by_email("b@example.com")?.is_some());
+                Ok(())
+            })
+            .unwrap();
+        store.write(|tx| tx.delete_user(&u.id)).unwrap();
+        let (links, emails) = store.read(|tx| tx.index_sizes()).unwrap();
+        assert_eq!((links, emails), (0, 0));
+        assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_email_held_by_another_account_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = user("a", Some("same@example.com"));
+        let second = user("b", Some("same@example.com"));
+        store
+            .write(|tx| {
+                tx.put_user(&first)?;
+                tx.put_user(&second)
+            })
+            .unwrap();
+        let holder = store
+            .write(|tx| tx.user_by_email("same@example.com"))
+            .unwrap();
+        assert_eq!(holder.unwrap().id, first.id);
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let u = user("alice", None);
+        let result: Result<(), StoreError> = store.write(|tx| {
+            tx.put_user(&u)?;
+            Err(StoreError::Db("boom".into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 0);
+    }
+}
