@@ -42,7 +42,17 @@ pub const LOGIN_RESULTS: &[&str] = &[
     "exchange_failed",
     "idp_unavailable",
     "store_error",
+    "account_refused",
 ];
+
+/// Every action `gatehouse_jit_provisions_total` can carry.
+pub const JIT_ACTIONS: &[&str] = &["created", "linked", "updated", "unchanged", "refused"];
+
+/// Every rule `gatehouse_access_denied_total` can carry.
+pub const ACCESS_RULES: &[&str] = &["email_domain", "group", "role", "connection", "disabled"];
+
+/// Every operation `gatehouse_store_errors_total` can carry.
+pub const STORE_OPS: &[&str] = &["login", "session_write", "session_delete", "admin", "read"];
 
 /// Metrics of the login dance, sessions and tokens. Labels: connection ids (from config) and
 /// fixed result names only.
@@ -57,6 +67,11 @@ pub struct AuthMetrics {
     pub idp_up: IntGaugeVec,
     pub jwks_refresh: IntCounterVec,
     pub session_rejected: IntCounterVec,
+    pub jit_provisions: IntCounterVec,
+    pub jit_duration: prometheus::Histogram,
+    pub store_errors: IntCounterVec,
+    pub users: IntGauge,
+    pub access_denied: IntCounterVec,
 }
 
 impl AuthMetrics {
@@ -97,6 +112,39 @@ impl AuthMetrics {
             "Session cookies refused, by reason.",
             &["reason"],
         )?;
+        let jit_provisions = counter(
+            "gatehouse_jit_provisions_total",
+            "Just-In-Time provisioning at login, by connection and action.",
+            &["connection", "action"],
+        )?;
+        let store_errors = counter(
+            "gatehouse_store_errors_total",
+            "Store operations that failed, by operation.",
+            &["op"],
+        )?;
+        let access_denied = counter(
+            "gatehouse_access_denied_total",
+            "Signed-in requests refused by an access rule, by rule.",
+            &["rule"],
+        )?;
+        for op in STORE_OPS {
+            store_errors.with_label_values(&[op]);
+        }
+        for rule in ACCESS_RULES {
+            access_denied.with_label_values(&[rule]);
+        }
+        let jit_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "gatehouse_jit_duration_seconds",
+                "Time of the login's store transaction: provisioning and the new session.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(jit_duration.clone()))?;
+        let users = IntGauge::new("gatehouse_users", "Local accounts in the store.")?;
+        registry.register(Box::new(users.clone()))?;
         let login_duration = HistogramVec::new(
             HistogramOpts::new(
                 "gatehouse_login_duration_seconds",
@@ -134,7 +182,16 @@ impl AuthMetrics {
             idp_up,
             jwks_refresh,
             session_rejected,
+            jit_provisions,
+            jit_duration,
+            store_errors,
+            users,
+            access_denied,
         })
+    }
+
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
     }
 
     /// Shows every connection's series from the start (at 0).
@@ -143,6 +200,9 @@ impl AuthMetrics {
             self.logins.with_label_values(&[connection, result]);
         }
         self.login_duration.with_label_values(&[connection]);
+        for action in JIT_ACTIONS {
+            self.jit_provisions.with_label_values(&[connection, action]);
+        }
         self.idp_up.with_label_values(&[connection]).set(0);
     }
 }

@@ -43,6 +43,8 @@ pub enum BearerError {
     Invalid(String),
     #[error("the issuer's keys are not available yet")]
     Unavailable,
+    #[error("the token's local account is disabled")]
+    AccountDisabled,
 }
 
 impl BearerError {

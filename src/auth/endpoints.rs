@@ -1,6 +1,7 @@
 //! The login endpoints under `/oauth2/`: start, callback, sign_out, auth (forward-auth) and
 //! userinfo. Each writes its own response; the proxy calls [`handle`] for `/oauth2/*`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use http::{HeaderName, StatusCode};
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
 
+use super::login::{complete_login_off_thread, LoginFailure};
 use super::oidc::OidcError;
 use super::session::{now, request_cookies, Lookup};
 use super::Auth;
@@ -145,12 +147,17 @@ fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
 }
 
 /// Serves `/oauth2/*`. Always writes the response: returns `Ok(true)`.
-pub async fn handle(auth: &Auth, session: &mut Session, path: &str) -> pingora::Result<bool> {
+pub async fn handle(
+    auth: &Arc<Auth>,
+    session: &mut Session,
+    path: &str,
+    request_id: &str,
+) -> pingora::Result<bool> {
     let query = session.req_header().uri.query().unwrap_or("").to_string();
     let pairs = form_pairs(&query);
     match path {
         "/oauth2/start" => start(auth, session, &pairs).await?,
-        "/oauth2/callback" => callback(auth, session, &pairs).await?,
+        "/oauth2/callback" => callback(auth, session, &pairs, request_id).await?,
         "/oauth2/sign_out" => sign_out(auth, session, &pairs).await?,
         "/oauth2/auth" => forward_auth(auth, session).await?,
         "/oauth2/backchannel-logout" => backchannel_logout(auth, session).await?,
@@ -255,6 +262,8 @@ enum Refusal {
     TokenInvalid(OidcError),
     ExchangeFailed(OidcError),
     StoreError(crate::store::StoreError),
+    /// The local account refused the login (disabled, or an unverified email to link).
+    Account(crate::identity::jit::JitRefusal),
 }
 
 impl Refusal {
@@ -265,6 +274,7 @@ impl Refusal {
             Refusal::IdpError(code) => format!("the IdP answered error={code}"),
             Refusal::TokenInvalid(e) | Refusal::ExchangeFailed(e) => e.to_string(),
             Refusal::StoreError(e) => e.to_string(),
+            Refusal::Account(r) => format!("account {}: {}", r.user_id(), r.reason()),
         }
     }
 
@@ -275,6 +285,7 @@ impl Refusal {
             Refusal::TokenInvalid(_) => "token_invalid",
             Refusal::ExchangeFailed(_) => "exchange_failed",
             Refusal::StoreError(_) => "store_error",
+            Refusal::Account(_) => "account_refused",
         }
     }
 
@@ -286,6 +297,7 @@ impl Refusal {
             Refusal::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Refusal::ExchangeFailed(_) => StatusCode::BAD_GATEWAY,
             Refusal::StoreError(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Account(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -308,6 +320,15 @@ impl Refusal {
                 "The sign-in could not be completed with the identity provider.".into()
             }
             Refusal::StoreError(_) => "The sign-in could not be saved. Please try again.".into(),
+            Refusal::Account(crate::identity::jit::JitRefusal::Disabled { .. }) => {
+                "This account is disabled. Ask an administrator to enable it.".into()
+            }
+            Refusal::Account(crate::identity::jit::JitRefusal::UnverifiedEmail { .. }) => {
+                "An account with this email address already exists, and the identity provider \
+                 has not verified the address, so this sign-in cannot be linked to it. Verify \
+                 the address at the identity provider, or ask an administrator."
+                    .into()
+            }
         }
     }
 }
@@ -325,9 +346,10 @@ fn is_sign_in_refused(code: &str) -> bool {
 /// new session. Every refusal is counted, logged, and answered with a page and the login
 /// cookie cleared.
 async fn callback(
-    auth: &Auth,
+    auth: &Arc<Auth>,
     session: &mut Session,
     pairs: &[(String, String)],
+    request_id: &str,
 ) -> pingora::Result<()> {
     let started = Instant::now();
     let state = param(pairs, "state").unwrap_or("");
@@ -337,7 +359,16 @@ async fn callback(
         cookie_attributes(auth, "/oauth2/callback", 0)
     )];
     let mut connection = "-".to_string();
-    match finish_login(auth, session, pairs, &cookie_name, &mut connection).await {
+    match finish_login(
+        auth,
+        session,
+        pairs,
+        &cookie_name,
+        &mut connection,
+        request_id,
+    )
+    .await
+    {
         Ok((session_cookies, rd)) => {
             auth.update_sessions_gauge();
             auth.metrics
@@ -372,11 +403,12 @@ async fn callback(
 /// The checks and the exchange of a callback. Sets `connection` as soon as it is known (for
 /// the metric); returns the session cookies and the `rd` to go to.
 async fn finish_login(
-    auth: &Auth,
+    auth: &Arc<Auth>,
     session: &Session,
     pairs: &[(String, String)],
     cookie_name: &str,
     connection: &mut String,
+    request_id: &str,
 ) -> Result<(Vec<String>, String), Refusal> {
     let state = param(pairs, "state").unwrap_or("");
     let login: LoginState = request_cookies(&session.req_header().headers)
@@ -417,14 +449,23 @@ async fn finish_login(
             other => Refusal::ExchangeFailed(other),
         })?;
     // No fixation: any session the browser brought is ended, and a new id is issued.
-    if let Lookup::Live(old) = auth.sessions.lookup(&session.req_header().headers) {
-        auth.sessions.revoke(std::slice::from_ref(&old.sid));
-    }
-    let cookies = auth
-        .sessions
-        .create(result.identity, result.idp_sid, result.tokens)
-        .map_err(Refusal::StoreError)?;
-    Ok((cookies, login.rd))
+    let old_sid = match auth.sessions.lookup(&session.req_header().headers) {
+        Lookup::Live(old) => Some(old.sid.clone()),
+        _ => None,
+    };
+    let completed = complete_login_off_thread(
+        auth,
+        login.conn.clone(),
+        result,
+        old_sid,
+        request_id.to_string(),
+    )
+    .await
+    .map_err(|e| match e {
+        LoginFailure::Store(e) => Refusal::StoreError(e),
+        LoginFailure::Refused(r) => Refusal::Account(r),
+    })?;
+    Ok((completed.cookies, login.rd))
 }
 
 /// Reads a small form body.

@@ -4,6 +4,7 @@
 pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
+pub mod login;
 pub mod oidc;
 pub mod redirect;
 pub mod seal;
@@ -31,6 +32,7 @@ pub struct Auth {
     pub login_timeout: std::time::Duration,
     pub headers: Headers,
     pub metrics: AuthMetrics,
+    pub store: Arc<Store>,
     /// States already used at the callback (until their login cookie would expire).
     used_states: Mutex<HashMap<String, u64>>,
 }
@@ -101,8 +103,9 @@ impl Auth {
             .collect::<Result<Vec<_>, _>>()?;
         let sealer =
             Sealer::new(session_keys(config)?).map_err(|e| AuthSetupError::Keys(e.to_string()))?;
-        let sessions = Sessions::new(config.session.clone(), sealer, store)?;
+        let sessions = Sessions::new(config.session.clone(), sealer, store.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);
+        metrics.users.set(store.read(|tx| tx.user_count())? as i64);
         Ok(Some(Self {
             bearer: bearer::BearerVerifier::new(&providers),
             providers,
@@ -112,6 +115,7 @@ impl Auth {
             login_timeout: config.session.login_timeout,
             headers: config.headers.clone(),
             metrics,
+            store,
             used_states: Mutex::new(HashMap::new()),
         }))
     }
@@ -227,7 +231,12 @@ impl Auth {
                 .inc();
             return Err(bearer::BearerError::NotAllowed);
         }
-        match self.bearer.verify(token).await {
+        match self
+            .bearer
+            .verify(token)
+            .await
+            .and_then(|id| self.with_local_account(id))
+        {
             Ok(identity) => {
                 self.metrics.bearer.with_label_values(&["valid"]).inc();
                 Ok(Some(Authenticated::Bearer(Box::new(identity))))
@@ -238,6 +247,41 @@ impl Auth {
                 Err(e)
             }
         }
+    }
+
+    /// A bearer identity from a JIT connection, with its local account's profile when the
+    /// user has signed in before (a read transaction, no write); a disabled account is
+    /// refused.
+    fn with_local_account(
+        &self,
+        identity: crate::identity::Identity,
+    ) -> Result<crate::identity::Identity, bearer::BearerError> {
+        let jit = self
+            .provider(&identity.connection)
+            .is_some_and(|p| p.connection.jit);
+        if !jit {
+            return Ok(identity);
+        }
+        let user = self
+            .store
+            .read(|tx| tx.user_by_link(&identity.connection, &identity.subject));
+        match user {
+            Ok(Some(user)) if user.disabled => Err(bearer::BearerError::AccountDisabled),
+            Ok(Some(user)) => Ok(crate::identity::jit::profile_identity(&user, &identity)),
+            Ok(None) => Ok(identity),
+            Err(e) => {
+                self.metrics.store_error("read");
+                tracing::warn!(error = %e, "cannot read the bearer token's local account");
+                // Fail closed: the account might be disabled.
+                Err(bearer::BearerError::Unavailable)
+            }
+        }
+    }
+
+    /// Whether the connection treats its emails as verified.
+    pub fn trusts_email(&self, connection: &str) -> bool {
+        self.provider(connection)
+            .is_some_and(|p| p.connection.trust_email)
     }
 
     /// The identity headers for an authenticated request: cached per session, built per
@@ -251,6 +295,38 @@ impl Auth {
                 .clone(),
             Authenticated::Bearer(identity) => wire_headers(&self.headers, identity),
         }
+    }
+
+    /// The IdP's access token and ID token, for a session, when the config passes them to
+    /// the app.
+    pub fn token_headers(
+        &self,
+        who: &Authenticated,
+        req: &mut pingora::http::RequestHeader,
+    ) -> pingora::Result<()> {
+        let Authenticated::Session(live) = who else {
+            return Ok(());
+        };
+        if self.headers.access_token.is_none() && self.headers.id_token.is_none() {
+            return Ok(());
+        }
+        let (access, id) = match live.tokens.lock() {
+            Ok(t) => (t.access_token.clone(), t.id_token.clone()),
+            Err(_) => return Ok(()),
+        };
+        for (name, token) in [
+            (&self.headers.access_token, access),
+            (&self.headers.id_token, id),
+        ] {
+            let (Some(name), Some(token)) = (name, token) else {
+                continue;
+            };
+            match http::HeaderValue::from_str(&token) {
+                Ok(value) => req.insert_header(name.clone(), value)?,
+                Err(_) => tracing::info!(header = %name, "token not sendable as a header: dropped"),
+            }
+        }
+        Ok(())
     }
 
     pub fn update_sessions_gauge(&self) {

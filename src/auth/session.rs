@@ -81,6 +81,16 @@ impl LiveSession {
     }
 }
 
+/// A session record made at login, stored in the login's transaction and then made live.
+#[derive(Debug)]
+pub struct PendingSession(SessionRecord);
+
+impl PendingSession {
+    pub fn record(&self) -> &SessionRecord {
+        &self.0
+    }
+}
+
 /// Why a request's session cookie was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -183,15 +193,16 @@ impl Sessions {
         self.live.read().map_or(0, |l| l.len())
     }
 
-    /// Creates a session (one store write) and returns its `Set-Cookie` values.
-    pub fn create(
+    /// A new session record, not yet stored or live: write it with
+    /// [`crate::store::Tx::put_session`] in the login's transaction, then [`Self::activate`].
+    pub fn prepare(
         &self,
         identity: Identity,
         idp_sid: Option<String>,
         tokens: Tokens,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> PendingSession {
         let created_at = now();
-        let record = SessionRecord {
+        PendingSession(SessionRecord {
             version: SESSION_RECORD_VERSION,
             sid: random_id(),
             identity,
@@ -199,8 +210,12 @@ impl Sessions {
             created_at,
             expires_at: created_at + self.config.lifetime.as_secs(),
             tokens,
-        };
-        self.store.put_session(&record)?;
+        })
+    }
+
+    /// Makes a stored session live and returns its `Set-Cookie` values.
+    pub fn activate(&self, pending: PendingSession) -> Vec<String> {
+        let record = pending.0;
         let body = CookieBody {
             sid: record.sid.clone(),
             conn: record.identity.connection.clone(),
@@ -214,7 +229,55 @@ impl Sessions {
         if let Ok(mut map) = self.live.write() {
             map.insert(live.sid.clone(), live);
         }
-        Ok(self.set_cookie(&sealed, self.config.lifetime.as_secs()))
+        self.set_cookie(&sealed, self.config.lifetime.as_secs())
+    }
+
+    /// Creates a session in its own store transaction and returns its `Set-Cookie` values.
+    pub fn create(
+        &self,
+        identity: Identity,
+        idp_sid: Option<String>,
+        tokens: Tokens,
+    ) -> Result<Vec<String>, StoreError> {
+        let pending = self.prepare(identity, idp_sid, tokens);
+        self.store.put_session(pending.record())?;
+        Ok(self.activate(pending))
+    }
+
+    /// Ends every live session of a local account. Returns how many.
+    pub fn revoke_user(&self, user_id: &str) -> usize {
+        self.revoke_where(|s| s.identity.user_id.as_deref() == Some(user_id))
+    }
+
+    /// Gives every live session of a local account its new identity (after an admin changed
+    /// the account), in memory and in the store. Returns how many.
+    pub fn update_user(&self, user_id: &str, update: impl Fn(&Identity) -> Identity) -> usize {
+        let Ok(mut map) = self.live.write() else {
+            return 0;
+        };
+        let mut records = Vec::new();
+        for slot in map.values_mut() {
+            if slot.identity.user_id.as_deref() != Some(user_id) {
+                continue;
+            }
+            let mut record = slot.record();
+            record.identity = update(&slot.identity);
+            let fresh = LiveSession::from_record(record.clone());
+            fresh
+                .last_seen
+                .store(slot.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+            *slot = Arc::new(fresh);
+            records.push(record);
+        }
+        drop(map);
+        let count = records.len();
+        if let Err(e) = self
+            .store
+            .write(|tx| records.iter().try_for_each(|r| tx.put_session(r)))
+        {
+            tracing::error!(error = %e, "updated sessions could not be stored; they are updated in memory");
+        }
+        count
     }
 
     /// Writes the session's current tokens back (after a refresh).
@@ -291,6 +354,15 @@ impl Sessions {
         self.revoke_where(|s| {
             s.expires_at <= now || now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
         })
+    }
+
+    /// Drops sessions from memory whose records are already gone from the store.
+    pub fn forget(&self, sids: &[String]) {
+        if let Ok(mut map) = self.live.write() {
+            for sid in sids {
+                map.remove(sid);
+            }
+        }
     }
 
     /// Ends every session that matches `pred`. Returns how many.

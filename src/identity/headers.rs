@@ -40,7 +40,7 @@ pub fn identity_headers(
     names: &Headers,
     identity: &Identity,
 ) -> Vec<(http::HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(5);
+    let mut out = Vec::with_capacity(8 + names.attributes.len());
     let mut push = |name: &http::HeaderName, value: Option<&str>| {
         if let Some(text) = value {
             match safe_value(text) {
@@ -56,6 +56,17 @@ pub fn identity_headers(
     push(&names.preferred_username, identity.username.as_deref());
     if !identity.groups.is_empty() {
         push(&names.groups, Some(&identity.groups.join(",")));
+    }
+    push(&names.name, identity.name.as_deref());
+    push(&names.user_id, identity.user_id.as_deref());
+    if !identity.roles.is_empty() {
+        push(&names.roles, Some(&identity.roles.join(",")));
+    }
+    for (attribute, header) in &names.attributes {
+        push(
+            header,
+            identity.attributes.get(attribute).map(String::as_str),
+        );
     }
     push(
         &http::HeaderName::from_static("x-gatehouse-connection"),
@@ -90,6 +101,39 @@ pub fn wire_headers(names: &Headers, identity: &Identity) -> WireHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names() -> Headers {
+        let text = "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[headers.attributes]\ndepartment = \"X-Auth-Request-Department\"\n";
+        crate::config::parse(text).unwrap().headers
+    }
+
+    #[test]
+    fn a_jit_identity_sends_its_user_id_roles_and_mapped_attributes() {
+        let mut id = Identity::new("corp", "s1");
+        id.username = Some("alice".into());
+        id.user_id = Some("0190-abc".into());
+        id.roles = vec!["editor".into(), "viewer".into()];
+        id.attributes.insert("department".into(), "R&D".into());
+        id.attributes.insert("unmapped".into(), "x".into());
+        let headers = identity_headers(&names(), &id);
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(get("x-gatehouse-user-id").as_deref(), Some("0190-abc"));
+        assert_eq!(get("x-gatehouse-roles").as_deref(), Some("editor,viewer"));
+        assert_eq!(get("x-auth-request-department").as_deref(), Some("R&D"));
+        assert_eq!(headers.len(), 6, "{headers:?}");
+    }
+
+    #[test]
+    fn a_claims_only_identity_sends_no_user_id() {
+        let id = Identity::new("corp", "s1");
+        let headers = identity_headers(&names(), &id);
+        assert!(headers.iter().all(|(k, _)| k != "x-gatehouse-user-id"));
+    }
 
     #[test]
     fn wire_names_are_title_case() {

@@ -1,6 +1,7 @@
 //! Who a request is from, once a session or a bearer token has been checked, and the headers
 //! that tell the app.
 
+pub mod access;
 pub mod claims;
 pub mod headers;
 pub mod jit;

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
+use crate::identity::access::AccessPolicy;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 pub use ctx::RequestCtx;
@@ -58,6 +59,8 @@ pub struct Gatehouse {
     access_log: bool,
     /// The login machinery; `None` when no connection is configured.
     auth: Option<Arc<Auth>>,
+    /// Who may reach which upstream and path once signed in.
+    access: AccessPolicy,
 }
 
 fn peer_for(u: &Upstream) -> HttpPeer {
@@ -96,7 +99,9 @@ impl Gatehouse {
     ) -> Self {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
         let peers = router.upstreams().iter().map(peer_for).collect();
+        let access = AccessPolicy::new(router.upstreams(), config.access.clone());
         Self {
+            access,
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -147,8 +152,9 @@ impl Gatehouse {
         Ok(())
     }
 
-    /// The `rd` target of a login redirect: the normalized path and the original query.
-    fn return_to(session: &Session, path: &NormalPath) -> String {
+    /// The `rd` value (percent-encoded) that brings a browser back to this request: the
+    /// normalized path and the original query.
+    fn rd_param(session: &Session, path: &NormalPath) -> String {
         let query = session.req_header().uri.query();
         let mut rd = String::with_capacity(path.as_str().len() + query.map_or(0, |q| q.len() + 1));
         rd.push_str(path.as_str());
@@ -156,11 +162,63 @@ impl Gatehouse {
             rd.push('?');
             rd.push_str(q);
         }
+        percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
+    /// The login redirect for this request.
+    fn return_to(session: &Session, path: &NormalPath) -> String {
         format!(
             "{}/start?rd={}",
             routes::AUTH_PREFIX,
-            percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC)
+            Self::rd_param(session, path)
         )
+    }
+
+    /// The access rules for a signed-in request. `Err` when refused: the 403 answer is
+    /// written (with the sign-ins that could open the route) and counted.
+    async fn enforce_access(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        identity: &crate::identity::Identity,
+    ) -> Result<std::result::Result<(), ()>> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Ok(()));
+        };
+        let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
+        let method = &session.req_header().method;
+        let Err(refused) = self
+            .access
+            .check(upstream, method, path.as_str(), identity, trusted)
+        else {
+            return Ok(Ok(()));
+        };
+        auth.metrics
+            .access_denied
+            .with_label_values(&[refused.rule.label()])
+            .inc();
+        tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label(), "access denied");
+        let rd = Self::rd_param(session, path);
+        let options: Vec<(String, String)> = auth
+            .providers
+            .iter()
+            .filter(|p| {
+                refused.connections.is_empty() || refused.connections.contains(&p.connection.id)
+            })
+            .map(|p| {
+                let id = percent_encoding::utf8_percent_encode(
+                    &p.connection.id,
+                    percent_encoding::NON_ALPHANUMERIC,
+                );
+                (
+                    p.connection.display_name.clone(),
+                    format!("{}/start?connection={id}&rd={rd}", routes::AUTH_PREFIX),
+                )
+            })
+            .collect();
+        respond::access_denied(session, &ctx.request_id, &options).await?;
+        Ok(Err(()))
     }
 
     /// Answers a request Gatehouse serves itself. Returns `Ok(true)`: the response is written.
@@ -294,7 +352,7 @@ impl ProxyHttp for Gatehouse {
                     .as_ref()
                     .map(|p| p.as_str().to_string())
                     .unwrap_or_default();
-                return endpoints::handle(auth, session, &path).await;
+                return endpoints::handle(auth, session, &path, &ctx.request_id).await;
             }
             Route::Public | Route::Protected => {}
         }
@@ -326,10 +384,19 @@ impl ProxyHttp for Gatehouse {
         if let Some(auth) = &self.auth {
             match auth.authenticate(&session.req_header().headers).await {
                 Ok(Some(who)) => {
+                    if self
+                        .enforce_access(auth, session, ctx, who.identity())
+                        .await?
+                        .is_err()
+                    {
+                        // Early answer: 403, an access rule refused this account.
+                        return Ok(true);
+                    }
                     let req = session.req_header_mut();
                     for (name, value) in auth.wire_headers(&who).iter() {
                         req.insert_header(name.clone(), value.clone())?;
                     }
+                    auth.token_headers(&who, req)?;
                     ctx.user = Some(who.identity().user().to_string());
                     self.strip_own_cookies(session)?;
                     return Ok(false);

@@ -97,6 +97,48 @@ pub async fn error(session: &mut Session, error: &RequestError, request_id: &str
     send(session, status, content_type, body, &extra).await
 }
 
+/// 403 for a signed-in account an access rule refuses: says which sign-ins could open the
+/// route (`options`: label and link), not which rule failed.
+pub async fn access_denied(
+    session: &mut Session,
+    request_id: &str,
+    options: &[(String, String)],
+) -> Result<()> {
+    let status = StatusCode::FORBIDDEN;
+    let message = "Your account cannot open this page.";
+    if !accepts_html(&session.req_header().headers) {
+        let (kind, body) = error_body(status, message, request_id, false);
+        return send(session, status, kind, body, &[]).await;
+    }
+    let links: String = options
+        .iter()
+        .map(|(label, href)| {
+            format!(
+                "<a class=\"button\" href=\"{}\">Sign in with {}</a>",
+                escape(href),
+                escape(label)
+            )
+        })
+        .collect();
+    let body = format!(
+        "<p>{}</p><p>Sign in with an account that has access:</p>{links}<p><small>Request id: {}</small></p>",
+        escape(message),
+        escape(request_id)
+    );
+    let extra = [(
+        http::HeaderName::from_static("content-security-policy"),
+        crate::pages::CSP.to_string(),
+    )];
+    send(
+        session,
+        status,
+        "text/html; charset=utf-8",
+        Bytes::from(page("403 Forbidden", &body)),
+        &extra,
+    )
+    .await
+}
+
 /// A 302 to `location`.
 pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
     send(

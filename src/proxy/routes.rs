@@ -54,7 +54,8 @@ pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
     head_matches && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
-fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
+/// Whether a `[[public]]` or `[[access]]` path rule covers this request.
+pub fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
     if !rule.methods.is_empty() && !rule.methods.contains(method) {
         return false;
     }

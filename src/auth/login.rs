@@ -1,0 +1,132 @@
+//! The end of a login, once the IdP's answer has checked out: the identity step (JIT
+//! provisioning into the store, or the claims as they are) and the new session, written in one
+//! store transaction. It blocks on the store's write lock, so the callback runs it on tokio's
+//! blocking pool, never on a proxy thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::oidc::LoginResult;
+use super::Auth;
+use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
+use crate::store::StoreError;
+
+/// Why a checked login still got no session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginFailure {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the local account refused the login: {}", .0.reason())]
+    Refused(JitRefusal),
+}
+
+/// A login that got its session.
+#[derive(Debug)]
+pub struct Completed {
+    pub cookies: Vec<String>,
+    /// What JIT did; `None` for a connection without JIT.
+    pub action: Option<JitAction>,
+}
+
+impl Auth {
+    /// Provisions (for a JIT connection) and creates the session, in one transaction; ends
+    /// the session the browser came with (`old_sid`) in the same one. Blocking.
+    pub fn complete_login(
+        &self,
+        connection_id: &str,
+        result: LoginResult,
+        old_sid: Option<String>,
+        request_id: &str,
+    ) -> Result<Completed, LoginFailure> {
+        let connection = self
+            .provider(connection_id)
+            .map(|p| p.connection.clone())
+            .ok_or_else(|| StoreError::Db(format!("unknown connection {connection_id}")))?;
+        let started = Instant::now();
+        let old: Vec<String> = old_sid.into_iter().collect();
+        let written = self.store.write(|tx| {
+            if !old.is_empty() {
+                tx.delete_sessions(&old)?;
+            }
+            let (identity, action) = if connection.jit {
+                match jit::provision(
+                    tx,
+                    &connection,
+                    &result.identity,
+                    super::session::now(),
+                    request_id,
+                )? {
+                    Provisioned::Allowed { identity, action } => (identity, Some(action)),
+                    Provisioned::Refused(refusal) => return Ok(Err(refusal)),
+                }
+            } else {
+                (result.identity.clone(), None)
+            };
+            let pending =
+                self.sessions
+                    .prepare(identity, result.idp_sid.clone(), result.tokens.clone());
+            tx.put_session(pending.record())?;
+            Ok(Ok((pending, action)))
+        });
+        if connection.jit {
+            self.metrics
+                .jit_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if !old.is_empty() {
+            self.sessions.forget(&old);
+        }
+        let (pending, action) = match written {
+            Ok(Ok(done)) => done,
+            Ok(Err(refusal)) => {
+                self.count_jit(connection_id, "refused");
+                if let JitRefusal::Disabled { user_id } = &refusal {
+                    self.sessions.revoke_user(user_id);
+                    self.update_sessions_gauge();
+                }
+                return Err(LoginFailure::Refused(refusal));
+            }
+            Err(e) => {
+                self.metrics.store_error("login");
+                return Err(e.into());
+            }
+        };
+        if let Some(action) = action {
+            self.count_jit(connection_id, action.label());
+            if action == JitAction::Created {
+                self.metrics.users.inc();
+            }
+        }
+        Ok(Completed {
+            cookies: self.sessions.activate(pending),
+            action,
+        })
+    }
+
+    fn count_jit(&self, connection: &str, action: &str) {
+        self.metrics
+            .jit_provisions
+            .with_label_values(&[connection, action])
+            .inc();
+    }
+}
+
+/// [`Auth::complete_login`] on tokio's blocking pool.
+pub async fn complete_login_off_thread(
+    auth: &Arc<Auth>,
+    connection_id: String,
+    result: LoginResult,
+    old_sid: Option<String>,
+    request_id: String,
+) -> Result<Completed, LoginFailure> {
+    let auth = Arc::clone(auth);
+    tokio::task::spawn_blocking(move || {
+        auth.complete_login(&connection_id, result, old_sid, &request_id)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoginFailure::Store(StoreError::Db(format!(
+            "the login task failed: {e}"
+        ))))
+    })
+}
