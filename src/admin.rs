@@ -1,5 +1,7 @@
 //! The admin listener (a separate address, by default loopback only): `/metrics` in Prometheus
-//! text format, `/ping` and `/ready`.
+//! text format, `/ping`, `/ready`, and the users API (`POST /api/users`, a
+//! [`crate::users::ops::UserOp`] as JSON, with `Authorization: Bearer <[admin] token>`), which
+//! `gatehouse users` uses while the server holds the store.
 
 use std::sync::Arc;
 
@@ -9,17 +11,147 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::auth::Auth;
+use crate::config::model::Secret;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::users::ops::{execute, Effect, OpError, UserOp};
+
+/// The largest users-API request body.
+const MAX_OP_BODY: usize = 64 * 1024;
 
 pub struct AdminApp {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    /// The users API: the store (through the login machinery) and the token that opens it.
+    users: Option<(Arc<Auth>, Secret)>,
 }
 
 impl AdminApp {
-    pub fn new(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
-        Self { metrics, readiness }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        users: Option<(Arc<Auth>, Secret)>,
+    ) -> Self {
+        Self {
+            metrics,
+            readiness,
+            users,
+        }
+    }
+
+    /// `POST /api/users`: checks the token, runs the operation on the blocking pool, applies
+    /// its effect to the live sessions, answers JSON.
+    async fn users_api(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let json = "application/json";
+        let Some((auth, token)) = &self.users else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json,
+                error_json(&OpError::Remote("the users API is off: set [admin] token".into())),
+            );
+        };
+        if session.req_header().method != http::Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, json, b"{}".to_vec());
+        }
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !token_matches(presented, &token.0) {
+            tracing::warn!("admin API: refused a request with a wrong or missing token");
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json,
+                error_json(&OpError::Remote("wrong or missing admin token".into())),
+            );
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_OP_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(None) => break,
+                Ok(Some(_)) | Err(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        json,
+                        error_json(&OpError::Invalid("unreadable or too large body".into())),
+                    )
+                }
+            }
+        }
+        let op: UserOp = match serde_json::from_slice(&body) {
+            Ok(op) => op,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json,
+                    error_json(&OpError::Invalid(format!("not an operation: {e}"))),
+                )
+            }
+        };
+        let runner = Arc::clone(auth);
+        let outcome = tokio::task::spawn_blocking(move || {
+            execute(&runner.store, &op, crate::auth::session::now()).map(|(out, effect)| {
+                apply_live(&runner, &effect);
+                out
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(OpError::Store(format!("the operation failed: {e}"))));
+        match outcome {
+            Ok(output) => reply(
+                StatusCode::OK,
+                json,
+                serde_json::to_vec(&output).unwrap_or_default(),
+            ),
+            Err(e) => {
+                let status = match &e {
+                    OpError::NotFound(_) => StatusCode::NOT_FOUND,
+                    OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    OpError::Store(_) | OpError::Remote(_) => {
+                        auth.metrics.store_error("admin");
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                };
+                reply(status, json, error_json(&e))
+            }
+        }
+    }
+}
+
+fn error_json(e: &OpError) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap_or_default()
+}
+
+/// Constant-time comparison of the presented token with the configured one.
+fn token_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// What an account change means for the live sessions: ended, or given the new profile.
+fn apply_live(auth: &Auth, effect: &Effect) {
+    match effect {
+        Effect::None => {}
+        Effect::EndSessions(ids) => {
+            let ended: usize = ids.iter().map(|id| auth.sessions.revoke_user(id)).sum();
+            tracing::info!(accounts = ids.len(), sessions = ended, "admin: sessions ended");
+        }
+        Effect::Refresh(user) => {
+            auth.sessions.update_user(&user.id, |old| {
+                crate::identity::jit::profile_identity(user, old)
+            });
+        }
+    }
+    auth.update_sessions_gauge();
+    if let Ok(count) = auth.store.read(|tx| tx.user_count()) {
+        auth.metrics.users.set(count as i64);
     }
 }
 
@@ -38,9 +170,10 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
+        let path = session.req_header().uri.path().to_string();
         let text = "text/plain; charset=utf-8";
-        match path {
+        match path.as_str() {
+            crate::users::cli::API_PATH => self.users_api(session).await,
             "/metrics" => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -55,5 +188,18 @@ impl ServeHttp for AdminApp {
             ),
             _ => reply(StatusCode::NOT_FOUND, text, b"not found\n".to_vec()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_opens_the_api() {
+        assert!(token_matches("0123456789abcdef", "0123456789abcdef"));
+        assert!(!token_matches("0123456789abcdeF", "0123456789abcdef"));
+        assert!(!token_matches("", "0123456789abcdef"));
+        assert!(!token_matches("", ""));
     }
 }

@@ -42,3 +42,4 @@ pub mod pages;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod users;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gatehouse::users::ops::{OpError, UserOp};
+use gatehouse::users::render::{render, Format};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +43,174 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Manage local accounts: on the store file, or through a running server's admin API.
+    Users {
+        #[arg(
+            long,
+            short,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "config/gatehouse.toml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Every account: id, username, email, roles, status, last login.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One account, by id or email.
+    Show {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a local account (to be linked by email at its first login).
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Disable an account and end its sessions.
+    Disable { user: String },
+    /// Enable an account again.
+    Enable { user: String },
+    /// Delete an account, its links and its sessions.
+    Delete { user: String },
+    /// Local roles: `roles add ID ROLE`, `roles remove ID ROLE`.
+    Roles {
+        #[command(subcommand)]
+        change: RoleChange,
+    },
+    /// Local attributes: `attrs set ID NAME VALUE`, `attrs unset ID NAME`.
+    Attrs {
+        #[command(subcommand)]
+        change: AttrChange,
+    },
+    /// Every account, as JSON or CSV.
+    Export {
+        #[arg(long, value_parser = ["json", "csv"], default_value = "json")]
+        format: String,
+    },
+    /// The audit log, of one account or all.
+    Audit {
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete accounts not signed in for `--inactive` (e.g. 90d).
+    Prune {
+        #[arg(long)]
+        inactive: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleChange {
+    Add { user: String, role: String },
+    Remove { user: String, role: String },
+}
+
+#[derive(Subcommand)]
+enum AttrChange {
+    Set {
+        user: String,
+        name: String,
+        value: String,
+    },
+    Unset {
+        user: String,
+        name: String,
+    },
+}
+
+/// The operation and how to print its answer.
+fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
+    let as_format = |json: bool| if json { Format::Json } else { Format::Table };
+    Ok(match command {
+        UsersCommand::List { json } => (UserOp::List, as_format(json)),
+        UsersCommand::Show { user, json } => (UserOp::Show { user }, as_format(json)),
+        UsersCommand::Add { username, email } => (UserOp::Add { username, email }, Format::Table),
+        UsersCommand::Disable { user } => (UserOp::Disable { user }, Format::Table),
+        UsersCommand::Enable { user } => (UserOp::Enable { user }, Format::Table),
+        UsersCommand::Delete { user } => (UserOp::Delete { user }, Format::Table),
+        UsersCommand::Roles { change } => match change {
+            RoleChange::Add { user, role } => (UserOp::RoleAdd { user, role }, Format::Table),
+            RoleChange::Remove { user, role } => {
+                (UserOp::RoleRemove { user, role }, Format::Table)
+            }
+        },
+        UsersCommand::Attrs { change } => match change {
+            AttrChange::Set { user, name, value } => {
+                (UserOp::AttrSet { user, name, value }, Format::Table)
+            }
+            AttrChange::Unset { user, name } => (UserOp::AttrUnset { user, name }, Format::Table),
+        },
+        UsersCommand::Export { format } => (
+            UserOp::Export,
+            if format == "csv" {
+                Format::Csv
+            } else {
+                Format::Json
+            },
+        ),
+        UsersCommand::Audit { user, json } => (UserOp::Audit { user }, as_format(json)),
+        UsersCommand::Prune {
+            inactive,
+            dry_run,
+            json,
+        } => {
+            let inactive = gatehouse::config::duration::parse_duration(&inactive)
+                .map_err(|e| format!("--inactive: {e}"))?;
+            (
+                UserOp::Prune {
+                    inactive_secs: inactive.as_secs(),
+                    dry_run,
+                },
+                as_format(json),
+            )
+        }
+    })
+}
+
+/// Exit code when the account named does not exist.
+const EXIT_NOT_FOUND: u8 = 3;
+
+fn users(config: PathBuf, command: UsersCommand) -> ExitCode {
+    let config = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (op, format) = match user_op(command) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("gatehouse users: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match gatehouse::users::cli::run(&config, &op) {
+        Ok(output) => {
+            print!("{}", render(&output, format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatehouse users: {e}");
+            ExitCode::from(match e {
+                OpError::NotFound(_) => EXIT_NOT_FOUND,
+                _ => EXIT_START,
+            })
+        }
+    }
 }
 
 /// Exit code for a config with problems.
@@ -68,6 +238,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Users { config, command } => users(config, command),
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,

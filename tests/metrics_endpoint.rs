@@ -30,6 +30,11 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_http_requests_in_flight",
         "gatehouse_upstream_errors_total",
         "gatehouse_build_info",
+        "gatehouse_jit_provisions_total",
+        "gatehouse_jit_duration_seconds",
+        "gatehouse_store_errors_total",
+        "gatehouse_users",
+        "gatehouse_access_denied_total",
     ] {
         // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
         assert!(
@@ -41,7 +46,8 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
             "{family} missing"
         );
     }
-    // Connection ids come from config, results are fixed names: both bounded.
+    // Connection ids come from config; results, actions, rules and store operations are
+    // fixed names: all bounded.
     let allowed = [
         "kind",
         "code",
@@ -51,6 +57,9 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "quantile",
         "result",
         "connection",
+        "action",
+        "rule",
+        "op",
     ];
     for sample in &scrape.samples {
         for (label, _) in sample.labels.iter() {

@@ -122,6 +122,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             SessionSweeper { auth: auth.clone() },
         ));
     }
+    let users_api = match (&auth, &config.admin.token) {
+        (Some(auth), Some(token)) => Some((auth.clone(), token.clone())),
+        _ => None,
+    };
     let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth);
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gatehouse)
         .name("gatehouse proxy")
@@ -145,7 +149,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 
     let mut admin = ListeningService::new(
         "gatehouse admin".to_string(),
-        AdminApp::new(metrics.clone(), readiness.clone()),
+        AdminApp::new(metrics.clone(), readiness.clone(), users_api),
     );
     admin.threads = Some(1);
     admin.add_tcp(&admin_socket.key());

@@ -159,6 +159,12 @@ impl Tx {
         }
     }
 
+    /// Every account.
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+        all_users(&table)
+    }
+
     /// Whether `username` (without regard to case) belongs to an account other than `owner`.
     pub fn username_taken(&self, username: &str, owner: &str) -> Result<bool, StoreError> {
         let names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;

@@ -1,0 +1,443 @@
+//! The account operations of `gatehouse users ...`, one type for both ways they run: on the
+//! store file directly (no server running), or inside the server through the admin API (the
+//! server holds the store's lock). Each change is one write transaction with its audit entry;
+//! what it means for live sessions is returned as an [`Effect`] for the caller to apply.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::audit::AuditEntry;
+use crate::store::users::{normalize_email, UserRecord};
+use crate::store::{ReadTx, Store, StoreError, Tx};
+
+/// One operation, as the CLI parses it and as the admin API receives it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UserOp {
+    List,
+    /// By id or email.
+    Show {
+        user: String,
+    },
+    /// A local account with no linked identity yet (one to link by email later).
+    Add {
+        username: String,
+        email: Option<String>,
+    },
+    Disable {
+        user: String,
+    },
+    Enable {
+        user: String,
+    },
+    /// Removes the account, its links and its sessions.
+    Delete {
+        user: String,
+    },
+    RoleAdd {
+        user: String,
+        role: String,
+    },
+    RoleRemove {
+        user: String,
+        role: String,
+    },
+    AttrSet {
+        user: String,
+        name: String,
+        value: String,
+    },
+    AttrUnset {
+        user: String,
+        name: String,
+    },
+    Export,
+    Audit {
+        user: Option<String>,
+    },
+    /// Deletes accounts with no login (or, never signed in, no creation) for `inactive_secs`.
+    Prune {
+        inactive_secs: u64,
+        dry_run: bool,
+    },
+}
+
+/// What an operation answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum OpOutput {
+    Users(Vec<UserRecord>),
+    User(Box<UserRecord>),
+    Audit(Vec<AuditEntry>),
+    Pruned {
+        users: Vec<UserRecord>,
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", content = "message", rename_all = "snake_case")]
+pub enum OpError {
+    #[error("no user `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(String),
+    #[error("{0}")]
+    Remote(String),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::Store(e.to_string())
+    }
+}
+
+/// What a change means for the sessions of the accounts it touched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    None,
+    /// End every session of these accounts (disabled, deleted, pruned).
+    EndSessions(Vec<String>),
+    /// Give the account's sessions its new profile (roles, attributes).
+    Refresh(Box<UserRecord>),
+}
+
+impl UserOp {
+    /// Whether the operation writes (and must hold the store's write lock).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            UserOp::List | UserOp::Show { .. } | UserOp::Export | UserOp::Audit { .. }
+        )
+    }
+}
+
+fn find(tx: &ReadTx, key: &str) -> Result<UserRecord, OpError> {
+    tx.find_user(key)?
+        .ok_or_else(|| OpError::NotFound(key.to_string()))
+}
+
+fn audit(tx: &mut Tx, action: &str, user: &UserRecord, changed: &[&str], now: u64) -> Result<(), OpError> {
+    let mut entry = AuditEntry::new("admin", action, now);
+    entry.user_id = Some(user.id.clone());
+    entry.changed = changed.iter().map(|c| c.to_string()).collect();
+    tx.append_audit(&entry)?;
+    Ok(())
+}
+
+/// Runs `op` against `store` at time `now` (unix seconds).
+pub fn execute(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpError> {
+    match op {
+        UserOp::List | UserOp::Export => {
+            let users = store.read(|tx| tx.users())?;
+            Ok((OpOutput::Users(users), Effect::None))
+        }
+        UserOp::Show { user } => {
+            let found = store.read(|tx| Ok(find(tx, user)))??;
+            Ok((OpOutput::User(Box::new(found)), Effect::None))
+        }
+        UserOp::Audit { user } => {
+            let entries = store.read(|tx| {
+                let id = match user {
+                    Some(key) => match tx.find_user(key)? {
+                        Some(u) => Some(u.id),
+                        // A deleted account's entries are still in the log under its id.
+                        None => Some(key.clone()),
+                    },
+                    None => None,
+                };
+                tx.audit(id.as_deref())
+            })?;
+            Ok((OpOutput::Audit(entries), Effect::None))
+        }
+        UserOp::Add { username, email } => add(store, username, email.as_deref(), now),
+        UserOp::Delete { user } => {
+            let deleted = store.write(|tx| {
+                let Some(found) = tx_find(tx, user)? else {
+                    return Ok(Err(OpError::NotFound(user.clone())));
+                };
+                tx.delete_user(&found.id)?;
+                audit(tx, "deleted", &found, &[], now).map_err(to_store)?;
+                Ok(Ok(found))
+            })??;
+            let effect = Effect::EndSessions(vec![deleted.id.clone()]);
+            Ok((OpOutput::User(Box::new(deleted)), effect))
+        }
+        UserOp::Prune {
+            inactive_secs,
+            dry_run,
+        } => prune(store, *inactive_secs, *dry_run, now),
+        change => modify(store, change, now),
+    }
+}
+
+fn to_store(e: OpError) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn tx_find(tx: &Tx, key: &str) -> Result<Option<UserRecord>, StoreError> {
+    match tx.user(key)? {
+        Some(u) => Ok(Some(u)),
+        None => tx.user_by_email(key),
+    }
+}
+
+fn add(
+    store: &Store,
+    username: &str,
+    email: Option<&str>,
+    now: u64,
+) -> Result<(OpOutput, Effect), OpError> {
+    let username = username.trim();
+    if username.is_empty() {
+        return Err(OpError::Invalid("the username must not be empty".into()));
+    }
+    if let Some(email) = email {
+        if crate::identity::access::email_domain(email).is_none() {
+            return Err(OpError::Invalid(format!("`{email}` is not an email address")));
+        }
+    }
+    let created = store.write(|tx| {
+        if tx.username_taken(username, "")? {
+            return Ok(Err(OpError::Invalid(format!("the username `{username}` is taken"))));
+        }
+        if let Some(email) = email {
+            if tx.user_by_email(email)?.is_some() {
+                return Ok(Err(OpError::Invalid(format!(
+                    "an account already has the email `{email}`"
+                ))));
+            }
+        }
+        let mut user = UserRecord::new(username.to_string(), now);
+        user.email = email.map(normalize_email);
+        user.email_verified = email.is_some();
+        tx.put_user(&user)?;
+        audit(tx, "created", &user, &["username", "email"], now).map_err(to_store)?;
+        Ok(Ok(user))
+    })??;
+    Ok((OpOutput::User(Box::new(created)), Effect::None))
+}
+
+/// Disable, enable, roles and attributes: read, change, write, audit, in one transaction.
+fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpError> {
+    let key = match op {
+        UserOp::Disable { user }
+        | UserOp::Enable { user }
+        | UserOp::RoleAdd { user, .. }
+        | UserOp::RoleRemove { user, .. }
+        | UserOp::AttrSet { user, .. }
+        | UserOp::AttrUnset { user, .. } => user,
+        _ => return Err(OpError::Invalid("not a change".into())),
+    };
+    let outcome = store.write(|tx| {
+        let Some(mut user) = tx_find(tx, key)? else {
+            return Ok(Err(OpError::NotFound(key.clone())));
+        };
+        let (action, field, changed) = match op {
+            UserOp::Disable { .. } => ("disabled", "disabled", !std::mem::replace(&mut user.disabled, true)),
+            UserOp::Enable { .. } => ("enabled", "disabled", std::mem::replace(&mut user.disabled, false)),
+            UserOp::RoleAdd { role, .. } => {
+                let role = role.trim();
+                if role.is_empty() || role.contains(',') {
+                    return Ok(Err(OpError::Invalid(format!("`{role}` is not a role name"))));
+                }
+                let new = !user.roles.iter().any(|r| r == role);
+                if new {
+                    user.roles.push(role.to_string());
+                    user.roles.sort();
+                }
+                ("role_added", "roles", new)
+            }
+            UserOp::RoleRemove { role, .. } => {
+                let before = user.roles.len();
+                user.roles.retain(|r| r != role);
+                ("role_removed", "roles", user.roles.len() != before)
+            }
+            UserOp::AttrSet { name, value, .. } => {
+                let old = user.local_attributes.insert(name.clone(), value.clone());
+                ("attribute_set", "local_attributes", old.as_ref() != Some(value))
+            }
+            UserOp::AttrUnset { name, .. } => (
+                "attribute_unset",
+                "local_attributes",
+                user.local_attributes.remove(name).is_some(),
+            ),
+            _ => return Ok(Err(OpError::Invalid("not a change".into()))),
+        };
+        if changed {
+            user.updated_at = now;
+            tx.put_user(&user)?;
+            let field = match op {
+                UserOp::AttrSet { name, .. } | UserOp::AttrUnset { name, .. } => {
+                    format!("{field}.{name}")
+                }
+                _ => field.to_string(),
+            };
+            audit(tx, action, &user, &[field.as_str()], now).map_err(to_store)?;
+        }
+        Ok(Ok(user))
+    })??;
+    let effect = match op {
+        UserOp::Disable { .. } => Effect::EndSessions(vec![outcome.id.clone()]),
+        UserOp::Enable { .. } => Effect::None,
+        _ => Effect::Refresh(Box::new(outcome.clone())),
+    };
+    Ok((OpOutput::User(Box::new(outcome)), effect))
+}
+
+fn prune(
+    store: &Store,
+    inactive_secs: u64,
+    dry_run: bool,
+    now: u64,
+) -> Result<(OpOutput, Effect), OpError> {
+    let cutoff = now.saturating_sub(inactive_secs);
+    let stale = |u: &UserRecord| u.last_login_at.unwrap_or(u.created_at) < cutoff;
+    let users: Vec<UserRecord> = if dry_run {
+        store.read(|tx| tx.users())?.into_iter().filter(stale).collect()
+    } else {
+        store.write(|tx| {
+            let mut gone = Vec::new();
+            for user in tx.users()?.into_iter().filter(stale) {
+                tx.delete_user(&user.id)?;
+                let mut entry = AuditEntry::new("admin", "deleted", now);
+                entry.user_id = Some(user.id.clone());
+                entry.reason = Some("pruned: inactive".into());
+                tx.append_audit(&entry)?;
+                gone.push(user);
+            }
+            Ok(gone)
+        })?
+    };
+    let effect = if dry_run || users.is_empty() {
+        Effect::None
+    } else {
+        Effect::EndSessions(users.iter().map(|u| u.id.clone()).collect())
+    };
+    Ok((OpOutput::Pruned { users, dry_run }, effect))
+}
+
+/// Applies an effect to the sessions in the store file, for when no server holds it: ended
+/// sessions are deleted, refreshed ones get the new profile (the next server start loads it).
+pub fn apply_offline(store: &Store, effect: &Effect) -> Result<usize, StoreError> {
+    let sessions = store.sessions()?;
+    match effect {
+        Effect::None => Ok(0),
+        Effect::EndSessions(ids) => {
+            let sids: Vec<String> = sessions
+                .into_iter()
+                .filter(|s| s.identity.user_id.as_ref().is_some_and(|id| ids.contains(id)))
+                .map(|s| s.sid)
+                .collect();
+            store.delete_sessions(&sids)
+        }
+        Effect::Refresh(user) => store.write(|tx| {
+            let mut n = 0;
+            for mut s in sessions {
+                if s.identity.user_id.as_deref() == Some(user.id.as_str()) {
+                    s.identity = crate::identity::jit::profile_identity(user, &s.identity);
+                    tx.put_session(&s)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn add_user(store: &Store, name: &str, email: &str, now: u64) -> UserRecord {
+        let op = UserOp::Add {
+            username: name.into(),
+            email: Some(email.into()),
+        };
+        match execute(store, &op, now).unwrap().0 {
+            OpOutput::User(u) => *u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn disable_ends_sessions_and_is_audited_once() {
+        let (_d, store) = store();
+        let u = add_user(&store, "alice", "alice@example.com", 1);
+        let op = UserOp::Disable { user: "ALICE@example.com".into() };
+        let (out, effect) = execute(&store, &op, 2).unwrap();
+        assert_eq!(effect, Effect::EndSessions(vec![u.id.clone()]));
+        let OpOutput::User(disabled) = out else { panic!() };
+        assert!(disabled.disabled);
+        execute(&store, &op, 3).unwrap();
+        let log = store.read(|tx| tx.audit(Some(&u.id))).unwrap();
+        let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["created", "disabled"], "a no-op is not audited");
+    }
+
+    #[test]
+    fn roles_are_added_once_and_removed() {
+        let (_d, store) = store();
+        let u = add_user(&store, "alice", "alice@example.com", 1);
+        for _ in 0..2 {
+            execute(&store, &UserOp::RoleAdd { user: u.id.clone(), role: "editor".into() }, 2).unwrap();
+        }
+        let (out, effect) =
+            execute(&store, &UserOp::Show { user: u.id.clone() }, 3).unwrap();
+        assert_eq!(effect, Effect::None);
+        let OpOutput::User(shown) = out else { panic!() };
+        assert_eq!(shown.roles, ["editor"]);
+        let (_, effect) =
+            execute(&store, &UserOp::RoleRemove { user: u.id.clone(), role: "editor".into() }, 4).unwrap();
+        let Effect::Refresh(user) = effect else { panic!() };
+        assert!(user.roles.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_user_is_not_found_and_a_bad_role_is_invalid() {
+        let (_d, store) = store();
+        let err = execute(&store, &UserOp::Disable { user: "nobody".into() }, 1).unwrap_err();
+        assert_eq!(err, OpError::NotFound("nobody".into()));
+        let u = add_user(&store, "alice", "alice@example.com", 1);
+        let err = execute(&store, &UserOp::RoleAdd { user: u.id, role: "a,b".into() }, 1).unwrap_err();
+        assert!(matches!(err, OpError::Invalid(_)));
+        let err = execute(
+            &store,
+            &UserOp::Add { username: "ALICE".into(), email: None },
+            1,
+        )
+        .unwrap_err();
+        assert!(matches!(err, OpError::Invalid(_)), "usernames are unique in any case");
+    }
+
+    #[test]
+    fn prune_dry_run_deletes_nothing_and_prune_deletes_the_inactive() {
+        let (_d, store) = store();
+        let old = add_user(&store, "old", "old@example.com", 100);
+        let _new = add_user(&store, "new", "new@example.com", 10_000);
+        let op = |dry_run| UserOp::Prune { inactive_secs: 5_000, dry_run };
+        let (OpOutput::Pruned { users, .. }, Effect::None) = execute(&store, &op(true), 10_001).unwrap() else {
+            panic!()
+        };
+        assert_eq!(users.len(), 1);
+        assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 2);
+        let (_, effect) = execute(&store, &op(false), 10_001).unwrap();
+        assert_eq!(effect, Effect::EndSessions(vec![old.id]));
+        assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 1);
+    }
+
+    #[test]
+    fn ops_travel_as_json_for_the_admin_api() {
+        let op = UserOp::RoleAdd { user: "u".into(), role: "r".into() };
+        let text = serde_json::to_string(&op).unwrap();
+        assert_eq!(text, r#"{"op":"role_add","user":"u","role":"r"}"#);
+        assert_eq!(serde_json::from_str::<UserOp>(&text).unwrap(), op);
+    }
+}

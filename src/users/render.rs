@@ -1,0 +1,222 @@
+//! How `gatehouse users` prints: aligned tables for a terminal, JSON (`--json`, `export
+//! --format json`) and CSV (`export --format csv`) for scripts. Column sets and orders are
+//! part of the interface; add to them at the end only.
+
+use std::fmt::Write;
+
+use super::ops::OpOutput;
+use crate::store::audit::AuditEntry;
+use crate::store::users::UserRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Unix seconds as `2026-12-01T08:35:30Z`; `-` for none.
+pub fn timestamp(secs: Option<u64>) -> String {
+    match secs {
+        Some(s) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+        )
+        .to_string(),
+        None => "-".to_string(),
+    }
+}
+
+fn status(u: &UserRecord) -> &'static str {
+    if u.disabled {
+        "disabled"
+    } else {
+        "active"
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, headers.to_vec());
+    for row in rows {
+        line(&mut out, row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn users_table(users: &[UserRecord]) -> String {
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.id.clone(),
+                u.username.clone(),
+                u.email.clone().unwrap_or_else(|| "-".into()),
+                if u.roles.is_empty() { "-".into() } else { u.roles.join(",") },
+                status(u).to_string(),
+                timestamp(u.last_login_at),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "USERNAME", "EMAIL", "ROLES", "STATUS", "LAST LOGIN"],
+        &rows,
+    )
+}
+
+fn user_details(u: &UserRecord) -> String {
+    let mut out = String::new();
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        if m.is_empty() {
+            "-".to_string()
+        } else {
+            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let list = |l: &[String]| if l.is_empty() { "-".to_string() } else { l.join(", ") };
+    let links: Vec<String> = u.links.iter().map(|l| format!("{}:{}", l.connection, l.subject)).collect();
+    for (k, v) in [
+        ("id", u.id.clone()),
+        ("username", u.username.clone()),
+        ("email", u.email.clone().unwrap_or_else(|| "-".into())),
+        ("email_verified", u.email_verified.to_string()),
+        ("display_name", u.display_name.clone().unwrap_or_else(|| "-".into())),
+        ("status", status(u).into()),
+        ("roles", list(&u.roles)),
+        ("groups", list(&u.groups)),
+        ("attributes", map(&u.attributes)),
+        ("local_attributes", map(&u.local_attributes)),
+        ("links", list(&links)),
+        ("created_at", timestamp(Some(u.created_at))),
+        ("updated_at", timestamp(Some(u.updated_at))),
+        ("last_login_at", timestamp(u.last_login_at)),
+    ] {
+        let _ = writeln!(out, "{k:<17} {v}");
+    }
+    out
+}
+
+fn audit_table(entries: &[AuditEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            vec![
+                e.seq.to_string(),
+                timestamp(Some(e.at)),
+                e.actor.clone(),
+                e.action.clone(),
+                dash(&e.user_id),
+                dash(&e.connection),
+                if e.changed.is_empty() { "-".into() } else { e.changed.join(",") },
+                dash(&e.reason),
+            ]
+        })
+        .collect();
+    table(
+        &["SEQ", "AT", "ACTOR", "ACTION", "USER", "CONNECTION", "CHANGED", "REASON"],
+        &rows,
+    )
+}
+
+/// A CSV field, quoted when it has to be (RFC 4180).
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn users_csv(users: &[UserRecord]) -> String {
+    let mut out = String::from(
+        "id,username,email,email_verified,display_name,roles,groups,status,created_at,updated_at,last_login_at,links\n",
+    );
+    for u in users {
+        let links: Vec<String> = u.links.iter().map(|l| format!("{}:{}", l.connection, l.subject)).collect();
+        let fields = [
+            u.id.clone(),
+            u.username.clone(),
+            u.email.clone().unwrap_or_default(),
+            u.email_verified.to_string(),
+            u.display_name.clone().unwrap_or_default(),
+            u.roles.join(";"),
+            u.groups.join(";"),
+            status(u).to_string(),
+            timestamp(Some(u.created_at)),
+            timestamp(Some(u.updated_at)),
+            u.last_login_at.map(|t| timestamp(Some(t))).unwrap_or_default(),
+            links.join(";"),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// The text to print for an operation's output.
+pub fn render(output: &OpOutput, format: Format) -> String {
+    match (output, format) {
+        (OpOutput::Users(users), Format::Json) => json(users),
+        (OpOutput::Users(users), Format::Csv) => users_csv(users),
+        (OpOutput::Users(users), Format::Table) => users_table(users),
+        (OpOutput::User(user), Format::Json) => json(user),
+        (OpOutput::User(user), Format::Csv) => users_csv(std::slice::from_ref(user)),
+        (OpOutput::User(user), Format::Table) => user_details(user),
+        (OpOutput::Audit(entries), Format::Json) => json(entries),
+        (OpOutput::Audit(entries), _) => audit_table(entries),
+        (OpOutput::Pruned { users, dry_run }, Format::Json) => {
+            json(&serde_json::json!({ "dry_run": dry_run, "users": users }))
+        }
+        (OpOutput::Pruned { users, dry_run }, _) => {
+            let verb = if *dry_run { "would delete" } else { "deleted" };
+            format!("{verb} {} inactive account(s)\n{}", users.len(), users_table(users))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_with_commas_or_quotes_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn the_users_table_lines_up_its_columns() {
+        let mut u = UserRecord::new("alice".into(), 0);
+        u.email = Some("alice@example.com".into());
+        let text = users_table(&[u]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].find("USERNAME"), lines[1].find("alice"));
+        assert!(lines[1].contains("active") && lines[1].ends_with('-'));
+        assert_eq!(timestamp(Some(0)), "1970-01-01T00:00:00Z");
+    }
+}
