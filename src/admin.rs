@@ -48,7 +48,9 @@ impl AdminApp {
             return reply(
                 StatusCode::NOT_FOUND,
                 json,
-                error_json(&OpError::Remote("the users API is off: set [admin] token".into())),
+                error_json(&OpError::Remote(
+                    "the users API is off: set [admin] token".into(),
+                )),
             );
         };
         if session.req_header().method != http::Method::POST {
@@ -141,7 +143,11 @@ fn apply_live(auth: &Auth, effect: &Effect) {
         Effect::None => {}
         Effect::EndSessions(ids) => {
             let ended: usize = ids.iter().map(|id| auth.sessions.revoke_user(id)).sum();
-            tracing::info!(accounts = ids.len(), sessions = ended, "admin: sessions ended");
+            tracing::info!(
+                accounts = ids.len(),
+                sessions = ended,
+                "admin: sessions ended"
+            );
         }
         Effect::Refresh(user) => {
             auth.sessions.update_user(&user.id, |old| {

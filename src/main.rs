@@ -146,9 +146,7 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
         UsersCommand::Delete { user } => (UserOp::Delete { user }, Format::Table),
         UsersCommand::Roles { change } => match change {
             RoleChange::Add { user, role } => (UserOp::RoleAdd { user, role }, Format::Table),
-            RoleChange::Remove { user, role } => {
-                (UserOp::RoleRemove { user, role }, Format::Table)
-            }
+            RoleChange::Remove { user, role } => (UserOp::RoleRemove { user, role }, Format::Table),
         },
         UsersCommand::Attrs { change } => match change {
             AttrChange::Set { user, name, value } => {

@@ -51,6 +51,8 @@ pub struct LiveSession {
     pub refresh_lock: tokio::sync::Mutex<()>,
     /// The identity headers, built on first use and reused by every request.
     pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
+    /// Signed identity assertions, per upstream, while fresh.
+    pub signed: Mutex<Vec<crate::identity::signed_header::CachedAssertion>>,
 }
 
 impl LiveSession {
@@ -65,6 +67,7 @@ impl LiveSession {
             tokens: Mutex::new(record.tokens),
             refresh_lock: tokio::sync::Mutex::new(()),
             header_cache: std::sync::OnceLock::new(),
+            signed: Mutex::new(Vec::new()),
         }
     }
 

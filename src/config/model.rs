@@ -47,11 +47,7 @@ pub struct Signing {
     pub issuer: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlg {
-    Es256,
-    EdDsa,
-}
+pub use crate::identity::assertion::SigningAlg;
 
 /// An email domain an access rule allows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -921,17 +921,12 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
 }
 
 fn identity(i: &IdentitySection, login: &LoginSection, p: &mut Problems) -> Option<IdentityHeader> {
-    let alg = match i.signing_alg.as_str() {
-        "ES256" => Some(SigningAlg::Es256),
-        "EdDSA" => Some(SigningAlg::EdDsa),
-        other => {
-            p.add(
-                "identity.signing_alg",
-                format!("`{other}` is not one of ES256, EdDSA"),
-            );
-            None
-        }
-    };
+    let alg = p.check(
+        "identity.signing_alg",
+        i.signing_alg
+            .parse::<SigningAlg>()
+            .map_err(|e| e.to_string()),
+    );
     let ttl = p.check("identity.assertion_ttl", parse_duration(&i.assertion_ttl));
     if ttl.is_some_and(|t| t.as_secs() < 10) {
         p.add("identity.assertion_ttl", "must be at least 10s");

@@ -2,9 +2,11 @@
 //! that tell the app.
 
 pub mod access;
+pub mod assertion;
 pub mod claims;
 pub mod headers;
 pub mod jit;
+pub mod signed_header;
 
 use serde::{Deserialize, Serialize};
 

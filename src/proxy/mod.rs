@@ -37,6 +37,8 @@ use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
 use crate::identity::access::AccessPolicy;
+use crate::identity::assertion::AssertionSigner;
+use crate::identity::signed_header::{SignedHeader, X_GATEHOUSE_IDENTITY};
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 pub use ctx::RequestCtx;
@@ -61,6 +63,8 @@ pub struct Gatehouse {
     auth: Option<Arc<Auth>>,
     /// Who may reach which upstream and path once signed in.
     access: AccessPolicy,
+    /// The signed identity header; `None` when turned off.
+    signed: Option<SignedHeader>,
 }
 
 fn peer_for(u: &Upstream) -> HttpPeer {
@@ -91,17 +95,26 @@ fn target(session: &Session) -> Result<(String, Option<String>), PathError> {
 }
 
 impl Gatehouse {
+    /// `signer` signs the identity header (with `config.identity.signing` set).
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         auth: Option<Arc<Auth>>,
+        signer: Option<Arc<AssertionSigner>>,
     ) -> Self {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
         let peers = router.upstreams().iter().map(peer_for).collect();
         let access = AccessPolicy::new(router.upstreams(), config.access.clone());
+        let signed = match (signer, &config.identity.signing) {
+            (Some(signer), Some(signing)) => {
+                Some(SignedHeader::new(signer, signing, router.upstreams()))
+            }
+            _ => None,
+        };
         Self {
             access,
+            signed,
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -340,6 +353,23 @@ impl ProxyHttp for Gatehouse {
                     .answer_text(session, StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                     .await
             }
+            // Early answer: the public keys of the signed identity header.
+            Route::Jwks => {
+                let Some(signed) = &self.signed else {
+                    return self
+                        .answer_error(session, ctx, RequestError::NotFound)
+                        .await;
+                };
+                respond::send(
+                    session,
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::copy_from_slice(signed.jwks_json().as_bytes()),
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
             // Early answer: the login endpoints write their own responses.
             Route::Auth => {
                 let Some(auth) = &self.auth else {
@@ -397,6 +427,11 @@ impl ProxyHttp for Gatehouse {
                         req.insert_header(name.clone(), value.clone())?;
                     }
                     auth.token_headers(&who, req)?;
+                    if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
+                        if let Some(value) = signed.value(upstream, &who) {
+                            req.insert_header(X_GATEHOUSE_IDENTITY, value)?;
+                        }
+                    }
                     ctx.user = Some(who.identity().user().to_string());
                     self.strip_own_cookies(session)?;
                     return Ok(false);

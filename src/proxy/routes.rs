@@ -21,6 +21,8 @@ pub enum Route {
     Ready,
     /// `/oauth2/*`: the login endpoints.
     Auth,
+    /// `/.well-known/gatehouse/jwks.json`: the keys of the signed identity header.
+    Jwks,
     /// Matched a `[[public]]` rule: proxied without authentication.
     Public,
     /// Everything else: needs a session or a bearer token.
@@ -31,7 +33,7 @@ impl Route {
     /// The bounded `kind` label of the request metrics.
     pub fn kind(self) -> &'static str {
         match self {
-            Route::Ping | Route::Ready => "internal",
+            Route::Ping | Route::Ready | Route::Jwks => "internal",
             Route::Auth => "auth",
             Route::Public => "public",
             Route::Protected => "protected",
@@ -116,6 +118,7 @@ impl Router {
         match path {
             PING_PATH => return Route::Ping,
             READY_PATH => return Route::Ready,
+            crate::identity::signed_header::JWKS_PATH => return Route::Jwks,
             _ => {}
         }
         if under_prefix(path, AUTH_PREFIX, true) {
@@ -223,6 +226,10 @@ mod tests {
         assert_eq!(route(&r, "GET", "/oauth2/start"), Route::Auth);
         assert_eq!(route(&r, "GET", "/oauth2"), Route::Auth);
         assert_eq!(route(&r, "GET", "/oauth2x"), Route::Protected);
+        assert_eq!(
+            route(&r, "GET", "/.well-known/gatehouse/jwks.json"),
+            Route::Jwks
+        );
     }
 
     #[test]

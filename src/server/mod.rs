@@ -20,6 +20,7 @@ use crate::auth::discovery::{Discovery, SessionSweeper};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::health::Readiness;
+use crate::identity::assertion::AssertionSigner;
 use crate::metrics::Metrics;
 use crate::proxy::Gatehouse;
 use crate::store::Store;
@@ -45,6 +46,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthSetupError),
+    #[error("identity header signing key: {0}")]
+    Signing(#[from] crate::identity::assertion::AssertionError),
 }
 
 /// Where a started Gatehouse listens (ports resolved, so port 0 in config shows its real port).
@@ -126,7 +129,15 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         (Some(auth), Some(token)) => Some((auth.clone(), token.clone())),
         _ => None,
     };
-    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth);
+    let signer = match (&auth, &config.identity.signing) {
+        (Some(_), Some(signing)) => Some(Arc::new(AssertionSigner::load_or_create(
+            signing.alg,
+            signing.key_file.as_deref(),
+            &config.data_dir,
+        )?)),
+        _ => None,
+    };
+    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth, signer);
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gatehouse)
         .name("gatehouse proxy")
         .server_options(server_options)

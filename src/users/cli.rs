@@ -52,7 +52,10 @@ fn remote(config: &Config, op: &UserOp) -> Result<OpOutput, OpError> {
     let token = config.admin.token.as_ref().ok_or_else(|| {
         OpError::Remote("no [admin] token is configured (set the same one for the server)".into())
     })?;
-    let url = format!("http://{}{API_PATH}", admin_target(config.server.admin_listen));
+    let url = format!(
+        "http://{}{API_PATH}",
+        admin_target(config.server.admin_listen)
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,12 +83,14 @@ fn remote(config: &Config, op: &UserOp) -> Result<OpOutput, OpError> {
             serde_json::from_slice(&body)
                 .map_err(|e| OpError::Remote(format!("unreadable answer: {e}")))
         } else {
-            Err(serde_json::from_slice::<OpError>(&body).unwrap_or_else(|_| {
-                OpError::Remote(format!(
-                    "{url} answered {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ))
-            }))
+            Err(
+                serde_json::from_slice::<OpError>(&body).unwrap_or_else(|_| {
+                    OpError::Remote(format!(
+                        "{url} answered {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ))
+                }),
+            )
         }
     })
 }

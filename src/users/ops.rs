@@ -118,7 +118,13 @@ fn find(tx: &ReadTx, key: &str) -> Result<UserRecord, OpError> {
         .ok_or_else(|| OpError::NotFound(key.to_string()))
 }
 
-fn audit(tx: &mut Tx, action: &str, user: &UserRecord, changed: &[&str], now: u64) -> Result<(), OpError> {
+fn audit(
+    tx: &mut Tx,
+    action: &str,
+    user: &UserRecord,
+    changed: &[&str],
+    now: u64,
+) -> Result<(), OpError> {
     let mut entry = AuditEntry::new("admin", action, now);
     entry.user_id = Some(user.id.clone());
     entry.changed = changed.iter().map(|c| c.to_string()).collect();
@@ -195,12 +201,16 @@ fn add(
     }
     if let Some(email) = email {
         if crate::identity::access::email_domain(email).is_none() {
-            return Err(OpError::Invalid(format!("`{email}` is not an email address")));
+            return Err(OpError::Invalid(format!(
+                "`{email}` is not an email address"
+            )));
         }
     }
     let created = store.write(|tx| {
         if tx.username_taken(username, "")? {
-            return Ok(Err(OpError::Invalid(format!("the username `{username}` is taken"))));
+            return Ok(Err(OpError::Invalid(format!(
+                "the username `{username}` is taken"
+            ))));
         }
         if let Some(email) = email {
             if tx.user_by_email(email)?.is_some() {
@@ -235,12 +245,22 @@ fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), Op
             return Ok(Err(OpError::NotFound(key.clone())));
         };
         let (action, field, changed) = match op {
-            UserOp::Disable { .. } => ("disabled", "disabled", !std::mem::replace(&mut user.disabled, true)),
-            UserOp::Enable { .. } => ("enabled", "disabled", std::mem::replace(&mut user.disabled, false)),
+            UserOp::Disable { .. } => (
+                "disabled",
+                "disabled",
+                !std::mem::replace(&mut user.disabled, true),
+            ),
+            UserOp::Enable { .. } => (
+                "enabled",
+                "disabled",
+                std::mem::replace(&mut user.disabled, false),
+            ),
             UserOp::RoleAdd { role, .. } => {
                 let role = role.trim();
                 if role.is_empty() || role.contains(',') {
-                    return Ok(Err(OpError::Invalid(format!("`{role}` is not a role name"))));
+                    return Ok(Err(OpError::Invalid(format!(
+                        "`{role}` is not a role name"
+                    ))));
                 }
                 let new = !user.roles.iter().any(|r| r == role);
                 if new {
@@ -256,7 +276,11 @@ fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), Op
             }
             UserOp::AttrSet { name, value, .. } => {
                 let old = user.local_attributes.insert(name.clone(), value.clone());
-                ("attribute_set", "local_attributes", old.as_ref() != Some(value))
+                (
+                    "attribute_set",
+                    "local_attributes",
+                    old.as_ref() != Some(value),
+                )
             }
             UserOp::AttrUnset { name, .. } => (
                 "attribute_unset",
@@ -295,7 +319,11 @@ fn prune(
     let cutoff = now.saturating_sub(inactive_secs);
     let stale = |u: &UserRecord| u.last_login_at.unwrap_or(u.created_at) < cutoff;
     let users: Vec<UserRecord> = if dry_run {
-        store.read(|tx| tx.users())?.into_iter().filter(stale).collect()
+        store
+            .read(|tx| tx.users())?
+            .into_iter()
+            .filter(stale)
+            .collect()
     } else {
         store.write(|tx| {
             let mut gone = Vec::new();
@@ -327,7 +355,12 @@ pub fn apply_offline(store: &Store, effect: &Effect) -> Result<usize, StoreError
         Effect::EndSessions(ids) => {
             let sids: Vec<String> = sessions
                 .into_iter()
-                .filter(|s| s.identity.user_id.as_ref().is_some_and(|id| ids.contains(id)))
+                .filter(|s| {
+                    s.identity
+                        .user_id
+                        .as_ref()
+                        .is_some_and(|id| ids.contains(id))
+                })
                 .map(|s| s.sid)
                 .collect();
             store.delete_sessions(&sids)
@@ -371,10 +404,14 @@ mod tests {
     fn disable_ends_sessions_and_is_audited_once() {
         let (_d, store) = store();
         let u = add_user(&store, "alice", "alice@example.com", 1);
-        let op = UserOp::Disable { user: "ALICE@example.com".into() };
+        let op = UserOp::Disable {
+            user: "ALICE@example.com".into(),
+        };
         let (out, effect) = execute(&store, &op, 2).unwrap();
         assert_eq!(effect, Effect::EndSessions(vec![u.id.clone()]));
-        let OpOutput::User(disabled) = out else { panic!() };
+        let OpOutput::User(disabled) = out else {
+            panic!()
+        };
         assert!(disabled.disabled);
         execute(&store, &op, 3).unwrap();
         let log = store.read(|tx| tx.audit(Some(&u.id))).unwrap();
@@ -387,34 +424,71 @@ mod tests {
         let (_d, store) = store();
         let u = add_user(&store, "alice", "alice@example.com", 1);
         for _ in 0..2 {
-            execute(&store, &UserOp::RoleAdd { user: u.id.clone(), role: "editor".into() }, 2).unwrap();
+            execute(
+                &store,
+                &UserOp::RoleAdd {
+                    user: u.id.clone(),
+                    role: "editor".into(),
+                },
+                2,
+            )
+            .unwrap();
         }
-        let (out, effect) =
-            execute(&store, &UserOp::Show { user: u.id.clone() }, 3).unwrap();
+        let (out, effect) = execute(&store, &UserOp::Show { user: u.id.clone() }, 3).unwrap();
         assert_eq!(effect, Effect::None);
         let OpOutput::User(shown) = out else { panic!() };
         assert_eq!(shown.roles, ["editor"]);
-        let (_, effect) =
-            execute(&store, &UserOp::RoleRemove { user: u.id.clone(), role: "editor".into() }, 4).unwrap();
-        let Effect::Refresh(user) = effect else { panic!() };
+        let (_, effect) = execute(
+            &store,
+            &UserOp::RoleRemove {
+                user: u.id.clone(),
+                role: "editor".into(),
+            },
+            4,
+        )
+        .unwrap();
+        let Effect::Refresh(user) = effect else {
+            panic!()
+        };
         assert!(user.roles.is_empty());
     }
 
     #[test]
     fn an_unknown_user_is_not_found_and_a_bad_role_is_invalid() {
         let (_d, store) = store();
-        let err = execute(&store, &UserOp::Disable { user: "nobody".into() }, 1).unwrap_err();
-        assert_eq!(err, OpError::NotFound("nobody".into()));
-        let u = add_user(&store, "alice", "alice@example.com", 1);
-        let err = execute(&store, &UserOp::RoleAdd { user: u.id, role: "a,b".into() }, 1).unwrap_err();
-        assert!(matches!(err, OpError::Invalid(_)));
         let err = execute(
             &store,
-            &UserOp::Add { username: "ALICE".into(), email: None },
+            &UserOp::Disable {
+                user: "nobody".into(),
+            },
             1,
         )
         .unwrap_err();
-        assert!(matches!(err, OpError::Invalid(_)), "usernames are unique in any case");
+        assert_eq!(err, OpError::NotFound("nobody".into()));
+        let u = add_user(&store, "alice", "alice@example.com", 1);
+        let err = execute(
+            &store,
+            &UserOp::RoleAdd {
+                user: u.id,
+                role: "a,b".into(),
+            },
+            1,
+        )
+        .unwrap_err();
+        assert!(matches!(err, OpError::Invalid(_)));
+        let err = execute(
+            &store,
+            &UserOp::Add {
+                username: "ALICE".into(),
+                email: None,
+            },
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, OpError::Invalid(_)),
+            "usernames are unique in any case"
+        );
     }
 
     #[test]
@@ -422,8 +496,13 @@ mod tests {
         let (_d, store) = store();
         let old = add_user(&store, "old", "old@example.com", 100);
         let _new = add_user(&store, "new", "new@example.com", 10_000);
-        let op = |dry_run| UserOp::Prune { inactive_secs: 5_000, dry_run };
-        let (OpOutput::Pruned { users, .. }, Effect::None) = execute(&store, &op(true), 10_001).unwrap() else {
+        let op = |dry_run| UserOp::Prune {
+            inactive_secs: 5_000,
+            dry_run,
+        };
+        let (OpOutput::Pruned { users, .. }, Effect::None) =
+            execute(&store, &op(true), 10_001).unwrap()
+        else {
             panic!()
         };
         assert_eq!(users.len(), 1);
@@ -435,7 +514,10 @@ mod tests {
 
     #[test]
     fn ops_travel_as_json_for_the_admin_api() {
-        let op = UserOp::RoleAdd { user: "u".into(), role: "r".into() };
+        let op = UserOp::RoleAdd {
+            user: "u".into(),
+            role: "r".into(),
+        };
         let text = serde_json::to_string(&op).unwrap();
         assert_eq!(text, r#"{"op":"role_add","user":"u","role":"r"}"#);
         assert_eq!(serde_json::from_str::<UserOp>(&text).unwrap(), op);

@@ -68,7 +68,11 @@ fn users_table(users: &[UserRecord]) -> String {
                 u.id.clone(),
                 u.username.clone(),
                 u.email.clone().unwrap_or_else(|| "-".into()),
-                if u.roles.is_empty() { "-".into() } else { u.roles.join(",") },
+                if u.roles.is_empty() {
+                    "-".into()
+                } else {
+                    u.roles.join(",")
+                },
                 status(u).to_string(),
                 timestamp(u.last_login_at),
             ]
@@ -86,17 +90,33 @@ fn user_details(u: &UserRecord) -> String {
         if m.is_empty() {
             "-".to_string()
         } else {
-            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
-    let list = |l: &[String]| if l.is_empty() { "-".to_string() } else { l.join(", ") };
-    let links: Vec<String> = u.links.iter().map(|l| format!("{}:{}", l.connection, l.subject)).collect();
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "-".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    let links: Vec<String> = u
+        .links
+        .iter()
+        .map(|l| format!("{}:{}", l.connection, l.subject))
+        .collect();
     for (k, v) in [
         ("id", u.id.clone()),
         ("username", u.username.clone()),
         ("email", u.email.clone().unwrap_or_else(|| "-".into())),
         ("email_verified", u.email_verified.to_string()),
-        ("display_name", u.display_name.clone().unwrap_or_else(|| "-".into())),
+        (
+            "display_name",
+            u.display_name.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("status", status(u).into()),
         ("roles", list(&u.roles)),
         ("groups", list(&u.groups)),
@@ -124,13 +144,26 @@ fn audit_table(entries: &[AuditEntry]) -> String {
                 e.action.clone(),
                 dash(&e.user_id),
                 dash(&e.connection),
-                if e.changed.is_empty() { "-".into() } else { e.changed.join(",") },
+                if e.changed.is_empty() {
+                    "-".into()
+                } else {
+                    e.changed.join(",")
+                },
                 dash(&e.reason),
             ]
         })
         .collect();
     table(
-        &["SEQ", "AT", "ACTOR", "ACTION", "USER", "CONNECTION", "CHANGED", "REASON"],
+        &[
+            "SEQ",
+            "AT",
+            "ACTOR",
+            "ACTION",
+            "USER",
+            "CONNECTION",
+            "CHANGED",
+            "REASON",
+        ],
         &rows,
     )
 }
@@ -149,7 +182,11 @@ fn users_csv(users: &[UserRecord]) -> String {
         "id,username,email,email_verified,display_name,roles,groups,status,created_at,updated_at,last_login_at,links\n",
     );
     for u in users {
-        let links: Vec<String> = u.links.iter().map(|l| format!("{}:{}", l.connection, l.subject)).collect();
+        let links: Vec<String> = u
+            .links
+            .iter()
+            .map(|l| format!("{}:{}", l.connection, l.subject))
+            .collect();
         let fields = [
             u.id.clone(),
             u.username.clone(),
@@ -161,7 +198,9 @@ fn users_csv(users: &[UserRecord]) -> String {
             status(u).to_string(),
             timestamp(Some(u.created_at)),
             timestamp(Some(u.updated_at)),
-            u.last_login_at.map(|t| timestamp(Some(t))).unwrap_or_default(),
+            u.last_login_at
+                .map(|t| timestamp(Some(t)))
+                .unwrap_or_default(),
             links.join(";"),
         ];
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
@@ -172,7 +211,8 @@ fn users_csv(users: &[UserRecord]) -> String {
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -193,7 +233,11 @@ pub fn render(output: &OpOutput, format: Format) -> String {
         }
         (OpOutput::Pruned { users, dry_run }, _) => {
             let verb = if *dry_run { "would delete" } else { "deleted" };
-            format!("{verb} {} inactive account(s)\n{}", users.len(), users_table(users))
+            format!(
+                "{verb} {} inactive account(s)\n{}",
+                users.len(),
+                users_table(users)
+            )
         }
     }
 }
