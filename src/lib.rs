@@ -38,6 +38,7 @@ pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod mfa;
 pub mod pages;
 pub mod proxy;
 pub mod server;
