@@ -4,124 +4,14 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
+#[path = "common/login_env.rs"]
+mod login_env;
 
 use std::time::Duration;
 
-use common::{client, get_status, start_echo, start_with, Harness};
+use common::{client, get_status, start_echo, start_with};
 use idp::{client_config, Browser, TestIdp};
-
-/// A Gatehouse with one connection to a fresh test IdP, its upstream, and a data dir.
-struct LoginEnv {
-    idp: TestIdp,
-    gh: Harness,
-    _data: tempfile::TempDir,
-}
-
-impl LoginEnv {
-    fn url(&self, path: &str) -> String {
-        self.gh.url(path)
-    }
-
-    /// The status an API client gets for `/api` with this Cookie header.
-    async fn api_status(&self, cookie: String) -> u16 {
-        client()
-            .get(self.url("/api"))
-            .header("accept", "application/json")
-            .header("cookie", cookie)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the IdP (with `idp_extra` merged into its config) and Gatehouse (with `extra` TOML),
-/// and waits until Gatehouse has discovered the IdP.
-async fn login_env(idp_extra: serde_json::Value, extra: &str) -> LoginEnv {
-    let upstream = start_echo().await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut idp_config = serde_json::json!({
-        "clients": [client_config(
-            "gatehouse",
-            "gatehouse-secret",
-            vec![format!("{base}/oauth2/callback")],
-            vec![format!("{base}/"), format!("{base}/signed-out")],
-            Some(format!("{base}/oauth2/backchannel-logout")),
-        )],
-    });
-    if let (Some(target), Some(more)) = (idp_config.as_object_mut(), idp_extra.as_object()) {
-        for (k, v) in more {
-            target.insert(k.clone(), v.clone());
-        }
-    }
-    let idp = TestIdp::start(idp_config).await;
-    let data = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:0"
-worker_threads = 2
-shutdown_grace = "1s"
-[log]
-access_log = false
-[store]
-data_dir = "{data}"
-[session]
-cookie_secure = false
-keys = ["{key}"]
-[[upstreams]]
-id = "echo"
-url = "http://{upstream}"
-[[public]]
-path = "/public"
-match = "prefix"
-[[connections]]
-id = "test"
-display_name = "Test IdP"
-issuer = "{issuer}"
-client_id = "gatehouse"
-client_secret = "gatehouse-secret"
-scopes = ["openid", "email", "profile", "groups"]
-{extra}
-"#,
-        data = data.path().display(),
-        key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        issuer = idp.issuer,
-    );
-    let gh = start_with(upstream, &config);
-    gh.wait_ready().await;
-    LoginEnv {
-        idp,
-        gh,
-        _data: data,
-    }
-}
-
-/// Signs in through the IdP's form in a fresh browser; returns it and its Cookie header.
-async fn sign_in(env: &LoginEnv, user: &str, password: &str) -> (Browser, String) {
-    let browser = Browser::new();
-    let journey = browser.follow(&env.url("/"), Some((user, password))).await;
-    assert_eq!(journey.status, 200, "{:?}", journey.hops);
-    let cookie = browser
-        .cookie_header(&env.url("/"))
-        .expect("a session cookie");
-    (browser, cookie)
-}
-
-fn echo_json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not the echo app's JSON ({e}): {body}"))
-}
+use login_env::{echo_json, free_port, login_env, sign_in};
 
 /// A browser that asks for a protected page is sent through the IdP's login form and lands
 /// on the page it asked for; the app sees who it is, and spoofed headers are gone.
@@ -701,7 +591,7 @@ async fn a_cookie_sealed_with_a_retired_key_works_until_the_key_is_dropped() {
         // The running Gatehouse holds the store's lock: the next ones start on a copy of it.
         let copy = tempfile::tempdir().unwrap();
         std::fs::copy(
-            env._data.path().join("gatehouse.redb"),
+            env.data.path().join("gatehouse.redb"),
             copy.path().join("gatehouse.redb"),
         )
         .unwrap();

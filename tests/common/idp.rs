@@ -160,6 +160,18 @@ impl TestIdp {
         self.url("/.well-known/openid-configuration")
     }
 
+    /// Changes a user's claims for every token issued from now on (`null` removes one).
+    pub async fn set_claims(&self, login: &str, claims: serde_json::Value) {
+        let status = reqwest::Client::new()
+            .put(self.url(&format!("/__test/users/{login}")))
+            .body(claims.to_string())
+            .send()
+            .await
+            .expect("test IdP control request")
+            .status();
+        assert_eq!(status, 204, "set_claims({login})");
+    }
+
     /// Everything the server wrote to stderr so far (its log).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
@@ -421,6 +433,18 @@ impl Browser {
     /// login answers 401 with the form, which ends it too, as does a 200 form that was
     /// already posted to once). Panics after 30 requests.
     pub async fn follow(&self, url: &str, creds: Option<(&str, &str)>) -> Journey {
+        self.follow_until(url, creds, |_| false).await
+    }
+
+    /// Like [`Browser::follow`], but stops *before* requesting a redirect target for which
+    /// `stop` is true: the journey's `url` is then that target, not yet visited (status 0).
+    /// For tests that want to fire the callback themselves.
+    pub async fn follow_until(
+        &self,
+        url: &str,
+        creds: Option<(&str, &str)>,
+        stop: impl Fn(&Url) -> bool,
+    ) -> Journey {
         let mut current = Url::parse(url).unwrap_or_else(|e| panic!("bad url {url:?}: {e}"));
         let mut hops: Vec<(u16, String)> = Vec::new();
         let mut posted_to: Vec<String> = Vec::new();
@@ -442,6 +466,15 @@ impl Browser {
                 current = current
                     .join(&location)
                     .unwrap_or_else(|e| panic!("bad Location {location:?} from {current}: {e}"));
+                if stop(&current) {
+                    return Journey {
+                        hops,
+                        status: 0,
+                        url: current.to_string(),
+                        headers: http::HeaderMap::new(),
+                        body: String::new(),
+                    };
+                }
                 resp = self.get(current.as_str()).await;
                 continue;
             }

@@ -236,7 +236,7 @@ function buildProvider(issuer, cfg, jwks) {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['name', 'preferred_username'],
+      profile: ['name', 'preferred_username', 'department', 'employee_id'],
       groups: ['groups'],
     },
     pkce: { required: () => cfg.pkceRequired },
@@ -400,8 +400,35 @@ for (const { client_id: id } of cfg.clients) {
   }
 }
 
+// Test control: PUT /__test/users/<login> with a JSON object of claims changes
+// that user's claims from the next token on (a null value removes a claim; `sub`
+// cannot change). Lets tests see how a relying party follows changed attributes.
+async function updateUser(req, res, login) {
+  const user = cfg.users.get(login);
+  if (req.method !== 'PUT' || !user) return res.writeHead(user ? 405 : 404).end();
+  let body = '';
+  for await (const chunk of req) body += chunk;
+  let changes;
+  try {
+    changes = JSON.parse(body);
+  } catch {
+    return res.writeHead(400).end();
+  }
+  for (const [k, v] of Object.entries(changes)) {
+    if (k === 'sub') continue;
+    if (v === null) delete user.claims[k];
+    else user.claims[k] = v;
+  }
+  log(`claims of ${login} changed: ${Object.keys(changes).join(', ')}`);
+  res.writeHead(204).end();
+}
+
 const oidc = provider.callback();
 handler = (req, res) => {
+  const control = /^\/__test\/users\/([\w.@-]+)$/.exec(req.url);
+  if (control) {
+    return updateUser(req, res, control[1]).catch(() => res.writeHead(500).end());
+  }
   const m = /^\/interaction\/([\w-]+)(?:\/(login))?\/?(?:\?.*)?$/.exec(req.url);
   if (!m) return oidc(req, res);
   interactionRoute(provider, cfg.users, req, res, m[1], m[2]).catch((err) => {
