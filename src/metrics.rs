@@ -49,7 +49,7 @@ pub const LOGIN_RESULTS: &[&str] = &[
 pub const JIT_ACTIONS: &[&str] = &["created", "linked", "updated", "unchanged", "refused"];
 
 /// Every rule `gatehouse_access_denied_total` can carry.
-pub const ACCESS_RULES: &[&str] = &["email_domain", "group", "role", "connection", "disabled"];
+pub const ACCESS_RULES: &[&str] = &["email_domain", "group", "role", "connection"];
 
 /// Every operation `gatehouse_store_errors_total` can carry.
 pub const STORE_OPS: &[&str] = &["login", "session_write", "session_delete", "admin", "read"];

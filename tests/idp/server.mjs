@@ -25,14 +25,14 @@ const DEFAULT_USERS = {
     password: 'alice-pw',
     claims: {
       email: 'alice@example.com', email_verified: true, name: 'Alice Liddell',
-      preferred_username: 'alice', groups: ['admins', 'staff'],
+      preferred_username: 'alice', groups: ['admins', 'staff'], department: 'Engineering',
     },
   },
   bob: {
     password: 'bob-pw',
     claims: {
       email: 'bob@example.com', email_verified: false, name: 'Bob Builder',
-      preferred_username: 'bob', groups: ['staff'],
+      preferred_username: 'bob', groups: ['staff'], department: 'Construction',
     },
   },
   carol: {
