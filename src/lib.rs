@@ -11,8 +11,14 @@
 //!              ├─ proxy::forwarded    X-Forwarded-*, trusted only from trusted_proxies
 //!              ├─ proxy::routes       classify: internal | auth (/oauth2/*) | public | protected
 //!              │                      and pick the upstream (host, longest path prefix)
-//!              ├─ protected without a session: 401 (API) or 302 to /oauth2/start (browser)
-//!              │                      (proxy::respond writes every early answer)
+//!              ├─ auth::Auth::authenticate  session cookie (memory only) or bearer JWT;
+//!              │                      none: 401 (API) or 302 to /oauth2/start (browser)
+//!              │     /oauth2/*: auth::endpoints (start, callback -> auth::login: identity::jit
+//!              │                or the claims, + session, one store transaction; mfa::endpoints)
+//!              ├─ identity::access    access rules (email domain, groups, roles, connections)
+//!              ├─ mfa policy          step-up to /oauth2/mfa where TOTP is required
+//!              ├─ identity::headers   identity headers (built once per session) and
+//!              │  identity::signed_header  X-Gatehouse-Identity (cached per session, upstream)
 //!              └─ upstream (pingora connection pool); failures -> 502/504 in fail_to_proxy
 //!            logging(): metrics + one access line per request
 //! ```
@@ -28,6 +34,12 @@
 //! - [`headers`]: header names and the header-editing trait.
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
 //! - [`pages`]: the one small HTML template for every page Gatehouse shows itself.
+//! - [`auth`]: connections (OIDC), the login endpoints, sessions, bearer tokens.
+//! - [`identity`]: claims, JIT provisioning, access rules, identity headers, the signed header.
+//! - [`mfa`]: local TOTP: policy, enrolment and verification pages, lockout, recovery codes.
+//! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
+//! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
+//! - [`clock`]: the clock the second factor reads (tests move it).
 
 pub mod admin;
 pub mod auth;

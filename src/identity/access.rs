@@ -55,6 +55,11 @@ impl AccessPolicy {
             .or_else(|| self.upstream_mfa.get(upstream).copied().flatten())
     }
 
+    /// Whether no access rule is configured at all (the per-request check is skipped).
+    pub fn is_open(&self) -> bool {
+        self.upstreams.iter().all(Rules::is_empty) && self.paths.iter().all(|a| a.rules.is_empty())
+    }
+
     /// Checks a signed-in request: the upstream's rules, then every `[[access]]` rule whose
     /// path matches. No rules configured: nothing to do.
     pub fn check(

@@ -111,16 +111,6 @@ pub enum Effect {
     Refresh(Box<UserRecord>),
 }
 
-impl UserOp {
-    /// Whether the operation writes (and must hold the store's write lock).
-    pub fn writes(&self) -> bool {
-        !matches!(
-            self,
-            UserOp::List | UserOp::Show { .. } | UserOp::Export | UserOp::Audit { .. }
-        )
-    }
-}
-
 fn find(tx: &ReadTx, key: &str) -> Result<UserRecord, OpError> {
     tx.find_user(key)?
         .ok_or_else(|| OpError::NotFound(key.to_string()))
