@@ -93,6 +93,11 @@ enum UsersCommand {
         #[command(subcommand)]
         change: AttrChange,
     },
+    /// The second factor: `mfa status ID`, `mfa reset ID`.
+    Mfa {
+        #[command(subcommand)]
+        change: MfaCommand,
+    },
     /// Every account, as JSON or CSV.
     Export {
         #[arg(long, value_parser = ["json", "csv"], default_value = "json")]
@@ -113,6 +118,18 @@ enum UsersCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum MfaCommand {
+    /// Enrolled or not, recovery codes left, locked (audited).
+    Status {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the TOTP factor: the user enrols again at the next login (audited).
+    Reset { user: String },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +170,10 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
                 (UserOp::AttrSet { user, name, value }, Format::Table)
             }
             AttrChange::Unset { user, name } => (UserOp::AttrUnset { user, name }, Format::Table),
+        },
+        UsersCommand::Mfa { change } => match change {
+            MfaCommand::Status { user, json } => (UserOp::MfaStatus { user }, as_format(json)),
+            MfaCommand::Reset { user } => (UserOp::MfaReset { user }, Format::Table),
         },
         UsersCommand::Export { format } => (
             UserOp::Export,
@@ -230,7 +251,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for warning in gatehouse::mfa::policy::warnings(&loaded) {
+                    eprintln!("warning: {warning}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -243,6 +267,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             gatehouse::logging::init(&config.log);
+            for warning in gatehouse::mfa::policy::warnings(&config) {
+                tracing::warn!("{warning}");
+            }
             match gatehouse::server::prepare(&config) {
                 Ok(prepared) => {
                     for addr in &prepared.addresses.proxy {

@@ -51,6 +51,9 @@ pub const JIT_ACTIONS: &[&str] = &["created", "linked", "updated", "unchanged", 
 /// Every rule `gatehouse_access_denied_total` can carry.
 pub const ACCESS_RULES: &[&str] = &["email_domain", "group", "role", "connection"];
 
+/// Every result `gatehouse_mfa_challenges_total` can carry.
+pub const MFA_RESULTS: &[&str] = &["success", "failure", "locked", "replay", "recovery"];
+
 /// Every operation `gatehouse_store_errors_total` can carry.
 pub const STORE_OPS: &[&str] = &["login", "session_write", "session_delete", "admin", "read"];
 
@@ -72,6 +75,9 @@ pub struct AuthMetrics {
     pub store_errors: IntCounterVec,
     pub users: IntGauge,
     pub access_denied: IntCounterVec,
+    pub mfa_challenges: IntCounterVec,
+    pub mfa_enrolments: prometheus::IntCounter,
+    pub mfa_conflicts: IntCounterVec,
 }
 
 impl AuthMetrics {
@@ -127,6 +133,24 @@ impl AuthMetrics {
             "Signed-in requests refused by an access rule, by rule.",
             &["rule"],
         )?;
+        let mfa_challenges = counter(
+            "gatehouse_mfa_challenges_total",
+            "Second-factor attempts, by result.",
+            &["result"],
+        )?;
+        for result in MFA_RESULTS {
+            mfa_challenges.with_label_values(&[result]);
+        }
+        let mfa_conflicts = counter(
+            "gatehouse_mfa_conflicts_total",
+            "Logins and requests refused because a JIT-off connection cannot pass a required second factor.",
+            &["connection"],
+        )?;
+        let mfa_enrolments = prometheus::IntCounter::new(
+            "gatehouse_mfa_enrolments_total",
+            "TOTP enrolments confirmed.",
+        )?;
+        registry.register(Box::new(mfa_enrolments.clone()))?;
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
@@ -187,6 +211,9 @@ impl AuthMetrics {
             store_errors,
             users,
             access_denied,
+            mfa_challenges,
+            mfa_enrolments,
+            mfa_conflicts,
         })
     }
 
@@ -204,6 +231,7 @@ impl AuthMetrics {
             self.jit_provisions.with_label_values(&[connection, action]);
         }
         self.idp_up.with_label_values(&[connection]).set(0);
+        self.mfa_conflicts.with_label_values(&[connection]);
     }
 }
 

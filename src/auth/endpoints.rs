@@ -10,7 +10,7 @@ use http::{HeaderName, StatusCode};
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
 
-use super::login::{complete_login_off_thread, LoginFailure};
+use super::login::{complete_login_off_thread, Completed, LoginFailure};
 use super::oidc::OidcError;
 use super::session::{now, request_cookies, Lookup};
 use super::Auth;
@@ -52,19 +52,19 @@ pub fn form_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// A page with the strict CSP, and any extra headers.
-async fn html(
+pub(crate) async fn html(
     session: &mut Session,
     status: StatusCode,
     title: &str,
@@ -83,7 +83,7 @@ async fn html(
     .await
 }
 
-async fn redirect(
+pub(crate) async fn redirect(
     session: &mut Session,
     location: &str,
     cookies: Vec<String>,
@@ -100,7 +100,7 @@ async fn redirect(
     .await
 }
 
-fn host_header(session: &Session) -> Option<String> {
+pub(crate) fn host_header(session: &Session) -> Option<String> {
     let req = session.req_header();
     req.headers
         .get(http::header::HOST)
@@ -111,7 +111,7 @@ fn host_header(session: &Session) -> Option<String> {
 
 /// `scheme://host` users reach Gatehouse at: from config, else from this request (whose
 /// forwarding headers were already sanitized).
-fn external_base(auth: &Auth, session: &Session) -> String {
+pub(crate) fn external_base(auth: &Auth, session: &Session) -> String {
     if let Some(url) = &auth.login.external_url {
         return url.clone();
     }
@@ -126,7 +126,7 @@ fn external_base(auth: &Auth, session: &Session) -> String {
 }
 
 /// The redirect target if it is safe, else `/`.
-fn safe_rd(auth: &Auth, session: &Session, rd: Option<&str>) -> String {
+pub(crate) fn safe_rd(auth: &Auth, session: &Session, rd: Option<&str>) -> String {
     let host = host_header(session);
     rd.and_then(|rd| auth.redirects.check(rd, host.as_deref()))
         .unwrap_or_else(|| "/".to_string())
@@ -137,7 +137,7 @@ fn login_cookie_name(auth: &Auth, state: &str) -> String {
     format!("{}_login_{key}", auth.sessions.config().cookie_name)
 }
 
-fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
+pub(crate) fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
     let c = auth.sessions.config();
     let mut attrs = format!("Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax");
     if c.cookie_secure {
@@ -162,6 +162,9 @@ pub async fn handle(
         "/oauth2/auth" => forward_auth(auth, session).await?,
         "/oauth2/backchannel-logout" => backchannel_logout(auth, session).await?,
         "/oauth2/userinfo" => userinfo(auth, session).await?,
+        crate::mfa::endpoints::MFA_PATH => {
+            crate::mfa::endpoints::handle(auth, session, &pairs, request_id).await?
+        }
         _ => {
             let body = escape("Nothing is served at this address.");
             html(
@@ -194,7 +197,8 @@ async fn start(
             .iter()
             .map(|p| {
                 format!(
-                    "<a class=\"button\" href=\"/oauth2/start?connection={}&amp;rd={}\">Sign in with {}</a>",
+                    "<a class=\"button\" id=\"connection-{}\" href=\"/oauth2/start?connection={}&amp;rd={}\">Sign in with {}</a>",
+                    escape(&p.connection.id),
                     encode(&p.connection.id),
                     encode(&rd),
                     escape(&p.connection.display_name)
@@ -264,6 +268,8 @@ enum Refusal {
     StoreError(crate::store::StoreError),
     /// The local account refused the login (disabled, or an unverified email to link).
     Account(crate::identity::jit::JitRefusal),
+    /// TOTP is required and this connection keeps no local account (`deny`).
+    MfaConflict,
 }
 
 impl Refusal {
@@ -275,6 +281,7 @@ impl Refusal {
             Refusal::TokenInvalid(e) | Refusal::ExchangeFailed(e) => e.to_string(),
             Refusal::StoreError(e) => e.to_string(),
             Refusal::Account(r) => format!("account {}: {}", r.user_id(), r.reason()),
+            Refusal::MfaConflict => "TOTP required, connection has jit = false (deny)".into(),
         }
     }
 
@@ -285,7 +292,7 @@ impl Refusal {
             Refusal::TokenInvalid(_) => "token_invalid",
             Refusal::ExchangeFailed(_) => "exchange_failed",
             Refusal::StoreError(_) => "store_error",
-            Refusal::Account(_) => "account_refused",
+            Refusal::Account(_) | Refusal::MfaConflict => "account_refused",
         }
     }
 
@@ -297,7 +304,7 @@ impl Refusal {
             Refusal::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Refusal::ExchangeFailed(_) => StatusCode::BAD_GATEWAY,
             Refusal::StoreError(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::Account(_) => StatusCode::FORBIDDEN,
+            Refusal::Account(_) | Refusal::MfaConflict => StatusCode::FORBIDDEN,
         }
     }
 
@@ -329,6 +336,7 @@ impl Refusal {
                  the address at the identity provider, or ask an administrator."
                     .into()
             }
+            Refusal::MfaConflict => crate::mfa::endpoints::CONFLICT_MESSAGE.into(),
         }
     }
 }
@@ -390,10 +398,11 @@ async fn callback(
                 .with_label_values(&[&connection, result])
                 .inc();
             tracing::warn!(connection = %connection, result, detail = %refusal.detail(), "login refused");
-            let body = format!(
-                "<p>{}</p><p><a href=\"/oauth2/start\">Sign in again</a></p>",
-                escape(&refusal.message())
-            );
+            let options = match refusal {
+                Refusal::MfaConflict => crate::mfa::endpoints::local_sign_ins(auth, "/"),
+                _ => "<p><a href=\"/oauth2/start\">Sign in again</a></p>".to_string(),
+            };
+            let body = format!("<p>{}</p>{options}", escape(&refusal.message()));
             let extra = cookies.into_iter().map(|c| (SET_COOKIE, c)).collect();
             html(session, refusal.status(), "Sign-in failed", &body, extra).await
         }
@@ -459,17 +468,25 @@ async fn finish_login(
         result,
         old_sid,
         request_id.to_string(),
+        login.rd.clone(),
     )
     .await
     .map_err(|e| match e {
         LoginFailure::Store(e) => Refusal::StoreError(e),
         LoginFailure::Refused(r) => Refusal::Account(r),
+        LoginFailure::MfaConflict => Refusal::MfaConflict,
     })?;
-    Ok((completed.cookies, login.rd))
+    Ok(match completed {
+        Completed::Session(cookies) => (cookies, login.rd),
+        Completed::NeedsMfa(sealed) => (
+            vec![crate::mfa::endpoints::pending_cookie(auth, &sealed)],
+            crate::mfa::endpoints::MFA_PATH.to_string(),
+        ),
+    })
 }
 
 /// Reads a small form body.
-async fn read_form(session: &mut Session) -> pingora::Result<Vec<(String, String)>> {
+pub(crate) async fn read_form(session: &mut Session) -> pingora::Result<Vec<(String, String)>> {
     let mut body = Vec::new();
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);

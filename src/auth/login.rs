@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use super::oidc::LoginResult;
 use super::Auth;
+use crate::config::model::{MfaLevel, NoLocalAccount};
 use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
+use crate::mfa::gate::{PendingLogin, PENDING_TTL};
+use crate::mfa::policy::login_level;
 use crate::store::StoreError;
 
 /// Why a checked login still got no session.
@@ -18,25 +21,38 @@ pub enum LoginFailure {
     Store(#[from] StoreError),
     #[error("the local account refused the login: {}", .0.reason())]
     Refused(JitRefusal),
+    /// TOTP is required, the connection keeps no local account, and the config says deny.
+    #[error("TOTP is required but the connection has no local accounts")]
+    MfaConflict,
 }
 
-/// A login that got its session.
+/// A login that checked out.
 #[derive(Debug)]
-pub struct Completed {
-    pub cookies: Vec<String>,
-    /// What JIT did; `None` for a connection without JIT.
-    pub action: Option<JitAction>,
+pub enum Completed {
+    /// The session is issued: its `Set-Cookie` values.
+    Session(Vec<String>),
+    /// The second factor comes first: the pending-MFA cookie's sealed value.
+    NeedsMfa(String),
+}
+
+/// What the store transaction decided.
+enum Step {
+    Session(crate::auth::session::PendingSession),
+    Mfa(crate::identity::Identity),
 }
 
 impl Auth {
     /// Provisions (for a JIT connection) and creates the session, in one transaction; ends
-    /// the session the browser came with (`old_sid`) in the same one. Blocking.
+    /// the session the browser came with (`old_sid`) in the same one. When the login needs
+    /// its second factor first, no session is written: the login waits in the MFA gate. `rd`
+    /// is where the browser goes afterwards. Blocking.
     pub fn complete_login(
         &self,
         connection_id: &str,
         result: LoginResult,
         old_sid: Option<String>,
         request_id: &str,
+        rd: &str,
     ) -> Result<Completed, LoginFailure> {
         let connection = self
             .provider(connection_id)
@@ -44,6 +60,7 @@ impl Auth {
             .ok_or_else(|| StoreError::Db(format!("unknown connection {connection_id}")))?;
         let started = Instant::now();
         let old: Vec<String> = old_sid.into_iter().collect();
+        let level = login_level(&self.mfa.config, &connection);
         let written = self.store.write(|tx| {
             if !old.is_empty() {
                 tx.delete_sessions(&old)?;
@@ -57,16 +74,36 @@ impl Auth {
                     request_id,
                 )? {
                     Provisioned::Allowed { identity, action } => (identity, Some(action)),
-                    Provisioned::Refused(refusal) => return Ok(Err(refusal)),
+                    Provisioned::Refused(refusal) => {
+                        return Ok(Err(LoginFailure::Refused(refusal)))
+                    }
                 }
             } else {
+                if level == MfaLevel::Required
+                    && self.mfa.config.when_no_local_account == NoLocalAccount::Deny
+                {
+                    return Ok(Err(LoginFailure::MfaConflict));
+                }
                 (result.identity.clone(), None)
             };
+            let enrolled = match &identity.user_id {
+                Some(id) => tx.user(id)?.is_some_and(|u| u.mfa.is_enrolled()),
+                None => false,
+            };
+            let needs_mfa = identity.user_id.is_some()
+                && match level {
+                    MfaLevel::Required => true,
+                    MfaLevel::Optional => enrolled,
+                    MfaLevel::Off => false,
+                };
+            if needs_mfa {
+                return Ok(Ok((Step::Mfa(identity), action)));
+            }
             let pending =
                 self.sessions
                     .prepare(identity, result.idp_sid.clone(), result.tokens.clone());
             tx.put_session(pending.record())?;
-            Ok(Ok((pending, action)))
+            Ok(Ok((Step::Session(pending), action)))
         });
         if connection.jit {
             self.metrics
@@ -76,15 +113,24 @@ impl Auth {
         if !old.is_empty() {
             self.sessions.forget(&old);
         }
-        let (pending, action) = match written {
+        let (step, action) = match written {
             Ok(Ok(done)) => done,
-            Ok(Err(refusal)) => {
+            Ok(Err(LoginFailure::Refused(refusal))) => {
                 self.count_jit(connection_id, "refused");
                 if let JitRefusal::Disabled { user_id } = &refusal {
                     self.sessions.revoke_user(user_id);
                     self.update_sessions_gauge();
                 }
                 return Err(LoginFailure::Refused(refusal));
+            }
+            Ok(Err(other)) => {
+                if matches!(other, LoginFailure::MfaConflict) {
+                    self.metrics
+                        .mfa_conflicts
+                        .with_label_values(&[connection_id])
+                        .inc();
+                }
+                return Err(other);
             }
             Err(e) => {
                 self.metrics.store_error("login");
@@ -97,9 +143,22 @@ impl Auth {
                 self.metrics.users.inc();
             }
         }
-        Ok(Completed {
-            cookies: self.sessions.activate(pending),
-            action,
+        Ok(match step {
+            Step::Session(pending) => Completed::Session(self.sessions.activate(pending)),
+            Step::Mfa(identity) => {
+                let user_id = identity.user_id.clone().unwrap_or_default();
+                let username = identity.username.clone().unwrap_or_else(|| user_id.clone());
+                let session = self
+                    .sessions
+                    .prepare(identity, result.idp_sid, result.tokens);
+                Completed::NeedsMfa(self.mfa.hold(PendingLogin {
+                    session,
+                    user_id,
+                    username,
+                    rd: rd.to_string(),
+                    exp: self.mfa.now() + PENDING_TTL,
+                }))
+            }
         })
     }
 
@@ -118,10 +177,11 @@ pub async fn complete_login_off_thread(
     result: LoginResult,
     old_sid: Option<String>,
     request_id: String,
+    rd: String,
 ) -> Result<Completed, LoginFailure> {
     let auth = Arc::clone(auth);
     tokio::task::spawn_blocking(move || {
-        auth.complete_login(&connection_id, result, old_sid, &request_id)
+        auth.complete_login(&connection_id, result, old_sid, &request_id, &rd)
     })
     .await
     .unwrap_or_else(|e| {

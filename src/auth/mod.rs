@@ -33,6 +33,8 @@ pub struct Auth {
     pub headers: Headers,
     pub metrics: AuthMetrics,
     pub store: Arc<Store>,
+    /// The second factor: policy, pending logins, the key of stored TOTP secrets.
+    pub mfa: crate::mfa::gate::MfaGate,
     /// States already used at the callback (until their login cookie would expire).
     used_states: Mutex<HashMap<String, u64>>,
 }
@@ -57,7 +59,9 @@ fn session_keys(config: &Config) -> Result<Vec<[u8; 32]>, AuthSetupError> {
     load_or_create_keys(&path).map_err(AuthSetupError::Keys)
 }
 
-fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+/// Reads a keys file (base64 keys, one per line), creating it with one random key first
+/// when it does not exist (mode 0600).
+pub fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
     use base64::Engine;
     if !path.exists() {
         let key = base64::engine::general_purpose::STANDARD.encode(seal::random_key());
@@ -87,6 +91,7 @@ impl Auth {
         config: &Config,
         store: Arc<Store>,
         metrics: AuthMetrics,
+        clock: Arc<crate::clock::Clock>,
     ) -> Result<Option<Self>, AuthSetupError> {
         if config.connections.is_empty() {
             return Ok(None);
@@ -103,6 +108,13 @@ impl Auth {
             .collect::<Result<Vec<_>, _>>()?;
         let sealer =
             Sealer::new(session_keys(config)?).map_err(|e| AuthSetupError::Keys(e.to_string()))?;
+        let mfa = crate::mfa::gate::MfaGate::new(
+            config.mfa.clone(),
+            &config.data_dir,
+            sealer.clone(),
+            clock,
+        )
+        .map_err(AuthSetupError::Keys)?;
         let sessions = Sessions::new(config.session.clone(), sealer, store.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);
         metrics.users.set(store.read(|tx| tx.user_count())? as i64);
@@ -116,6 +128,7 @@ impl Auth {
             headers: config.headers.clone(),
             metrics,
             store,
+            mfa,
             used_states: Mutex::new(HashMap::new()),
         }))
     }

@@ -51,12 +51,15 @@ pub struct LiveSession {
     pub refresh_lock: tokio::sync::Mutex<()>,
     /// The identity headers, built on first use and reused by every request.
     pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
+    /// When the second factor was passed (unix seconds; 0: not in this session).
+    pub mfa_at: AtomicU64,
     /// Signed identity assertions, per upstream, while fresh.
     pub signed: Mutex<Vec<crate::identity::signed_header::CachedAssertion>>,
 }
 
 impl LiveSession {
     fn from_record(record: SessionRecord) -> Self {
+        let mfa_at = record.mfa_at.unwrap_or(0);
         Self {
             last_seen: AtomicU64::new(now()),
             sid: record.sid,
@@ -67,6 +70,7 @@ impl LiveSession {
             tokens: Mutex::new(record.tokens),
             refresh_lock: tokio::sync::Mutex::new(()),
             header_cache: std::sync::OnceLock::new(),
+            mfa_at: AtomicU64::new(mfa_at),
             signed: Mutex::new(Vec::new()),
         }
     }
@@ -80,7 +84,13 @@ impl LiveSession {
             created_at: self.created_at,
             expires_at: self.expires_at,
             tokens: self.tokens.lock().map(|t| t.clone()).unwrap_or_default(),
+            mfa_at: self.mfa_done_at(),
         }
+    }
+
+    /// When the second factor was passed in this session, if it was.
+    pub fn mfa_done_at(&self) -> Option<u64> {
+        Some(self.mfa_at.load(Ordering::Relaxed)).filter(|at| *at > 0)
     }
 }
 
@@ -91,6 +101,12 @@ pub struct PendingSession(SessionRecord);
 impl PendingSession {
     pub fn record(&self) -> &SessionRecord {
         &self.0
+    }
+
+    /// Records that the second factor was passed before the session was issued.
+    pub fn with_mfa(mut self, at: u64) -> Self {
+        self.0.mfa_at = Some(at);
+        self
     }
 }
 
@@ -213,6 +229,7 @@ impl Sessions {
             created_at,
             expires_at: created_at + self.config.lifetime.as_secs(),
             tokens,
+            mfa_at: None,
         })
     }
 
@@ -281,6 +298,12 @@ impl Sessions {
             tracing::error!(error = %e, "updated sessions could not be stored; they are updated in memory");
         }
         count
+    }
+
+    /// Records that the session passed the second factor now (step-up), in memory and store.
+    pub fn mark_mfa(&self, session: &LiveSession, at: u64) -> Result<(), StoreError> {
+        session.mfa_at.store(at, Ordering::Relaxed);
+        self.save(session)
     }
 
     /// Writes the session's current tokens back (after a refresh).

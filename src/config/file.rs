@@ -34,6 +34,65 @@ pub struct FileConfig {
     pub identity: IdentitySection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub mfa: MfaSection,
+}
+
+/// `[mfa]`: the local second factor (TOTP) for JIT accounts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaSection {
+    /// `off`, `optional` (users who enrolled are asked) or `required`.
+    #[serde(default = "default_mfa_level")]
+    pub totp: String,
+    /// For users of a JIT-off connection where TOTP is required: `deny` or `skip`.
+    #[serde(default = "default_no_local_account")]
+    pub when_no_local_account: String,
+    /// The name authenticator apps show.
+    #[serde(default = "default_mfa_issuer")]
+    pub issuer: String,
+    /// Base64 32-byte keys that seal TOTP secrets in the store (first seals, all open); or
+    /// `keys_file` / `keys_env`; default: generated once into `data_dir/store.keys`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub keys_file: Option<String>,
+    pub keys_env: Option<String>,
+    /// Wrong codes in a row before the account's second factor is locked.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_lockout")]
+    pub lockout: String,
+}
+
+impl Default for MfaSection {
+    fn default() -> Self {
+        Self {
+            totp: default_mfa_level(),
+            when_no_local_account: default_no_local_account(),
+            issuer: default_mfa_issuer(),
+            keys: Vec::new(),
+            keys_file: None,
+            keys_env: None,
+            max_failures: default_max_failures(),
+            lockout: default_lockout(),
+        }
+    }
+}
+
+fn default_mfa_level() -> String {
+    "off".to_string()
+}
+fn default_no_local_account() -> String {
+    "deny".to_string()
+}
+fn default_mfa_issuer() -> String {
+    "Gatehouse".to_string()
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_lockout() -> String {
+    "5m".to_string()
 }
 
 /// `[server]`: listeners, threads, shutdown.
@@ -230,6 +289,9 @@ pub struct UpstreamSection {
     pub read_timeout: String,
     /// The `aud` of the signed identity header sent to this upstream (default: its id).
     pub audience: Option<String>,
+    /// TOTP for this upstream (`off`, `optional`, `required`), over the connection's and
+    /// `[mfa] totp`.
+    pub mfa: Option<String>,
     // Who may reach it (see `[[access]]`): every list that is set must be satisfied.
     /// `example.com` (that domain) or `.example.com` (its subdomains too); the email must be
     /// verified by the IdP (or the connection trusts its emails).
@@ -284,7 +346,8 @@ pub struct AccessSection {
     pub methods: Vec<String>,
     #[serde(default = "default_true")]
     pub case_sensitive: bool,
-    // Who may reach it (see `[[access]]`): every list that is set must be satisfied.
+    /// TOTP for the matching paths, over the upstream's (the strictest matching rule wins).
+    pub mfa: Option<String>,
     /// `example.com` (that domain) or `.example.com` (its subdomains too); the email must be
     /// verified by the IdP (or the connection trusts its emails).
     #[serde(default)]
@@ -464,6 +527,8 @@ pub struct ConnectionSection {
     /// Treat this IdP's emails as verified even without `email_verified`.
     #[serde(default)]
     pub trust_email: bool,
+    /// TOTP at login for this connection's users, over `[mfa] totp`.
+    pub mfa: Option<String>,
     #[serde(default)]
     pub allow_bearer: bool,
     /// Audiences a bearer token may carry; default the client id.

@@ -25,6 +25,47 @@ pub struct Config {
     pub access: Vec<AccessRule>,
     pub identity: IdentityHeader,
     pub admin: Admin,
+    pub mfa: Mfa,
+}
+
+/// How much TOTP a login or a route asks for. Ordered: `Off < Optional < Required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MfaLevel {
+    Off,
+    /// Users who have enrolled are asked; nobody is made to enrol.
+    Optional,
+    /// Every local account must pass (enrolling first if it has none).
+    Required,
+}
+
+impl MfaLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MfaLevel::Off => "off",
+            MfaLevel::Optional => "optional",
+            MfaLevel::Required => "required",
+        }
+    }
+}
+
+/// What happens to users of a JIT-off connection (no local account, so no second factor)
+/// where TOTP is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLocalAccount {
+    /// A 403 page that says which sign-in can satisfy the second factor.
+    Deny,
+    /// The conditional rule: MFA is enforced for local accounts only.
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mfa {
+    pub totp: MfaLevel,
+    pub when_no_local_account: NoLocalAccount,
+    pub issuer: String,
+    /// Keys that seal TOTP secrets; `None`: from (or created in) `data_dir/store.keys`.
+    pub keys: SessionKeys,
+    pub lockout: crate::mfa::LockoutPolicy,
 }
 
 /// The admin API: off without a token.
@@ -82,6 +123,7 @@ impl Rules {
 pub struct AccessRule {
     pub when: PathRule,
     pub rules: Rules,
+    pub mfa: Option<MfaLevel>,
 }
 
 /// How a returning JIT user's stored attributes follow the IdP.
@@ -164,6 +206,8 @@ pub struct Connection {
     pub attribute_sync: AttributeSync,
     pub link_by_email: bool,
     pub trust_email: bool,
+    /// TOTP at login, over `[mfa] totp`.
+    pub mfa: Option<MfaLevel>,
     pub allow_bearer: bool,
     pub bearer_audiences: Vec<String>,
     pub fetch_userinfo: bool,
@@ -270,6 +314,7 @@ pub struct Upstream {
     /// The `aud` of the signed identity header.
     pub audience: String,
     pub rules: Rules,
+    pub mfa: Option<MfaLevel>,
 }
 
 #[derive(Debug, Clone)]

@@ -12,12 +12,14 @@ use regex::RegexBuilder;
 use super::duration::parse_duration;
 use super::file::{
     AccessSection, AdminSection, ConnectionSection, FileConfig, HeadersSection, IdentitySection,
-    LogSection, LoginSection, PublicSection, ServerSection, SessionSection, UpstreamSection,
+    LogSection, LoginSection, MfaSection, PublicSection, ServerSection, SessionSection,
+    UpstreamSection,
 };
 use super::model::{
     AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
-    HostMatch, IdentityHeader, Log, LogFormat, Login, PathMatch, PathRule, Rules, Secret, Server,
-    Session, SessionKeys, Signing, SigningAlg, TlsListen, Upstream,
+    HostMatch, IdentityHeader, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount, PathMatch,
+    PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg, TlsListen,
+    Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -114,26 +116,32 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
         .collect();
     let identity = identity(&file.identity, &file.login, &mut p);
     let admin = admin(&file.admin, &mut p);
+    let mfa = mfa(&file.mfa, &mut p);
 
-    match (server, log, headers, session, login, identity) {
-        (Some(server), Some(log), Some(headers), Some(session), Some(login), Some(identity))
-            if p.0.is_empty() =>
-        {
-            Ok(Config {
-                server,
-                log,
-                headers,
-                upstreams: upstreams.into_iter().flatten().collect(),
-                public: public.into_iter().flatten().collect(),
-                data_dir: PathBuf::from(&file.store.data_dir),
-                session,
-                login,
-                connections: connections.into_iter().flatten().collect(),
-                access: access.into_iter().flatten().collect(),
-                identity,
-                admin,
-            })
-        }
+    match (server, log, headers, session, login, identity, mfa) {
+        (
+            Some(server),
+            Some(log),
+            Some(headers),
+            Some(session),
+            Some(login),
+            Some(identity),
+            Some(mfa),
+        ) if p.0.is_empty() => Ok(Config {
+            server,
+            log,
+            headers,
+            upstreams: upstreams.into_iter().flatten().collect(),
+            public: public.into_iter().flatten().collect(),
+            data_dir: PathBuf::from(&file.store.data_dir),
+            session,
+            login,
+            connections: connections.into_iter().flatten().collect(),
+            access: access.into_iter().flatten().collect(),
+            identity,
+            admin,
+            mfa,
+        }),
         _ => Err(ConfigErrors(p.0)),
     }
 }
@@ -350,6 +358,10 @@ fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream>
     let connect_timeout = p.check(at("connect_timeout"), parse_duration(&u.connect_timeout));
     let read_timeout = p.check(at("read_timeout"), parse_duration(&u.read_timeout));
     let target = p.check(at("url"), target(&u.url));
+    let mfa = u
+        .mfa
+        .as_deref()
+        .and_then(|m| p.check(at("mfa"), mfa_level(m)));
     let rules = rules(
         &at(""),
         &u.allowed_email_domains,
@@ -378,6 +390,7 @@ fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream>
     Some(Upstream {
         audience: u.audience.clone().unwrap_or_else(|| id.clone()),
         rules,
+        mfa,
         id,
         host,
         path_prefix: path_prefix?,
@@ -460,14 +473,18 @@ fn access_rule(
         &a.allowed_connections,
         p,
     );
-    if rules.is_empty() {
+    let mfa = a
+        .mfa
+        .as_deref()
+        .and_then(|m| p.check(format!("{at}.mfa"), mfa_level(m)));
+    if rules.is_empty() && a.mfa.is_none() {
         p.add(
             &at,
-            "allows everyone signed in: set allowed_email_domains, allowed_groups, allowed_roles or allowed_connections",
+            "does nothing: set mfa, allowed_email_domains, allowed_groups, allowed_roles or allowed_connections",
         );
     }
     let when = path_rule(&at, &a.path, &a.match_kind, &a.methods, a.case_sensitive, p)?;
-    Some(AccessRule { when, rules })
+    Some(AccessRule { when, rules, mfa })
 }
 
 fn known_connections(
@@ -647,7 +664,15 @@ fn session_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|b: Vec<u8>| format!("a key must be 32 bytes, this one is {}", b.len()))
 }
 
-fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
+/// Sealing keys given as `<section>.keys`, `keys_file` or `keys_env` (one of them, or none:
+/// `None`, to load or create them in the data directory).
+fn sealing_keys(
+    section: &str,
+    keys: &[String],
+    keys_file: &Option<String>,
+    keys_env: &Option<String>,
+    p: &mut Problems,
+) -> Option<Vec<[u8; 32]>> {
     let before = p.0.len();
     let lines = |text: &str| -> Vec<String> {
         text.split(|c: char| c == ',' || c.is_whitespace())
@@ -655,22 +680,23 @@ fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
             .map(str::to_string)
             .collect()
     };
-    let (path, texts) = match (&s.keys[..], &s.keys_file, &s.keys_env) {
-        ([], None, None) => ("session.keys", None),
-        (keys, None, None) => ("session.keys", Some(keys.to_vec())),
+    let key_path = |key: &str| format!("{section}.{key}");
+    let (path, texts) = match (keys, keys_file, keys_env) {
+        ([], None, None) => (key_path("keys"), None),
+        (keys, None, None) => (key_path("keys"), Some(keys.to_vec())),
         ([], Some(file), None) => (
-            "session.keys_file",
+            key_path("keys_file"),
             p.check(
-                "session.keys_file",
+                key_path("keys_file"),
                 std::fs::read_to_string(file)
                     .map(|t| lines(&t))
                     .map_err(|e| format!("cannot read `{file}`: {e}")),
             ),
         ),
         ([], None, Some(var)) => (
-            "session.keys_env",
+            key_path("keys_env"),
             p.check(
-                "session.keys_env",
+                key_path("keys_env"),
                 std::env::var(var)
                     .map(|t| lines(&t))
                     .map_err(|_| format!("environment variable `{var}` is not set")),
@@ -678,10 +704,10 @@ fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
         ),
         _ => {
             p.add(
-                "session.keys",
+                key_path("keys"),
                 "set only one of keys, keys_file and keys_env",
             );
-            ("session.keys", None)
+            (key_path("keys"), None)
         }
     };
     let keys = texts.map(|texts| {
@@ -694,6 +720,58 @@ fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
     if keys.as_ref().is_some_and(|k| k.is_empty()) && p.0.len() == before {
         p.add(path, "no key given");
     }
+    keys
+}
+
+fn mfa_level(text: &str) -> Result<MfaLevel, String> {
+    match text {
+        "off" => Ok(MfaLevel::Off),
+        "optional" => Ok(MfaLevel::Optional),
+        "required" => Ok(MfaLevel::Required),
+        other => Err(format!("`{other}` is not one of off, optional, required")),
+    }
+}
+
+fn mfa(m: &MfaSection, p: &mut Problems) -> Option<Mfa> {
+    let before = p.0.len();
+    let totp = p.check("mfa.totp", mfa_level(&m.totp));
+    let when_no_local_account = match m.when_no_local_account.as_str() {
+        "deny" => Some(NoLocalAccount::Deny),
+        "skip" => Some(NoLocalAccount::Skip),
+        other => {
+            p.add(
+                "mfa.when_no_local_account",
+                format!("`{other}` is not one of deny, skip"),
+            );
+            None
+        }
+    };
+    let keys = sealing_keys("mfa", &m.keys, &m.keys_file, &m.keys_env, p);
+    let lock_for = p.check("mfa.lockout", parse_duration(&m.lockout));
+    if m.max_failures == 0 {
+        p.add("mfa.max_failures", "must be at least 1");
+    }
+    if m.issuer.is_empty() || m.issuer.contains(':') {
+        p.add("mfa.issuer", "must be a name without `:`");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Mfa {
+        totp: totp?,
+        when_no_local_account: when_no_local_account?,
+        issuer: m.issuer.clone(),
+        keys: SessionKeys(keys),
+        lockout: crate::mfa::LockoutPolicy {
+            max_failures: m.max_failures,
+            lock_for: lock_for?,
+        },
+    })
+}
+
+fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
+    let before = p.0.len();
+    let keys = sealing_keys("session", &s.keys, &s.keys_file, &s.keys_env, p);
     if s.cookie_name.is_empty()
         || !s
             .cookie_name
@@ -873,6 +951,10 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
             );
         }
     }
+    let mfa = c
+        .mfa
+        .as_deref()
+        .and_then(|m| p.check(at("mfa"), mfa_level(m)));
     let ca_file = c.ca_file.as_ref().map(PathBuf::from);
     if let Some(ca) = &ca_file {
         if !ca.is_file() {
@@ -913,6 +995,7 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
         attribute_sync: attribute_sync?,
         link_by_email: c.link_by_email,
         trust_email: c.trust_email,
+        mfa,
         allow_bearer: c.allow_bearer,
         bearer_audiences: audiences,
         fetch_userinfo: c.fetch_userinfo,

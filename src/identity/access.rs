@@ -5,7 +5,7 @@
 use http::Method;
 
 use super::Identity;
-use crate::config::model::{AccessRule, EmailDomain, Rules, Upstream};
+use crate::config::model::{AccessRule, EmailDomain, MfaLevel, Rules, Upstream};
 use crate::proxy::routes::rule_matches;
 
 /// Every rule that applies to protected requests, built once from config.
@@ -13,7 +13,10 @@ use crate::proxy::routes::rule_matches;
 pub struct AccessPolicy {
     /// By upstream index (the router's order).
     upstreams: Vec<Rules>,
+    upstream_mfa: Vec<Option<MfaLevel>>,
     paths: Vec<AccessRule>,
+    /// Whether any upstream or path sets `mfa` (else [`Self::mfa_level`] is always `None`).
+    any_mfa: bool,
 }
 
 /// A refusal, and the connections that could still sign in to the route.
@@ -27,10 +30,29 @@ pub struct Refused {
 impl AccessPolicy {
     /// `upstreams` in the router's order.
     pub fn new(upstreams: &[Upstream], paths: Vec<AccessRule>) -> Self {
+        let upstream_mfa: Vec<Option<MfaLevel>> = upstreams.iter().map(|u| u.mfa).collect();
+        let any_mfa =
+            upstream_mfa.iter().any(Option::is_some) || paths.iter().any(|a| a.mfa.is_some());
         Self {
             upstreams: upstreams.iter().map(|u| u.rules.clone()).collect(),
+            upstream_mfa,
             paths,
+            any_mfa,
         }
+    }
+
+    /// The TOTP level this route sets, if it sets one: the strictest matching `[[access]]`
+    /// rule's, else the upstream's. `None`: the connection's (or `[mfa]`'s) level applies.
+    pub fn mfa_level(&self, upstream: usize, method: &Method, path: &str) -> Option<MfaLevel> {
+        if !self.any_mfa {
+            return None;
+        }
+        self.paths
+            .iter()
+            .filter(|a| a.mfa.is_some() && rule_matches(&a.when, method, path))
+            .filter_map(|a| a.mfa)
+            .max()
+            .or_else(|| self.upstream_mfa.get(upstream).copied().flatten())
     }
 
     /// Checks a signed-in request: the upstream's rules, then every `[[access]]` rule whose

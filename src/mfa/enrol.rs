@@ -82,6 +82,33 @@ fn pending_purpose(username: &str) -> String {
     format!("{PENDING_PURPOSE_PREFIX}{username}")
 }
 
+/// Opens a pending enrolment for `username` that is still fresh at `now`: the issue time
+/// (8 bytes) followed by the secret.
+fn open_pending(
+    sealer: &Sealer,
+    username: &str,
+    pending: &str,
+    now: u64,
+) -> Result<Zeroizing<Vec<u8>>, EnrolError> {
+    let payload = Zeroizing::new(
+        sealer
+            .open(&pending_purpose(username), pending)
+            .map_err(|_| EnrolError::PendingInvalid)?,
+    );
+    if payload.len() < ISSUED_AT_BYTES {
+        return Err(EnrolError::PendingInvalid);
+    }
+    let mut issued = [0u8; ISSUED_AT_BYTES];
+    issued.copy_from_slice(&payload[..ISSUED_AT_BYTES]);
+    let issued_at = u64::from_be_bytes(issued);
+    let fresh = now.saturating_add(PENDING_CLOCK_SLACK_SECONDS) >= issued_at
+        && now < issued_at.saturating_add(PENDING_TTL_SECONDS);
+    if !fresh {
+        return Err(EnrolError::PendingExpired);
+    }
+    Ok(payload)
+}
+
 impl Enrolment {
     /// Makes a new secret for `username` at `now` (unix seconds) and everything to show it.
     /// `issuer` is the name the authenticator app displays (`totp::DEFAULT_ISSUER` unless
@@ -106,6 +133,27 @@ impl Enrolment {
         })
     }
 
+    /// The page of a started enrolment again (after a wrong first code): the same secret, so
+    /// the app the user already scanned it into keeps working.
+    pub fn resume(
+        sealer: &Sealer,
+        username: &str,
+        issuer: &str,
+        pending: &str,
+        now: u64,
+    ) -> Result<EnrolmentStart, EnrolError> {
+        let payload = open_pending(sealer, username, pending, now)?;
+        let secret = TotpSecret::from_bytes(payload[ISSUED_AT_BYTES..].to_vec());
+        let otpauth_uri = totp::otpauth_uri(&secret, issuer, username)?;
+        let qr_svg = qr::svg(&otpauth_uri)?;
+        Ok(EnrolmentStart {
+            pending: pending.to_string(),
+            otpauth_uri,
+            qr_svg,
+            manual_key: secret.to_base32(),
+        })
+    }
+
     /// Checks the first `code` against the pending secret at `now`. On success the returned
     /// record holds the sealed secret, the enrolment time, the step just used and the hashes of
     /// ten new recovery codes; `recovery_codes` are the codes themselves, to show once.
@@ -116,24 +164,8 @@ impl Enrolment {
         code: &str,
         now: u64,
     ) -> Result<Confirmed, EnrolError> {
-        let payload = Zeroizing::new(
-            sealer
-                .open(&pending_purpose(username), pending)
-                .map_err(|_| EnrolError::PendingInvalid)?,
-        );
-        if payload.len() < ISSUED_AT_BYTES {
-            return Err(EnrolError::PendingInvalid);
-        }
-        let (issued_at, secret) = payload.split_at(ISSUED_AT_BYTES);
-        let mut issued = [0u8; ISSUED_AT_BYTES];
-        issued.copy_from_slice(issued_at);
-        let issued_at = u64::from_be_bytes(issued);
-        let fresh = now.saturating_add(PENDING_CLOCK_SLACK_SECONDS) >= issued_at
-            && now < issued_at.saturating_add(PENDING_TTL_SECONDS);
-        if !fresh {
-            return Err(EnrolError::PendingExpired);
-        }
-
+        let payload = open_pending(sealer, username, pending, now)?;
+        let secret = &payload[ISSUED_AT_BYTES..];
         let step = totp::verify(secret, code, now, None).map_err(EnrolError::Code)?;
         let codes = recovery::generate();
         let record = MfaRecord {

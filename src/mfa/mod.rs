@@ -14,8 +14,11 @@
 //! - [`enrol`]: [`Enrolment::start`] and [`Enrolment::confirm`]; the secret is saved only once
 //!   the user has typed a valid code.
 
+pub mod endpoints;
 pub mod enrol;
+pub mod gate;
 pub mod lockout;
+pub mod policy;
 pub mod qr;
 pub mod record;
 pub mod recovery;

@@ -32,6 +32,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth::endpoints;
 use crate::auth::Auth;
 use crate::config::model::Upstream;
+use crate::config::model::{MfaLevel, NoLocalAccount};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
@@ -65,6 +66,8 @@ pub struct Gatehouse {
     access: AccessPolicy,
     /// The signed identity header; `None` when turned off.
     signed: Option<SignedHeader>,
+    /// Whether TOTP is asked for anywhere (else the per-request MFA check is skipped).
+    mfa_anywhere: bool,
 }
 
 fn peer_for(u: &Upstream) -> HttpPeer {
@@ -112,9 +115,17 @@ impl Gatehouse {
             }
             _ => None,
         };
+        let mfa_anywhere = config.mfa.totp != MfaLevel::Off
+            || config
+                .connections
+                .iter()
+                .any(|c| c.mfa.is_some_and(|m| m != MfaLevel::Off))
+            || config.upstreams.iter().any(|u| u.mfa.is_some())
+            || config.access.iter().any(|a| a.mfa.is_some());
         Self {
             access,
             signed,
+            mfa_anywhere,
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -185,6 +196,80 @@ impl Gatehouse {
             routes::AUTH_PREFIX,
             Self::rd_param(session, path)
         )
+    }
+
+    /// The second factor for a signed-in session on a route that requires TOTP: passes when
+    /// the session has done it; else a local account is sent to the TOTP form (step-up, then
+    /// back to this route) and a JIT-off session gets the conflict answer (`deny`) or passes
+    /// (`skip`). `Err` when the answer is written.
+    async fn enforce_mfa(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        live: &crate::auth::session::LiveSession,
+    ) -> Result<std::result::Result<(), ()>> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Ok(()));
+        };
+        let method = &session.req_header().method;
+        let level = self
+            .access
+            .mfa_level(upstream, method, path.as_str())
+            .unwrap_or_else(|| match auth.provider(&live.identity.connection) {
+                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
+                None => auth.mfa.config.totp,
+            });
+        if level != MfaLevel::Required || live.mfa_done_at().is_some() {
+            return Ok(Ok(()));
+        }
+        let browser = respond::is_browser(method, &session.req_header().headers);
+        let rd = Self::rd_param(session, path);
+        if live.identity.user_id.is_none() {
+            if auth.mfa.config.when_no_local_account == NoLocalAccount::Skip {
+                return Ok(Ok(()));
+            }
+            auth.metrics
+                .mfa_conflicts
+                .with_label_values(&[&live.identity.connection])
+                .inc();
+            tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
+            let message = crate::mfa::endpoints::CONFLICT_MESSAGE;
+            if browser {
+                let decoded = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
+                let body = format!(
+                    "<p>{}</p>{}",
+                    crate::pages::escape(message),
+                    crate::mfa::endpoints::local_sign_ins(auth, &decoded)
+                );
+                respond::send(
+                    session,
+                    StatusCode::FORBIDDEN,
+                    "text/html; charset=utf-8",
+                    Bytes::from(crate::pages::page("Another sign-in is needed", &body)),
+                    &[],
+                )
+                .await?;
+            } else {
+                let (kind, body) =
+                    respond::error_body(StatusCode::FORBIDDEN, message, &ctx.request_id, false);
+                respond::send(session, StatusCode::FORBIDDEN, kind, body, &[]).await?;
+            }
+            return Ok(Err(()));
+        }
+        if browser {
+            let location = format!("{}?rd={rd}", crate::mfa::endpoints::MFA_PATH);
+            respond::redirect(session, &location).await?;
+        } else {
+            let (kind, body) = respond::error_body(
+                StatusCode::UNAUTHORIZED,
+                "This route needs a second sign-in step: open it in a browser.",
+                &ctx.request_id,
+                false,
+            );
+            respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &[]).await?;
+        }
+        Ok(Err(()))
     }
 
     /// The access rules for a signed-in request. `Err` when refused: the 403 answer is
@@ -421,6 +506,14 @@ impl ProxyHttp for Gatehouse {
                     {
                         // Early answer: 403, an access rule refused this account.
                         return Ok(true);
+                    }
+                    if let (true, crate::auth::Authenticated::Session(live)) =
+                        (self.mfa_anywhere, &who)
+                    {
+                        if self.enforce_mfa(auth, session, ctx, live).await?.is_err() {
+                            // Early answer: to the TOTP form (step-up), or the conflict page.
+                            return Ok(true);
+                        }
                     }
                     let req = session.req_header_mut();
                     for (name, value) in auth.wire_headers(&who).iter() {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::admin::AdminApp;
 use crate::auth::discovery::{Discovery, SessionSweeper};
 use crate::auth::Auth;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::identity::assertion::AssertionSigner;
@@ -64,6 +65,7 @@ pub struct Prepared {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    pub clock: Arc<Clock>,
 }
 
 fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, StartError> {
@@ -72,6 +74,11 @@ fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, Star
 
 /// Binds every listener and builds the services. Nothing is served until [`Prepared::run`].
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    prepare_with_clock(config, Arc::new(Clock::default()))
+}
+
+/// [`prepare`] with the clock the second factor reads (tests move it instead of sleeping).
+pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
 
@@ -108,7 +115,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         None
     } else {
         let store = Arc::new(Store::open(&config.data_dir)?);
-        Auth::new(config, store, metrics.auth.clone())?.map(Arc::new)
+        Auth::new(config, store, metrics.auth.clone(), clock.clone())?.map(Arc::new)
     };
     if let Some(auth) = &auth {
         readiness.expect_idps(auth.providers.len());
@@ -171,6 +178,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         addresses,
         metrics,
         readiness,
+        clock,
     })
 }
 
@@ -198,6 +206,8 @@ impl Prepared {
 pub struct Running {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
+    /// The clock the second factor reads; tests advance it.
+    pub clock: Arc<Clock>,
     stop: watch::Sender<bool>,
 }
 
@@ -215,6 +225,7 @@ pub fn spawn(config: &Config) -> Result<Running, StartError> {
     let running = Running {
         addresses: prepared.addresses.clone(),
         metrics: prepared.metrics.clone(),
+        clock: prepared.clock.clone(),
         stop,
     };
     let signals = Box::new(shutdown::Manual {

@@ -47,6 +47,9 @@ pub struct SessionRecord {
     pub created_at: u64,
     pub expires_at: u64,
     pub tokens: Tokens,
+    /// When the second factor was passed in this session (unix seconds).
+    #[serde(default)]
+    pub mfa_at: Option<u64>,
 }
 
 impl Tx {
@@ -129,6 +132,7 @@ mod tests {
             created_at: 1,
             expires_at: 2,
             tokens: Tokens::default(),
+            mfa_at: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct UserRecord {
     pub disabled: bool,
     #[serde(default)]
     pub links: Vec<Link>,
+    /// The second factor (TOTP), when enrolled.
+    #[serde(default)]
+    pub mfa: crate::mfa::MfaRecord,
 }
 
 impl UserRecord {
@@ -71,6 +74,7 @@ impl UserRecord {
             last_login_at: None,
             disabled: false,
             links: Vec::new(),
+            mfa: Default::default(),
         }
     }
 

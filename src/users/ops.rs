@@ -54,6 +54,14 @@ pub enum UserOp {
     Audit {
         user: Option<String>,
     },
+    /// The account's second factor: enrolled, recovery codes left, locked (audited).
+    MfaStatus {
+        user: String,
+    },
+    /// Removes the account's second factor: it enrols again at its next login (audited).
+    MfaReset {
+        user: String,
+    },
     /// Deletes accounts with no login (or, never signed in, no creation) for `inactive_secs`.
     Prune {
         inactive_secs: u64,
@@ -132,8 +140,31 @@ fn audit(
     Ok(())
 }
 
-/// Runs `op` against `store` at time `now` (unix seconds).
+/// Runs `op` against `store` at time `now` (unix seconds). Second-factor secrets never leave:
+/// the accounts in the output have them masked.
 pub fn execute(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpError> {
+    run(store, op, now).map(|(out, effect)| (mask(out), effect))
+}
+
+/// The sealed TOTP secret and the recovery-code hashes, replaced by markers.
+fn mask(output: OpOutput) -> OpOutput {
+    let hide = |mut u: UserRecord| {
+        u.mfa.sealed_secret = u.mfa.sealed_secret.map(|_| "[sealed]".to_string());
+        u.mfa.recovery_hashes = vec!["[hash]".to_string(); u.mfa.recovery_hashes.len()];
+        u
+    };
+    match output {
+        OpOutput::Users(users) => OpOutput::Users(users.into_iter().map(hide).collect()),
+        OpOutput::User(user) => OpOutput::User(Box::new(hide(*user))),
+        OpOutput::Pruned { users, dry_run } => OpOutput::Pruned {
+            users: users.into_iter().map(hide).collect(),
+            dry_run,
+        },
+        audit @ OpOutput::Audit(_) => audit,
+    }
+}
+
+fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpError> {
     match op {
         UserOp::List | UserOp::Export => {
             let users = store.read(|tx| tx.users())?;
@@ -158,6 +189,28 @@ pub fn execute(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect
             Ok((OpOutput::Audit(entries), Effect::None))
         }
         UserOp::Add { username, email } => add(store, username, email.as_deref(), now),
+        UserOp::MfaStatus { user } | UserOp::MfaReset { user } => {
+            let reset = matches!(op, UserOp::MfaReset { .. });
+            let found = store.write(|tx| {
+                let Some(mut found) = tx_find(tx, user)? else {
+                    return Ok(Err(OpError::NotFound(user.clone())));
+                };
+                if reset {
+                    found.mfa = Default::default();
+                    found.updated_at = now;
+                    tx.put_user(&found)?;
+                }
+                let action = if reset {
+                    "mfa_reset"
+                } else {
+                    "mfa_status_viewed"
+                };
+                audit(tx, action, &found, if reset { &["mfa"] } else { &[] }, now)
+                    .map_err(to_store)?;
+                Ok(Ok(found))
+            })??;
+            Ok((OpOutput::User(Box::new(found)), Effect::None))
+        }
         UserOp::Delete { user } => {
             let deleted = store.write(|tx| {
                 let Some(found) = tx_find(tx, user)? else {
@@ -510,6 +563,34 @@ mod tests {
         let (_, effect) = execute(&store, &op(false), 10_001).unwrap();
         assert_eq!(effect, Effect::EndSessions(vec![old.id]));
         assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 1);
+    }
+
+    #[test]
+    fn mfa_reset_clears_the_factor_and_outputs_never_show_the_secret() {
+        let (_d, store) = store();
+        let u = add_user(&store, "alice", "alice@example.com", 1);
+        store
+            .write(|tx| {
+                let mut user = tx.user(&u.id)?.unwrap();
+                user.mfa.sealed_secret = Some("sealed-secret-bytes".into());
+                user.mfa.recovery_hashes = vec!["v1$salt$hash".into()];
+                tx.put_user(&user)
+            })
+            .unwrap();
+        let (out, _) = execute(&store, &UserOp::MfaStatus { user: u.id.clone() }, 2).unwrap();
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(
+            !text.contains("sealed-secret-bytes") && !text.contains("v1$salt"),
+            "{text}"
+        );
+        let OpOutput::User(shown) = out else { panic!() };
+        assert!(shown.mfa.is_enrolled());
+        let (out, _) = execute(&store, &UserOp::MfaReset { user: u.id.clone() }, 3).unwrap();
+        let OpOutput::User(reset) = out else { panic!() };
+        assert!(!reset.mfa.is_enrolled());
+        let log = store.read(|tx| tx.audit(Some(&u.id))).unwrap();
+        let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["created", "mfa_status_viewed", "mfa_reset"]);
     }
 
     #[test]

@@ -126,10 +126,32 @@ fn user_details(u: &UserRecord) -> String {
         ("created_at", timestamp(Some(u.created_at))),
         ("updated_at", timestamp(Some(u.updated_at))),
         ("last_login_at", timestamp(u.last_login_at)),
+        ("mfa", mfa_status(u)),
     ] {
         let _ = writeln!(out, "{k:<17} {v}");
     }
     out
+}
+
+/// `enrolled 2026-12-01T08:00:00Z, 9 recovery codes left` / `not enrolled`, and a lock.
+fn mfa_status(u: &UserRecord) -> String {
+    let m = &u.mfa;
+    let mut text = if m.is_enrolled() {
+        format!(
+            "enrolled {}, {} recovery codes left",
+            timestamp(m.enrolled_at),
+            m.recovery_codes_left()
+        )
+    } else {
+        "not enrolled".to_string()
+    };
+    if let Some(until) = m.locked_until {
+        text.push_str(&format!(", locked until {}", timestamp(Some(until))));
+    }
+    if m.failures > 0 {
+        text.push_str(&format!(", {} failed attempt(s)", m.failures));
+    }
+    text
 }
 
 fn audit_table(entries: &[AuditEntry]) -> String {

@@ -1,0 +1,144 @@
+//! What the second-factor step keeps between requests: the logins that passed the IdP and
+//! wait for their TOTP code (in memory, a few minutes at most), the key that seals TOTP
+//! secrets in the store, the policy and the clock. The browser holds only a sealed,
+//! short-lived cookie naming its pending login, never anything in a query string.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::seal::Sealer;
+use crate::auth::session::PendingSession;
+use crate::clock::Clock;
+use crate::config::model::Mfa;
+
+/// How long a login may wait for its second factor.
+pub const PENDING_TTL: u64 = 10 * 60;
+/// The sealing purpose of the pending-MFA cookie and of the forms' CSRF tokens.
+const COOKIE_PURPOSE: &str = "mfa-pending";
+const CSRF_PURPOSE: &str = "mfa-form";
+
+/// A login that passed the IdP and waits for its second factor; its session is issued only
+/// once a code is accepted.
+#[derive(Debug)]
+pub struct PendingLogin {
+    pub session: PendingSession,
+    pub user_id: String,
+    pub username: String,
+    pub rd: String,
+    pub exp: u64,
+}
+
+/// What the pending-MFA cookie carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct CookieBody {
+    id: String,
+    uid: String,
+    exp: u64,
+}
+
+pub struct MfaGate {
+    pub config: Mfa,
+    /// Seals TOTP secrets in the store.
+    pub sealer: Sealer,
+    pub clock: Arc<Clock>,
+    pending: Mutex<HashMap<String, PendingLogin>>,
+    /// Seals the pending cookie and the CSRF tokens (the session keys).
+    cookie_sealer: Sealer,
+}
+
+impl std::fmt::Debug for MfaGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaGate")
+            .field("totp", &self.config.totp)
+            .finish()
+    }
+}
+
+fn random_id() -> String {
+    let bytes: [u8; 24] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl MfaGate {
+    /// `store_keys` seal TOTP secrets: from config, else `data_dir/store.keys` (created once).
+    pub fn new(
+        config: Mfa,
+        data_dir: &Path,
+        cookie_sealer: Sealer,
+        clock: Arc<Clock>,
+    ) -> Result<Self, String> {
+        let keys = match &config.keys.0 {
+            Some(keys) => keys.clone(),
+            None => crate::auth::load_or_create_keys(&data_dir.join("store.keys"))?,
+        };
+        let sealer = Sealer::new(keys).map_err(|e| e.to_string())?;
+        Ok(Self {
+            config,
+            sealer,
+            clock,
+            pending: Mutex::new(HashMap::new()),
+            cookie_sealer,
+        })
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Keeps a login until its code is accepted; returns the sealed cookie value naming it.
+    pub fn hold(&self, login: PendingLogin) -> String {
+        let id = random_id();
+        let body = CookieBody {
+            id: id.clone(),
+            uid: login.user_id.clone(),
+            exp: login.exp,
+        };
+        if let Ok(mut map) = self.pending.lock() {
+            let now = self.now();
+            map.retain(|_, p| p.exp > now);
+            map.insert(id, login);
+        }
+        self.cookie_sealer.seal(
+            COOKIE_PURPOSE,
+            &serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    }
+
+    /// The pending login a cookie value names, if it is still waiting: (id, user id,
+    /// username, rd).
+    pub fn peek(&self, cookie: &str) -> Option<(String, String, String, String)> {
+        let plain = self.cookie_sealer.open(COOKIE_PURPOSE, cookie).ok()?;
+        let body: CookieBody = serde_json::from_slice(&plain).ok()?;
+        if body.exp <= self.now() {
+            return None;
+        }
+        let map = self.pending.lock().ok()?;
+        let login = map.get(&body.id).filter(|p| p.user_id == body.uid)?;
+        Some((
+            body.id,
+            login.user_id.clone(),
+            login.username.clone(),
+            login.rd.clone(),
+        ))
+    }
+
+    /// Takes a pending login out (once: a second take finds nothing).
+    pub fn take(&self, id: &str) -> Option<PendingLogin> {
+        self.pending.lock().ok()?.remove(id)
+    }
+
+    /// A CSRF token for the MFA form, bound to `context` (the pending id or the session id).
+    pub fn csrf(&self, context: &str) -> String {
+        self.cookie_sealer.seal(CSRF_PURPOSE, context.as_bytes())
+    }
+
+    pub fn csrf_ok(&self, token: &str, context: &str) -> bool {
+        self.cookie_sealer
+            .open(CSRF_PURPOSE, token)
+            .is_ok_and(|c| c == context.as_bytes())
+    }
+}
