@@ -119,6 +119,18 @@ fn get_id(
         .map(|v| v.value().to_string()))
 }
 
+/// The user id a (connection, subject) link names.
+fn linked_id(
+    links: &impl ReadableTable<(&'static str, &'static str), &'static str>,
+    connection: &str,
+    subject: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(links
+        .get((connection, subject))
+        .map_err(StoreError::db)?
+        .map(|v| v.value().to_string()))
+}
+
 fn all_users(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<Vec<UserRecord>, StoreError> {
@@ -143,11 +155,7 @@ impl Tx {
         subject: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
         let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        let id = links
-            .get((connection, subject))
-            .map_err(StoreError::db)?
-            .map(|v| v.value().to_string());
-        match id {
+        match linked_id(&links, connection, subject)? {
             Some(id) => self.user(&id),
             None => Ok(None),
         }
@@ -270,11 +278,7 @@ impl ReadTx {
         subject: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
         let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        let id = links
-            .get((connection, subject))
-            .map_err(StoreError::db)?
-            .map(|v| v.value().to_string());
-        match id {
+        match linked_id(&links, connection, subject)? {
             Some(id) => self.user(&id),
             None => Ok(None),
         }
