@@ -374,3 +374,66 @@ jit = false
     assert_eq!(code, Some(0));
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// The pending-MFA cookie and the form are tamper-proof: a forged cookie starts over, a
+/// missing or foreign CSRF token is refused, and the pending cookie cannot stand in for a
+/// session cookie.
+#[tokio::test]
+async fn forged_pending_cookies_and_csrf_tokens_are_refused() {
+    let env = login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
+    let forged = client()
+        .get(env.url("/oauth2/mfa"))
+        .header("cookie", "_gatehouse_mfa=AAAAforgedvalue")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 302);
+    assert_eq!(forged.headers()["location"], "/oauth2/start");
+
+    let (browser, page) = sign_in_to(&env, "/").await;
+    let key = code_text(&page, "secret");
+    let (_, fields) = form_fields(&page, "mfa-enrol-form");
+    let code = totp::code(&key, now(&env));
+    let mut without_csrf: Vec<(&str, &str)> = fields
+        .iter()
+        .filter(|(k, _)| k != "csrf")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    without_csrf.push(("code", &code));
+    let refused = browser
+        .post_form(&env.url("/oauth2/mfa"), &without_csrf)
+        .await;
+    assert_eq!(refused.status(), 403);
+    // Another login's token does not fit this one.
+    let (_, other_page) = sign_in_to(&env, "/").await;
+    let (_, other_fields) = form_fields(&other_page, "mfa-enrol-form");
+    let foreign = other_fields
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .unwrap()
+        .1
+        .clone();
+    let mut with_foreign: Vec<(&str, &str)> = without_csrf.clone();
+    with_foreign.push(("csrf", &foreign));
+    let refused = browser
+        .post_form(&env.url("/oauth2/mfa"), &with_foreign)
+        .await;
+    assert_eq!(refused.status(), 403);
+
+    let pending = browser
+        .cookie_header(&env.url("/oauth2/mfa"))
+        .unwrap()
+        .split("; ")
+        .find_map(|c| c.strip_prefix("_gatehouse_mfa=").map(str::to_string))
+        .expect("the pending-MFA cookie");
+    let swapped = client()
+        .get(env.url("/api"))
+        .header("accept", "application/json")
+        .header("cookie", format!("_gatehouse={pending}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(swapped.status(), 401, "a pending login is not a session");
+    let rejected = "gatehouse_session_rejected_total{reason=\"forged\"}";
+    assert_eq!(env.gh.metric_reaching(rejected, 1.0).await, 1.0);
+}
