@@ -37,8 +37,9 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet --bin gatehouse --example bare_pingora
-BIN=target/release/gatehouse
-BARE=target/release/examples/bare_pingora
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET_DIR/release/gatehouse
+BARE=$TARGET_DIR/release/examples/bare_pingora
 
 work=$(mktemp -d)
 pids=()
