@@ -44,6 +44,9 @@ BARE=$TARGET_DIR/release/examples/bare_pingora
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  # Pingora takes SIGTERM as a graceful stop and waits out its 5-minute grace period; SIGINT
+  # stops it at once (it must come first: after a SIGTERM, pingora no longer listens for it).
+  [ -n "${BARE_PID:-}" ] && kill -INT "$BARE_PID" 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for name in upstream proxy; do
     [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
