@@ -4,6 +4,9 @@
 # framework baseline, examples/bare_pingora.rs), through Gatehouse on a public route, and
 # through Gatehouse on a protected route with a session cookie from a real login at the test
 # OP (tests/idp), in interleaved rounds so drift on a shared machine hits all of them alike.
+# The authenticated case runs as a production login does: the connection provisions the user
+# (JIT, `jit = true`, the default) and the signed identity header is on (the default, ES256);
+# JIT=false or SIGNED_HEADER=false measure without them. The script prints the mode it ran in.
 #
 #   benches/load.sh                 # 3 rounds of 10 s each, 64 connections
 #   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
@@ -19,6 +22,11 @@ SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}
+JIT=${JIT:-true}
+SIGNED_HEADER=${SIGNED_HEADER:-true}
+for flag in JIT SIGNED_HEADER; do
+  case ${!flag} in true|false) ;; *) echo "$flag must be true or false" >&2; exit 2 ;; esac
+done
 
 for tool in wrk nginx; do
   if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
@@ -29,12 +37,16 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet --bin gatehouse --example bare_pingora
-BIN=target/release/gatehouse
-BARE=target/release/examples/bare_pingora
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET_DIR/release/gatehouse
+BARE=$TARGET_DIR/release/examples/bare_pingora
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  # Pingora takes SIGTERM as a graceful stop and waits out its 5-minute grace period; SIGINT
+  # stops it at once (it must come first: after a SIGTERM, pingora no longer listens for it).
+  [ -n "${BARE_PID:-}" ] && kill -INT "$BARE_PID" 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for name in upstream proxy; do
     [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
@@ -98,6 +110,8 @@ access_log = false
 data_dir = "$work/gatehouse-data"
 [session]
 cookie_secure = false
+[identity]
+signed_header = $SIGNED_HEADER
 [[upstreams]]
 url = "http://127.0.0.1:$UPSTREAM"
 [[public]]
@@ -108,6 +122,7 @@ id = "bench"
 issuer = "http://127.0.0.1:$OP"
 client_id = "gatehouse"
 client_secret = "bench-secret"
+jit = $JIT
 CONF
 "$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
 pids+=($!)
@@ -129,6 +144,28 @@ curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=a
 SESSION=$(awk '$6 == "_gatehouse" {print $7}' "$jar")
 [ -n "$SESSION" ] || { echo "login failed: no session cookie" >&2; exit 1; }
 COOKIE="Cookie: _gatehouse=$SESSION"
+
+metric() { # name label-regex -> the value of the first sample that matches, else 0
+  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" -v l="$2" '
+    index($1, m) == 1 && (substr($1, length(m) + 1, 1) == "{" || length($1) == length(m)) && $1 ~ l { print $2; found = 1; exit }
+    END { if (!found) print 0 }'
+}
+# Check the mode on the running server, not only in the config: the first login must have
+# created alice's account exactly when JIT is on, and the JWKS is served only when the signed
+# identity header is on.
+created=$(metric gatehouse_jit_provisions_total 'action="created"')
+jwks=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GATEHOUSE/.well-known/gatehouse/jwks.json")
+if [ "$JIT" = true ] && [ "${created%.*}" != 1 ]; then
+  echo "JIT is configured on but the login created no account (created=$created)" >&2; exit 1
+fi
+if [ "$JIT" = false ] && [ "${created%.*}" != 0 ]; then
+  echo "JIT is configured off but the login created an account" >&2; exit 1
+fi
+if { [ "$SIGNED_HEADER" = true ] && [ "$jwks" != 200 ]; } || { [ "$SIGNED_HEADER" = false ] && [ "$jwks" = 200 ]; }; then
+  echo "signed identity header is $SIGNED_HEADER in the config, but the JWKS answered $jwks" >&2; exit 1
+fi
+MODE="gatehouse_auth mode: JIT $([ "$JIT" = true ] && echo on || echo off) (accounts created by the first login: ${created%.*}), signed identity header $([ "$SIGNED_HEADER" = true ] && echo "on (JWKS $jwks)" || echo off)"
+echo "$MODE" >&2
 
 # wrk's --latency output in ms, whatever unit it printed.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
@@ -188,23 +225,30 @@ login_once() {
   action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
   curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
 }
-metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-sum_before=$(metric 'gatehouse_login_duration_seconds_sum{connection="bench"}')
-count_before=$(metric 'gatehouse_login_duration_seconds_count{connection="bench"}')
+sum_before=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"')
+count_before=$(metric gatehouse_login_duration_seconds_count 'connection="bench"')
+jit_sum_before=$(metric gatehouse_jit_duration_seconds_sum '')
+jit_count_before=$(metric gatehouse_jit_duration_seconds_count '')
 start_ns=$(date +%s%N)
 for _ in $(seq "$LOGINS"); do login_once; done
 elapsed_ns=$(( $(date +%s%N) - start_ns ))
-sum_after=$(metric 'gatehouse_login_duration_seconds_sum{connection="bench"}')
-count_after=$(metric 'gatehouse_login_duration_seconds_count{connection="bench"}')
-python3 - "$LOGINS" "$elapsed_ns" "$sum_before" "$sum_after" "$count_before" "$count_after" >"$work/logins" <<'PY'
+sum_after=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"')
+count_after=$(metric gatehouse_login_duration_seconds_count 'connection="bench"')
+jit_sum_after=$(metric gatehouse_jit_duration_seconds_sum '')
+jit_count_after=$(metric gatehouse_jit_duration_seconds_count '')
+python3 - "$LOGINS" "$elapsed_ns" "$sum_before" "$sum_after" "$count_before" "$count_after" \
+  "$jit_sum_before" "$jit_sum_after" "$jit_count_before" "$jit_count_after" >"$work/logins" <<'PY'
 import sys
-n, ns, s0, s1, c0, c1 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+n, ns, s0, s1, c0, c1, j0, j1, k0, k1 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
 total = ns / 1e9
 callback = (s1 - s0) / max(c1 - c0, 1)
 print(f"\nlogins: {n} sequential in {total:.2f} s = {n / total:.1f} logins/s "
       f"({1000 * total / n:.1f} ms each; {c1 - c0:.0f} counted by gatehouse_logins)")
 print(f"  of which the callback (code exchange at the OP + ID token checks + session write): "
       f"{1000 * callback:.1f} ms; the rest is the OP's authorize/login pages and the redirects")
+if k1 > k0:
+    print(f"  of which the store transaction (JIT provisioning + session, durable commit): "
+          f"{1000 * (j1 - j0) / (k1 - k0):.2f} ms")
 PY
 
 python3 - "$work/results" <<'PY'
@@ -226,3 +270,8 @@ print(f"ratio gatehouse/bare pingora, req/s: {med['gatehouse'][0] / med['pingora
 print(f"ratio authenticated/public route, req/s: {med['gatehouse_auth'][0] / med['gatehouse'][0]:.2f}")
 PY
 cat "$work/logins"
+if [ "$JIT" = true ]; then
+  echo "  JIT actions over the whole run: created $(metric gatehouse_jit_provisions_total 'action="created"'), unchanged $(metric gatehouse_jit_provisions_total 'action="unchanged"'), updated $(metric gatehouse_jit_provisions_total 'action="updated"')"
+fi
+echo
+echo "$MODE"

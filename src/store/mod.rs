@@ -90,6 +90,18 @@ pub struct Tx {
     txn: WriteTransaction,
 }
 
+impl Tx {
+    /// For benches only (never called by Gatehouse): this transaction commits without the
+    /// fsync (redb's `Durability::None`), so a bench can show how much of a commit is the
+    /// fsync. Such a commit is lost on a crash until a later durable commit.
+    #[doc(hidden)]
+    pub fn bench_only_skip_fsync(&mut self) -> Result<(), StoreError> {
+        self.txn
+            .set_durability(redb::Durability::None)
+            .map_err(StoreError::db)
+    }
+}
+
 /// One read transaction: a consistent snapshot.
 pub struct ReadTx {
     txn: ReadTransaction,
