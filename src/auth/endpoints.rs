@@ -577,11 +577,57 @@ async fn sign_out(
     redirect(session, &location, clear).await
 }
 
+/// The path of the request a forward-auth call asks about: `X-Forwarded-Uri` (Traefik) or
+/// `X-Original-URI` (nginx `auth_request`), query dropped, normalized like any request path.
+/// `None` when neither is sent; `Some(Err)` for a path that cannot be checked.
+fn original_path(session: &Session) -> Option<Result<String, ()>> {
+    let headers = &session.req_header().headers;
+    let uri = ["x-forwarded-uri", "x-original-uri"]
+        .iter()
+        .find_map(|h| headers.get(*h))?
+        .to_str()
+        .ok()?;
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    Some(
+        crate::proxy::path::normalize(path)
+            .map(|p| p.as_str().to_string())
+            .map_err(|_| ()),
+    )
+}
+
 /// `/oauth2/auth`: for nginx `auth_request` or Traefik forward-auth. 202 with the identity
-/// headers when the request's session or bearer token is valid, else 401.
+/// headers when the request's session or bearer token is valid and the `[[access]]` rules for
+/// the original path pass (403 when they do not), else 401.
 async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
     match auth.authenticate(&session.req_header().headers).await {
         Ok(Some(who)) => {
+            if let Some(path) = original_path(session) {
+                let id = who.identity();
+                let trusted = id.email_verified || auth.trusts_email(&id.connection);
+                let method = session.req_header().method.clone();
+                let refused = match &path {
+                    Ok(path) => auth
+                        .path_rules
+                        .check(usize::MAX, &method, path, id, trusted)
+                        .err()
+                        .map(|r| r.rule.label()),
+                    Err(()) => Some("path"),
+                };
+                if let Some(rule) = refused {
+                    if rule != "path" {
+                        auth.metrics.access_denied.with_label_values(&[rule]).inc();
+                    }
+                    tracing::info!(user = id.user(), rule, "forward-auth: access denied");
+                    return respond::send(
+                        session,
+                        StatusCode::FORBIDDEN,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"Forbidden\n"),
+                        &[],
+                    )
+                    .await;
+                }
+            }
             let headers = identity_headers(&auth.headers, who.identity())
                 .into_iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))

@@ -33,6 +33,8 @@ pub struct Auth {
     pub headers: Headers,
     pub metrics: AuthMetrics,
     pub store: Arc<Store>,
+    /// The `[[access]]` rules, for forward-auth answers (which have no upstream).
+    pub path_rules: crate::identity::access::AccessPolicy,
     /// The second factor: policy, pending logins, the key of stored TOTP secrets.
     pub mfa: crate::mfa::gate::MfaGate,
     /// States already used at the callback (until their login cookie would expire).
@@ -129,6 +131,7 @@ impl Auth {
             metrics,
             store,
             mfa,
+            path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
             used_states: Mutex::new(HashMap::new()),
         }))
     }
