@@ -146,9 +146,11 @@ SESSION=$(awk '$6 == "_gatehouse" {print $7}' "$jar")
 COOKIE="Cookie: _gatehouse=$SESSION"
 
 metric() { # name label-regex -> the value of the first sample that matches, else 0
-  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" -v l="$2" '
-    index($1, m) == 1 && (substr($1, length(m) + 1, 1) == "{" || length($1) == length(m)) && $1 ~ l { print $2; found = 1; exit }
-    END { if (!found) print 0 }'
+  # The scrape goes to a file first: awk stopping early would break curl's pipe (exit 23).
+  curl -s -o "$work/metrics.txt" "http://127.0.0.1:$ADMIN/metrics"
+  awk -v m="$1" -v l="$2" '
+    !found && index($1, m) == 1 && (substr($1, length(m) + 1, 1) == "{" || length($1) == length(m)) && $1 ~ l { print $2; found = 1 }
+    END { if (!found) print 0 }' "$work/metrics.txt"
 }
 # Check the mode on the running server, not only in the config: the first login must have
 # created alice's account exactly when JIT is on, and the JWKS is served only when the signed
