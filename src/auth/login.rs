@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use super::oidc::LoginResult;
 use super::Auth;
-use crate::config::model::{MfaLevel, NoLocalAccount};
 use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
 use crate::mfa::gate::{PendingLogin, PENDING_TTL};
-use crate::mfa::policy::login_level;
+use crate::mfa::policy::{decide, login_level, MfaDecision};
 use crate::store::StoreError;
 
 /// Why a checked login still got no session.
@@ -79,25 +78,17 @@ impl Auth {
                     }
                 }
             } else {
-                if level == MfaLevel::Required
-                    && self.mfa.config.when_no_local_account == NoLocalAccount::Deny
-                {
-                    return Ok(Err(LoginFailure::MfaConflict));
-                }
                 (result.identity.clone(), None)
             };
             let enrolled = match &identity.user_id {
                 Some(id) => tx.user(id)?.is_some_and(|u| u.mfa.is_enrolled()),
                 None => false,
             };
-            let needs_mfa = identity.user_id.is_some()
-                && match level {
-                    MfaLevel::Required => true,
-                    MfaLevel::Optional => enrolled,
-                    MfaLevel::Off => false,
-                };
-            if needs_mfa {
-                return Ok(Ok((Step::Mfa(identity), action)));
+            let when = self.mfa.config.when_no_local_account;
+            match decide(level, when, identity.user_id.is_some(), enrolled, false) {
+                MfaDecision::Pass => {}
+                MfaDecision::Challenge => return Ok(Ok((Step::Mfa(identity), action))),
+                MfaDecision::Conflict => return Ok(Err(LoginFailure::MfaConflict)),
             }
             let pending =
                 self.sessions

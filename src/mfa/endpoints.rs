@@ -70,6 +70,40 @@ pub fn local_sign_ins(auth: &Auth, rd: &str) -> String {
     }
 }
 
+/// The answer where TOTP is required but the user's connection keeps no local account
+/// (`when_no_local_account = "deny"`): 403, a page naming the sign-ins that can (`rd` to come
+/// back to), or JSON for API clients.
+pub async fn conflict(
+    auth: &Auth,
+    session: &mut Session,
+    rd: &str,
+    request_id: &str,
+    browser: bool,
+) -> pingora::Result<()> {
+    if !browser {
+        let (kind, body) = crate::proxy::respond::error_body(
+            StatusCode::FORBIDDEN,
+            CONFLICT_MESSAGE,
+            request_id,
+            false,
+        );
+        return crate::proxy::respond::send(session, StatusCode::FORBIDDEN, kind, body, &[]).await;
+    }
+    let body = format!(
+        "<p>{}</p>{}",
+        escape(CONFLICT_MESSAGE),
+        local_sign_ins(auth, rd)
+    );
+    html(
+        session,
+        StatusCode::FORBIDDEN,
+        "Another sign-in is needed",
+        &body,
+        vec![],
+    )
+    .await
+}
+
 /// Who is at the MFA step.
 enum Context {
     /// A login waiting for its second factor.

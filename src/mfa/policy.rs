@@ -10,6 +10,40 @@
 
 use crate::config::model::{Config, Connection, MfaLevel, NoLocalAccount, Rules};
 
+/// What a login or a request must do about the second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaDecision {
+    /// Nothing to ask (not required here, already done, or skipped for a JIT-off user).
+    Pass,
+    /// Ask for the code (enrolling first when the account has none).
+    Challenge,
+    /// Required, but the user has no local account and the config says deny.
+    Conflict,
+}
+
+/// The one rule for logins and requests alike. `local_account`: the user has a local
+/// (JIT) account; `enrolled`: it has a TOTP factor (only known at login, `false` per request,
+/// so `optional` asks nothing beyond the login); `done`: this session already passed it.
+pub fn decide(
+    level: MfaLevel,
+    when_no_local_account: NoLocalAccount,
+    local_account: bool,
+    enrolled: bool,
+    done: bool,
+) -> MfaDecision {
+    let asked = match level {
+        MfaLevel::Required => true,
+        MfaLevel::Optional => enrolled && local_account,
+        MfaLevel::Off => false,
+    };
+    match (asked && !done, local_account, when_no_local_account) {
+        (false, _, _) => MfaDecision::Pass,
+        (true, true, _) => MfaDecision::Challenge,
+        (true, false, NoLocalAccount::Skip) => MfaDecision::Pass,
+        (true, false, NoLocalAccount::Deny) => MfaDecision::Conflict,
+    }
+}
+
 /// The level a login through `connection` asks for.
 pub fn login_level(config: &crate::config::model::Mfa, connection: &Connection) -> MfaLevel {
     connection.mfa.unwrap_or(config.totp)
@@ -100,6 +134,30 @@ mod tests {
             "#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn the_decision_follows_level_account_and_choice() {
+        use MfaDecision::*;
+        let deny = NoLocalAccount::Deny;
+        let skip = NoLocalAccount::Skip;
+        assert_eq!(
+            decide(MfaLevel::Required, deny, true, false, false),
+            Challenge
+        );
+        assert_eq!(decide(MfaLevel::Required, deny, true, true, true), Pass);
+        assert_eq!(
+            decide(MfaLevel::Required, deny, false, false, false),
+            Conflict
+        );
+        assert_eq!(decide(MfaLevel::Required, skip, false, false, false), Pass);
+        assert_eq!(
+            decide(MfaLevel::Optional, deny, true, true, false),
+            Challenge
+        );
+        assert_eq!(decide(MfaLevel::Optional, deny, true, false, false), Pass);
+        assert_eq!(decide(MfaLevel::Optional, deny, false, true, false), Pass);
+        assert_eq!(decide(MfaLevel::Off, deny, false, false, false), Pass);
     }
 
     #[test]

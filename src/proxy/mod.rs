@@ -31,8 +31,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::endpoints;
 use crate::auth::Auth;
+use crate::config::model::MfaLevel;
 use crate::config::model::Upstream;
-use crate::config::model::{MfaLevel, NoLocalAccount};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
@@ -42,6 +42,7 @@ use crate::identity::assertion::AssertionSigner;
 use crate::identity::signed_header::{SignedHeader, X_GATEHOUSE_IDENTITY};
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
+use crate::mfa::policy::{decide, MfaDecision};
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
@@ -220,41 +221,26 @@ impl Gatehouse {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
                 None => auth.mfa.config.totp,
             });
-        if level != MfaLevel::Required || live.mfa_done_at().is_some() {
+        let decision = decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            live.identity.user_id.is_some(),
+            false,
+            live.mfa_done_at().is_some(),
+        );
+        if decision == MfaDecision::Pass {
             return Ok(Ok(()));
         }
         let browser = respond::is_browser(method, &session.req_header().headers);
         let rd = Self::rd_param(session, path);
-        if live.identity.user_id.is_none() {
-            if auth.mfa.config.when_no_local_account == NoLocalAccount::Skip {
-                return Ok(Ok(()));
-            }
+        if decision == MfaDecision::Conflict {
             auth.metrics
                 .mfa_conflicts
                 .with_label_values(&[&live.identity.connection])
                 .inc();
             tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
-            let message = crate::mfa::endpoints::CONFLICT_MESSAGE;
-            if browser {
-                let decoded = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
-                let body = format!(
-                    "<p>{}</p>{}",
-                    crate::pages::escape(message),
-                    crate::mfa::endpoints::local_sign_ins(auth, &decoded)
-                );
-                respond::send(
-                    session,
-                    StatusCode::FORBIDDEN,
-                    "text/html; charset=utf-8",
-                    Bytes::from(crate::pages::page("Another sign-in is needed", &body)),
-                    &[],
-                )
-                .await?;
-            } else {
-                let (kind, body) =
-                    respond::error_body(StatusCode::FORBIDDEN, message, &ctx.request_id, false);
-                respond::send(session, StatusCode::FORBIDDEN, kind, body, &[]).await?;
-            }
+            let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
+            crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
             return Ok(Err(()));
         }
         if browser {
