@@ -604,20 +604,23 @@ async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()>
             if let Some(path) = original_path(session) {
                 let id = who.identity();
                 let trusted = id.email_verified || auth.trusts_email(&id.connection);
-                let method = session.req_header().method.clone();
                 let refused = match &path {
-                    Ok(path) => auth
-                        .path_rules
-                        .check(usize::MAX, &method, path, id, trusted)
-                        .err()
-                        .map(|r| r.rule.label()),
-                    Err(()) => Some("path"),
-                };
-                if let Some(rule) = refused {
-                    if rule != "path" {
-                        auth.metrics.access_denied.with_label_values(&[rule]).inc();
+                    Ok(path) => {
+                        let method = &session.req_header().method;
+                        let checked = auth.path_rules.check(None, method, path, id, trusted);
+                        checked.err().map(|r| {
+                            auth.metrics
+                                .access_denied
+                                .with_label_values(&[r.rule.label()])
+                                .inc();
+                            r.rule.label()
+                        })
                     }
-                    tracing::info!(user = id.user(), rule, "forward-auth: access denied");
+                    // A path that cannot be checked safely is refused.
+                    Err(()) => Some("unchecked_path"),
+                };
+                if let Some(reason) = refused {
+                    tracing::info!(user = id.user(), reason, "forward-auth: access denied");
                     return respond::send(
                         session,
                         StatusCode::FORBIDDEN,

@@ -60,11 +60,11 @@ impl AccessPolicy {
         self.upstreams.iter().all(Rules::is_empty) && self.paths.iter().all(|a| a.rules.is_empty())
     }
 
-    /// Checks a signed-in request: the upstream's rules, then every `[[access]]` rule whose
-    /// path matches. No rules configured: nothing to do.
+    /// Checks a signed-in request: the upstream's rules (`None`: no upstream, as for a
+    /// forward-auth answer), then every `[[access]]` rule whose path matches.
     pub fn check(
         &self,
-        upstream: usize,
+        upstream: Option<usize>,
         method: &Method,
         path: &str,
         identity: &Identity,
@@ -72,7 +72,7 @@ impl AccessPolicy {
     ) -> Result<(), Refused> {
         let mut applicable = self
             .upstreams
-            .get(upstream)
+            .get(upstream.unwrap_or(usize::MAX))
             .filter(|r| !r.is_empty())
             .into_iter()
             .chain(

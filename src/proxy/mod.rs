@@ -275,9 +275,9 @@ impl Gatehouse {
         }
         let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
         let method = &session.req_header().method;
-        let Err(refused) = self
-            .access
-            .check(upstream, method, path.as_str(), identity, trusted)
+        let Err(refused) =
+            self.access
+                .check(Some(upstream), method, path.as_str(), identity, trusted)
         else {
             return Ok(Ok(()));
         };
