@@ -142,40 +142,55 @@ fn all_users(
     Ok(out)
 }
 
+/// The read accessors, the same in a write and a read transaction: redb's two table types
+/// differ, so they are written once here and stamped into both.
+macro_rules! read_accessors {
+    () => {
+        pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+            let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+            get_user(&table, id)
+        }
+
+        /// The account an IdP identity is linked to.
+        pub fn user_by_link(
+            &self,
+            connection: &str,
+            subject: &str,
+        ) -> Result<Option<UserRecord>, StoreError> {
+            let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+            match linked_id(&links, connection, subject)? {
+                Some(id) => self.user(&id),
+                None => Ok(None),
+            }
+        }
+
+        /// The account that holds this email in the index.
+        pub fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+            let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+            match get_id(&emails, &normalize_email(email))? {
+                Some(id) => self.user(&id),
+                None => Ok(None),
+            }
+        }
+
+        /// An account by id, else by email.
+        pub fn find_user(&self, id_or_email: &str) -> Result<Option<UserRecord>, StoreError> {
+            match self.user(id_or_email)? {
+                Some(user) => Ok(Some(user)),
+                None => self.user_by_email(id_or_email),
+            }
+        }
+
+        /// Every account, in id order (UUIDv7: creation order).
+        pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+            let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
+            all_users(&table)
+        }
+    };
+}
+
 impl Tx {
-    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-        get_user(&table, id)
-    }
-
-    /// The account an IdP identity is linked to.
-    pub fn user_by_link(
-        &self,
-        connection: &str,
-        subject: &str,
-    ) -> Result<Option<UserRecord>, StoreError> {
-        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        match linked_id(&links, connection, subject)? {
-            Some(id) => self.user(&id),
-            None => Ok(None),
-        }
-    }
-
-    /// The account that holds this email in the index.
-    pub fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
-        let id = get_id(&emails, &normalize_email(email))?;
-        match id {
-            Some(id) => self.user(&id),
-            None => Ok(None),
-        }
-    }
-
-    /// Every account.
-    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-        all_users(&table)
-    }
+    read_accessors!();
 
     /// Whether `username` (without regard to case) belongs to an account other than `owner`.
     pub fn username_taken(&self, username: &str, owner: &str) -> Result<bool, StoreError> {
@@ -266,41 +281,7 @@ impl Tx {
 }
 
 impl ReadTx {
-    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-        get_user(&table, id)
-    }
-
-    /// The account an IdP identity is linked to.
-    pub fn user_by_link(
-        &self,
-        connection: &str,
-        subject: &str,
-    ) -> Result<Option<UserRecord>, StoreError> {
-        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        match linked_id(&links, connection, subject)? {
-            Some(id) => self.user(&id),
-            None => Ok(None),
-        }
-    }
-
-    /// An account by id, else by email.
-    pub fn find_user(&self, id_or_email: &str) -> Result<Option<UserRecord>, StoreError> {
-        if let Some(user) = self.user(id_or_email)? {
-            return Ok(Some(user));
-        }
-        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
-        match get_id(&emails, &normalize_email(id_or_email))? {
-            Some(id) => self.user(&id),
-            None => Ok(None),
-        }
-    }
-
-    /// Every account, in id order (UUIDv7: creation order).
-    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-        all_users(&table)
-    }
+    read_accessors!();
 
     pub fn user_count(&self) -> Result<u64, StoreError> {
         let table = self.txn.open_table(USERS).map_err(StoreError::db)?;

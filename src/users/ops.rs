@@ -182,7 +182,7 @@ fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpErr
         UserOp::MfaStatus { user } | UserOp::MfaReset { user } => {
             let reset = matches!(op, UserOp::MfaReset { .. });
             let found = store.write(|tx| {
-                let Some(mut found) = tx_find(tx, user)? else {
+                let Some(mut found) = tx.find_user(user)? else {
                     return Ok(Err(OpError::NotFound(user.clone())));
                 };
                 if reset {
@@ -203,7 +203,7 @@ fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpErr
         }
         UserOp::Delete { user } => {
             let deleted = store.write(|tx| {
-                let Some(found) = tx_find(tx, user)? else {
+                let Some(found) = tx.find_user(user)? else {
                     return Ok(Err(OpError::NotFound(user.clone())));
                 };
                 tx.delete_user(&found.id)?;
@@ -223,13 +223,6 @@ fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpErr
 
 fn to_store(e: OpError) -> StoreError {
     StoreError::Db(e.to_string())
-}
-
-fn tx_find(tx: &Tx, key: &str) -> Result<Option<UserRecord>, StoreError> {
-    match tx.user(key)? {
-        Some(u) => Ok(Some(u)),
-        None => tx.user_by_email(key),
-    }
 }
 
 fn add(
@@ -284,7 +277,7 @@ fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), Op
         _ => return Err(OpError::Invalid("not a change".into())),
     };
     let outcome = store.write(|tx| {
-        let Some(mut user) = tx_find(tx, key)? else {
+        let Some(mut user) = tx.find_user(key)? else {
             return Ok(Err(OpError::NotFound(key.clone())));
         };
         let (action, field, changed) = match op {
