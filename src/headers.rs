@@ -13,7 +13,12 @@ pub mod wire {
     pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
     pub const X_REAL_IP: &str = "X-Real-IP";
     pub const X_REQUEST_ID: &str = "X-Request-Id";
+    /// The signed identity assertion (see `identity::signed_header`).
+    pub const X_GATEHOUSE_IDENTITY: &str = "X-Gatehouse-Identity";
 }
+
+/// The connection the user signed in through (not configurable, like every `X-Gatehouse-*`).
+pub const X_GATEHOUSE_CONNECTION: HeaderName = HeaderName::from_static("x-gatehouse-connection");
 
 pub use crate::proxy::forwarded::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP,

@@ -10,8 +10,6 @@ use crate::config::model::Headers;
 /// The longest header value Gatehouse sends.
 pub const MAX_VALUE_LEN: usize = 4096;
 
-pub const X_GATEHOUSE_CONNECTION: &str = "X-Gatehouse-Connection";
-
 /// Makes a header value from claim text: control characters are dropped, non-ASCII bytes
 /// percent-encoded, and the result capped at [`MAX_VALUE_LEN`].
 pub fn safe_value(text: &str) -> Option<HeaderValue> {
@@ -69,7 +67,7 @@ pub fn identity_headers(
         );
     }
     push(
-        &http::HeaderName::from_static("x-gatehouse-connection"),
+        &crate::headers::X_GATEHOUSE_CONNECTION,
         Some(&identity.connection),
     );
     out

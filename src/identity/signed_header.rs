@@ -15,7 +15,6 @@ use crate::auth::session::now;
 use crate::auth::Authenticated;
 use crate::config::model::{Signing, Upstream};
 
-pub const X_GATEHOUSE_IDENTITY: &str = "X-Gatehouse-Identity";
 /// Where the public keys are served on the proxy listener.
 pub const JWKS_PATH: &str = "/.well-known/gatehouse/jwks.json";
 

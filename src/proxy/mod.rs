@@ -39,7 +39,7 @@ use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
 use crate::identity::access::AccessPolicy;
 use crate::identity::assertion::AssertionSigner;
-use crate::identity::signed_header::{SignedHeader, X_GATEHOUSE_IDENTITY};
+use crate::identity::signed_header::SignedHeader;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
@@ -511,7 +511,7 @@ impl ProxyHttp for Gatehouse {
                     auth.token_headers(&who, req)?;
                     if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
                         if let Some(value) = signed.value(upstream, &who) {
-                            req.insert_header(X_GATEHOUSE_IDENTITY, value)?;
+                            HeaderEdit::insert(req, wire::X_GATEHOUSE_IDENTITY, value);
                         }
                     }
                     ctx.user = Some(who.identity().user().to_string());
