@@ -11,7 +11,7 @@ use http::header::SET_COOKIE;
 use http::StatusCode;
 use pingora::proxy::Session;
 
-use super::gate::PENDING_TTL;
+use super::gate::{Waiting, PENDING_TTL};
 use super::{EnrolError, Enrolment, EnrolmentStart, FailureOutcome, MfaRefusal, WrongCode};
 use crate::auth::endpoints::{
     cookie_attributes, encode, html, param, read_form, redirect, safe_rd,
@@ -107,12 +107,7 @@ pub async fn conflict(
 /// Who is at the MFA step.
 enum Context {
     /// A login waiting for its second factor.
-    Pending {
-        id: String,
-        user_id: String,
-        username: String,
-        rd: String,
-    },
+    Pending(Waiting),
     /// A session stepping up for a route that requires TOTP.
     StepUp {
         live: Arc<LiveSession>,
@@ -126,17 +121,15 @@ impl Context {
     /// What the CSRF token is bound to.
     fn id(&self) -> &str {
         match self {
-            Context::Pending { id, .. } => id,
+            Context::Pending(w) => &w.id,
             Context::StepUp { live, .. } => &live.sid,
         }
     }
 
     fn user(&self) -> (&str, &str) {
         match self {
-            Context::Pending {
-                user_id, username, ..
-            }
-            | Context::StepUp {
+            Context::Pending(w) => (&w.user_id, &w.username),
+            Context::StepUp {
                 user_id, username, ..
             } => (user_id, username),
         }
@@ -144,7 +137,8 @@ impl Context {
 
     fn rd(&self) -> &str {
         match self {
-            Context::Pending { rd, .. } | Context::StepUp { rd, .. } => rd,
+            Context::Pending(w) => &w.rd,
+            Context::StepUp { rd, .. } => rd,
         }
     }
 }
@@ -155,13 +149,8 @@ fn context(auth: &Auth, session: &Session, rd: Option<&str>) -> Option<Context> 
     let pending = crate::auth::session::request_cookies(headers)
         .filter(|(k, _)| *k == name)
         .find_map(|(_, v)| auth.mfa.peek(v));
-    if let Some((id, user_id, username, rd)) = pending {
-        return Some(Context::Pending {
-            id,
-            user_id,
-            username,
-            rd,
-        });
+    if let Some(waiting) = pending {
+        return Some(Context::Pending(waiting));
     }
     let Lookup::Live(live) = auth.sessions.lookup(headers) else {
         return None;
@@ -637,8 +626,8 @@ async fn finish(
     now: u64,
 ) -> Result<(Vec<String>, String), StoreError> {
     match ctx {
-        Context::Pending { id, .. } => {
-            let Some(login) = auth.mfa.take(id) else {
+        Context::Pending(waiting) => {
+            let Some(login) = auth.mfa.take(&waiting.id) else {
                 // Already finished in another tab: start over.
                 return Ok((vec![clear_pending_cookie(auth)], "/oauth2/start".into()));
             };

@@ -32,6 +32,15 @@ pub struct PendingLogin {
     pub exp: u64,
 }
 
+/// A pending login as the MFA pages see it (its session stays in the gate).
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub id: String,
+    pub user_id: String,
+    pub username: String,
+    pub rd: String,
+}
+
 /// What the pending-MFA cookie carries.
 #[derive(Debug, Serialize, Deserialize)]
 struct CookieBody {
@@ -108,9 +117,8 @@ impl MfaGate {
         )
     }
 
-    /// The pending login a cookie value names, if it is still waiting: (id, user id,
-    /// username, rd).
-    pub fn peek(&self, cookie: &str) -> Option<(String, String, String, String)> {
+    /// The pending login a cookie value names, if it is still waiting.
+    pub fn peek(&self, cookie: &str) -> Option<Waiting> {
         let plain = self.cookie_sealer.open(COOKIE_PURPOSE, cookie).ok()?;
         let body: CookieBody = serde_json::from_slice(&plain).ok()?;
         if body.exp <= self.now() {
@@ -118,12 +126,12 @@ impl MfaGate {
         }
         let map = self.pending.lock().ok()?;
         let login = map.get(&body.id).filter(|p| p.user_id == body.uid)?;
-        Some((
-            body.id,
-            login.user_id.clone(),
-            login.username.clone(),
-            login.rd.clone(),
-        ))
+        Some(Waiting {
+            id: body.id,
+            user_id: login.user_id.clone(),
+            username: login.username.clone(),
+            rd: login.rd.clone(),
+        })
     }
 
     /// Takes a pending login out (once: a second take finds nothing).
