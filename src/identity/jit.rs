@@ -322,6 +322,17 @@ mod tests {
             .unwrap()
     }
 
+    /// Changes a stored account the way an admin would.
+    fn edit(store: &Store, id: &str, change: impl FnOnce(&mut UserRecord)) {
+        store
+            .write(|tx| {
+                let mut u = tx.user(id)?.unwrap();
+                change(&mut u);
+                tx.put_user(&u)
+            })
+            .unwrap();
+    }
+
     fn action(p: &Provisioned) -> JitAction {
         match p {
             Provisioned::Allowed { action, .. } => *action,
@@ -386,13 +397,9 @@ mod tests {
                 panic!()
             };
             let id = identity.user_id.unwrap();
-            store
-                .write(|tx| {
-                    let mut u = tx.user(&id)?.unwrap();
-                    u.local_attributes.insert("desk".into(), "4F".into());
-                    tx.put_user(&u)
-                })
-                .unwrap();
+            edit(&store, &id, |u| {
+                u.local_attributes.insert("desk".into(), "4F".into());
+            });
             let mut changed = claims("s1", "a@example.com", true);
             changed
                 .attributes
@@ -478,13 +485,7 @@ mod tests {
             panic!()
         };
         let id = identity.user_id.unwrap();
-        store
-            .write(|tx| {
-                let mut u = tx.user(&id)?.unwrap();
-                u.disabled = true;
-                tx.put_user(&u)
-            })
-            .unwrap();
+        edit(&store, &id, |u| u.disabled = true);
         let p = run(&store, &c, &claims("s1", "a@example.com", true));
         assert!(matches!(
             p,

@@ -111,6 +111,11 @@ mod tests {
     use super::*;
 
     fn config(extra: &str) -> Config {
+        config_with("", extra)
+    }
+
+    /// `access_keys` go into the `/admin` rule, `extra` after the connections.
+    fn config_with(access_keys: &str, extra: &str) -> Config {
         crate::config::parse(&format!(
             r#"
             [[upstreams]]
@@ -119,6 +124,7 @@ mod tests {
             path = "/admin"
             match = "prefix"
             mfa = "required"
+            {access_keys}
             [[connections]]
             id = "corp"
             issuer = "https://idp.example.com"
@@ -175,28 +181,7 @@ mod tests {
     #[test]
     fn skip_or_keeping_the_connection_off_the_route_silences_the_warning() {
         assert!(warnings(&config("[mfa]\nwhen_no_local_account = \"skip\"")).is_empty());
-        let kept_off = crate::config::parse(
-            r#"
-            [[upstreams]]
-            url = "http://127.0.0.1:1"
-            [[access]]
-            path = "/admin"
-            mfa = "required"
-            allowed_connections = ["corp"]
-            [[connections]]
-            id = "corp"
-            issuer = "https://idp.example.com"
-            client_id = "c"
-            client_secret = "s"
-            [[connections]]
-            id = "partner"
-            issuer = "https://partner.example.com"
-            client_id = "c"
-            client_secret = "s"
-            jit = false
-            "#,
-        )
-        .unwrap();
+        let kept_off = config_with("allowed_connections = [\"corp\"]", "");
         assert!(warnings(&kept_off).is_empty());
     }
 
