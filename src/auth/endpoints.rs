@@ -100,7 +100,7 @@ pub(crate) async fn redirect(
     .await
 }
 
-pub(crate) fn host_header(session: &Session) -> Option<String> {
+fn host_header(session: &Session) -> Option<String> {
     let req = session.req_header();
     req.headers
         .get(http::header::HOST)
@@ -111,7 +111,7 @@ pub(crate) fn host_header(session: &Session) -> Option<String> {
 
 /// `scheme://host` users reach Gatehouse at: from config, else from this request (whose
 /// forwarding headers were already sanitized).
-pub(crate) fn external_base(auth: &Auth, session: &Session) -> String {
+fn external_base(auth: &Auth, session: &Session) -> String {
     if let Some(url) = &auth.login.external_url {
         return url.clone();
     }

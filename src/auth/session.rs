@@ -165,7 +165,8 @@ pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)
         .filter_map(|pair| pair.trim().split_once('='))
 }
 
-fn random_id() -> String {
+/// A random 256-bit id, URL-safe base64: session ids and pending-login ids.
+pub fn random_id() -> String {
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

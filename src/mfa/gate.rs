@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::seal::Sealer;
-use crate::auth::session::PendingSession;
+use crate::auth::session::{random_id, PendingSession};
 use crate::clock::Clock;
 use crate::config::model::Mfa;
 
@@ -67,13 +66,9 @@ impl std::fmt::Debug for MfaGate {
     }
 }
 
-fn random_id() -> String {
-    let bytes: [u8; 24] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 impl MfaGate {
-    /// `store_keys` seal TOTP secrets: from config, else `data_dir/store.keys` (created once).
+    /// TOTP secrets are sealed with `config.keys`, else with `data_dir/store.keys` (created
+    /// once); the cookie and CSRF tokens with `cookie_sealer` (the session keys).
     pub fn new(
         config: Mfa,
         data_dir: &Path,

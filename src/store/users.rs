@@ -310,11 +310,9 @@ mod tests {
         u
     }
 
-    #[test]
-    fn a_user_is_found_by_id_link_and_email_in_any_case() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut u = user("alice", Some("Alice@Example.com"));
+    /// A stored account `alice` with this email, linked to corp:s1.
+    fn linked_alice(store: &Store, email: &str) -> UserRecord {
+        let mut u = user("alice", Some(email));
         let link = Link {
             connection: "corp".into(),
             subject: "s1".into(),
@@ -326,6 +324,14 @@ mod tests {
                 tx.link(&link, &u.id)
             })
             .unwrap();
+        u
+    }
+
+    #[test]
+    fn a_user_is_found_by_id_link_and_email_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let u = linked_alice(&store, "Alice@Example.com");
         store
             .write(|tx| {
                 assert_eq!(tx.user_by_link("corp", "s1")?.unwrap().id, u.id);
@@ -343,18 +349,7 @@ mod tests {
     fn a_changed_email_releases_the_old_index_entry_and_delete_removes_everything() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut u = user("alice", Some("a@example.com"));
-        let link = Link {
-            connection: "corp".into(),
-            subject: "s1".into(),
-        };
-        u.links.push(link.clone());
-        store
-            .write(|tx| {
-                tx.put_user(&u)?;
-                tx.link(&link, &u.id)
-            })
-            .unwrap();
+        let mut u = linked_alice(&store, "a@example.com");
         u.email = Some("b@example.com".into());
         store.write(|tx| tx.put_user(&u)).unwrap();
         store
