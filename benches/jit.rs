@@ -331,7 +331,7 @@ fn per_request(c: &mut Criterion) {
     for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
         let signer = Arc::new(AssertionSigner::generate(alg).expect("signing key"));
         let signed = SignedHeader::new(signer, &signing, &bench.config.upstreams);
-        live.signed.lock().expect("cache").clear();
+        live.signed.write().expect("cache").clear();
         let first = signed.value(0, &who).expect("signed header");
         group.bench_function(format!("signed_header_cached_{alg}"), |b| {
             b.iter(|| {

@@ -54,7 +54,7 @@ pub struct LiveSession {
     /// When the second factor was passed (unix seconds; 0: not in this session).
     pub mfa_at: AtomicU64,
     /// Signed identity assertions, per upstream, while fresh.
-    pub signed: Mutex<Vec<crate::identity::signed_header::CachedAssertion>>,
+    pub signed: RwLock<Vec<crate::identity::signed_header::CachedAssertion>>,
 }
 
 impl LiveSession {
@@ -71,7 +71,7 @@ impl LiveSession {
             refresh_lock: tokio::sync::Mutex::new(()),
             header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
-            signed: Mutex::new(Vec::new()),
+            signed: RwLock::new(Vec::new()),
         }
     }
 

@@ -109,14 +109,18 @@ impl SignedHeader {
         match who {
             Authenticated::Bearer(identity) => signed(identity),
             Authenticated::Session(live) => {
-                let mut cache = live.signed.lock().ok()?;
-                if let Some((_, fresh_until, value)) = cache.iter().find(|(u, _, _)| *u == upstream)
-                {
-                    if now < *fresh_until {
-                        return Some(value.clone());
-                    }
+                // Parallel requests of one session share the read lock on the fresh path.
+                let fresh = live.signed.read().ok().and_then(|cache| {
+                    cache
+                        .iter()
+                        .find(|(u, until, _)| *u == upstream && now < *until)
+                        .map(|(_, _, value)| value.clone())
+                });
+                if fresh.is_some() {
+                    return fresh;
                 }
                 let value = signed(&live.identity)?;
+                let mut cache = live.signed.write().ok()?;
                 cache.retain(|(u, _, _)| *u != upstream);
                 cache.push((upstream, now + self.ttl / 2, value.clone()));
                 Some(value)
