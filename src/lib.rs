@@ -40,9 +40,12 @@
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
 //! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
 //! - [`clock`]: the clock the second factor reads (tests move it).
+//! - [`bounded`]: the size- and age-bounded map behind every in-memory table kept for clients
+//!   that have not signed in.
 
 pub mod admin;
 pub mod auth;
+pub mod bounded;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -78,7 +78,14 @@ pub struct AuthMetrics {
     pub mfa_challenges: IntCounterVec,
     pub mfa_enrolments: prometheus::IntCounter,
     pub mfa_conflicts: IntCounterVec,
+    /// Calls to the login endpoints refused by a per-client rate, by endpoint.
+    pub rate_limited: IntCounterVec,
+    /// Live entries dropped from a full in-memory map, by map.
+    pub evictions: IntCounterVec,
 }
+
+/// Every map `gatehouse_memory_evictions_total` can name.
+pub const BOUNDED_MAPS: [&str; 2] = ["used_states", "pending_mfa"];
 
 impl AuthMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -151,6 +158,22 @@ impl AuthMetrics {
             "TOTP enrolments confirmed.",
         )?;
         registry.register(Box::new(mfa_enrolments.clone()))?;
+        let rate_limited = counter(
+            "gatehouse_rate_limited_total",
+            "Calls to the login endpoints refused with 429 by the per-client rate, by endpoint.",
+            &["endpoint"],
+        )?;
+        for endpoint in ["login", "mfa", "backchannel"] {
+            rate_limited.with_label_values(&[endpoint]);
+        }
+        let evictions = counter(
+            "gatehouse_memory_evictions_total",
+            "Live entries dropped because an in-memory map reached its bound, by map.",
+            &["map"],
+        )?;
+        for map in BOUNDED_MAPS {
+            evictions.with_label_values(&[map]);
+        }
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
@@ -214,6 +237,8 @@ impl AuthMetrics {
             mfa_challenges,
             mfa_enrolments,
             mfa_conflicts,
+            rate_limited,
+            evictions,
         })
     }
 

@@ -106,6 +106,7 @@ impl BackgroundService for SessionSweeper {
                 tracing::info!(ended, "expired or idle sessions ended");
             }
             self.auth.update_sessions_gauge();
+            self.auth.throttle.forget_idle();
         }
     }
 }

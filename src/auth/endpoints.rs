@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::login::{complete_login_off_thread, Completed, LoginFailure};
 use super::oidc::OidcError;
-use super::session::{now, request_cookies, Lookup};
+use super::session::{now, request_cookies, Lookup, SessionsOf};
+use super::throttle::Endpoint;
 use super::Auth;
 use crate::identity::headers::identity_headers;
 use crate::pages::{escape, page, CSP};
@@ -152,7 +153,25 @@ pub async fn handle(
     session: &mut Session,
     path: &str,
     request_id: &str,
+    client: Option<std::net::IpAddr>,
 ) -> pingora::Result<bool> {
+    let endpoint = match path {
+        "/oauth2/start" | "/oauth2/callback" => Some(Endpoint::Login),
+        crate::mfa::endpoints::MFA_PATH => Some(Endpoint::Mfa),
+        "/oauth2/backchannel-logout" => Some(Endpoint::Backchannel),
+        _ => None,
+    };
+    if let Some(endpoint) = endpoint {
+        if let Err(wait) = auth.throttle.check(endpoint, client) {
+            auth.metrics
+                .rate_limited
+                .with_label_values(&[endpoint.label()])
+                .inc();
+            tracing::info!(request_id, endpoint = endpoint.label(), client = ?client, "rate limited");
+            too_many_requests(session, wait, request_id).await?;
+            return Ok(true);
+        }
+    }
     let query = session.req_header().uri.query().unwrap_or("").to_string();
     let pairs = form_pairs(&query);
     match path {
@@ -178,6 +197,25 @@ pub async fn handle(
         }
     }
     Ok(true)
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1): a page for browsers, JSON for others.
+async fn too_many_requests(
+    session: &mut Session,
+    wait: std::time::Duration,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let req = session.req_header();
+    let browser = respond::is_browser(&req.method, &req.headers);
+    let (kind, body) = respond::error_body(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many sign-in requests came from your address. Please wait a moment and try again.",
+        request_id,
+        browser,
+    );
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let extra = [(http::header::RETRY_AFTER, seconds.max(1).to_string())];
+    respond::send(session, StatusCode::TOO_MANY_REQUESTS, kind, body, &extra).await
 }
 
 /// `/oauth2/start`: picks the connection (or shows the chooser), then sends the browser to the
@@ -542,7 +580,9 @@ async fn sign_out(
         .await;
     }
     let rd = safe_rd(auth, session, param(&form, "rd"));
-    auth.sessions.revoke(std::slice::from_ref(&live.sid));
+    auth.sessions
+        .revoke_durably(std::slice::from_ref(&live.sid))
+        .await;
     auth.update_sessions_gauge();
     auth.metrics.logouts.with_label_values(&["user"]).inc();
     let provider = auth.provider(&live.identity.connection);
@@ -743,14 +783,19 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
     };
     match verify_logout_token(auth, token).await {
         Ok((connection, sid, sub)) => {
-            let ended = auth.sessions.revoke_where(|s| {
-                s.identity.connection == connection
-                    && match (&sid, &sub) {
-                        (Some(sid), _) => s.idp_sid.as_deref() == Some(sid.as_str()),
-                        (None, Some(sub)) => &s.identity.subject == sub,
-                        (None, None) => false,
-                    }
-            });
+            let which = match (&sid, &sub) {
+                (Some(sid), _) => Some(SessionsOf::IdpSession {
+                    connection: &connection,
+                    sid,
+                }),
+                (None, Some(subject)) => Some(SessionsOf::Subject {
+                    connection: &connection,
+                    subject,
+                }),
+                (None, None) => None,
+            };
+            let sids = which.map(|w| auth.sessions.find(w)).unwrap_or_default();
+            let ended = auth.sessions.revoke_durably(&sids).await;
             auth.update_sessions_gauge();
             auth.metrics
                 .logouts

@@ -9,8 +9,8 @@ pub mod oidc;
 pub mod redirect;
 pub mod seal;
 pub mod session;
+pub mod throttle;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +37,11 @@ pub struct Auth {
     pub path_rules: crate::identity::access::AccessPolicy,
     /// The second factor: policy, pending logins, the key of stored TOTP secrets.
     pub mfa: crate::mfa::gate::MfaGate,
-    /// States already used at the callback (until their login cookie would expire).
-    used_states: Mutex<HashMap<String, u64>>,
+    /// States already used at the callback (until their login cookie would expire),
+    /// bounded by `[limits] used_states`.
+    used_states: Mutex<crate::bounded::ExpiringMap<String, ()>>,
+    /// Per-client rates on the login endpoints.
+    pub throttle: throttle::Throttle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,8 @@ impl Auth {
             &config.data_dir,
             sealer.clone(),
             clock,
+            config.limits.pending_mfa,
+            metrics.evictions.with_label_values(&["pending_mfa"]),
         )
         .map_err(AuthSetupError::Keys)?;
         let sessions = Sessions::new(config.session.clone(), sealer, store.clone())?;
@@ -132,7 +137,8 @@ impl Auth {
             store,
             mfa,
             path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
-            used_states: Mutex::new(HashMap::new()),
+            used_states: Mutex::new(crate::bounded::ExpiringMap::new(config.limits.used_states)),
+            throttle: throttle::Throttle::new(&config.limits),
         }))
     }
 
@@ -145,9 +151,15 @@ impl Auth {
         let Ok(mut used) = self.used_states.lock() else {
             return false;
         };
-        let now = session::now();
-        used.retain(|_, exp| *exp > now);
-        used.insert(state.to_string(), until).is_none()
+        let outcome = used.insert(state.to_string(), (), until, session::now());
+        drop(used);
+        if outcome.evicted > 0 {
+            self.metrics
+                .evictions
+                .with_label_values(&["used_states"])
+                .inc_by(outcome.evicted as u64);
+        }
+        outcome.new
     }
 
     /// Refreshes the session's IdP tokens when the access token has expired and a refresh
@@ -192,7 +204,7 @@ impl Auth {
                     t.refresh_token = tokens.refresh_token;
                     t.access_expires_at = tokens.access_expires_at;
                 }
-                if let Err(e) = self.sessions.save(live) {
+                if let Err(e) = self.sessions.save(live).await {
                     tracing::warn!(error = %e, "refreshed tokens could not be stored");
                 }
                 self.metrics

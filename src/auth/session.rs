@@ -2,7 +2,7 @@
 //! kept in step with the store. Per request, a session is checked in memory only; the store is
 //! written at login, refresh and logout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +15,7 @@ use super::seal::Sealer;
 use crate::config::model::Session as SessionConfig;
 use crate::identity::Identity;
 use crate::store::sessions::{SessionRecord, Tokens, SESSION_RECORD_VERSION};
+use crate::store::writer::{SessionWrite, SessionWriter};
 use crate::store::{Store, StoreError};
 
 /// The purpose a session cookie is sealed for (a login cookie cannot stand in for it).
@@ -140,11 +141,106 @@ pub enum Lookup {
     Live(Arc<LiveSession>),
 }
 
+/// Which live sessions to find, through an index rather than a scan.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionsOf<'a> {
+    /// Every session of a local account.
+    User(&'a str),
+    /// Every session of an IdP subject at a connection (back-channel logout by `sub`).
+    Subject { connection: &'a str, subject: &'a str },
+    /// The sessions made in one IdP session (back-channel logout by `sid`).
+    IdpSession { connection: &'a str, sid: &'a str },
+}
+
+type Index = HashMap<(String, String), HashSet<String>>;
+
+/// The live sessions by id, with the indexes that let a logout or an admin change find a
+/// user's sessions without scanning them all (kept in step by `insert` and `remove`).
+#[derive(Default)]
+struct LiveMap {
+    by_sid: HashMap<String, Arc<LiveSession>>,
+    /// (connection, IdP subject) -> session ids.
+    by_subject: Index,
+    /// (connection, IdP session id) -> session ids.
+    by_idp_sid: Index,
+    /// ("", local user id) -> session ids.
+    by_user: Index,
+}
+
+/// The index entries of a session: (subject, IdP session, local user) keys.
+fn index_keys(s: &LiveSession) -> [Option<(String, String)>; 3] {
+    let id = &s.identity;
+    [
+        Some((id.connection.clone(), id.subject.clone())),
+        s.idp_sid.clone().map(|sid| (id.connection.clone(), sid)),
+        id.user_id.clone().map(|u| (String::new(), u)),
+    ]
+}
+
+impl LiveMap {
+    fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    fn get(&self, sid: &str) -> Option<&Arc<LiveSession>> {
+        self.by_sid.get(sid)
+    }
+
+    fn indexes(&mut self) -> [&mut Index; 3] {
+        [
+            &mut self.by_subject,
+            &mut self.by_idp_sid,
+            &mut self.by_user,
+        ]
+    }
+
+    fn insert(&mut self, session: Arc<LiveSession>) {
+        self.remove(&session.sid);
+        for (key, index) in index_keys(&session).into_iter().zip(self.indexes()) {
+            if let Some(key) = key {
+                index.entry(key).or_default().insert(session.sid.clone());
+            }
+        }
+        self.by_sid.insert(session.sid.clone(), session);
+    }
+
+    fn remove(&mut self, sid: &str) -> Option<Arc<LiveSession>> {
+        let session = self.by_sid.remove(sid)?;
+        for (key, index) in index_keys(&session).into_iter().zip(self.indexes()) {
+            let Some(key) = key else { continue };
+            if let Some(set) = index.get_mut(&key) {
+                set.remove(sid);
+                if set.is_empty() {
+                    index.remove(&key);
+                }
+            }
+        }
+        Some(session)
+    }
+
+    fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
+        let (index, key) = match which {
+            SessionsOf::User(user) => (&self.by_user, ("", user)),
+            SessionsOf::Subject {
+                connection,
+                subject,
+            } => (&self.by_subject, (connection, subject)),
+            SessionsOf::IdpSession { connection, sid } => (&self.by_idp_sid, (connection, sid)),
+        };
+        index
+            .get(&(key.0.to_string(), key.1.to_string()))
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 pub struct Sessions {
     config: SessionConfig,
     sealer: Sealer,
     store: Arc<Store>,
-    live: RwLock<HashMap<String, Arc<LiveSession>>>,
+    /// Every session write after login goes through it: never an fsync on a proxy thread.
+    writer: SessionWriter,
+    live: RwLock<LiveMap>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -178,25 +274,25 @@ impl Sessions {
         sealer: Sealer,
         store: Arc<Store>,
     ) -> Result<Self, StoreError> {
-        let mut live = HashMap::new();
+        let mut live = LiveMap::default();
         let mut expired = Vec::new();
         for record in store.sessions()? {
             if record.expires_at <= now() {
                 expired.push(record.sid);
             } else {
-                live.insert(
-                    record.sid.clone(),
-                    Arc::new(LiveSession::from_record(record)),
-                );
+                live.insert(Arc::new(LiveSession::from_record(record)));
             }
         }
         if !expired.is_empty() {
             store.delete_sessions(&expired)?;
         }
+        let writer = SessionWriter::start(store.clone())
+            .map_err(|e| StoreError::Db(format!("cannot start the session writer: {e}")))?;
         Ok(Self {
             config,
             sealer,
             store,
+            writer,
             live: RwLock::new(live),
         })
     }
@@ -248,7 +344,7 @@ impl Sessions {
             .seal(PURPOSE, &serde_json::to_vec(&body).unwrap_or_default());
         let live = Arc::new(LiveSession::from_record(record));
         if let Ok(mut map) = self.live.write() {
-            map.insert(live.sid.clone(), live);
+            map.insert(live);
         }
         self.set_cookie(&sealed, self.config.lifetime.as_secs())
     }
@@ -267,7 +363,12 @@ impl Sessions {
 
     /// Ends every live session of a local account. Returns how many.
     pub fn revoke_user(&self, user_id: &str) -> usize {
-        self.revoke_where(|s| s.identity.user_id.as_deref() == Some(user_id))
+        self.revoke(&self.find(SessionsOf::User(user_id)))
+    }
+
+    /// The ids of the live sessions `which` names, from an index (no scan).
+    pub fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
+        self.live.read().map(|m| m.find(which)).unwrap_or_default()
     }
 
     /// Gives every live session of a local account its new identity (after an admin changed
@@ -277,39 +378,42 @@ impl Sessions {
             return 0;
         };
         let mut records = Vec::new();
-        for slot in map.values_mut() {
-            if slot.identity.user_id.as_deref() != Some(user_id) {
+        for sid in map.find(SessionsOf::User(user_id)) {
+            let Some(old) = map.get(&sid).cloned() else {
                 continue;
-            }
-            let mut record = slot.record();
-            record.identity = update(&slot.identity);
+            };
+            let mut record = old.record();
+            record.identity = update(&old.identity);
             let fresh = LiveSession::from_record(record.clone());
             fresh
                 .last_seen
-                .store(slot.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
-            *slot = Arc::new(fresh);
+                .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+            map.insert(Arc::new(fresh));
             records.push(record);
         }
         drop(map);
         let count = records.len();
-        if let Err(e) = self
-            .store
-            .write(|tx| records.iter().try_for_each(|r| tx.put_session(r)))
-        {
-            tracing::error!(error = %e, "updated sessions could not be stored; they are updated in memory");
+        for record in records {
+            if let Err(e) = self.writer.submit(SessionWrite::Put(Box::new(record))) {
+                tracing::error!(error = %e, "an updated session could not be queued for the store; it is updated in memory");
+            }
         }
         count
     }
 
-    /// Records that the session passed the second factor now (step-up), in memory and store.
-    pub fn mark_mfa(&self, session: &LiveSession, at: u64) -> Result<(), StoreError> {
+    /// Records that the session passed the second factor now (step-up), in memory, and waits
+    /// until the store has it.
+    pub async fn mark_mfa(&self, session: &LiveSession, at: u64) -> Result<(), StoreError> {
         session.mfa_at.store(at, Ordering::Relaxed);
-        self.save(session)
+        self.save(session).await
     }
 
-    /// Writes the session's current tokens back (after a refresh).
-    pub fn save(&self, session: &LiveSession) -> Result<(), StoreError> {
-        self.store.put_session(&session.record())
+    /// Writes the session's current record back (after a refresh) and waits until it is
+    /// durable; the wait parks the task, not the thread.
+    pub async fn save(&self, session: &LiveSession) -> Result<(), StoreError> {
+        self.writer
+            .commit(SessionWrite::Put(Box::new(session.record())))
+            .await
     }
 
     /// Finds the session named by the request's cookie, in memory.
@@ -356,14 +460,34 @@ impl Sessions {
 
     /// Whether the session is still live (not revoked meanwhile).
     pub fn is_live(&self, sid: &str) -> bool {
-        self.live.read().is_ok_and(|m| m.contains_key(sid))
+        self.live.read().is_ok_and(|m| m.get(sid).is_some())
     }
 
-    /// Ends sessions, in the store and in memory. Returns how many were live.
+    /// Ends sessions: at once in memory (the next request is refused), and in the store
+    /// through the session writer, without waiting for it. Returns how many were live.
     pub fn revoke(&self, sids: &[String]) -> usize {
-        if let Err(e) = self.store.delete_sessions(sids) {
-            tracing::error!(error = %e, "could not delete sessions from the store; they are revoked in memory");
+        let removed = self.forget_live(sids);
+        if let Err(e) = self.writer.submit(SessionWrite::Delete(sids.to_vec())) {
+            tracing::error!(error = %e, "could not queue the deletion of ended sessions; they are revoked in memory");
         }
+        removed
+    }
+
+    /// [`Self::revoke`], then waits (asynchronously) until the store has the deletion, so a
+    /// restart cannot bring the sessions back. For sign-out and back-channel logout.
+    pub async fn revoke_durably(&self, sids: &[String]) -> usize {
+        let removed = self.forget_live(sids);
+        if let Err(e) = self
+            .writer
+            .commit(SessionWrite::Delete(sids.to_vec()))
+            .await
+        {
+            tracing::error!(error = %e, "could not delete ended sessions from the store; they are revoked in memory");
+        }
+        removed
+    }
+
+    fn forget_live(&self, sids: &[String]) -> usize {
         let mut removed = 0;
         if let Ok(mut map) = self.live.write() {
             for sid in sids {
@@ -385,11 +509,7 @@ impl Sessions {
 
     /// Drops sessions from memory whose records are already gone from the store.
     pub fn forget(&self, sids: &[String]) {
-        if let Ok(mut map) = self.live.write() {
-            for sid in sids {
-                map.remove(sid);
-            }
-        }
+        self.forget_live(sids);
     }
 
     /// Ends every session that matches `pred`. Returns how many.
@@ -398,7 +518,8 @@ impl Sessions {
             .live
             .read()
             .map(|m| {
-                m.values()
+                m.by_sid
+                    .values()
                     .filter(|s| pred(s))
                     .map(|s| s.sid.clone())
                     .collect()

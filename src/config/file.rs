@@ -36,6 +36,37 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub mfa: MfaSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: how often one client address may call the login endpoints, and how much
+/// Gatehouse keeps in memory for clients that have not signed in yet. 0 turns a rate off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// `/oauth2/start` and `/oauth2/callback` together, per client address.
+    pub login_per_minute: u32,
+    /// `/oauth2/mfa`, per client address.
+    pub mfa_per_minute: u32,
+    /// `/oauth2/backchannel-logout`, per client address (the IdP's).
+    pub backchannel_per_minute: u32,
+    /// Login states remembered as used (replay guard), at most.
+    pub used_states: usize,
+    /// Logins waiting for their second factor, at most.
+    pub pending_mfa: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            login_per_minute: 60,
+            mfa_per_minute: 30,
+            backchannel_per_minute: 600,
+            used_states: 100_000,
+            pending_mfa: 10_000,
+        }
+    }
 }
 
 /// `[mfa]`: the local second factor (TOTP) for JIT accounts.

@@ -26,6 +26,30 @@ pub struct Config {
     pub identity: IdentityHeader,
     pub admin: Admin,
     pub mfa: Mfa,
+    pub limits: Limits,
+}
+
+/// Per-client rates on the login endpoints (`None`: no limit) and the bounds of the in-memory
+/// maps kept for clients that have not signed in yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub login_per_minute: Option<std::num::NonZeroU32>,
+    pub mfa_per_minute: Option<std::num::NonZeroU32>,
+    pub backchannel_per_minute: Option<std::num::NonZeroU32>,
+    pub used_states: usize,
+    pub pending_mfa: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            login_per_minute: std::num::NonZeroU32::new(60),
+            mfa_per_minute: std::num::NonZeroU32::new(30),
+            backchannel_per_minute: std::num::NonZeroU32::new(600),
+            used_states: 100_000,
+            pending_mfa: 10_000,
+        }
+    }
 }
 
 /// How much TOTP a login or a route asks for. Ordered: `Off < Optional < Required`.

@@ -12,12 +12,13 @@ use regex::RegexBuilder;
 use super::duration::parse_duration;
 use super::file::{
     AccessSection, AdminSection, ConnectionSection, FileConfig, HeadersSection, IdentitySection,
+    LimitsSection,
     LogSection, LoginSection, MfaSection, PublicSection, ServerSection, SessionSection,
     UpstreamSection,
 };
 use super::model::{
     AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
-    HostMatch, IdentityHeader, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount, PathMatch,
+    HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount, PathMatch,
     PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg, TlsListen,
     Upstream,
 };
@@ -117,6 +118,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     let identity = identity(&file.identity, &file.login, &mut p);
     let admin = admin(&file.admin, &mut p);
     let mfa = mfa(&file.mfa, &mut p);
+    let limits = limits(&file.limits, &mut p);
 
     match (server, log, headers, session, login, identity, mfa) {
         (
@@ -141,6 +143,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             identity,
             admin,
             mfa,
+            limits,
         }),
         _ => Err(ConfigErrors(p.0)),
     }
@@ -1039,6 +1042,35 @@ fn identity(i: &IdentitySection, login: &LoginSection, p: &mut Problems) -> Opti
             issuer: issuer.trim_end_matches('/').to_string(),
         }),
     })
+}
+
+/// The in-memory bounds must leave room for real use and stay far below what would exhaust
+/// memory (each entry is a few hundred bytes).
+const MAP_BOUNDS: std::ops::RangeInclusive<usize> = 100..=10_000_000;
+
+fn limits(l: &LimitsSection, p: &mut Problems) -> Limits {
+    for (key, value) in [
+        ("limits.used_states", l.used_states),
+        ("limits.pending_mfa", l.pending_mfa),
+    ] {
+        if !MAP_BOUNDS.contains(&value) {
+            p.add(
+                key,
+                format!(
+                    "must be between {} and {} (got {value})",
+                    MAP_BOUNDS.start(),
+                    MAP_BOUNDS.end()
+                ),
+            );
+        }
+    }
+    Limits {
+        login_per_minute: std::num::NonZeroU32::new(l.login_per_minute),
+        mfa_per_minute: std::num::NonZeroU32::new(l.mfa_per_minute),
+        backchannel_per_minute: std::num::NonZeroU32::new(l.backchannel_per_minute),
+        used_states: l.used_states,
+        pending_mfa: l.pending_mfa,
+    }
 }
 
 fn admin(a: &AdminSection, p: &mut Problems) -> Admin {

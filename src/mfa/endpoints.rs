@@ -640,10 +640,7 @@ async fn finish(
             Ok((cookies, safe_rd(auth, session, Some(&login.rd))))
         }
         Context::StepUp { live, rd, .. } => {
-            let (auth2, live2) = (Arc::clone(auth), Arc::clone(live));
-            tokio::task::spawn_blocking(move || auth2.sessions.mark_mfa(&live2, now))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))?;
+            auth.sessions.mark_mfa(live, now).await?;
             Ok((vec![], rd.clone()))
         }
     }

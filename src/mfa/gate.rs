@@ -3,7 +3,6 @@
 //! secrets in the store, the policy and the clock. The browser holds only a sealed,
 //! short-lived cookie naming its pending login, never anything in a query string.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -53,7 +52,9 @@ pub struct MfaGate {
     /// Seals TOTP secrets in the store.
     pub sealer: Sealer,
     pub clock: Arc<Clock>,
-    pending: Mutex<HashMap<String, PendingLogin>>,
+    /// Bounded by `[limits] pending_mfa`; a full map drops the login closest to expiry.
+    pending: Mutex<crate::bounded::ExpiringMap<String, PendingLogin>>,
+    evictions: prometheus::IntCounter,
     /// Seals the pending cookie and the CSRF tokens (the session keys).
     cookie_sealer: Sealer,
 }
@@ -74,6 +75,8 @@ impl MfaGate {
         data_dir: &Path,
         cookie_sealer: Sealer,
         clock: Arc<Clock>,
+        capacity: usize,
+        evictions: prometheus::IntCounter,
     ) -> Result<Self, String> {
         let keys = match &config.keys.0 {
             Some(keys) => keys.clone(),
@@ -84,7 +87,8 @@ impl MfaGate {
             config,
             sealer,
             clock,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
+            evictions,
             cookie_sealer,
         })
     }
@@ -101,10 +105,11 @@ impl MfaGate {
             uid: login.user_id.clone(),
             exp: login.exp,
         };
+        let now = self.now();
+        let exp = login.exp;
         if let Ok(mut map) = self.pending.lock() {
-            let now = self.now();
-            map.retain(|_, p| p.exp > now);
-            map.insert(id, login);
+            let outcome = map.insert(id, login, exp, now);
+            self.evictions.inc_by(outcome.evicted as u64);
         }
         self.cookie_sealer.seal(
             COOKIE_PURPOSE,
@@ -120,7 +125,9 @@ impl MfaGate {
             return None;
         }
         let map = self.pending.lock().ok()?;
-        let login = map.get(&body.id).filter(|p| p.user_id == body.uid)?;
+        let login = map
+            .get(&body.id, self.now())
+            .filter(|p| p.user_id == body.uid)?;
         Some(Waiting {
             id: body.id,
             user_id: login.user_id.clone(),
@@ -131,7 +138,8 @@ impl MfaGate {
 
     /// Takes a pending login out (once: a second take finds nothing).
     pub fn take(&self, id: &str) -> Option<PendingLogin> {
-        self.pending.lock().ok()?.remove(id)
+        let now = self.now();
+        self.pending.lock().ok()?.remove(&id.to_string(), now)
     }
 
     /// A CSRF token for the MFA form, bound to `context` (the pending id or the session id).

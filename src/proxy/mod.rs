@@ -456,7 +456,8 @@ impl ProxyHttp for Gatehouse {
                     .as_ref()
                     .map(|p| p.as_str().to_string())
                     .unwrap_or_default();
-                return endpoints::handle(auth, session, &path, &ctx.request_id).await;
+                return endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client)
+                    .await;
             }
             Route::Public | Route::Protected => {}
         }

@@ -66,6 +66,8 @@ pub struct Prepared {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub clock: Arc<Clock>,
+    /// The store, when a connection is configured.
+    pub store: Option<Arc<Store>>,
 }
 
 fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, StartError> {
@@ -111,11 +113,16 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     // The login machinery, and its store, exist only when a connection is configured.
-    let auth = if config.connections.is_empty() {
+    let store = if config.connections.is_empty() {
         None
     } else {
-        let store = Arc::new(Store::open(&config.data_dir)?);
-        Auth::new(config, store, metrics.auth.clone(), clock.clone())?.map(Arc::new)
+        Some(Arc::new(Store::open(&config.data_dir)?))
+    };
+    let auth = match &store {
+        Some(store) => {
+            Auth::new(config, store.clone(), metrics.auth.clone(), clock.clone())?.map(Arc::new)
+        }
+        None => None,
     };
     if let Some(auth) = &auth {
         readiness.expect_idps(auth.providers.len());
@@ -179,6 +186,7 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
         metrics,
         readiness,
         clock,
+        store,
     })
 }
 
@@ -208,6 +216,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The clock the second factor reads; tests advance it.
     pub clock: Arc<Clock>,
+    /// The store (tests look into it, or make it slow).
+    pub store: Option<Arc<Store>>,
     stop: watch::Sender<bool>,
 }
 
@@ -226,6 +236,7 @@ pub fn spawn(config: &Config) -> Result<Running, StartError> {
         addresses: prepared.addresses.clone(),
         metrics: prepared.metrics.clone(),
         clock: prepared.clock.clone(),
+        store: prepared.store.clone(),
         stop,
     };
     let signals = Box::new(shutdown::Manual {

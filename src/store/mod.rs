@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod sessions;
 pub mod users;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,8 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Milliseconds every commit waits first: 0, except in tests that stand in a slow disk.
+    commit_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -126,6 +129,7 @@ impl Store {
         let store = Self {
             db,
             path: path.clone(),
+            commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
         };
         // Create the tables up front so readers never meet a missing table.
         let txn = store
@@ -146,6 +150,15 @@ impl Store {
         Ok(store)
     }
 
+    /// For tests only (Gatehouse never calls it): every later commit first waits `delay`, as
+    /// on a slow disk, so a test can show that no proxy thread waits for a commit.
+    #[doc(hidden)]
+    pub fn inject_commit_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.commit_delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -161,6 +174,12 @@ impl Store {
             txn: self.db.begin_write().map_err(StoreError::db)?,
         };
         let out = f(&mut tx)?;
+        let delay = self
+            .commit_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         tx.txn.commit().map_err(StoreError::db)?;
         Ok(out)
     }
