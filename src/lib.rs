@@ -40,6 +40,7 @@
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
 //! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
 //! - [`clock`]: the clock the second factor reads (tests move it).
+//! - [`private_file`]: secret files are created 0600 and refused when others may read them.
 //! - [`bounded`]: the size- and age-bounded map behind every in-memory table kept for clients
 //!   that have not signed in.
 
@@ -56,6 +57,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mfa;
 pub mod pages;
+pub mod private_file;
 pub mod proxy;
 pub mod server;
 pub mod store;

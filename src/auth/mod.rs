@@ -70,16 +70,13 @@ pub fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
     use base64::Engine;
     if !path.exists() {
         let key = base64::engine::general_purpose::STANDARD.encode(seal::random_key());
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        if let Ok(mut file) = options.open(path) {
+        if let Ok(mut file) = crate::private_file::create_new().open(path) {
             use std::io::Write;
             file.write_all(format!("{key}\n").as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
     }
+    crate::private_file::check(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let keys: Result<Vec<_>, _> = text.split_whitespace().map(seal::key_from_base64).collect();

@@ -691,9 +691,11 @@ fn sealing_keys(
             key_path("keys_file"),
             p.check(
                 key_path("keys_file"),
-                std::fs::read_to_string(file)
-                    .map(|t| lines(&t))
-                    .map_err(|e| format!("cannot read `{file}`: {e}")),
+                crate::private_file::check(std::path::Path::new(file)).and_then(|()| {
+                    std::fs::read_to_string(file)
+                        .map(|t| lines(&t))
+                        .map_err(|e| format!("cannot read `{file}`: {e}"))
+                }),
             ),
         ),
         ([], None, Some(var)) => (

@@ -11,7 +11,7 @@
 //! 0600) and reads it back on every later start, so the key id stays the same across restarts.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -113,6 +113,9 @@ pub enum AssertionError {
     Encode(String),
     #[error("cannot sign the identity assertion: {0}")]
     Sign(#[source] jsonwebtoken::errors::Error),
+    /// The key file is open to group or others.
+    #[error("the identity signing key {0}")]
+    Exposed(String),
 }
 
 /// Signs identity assertions with one private key, and serves the matching public key.
@@ -321,7 +324,7 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>, AssertionError> {
         path: path.to_owned(),
         source,
     })?;
-    warn_if_readable_by_others(path);
+    crate::private_file::check(path).map_err(AssertionError::Exposed)?;
     Ok(Zeroizing::new(text))
 }
 
@@ -351,14 +354,7 @@ fn create_key_file(
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(write_error)?;
     }
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = match options.open(path) {
+    let mut file = match crate::private_file::create_new().open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
         Err(e) => return Err(write_error(e)),
@@ -377,21 +373,6 @@ fn create_key_file(
     Ok(Some(pem))
 }
 
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "the identity signing key file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -700,7 +681,7 @@ MZU7PBowe8okkXH9S4VysaEabWaHhUBNjCYTB/C5iAt7/NdJ/jRyuY8=
         assert!(!path.exists());
 
         let pem = fresh_pem(SigningAlg::Es256).unwrap();
-        fs::write(&path, pem.as_bytes()).unwrap();
+        write_private(&path, pem.as_bytes());
         let expected = AssertionSigner::from_pem(SigningAlg::Es256, &pem).unwrap();
         let loaded =
             AssertionSigner::load_or_create(SigningAlg::Es256, Some(&path), dir.path()).unwrap();
@@ -709,22 +690,46 @@ MZU7PBowe8okkXH9S4VysaEabWaHhUBNjCYTB/C5iAt7/NdJ/jRyuY8=
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
+    fn write_private(path: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        crate::private_file::create_new()
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// Like ssh with a private key: a signing key file others may read is refused, naming
+    /// the file and the fix.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_others_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.pem");
+        write_private(&path, fresh_pem(SigningAlg::Es256).unwrap().as_bytes());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AssertionSigner::load_or_create(SigningAlg::Es256, Some(&path), dir.path())
+            .unwrap_err();
+        assert!(matches!(err, AssertionError::Exposed(_)), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
     #[test]
     fn a_key_file_holding_garbage_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let configured = dir.path().join("garbage.pem");
-        fs::write(&configured, "this is not a key\n").unwrap();
+        write_private(&configured, b"this is not a key\n");
         let err = AssertionSigner::load_or_create(SigningAlg::Es256, Some(&configured), dir.path())
             .unwrap_err();
         assert!(matches!(err, AssertionError::InvalidKey { .. }));
         assert!(err.to_string().contains(&configured.display().to_string()));
 
         let default = default_key_path(SigningAlg::EdDsa, dir.path());
-        fs::write(
+        write_private(
             &default,
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap();
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
         let err = AssertionSigner::load_or_create(SigningAlg::EdDsa, None, dir.path()).unwrap_err();
         assert!(err.to_string().contains(&default.display().to_string()));
         assert!(err.to_string().contains("Ed25519"));

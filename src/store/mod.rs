@@ -122,6 +122,14 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create {}: {e}", data_dir.display())))?;
+        // A new store file is created for its owner only; an existing one open to others is
+        // refused (it holds sessions, tokens and second-factor secrets).
+        match crate::private_file::create_new().open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(open_error(e.to_string())),
+        }
+        crate::private_file::check(&path).map_err(open_error)?;
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
             other => open_error(other.to_string()),
@@ -199,6 +207,24 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store holds sessions and sealed second-factor secrets: a new file is for its owner
+    /// only, and one that others may read is refused at open, naming the file and the fix.
+    #[cfg(unix)]
+    #[test]
+    fn the_store_file_is_created_0600_and_refused_when_others_may_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(Store::open(dir.path()).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Store::open(dir.path()).is_ok(), "the same file opens once fixed");
+    }
 
     #[test]
     fn a_second_open_of_the_same_file_is_a_locked_error_naming_it() {

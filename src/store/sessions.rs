@@ -156,13 +156,15 @@ mod tests {
     #[test]
     fn a_corrupt_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(super::super::FILE_NAME),
-            b"not a database at all, sorry",
-        )
-        .unwrap();
+        use std::io::Write;
+        crate::private_file::create_new()
+            .open(dir.path().join(super::super::FILE_NAME))
+            .unwrap()
+            .write_all(b"not a database at all, sorry")
+            .unwrap();
         let error = Store::open(dir.path()).unwrap_err().to_string();
         assert!(error.contains("gatehouse.redb"), "{error}");
+        assert!(!error.contains("chmod"), "refused as corrupt, not for its mode: {error}");
     }
 
     #[test]
