@@ -124,7 +124,11 @@ mod tests {
         assert!(!again.new);
         assert_eq!(map.get(&"a", 150), Some(&2));
         assert_eq!(map.len(), 1);
-        assert_eq!(map.purge(150), 0, "the first expiry must be gone with the first value");
+        assert_eq!(
+            map.purge(150),
+            0,
+            "the first expiry must be gone with the first value"
+        );
     }
 
     #[test]

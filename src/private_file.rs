@@ -59,7 +59,10 @@ mod tests {
         for mode in [0o640, 0o604, 0o644, 0o660, 0o606, 0o700 | 0o004] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let error = check(&path).unwrap_err();
-            assert!(error.contains("chmod 600") && error.contains(&path.display().to_string()), "{error}");
+            assert!(
+                error.contains("chmod 600") && error.contains(&path.display().to_string()),
+                "{error}"
+            );
         }
         for mode in [0o600, 0o400] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();

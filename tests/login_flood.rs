@@ -105,7 +105,11 @@ async fn a_client_past_its_login_rate_gets_429_with_retry_after() {
             .await
             .unwrap();
         if r.status() == 429 {
-            let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=60).contains(&wait), "Retry-After {wait}");
         }
         statuses.push(r.status().as_u16());

@@ -98,5 +98,9 @@ async fn a_slow_store_does_not_delay_other_sessions_requests() {
         assert_eq!(env.api_status(cookie.clone()).await, 401);
     }
     let stored = store.sessions().unwrap();
-    assert_eq!(stored.len(), 1, "only the steady session is left in the store");
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the steady session is left in the store"
+    );
 }

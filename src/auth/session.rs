@@ -56,6 +56,9 @@ pub struct LiveSession {
     pub mfa_at: AtomicU64,
     /// Signed identity assertions, per upstream, while fresh.
     pub signed: RwLock<Vec<crate::identity::signed_header::CachedAssertion>>,
+    /// Set when the session is revoked, so connections still open for it (WebSocket,
+    /// long downloads) stop at their next frame.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl LiveSession {
@@ -73,7 +76,13 @@ impl LiveSession {
             header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
             signed: RwLock::new(Vec::new()),
+            ended: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session was revoked (signed out, logged out, expired, disabled).
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     fn record(&self) -> SessionRecord {
@@ -147,7 +156,10 @@ pub enum SessionsOf<'a> {
     /// Every session of a local account.
     User(&'a str),
     /// Every session of an IdP subject at a connection (back-channel logout by `sub`).
-    Subject { connection: &'a str, subject: &'a str },
+    Subject {
+        connection: &'a str,
+        subject: &'a str,
+    },
     /// The sessions made in one IdP session (back-channel logout by `sid`).
     IdpSession { connection: &'a str, sid: &'a str },
 }
@@ -491,7 +503,10 @@ impl Sessions {
         let mut removed = 0;
         if let Ok(mut map) = self.live.write() {
             for sid in sids {
-                removed += usize::from(map.remove(sid).is_some());
+                if let Some(session) = map.remove(sid) {
+                    session.ended.store(true, Ordering::Relaxed);
+                    removed += 1;
+                }
             }
         }
         removed

@@ -129,9 +129,15 @@ mod tests {
             assert!(t.check(Endpoint::Login, Some(a)).is_ok());
         }
         let wait = t.check(Endpoint::Login, Some(a)).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(t.check(Endpoint::Login, Some(b)).is_ok());
-        assert!(t.check(Endpoint::Mfa, Some(a)).is_ok(), "budgets are separate");
+        assert!(
+            t.check(Endpoint::Mfa, Some(a)).is_ok(),
+            "budgets are separate"
+        );
     }
 
     #[test]

@@ -12,15 +12,14 @@ use regex::RegexBuilder;
 use super::duration::parse_duration;
 use super::file::{
     AccessSection, AdminSection, ConnectionSection, FileConfig, HeadersSection, IdentitySection,
-    LimitsSection,
-    LogSection, LoginSection, MfaSection, PublicSection, ServerSection, SessionSection,
-    UpstreamSection,
+    LimitsSection, LogSection, LoginSection, MfaSection, PublicSection, ServerSection,
+    SessionSection, UpstreamSection,
 };
 use super::model::{
     AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
-    HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount, PathMatch,
-    PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg, TlsListen,
-    Upstream,
+    HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount,
+    PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg,
+    TlsListen, Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 

@@ -373,7 +373,6 @@ fn create_key_file(
     Ok(Some(pem))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,9 @@ pub struct RequestCtx {
     pub upstream_error: Option<&'static str>,
     /// Who the request is from, once authenticated (for the access log).
     pub user: Option<String>,
+    /// The session the request was let through with: its body and any upgraded connection
+    /// (WebSocket) stop when the session ends.
+    pub session: Option<std::sync::Arc<crate::auth::session::LiveSession>>,
 }
 
 impl RequestCtx {
@@ -36,6 +39,7 @@ impl RequestCtx {
             request_id: String::new(),
             upstream_error: None,
             user: None,
+            session: None,
         }
     }
 

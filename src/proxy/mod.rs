@@ -338,6 +338,20 @@ impl Gatehouse {
     }
 }
 
+/// `Err` when the request's session has ended since it was let through.
+fn refuse_ended_session(ctx: &RequestCtx) -> Result<()> {
+    match &ctx.session {
+        Some(live) if live.has_ended() => {
+            tracing::info!(request_id = %ctx.request_id, "session ended: closing its open connection");
+            Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "the session of this connection has ended",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The bounded reason label for an upstream failure, and whether it was a timeout.
 fn upstream_reason(e: &Error) -> (&'static str, bool) {
     match e.etype() {
@@ -456,8 +470,7 @@ impl ProxyHttp for Gatehouse {
                     .as_ref()
                     .map(|p| p.as_str().to_string())
                     .unwrap_or_default();
-                return endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client)
-                    .await;
+                return endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client).await;
             }
             Route::Public | Route::Protected => {}
         }
@@ -516,6 +529,9 @@ impl ProxyHttp for Gatehouse {
                         }
                     }
                     ctx.user = Some(who.identity().user().to_string());
+                    if let crate::auth::Authenticated::Session(live) = &who {
+                        ctx.session = Some(live.clone());
+                    }
                     self.strip_own_cookies(session)?;
                     return Ok(false);
                 }
@@ -549,6 +565,31 @@ impl ProxyHttp for Gatehouse {
             self.answer_error(session, ctx, RequestError::Unauthenticated)
                 .await
         }
+    }
+
+    /// Stops a request body, or the client's side of an upgraded connection, once the
+    /// session it came with has ended (an `Err` closes the connection).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        refuse_ended_session(ctx)
+    }
+
+    /// Stops a response body, or the app's side of an upgraded connection, once the session
+    /// has ended: a WebSocket of a signed-out user closes at its next frame either way.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        refuse_ended_session(ctx)?;
+        Ok(None)
     }
 
     /// The upstream that `request_filter` picked.

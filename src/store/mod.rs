@@ -223,7 +223,10 @@ mod tests {
         let error = Store::open(dir.path()).unwrap_err();
         assert!(error.to_string().contains("chmod 600"), "{error}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(Store::open(dir.path()).is_ok(), "the same file opens once fixed");
+        assert!(
+            Store::open(dir.path()).is_ok(),
+            "the same file opens once fixed"
+        );
     }
 
     #[test]

@@ -164,7 +164,10 @@ mod tests {
             .unwrap();
         let error = Store::open(dir.path()).unwrap_err().to_string();
         assert!(error.contains("gatehouse.redb"), "{error}");
-        assert!(!error.contains("chmod"), "refused as corrupt, not for its mode: {error}");
+        assert!(
+            !error.contains("chmod"),
+            "refused as corrupt, not for its mode: {error}"
+        );
     }
 
     #[test]

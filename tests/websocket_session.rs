@@ -1,0 +1,69 @@
+//! Long-lived connections follow their session: a WebSocket opened with a session stops when
+//! the session ends (sign-out here), at its next frame in either direction.
+
+mod common;
+#[path = "common/idp.rs"]
+mod idp;
+#[path = "common/login_env.rs"]
+mod login_env;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use login_env::{login_env, sign_in};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Signs the browser out through the confirmation form.
+async fn sign_out(browser: &idp::Browser, url: &str) {
+    let page = browser.get(url).await.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a sign-out form")
+        .to_string();
+    let done = browser.post_form(url, &[("csrf", &csrf)]).await;
+    assert_eq!(done.status(), 302);
+}
+
+/// A signed-in user's WebSocket echoes while the session lives; after sign-out the next
+/// message gets no echo and the connection is closed within a few seconds.
+#[tokio::test]
+async fn a_websocket_closes_when_its_session_is_signed_out() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let mut request = format!("ws://{}/live", env.gh.proxy())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("before")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("an echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("before"));
+
+    sign_out(&browser, &env.url("/oauth2/sign_out")).await;
+
+    // The write may still succeed (the bytes reach Gatehouse); what must not come back is an
+    // echo, and the socket must end.
+    let _ = socket.send(Message::text("after")).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(t))) => return Err(format!("echo after sign-out: {t}")),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the socket was still open 5 s after sign-out");
+    outcome.unwrap();
+}
