@@ -4,6 +4,7 @@
 pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
+pub mod forward;
 pub mod login;
 pub mod oidc;
 pub mod redirect;
@@ -37,6 +38,8 @@ pub struct Auth {
     pub path_rules: crate::identity::access::AccessPolicy,
     /// The second factor: policy, pending logins, the key of stored TOTP secrets.
     pub mfa: crate::mfa::gate::MfaGate,
+    /// The headers a front proxy's forward-auth subrequest names its request with.
+    pub forward_auth: crate::config::model::ForwardAuth,
     /// States already used at the callback (until their login cookie would expire).
     used_states: Mutex<HashMap<String, u64>>,
 }
@@ -132,6 +135,7 @@ impl Auth {
             store,
             mfa,
             path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
+            forward_auth: config.forward_auth.clone(),
             used_states: Mutex::new(HashMap::new()),
         }))
     }
