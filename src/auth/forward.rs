@@ -293,7 +293,10 @@ mod tests {
                     prop_assert_eq!(got.path.as_str(), "/admin/x");
                     prop_assert_eq!(got.method, Method::POST);
                 }
-                Err(e) => prop_assert!(matches!(e, Refusal::Conflict { .. })),
+                Err(e) => {
+                    let conflict = matches!(e, Refusal::Conflict { .. });
+                    prop_assert!(conflict, "{}", e);
+                }
             }
         }
     }
