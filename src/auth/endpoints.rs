@@ -601,8 +601,12 @@ fn browser_location(
     headers: &http::HeaderMap,
     to: &str,
 ) -> Option<(HeaderName, String)> {
-    respond::is_browser(&forwarded.method, headers)
-        .then(|| (LOCATION, format!("{to}?rd={}", encode(&forwarded.return_to()))))
+    respond::is_browser(&forwarded.method, headers).then(|| {
+        (
+            LOCATION,
+            format!("{to}?rd={}", encode(&forwarded.return_to())),
+        )
+    })
 }
 
 /// `/oauth2/auth`: forward-auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy
@@ -685,7 +689,12 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
                 return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
             }
             crate::mfa::policy::MfaDecision::Challenge => {
-                tracing::info!(request_id, user = id.user(), path, "forward-auth: second factor needed (step-up)");
+                tracing::info!(
+                    request_id,
+                    user = id.user(),
+                    path,
+                    "forward-auth: second factor needed (step-up)"
+                );
                 let extra: Vec<_> = browser_location(
                     &forwarded,
                     &session.req_header().headers,

@@ -62,13 +62,13 @@ pub enum Refusal {
 /// The one value of `name`, as text.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Refusal> {
     let mut values = headers.get_all(name).iter();
-    let value = values.next().ok_or_else(|| Refusal::Missing(name.clone()))?;
+    let value = values
+        .next()
+        .ok_or_else(|| Refusal::Missing(name.clone()))?;
     if values.next().is_some() {
         return Err(Refusal::Repeated(name.clone()));
     }
-    value
-        .to_str()
-        .map_err(|_| Refusal::Malformed(name.clone()))
+    value.to_str().map_err(|_| Refusal::Malformed(name.clone()))
 }
 
 /// Every value of each `others` header must equal `value`.
@@ -102,9 +102,10 @@ pub fn read(
 ) -> Result<Forwarded, Refusal> {
     let peer = peer.map(|ip| ip.to_canonical());
     if !peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip))) {
-        return Err(Refusal::UntrustedPeer(
-            peer.map_or_else(|| "on a Unix socket".to_string(), |ip| ip.to_string()),
-        ));
+        return Err(Refusal::UntrustedPeer(peer.map_or_else(
+            || "on a Unix socket".to_string(),
+            |ip| ip.to_string(),
+        )));
     }
     let uri = single(headers, &config.uri_header)?;
     agree(headers, &config.uri_header, uri, config.other_uri_headers())?;
@@ -139,7 +140,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn loopback() -> Vec<IpNet> {
-        vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]
+        vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]
     }
 
     fn nginx() -> ForwardAuth {
@@ -247,8 +251,14 @@ mod tests {
                 ("x-forwarded-method", "GET"),
             ],
             vec![("x-forwarded-uri", "/a#b"), ("x-forwarded-method", "GET")],
-            vec![("x-forwarded-uri", "/../admin"), ("x-forwarded-method", "GET")],
-            vec![("x-forwarded-uri", "/%2fadmin"), ("x-forwarded-method", "GET")],
+            vec![
+                ("x-forwarded-uri", "/../admin"),
+                ("x-forwarded-method", "GET"),
+            ],
+            vec![
+                ("x-forwarded-uri", "/%2fadmin"),
+                ("x-forwarded-method", "GET"),
+            ],
             vec![("x-forwarded-uri", "/a"), ("x-forwarded-method", "G(E)T")],
         ] {
             assert!(
