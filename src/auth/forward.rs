@@ -11,7 +11,9 @@
 //! - when the other common spelling (`X-Forwarded-Uri` / `X-Original-URI`,
 //!   `X-Forwarded-Method` / `X-Original-Method`) comes too, with a different value, it was the
 //!   client's: 400, never a guess at which one is true;
-//! - the URI is an origin-form target; its path is normalized like any request path.
+//! - the URI is an origin-form target; its path is normalized like any request path, and
+//!   each segment is matched without its `;parameters` (what Tomcat and Jetty serve for
+//!   `/admin;x/users` is `/admin/users`); a dot segment with parameters (`..;x`) is refused.
 
 use std::net::IpAddr;
 
@@ -19,14 +21,15 @@ use http::{HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
 
 use crate::config::model::ForwardAuth;
-use crate::proxy::path::{normalize, NormalPath};
+use crate::proxy::path::normalize;
 
 /// The request the front proxy is serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     pub method: Method,
-    /// The normalized path, which the access rules and the MFA policy see.
-    pub path: NormalPath,
+    /// The normalized path without segment parameters: what the access rules and the MFA
+    /// policy see.
+    pub path: String,
     /// The query as sent (never matched), for the way back after a sign-in.
     pub query: Option<String>,
 }
@@ -35,8 +38,8 @@ impl Forwarded {
     /// The normalized path and the query: where a browser goes back to after signing in.
     pub fn return_to(&self) -> String {
         match &self.query {
-            Some(q) => format!("{}?{q}", self.path.as_str()),
-            None => self.path.as_str().to_string(),
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
         }
     }
 }
@@ -93,6 +96,29 @@ fn agree(
     Ok(())
 }
 
+/// `path` with each segment's `;parameters` removed; `None` when a segment that had
+/// parameters is a dot segment (`..;x`, `.;x`), which a backend might resolve.
+fn without_parameters(path: &str) -> Option<String> {
+    if !path.contains(';') {
+        return Some(path.to_string());
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let (name, params) = match segment.split_once(';') {
+            Some((name, _)) => (name, true),
+            None => (segment, false),
+        };
+        if params && (name == "." || name == ".." || name.eq_ignore_ascii_case("%2e")) {
+            return None;
+        }
+        out.push_str(name);
+    }
+    Some(out)
+}
+
 /// Reads the request a forward-auth call asks about, from a caller at `peer`.
 pub fn read(
     config: &ForwardAuth,
@@ -126,7 +152,9 @@ pub fn read(
         Some((p, q)) => (p, Some(q.to_string())),
         None => (uri, None),
     };
-    let path = normalize(path).map_err(|_| Refusal::Malformed(config.uri_header.clone()))?;
+    let malformed = || Refusal::Malformed(config.uri_header.clone());
+    let path = normalize(path).map_err(|_| malformed())?;
+    let path = without_parameters(path.as_str()).ok_or_else(malformed)?;
     Ok(Forwarded {
         method,
         path,
@@ -176,7 +204,7 @@ mod tests {
         ]);
         let got = from("127.0.0.1", &nginx(), &h).unwrap();
         assert_eq!(got.method, Method::POST);
-        assert_eq!(got.path.as_str(), "/admin/x");
+        assert_eq!(got.path, "/admin/x");
         assert_eq!(got.return_to(), "/admin/x?a=1");
         // An IPv4-mapped IPv6 peer is the same peer.
         assert!(from("::ffff:10.1.2.3", &nginx(), &h).is_ok());
@@ -265,6 +293,26 @@ mod tests {
                 from("127.0.0.1", &d, &headers(&pairs)).is_err(),
                 "{pairs:?}"
             );
+        }
+    }
+
+    /// Path parameters do not hide a segment from the rules; a dot segment with parameters
+    /// is refused.
+    #[test]
+    fn segment_parameters_are_not_part_of_the_matched_path() {
+        let d = ForwardAuth::default();
+        for (uri, want) in [
+            ("/admin;x", Some("/admin")),
+            ("/admin;x/users", Some("/admin/users")),
+            ("/admin;jsessionid=1;a=b/x;y", Some("/admin/x")),
+            ("/public/..;/admin", None),
+            ("/public/.;x/admin", None),
+            ("/public/%2e%2e;x/admin", None),
+            ("/public/%2E;/admin", None),
+        ] {
+            let h = headers(&[("x-forwarded-uri", uri), ("x-forwarded-method", "GET")]);
+            let got = from("127.0.0.1", &d, &h).ok().map(|f| f.path);
+            assert_eq!(got.as_deref(), want, "{uri}");
         }
     }
 
