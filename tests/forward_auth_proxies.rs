@@ -123,7 +123,7 @@ async fn env(example: &str) -> Env {
             ("http://127.0.0.1:8080", format!("http://{upstream}")),
             ("https://idp.example.com", idp.issuer.clone()),
             (
-                "client_secret_env = \"GATEHOUSE_CLIENT_SECRET\"",
+                "client_secret = \"change-me\"",
                 "client_secret = \"gatehouse-secret\"".into(),
             ),
         ],
@@ -410,4 +410,50 @@ async fn forward_auth_refuses_a_caller_that_is_not_a_trusted_proxy() {
         assert_eq!(response.status(), 403, "{spoof:?}");
         assert!(response.headers().get("x-auth-request-user").is_none());
     }
+}
+
+/// The forwarded method and path are what the access rules and the MFA step-up see (never
+/// the subrequest's own `GET`): a rule on `POST /reports` refuses a forwarded POST and lets
+/// a forwarded GET through; a route requiring TOTP answers a session without it 401 with
+/// `Location: /oauth2/mfa?rd=<the forwarded request>` for a browser (none for an API client).
+#[tokio::test]
+async fn the_forwarded_method_and_path_drive_access_rules_and_step_up() {
+    let env = login_env::login_env(
+        serde_json::json!({}),
+        "[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [[access]]\npath = \"/reports\"\nmatch = \"prefix\"\nmethods = [\"POST\", \"DELETE\"]\n\
+         allowed_groups = [\"admins\"]\n\
+         [[access]]\npath = \"/vault\"\nmatch = \"prefix\"\nmfa = \"required\"\n",
+    )
+    .await;
+    let (_, carol) = login_env::sign_in(&env, "carol", "carol-pw").await;
+    let ask = |method: &'static str, uri: &'static str, accept: &'static str| {
+        client()
+            .get(env.url("/oauth2/auth"))
+            .header("cookie", carol.as_str())
+            .header("accept", accept)
+            .header("x-forwarded-uri", uri)
+            .header("x-forwarded-method", method)
+            .send()
+    };
+    let json = "application/json";
+    assert_eq!(ask("GET", "/reports/1", json).await.unwrap().status(), 202);
+    assert_eq!(ask("POST", "/reports/1", json).await.unwrap().status(), 403);
+    assert_eq!(ask("DELETE", "/reports", json).await.unwrap().status(), 403);
+    assert_eq!(ask("PUT", "/reports", json).await.unwrap().status(), 202);
+
+    let browser = ask("GET", "/vault/k?v=1", "text/html").await.unwrap();
+    assert_eq!(browser.status(), 401);
+    assert_eq!(
+        browser.headers()["location"],
+        "/oauth2/mfa?rd=%2Fvault%2Fk%3Fv%3D1"
+    );
+    let api = ask("GET", "/vault/k", json).await.unwrap();
+    assert_eq!(api.status(), 401);
+    assert!(api.headers().get("location").is_none());
+    // A forwarded POST is no browser navigation: 401 without a Location either.
+    let post = ask("POST", "/vault/k", "text/html").await.unwrap();
+    assert_eq!(post.status(), 401);
+    assert!(post.headers().get("location").is_none());
+    assert_eq!(ask("GET", "/elsewhere", json).await.unwrap().status(), 202);
 }
