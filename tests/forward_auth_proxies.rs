@@ -85,6 +85,9 @@ struct Env {
     /// Cookie headers: `alice` (in `admins`) and `carol` (not).
     admin: String,
     outsider: String,
+    /// The port the front proxy is to listen on (registered at the OP, so a browser can
+    /// sign in through the proxy too).
+    front_port: u16,
 }
 
 async fn sign_in(gh: &Harness, user: &str, password: &str) -> String {
@@ -100,12 +103,14 @@ async fn env(example: &str) -> Env {
     let upstream = start_echo().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let front_port = free_port();
+    let front = format!("http://127.0.0.1:{front_port}");
     let idp = TestIdp::start(serde_json::json!({
         "clients": [client_config(
             "gatehouse",
             "gatehouse-secret",
-            vec![format!("{base}/oauth2/callback")],
-            vec![format!("{base}/")],
+            vec![format!("{base}/oauth2/callback"), format!("{front}/oauth2/callback")],
+            vec![format!("{base}/"), format!("{front}/")],
             None,
         )],
     }))
@@ -138,12 +143,13 @@ async fn env(example: &str) -> Env {
         _data: data,
         admin,
         outsider,
+        front_port,
     }
 }
 
 /// nginx with the example's `nginx.conf`, in its own prefix, on a free loopback port.
 fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
-    let port = free_port();
+    let port = env.front_port;
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let text = std::fs::read_to_string(repo("examples/nginx/nginx.conf")).unwrap();
     let conf = substitute(
@@ -183,7 +189,7 @@ fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
 /// Caddy with the example's `Caddyfile` (addresses from its environment variables), admin
 /// endpoint off, its home and data in `dir`.
 fn start_caddy(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
-    let port = free_port();
+    let port = env.front_port;
     let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
     let child = Command::new(bin)
         .args(["run", "--adapter", "caddyfile", "--config"])
@@ -289,6 +295,31 @@ async fn check_front(name: &str, env: &Env, front: SocketAddr) {
         "{name}: {location}"
     );
 
+    // A browser signs in through the proxy (sign-in pages proxied to Gatehouse) and comes
+    // back to the page it asked for.
+    let browser = Browser::new();
+    let journey = browser
+        .follow(
+            &format!("http://{front}/admin/x?a=1"),
+            Some(("alice", "alice-pw")),
+        )
+        .await;
+    assert_eq!(journey.status, 200, "{name}: {:?}", journey.hops);
+    assert!(
+        journey
+            .hops
+            .iter()
+            .any(|(_, url)| url.starts_with(&format!("http://{front}/oauth2/callback"))),
+        "{name}: the callback went through the proxy: {:?}",
+        journey.hops
+    );
+    assert!(
+        journey.url.ends_with("/admin/x?a=1") && journey.body.contains("alice"),
+        "{name}: {} {}",
+        journey.url,
+        journey.body
+    );
+
     // The outsider reaches the app outside /admin, with their identity.
     let cookie = ("cookie", env.outsider.as_str());
     let (status, body) = raw(front, "GET", "/reports", &[cookie]).await;
@@ -312,6 +343,14 @@ async fn check_front(name: &str, env: &Env, front: SocketAddr) {
             }
         }
     }
+
+    // An absolute-form target (nginx forwards `$request_uri` as sent) is no way around.
+    let absolute = format!("http://{front}/admin/x");
+    let (status, body) = raw(front, "GET", &absolute, &[cookie, ("x-forwarded-uri", "/")]).await;
+    assert!(
+        !reached_app(status, &body),
+        "{name}: carol reached {absolute}: {body}"
+    );
 
     // The admin reaches /admin; the app sees the identity headers the proxy copied.
     for path in ["/admin", "/admin/x", "//admin/x", "/%61dmin/x"] {
