@@ -23,6 +23,8 @@ pub enum RequestError {
     UpstreamTimeout(&'static str),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    #[error("forward-auth: {0}")]
+    ForwardAuth(#[from] crate::auth::forward::Refusal),
 }
 
 impl RequestError {
@@ -34,6 +36,10 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             RequestError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RequestError::ForwardAuth(crate::auth::forward::Refusal::UntrustedPeer(_)) => {
+                StatusCode::FORBIDDEN
+            }
+            RequestError::ForwardAuth(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -49,6 +55,12 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => "The application is not reachable right now.",
             RequestError::UpstreamTimeout(_) => "The application took too long to answer.",
             RequestError::Internal(_) => "Something went wrong in the gateway.",
+            RequestError::ForwardAuth(crate::auth::forward::Refusal::UntrustedPeer(_)) => {
+                "Forward-auth answers configured front proxies only."
+            }
+            RequestError::ForwardAuth(_) => {
+                "The forward-auth request does not say which request it is about."
+            }
         }
     }
 }

@@ -34,7 +34,8 @@
 //! - [`headers`]: header names and the header-editing trait.
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
 //! - [`pages`]: the one small HTML template for every page Gatehouse shows itself.
-//! - [`auth`]: connections (OIDC), the login endpoints, sessions, bearer tokens.
+//! - [`auth`]: connections (OIDC), the login endpoints, sessions, bearer tokens, and which
+//!   request a front proxy's forward-auth call is about (`auth::forward`).
 //! - [`identity`]: claims, JIT provisioning, access rules, identity headers, the signed header.
 //! - [`mfa`]: local TOTP: policy, enrolment and verification pages, lockout, recovery codes.
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.

@@ -463,3 +463,51 @@ async fn fifty_parallel_first_logins_of_one_user_give_one_account() {
     assert_eq!(env.gh.metric(&sample("created")).await, 1.0);
     assert_eq!(env.gh.metric(&sample("unchanged")).await, 49.0);
 }
+
+/// Pre-account-takeover: bob's IdP lets him state an email he does not own (carol's,
+/// unverified) and he signs in first through a `link_by_email` connection. That account does
+/// not hold the address: carol's later verified sign-in gets an account of her own (and the
+/// address), never bob's; bob's next sign-in, now claiming it verified, does not take it.
+#[tokio::test]
+async fn an_unverified_email_cannot_pre_empt_the_owner_s_account() {
+    let env = login_env(
+        json!({}),
+        &format!("link_by_email = true\n{}", admin_section()),
+    )
+    .await;
+    env.idp
+        .set_claims(
+            "bob",
+            json!({"email": "Carol@Example.org", "email_verified": false}),
+        )
+        .await;
+    let (bob, _) = sign_in(&env, "bob", "bob-pw").await;
+    let bob_id = seen(&bob, &env, "/").await["x-gatehouse-user-id"].clone();
+
+    let (carol, _) = sign_in(&env, "carol", "carol-pw").await;
+    let carol_headers = seen(&carol, &env, "/").await;
+    assert_ne!(
+        carol_headers["x-gatehouse-user-id"], bob_id,
+        "not bob's account"
+    );
+    assert_eq!(carol_headers["x-auth-request-user"], "carol");
+    let (status, holder) = admin(&env, json!({"op": "show", "user": "carol@example.org"})).await;
+    assert_eq!(status, 200, "{holder}");
+    assert_eq!(holder["value"]["id"], carol_headers["x-gatehouse-user-id"]);
+
+    env.idp
+        .set_claims("bob", json!({"email_verified": true}))
+        .await;
+    let (bob_again, _) = sign_in(&env, "bob", "bob-pw").await;
+    assert_eq!(
+        seen(&bob_again, &env, "/").await["x-gatehouse-user-id"],
+        bob_id
+    );
+    let (_, holder) = admin(&env, json!({"op": "show", "user": "carol@example.org"})).await;
+    assert_eq!(holder["value"]["id"], carol_headers["x-gatehouse-user-id"]);
+    let (carol_again, _) = sign_in(&env, "carol", "carol-pw").await;
+    assert_eq!(
+        seen(&carol_again, &env, "/").await["x-gatehouse-user-id"],
+        carol_headers["x-gatehouse-user-id"]
+    );
+}

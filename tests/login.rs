@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{client, get_status, start_echo, start_with};
 use idp::{client_config, Browser, TestIdp};
-use login_env::{echo_json, free_port, login_env, sign_in};
+use login_env::{echo_json, free_port, login_env, sign_in, LoginEnv};
 
 /// A browser that asks for a protected page is sent through the IdP's login form and lands
 /// on the page it asked for; the app sees who it is, and spoofed headers are gone.
@@ -270,21 +270,31 @@ async fn sign_out_revokes_the_session_even_for_a_copied_cookie() {
     assert_eq!(after.status(), 401);
 }
 
-/// Forward-auth answers 202 with the identity headers for a session and 401 without;
-/// userinfo returns the identity as JSON.
+/// Makes the test client (on loopback) a trusted front proxy.
+const TRUST_LOOPBACK: &str = "[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+/// A forward-auth call as a front proxy makes it, about `GET /private`.
+fn forward_auth(env: &LoginEnv) -> reqwest::RequestBuilder {
+    client()
+        .get(env.url("/oauth2/auth"))
+        .header("x-forwarded-uri", "/private")
+        .header("x-forwarded-method", "GET")
+}
+
+/// Forward-auth (from a trusted proxy, naming the request) answers 202 with the identity
+/// headers for a session and 401 without; userinfo returns the identity as JSON.
 #[tokio::test]
 async fn forward_auth_and_userinfo_answer_for_the_session() {
-    let env = login_env(serde_json::json!({}), "").await;
+    let env = login_env(serde_json::json!({}), TRUST_LOOPBACK).await;
     let (_, cookie) = sign_in(&env, "carol", "carol-pw").await;
-    let ok = client()
-        .get(env.url("/oauth2/auth"))
+    let ok = forward_auth(&env)
         .header("cookie", cookie.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(ok.status(), 202);
     assert_eq!(ok.headers()["x-auth-request-email"], "carol@example.org");
-    let nobody = client().get(env.url("/oauth2/auth")).send().await.unwrap();
+    let nobody = forward_auth(&env).send().await.unwrap();
     assert_eq!(nobody.status(), 401);
     let info: serde_json::Value = client()
         .get(env.url("/oauth2/userinfo"))
@@ -397,7 +407,7 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
 async fn a_bearer_jwt_is_accepted_and_a_broken_one_refused() {
     let env = login_env(
         serde_json::json!({}),
-        "allow_bearer = true\nbearer_audiences = [\"urn:gatehouse:test-api\"]\n",
+        &format!("allow_bearer = true\nbearer_audiences = [\"urn:gatehouse:test-api\"]\n{TRUST_LOOPBACK}"),
     )
     .await;
     let discovery: serde_json::Value = client()
@@ -438,12 +448,7 @@ async fn a_bearer_jwt_is_accepted_and_a_broken_one_refused() {
     assert_eq!(ok.status(), 200);
     let echo: serde_json::Value = ok.json().await.unwrap();
     assert_eq!(echo["headers"]["x-auth-request-user"][0], "gatehouse");
-    let forward = client()
-        .get(env.url("/oauth2/auth"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let forward = forward_auth(&env).bearer_auth(&token).send().await.unwrap();
     assert_eq!(forward.status(), 202);
 
     let mut broken = token.clone();

@@ -178,7 +178,7 @@ pub async fn handle(
         "/oauth2/start" => start(auth, session, &pairs).await?,
         "/oauth2/callback" => callback(auth, session, &pairs, request_id).await?,
         "/oauth2/sign_out" => sign_out(auth, session, &pairs).await?,
-        "/oauth2/auth" => forward_auth(auth, session).await?,
+        "/oauth2/auth" => forward_auth(auth, session, request_id).await?,
         "/oauth2/backchannel-logout" => backchannel_logout(auth, session).await?,
         "/oauth2/userinfo" => userinfo(auth, session).await?,
         crate::mfa::endpoints::MFA_PATH => {
@@ -617,89 +617,141 @@ async fn sign_out(
     redirect(session, &location, clear).await
 }
 
-/// The path of the request a forward-auth call asks about: `X-Forwarded-Uri` (Traefik) or
-/// `X-Original-URI` (nginx `auth_request`), query dropped, normalized like any request path.
-/// `None` when neither is sent; `Some(Err)` for a path that cannot be checked.
-fn original_path(session: &Session) -> Option<Result<String, ()>> {
-    let headers = &session.req_header().headers;
-    let uri = ["x-forwarded-uri", "x-original-uri"]
-        .iter()
-        .find_map(|h| headers.get(*h))?
-        .to_str()
-        .ok()?;
-    let path = uri.split(['?', '#']).next().unwrap_or("");
-    Some(
-        crate::proxy::path::normalize(path)
-            .map(|p| p.as_str().to_string())
-            .map_err(|_| ()),
+/// A plain-text forward-auth answer with extra headers.
+async fn forward_answer(
+    session: &mut Session,
+    status: StatusCode,
+    text: &'static str,
+    extra: &[(HeaderName, String)],
+) -> pingora::Result<()> {
+    respond::send(
+        session,
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(text.as_bytes()),
+        extra,
     )
+    .await
 }
 
-/// `/oauth2/auth`: for nginx `auth_request` or Traefik forward-auth. 202 with the identity
-/// headers when the request's session or bearer token is valid and the `[[access]]` rules for
-/// the original path pass (403 when they do not), else 401.
-async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
-    match auth.authenticate(&session.req_header().headers).await {
-        Ok(Some(who)) => {
-            if let Some(path) = original_path(session) {
-                let id = who.identity();
-                let trusted = id.email_verified || auth.trusts_email(&id.connection);
-                let refused = match &path {
-                    Ok(path) => {
-                        let method = &session.req_header().method;
-                        let checked = auth.path_rules.check(None, method, path, id, trusted);
-                        checked.err().map(|r| {
-                            auth.metrics
-                                .access_denied
-                                .with_label_values(&[r.rule.label()])
-                                .inc();
-                            r.rule.label()
-                        })
-                    }
-                    // A path that cannot be checked safely is refused.
-                    Err(()) => Some("unchecked_path"),
-                };
-                if let Some(reason) = refused {
-                    tracing::info!(user = id.user(), reason, "forward-auth: access denied");
-                    return respond::send(
-                        session,
-                        StatusCode::FORBIDDEN,
-                        "text/plain; charset=utf-8",
-                        Bytes::from_static(b"Forbidden\n"),
-                        &[],
-                    )
-                    .await;
-                }
-            }
-            let headers = identity_headers(&auth.headers, who.identity())
-                .into_iter()
-                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
-                .collect::<Vec<_>>();
-            respond::send(
-                session,
-                StatusCode::ACCEPTED,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"OK\n"),
-                &headers,
-            )
-            .await
+/// A 401 that tells the front proxy where to send a browser (`Location`, which nginx reads
+/// with `auth_request_set` and Caddy with `handle_response`); API clients get no `Location`.
+fn browser_location(
+    forwarded: &super::forward::Forwarded,
+    headers: &http::HeaderMap,
+    to: &str,
+) -> Option<(HeaderName, String)> {
+    respond::is_browser(&forwarded.method, headers).then(|| {
+        (
+            LOCATION,
+            format!("{to}?rd={}", encode(&forwarded.return_to())),
+        )
+    })
+}
+
+/// `/oauth2/auth`: forward-auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy
+/// `forward_auth`. Checks the request the front proxy is serving (see [`super::forward`]):
+/// 403 unless the caller is a trusted proxy, 400 when the URI or method headers are missing
+/// or disagree; then 202 with the identity headers when the session or bearer token is valid,
+/// the `[[access]]` rules for the forwarded method and path pass (403 when they do not) and
+/// the route's second factor is done (401 with `Location: /oauth2/mfa?rd=...` when not);
+/// else 401 (with `Location: /oauth2/start?rd=...` for a browser).
+async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let forwarded = match super::forward::read(
+        &auth.forward_auth,
+        &auth.headers.trusted_proxies,
+        peer,
+        &session.req_header().headers,
+    ) {
+        Ok(forwarded) => forwarded,
+        Err(refusal) => {
+            tracing::warn!(request_id, reason = %refusal, "forward-auth request refused");
+            let error = crate::error::RequestError::from(refusal);
+            return respond::error(session, &error, request_id).await;
         }
+    };
+    let who = match auth.authenticate(&session.req_header().headers).await {
+        Ok(Some(who)) => who,
         outcome => {
             let challenge = match outcome {
                 Err(_) => "Bearer error=\"invalid_token\"",
                 _ => "Bearer realm=\"gatehouse\"",
             };
-            let extra = [(http::header::WWW_AUTHENTICATE, challenge.to_string())];
-            respond::send(
-                session,
-                StatusCode::UNAUTHORIZED,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"Unauthorized\n"),
-                &extra,
-            )
-            .await
+            let mut extra = vec![(http::header::WWW_AUTHENTICATE, challenge.to_string())];
+            extra.extend(browser_location(
+                &forwarded,
+                &session.req_header().headers,
+                &format!("{}/start", crate::proxy::routes::AUTH_PREFIX),
+            ));
+            return forward_answer(session, StatusCode::UNAUTHORIZED, "Unauthorized\n", &extra)
+                .await;
+        }
+    };
+    let id = who.identity();
+    let path = forwarded.path.as_str();
+    let trusted = id.email_verified || auth.trusts_email(&id.connection);
+    if let Err(refused) = auth
+        .path_rules
+        .check(None, &forwarded.method, path, id, trusted)
+    {
+        let rule = refused.rule.label();
+        auth.metrics.access_denied.with_label_values(&[rule]).inc();
+        tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path, "forward-auth: access denied");
+        return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
+    }
+    if let super::Authenticated::Session(live) = &who {
+        let level = auth
+            .path_rules
+            .mfa_level(usize::MAX, &forwarded.method, path)
+            .unwrap_or_else(|| match auth.provider(&live.identity.connection) {
+                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
+                None => auth.mfa.config.totp,
+            });
+        let decision = crate::mfa::policy::decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            live.identity.user_id.is_some(),
+            false,
+            live.mfa_done_at().is_some(),
+        );
+        match decision {
+            crate::mfa::policy::MfaDecision::Pass => {}
+            crate::mfa::policy::MfaDecision::Conflict => {
+                auth.metrics
+                    .mfa_conflicts
+                    .with_label_values(&[&live.identity.connection])
+                    .inc();
+                tracing::info!(request_id, connection = %live.identity.connection, path, "forward-auth: TOTP required but the connection keeps no local account: refused");
+                return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
+            }
+            crate::mfa::policy::MfaDecision::Challenge => {
+                tracing::info!(
+                    request_id,
+                    user = id.user(),
+                    path,
+                    "forward-auth: second factor needed (step-up)"
+                );
+                let extra: Vec<_> = browser_location(
+                    &forwarded,
+                    &session.req_header().headers,
+                    crate::mfa::endpoints::MFA_PATH,
+                )
+                .into_iter()
+                .collect();
+                return forward_answer(session, StatusCode::UNAUTHORIZED, "Unauthorized\n", &extra)
+                    .await;
+            }
         }
     }
+    let headers = identity_headers(&auth.headers, who.identity())
+        .into_iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
+        .collect::<Vec<_>>();
+    forward_answer(session, StatusCode::ACCEPTED, "OK\n", &headers).await
 }
 
 /// The event a logout token must carry (OpenID Connect Back-Channel Logout 1.0).

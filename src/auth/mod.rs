@@ -4,6 +4,7 @@
 pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
+pub mod forward;
 pub mod login;
 pub mod oidc;
 pub mod redirect;
@@ -42,6 +43,8 @@ pub struct Auth {
     used_states: Mutex<crate::bounded::ExpiringMap<String, ()>>,
     /// Per-client rates on the login endpoints.
     pub throttle: throttle::Throttle,
+    /// The headers a front proxy's forward-auth subrequest names its request with.
+    pub forward_auth: crate::config::model::ForwardAuth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +139,7 @@ impl Auth {
             path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
             used_states: Mutex::new(crate::bounded::ExpiringMap::new(config.limits.used_states)),
             throttle: throttle::Throttle::new(&config.limits),
+            forward_auth: config.forward_auth.clone(),
         }))
     }
 

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub mfa: MfaSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub forward_auth: ForwardAuthSection,
 }
 
 /// `[limits]`: how often one client address may call the login endpoints, and how much
@@ -67,6 +69,36 @@ impl Default for LimitsSection {
             pending_mfa: 10_000,
         }
     }
+}
+
+
+/// `[forward_auth]`: which headers the front proxy sets on its `/oauth2/auth` subrequest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthSection {
+    /// The one header that carries the URI the front proxy serves (`X-Forwarded-Uri` from
+    /// Traefik and Caddy, `X-Original-URI` from nginx with `proxy_set_header`).
+    #[serde(default = "default_forward_uri_header")]
+    pub uri_header: String,
+    /// The one header that carries that request's method.
+    #[serde(default = "default_forward_method_header")]
+    pub method_header: String,
+}
+
+impl Default for ForwardAuthSection {
+    fn default() -> Self {
+        Self {
+            uri_header: default_forward_uri_header(),
+            method_header: default_forward_method_header(),
+        }
+    }
+}
+
+fn default_forward_uri_header() -> String {
+    "X-Forwarded-Uri".to_string()
+}
+fn default_forward_method_header() -> String {
+    "X-Forwarded-Method".to_string()
 }
 
 /// `[mfa]`: the local second factor (TOTP) for JIT accounts.

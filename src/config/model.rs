@@ -27,6 +27,7 @@ pub struct Config {
     pub admin: Admin,
     pub mfa: Mfa,
     pub limits: Limits,
+    pub forward_auth: ForwardAuth,
 }
 
 /// Per-client rates on the login endpoints (`None`: no limit) and the bounds of the in-memory
@@ -48,6 +49,47 @@ impl Default for Limits {
             backchannel_per_minute: std::num::NonZeroU32::new(600),
             used_states: 100_000,
             pending_mfa: 10_000,
+        }
+    }
+}
+
+
+/// `[forward_auth]`: where the front proxy's subrequest says which request it asks about.
+#[derive(Debug, Clone)]
+pub struct ForwardAuth {
+    /// The header the configured front proxy sets to the URI it serves.
+    pub uri_header: HeaderName,
+    /// The header it sets to that request's method.
+    pub method_header: HeaderName,
+}
+
+impl ForwardAuth {
+    /// The URI headers the common front proxies use.
+    pub const KNOWN_URI_HEADERS: [&'static str; 2] = ["x-forwarded-uri", "x-original-uri"];
+    /// The method headers the common front proxies use.
+    pub const KNOWN_METHOD_HEADERS: [&'static str; 2] = ["x-forwarded-method", "x-original-method"];
+
+    /// The other spellings of the URI header: when one comes with a different value, the
+    /// request is refused (a client can add one the front proxy does not overwrite).
+    pub fn other_uri_headers(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::KNOWN_URI_HEADERS
+            .into_iter()
+            .filter(|h| *h != self.uri_header.as_str())
+    }
+
+    /// The other spellings of the method header.
+    pub fn other_method_headers(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::KNOWN_METHOD_HEADERS
+            .into_iter()
+            .filter(|h| *h != self.method_header.as_str())
+    }
+}
+
+impl Default for ForwardAuth {
+    fn default() -> Self {
+        Self {
+            uri_header: HeaderName::from_static("x-forwarded-uri"),
+            method_header: HeaderName::from_static("x-forwarded-method"),
         }
     }
 }

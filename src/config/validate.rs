@@ -118,6 +118,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     let admin = admin(&file.admin, &mut p);
     let mfa = mfa(&file.mfa, &mut p);
     let limits = limits(&file.limits, &mut p);
+    let forward_auth = forward_auth(&file.forward_auth, &mut p);
 
     match (server, log, headers, session, login, identity, mfa) {
         (
@@ -143,6 +144,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             admin,
             mfa,
             limits,
+            forward_auth,
         }),
         _ => Err(ConfigErrors(p.0)),
     }
@@ -314,6 +316,25 @@ fn headers(h: &HeadersSection, p: &mut Problems) -> Option<Headers> {
         strip,
         trusted_proxies,
     })
+}
+
+/// `[forward_auth]`: any valid header name; the model falls back to the defaults when a name
+/// is bad (the problem is recorded, so no config is returned).
+fn forward_auth(
+    f: &super::file::ForwardAuthSection,
+    p: &mut Problems,
+) -> super::model::ForwardAuth {
+    let defaults = super::model::ForwardAuth::default();
+    let uri_header = p
+        .check("forward_auth.uri_header", header_name(&f.uri_header))
+        .unwrap_or(defaults.uri_header);
+    let method_header = p
+        .check("forward_auth.method_header", header_name(&f.method_header))
+        .unwrap_or(defaults.method_header);
+    super::model::ForwardAuth {
+        uri_header,
+        method_header,
+    }
 }
 
 fn host_match(text: &str) -> Result<HostMatch, String> {

@@ -7,7 +7,13 @@
 //! 2. Else, with `link_by_email`, an account holds the same email: link to it when the IdP
 //!    verified the email (or the connection has `trust_email`); refuse when it did not,
 //!    since linking on an unverified email would hand the account to whoever typed it.
+//!    Both sides must be verified: only a verified email is in the index
+//!    ([`crate::store::Tx::put_user`]), and the holder's record is checked again here, so an
+//!    account made through an IdP that let someone state an address they do not own can
+//!    never pre-empt its owner (pre-account-takeover): the owner gets an account of their own.
 //! 3. Else create an account. A username that is taken gets `-2`, `-3`, ... (the first free).
+//!
+//! A `trust_email` connection's emails are stored as verified (that is what the key says).
 //!
 //! A disabled account is refused. Every create, link, update and refusal is audited, with the
 //! names of the fields that changed and never their values.
@@ -17,7 +23,7 @@ use std::collections::BTreeMap;
 use super::Identity;
 use crate::config::model::{AttributeSync, Connection};
 use crate::store::audit::AuditEntry;
-use crate::store::users::{Link, UserRecord};
+use crate::store::users::{normalize_email, Link, UserRecord};
 use crate::store::{StoreError, Tx};
 
 /// What provisioning did; the `action` label of `gatehouse_jit_provisions_total`.
@@ -85,6 +91,16 @@ pub fn provision(
     now: u64,
     request_id: &str,
 ) -> Result<Provisioned, StoreError> {
+    let trusted;
+    let claims = if connection.trust_email && !claims.email_verified && claims.email.is_some() {
+        trusted = Identity {
+            email_verified: true,
+            ..claims.clone()
+        };
+        &trusted
+    } else {
+        claims
+    };
     let audit = |action: &str, user_id: &str| {
         let mut entry = AuditEntry::new("login", action, now);
         entry.connection = Some(connection.id.clone());
@@ -129,8 +145,15 @@ pub fn provision(
         (Some(email), true) => tx.user_by_email(email)?,
         _ => None,
     };
+    // Linking needs both sides verified: an entry whose holder's email is not (an entry
+    // from before the index held verified emails only) links nobody.
+    let local = local.filter(|user| {
+        user.email_verified
+            && user.email.as_deref().map(normalize_email)
+                == claims.email.as_deref().map(normalize_email)
+    });
     if let Some(mut user) = local {
-        if !(claims.email_verified || connection.trust_email) {
+        if !claims.email_verified {
             return refuse(tx, JitRefusal::UnverifiedEmail { user_id: user.id });
         }
         if user.disabled {
@@ -435,6 +458,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut local = UserRecord::new("alice.local".into(), 1);
         local.email = Some("alice@example.com".into());
+        local.email_verified = true; // as `users add --email` makes it
         local.roles = vec!["editor".into()];
         store.write(|tx| tx.put_user(&local)).unwrap();
         let c = connection(AttributeSync::Override, true);
@@ -472,6 +496,76 @@ mod tests {
         };
         assert_eq!(action, JitAction::Created);
         assert_ne!(identity.user_id.as_deref(), Some(local.id.as_str()));
+    }
+
+    /// A connection with another id (a second IdP).
+    fn other_connection(id: &str, link_by_email: bool, trust_email: bool) -> Connection {
+        let mut c = connection(AttributeSync::Override, link_by_email);
+        c.id = id.into();
+        c.trust_email = trust_email;
+        c
+    }
+
+    fn user_id(p: &Provisioned) -> String {
+        match p {
+            Provisioned::Allowed { identity, .. } => identity.user_id.clone().unwrap(),
+            Provisioned::Refused(r) => panic!("refused: {r:?}"),
+        }
+    }
+
+    /// Pre-account-takeover, every spelling: an account made through any connection with
+    /// an email its IdP did not verify (any case, spaces around it, with or without
+    /// `link_by_email` on the attacker's side) never receives the real owner's later
+    /// verified sign-in; the owner gets an account of their own, which holds the email.
+    #[test]
+    fn an_unverified_email_cannot_pre_empt_its_owner() {
+        for spelling in [
+            "victim@example.com",
+            "Victim@Example.COM",
+            " victim@example.com ",
+            "VICTIM@EXAMPLE.COM",
+        ] {
+            for attacker_links in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(dir.path()).unwrap();
+                let social = other_connection("social", attacker_links, false);
+                let corp = other_connection("corp", true, false);
+                let squat = run(&store, &social, &claims("attacker", spelling, false));
+                let attacker = user_id(&squat);
+                // The attacker signs in again: still no index entry.
+                run(&store, &social, &claims("attacker", spelling, false));
+                let owner = run(&store, &corp, &claims("victim", "victim@example.com", true));
+                assert_eq!(action(&owner), JitAction::Created, "{spelling}");
+                let owner = user_id(&owner);
+                assert_ne!(owner, attacker, "{spelling}");
+                let holder = store.read(|tx| tx.user_by_email("victim@example.com"));
+                assert_eq!(holder.unwrap().unwrap().id, owner, "{spelling}");
+                // A later sign-in of the attacker, even claiming verification now, changes
+                // nothing for the owner.
+                run(&store, &social, &claims("attacker", spelling, true));
+                let again = run(&store, &corp, &claims("victim", "victim@example.com", true));
+                assert_eq!(user_id(&again), owner);
+                let attacker_record = store.read(|tx| tx.user(&attacker)).unwrap().unwrap();
+                assert_eq!(attacker_record.links.len(), 1, "nothing was linked to it");
+            }
+        }
+    }
+
+    /// `trust_email` makes a connection's emails count as verified: stored so, indexed, and
+    /// linked on.
+    #[test]
+    fn a_trust_email_connection_stores_its_emails_as_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let trusted = other_connection("workforce", true, true);
+        let first = run(&store, &trusted, &claims("w1", "a@example.com", false));
+        let id = user_id(&first);
+        let record = store.read(|tx| tx.user(&id)).unwrap().unwrap();
+        assert!(record.email_verified);
+        let corp = other_connection("corp", true, false);
+        let linked = run(&store, &corp, &claims("c1", "a@example.com", true));
+        assert_eq!(action(&linked), JitAction::Linked);
+        assert_eq!(user_id(&linked), id);
     }
 
     #[test]

@@ -199,8 +199,14 @@ impl Tx {
     }
 
     /// Writes an account and keeps the indexes in step: its username is claimed (the caller
-    /// has checked it is free), its email is indexed unless another account holds it, and
-    /// index entries it no longer has are released.
+    /// has checked it is free), and index entries it no longer has are released.
+    ///
+    /// The email index is what `link_by_email` links on, so only a verified email is in it
+    /// (an admin's `users add --email` counts as verified; JIT stores a `trust_email`
+    /// connection's emails as verified): an account whose email nobody verified never holds
+    /// the address, and cannot be handed to its real owner's later sign-in. A verified email
+    /// is indexed when free, or when the account holding the entry no longer has it verified
+    /// (an entry from before this rule); never taken from another verified holder.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
         let previous = self.user(&user.id)?;
         let bytes = encode(user)?;
@@ -210,6 +216,29 @@ impl Tx {
                 .insert(user.id.as_str(), bytes.as_slice())
                 .map_err(StoreError::db)?;
         }
+        let indexed = user
+            .email
+            .as_deref()
+            .filter(|_| user.email_verified)
+            .map(normalize_email);
+        // Who holds the email's entry now, and whether that holder still has it verified.
+        let holder = match &indexed {
+            Some(email) => {
+                let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+                match get_id(&emails, email)? {
+                    Some(id) if id != user.id => {
+                        let held = self.user(&id)?.is_some_and(|other| {
+                            other.email_verified
+                                && other.email.as_deref().map(normalize_email).as_ref()
+                                    == Some(email)
+                        });
+                        Some((id, held))
+                    }
+                    other => other.map(|id| (id, true)),
+                }
+            }
+            None => None,
+        };
         let mut names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
         let mut emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
         if let Some(old) = &previous {
@@ -220,8 +249,7 @@ impl Tx {
                 names.remove(old_name.as_str()).map_err(StoreError::db)?;
             }
             if let Some(old_email) = old.email.as_deref().map(normalize_email) {
-                let kept = user.email.as_deref().map(normalize_email);
-                if kept.as_deref() != Some(old_email.as_str())
+                if indexed.as_deref() != Some(old_email.as_str())
                     && get_id(&emails, &old_email)?.as_deref() == Some(user.id.as_str())
                 {
                     emails.remove(old_email.as_str()).map_err(StoreError::db)?;
@@ -231,8 +259,12 @@ impl Tx {
         names
             .insert(username_key(&user.username).as_str(), user.id.as_str())
             .map_err(StoreError::db)?;
-        if let Some(email) = user.email.as_deref().map(normalize_email) {
-            if get_id(&emails, &email)?.is_none() {
+        if let Some(email) = indexed {
+            let free = match &holder {
+                None => true,
+                Some((id, held)) => id != &user.id && !held,
+            };
+            if free {
                 emails
                     .insert(email.as_str(), user.id.as_str())
                     .map_err(StoreError::db)?;
@@ -304,9 +336,11 @@ mod tests {
     use super::super::Store;
     use super::*;
 
+    /// An account with this email, verified.
     fn user(name: &str, email: Option<&str>) -> UserRecord {
         let mut u = UserRecord::new(name.into(), 1);
         u.email = email.map(str::to_string);
+        u.email_verified = email.is_some();
         u
     }
 
@@ -381,6 +415,67 @@ mod tests {
             .write(|tx| tx.user_by_email("same@example.com"))
             .unwrap();
         assert_eq!(holder.unwrap().id, first.id);
+    }
+
+    /// An unverified email is never in the linking index, whatever the order of writes: a
+    /// later verified holder takes an entry left by an unverified one, and an account whose
+    /// email stops being verified gives its entry up.
+    #[test]
+    fn only_a_verified_email_is_indexed_for_linking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut squatter = user("squatter", Some("Victim@Example.com"));
+        squatter.email_verified = false;
+        store.write(|tx| tx.put_user(&squatter)).unwrap();
+        let found = store.read(|tx| tx.user_by_email("victim@example.com"));
+        assert!(
+            found.unwrap().is_none(),
+            "an unverified email is not indexed"
+        );
+        assert_eq!(store.read(|tx| tx.index_sizes()).unwrap().1, 0);
+
+        let owner = user("owner", Some("victim@example.com"));
+        store.write(|tx| tx.put_user(&owner)).unwrap();
+        // The squatter's next write (even claiming verification again) does not take it.
+        squatter.email_verified = true;
+        store.write(|tx| tx.put_user(&squatter)).unwrap();
+        let holder = store.read(|tx| tx.user_by_email("VICTIM@example.com"));
+        assert_eq!(holder.unwrap().unwrap().id, owner.id);
+
+        let mut owner = owner;
+        owner.email_verified = false;
+        store.write(|tx| tx.put_user(&owner)).unwrap();
+        let holder = store.read(|tx| tx.user_by_email("victim@example.com"));
+        assert!(
+            holder.unwrap().is_none(),
+            "an unverified holder gives the entry up"
+        );
+    }
+
+    /// An entry written before the rule (an unverified holder in the index) goes to the
+    /// first verified account with the address.
+    #[test]
+    fn a_verified_account_takes_the_entry_of_an_unverified_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = user("old", Some("a@example.com"));
+        store.write(|tx| tx.put_user(&old)).unwrap();
+        // The record loses its verification without going through put_user (an old store).
+        old.email_verified = false;
+        store
+            .write(|tx| {
+                let mut users = tx.txn.open_table(USERS).map_err(StoreError::db)?;
+                let bytes = encode(&old)?;
+                users
+                    .insert(old.id.as_str(), bytes.as_slice())
+                    .map_err(StoreError::db)?;
+                Ok(())
+            })
+            .unwrap();
+        let verified = user("verified", Some("a@example.com"));
+        store.write(|tx| tx.put_user(&verified)).unwrap();
+        let holder = store.read(|tx| tx.user_by_email("a@example.com"));
+        assert_eq!(holder.unwrap().unwrap().id, verified.id);
     }
 
     #[test]
