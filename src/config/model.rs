@@ -223,6 +223,22 @@ pub struct Server {
     pub worker_threads: usize,
     pub shutdown_grace: Duration,
     pub upstream_keepalive_pool: usize,
+    /// Deadlines and limits for client connections.
+    pub clients: ClientLimits,
+}
+
+/// Deadlines and limits for client connections (`[server] client_*`, `max_connections*`,
+/// `h2_max_concurrent_streams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Already resolved: never 0.
+    pub max_connections: usize,
+    pub max_connections_per_ip: Option<usize>,
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]

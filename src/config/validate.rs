@@ -16,10 +16,10 @@ use super::file::{
     UpstreamSection,
 };
 use super::model::{
-    AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
-    HostMatch, IdentityHeader, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount, PathMatch,
-    PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg, TlsListen,
-    Upstream,
+    AccessRule, Admin, AttributeSync, ClaimNames, ClientLimits, Config, Connection, EmailDomain,
+    Headers, HostMatch, IdentityHeader, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount,
+    PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg,
+    TlsListen, Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -214,6 +214,20 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
     if s.upstream_keepalive_pool == 0 {
         p.add("server.upstream_keepalive_pool", "must be at least 1");
     }
+    let mut timeout = |key: &str, text: &str| {
+        let d = p.check(format!("server.{key}"), parse_duration(text));
+        if d.is_some_and(|d| d.is_zero()) {
+            p.add(format!("server.{key}"), "must be more than 0");
+        }
+        d
+    };
+    let header_timeout = timeout("client_header_timeout", &s.client_header_timeout);
+    let body_timeout = timeout("client_body_timeout", &s.client_body_timeout);
+    let idle_timeout = timeout("client_idle_timeout", &s.client_idle_timeout);
+    let write_timeout = timeout("client_write_timeout", &s.client_write_timeout);
+    if s.h2_max_concurrent_streams == 0 {
+        p.add("server.h2_max_concurrent_streams", "must be at least 1");
+    }
     let worker_threads = match s.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -228,7 +242,52 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
         worker_threads,
         shutdown_grace: shutdown_grace?,
         upstream_keepalive_pool: s.upstream_keepalive_pool,
+        clients: ClientLimits {
+            header_timeout: header_timeout?,
+            body_timeout: body_timeout?,
+            idle_timeout: idle_timeout?,
+            write_timeout: write_timeout?,
+            max_connections: match s.max_connections {
+                0 => default_max_connections(),
+                n => n,
+            },
+            max_connections_per_ip: (s.max_connections_per_ip > 0)
+                .then_some(s.max_connections_per_ip),
+            h2_max_concurrent_streams: s.h2_max_concurrent_streams,
+        },
     })
+}
+
+/// File descriptors kept back from client connections: listeners, the store, logs, the IdP
+/// clients.
+const FD_RESERVE: u64 = 64;
+
+/// The default `max_connections`: half of what the open-files limit leaves after a reserve
+/// (each proxied client connection may hold an upstream connection too), at least 16.
+pub fn default_max_connections() -> usize {
+    max_connections_for(open_files_limit())
+}
+
+/// `max_connections` for a given open-files limit (see [`default_max_connections`]).
+pub fn max_connections_for(nofile: u64) -> usize {
+    let usable = nofile.saturating_sub(FD_RESERVE) / 2;
+    usize::try_from(usable).unwrap_or(usize::MAX).max(16)
+}
+
+/// The soft open-files limit of this process (1024 when it cannot be read, 65,536 when
+/// unlimited).
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    match limit.rlim_cur {
+        _ if !ok => 1024,
+        libc::RLIM_INFINITY => 65_536,
+        n => n,
+    }
 }
 
 fn log(l: &LogSection, p: &mut Problems) -> Option<Log> {
