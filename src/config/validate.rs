@@ -1112,3 +1112,51 @@ fn admin(a: &AdminSection, p: &mut Problems) -> Admin {
         token: token.map(Secret),
     }
 }
+
+#[cfg(test)]
+mod client_limit_tests {
+    use super::*;
+
+    /// The default connection limit is half of what the open-files limit leaves after the
+    /// reserve, never below 16, and never more than the limit could hold.
+    #[test]
+    fn the_default_connection_limit_follows_the_open_files_limit() {
+        assert_eq!(max_connections_for(1024), 480);
+        assert_eq!(max_connections_for(256), 96);
+        assert_eq!(max_connections_for(0), 16);
+        assert_eq!(max_connections_for(64), 16);
+        for nofile in [100u64, 1000, 4096, 65_536, 1 << 20] {
+            let max = max_connections_for(nofile) as u64;
+            assert!(max * 2 + FD_RESERVE <= nofile.max(2 * 16 + FD_RESERVE));
+        }
+    }
+
+    /// Zero deadlines and a zero stream limit are refused by key path; the defaults hold.
+    #[test]
+    fn client_deadlines_must_be_positive() {
+        let ok = crate::config::parse(
+            "[server]\n[[upstreams]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let c = ok.server.clients;
+        assert_eq!(c.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.write_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.h2_max_concurrent_streams, 100);
+        assert_eq!(c.max_connections_per_ip, None);
+        assert!(c.max_connections >= 16);
+        for key in [
+            "client_header_timeout",
+            "client_body_timeout",
+            "client_idle_timeout",
+            "client_write_timeout",
+        ] {
+            let text = format!(
+                "[server]\n{key} = \"0s\"\n[[upstreams]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n"
+            );
+            let error = crate::config::parse(&text).expect_err(key).to_string();
+            assert!(error.contains(&format!("server.{key}")), "{error}");
+        }
+    }
+}

@@ -606,6 +606,112 @@ mod tests {
         }
     }
 
+    /// A connected pair: the client socket and the server side wrapped in [`Deadlined`] with a
+    /// 200 ms head deadline.
+    async fn pair() -> (tokio::net::TcpStream, Deadlined) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let deadlines = Deadlines {
+            header: Duration::from_millis(200),
+            idle: Duration::from_millis(200),
+            write: Duration::from_millis(200),
+        };
+        let metrics = crate::metrics::Metrics::new().unwrap().conns;
+        (client, Deadlined::new(stream, deadlines, metrics))
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// The h2c check never waits without a deadline: bytes that stop matching the preface
+        /// are handed to HTTP/1 at once (and read back whole), bytes that could still be the
+        /// preface wait at most until the head deadline.
+        #[test]
+        fn the_preface_check_returns_at_the_first_mismatch_or_the_deadline(
+            sent in proptest::prop_oneof![
+                // Every prefix of the preface.
+                (1usize..24).prop_map(|n| H2_PREFACE[..n].to_vec()),
+                // A prefix whose last byte is wrong: a mismatch as late as it can come.
+                (1usize..24, proptest::prelude::any::<u8>()).prop_map(|(n, b)| {
+                    let mut v = H2_PREFACE[..n].to_vec();
+                    v[n - 1] = if b == H2_PREFACE[n - 1] { b.wrapping_add(1) } else { b };
+                    v
+                }),
+                // Anything short (HTTP/1 requests shorter than the preface included).
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 1..24),
+                proptest::prelude::Just(b"OPTIONS / HTTP/1.0\r\n\r\n".to_vec()),
+            ],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut client, mut conn) = pair().await;
+                client.write_all(&sent).await.unwrap();
+                let mut buf = [0u8; 24];
+                let outcome = tokio::time::timeout(Duration::from_secs(3), conn.try_peek(&mut buf))
+                    .await
+                    .expect("the preface check waited past its deadline");
+                if H2_PREFACE.starts_with(&sent) {
+                    let error = outcome.expect_err("a preface prefix then silence must time out");
+                    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+                } else {
+                    assert!(outcome.unwrap());
+                    assert_ne!(&buf[..], H2_PREFACE);
+                    // Nothing is lost: HTTP/1 reads every byte that was peeked.
+                    let mut back = vec![0u8; sent.len()];
+                    conn.read_exact(&mut back).await.unwrap();
+                    assert_eq!(back, sent);
+                }
+            });
+        }
+    }
+
+    /// The whole preface is HTTP/2: the check says so and the connection leaves the head
+    /// deadline to pingora's h2 handling.
+    #[tokio::test]
+    async fn the_full_preface_is_recognised() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut conn) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut buf = [0u8; 24];
+        assert!(conn.try_peek(&mut buf).await.unwrap());
+        assert_eq!(&buf[..], H2_PREFACE);
+        assert_eq!(conn.phase(), Phase::Open);
+    }
+
+    /// A head trickled one byte at a time still ends at the head deadline: it is for the
+    /// whole head, not per read.
+    #[tokio::test]
+    async fn a_trickled_head_ends_at_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, mut conn) = pair().await;
+        let trickle = tokio::spawn(async move {
+            for _ in 0..40 {
+                if client.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut buf = [0u8; 64];
+        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Err(e) = conn.read(&mut buf).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the trickle kept the head open");
+        assert_eq!(ended.kind(), io::ErrorKind::TimedOut);
+        trickle.abort();
+    }
+
     /// One address cannot take more than its share; other addresses still get in, and the
     /// per-address table forgets an address with nothing open.
     #[test]
