@@ -687,3 +687,32 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// An h2c connection with no open stream is closed after the idle deadline.
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed() {
+    let h = start("").await;
+    let tcp = TcpStream::connect(h.proxy()).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut client = client.ready().await.unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/one", h.proxy()))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    // Nothing more is asked: the server ends the connection.
+    let ended = tokio::time::timeout(BOUND, driver).await;
+    assert!(
+        ended.is_ok(),
+        "idle h2 connection still open after {BOUND:?}"
+    );
+}
