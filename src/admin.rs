@@ -15,6 +15,7 @@ use crate::auth::Auth;
 use crate::config::model::Secret;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::server::conns::Deadlined;
 use crate::users::ops::{execute, Effect, OpError, UserOp};
 
 /// The largest users-API request body.
@@ -176,6 +177,21 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let deadlined = session.stream().and_then(Deadlined::of);
+        if let Some(d) = deadlined {
+            d.request_started();
+        }
+        let response = self.route(session).await;
+        // The response is ready (it is written next): the idle time starts now.
+        if let Some(d) = session.stream().and_then(Deadlined::of) {
+            d.request_finished();
+        }
+        response
+    }
+}
+
+impl AdminApp {
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         let text = "text/plain; charset=utf-8";
         match path.as_str() {

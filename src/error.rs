@@ -2,6 +2,7 @@
 
 use http::StatusCode;
 
+use crate::proxy::host::HostError;
 use crate::proxy::path::PathError;
 
 /// Why Gatehouse answered a request itself instead of the app.
@@ -11,6 +12,12 @@ pub enum RequestError {
     BadPath(#[from] PathError),
     #[error("malformed request")]
     BadRequest,
+    #[error("bad host: {0}")]
+    BadHost(#[from] HostError),
+    #[error("the request body ended early")]
+    BodyAborted,
+    #[error("the client sent the request body too slowly")]
+    ClientTimeout,
     #[error("no upstream serves this host and path")]
     NoUpstream,
     #[error("no such endpoint")]
@@ -30,7 +37,11 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::BadPath(_) | RequestError::BadRequest => StatusCode::BAD_REQUEST,
+            RequestError::BadPath(_)
+            | RequestError::BadRequest
+            | RequestError::BadHost(_)
+            | RequestError::BodyAborted => StatusCode::BAD_REQUEST,
+            RequestError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             RequestError::NoUpstream | RequestError::NotFound => StatusCode::NOT_FOUND,
             RequestError::Unauthenticated => StatusCode::UNAUTHORIZED,
             RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -48,6 +59,9 @@ impl RequestError {
         match self {
             RequestError::BadPath(_) => "The request path is not allowed.",
             RequestError::BadRequest => "The request is malformed.",
+            RequestError::BadHost(_) => "The request does not name a valid host.",
+            RequestError::BodyAborted => "The request body was incomplete.",
+            RequestError::ClientTimeout => "The request body did not arrive in time.",
             RequestError::NoUpstream | RequestError::NotFound => {
                 "Nothing is served at this address."
             }
@@ -78,5 +92,8 @@ mod tests {
             502
         );
         assert_eq!(RequestError::UpstreamTimeout("read_timeout").status(), 504);
+        assert_eq!(RequestError::BadHost(HostError::Missing).status(), 400);
+        assert_eq!(RequestError::BodyAborted.status(), 400);
+        assert_eq!(RequestError::ClientTimeout.status(), 408);
     }
 }

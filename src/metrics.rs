@@ -31,6 +31,90 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Login, session and token metrics.
     pub auth: AuthMetrics,
+    /// Client connections: open, refused, timed out; client mistakes.
+    pub conns: ConnMetrics,
+}
+
+/// Every listener the connection metrics can carry.
+pub const LISTENERS: &[&str] = &["proxy", "admin"];
+/// Every reason `gatehouse_connections_rejected_total` can carry.
+pub const REJECT_REASONS: &[&str] = &["max_connections", "max_connections_per_ip"];
+/// Every kind `gatehouse_client_timeouts_total` can carry.
+pub const TIMEOUT_KINDS: &[&str] = &["header", "body", "idle", "write"];
+/// Every reason `gatehouse_client_errors_total` can carry.
+pub const CLIENT_ERROR_REASONS: &[&str] =
+    &["missing_host", "bad_host", "body_aborted", "body_timeout"];
+
+/// Client connection metrics. Labels: fixed names only.
+#[derive(Clone)]
+pub struct ConnMetrics {
+    pub open: IntGaugeVec,
+    pub rejected: IntCounterVec,
+    pub timeouts: IntCounterVec,
+    pub client_errors: IntCounterVec,
+}
+
+impl ConnMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_connections_open",
+                "Client connections open now, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_connections_rejected_total",
+                "Client connections closed at once because a limit was reached, by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_client_timeouts_total",
+                "Client connections or requests ended by a client deadline, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_client_errors_total",
+                "Requests answered 400 or 408 for a client mistake, by reason.",
+            ),
+            &["reason"],
+        )?;
+        for listener in LISTENERS {
+            open.with_label_values(&[listener]).set(0);
+            for reason in REJECT_REASONS {
+                rejected.with_label_values(&[listener, reason]);
+            }
+        }
+        for kind in TIMEOUT_KINDS {
+            timeouts.with_label_values(&[kind]);
+        }
+        for reason in CLIENT_ERROR_REASONS {
+            client_errors.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(timeouts.clone()))?;
+        registry.register(Box::new(client_errors.clone()))?;
+        Ok(Self {
+            open,
+            rejected,
+            timeouts,
+            client_errors,
+        })
+    }
+
+    pub fn timeout(&self, kind: &str) {
+        self.timeouts.with_label_values(&[kind]).inc();
+    }
+
+    pub fn client_error(&self, reason: &str) {
+        self.client_errors.with_label_values(&[reason]).inc();
+    }
 }
 
 /// Every result `gatehouse_logins_total` can carry.
@@ -314,8 +398,10 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
         let auth = AuthMetrics::new(&registry)?;
+        let conns = ConnMetrics::new(&registry)?;
         Ok(Self {
             auth,
+            conns,
             registry,
             requests,
             duration,

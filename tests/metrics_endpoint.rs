@@ -35,6 +35,10 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_store_errors_total",
         "gatehouse_users",
         "gatehouse_access_denied_total",
+        "gatehouse_connections_open",
+        "gatehouse_connections_rejected_total",
+        "gatehouse_client_timeouts_total",
+        "gatehouse_client_errors_total",
     ] {
         // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
         assert!(
@@ -60,6 +64,8 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "action",
         "rule",
         "op",
+        // Fixed names: proxy, admin.
+        "listener",
     ];
     for sample in &scrape.samples {
         for (label, _) in sample.labels.iter() {

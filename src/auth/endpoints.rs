@@ -110,6 +110,19 @@ fn host_header(session: &Session) -> Option<String> {
         .or_else(|| req.uri.authority().map(|a| a.to_string()))
 }
 
+/// 400 for a login started with a Host no callback address can be built from (a client
+/// mistake: not counted as an unreachable IdP).
+async fn bad_callback_address(session: &mut Session) -> pingora::Result<()> {
+    html(
+        session,
+        StatusCode::BAD_REQUEST,
+        "Bad request",
+        "<p>The request does not name a valid host.</p>",
+        vec![],
+    )
+    .await
+}
+
 /// `scheme://host` users reach Gatehouse at: from config, else from this request (whose
 /// forwarding headers were already sanitized).
 fn external_base(auth: &Auth, session: &Session) -> String {
@@ -252,9 +265,17 @@ async fn start(
         )
         .await;
     };
+    if auth.login.external_url.is_none() && host_header(session).is_none() {
+        // An HTTP/1.0 request without Host: no address to come back to. A client mistake.
+        return bad_callback_address(session).await;
+    }
     let redirect_uri = format!("{}/oauth2/callback", external_base(auth, session));
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
+        Err(OidcError::BadRedirect(e)) => {
+            tracing::debug!(error = %e, "cannot build the callback address from this request");
+            return bad_callback_address(session).await;
+        }
         Err(e) => {
             tracing::warn!(connection = %provider.connection.id, error = %e, "cannot start a login");
             auth.metrics
@@ -523,10 +544,41 @@ async fn finish_login(
     })
 }
 
-/// Reads a small form body.
+/// Reads a small form body. Answers `Expect: 100-continue` first. A body that stalls longer
+/// than `client_body_timeout` between reads, or ends early, is the client's failure
+/// (`ReadTimedout` / `ReadError` from downstream: 408 / 400 in `fail_to_proxy`), never a 500.
 pub(crate) async fn read_form(session: &mut Session) -> pingora::Result<Vec<(String, String)>> {
+    let expects_continue = session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| e.into_down())?;
+    }
+    let timeout = session
+        .req_header()
+        .extensions
+        .get::<crate::proxy::BodyTimeout>()
+        .map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
     let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    loop {
+        let chunk = match tokio::time::timeout(timeout, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e.into_down()),
+            Err(_) => {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::ReadTimedout,
+                    "reading a form body",
+                )
+                .into_down())
+            }
+        };
         body.extend_from_slice(&chunk);
         if body.len() > MAX_FORM {
             break;
@@ -534,6 +586,9 @@ pub(crate) async fn read_form(session: &mut Session) -> pingora::Result<Vec<(Str
     }
     Ok(form_pairs(&String::from_utf8_lossy(&body)))
 }
+
+/// The body deadline when the request carries none (the `client_body_timeout` default).
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `/oauth2/sign_out`: GET shows a confirmation form; POST (with the form's token, bound to
 /// this session) revokes the session, clears the cookie, and goes to the IdP's end-session

@@ -50,6 +50,8 @@ const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
+    #[error("the callback address built from this request is not a URL: {0}")]
+    BadRedirect(String),
     #[error("the identity provider is not reachable or not discovered yet: {0}")]
     Unavailable(String),
     #[error("the code exchange failed: {0}")]
@@ -198,7 +200,7 @@ impl Provider {
     pub fn authorize(&self, redirect_uri: &str) -> Result<Authorization, OidcError> {
         let d = self.discovered()?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+            .map_err(|e| OidcError::BadRedirect(e.to_string()))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = d
             .client

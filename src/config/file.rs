@@ -71,7 +71,6 @@ impl Default for LimitsSection {
     }
 }
 
-
 /// `[forward_auth]`: which headers the front proxy sets on its `/oauth2/auth` subrequest.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +178,27 @@ pub struct ServerSection {
     pub shutdown_grace: String,
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool: usize,
+    /// The whole request head must arrive within this long.
+    #[serde(default = "default_client_header_timeout")]
+    pub client_header_timeout: String,
+    /// Longest wait between two reads of a request body.
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout: String,
+    /// An idle keep-alive (HTTP/1) or stream-less (h2) connection is closed after this long.
+    #[serde(default = "default_client_idle_timeout")]
+    pub client_idle_timeout: String,
+    /// Longest wait for a client to take response bytes (a socket or an h2 stream window).
+    #[serde(default = "default_client_write_timeout")]
+    pub client_write_timeout: String,
+    /// Open client connections on the proxy listeners; 0 derives it from the open-files limit.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Open client connections per client address; 0 means no per-address limit.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[serde(default = "default_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerSection {
@@ -192,6 +212,13 @@ impl Default for ServerSection {
             worker_threads: 0,
             shutdown_grace: default_grace(),
             upstream_keepalive_pool: default_keepalive_pool(),
+            client_header_timeout: default_client_header_timeout(),
+            client_body_timeout: default_client_body_timeout(),
+            client_idle_timeout: default_client_idle_timeout(),
+            client_write_timeout: default_client_write_timeout(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            h2_max_concurrent_streams: default_h2_streams(),
         }
     }
 }
@@ -214,6 +241,21 @@ fn default_grace() -> String {
 }
 fn default_keepalive_pool() -> usize {
     128
+}
+fn default_client_header_timeout() -> String {
+    "10s".to_string()
+}
+fn default_client_body_timeout() -> String {
+    "30s".to_string()
+}
+fn default_client_idle_timeout() -> String {
+    "60s".to_string()
+}
+fn default_client_write_timeout() -> String {
+    "30s".to_string()
+}
+fn default_h2_streams() -> u32 {
+    100
 }
 
 /// `[log]`

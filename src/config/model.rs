@@ -53,7 +53,6 @@ impl Default for Limits {
     }
 }
 
-
 /// `[forward_auth]`: where the front proxy's subrequest says which request it asks about.
 #[derive(Debug, Clone)]
 pub struct ForwardAuth {
@@ -289,6 +288,22 @@ pub struct Server {
     pub worker_threads: usize,
     pub shutdown_grace: Duration,
     pub upstream_keepalive_pool: usize,
+    /// Deadlines and limits for client connections.
+    pub clients: ClientLimits,
+}
+
+/// Deadlines and limits for client connections (`[server] client_*`, `max_connections*`,
+/// `h2_max_concurrent_streams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Already resolved: never 0.
+    pub max_connections: usize,
+    pub max_connections_per_ip: Option<usize>,
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]

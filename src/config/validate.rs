@@ -16,10 +16,10 @@ use super::file::{
     SessionSection, UpstreamSection,
 };
 use super::model::{
-    AccessRule, Admin, AttributeSync, ClaimNames, Config, Connection, EmailDomain, Headers,
-    HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel, NoLocalAccount,
-    PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing, SigningAlg,
-    TlsListen, Upstream,
+    AccessRule, Admin, AttributeSync, ClaimNames, ClientLimits, Config, Connection, EmailDomain,
+    Headers, HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel,
+    NoLocalAccount, PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing,
+    SigningAlg, TlsListen, Upstream,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -218,6 +218,20 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
     if s.upstream_keepalive_pool == 0 {
         p.add("server.upstream_keepalive_pool", "must be at least 1");
     }
+    let mut timeout = |key: &str, text: &str| {
+        let d = p.check(format!("server.{key}"), parse_duration(text));
+        if d.is_some_and(|d| d.is_zero()) {
+            p.add(format!("server.{key}"), "must be more than 0");
+        }
+        d
+    };
+    let header_timeout = timeout("client_header_timeout", &s.client_header_timeout);
+    let body_timeout = timeout("client_body_timeout", &s.client_body_timeout);
+    let idle_timeout = timeout("client_idle_timeout", &s.client_idle_timeout);
+    let write_timeout = timeout("client_write_timeout", &s.client_write_timeout);
+    if s.h2_max_concurrent_streams == 0 {
+        p.add("server.h2_max_concurrent_streams", "must be at least 1");
+    }
     let worker_threads = match s.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -232,7 +246,52 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
         worker_threads,
         shutdown_grace: shutdown_grace?,
         upstream_keepalive_pool: s.upstream_keepalive_pool,
+        clients: ClientLimits {
+            header_timeout: header_timeout?,
+            body_timeout: body_timeout?,
+            idle_timeout: idle_timeout?,
+            write_timeout: write_timeout?,
+            max_connections: match s.max_connections {
+                0 => default_max_connections(),
+                n => n,
+            },
+            max_connections_per_ip: (s.max_connections_per_ip > 0)
+                .then_some(s.max_connections_per_ip),
+            h2_max_concurrent_streams: s.h2_max_concurrent_streams,
+        },
     })
+}
+
+/// File descriptors kept back from client connections: listeners, the store, logs, the IdP
+/// clients.
+const FD_RESERVE: u64 = 64;
+
+/// The default `max_connections`: half of what the open-files limit leaves after a reserve
+/// (each proxied client connection may hold an upstream connection too), at least 16.
+pub fn default_max_connections() -> usize {
+    max_connections_for(open_files_limit())
+}
+
+/// `max_connections` for a given open-files limit (see [`default_max_connections`]).
+pub fn max_connections_for(nofile: u64) -> usize {
+    let usable = nofile.saturating_sub(FD_RESERVE) / 2;
+    usize::try_from(usable).unwrap_or(usize::MAX).max(16)
+}
+
+/// The soft open-files limit of this process (1024 when it cannot be read, 65,536 when
+/// unlimited).
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    match limit.rlim_cur {
+        _ if !ok => 1024,
+        libc::RLIM_INFINITY => 65_536,
+        n => n,
+    }
 }
 
 fn log(l: &LogSection, p: &mut Problems) -> Option<Log> {
@@ -1105,5 +1164,53 @@ fn admin(a: &AdminSection, p: &mut Problems) -> Admin {
     }
     Admin {
         token: token.map(Secret),
+    }
+}
+
+#[cfg(test)]
+mod client_limit_tests {
+    use super::*;
+
+    /// The default connection limit is half of what the open-files limit leaves after the
+    /// reserve, never below 16, and never more than the limit could hold.
+    #[test]
+    fn the_default_connection_limit_follows_the_open_files_limit() {
+        assert_eq!(max_connections_for(1024), 480);
+        assert_eq!(max_connections_for(256), 96);
+        assert_eq!(max_connections_for(0), 16);
+        assert_eq!(max_connections_for(64), 16);
+        for nofile in [100u64, 1000, 4096, 65_536, 1 << 20] {
+            let max = max_connections_for(nofile) as u64;
+            assert!(max * 2 + FD_RESERVE <= nofile.max(2 * 16 + FD_RESERVE));
+        }
+    }
+
+    /// Zero deadlines and a zero stream limit are refused by key path; the defaults hold.
+    #[test]
+    fn client_deadlines_must_be_positive() {
+        let ok = crate::config::parse(
+            "[server]\n[[upstreams]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let c = ok.server.clients;
+        assert_eq!(c.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.write_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.h2_max_concurrent_streams, 100);
+        assert_eq!(c.max_connections_per_ip, None);
+        assert!(c.max_connections >= 16);
+        for key in [
+            "client_header_timeout",
+            "client_body_timeout",
+            "client_idle_timeout",
+            "client_write_timeout",
+        ] {
+            let text = format!(
+                "[server]\n{key} = \"0s\"\n[[upstreams]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n"
+            );
+            let error = crate::config::parse(&text).expect_err(key).to_string();
+            assert!(error.contains(&format!("server.{key}")), "{error}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The proxy pipeline: pingora's [`ProxyHttp`] phases, in the order a request meets them.
 //!
 //! ```text
-//! early_request_filter  count the request in flight
-//! request_filter        request id -> normalize path -> strip owned headers -> forwarding
+//! early_request_filter  count the request in flight; client deadlines for this request
+//! request_filter        request id -> Host check (400) -> normalize path -> strip owned headers -> forwarding
 //!                       headers -> classify route -> (internal endpoint | no upstream |
 //!                       public | protected: session check, else 401 / 302 to login)
 //! upstream_peer         the upstream picked in request_filter
@@ -13,6 +13,7 @@
 
 pub mod ctx;
 pub mod forwarded;
+pub mod host;
 pub mod hygiene;
 pub mod path;
 pub mod request_id;
@@ -31,8 +32,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::endpoints;
 use crate::auth::Auth;
-use crate::config::model::MfaLevel;
 use crate::config::model::Upstream;
+use crate::config::model::{ClientLimits, MfaLevel};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
@@ -43,6 +44,7 @@ use crate::identity::signed_header::SignedHeader;
 use crate::logging::{access_line, AccessLine, Redacted};
 use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
+use crate::server::conns::Deadlined;
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
@@ -69,7 +71,14 @@ pub struct Gatehouse {
     signed: Option<SignedHeader>,
     /// Whether TOTP is asked for anywhere (else the per-request MFA check is skipped).
     mfa_anywhere: bool,
+    /// Client deadlines (`[server] client_*`).
+    clients: ClientLimits,
 }
+
+/// The client body deadline of a request, for Gatehouse's own endpoints that read a body
+/// (kept in the request's extensions; pingora times HTTP/1 body reads itself, not h2 ones).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
 
 fn peer_for(u: &Upstream) -> HttpPeer {
     let mut peer = HttpPeer::new(u.address, u.tls, u.sni.clone());
@@ -127,6 +136,7 @@ impl Gatehouse {
             access,
             signed,
             mfa_anywhere,
+            clients: config.server.clients,
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -378,14 +388,25 @@ impl ProxyHttp for Gatehouse {
         RequestCtx::new()
     }
 
-    /// Counts the request in flight before anything can fail.
+    /// Counts the request in flight before anything can fail, and puts the request under
+    /// the client deadlines: the head is in (the connection's head deadline stops), body
+    /// reads and response writes are timed.
     async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.metrics.request_started();
         ctx.counted = true;
+        if let Some(conn) = session.stream().and_then(Deadlined::of) {
+            conn.request_started();
+        }
+        session.set_read_timeout(Some(self.clients.body_timeout));
+        session.set_write_timeout(Some(self.clients.write_timeout));
+        session
+            .req_header_mut()
+            .extensions_mut()
+            .insert(BodyTimeout(self.clients.body_timeout));
         Ok(())
     }
 
@@ -395,6 +416,12 @@ impl ProxyHttp for Gatehouse {
         ctx.request_id = self
             .ids
             .for_request(session.req_header().headers.get(X_REQUEST_ID));
+        let req = session.req_header();
+        if let Err(e) = host::check(req.version, &req.uri, &req.headers) {
+            // Early answer: 400, no Host (HTTP/1.1) or one nothing can be routed or built on.
+            self.metrics.conns.client_error(e.reason());
+            return self.answer_error(session, ctx, e.into()).await;
+        }
 
         let peer = Peer {
             addr: session
@@ -659,11 +686,27 @@ impl ProxyHttp for Gatehouse {
                     RequestError::UpstreamUnavailable(reason)
                 }
             }
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => {
+                // The request body stalled: 408, a client matter.
+                self.metrics.conns.timeout("body");
+                self.metrics.conns.client_error("body_timeout");
+                RequestError::ClientTimeout
+            }
+            (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::ConnectionClosed)
+                if session.response_written().is_none() =>
+            {
+                // The request body ended early: 400 (if anybody still listens).
+                self.metrics.conns.client_error("body_aborted");
+                RequestError::BodyAborted
+            }
             (
                 ErrorSource::Downstream,
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorType::WriteError
+                | ErrorType::WriteTimedout
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed,
             ) => {
-                // The client went away: nobody to answer.
+                // The client went away or stopped reading: nobody to answer.
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
@@ -687,8 +730,24 @@ impl ProxyHttp for Gatehouse {
         }
     }
 
+    /// A client's mistake or a client that went away is not a server fault: no ERROR line
+    /// (the access line and the metrics still record it).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            || matches!(error.etype(), ErrorType::HTTPStatus(code) if (400..500).contains(code))
+    }
+
     /// Records the request metrics and writes the access line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(conn) = session.stream().and_then(Deadlined::of) {
+            conn.request_finished();
+        }
+        if let Some(e) = e {
+            if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::WriteTimedout {
+                // An h2 stream (or an HTTP/1 body) the client did not take in time.
+                self.metrics.conns.timeout("write");
+            }
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         if ctx.counted {

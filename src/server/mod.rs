@@ -1,6 +1,7 @@
 //! Building and running the pingora server: the proxy service (plain and TLS listeners) and
 //! the admin service, over listeners bound up front.
 
+pub mod conns;
 pub mod prebound;
 pub mod shutdown;
 
@@ -9,7 +10,8 @@ use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::protocols::http::v2::server::default_h2_options;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora::services::listening::Service as ListeningService;
@@ -25,8 +27,12 @@ use crate::identity::assertion::AssertionSigner;
 use crate::metrics::Metrics;
 use crate::proxy::Gatehouse;
 use crate::store::Store;
+use conns::{Deadlines, Guarded, Limits};
 use pingora::services::background::background_service;
 use prebound::{Bound, PreBound};
+
+/// Open connections the admin listener holds (its own budget, apart from the proxy's).
+pub const ADMIN_MAX_CONNECTIONS: usize = 32;
 
 /// Why Gatehouse could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +116,13 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let clients = config.server.clients;
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
+    // An h2 connection without open streams is closed like an idle HTTP/1 one.
+    server_options.h2_idle_timeout = Some(clients.idle_timeout);
+    let mut h2_options = default_h2_options();
+    h2_options.max_concurrent_streams(clients.h2_max_concurrent_streams);
     // The login machinery, and its store, exist only when a connection is configured.
     let store = if config.connections.is_empty() {
         None
@@ -152,10 +163,20 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
         _ => None,
     };
     let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth, signer);
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, gatehouse)
-        .name("gatehouse proxy")
-        .server_options(server_options)
-        .build();
+    let mut app = http_proxy(&server.configuration, gatehouse);
+    app.server_options = Some(server_options);
+    app.h2_options = Some(h2_options);
+    let app = Guarded::new(
+        app,
+        "proxy",
+        Limits {
+            max: clients.max_connections,
+            per_ip: clients.max_connections_per_ip,
+        },
+        Deadlines::from(&clients),
+        metrics.conns.clone(),
+    );
+    let mut proxy = ListeningService::new("gatehouse proxy".to_string(), app);
     for socket in &proxy_sockets {
         proxy.add_tcp(&socket.key());
     }
@@ -172,10 +193,19 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
     sockets.extend(tls_sockets);
     server.add_service(PreBound::new(proxy, sockets));
 
-    let mut admin = ListeningService::new(
-        "gatehouse admin".to_string(),
+    // The admin listener has its own, small, connection budget: a saturated proxy listener
+    // leaves /metrics and /ready reachable.
+    let admin_app = Guarded::new(
         AdminApp::new(metrics.clone(), readiness.clone(), users_api),
+        "admin",
+        Limits {
+            max: ADMIN_MAX_CONNECTIONS,
+            per_ip: None,
+        },
+        Deadlines::from(&clients),
+        metrics.conns.clone(),
     );
+    let mut admin = ListeningService::new("gatehouse admin".to_string(), admin_app);
     admin.threads = Some(1);
     admin.add_tcp(&admin_socket.key());
     server.add_service(PreBound::new(admin, vec![admin_socket]));
