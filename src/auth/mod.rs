@@ -4,7 +4,9 @@
 pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
+pub mod expiring;
 pub mod login;
+pub mod logout;
 pub mod oidc;
 pub mod redirect;
 pub mod seal;
@@ -39,6 +41,8 @@ pub struct Auth {
     pub mfa: crate::mfa::gate::MfaGate,
     /// States already used at the callback (until their login cookie would expire).
     used_states: Mutex<HashMap<String, u64>>,
+    /// Back-channel logout tokens: checks and the `jti` replay record.
+    pub logout: logout::LogoutVerifier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,7 @@ impl Auth {
             mfa,
             path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
             used_states: Mutex::new(HashMap::new()),
+            logout: logout::LogoutVerifier::new(),
         }))
     }
 
@@ -182,7 +187,10 @@ impl Auth {
         let Some(provider) = self.provider(&live.identity.connection).cloned() else {
             return false;
         };
-        match provider.refresh(&refresh_token).await {
+        match provider
+            .refresh(&refresh_token, &live.identity.subject)
+            .await
+        {
             Ok(tokens) => {
                 if let Ok(mut t) = live.tokens.lock() {
                     if tokens.id_token.is_some() {
@@ -247,15 +255,13 @@ impl Auth {
                 .inc();
             return Err(bearer::BearerError::NotAllowed);
         }
-        match self
-            .bearer
-            .verify(token)
-            .await
-            .and_then(|id| self.with_local_account(id))
-        {
-            Ok(identity) => {
+        match self.bearer.verify(token).await.and_then(|b| {
+            let factors = b.factors;
+            self.with_local_account(b.identity).map(|id| (id, factors))
+        }) {
+            Ok((identity, factors)) => {
                 self.metrics.bearer.with_label_values(&["valid"]).inc();
-                Ok(Some(Authenticated::Bearer(Box::new(identity))))
+                Ok(Some(Authenticated::Bearer(Box::new(identity), factors)))
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
@@ -309,7 +315,7 @@ impl Auth {
                 .header_cache
                 .get_or_init(|| wire_headers(&self.headers, &live.identity))
                 .clone(),
-            Authenticated::Bearer(identity) => wire_headers(&self.headers, identity),
+            Authenticated::Bearer(identity, _) => wire_headers(&self.headers, identity),
         }
     }
 
@@ -366,14 +372,15 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 #[derive(Debug)]
 pub enum Authenticated {
     Session(Arc<session::LiveSession>),
-    Bearer(Box<crate::identity::Identity>),
+    /// A bearer token, and whether its `acr`/`amr` show a second factor.
+    Bearer(Box<crate::identity::Identity>, bearer::Factors),
 }
 
 impl Authenticated {
     pub fn identity(&self) -> &crate::identity::Identity {
         match self {
             Authenticated::Session(live) => &live.identity,
-            Authenticated::Bearer(identity) => identity,
+            Authenticated::Bearer(identity, _) => identity,
         }
     }
 }
