@@ -877,7 +877,7 @@ mod tests {
     fn issued() -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(super::super::seal::random_key()[..16].to_vec())
+            .encode(&super::super::seal::random_key()[..16])
     }
 
     #[test]

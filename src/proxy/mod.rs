@@ -553,23 +553,20 @@ impl ProxyHttp for Gatehouse {
                         // Early answer: 403, an access rule refused this account.
                         return Ok(true);
                     }
-                    match (self.mfa_anywhere, &who) {
+                    let refused = match (self.mfa_anywhere, &who) {
                         (true, crate::auth::Authenticated::Session(live)) => {
-                            if self.enforce_mfa(auth, session, ctx, live).await?.is_err() {
-                                // Early answer: to the TOTP form (step-up), or the conflict page.
-                                return Ok(true);
-                            }
+                            self.enforce_mfa(auth, session, ctx, live).await?.is_err()
                         }
-                        (true, crate::auth::Authenticated::Bearer(identity, factors)) => {
-                            let refused = self
-                                .enforce_bearer_mfa(auth, session, ctx, identity, *factors)
-                                .await?;
-                            if refused.is_err() {
-                                // Early answer: 401 insufficient_user_authentication.
-                                return Ok(true);
-                            }
-                        }
-                        _ => {}
+                        (true, crate::auth::Authenticated::Bearer(identity, factors)) => self
+                            .enforce_bearer_mfa(auth, session, ctx, identity, *factors)
+                            .await?
+                            .is_err(),
+                        _ => false,
+                    };
+                    if refused {
+                        // Early answer: to the TOTP form (step-up), the conflict page, or 401
+                        // insufficient_user_authentication for a bearer token.
+                        return Ok(true);
                     }
                     let req = session.req_header_mut();
                     for (name, value) in auth.wire_headers(&who).iter() {
