@@ -741,12 +741,25 @@ async fn junk_logout_posts_make_at_most_one_key_fetch() {
 }
 
 /// A logout token with only `sid` (no `sub`), as OIDC Back-Channel Logout 1.0 section 2.4
-/// allows, ends that session; the same token again (same `jti`) is refused, and so are
-/// sid-only tokens that break a rule (nonce, wrong typ, foreign aud, no jti, no event, old).
+/// allows, ends that session and the subject's older bearer tokens; the same token again
+/// (same `jti`) is refused, and so are sid-only tokens that break a rule (nonce, wrong typ,
+/// foreign aud, no jti, no event, old, expired).
 #[tokio::test]
 async fn a_sid_only_logout_token_ends_the_session_once() {
-    let env = login_env(serde_json::json!({}), "[headers]\npass_id_token = true\n").await;
+    let env = login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\n[headers]\npass_id_token = true\n"),
+    )
+    .await;
     let (_browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let alice_bearer = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            access_claims(&env, "alice", serde_json::json!({"iat": unix_now() - 5})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &alice_bearer).await.0, 200);
     let echo = client()
         .get(env.url("/api"))
         .header("cookie", cookie.clone())
@@ -826,6 +839,11 @@ async fn a_sid_only_logout_token_ends_the_session_once() {
         env.api_status(cookie).await,
         401,
         "the session outlived its sid logout"
+    );
+    assert_eq!(
+        bearer_status(&env, "/api", &alice_bearer).await.0,
+        401,
+        "the sid logout left the subject's older bearer token working"
     );
     assert_eq!(
         post_logout(&env, &token).await,
