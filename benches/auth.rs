@@ -88,7 +88,11 @@ fn bearer_jwt(c: &mut Criterion) {
     }))
     .expect("jwks");
     let audiences = vec!["urn:api".to_string()];
-    check(&token, &jwks, "https://idp.example.com", &audiences).expect("the bench token verifies");
+    let kind = gatehouse::auth::bearer::Kind::Access {
+        require_at_jwt: false,
+    };
+    check(&token, &jwks, "https://idp.example.com", &audiences, kind)
+        .expect("the bench token verifies");
     c.bench_function("bearer_jwt_verify_eddsa", |b| {
         b.iter(|| {
             check(
@@ -96,6 +100,7 @@ fn bearer_jwt(c: &mut Criterion) {
                 &jwks,
                 "https://idp.example.com",
                 &audiences,
+                kind,
             )
         })
     });

@@ -148,7 +148,7 @@ fn resigned(token: &str, alg: Algorithm, key: &EncodingKey) -> String {
     jsonwebtoken::encode(&header, &claims_of(token), key).expect("sign")
 }
 
-fn expect_invalid(result: Result<gatehouse::identity::Identity, BearerError>) -> String {
+fn expect_invalid<T: std::fmt::Debug>(result: Result<T, BearerError>) -> String {
     match result {
         Err(BearerError::Invalid(why)) => why,
         other => panic!("expected Invalid, got {other:?}"),
@@ -166,7 +166,8 @@ async fn a_real_access_token_from_the_idp_verifies_as_the_client() {
     let identity = verifier
         .verify(&env.token)
         .await
-        .unwrap_or_else(|e| panic!("{e}\nclaims: {}", claims_of(&env.token)));
+        .unwrap_or_else(|e| panic!("{e}\nclaims: {}", claims_of(&env.token)))
+        .identity;
     assert_eq!(identity.subject, CLIENT_ID);
     assert_eq!(identity.connection, "test");
 }
@@ -275,4 +276,70 @@ async fn the_real_token_is_refused_where_its_audience_is_not_accepted() {
         expect_invalid(verifier.verify(&env.token).await),
         "InvalidAudience"
     );
+}
+
+/// Two connections sharing the IdP (same issuer) are told apart by `aud`: a bearer token is
+/// taken by the connection whose `bearer_audiences` it names, and a logout token by the
+/// connection whose client id it names; a logout token for neither is refused before any
+/// key is looked at.
+#[tokio::test]
+async fn connections_sharing_an_issuer_are_told_apart_by_aud() {
+    let env = start().await;
+    let text = format!(
+        r#"
+[session]
+keys = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
+[[upstreams]]
+url = "http://127.0.0.1:9"
+[[connections]]
+id = "first"
+issuer = "{issuer}"
+client_id = "first-client"
+client_secret = "s"
+allow_bearer = true
+bearer_audiences = ["urn:other-api"]
+[[connections]]
+id = "second"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "s"
+allow_bearer = true
+bearer_audiences = ["{API}"]
+"#,
+        issuer = env.idp.issuer,
+    );
+    let config = gatehouse::config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
+    let mut providers = Vec::new();
+    for connection in &config.connections {
+        let provider = Provider::new(connection.clone()).expect("provider");
+        provider.discover().await.expect("discovery");
+        providers.push(Arc::new(provider));
+    }
+    let verifier = BearerVerifier::new(&providers);
+    let bearer = verifier.verify(&env.token).await.expect("the real token");
+    assert_eq!(bearer.identity.connection, "second");
+
+    let logout = gatehouse::auth::logout::LogoutVerifier::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (aud, expected) in [
+        ("first-client", Some("first")),
+        (CLIENT_ID, Some("second")),
+        ("third", None),
+    ] {
+        let claims = serde_json::json!({
+            "iss": env.idp.issuer, "aud": aud, "iat": now, "jti": format!("j-{aud}"),
+            "sub": "alice",
+            "events": { gatehouse::auth::logout::BACKCHANNEL_EVENT: {} },
+        });
+        let token = env.idp.sign(serde_json::json!({}), claims).await;
+        let order = logout.verify(&providers, &token, now).await;
+        assert_eq!(
+            order.as_ref().ok().map(|o| o.connection.as_str()),
+            expected,
+            "{aud}: {order:?}"
+        );
+    }
 }

@@ -121,6 +121,10 @@ struct OpState {
     nonce: String,
     /// How many token requests arrived (proves Gatehouse got as far as the exchange).
     token_requests: usize,
+    /// The kind of ID token a refresh hands out.
+    refresh_mode: String,
+    /// How many refresh requests arrived.
+    refreshes: usize,
 }
 
 #[derive(Clone)]
@@ -159,6 +163,14 @@ impl EvilOp {
 
     fn token_requests(&self) -> usize {
         self.state.lock().unwrap().token_requests
+    }
+
+    fn set_refresh_mode(&self, mode: &str) {
+        self.state.lock().unwrap().refresh_mode = mode.to_string();
+    }
+
+    fn refreshes(&self) -> usize {
+        self.state.lock().unwrap().refreshes
     }
 }
 
@@ -220,12 +232,40 @@ async fn authorize(
 
 /// Answers any code with tokens; the ID token is shaped by the code (the mode).
 async fn token(State(op): State<EvilOp>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let nonce = {
+    let (nonce, refresh_mode) = {
         let mut state = op.state.lock().unwrap();
         state.token_requests += 1;
-        state.nonce.clone()
+        if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+            state.refreshes += 1;
+        }
+        (state.nonce.clone(), state.refresh_mode.clone())
     };
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        // Every refresh: an access token that is already due, and the refresh mode's ID token.
+        let mut body = json!({
+            "access_token": "at-refreshed",
+            "token_type": "Bearer",
+            "expires_in": 0,
+            "refresh_token": "rt-2",
+        });
+        if let Some(id_token) = id_token_for(&refresh_mode, &op.issuer, &nonce) {
+            body["id_token"] = id_token.into();
+        }
+        return Json(body).into_response();
+    }
     let mode = form.get("code").cloned().unwrap_or_default();
+    if mode == "good_short" {
+        // A good login whose access token is due at once, with a refresh token: the next
+        // request refreshes.
+        let mut body = json!({
+            "access_token": "at-short",
+            "token_type": "Bearer",
+            "expires_in": 0,
+            "refresh_token": "rt-1",
+        });
+        body["id_token"] = id_token_for("good", &op.issuer, &nonce).into();
+        return Json(body).into_response();
+    }
     match mode.as_str() {
         "token_error" => {
             let error = json!({"error": "invalid_grant", "error_description": "no such code"});
@@ -335,6 +375,10 @@ fn id_token_for(mode: &str, issuer: &str, nonce: &str) -> Option<String> {
             claims["preferred_username"] = "admin".into();
             parts[1] = b64url(claims.to_string().as_bytes());
             parts.join(".")
+        }
+        "other_sub" => {
+            claims["sub"] = "mallory-2".into();
+            good_signed(&claims)
         }
         "no_id_token" => return None,
         other => panic!("the evil OP has no mode {other:?}"),
@@ -701,4 +745,51 @@ async fn an_unusable_token_response_fails_the_login_without_a_500() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!(env.gh.metric(&login_metric("success")).await, 0.0);
+}
+
+/// A refresh that returns an ID token is verified like the login's: every hostile refreshed
+/// ID token (forged or unknown key, alg none or HMAC, wrong audience or issuer, expired,
+/// issued in the future, foreign azp, tampered, or for another subject) ends the session;
+/// a good one, or none, keeps it.
+#[tokio::test]
+async fn every_hostile_refreshed_id_token_ends_the_session() {
+    let env = env().await;
+    let modes = [
+        ("good", 200),
+        ("no_id_token", 200),
+        ("other_sub", 401),
+        ("wrong_aud", 401),
+        ("expired", 401),
+        ("alg_none", 401),
+        ("hs256_public_key", 401),
+        ("hs256_client_secret", 401),
+        ("unknown_kid", 401),
+        ("wrong_key", 401),
+        ("tampered_payload", 401),
+        ("wrong_issuer", 401),
+        ("future_iat", 401),
+        ("foreign_azp", 401),
+    ];
+    let mut problems = Vec::new();
+    for (mode, expected) in modes {
+        env.op.set_mode("good_short");
+        env.op.set_refresh_mode(mode);
+        let browser = Browser::new();
+        let journey = browser
+            .follow_until(&env.gh.url("/oauth2/start?rd=/x"), None, |u| {
+                u.path() == "/x"
+            })
+            .await;
+        let before = env.op.refreshes();
+        let status = private_status(&browser, &env.gh).await;
+        if env.op.refreshes() == before {
+            problems.push(format!("{mode}: no refresh happened ({:?})", journey.hops));
+        }
+        if status != expected {
+            problems.push(format!(
+                "{mode}: /private answered {status}, expected {expected}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

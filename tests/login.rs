@@ -617,3 +617,603 @@ async fn a_cookie_sealed_with_a_retired_key_works_until_the_key_is_dropped() {
         assert_eq!(status, expected, "keys [{keys}]");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Tokens are used only for what they are (issue 9 items 5, 6, 10; issue 15 item 5).
+
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+const API: &str = "urn:gatehouse:test-api";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// POSTs a logout token; returns the status.
+async fn post_logout(env: &login_env::LoginEnv, token: &str) -> u16 {
+    client()
+        .post(env.url("/oauth2/backchannel-logout"))
+        .form(&[("logout_token", token)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Logout-token claims for the test IdP and client `gatehouse`, plus `extra`.
+fn logout_claims(env: &login_env::LoginEnv, extra: serde_json::Value) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": env.idp.issuer, "aud": "gatehouse", "iat": unix_now(),
+        "jti": format!("jti-{}", rand_suffix()), "events": { BACKCHANNEL_EVENT: {} },
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The status of a bearer request to `path`, and its `WWW-Authenticate`.
+async fn bearer_status(env: &login_env::LoginEnv, path: &str, token: &str) -> (u16, String) {
+    let response = client()
+        .get(env.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (response.status().as_u16(), challenge)
+}
+
+/// Access-token claims for `sub` from the test IdP, for the test API, plus `extra`.
+fn access_claims(
+    env: &login_env::LoginEnv,
+    sub: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": env.idp.issuer, "aud": API, "sub": sub, "iat": unix_now(),
+        "exp": unix_now() + 300, "client_id": "gatehouse",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    claims
+}
+
+/// Forty junk logout posts whose `iss` matches (bad signatures, unknown keys, `alg: none`,
+/// foreign audiences, garbage) make Gatehouse fetch the IdP's keys at most once: the key
+/// cache is refetched only for an unknown `kid`, at most every 30 s per connection.
+#[tokio::test]
+async fn junk_logout_posts_make_at_most_one_key_fetch() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let before = env.idp.jwks_fetches().await;
+    let b64 = |v: serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    for i in 0..40 {
+        let claims = logout_claims(&env, serde_json::json!({"sid": format!("s{i}")}));
+        let token = match i % 4 {
+            0 => format!(
+                "{}.{}.c2lnbmF0dXJl",
+                b64(serde_json::json!({"alg": "RS256", "kid": format!("unknown-{i}")})),
+                b64(claims)
+            ),
+            1 => format!(
+                "{}.{}.c2lnbmF0dXJl",
+                b64(serde_json::json!({"alg": "RS256", "kid": "rs256-1"})),
+                b64(claims)
+            ),
+            2 => format!(
+                "{}.{}.",
+                b64(serde_json::json!({"alg": "none"})),
+                b64(claims)
+            ),
+            _ => format!(
+                "{}.{}.c2ln",
+                b64(serde_json::json!({"alg": "ES256"})),
+                b64(claims)
+            ),
+        };
+        assert_eq!(post_logout(&env, &token).await, 400, "junk {i}");
+    }
+    let fetched = env.idp.jwks_fetches().await - before;
+    assert!(
+        fetched <= 1,
+        "40 junk logout posts made {fetched} JWKS fetches"
+    );
+}
+
+/// A logout token with only `sid` (no `sub`), as OIDC Back-Channel Logout 1.0 section 2.4
+/// allows, ends that session and the subject's older bearer tokens; the same token again
+/// (same `jti`) is refused, and so are sid-only tokens that break a rule (nonce, wrong typ,
+/// foreign aud, no jti, no event, old, expired).
+#[tokio::test]
+async fn a_sid_only_logout_token_ends_the_session_once() {
+    let env = login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\n[headers]\npass_id_token = true\n"),
+    )
+    .await;
+    let (_browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let alice_bearer = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            access_claims(&env, "alice", serde_json::json!({"iat": unix_now() - 5})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &alice_bearer).await.0, 200);
+    let echo = client()
+        .get(env.url("/api"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let id_token = echo_json(&echo)["headers"]["x-gatehouse-id-token"][0]
+        .as_str()
+        .expect("the ID token header")
+        .to_string();
+    let claims = gatehouse::auth::oidc::jwt_payload(&id_token).unwrap();
+    let sid = claims
+        .get("sid")
+        .and_then(|s| s.as_str())
+        .unwrap_or_else(|| panic!("no sid in the ID token: {claims:?}"))
+        .to_string();
+    let logout_header = serde_json::json!({"typ": "logout+jwt"});
+    let bad = [
+        (
+            "nonce",
+            serde_json::json!({"sid": sid, "nonce": "n"}),
+            logout_header.clone(),
+        ),
+        (
+            "typ",
+            serde_json::json!({"sid": sid}),
+            serde_json::json!({"typ": "JWT"}),
+        ),
+        (
+            "aud",
+            serde_json::json!({"sid": sid, "aud": "someone-else"}),
+            logout_header.clone(),
+        ),
+        (
+            "jti",
+            serde_json::json!({"sid": sid, "jti": null}),
+            logout_header.clone(),
+        ),
+        (
+            "events",
+            serde_json::json!({"sid": sid, "events": null}),
+            logout_header.clone(),
+        ),
+        (
+            "old",
+            serde_json::json!({"sid": sid, "iat": unix_now() - 3600}),
+            logout_header.clone(),
+        ),
+        (
+            "expired",
+            serde_json::json!({"sid": sid, "exp": unix_now() - 600}),
+            logout_header.clone(),
+        ),
+        ("no sid", serde_json::json!({}), logout_header.clone()),
+    ];
+    for (name, extra, header) in bad {
+        let token = env.idp.sign(header, logout_claims(&env, extra)).await;
+        assert_eq!(post_logout(&env, &token).await, 400, "{name}");
+        assert_eq!(
+            env.api_status(cookie.clone()).await,
+            200,
+            "{name} ended the session"
+        );
+    }
+    let token = env
+        .idp
+        .sign(
+            logout_header,
+            logout_claims(&env, serde_json::json!({"sid": sid})),
+        )
+        .await;
+    assert_eq!(post_logout(&env, &token).await, 200);
+    assert_eq!(
+        env.api_status(cookie).await,
+        401,
+        "the session outlived its sid logout"
+    );
+    assert_eq!(
+        bearer_status(&env, "/api", &alice_bearer).await.0,
+        401,
+        "the sid logout left the subject's older bearer token working"
+    );
+    assert_eq!(
+        post_logout(&env, &token).await,
+        400,
+        "a replayed jti was accepted"
+    );
+}
+
+/// The ID token Gatehouse got at login (which the sign-out redirect hands out as
+/// `id_token_hint`) is no bearer token, even where its audience is accepted; nor is any
+/// IdP-signed token with a `nonce`, `events` or an odd `typ`. Real access-token shapes pass.
+#[tokio::test]
+async fn an_id_token_is_never_accepted_as_a_bearer_token() {
+    let env = login_env(
+        serde_json::json!({}),
+        &format!(
+            "allow_bearer = true\nbearer_audiences = [\"{API}\", \"gatehouse\"]\n[headers]\npass_id_token = true\n"
+        ),
+    )
+    .await;
+    let (_browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let echo = client()
+        .get(env.url("/api"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let id_token = echo_json(&echo)["headers"]["x-gatehouse-id-token"][0]
+        .as_str()
+        .expect("the ID token header")
+        .to_string();
+    let (status, challenge) = bearer_status(&env, "/api", &id_token).await;
+    assert_eq!(
+        (status, challenge.as_str()),
+        (401, "Bearer error=\"invalid_token\"")
+    );
+
+    let typs = [
+        "",
+        "JWT",
+        "jwt",
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/AT+JWT",
+    ];
+    for typ in typs {
+        let header = if typ.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "typ": typ })
+        };
+        let ok = env
+            .idp
+            .sign(
+                header.clone(),
+                access_claims(&env, "alice", serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(bearer_status(&env, "/api", &ok).await.0, 200, "typ {typ:?}");
+        for (name, extra) in [
+            ("nonce", serde_json::json!({"nonce": "n"})),
+            (
+                "events",
+                serde_json::json!({"events": {BACKCHANNEL_EVENT: {}}}),
+            ),
+        ] {
+            let bad = env
+                .idp
+                .sign(header.clone(), access_claims(&env, "alice", extra))
+                .await;
+            assert_eq!(
+                bearer_status(&env, "/api", &bad).await.0,
+                401,
+                "{name} typ {typ:?}"
+            );
+        }
+    }
+    for typ in [
+        "logout+jwt",
+        "id_token+jwt",
+        "JOSE",
+        "at+jwt2",
+        "application/jwt+at",
+        "secevent+jwt",
+    ] {
+        let bad = env
+            .idp
+            .sign(
+                serde_json::json!({ "typ": typ }),
+                access_claims(&env, "alice", serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(
+            bearer_status(&env, "/api", &bad).await.0,
+            401,
+            "typ {typ:?}"
+        );
+    }
+}
+
+/// With `require_at_jwt = true` only RFC 9068 `at+jwt` tokens pass.
+#[tokio::test]
+async fn require_at_jwt_accepts_only_at_jwt() {
+    let env = login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\nrequire_at_jwt = true\n"),
+    )
+    .await;
+    for (typ, expected) in [
+        (Some("at+jwt"), 200),
+        (Some("application/AT+JWT"), 200),
+        (Some("JWT"), 401),
+        (None, 401),
+    ] {
+        let header = typ.map_or(serde_json::json!({}), |t| serde_json::json!({ "typ": t }));
+        let token = env
+            .idp
+            .sign(header, access_claims(&env, "svc", serde_json::json!({})))
+            .await;
+        assert_eq!(
+            bearer_status(&env, "/api", &token).await.0,
+            expected,
+            "{typ:?}"
+        );
+    }
+}
+
+/// A back-channel logout of a subject (by `sub`, or by `sid` of one of its sessions) makes
+/// Gatehouse refuse that subject's bearer tokens issued before it; tokens issued later,
+/// and other subjects' tokens, still pass.
+#[tokio::test]
+async fn bearer_tokens_issued_before_a_back_channel_logout_are_refused() {
+    let env = login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\n"),
+    )
+    .await;
+    let issued = unix_now() - 10;
+    let alice_old = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            access_claims(&env, "alice", serde_json::json!({"iat": issued})),
+        )
+        .await;
+    let bob_old = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            access_claims(&env, "bob", serde_json::json!({"iat": issued})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &alice_old).await.0, 200);
+    let logout = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            logout_claims(&env, serde_json::json!({"sub": "alice"})),
+        )
+        .await;
+    assert_eq!(post_logout(&env, &logout).await, 200);
+    let (status, challenge) = bearer_status(&env, "/api", &alice_old).await;
+    assert_eq!(
+        (status, challenge.as_str()),
+        (401, "Bearer error=\"invalid_token\"")
+    );
+    assert_eq!(bearer_status(&env, "/api", &bob_old).await.0, 200);
+    let alice_new = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            access_claims(&env, "alice", serde_json::json!({"iat": unix_now() + 2})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &alice_new).await.0, 200);
+}
+
+/// On a route that requires TOTP, a bearer token passes only when its `amr` or a listed
+/// `acr` shows a second factor; otherwise 401 `insufficient_user_authentication` (RFC 9470).
+/// Other routes do not ask.
+#[tokio::test]
+async fn a_bearer_token_needs_a_second_factor_on_an_mfa_route() {
+    let env = login_env(
+        serde_json::json!({}),
+        &format!(
+            "allow_bearer = true\nbearer_audiences = [\"{API}\"]\nbearer_mfa_acr = [\"urn:test:mfa\"]\n\
+             [[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nmfa = \"required\"\n"
+        ),
+    )
+    .await;
+    let cases = [
+        (serde_json::json!({}), 401),
+        (serde_json::json!({"amr": ["pwd"]}), 401),
+        (serde_json::json!({"amr": "otp"}), 401),
+        (serde_json::json!({"acr": "urn:test:other"}), 401),
+        (serde_json::json!({"amr": ["pwd", "otp"]}), 200),
+        (serde_json::json!({"amr": ["hwk"]}), 200),
+        (serde_json::json!({"amr": ["MFA"]}), 200),
+        (serde_json::json!({"acr": "urn:test:mfa"}), 200),
+    ];
+    for (extra, expected) in cases {
+        let token = env
+            .idp
+            .sign(
+                serde_json::json!({}),
+                access_claims(&env, "svc", extra.clone()),
+            )
+            .await;
+        let (status, challenge) = bearer_status(&env, "/admin/x", &token).await;
+        assert_eq!(status, expected, "{extra}");
+        if expected == 401 {
+            assert!(
+                challenge.starts_with("Bearer error=\"insufficient_user_authentication\""),
+                "{extra}: {challenge}"
+            );
+        }
+        assert_eq!(bearer_status(&env, "/api", &token).await.0, 200, "{extra}");
+    }
+}
+
+/// Every malformed `state` at the callback (the reported ones and generated ones: empty,
+/// NUL, cookie-attribute injections, overlong, wrong alphabet, padding, one character off)
+/// is answered 400 with no Set-Cookie, never a 500, and counted.
+#[tokio::test]
+async fn a_malformed_callback_state_gets_400_and_no_cookie() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let env = login_env(serde_json::json!({}), "").await;
+    let mut states: Vec<String> = [
+        "",
+        "\0",
+        "x=1; Domain=evil.co",
+        "AAAAAAAAAAAAAAAAAAAAAA==",
+        "AAAAAAAAAAAAAAAAAAAAAB",
+        "AAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAA+/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    states.push("A".repeat(5000));
+    let strategy = proptest::prop_oneof![
+        proptest::string::string_regex(".{0,40}").unwrap(),
+        proptest::string::string_regex("[A-Za-z0-9_=;%+/ \\x00-\\x1f-]{0,30}").unwrap(),
+        proptest::string::string_regex("[A-Za-z0-9_-]{21}[^A-Za-z0-9_-]").unwrap(),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..150 {
+        states.push(strategy.new_tree(&mut runner).unwrap().current());
+    }
+    let mut sent = 0.0;
+    for state in &states {
+        let url = format!(
+            "{}?code=abc&state={}",
+            env.url("/oauth2/callback"),
+            percent_encoding::utf8_percent_encode(state, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{state:?}");
+        assert!(response.headers().get("set-cookie").is_none(), "{state:?}");
+        sent += 1.0;
+    }
+    // The reported example, exactly as the probe sent it.
+    let raw = client()
+        .get(env.url("/oauth2/callback?state=x%3D1%3B%20Domain%3Devil.co&code=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    assert!(raw.headers().get("set-cookie").is_none());
+    let counted = "gatehouse_logins_total{connection=\"-\",result=\"state_invalid\"}";
+    assert_eq!(
+        env.gh.metric_reaching(counted, sent + 1.0).await,
+        sent + 1.0
+    );
+}
+
+/// The test IdP's metadata says it sends RFC 9207 `iss`: a callback without it, or with
+/// another issuer, is refused (400) and gives no session; the untouched one signs in.
+#[tokio::test]
+async fn a_callback_without_the_promised_iss_or_with_another_is_refused() {
+    let env = login_env(serde_json::json!({}), "").await;
+    for change in ["drop", "other", "keep"] {
+        let browser = Browser::new();
+        let journey = browser
+            .follow_until(&env.url("/private"), Some(("alice", "alice-pw")), |u| {
+                u.path() == "/oauth2/callback"
+            })
+            .await;
+        let callback = journey.url.clone();
+        let mut url = reqwest::Url::parse(&callback).unwrap();
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert!(
+            pairs.iter().any(|(k, _)| k == "iss"),
+            "the IdP sent no iss: {callback}"
+        );
+        let kept = pairs
+            .into_iter()
+            .filter_map(|(k, v)| match (change, k.as_str()) {
+                ("drop", "iss") => None,
+                ("other", "iss") => Some((k, "http://127.0.0.1:1".to_string())),
+                _ => Some((k, v)),
+            });
+        url.query_pairs_mut().clear().extend_pairs(kept);
+        let response = browser.get(url.as_str()).await;
+        let expected = if change == "keep" { 302 } else { 400 };
+        assert_eq!(response.status(), expected, "{change}");
+    }
+}
+
+/// A request that came over https (here: `X-Forwarded-Proto: https` from a trusted proxy)
+/// is never redirected to an `http://` target, however the scheme is spelled; without
+/// https, or when an untrusted peer claims it, the same-host http target is kept.
+#[tokio::test]
+async fn over_https_a_redirect_never_goes_to_http() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let trusted = login_env(
+        serde_json::json!({}),
+        "[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let location = |env: &login_env::LoginEnv, target: String, proto: Option<&'static str>| {
+        let url = format!(
+            "{}?rd={}",
+            env.url("/oauth2/sign_out"),
+            percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC)
+        );
+        async move {
+            let mut request = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+                .get(url);
+            if let Some(proto) = proto {
+                request = request.header("x-forwarded-proto", proto);
+            }
+            let response = request.send().await.unwrap();
+            response.headers()["location"].to_str().unwrap().to_string()
+        }
+    };
+    for scheme in ["http", "HTTP", "Http"] {
+        let target = format!("{scheme}://{}/x", trusted.gh.proxy());
+        assert_eq!(
+            location(&trusted, target.clone(), Some("https")).await,
+            "/",
+            "{target}"
+        );
+        assert_eq!(
+            location(&trusted, target.clone(), Some("HTTPS, http")).await,
+            "/",
+            "{target}"
+        );
+        assert_eq!(location(&trusted, target.clone(), None).await, target);
+        let untrusted = format!("{scheme}://{}/x", env.gh.proxy());
+        assert_eq!(
+            location(&env, untrusted.clone(), Some("https")).await,
+            untrusted
+        );
+    }
+    assert_eq!(location(&trusted, "/x".into(), Some("https")).await, "/x");
+}

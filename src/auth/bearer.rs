@@ -1,17 +1,23 @@
 //! Bearer tokens: JWT access tokens sent in `Authorization: Bearer`, accepted for the
 //! connections that say `allow_bearer = true`.
 //!
-//! A token is tied to its connection by its (not yet verified) `iss`, then checked against
-//! that IdP's published keys (its JWKS, fetched on first use and again when a token names an
-//! unknown key, at most every 30 s per connection). Only asymmetric signatures are accepted:
-//! never `none`, never an HMAC keyed with something public. The claims must carry `exp`, the
-//! discovered issuer and one of the connection's `bearer_audiences`.
+//! A token is tied to its connection by its (not yet verified) `iss` (and, when connections
+//! share an issuer, its `aud`), then checked against that IdP's published keys: the
+//! connection's one key cache (see [`Provider::newer_keys`]), shared with ID and logout
+//! tokens, refetched only for an unknown `kid` and at most every 30 s per connection. Only
+//! asymmetric signatures are accepted: never `none`, never an HMAC keyed with something
+//! public. The claims must carry `exp`, the discovered issuer and one of the connection's
+//! `bearer_audiences`.
+//!
+//! Tokens are used only for what they are: an ID token (it carries `nonce`) or a logout
+//! token (`events`) is no access token, and the `typ` header must be absent, `JWT` or
+//! `at+jwt` (only `at+jwt` with `require_at_jwt = true`, RFC 9068). A back-channel logout of
+//! a subject refuses its bearer tokens issued before the logout.
 //!
 //! [`check`] is the pure part (token plus key set in, claims out); [`BearerVerifier`] adds
 //! picking the connection, fetching keys and mapping the claims to an [`Identity`].
 
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
@@ -19,14 +25,13 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use super::expiring::Expiring;
 use super::oidc::{jwt_payload, Provider};
 use crate::identity::claims::identity_from_claims;
 use crate::identity::Identity;
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
-/// A connection's JWKS is fetched at most this often.
-const REFETCH_EVERY: Duration = Duration::from_secs(30);
 /// Longer "tokens" are refused before any parsing.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -57,91 +62,9 @@ impl BearerError {
     }
 }
 
-/// One connection that accepts bearer tokens, and its cached key set.
-struct Source {
-    provider: Arc<Provider>,
-    keys: RwLock<Option<Arc<JwkSet>>>,
-    /// When the JWKS was last fetched; held across a fetch so concurrent requests wait for
-    /// it instead of fetching again.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
-}
-
-impl Source {
-    fn new(provider: Arc<Provider>) -> Self {
-        Self {
-            provider,
-            keys: RwLock::new(None),
-            last_fetch: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    fn issuer_is(&self, iss: &str) -> bool {
-        self.provider.connection.issuer.trim_end_matches('/') == iss.trim_end_matches('/')
-    }
-
-    fn cached(&self) -> Option<Arc<JwkSet>> {
-        self.keys.read().ok().and_then(|k| k.clone())
-    }
-
-    /// The key set, fetched on first use.
-    async fn keys(&self, jwks_uri: &str) -> Result<Arc<JwkSet>, BearerError> {
-        if let Some(keys) = self.cached() {
-            return Ok(keys);
-        }
-        self.newer_keys(jwks_uri, None)
-            .await
-            .ok_or(BearerError::Unavailable)
-    }
-
-    /// A key set newer than `seen`: one another request fetched meanwhile, or a fresh fetch
-    /// unless the last one was less than [`REFETCH_EVERY`] ago. `None` when there is none.
-    async fn newer_keys(&self, jwks_uri: &str, seen: Option<&Arc<JwkSet>>) -> Option<Arc<JwkSet>> {
-        let mut last_fetch = self.last_fetch.lock().await;
-        if let Some(current) = self.cached() {
-            if seen.is_none_or(|s| !Arc::ptr_eq(s, &current)) {
-                return Some(current);
-            }
-        }
-        if !may_fetch(*last_fetch, Instant::now()) {
-            return None;
-        }
-        *last_fetch = Some(Instant::now());
-        let fetched = fetch_jwks(self.provider.http(), jwks_uri).await;
-        let keys = match fetched {
-            Ok(keys) => Arc::new(keys),
-            Err(e) => {
-                tracing::warn!(connection = %self.provider.connection.id, error = %e, "JWKS fetch for bearer tokens failed");
-                return None;
-            }
-        };
-        if let Ok(mut slot) = self.keys.write() {
-            *slot = Some(Arc::clone(&keys));
-        }
-        Some(keys)
-    }
-}
-
-/// Whether a fetch is due, given when the last one started.
-fn may_fetch(last: Option<Instant>, now: Instant) -> bool {
-    last.is_none_or(|t| now.saturating_duration_since(t) >= REFETCH_EVERY)
-}
-
-/// GETs and parses a JWKS.
-pub async fn fetch_jwks(
-    http: &openidconnect::reqwest::Client,
-    jwks_uri: &str,
-) -> Result<JwkSet, String> {
-    let response = http.get(jwks_uri).send().await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("{jwks_uri} answered {}", response.status()));
-    }
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    parse_jwks(&body)
-}
-
 /// A JWKS document's usable signature keys. Keys that do not parse, symmetric keys and keys
 /// meant for encryption are left out, so one odd key does not hide the others.
-fn parse_jwks(body: &[u8]) -> Result<JwkSet, String> {
+pub fn parse_jwks(body: &[u8]) -> Result<JwkSet, String> {
     let document: Value =
         serde_json::from_slice(body).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
     let entries = document
@@ -170,62 +93,261 @@ fn is_signature_key(jwk: &Jwk) -> bool {
     asymmetric && for_signing
 }
 
+/// Verifies a token against a connection's cached keys, fetching newer ones (at most every
+/// 30 s per connection, see [`Provider::newer_keys`]) only when the token names a key the
+/// cache does not hold. Shared by bearer and logout tokens.
+pub async fn verify_with_provider(
+    provider: &Provider,
+    token: &str,
+    audiences: &[String],
+    kind: Kind,
+) -> Result<Map<String, Value>, BearerError> {
+    let discovered = provider.current().ok_or(BearerError::Unavailable)?;
+    match check(token, &discovered.keys, &discovered.issuer, audiences, kind) {
+        Err(BearerError::UnknownKey) => {
+            let newer = provider
+                .newer_keys(&discovered)
+                .await
+                .ok_or(BearerError::UnknownKey)?;
+            check(token, &newer.keys, &newer.issuer, audiences, kind)
+        }
+        other => other,
+    }
+}
+
+/// Whether a bearer token shows a second factor: an `amr` value from [`SECOND_FACTOR_AMR`],
+/// or an `acr` the connection lists in `bearer_mfa_acr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factors {
+    One,
+    Two,
+}
+
+/// `amr` values (RFC 8176 and common practice) that show a second factor was used.
+pub const SECOND_FACTOR_AMR: &[&str] = &["mfa", "mca", "otp", "totp", "hwk", "sc", "sms", "tel"];
+
+/// What the token's `acr`/`amr` say about the factors used.
+pub fn factors(claims: &Map<String, Value>, mfa_acr: &[String]) -> Factors {
+    let amr = claims
+        .get("amr")
+        .and_then(Value::as_array)
+        .is_some_and(|methods| {
+            methods
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|m| SECOND_FACTOR_AMR.iter().any(|f| f.eq_ignore_ascii_case(m)))
+        });
+    let acr = claims
+        .get("acr")
+        .and_then(Value::as_str)
+        .is_some_and(|acr| mfa_acr.iter().any(|a| a == acr));
+    if amr || acr {
+        Factors::Two
+    } else {
+        Factors::One
+    }
+}
+
+/// A verified bearer token: who, and how strongly they signed in.
+#[derive(Debug)]
+pub struct Bearer {
+    pub identity: Identity,
+    pub factors: Factors,
+}
+
+/// How long a back-channel logout keeps refusing its subject's older bearer tokens; bearer
+/// tokens valid for longer than this (`exp` - `iat`) are refused outright, so none outlives
+/// the record.
+pub const LOGOUT_MEMORY_SECS: u64 = 24 * 3600;
+/// At most this many (connection, subject) logout records are kept; the oldest goes first.
+pub const LOGOUT_RECORDS: usize = 100_000;
+
 /// Checks bearer tokens for every connection with `allow_bearer = true`.
 pub struct BearerVerifier {
-    sources: Vec<Source>,
+    providers: Vec<Arc<Provider>>,
+    /// (connection, subject) -> when a back-channel logout ended that subject's sessions.
+    logged_out: Mutex<Expiring<(String, String)>>,
 }
 
 impl BearerVerifier {
     /// Keeps the providers whose connection allows bearer tokens; the others are ignored.
     pub fn new(providers: &[Arc<Provider>]) -> Self {
-        let sources = providers
+        let providers = providers
             .iter()
             .filter(|p| p.connection.allow_bearer)
-            .map(|p| Source::new(Arc::clone(p)))
+            .cloned()
             .collect();
-        Self { sources }
+        Self {
+            providers,
+            logged_out: Mutex::new(Expiring::new(LOGOUT_MEMORY_SECS, LOGOUT_RECORDS)),
+        }
     }
 
     /// Whether any connection accepts bearer tokens.
     pub fn is_enabled(&self) -> bool {
-        !self.sources.is_empty()
+        !self.providers.is_empty()
+    }
+
+    /// A back-channel logout ended `subject`'s sessions at `at` (unix seconds): from now on
+    /// its bearer tokens issued at or before `at` are refused, for [`LOGOUT_MEMORY_SECS`].
+    pub fn logged_out(&self, connection: &str, subject: &str, at: u64) {
+        if let Ok(mut record) = self.logged_out.lock() {
+            record.record((connection.to_string(), subject.to_string()), at);
+        }
     }
 
     /// Verifies a bearer token (without the `Bearer ` prefix) and returns who it is for.
-    pub async fn verify(&self, token: &str) -> Result<Identity, BearerError> {
+    pub async fn verify(&self, token: &str) -> Result<Bearer, BearerError> {
         let header = read_header(token)?;
         allowed_algorithm(header.alg)?;
-        let source = self.source_for(token)?;
-        let discovered = source.provider.current().ok_or(BearerError::Unavailable)?;
-        let connection = &source.provider.connection;
-        let audiences = &connection.bearer_audiences;
-        let keys = source.keys(&discovered.jwks_uri).await?;
-        let claims = match check(token, &keys, &discovered.issuer, audiences) {
-            Err(BearerError::UnknownKey) => {
-                let newer = source
-                    .newer_keys(&discovered.jwks_uri, Some(&keys))
-                    .await
-                    .ok_or(BearerError::UnknownKey)?;
-                check(token, &newer, &discovered.issuer, audiences)?
-            }
-            other => other?,
+        let provider = self.provider_for(token)?;
+        let connection = &provider.connection;
+        let kind = Kind::Access {
+            require_at_jwt: connection.require_at_jwt,
         };
-        identity_from_claims(&connection.id, &connection.claims, &claims)
-            .ok_or_else(|| BearerError::Invalid("no sub claim".into()))
+        let claims =
+            verify_with_provider(provider, token, &connection.bearer_audiences, kind).await?;
+        let identity = identity_from_claims(&connection.id, &connection.claims, &claims)
+            .ok_or_else(|| BearerError::Invalid("no sub claim".into()))?;
+        self.not_logged_out(&connection.id, &identity.subject, &claims)?;
+        Ok(Bearer {
+            identity,
+            factors: factors(&claims, &connection.bearer_mfa_acr),
+        })
     }
 
-    /// The connection named by the token's (unverified) `iss`.
-    fn source_for(&self, token: &str) -> Result<&Source, BearerError> {
+    /// Refuses a token issued (`iat`) at or before a back-channel logout of its subject, or
+    /// without `iat` when such a logout is on record.
+    fn not_logged_out(
+        &self,
+        connection: &str,
+        subject: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<(), BearerError> {
+        let key = (connection.to_string(), subject.to_string());
+        let logout = self
+            .logged_out
+            .lock()
+            .map_err(|_| BearerError::Unavailable)?
+            .get(&key, crate::auth::session::now());
+        match (logout, claims.get("iat").and_then(Value::as_u64)) {
+            (None, _) => Ok(()),
+            (Some(at), Some(iat)) if iat > at => Ok(()),
+            (Some(_), _) => Err(BearerError::Invalid(
+                "issued before a back-channel logout of its subject".into(),
+            )),
+        }
+    }
+
+    /// The connection named by the token's (unverified) `iss`; of several connections with
+    /// that issuer, the one whose `bearer_audiences` the token's `aud` names.
+    fn provider_for(&self, token: &str) -> Result<&Arc<Provider>, BearerError> {
         let claims = jwt_payload(token).ok_or(BearerError::Malformed)?;
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .ok_or(BearerError::NotAllowed)?;
-        self.sources
+        let mut same_issuer = self
+            .providers
             .iter()
-            .find(|s| s.issuer_is(iss))
-            .ok_or(BearerError::NotAllowed)
+            .filter(|p| issuer_is(&p.connection.issuer, iss))
+            .peekable();
+        let first = *same_issuer.peek().ok_or(BearerError::NotAllowed)?;
+        Ok(same_issuer
+            .find(|p| audience_names_any(&claims, &p.connection.bearer_audiences))
+            .unwrap_or(first))
     }
+}
+
+/// Whether a configured issuer and a token's `iss` are the same (trailing `/` ignored).
+pub fn issuer_is(configured: &str, iss: &str) -> bool {
+    configured.trim_end_matches('/') == iss.trim_end_matches('/')
+}
+
+/// Whether the (unverified) `aud` of `claims` names one of `audiences`.
+pub fn audience_names_any(claims: &Map<String, Value>, audiences: &[String]) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => audiences.contains(aud),
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.iter().any(|x| x == a)),
+        _ => false,
+    }
+}
+
+/// What a JWT from the IdP is checked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bearer access token: `typ` absent, `JWT` or `at+jwt` (only `at+jwt` when
+    /// `require_at_jwt`); no `nonce` (an ID token), no `events` (a logout token); `exp`,
+    /// `iss`, `aud`, `sub` required, valid for at most [`LOGOUT_MEMORY_SECS`].
+    Access { require_at_jwt: bool },
+    /// A back-channel logout token (OIDC Back-Channel Logout 1.0 section 2.4): `typ`
+    /// absent or `logout+jwt`; `iss`, `aud`, `iat` required, `exp` checked when present;
+    /// the logout event, `jti`, no `nonce`, `sid` or `sub` (checked by the logout module).
+    Logout,
+}
+
+/// A media type as JWT `typ` values carry it: lower case, without `application/`.
+fn media_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    lower
+        .strip_prefix("application/")
+        .map(str::to_string)
+        .unwrap_or(lower)
+}
+
+/// The header's `typ` must fit the kind of token.
+fn check_typ(typ: Option<&str>, kind: Kind) -> Result<(), BearerError> {
+    let typ = typ.map(media_type);
+    let fits = match (kind, typ.as_deref()) {
+        (Kind::Access { require_at_jwt }, None) => !require_at_jwt,
+        (Kind::Access { .. }, Some("at+jwt")) => true,
+        (Kind::Access { require_at_jwt }, Some("jwt")) => !require_at_jwt,
+        (Kind::Access { .. }, Some(_)) => false,
+        (Kind::Logout, None | Some("logout+jwt")) => true,
+        (Kind::Logout, Some(_)) => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        let what = match kind {
+            Kind::Access { .. } => "an access token",
+            Kind::Logout => "a logout token",
+        };
+        Err(BearerError::Invalid(format!(
+            "typ {typ:?} is not {what}",
+            typ = typ.unwrap_or_default()
+        )))
+    }
+}
+
+/// Claims that mark a token as another kind than the one expected.
+fn check_kind_claims(claims: &Map<String, Value>, kind: Kind) -> Result<(), BearerError> {
+    if claims.contains_key("nonce") {
+        return Err(BearerError::Invalid(
+            "a token with a nonce is an ID token".into(),
+        ));
+    }
+    if let Kind::Access { .. } = kind {
+        if claims.contains_key("events") {
+            return Err(BearerError::Invalid(
+                "a token with events is a logout token".into(),
+            ));
+        }
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let start = claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(crate::auth::session::now);
+        if exp.saturating_sub(start) > LOGOUT_MEMORY_SECS {
+            return Err(BearerError::Invalid(
+                "the token is valid for longer than 24 hours".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Verifies `token` against `jwks`: algorithm, key, signature, `exp`/`nbf`, `iss`, `aud` and
@@ -235,16 +357,19 @@ pub fn check(
     jwks: &JwkSet,
     expected_issuer: &str,
     audiences: &[String],
+    kind: Kind,
 ) -> Result<Map<String, Value>, BearerError> {
     let header = read_header(token)?;
     let alg = allowed_algorithm(header.alg)?;
+    check_typ(header.typ.as_deref(), kind)?;
     let jwk = find_key(jwks, header.kid.as_deref(), alg)?;
     let key = DecodingKey::from_jwk(jwk)
         .map_err(|e| BearerError::Invalid(format!("unusable key: {e}")))?;
-    let validation = validation(alg, expected_issuer, audiences);
+    let validation = validation(alg, expected_issuer, audiences, kind);
     let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| BearerError::Invalid(e.to_string()))?
         .claims;
+    check_kind_claims(&claims, kind)?;
     check_azp(&claims, audiences)?;
     Ok(claims)
 }
@@ -327,14 +452,23 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), String> {
     }
 }
 
-/// `exp` required, `nbf` honoured, both with [`LEEWAY_SECS`]; `iss` exact; `aud` one of ours.
-fn validation(alg: Algorithm, expected_issuer: &str, audiences: &[String]) -> Validation {
+/// `exp` required (for access tokens), `nbf` honoured, both with [`LEEWAY_SECS`]; `iss`
+/// exact; `aud` one of ours.
+fn validation(
+    alg: Algorithm,
+    expected_issuer: &str,
+    audiences: &[String],
+    kind: Kind,
+) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.validate_aud = true;
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    match kind {
+        Kind::Access { .. } => validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]),
+        Kind::Logout => validation.set_required_spec_claims(&["iss", "aud"]),
+    }
     validation.set_issuer(&[expected_issuer]);
     validation.set_audience(audiences);
     validation
@@ -418,8 +552,12 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    const ACCESS: Kind = Kind::Access {
+        require_at_jwt: false,
+    };
+
     fn run(token: &str) -> Result<Map<String, Value>, BearerError> {
-        check(token, &published(), ISSUER, &[AUDIENCE.to_string()])
+        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], ACCESS)
     }
 
     fn refused_as_invalid(token: &str) -> String {
@@ -608,7 +746,7 @@ mod tests {
         jwks.keys
             .push(public_jwk(&ed_key(ED25519_B), Algorithm::EdDSA, "ed-2"));
         let token = sign_with(&good_claims(), &ed_key(ED25519_A), Algorithm::EdDSA, None);
-        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()]);
+        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS);
         assert!(matches!(result, Err(BearerError::UnknownKey)));
     }
 
@@ -619,7 +757,7 @@ mod tests {
             keys: vec![public_jwk(&key, Algorithm::ES256, "ec-1")],
         };
         let token = sign_with(&good_claims(), &key, Algorithm::ES256, Some("ec-1"));
-        assert!(check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()]).is_ok());
+        assert!(check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS).is_ok());
     }
 
     #[test]
@@ -629,7 +767,7 @@ mod tests {
         ec_jwk.common.key_algorithm = None;
         let jwks = JwkSet { keys: vec![ec_jwk] };
         let token = sign(&good_claims());
-        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()]);
+        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS);
         assert!(matches!(result, Err(BearerError::Invalid(why)) if why.contains("type")));
     }
 
@@ -642,6 +780,7 @@ mod tests {
             &jwks,
             ISSUER,
             &[AUDIENCE.to_string()],
+            ACCESS,
         );
         assert!(matches!(result, Err(BearerError::Invalid(why)) if why.contains("ES256")));
     }
@@ -671,14 +810,6 @@ mod tests {
     }
 
     #[test]
-    fn the_jwks_is_refetched_at_most_every_thirty_seconds() {
-        let start = Instant::now();
-        assert!(may_fetch(None, start));
-        assert!(!may_fetch(Some(start), start + Duration::from_secs(29)));
-        assert!(may_fetch(Some(start), start + Duration::from_secs(30)));
-    }
-
-    #[test]
     fn only_not_allowed_has_its_own_metrics_label() {
         assert_eq!(BearerError::NotAllowed.label(), "not_allowed");
         for e in [
@@ -689,6 +820,149 @@ mod tests {
         ] {
             assert_eq!(e.label(), "invalid");
         }
+    }
+
+    fn sign_typ(claims: &Value, typ: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(KID.to_string());
+        header.typ = typ.map(str::to_string);
+        encode(&header, claims, &ed_key(ED25519_A)).unwrap()
+    }
+
+    fn run_as(token: &str, kind: Kind) -> Result<Map<String, Value>, BearerError> {
+        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], kind)
+    }
+
+    const AT_JWT_ONLY: Kind = Kind::Access {
+        require_at_jwt: true,
+    };
+
+    /// An ID token (it carries `nonce`) is never an access token, whatever else it holds.
+    #[test]
+    fn a_token_with_a_nonce_is_refused_as_an_id_token() {
+        for nonce in [json!("n-1"), json!(""), json!(null), json!(0), json!({})] {
+            let mut claims = good_claims();
+            claims["nonce"] = nonce.clone();
+            let why = refused_as_invalid(&sign(&claims));
+            assert!(why.contains("ID token"), "{nonce}: {why}");
+        }
+    }
+
+    /// A logout token (`events`) is no access token either.
+    #[test]
+    fn a_token_with_events_is_refused_as_a_logout_token() {
+        let mut claims = good_claims();
+        claims["events"] = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+        assert!(refused_as_invalid(&sign(&claims)).contains("logout token"));
+    }
+
+    /// Access tokens valid for more than a day are refused: none outlives the logout record.
+    #[test]
+    fn a_token_valid_for_more_than_a_day_is_refused() {
+        let mut claims = good_claims();
+        claims["exp"] = json!(now() + LOGOUT_MEMORY_SECS as i64 + 60);
+        assert!(refused_as_invalid(&sign(&claims)).contains("24 hours"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Every spelling of `typ`: only JWT and at+jwt (any case, with or without
+        /// `application/`) pass as access tokens, only at+jwt with `require_at_jwt`, and
+        /// only logout+jwt as logout tokens.
+        #[test]
+        fn only_access_token_types_pass_as_access_tokens(
+            prefix in "(?i:(application/)?)",
+            base in "(?i:(at\\+jwt|jwt|logout\\+jwt|id_token\\+jwt|jose|secevent\\+jwt|at\\+jwt2|at jwt|atjwt|)) ?",
+        ) {
+            let typ = format!("{prefix}{base}");
+            let token = sign_typ(&good_claims(), Some(&typ));
+            let normal = typ.trim().to_ascii_lowercase();
+            let normal = normal.strip_prefix("application/").unwrap_or(&normal);
+            let access_ok = matches!(normal, "at+jwt" | "jwt");
+            proptest::prop_assert_eq!(run_as(&token, ACCESS).is_ok(), access_ok, "{:?}", typ);
+            proptest::prop_assert_eq!(run_as(&token, AT_JWT_ONLY).is_ok(), normal == "at+jwt", "{:?}", typ);
+            let logout = check_typ(Some(&typ), Kind::Logout).is_ok();
+            proptest::prop_assert_eq!(logout, normal == "logout+jwt", "{:?}", typ);
+        }
+
+        /// Any claims with a `nonce` key are refused, whatever the other claims are.
+        #[test]
+        fn any_token_with_a_nonce_is_refused(
+            nonce in proptest::prelude::any::<String>(),
+            typ in proptest::option::of("(at\\+jwt|JWT|application/at\\+jwt)"),
+        ) {
+            let mut claims = good_claims();
+            claims["nonce"] = json!(nonce);
+            let token = sign_typ(&claims, typ.as_deref());
+            proptest::prop_assert!(run_as(&token, ACCESS).is_err());
+        }
+    }
+
+    #[test]
+    fn without_typ_a_token_passes_unless_at_jwt_is_required() {
+        let token = sign_typ(&good_claims(), None);
+        assert!(run_as(&token, ACCESS).is_ok());
+        assert!(run_as(&token, AT_JWT_ONLY).is_err());
+    }
+
+    #[test]
+    fn a_second_factor_shows_in_amr_or_a_listed_acr() {
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        let acr = ["urn:mfa".to_string()];
+        assert_eq!(factors(&claims(json!({})), &acr), Factors::One);
+        assert_eq!(
+            factors(&claims(json!({"amr": ["pwd"]})), &acr),
+            Factors::One
+        );
+        assert_eq!(factors(&claims(json!({"amr": "mfa"})), &acr), Factors::One);
+        assert_eq!(
+            factors(&claims(json!({"acr": "urn:other"})), &acr),
+            Factors::One
+        );
+        for method in SECOND_FACTOR_AMR {
+            let c = claims(json!({"amr": ["pwd", method.to_uppercase()]}));
+            assert_eq!(factors(&c, &[]), Factors::Two, "{method}");
+        }
+        assert_eq!(
+            factors(&claims(json!({"acr": "urn:mfa"})), &acr),
+            Factors::Two
+        );
+        assert_eq!(
+            factors(&claims(json!({"acr": "urn:mfa"})), &[]),
+            Factors::One
+        );
+    }
+
+    /// After a back-channel logout of a subject, its tokens issued at or before the logout
+    /// (or without `iat`) are refused; later ones, and other subjects', pass.
+    #[test]
+    fn a_logout_refuses_the_subjects_older_tokens_only() {
+        let verifier = BearerVerifier::new(&[]);
+        let at = crate::auth::session::now();
+        verifier.logged_out("c", "alice", at);
+        let claims = |iat: Option<u64>| {
+            let mut c = Map::new();
+            if let Some(iat) = iat {
+                c.insert("iat".into(), json!(iat));
+            }
+            c
+        };
+        for iat in [None, Some(0), Some(at - 3600), Some(at)] {
+            assert!(
+                verifier.not_logged_out("c", "alice", &claims(iat)).is_err(),
+                "{iat:?}"
+            );
+        }
+        assert!(verifier
+            .not_logged_out("c", "alice", &claims(Some(at + 1)))
+            .is_ok());
+        assert!(verifier
+            .not_logged_out("c", "bob", &claims(Some(0)))
+            .is_ok());
+        assert!(verifier
+            .not_logged_out("other", "alice", &claims(Some(0)))
+            .is_ok());
     }
 
     fn provider(id: &str, allow_bearer: bool) -> Arc<Provider> {
@@ -715,8 +989,8 @@ bearer_audiences = ["{AUDIENCE}"]
     fn the_verifier_keeps_only_connections_that_allow_bearer_tokens() {
         let both = BearerVerifier::new(&[provider("a", true), provider("b", false)]);
         assert!(both.is_enabled());
-        assert_eq!(both.sources.len(), 1);
-        assert_eq!(both.sources[0].provider.connection.id, "a");
+        assert_eq!(both.providers.len(), 1);
+        assert_eq!(both.providers[0].connection.id, "a");
         assert!(!BearerVerifier::new(&[provider("b", false)]).is_enabled());
         assert!(!BearerVerifier::new(&[]).is_enabled());
     }

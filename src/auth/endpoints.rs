@@ -139,15 +139,59 @@ fn external_base(auth: &Auth, session: &Session) -> String {
     format!("{proto}://{}", host_header(session).unwrap_or_default())
 }
 
-/// The redirect target if it is safe, else `/`.
+/// Whether the request came over https: Gatehouse's TLS listener, or `X-Forwarded-Proto:
+/// https` (which only a trusted proxy can set: from anyone else it was replaced by the
+/// listener's own scheme before this point).
+fn came_over_https(session: &Session) -> bool {
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let forwarded = session
+        .req_header()
+        .headers
+        .get(crate::headers::X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    tls || forwarded
+}
+
+/// The redirect target if it is safe, else `/`. A request that came over https is never
+/// sent on to an `http://` URL.
 pub(crate) fn safe_rd(auth: &Auth, session: &Session, rd: Option<&str>) -> String {
     let host = host_header(session);
-    rd.and_then(|rd| auth.redirects.check(rd, host.as_deref()))
+    let https = came_over_https(session);
+    rd.and_then(|rd| auth.redirects.check_from(rd, host.as_deref(), https))
         .unwrap_or_else(|| "/".to_string())
 }
 
-fn login_cookie_name(auth: &Auth, state: &str) -> String {
-    let key: String = state.chars().take(16).collect();
+/// Length of the `state` Gatehouse issues: 16 random bytes, base64url without padding.
+const STATE_LEN: usize = 22;
+
+/// A `state` parameter exactly as Gatehouse issues it: [`STATE_LEN`] base64url characters
+/// that decode (canonically) to 16 bytes. Only such a state may become part of a cookie name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IssuedState<'a>(&'a str);
+
+impl<'a> IssuedState<'a> {
+    pub(crate) fn parse(raw: &'a str) -> Option<Self> {
+        use base64::Engine;
+        let alphabet = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let canonical = || {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(raw)
+                .is_ok_and(|bytes| bytes.len() == 16)
+        };
+        (raw.len() == STATE_LEN && alphabet && canonical()).then_some(Self(raw))
+    }
+
+    pub(crate) fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+fn login_cookie_name(auth: &Auth, state: IssuedState<'_>) -> String {
+    let key: String = state.as_str().chars().take(16).collect();
     format!("{}_login_{key}", auth.sessions.config().cookie_name)
 }
 
@@ -307,9 +351,20 @@ async fn start(
         LOGIN_PURPOSE,
         &serde_json::to_vec(&state).unwrap_or_default(),
     );
+    let Some(issued) = IssuedState::parse(&authorization.state) else {
+        tracing::error!("the OIDC library made a state of an unexpected form");
+        return html(
+            session,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Sign-in unavailable",
+            "<p>The sign-in could not be started.</p>",
+            vec![],
+        )
+        .await;
+    };
     let cookie = format!(
         "{}={sealed}; {}",
-        login_cookie_name(auth, &authorization.state),
+        login_cookie_name(auth, issued),
         cookie_attributes(auth, "/oauth2/callback", ttl)
     );
     redirect(session, &authorization.url, vec![cookie]).await
@@ -419,7 +474,27 @@ async fn callback(
     request_id: &str,
 ) -> pingora::Result<()> {
     let started = Instant::now();
-    let state = param(pairs, "state").unwrap_or("");
+    // First of all: the state must be one Gatehouse could have issued. Nothing (no cookie
+    // name, no header) is built from it before.
+    let raw_state = param(pairs, "state").unwrap_or("");
+    let Some(state) = IssuedState::parse(raw_state) else {
+        auth.metrics
+            .logins
+            .with_label_values(&["-", "state_invalid"])
+            .inc();
+        let shown: String = raw_state.chars().take(64).collect();
+        tracing::warn!(state = ?shown, state_len = raw_state.len(), "login refused: malformed state");
+        let body = "<p>This sign-in link is invalid or has expired.</p>\
+                    <p><a href=\"/oauth2/start\">Sign in again</a></p>";
+        return html(
+            session,
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            body,
+            vec![],
+        )
+        .await;
+    };
     let cookie_name = login_cookie_name(auth, state);
     let mut cookies = vec![format!(
         "{cookie_name}=; {}",
@@ -481,7 +556,7 @@ async fn finish_login(
     let state = param(pairs, "state").unwrap_or("");
     let login: LoginState = request_cookies(&session.req_header().headers)
         .find(|(k, _)| *k == cookie_name)
-        .filter(|_| !state.is_empty())
+        .filter(|_| IssuedState::parse(state).is_some())
         .and_then(|(_, sealed)| auth.sessions.sealer().open(LOGIN_PURPOSE, sealed).ok())
         .and_then(|plain| serde_json::from_slice(&plain).ok())
         .filter(|l: &LoginState| l.state == state && l.exp > now())
@@ -496,15 +571,22 @@ async fn finish_login(
     if !auth.use_state(&login.state, login.exp) {
         return Err(Refusal::StateInvalid("This sign-in link was already used."));
     }
-    if let Some(error) = param(pairs, "error") {
-        return Err(Refusal::IdpError(error.to_string()));
-    }
+    // RFC 9207: an `iss` that is sent must be the issuer, whatever the answer.
     if let (Some(iss), Some(expected)) = (param(pairs, "iss"), provider.issuer()) {
-        if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
+        if !super::bearer::issuer_is(&expected, iss) {
             return Err(Refusal::StateInvalid(
                 "The answer came from an unexpected issuer.",
             ));
         }
+    }
+    if let Some(error) = param(pairs, "error") {
+        return Err(Refusal::IdpError(error.to_string()));
+    }
+    // ... and a code must come with it when the IdP's metadata promises it (mix-up defence).
+    if param(pairs, "iss").is_none() && provider.iss_parameter_required() {
+        return Err(Refusal::StateInvalid(
+            "The answer lacks the issuer the identity provider promised to send.",
+        ));
     }
     let code = param(pairs, "code")
         .filter(|c| !c.is_empty())
@@ -809,60 +891,6 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     forward_answer(session, StatusCode::ACCEPTED, "OK\n", &headers).await
 }
 
-/// The event a logout token must carry (OpenID Connect Back-Channel Logout 1.0).
-const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-
-/// Checks a logout token: signed by the connection's keys, for us, with the logout event, no
-/// nonce, and a `sid` or `sub`. Returns the connection id, `sid` and `sub`.
-async fn verify_logout_token(
-    auth: &Auth,
-    token: &str,
-) -> Result<(String, Option<String>, Option<String>), String> {
-    let unverified = super::oidc::jwt_payload(token).ok_or("not a JWT")?;
-    let iss = unverified
-        .get("iss")
-        .and_then(serde_json::Value::as_str)
-        .ok_or("no iss")?;
-    let provider = auth
-        .providers
-        .iter()
-        .find(|p| {
-            p.issuer()
-                .is_some_and(|i| i.trim_end_matches('/') == iss.trim_end_matches('/'))
-        })
-        .ok_or("unknown issuer")?;
-    let discovered = provider.current().ok_or("issuer not discovered")?;
-    let jwks = super::bearer::fetch_jwks(provider.http(), &discovered.jwks_uri).await?;
-    let claims = super::bearer::check(
-        token,
-        &jwks,
-        &discovered.issuer,
-        std::slice::from_ref(&provider.connection.client_id),
-    )
-    .map_err(|e| e.to_string())?;
-    let has_event = claims
-        .get("events")
-        .and_then(|e| e.get(BACKCHANNEL_EVENT))
-        .is_some_and(serde_json::Value::is_object);
-    if !has_event {
-        return Err("no back-channel logout event".into());
-    }
-    if claims.contains_key("nonce") {
-        return Err("a logout token must not carry a nonce".into());
-    }
-    let text = |name: &str| {
-        claims
-            .get(name)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-    };
-    let (sid, sub) = (text("sid"), text("sub"));
-    if sid.is_none() && sub.is_none() {
-        return Err("neither sid nor sub".into());
-    }
-    Ok((provider.connection.id.clone(), sid, sub))
-}
-
 /// `POST /oauth2/backchannel-logout`: the IdP ends sessions by `sid` (or all of a user's by
 /// `sub`). Answers 200, or 400 for a token that does not check out.
 async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
@@ -888,20 +916,36 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
         )
         .await;
     };
-    match verify_logout_token(auth, token).await {
-        Ok((connection, sid, sub)) => {
-            let which = match (&sid, &sub) {
-                (Some(sid), _) => Some(SessionsOf::IdpSession {
-                    connection: &connection,
-                    sid,
-                }),
-                (None, Some(subject)) => Some(SessionsOf::Subject {
+    let at = now();
+    match auth.logout.verify(&auth.providers, token, at).await {
+        Ok(order) => {
+            let connection = order.connection.clone();
+            let matching = match (&order.sid, &order.sub) {
+                (Some(sid), sub) => auth
+                    .sessions
+                    .find_sessions(SessionsOf::IdpSession {
+                        connection: &connection,
+                        sid,
+                    })
+                    .into_iter()
+                    .filter(|s| sub.as_ref().is_none_or(|sub| &s.identity.subject == sub))
+                    .collect(),
+                (None, Some(subject)) => auth.sessions.find_sessions(SessionsOf::Subject {
                     connection: &connection,
                     subject,
                 }),
-                (None, None) => None,
+                (None, None) => Vec::new(),
             };
-            let sids = which.map(|w| auth.sessions.find(w)).unwrap_or_default();
+            // The subject's bearer tokens issued before now are refused from here on.
+            let mut subjects: std::collections::BTreeSet<String> = matching
+                .iter()
+                .map(|s| s.identity.subject.clone())
+                .collect();
+            subjects.extend(order.sub.clone());
+            for subject in &subjects {
+                auth.bearer.logged_out(&connection, subject, at);
+            }
+            let sids: Vec<String> = matching.iter().map(|s| s.sid.clone()).collect();
             let ended = auth.sessions.revoke_durably(&sids).await;
             auth.update_sessions_gauge();
             auth.metrics
@@ -919,7 +963,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
             .await
         }
         Err(reason) => {
-            tracing::warn!(%reason, "logout token refused");
+            tracing::warn!(reason = ?reason, "logout token refused");
             respond::send(
                 session,
                 StatusCode::BAD_REQUEST,
@@ -976,6 +1020,75 @@ async fn userinfo(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    /// A state as Gatehouse issues it.
+    fn issued() -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(&super::super::seal::random_key()[..16])
+    }
+
+    #[test]
+    fn issued_states_are_accepted() {
+        for _ in 0..100 {
+            let state = issued();
+            assert_eq!(
+                IssuedState::parse(&state).map(|s| s.as_str()),
+                Some(state.as_str())
+            );
+        }
+        let real = openidconnect::CsrfToken::new_random();
+        assert!(IssuedState::parse(real.secret()).is_some());
+    }
+
+    #[test]
+    fn the_reported_hostile_states_are_refused() {
+        for raw in [
+            "",
+            "\0",
+            "x=1; Domain=evil.co",
+            "x%3D1%3B%20Domain%3Devil.co",
+            "AAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAA==",
+            "AAAAAAAAAAAAAAAAAAAAAB",
+            "AAAAAAAAAAAAAAAAAAAA+/",
+            "AAAAAAAAAAAAAAAAAAAA\r\n",
+            "AAAAAAAAAAAAAAAAAAAA;A",
+            "ÀAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(IssuedState::parse(raw).is_none(), "{raw:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Any string is accepted only if it is 22 base64url characters that decode
+        /// canonically to 16 bytes: so nothing that could end a cookie name or add an
+        /// attribute (`=`, `;`, space, controls, non-ASCII) ever passes.
+        #[test]
+        fn only_the_issued_form_of_state_passes(raw in prop_oneof![
+            ".*",
+            "[A-Za-z0-9_=;%+/ \\-]{0,30}",
+            "[A-Za-z0-9_-]{20,24}",
+            "[A-Za-z0-9_-]{21}[A-Za-z0-9_=;\x00-\x1f\u{80}-\u{10ffff}-]",
+        ]) {
+            use base64::Engine;
+            let expected = raw.len() == STATE_LEN
+                && base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&raw)
+                    .is_ok_and(|b| b.len() == 16 && base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b) == raw);
+            let parsed = IssuedState::parse(&raw);
+            prop_assert_eq!(parsed.is_some(), expected);
+            if parsed.is_some() {
+                prop_assert!(raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            }
+        }
+    }
 
     #[test]
     fn query_pairs_are_decoded() {

@@ -5,7 +5,9 @@ pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
 pub mod forward;
+pub mod expiring;
 pub mod login;
+pub mod logout;
 pub mod oidc;
 pub mod redirect;
 pub mod seal;
@@ -45,6 +47,8 @@ pub struct Auth {
     pub throttle: throttle::Throttle,
     /// The headers a front proxy's forward-auth subrequest names its request with.
     pub forward_auth: crate::config::model::ForwardAuth,
+    /// Back-channel logout tokens: checks and the `jti` replay record.
+    pub logout: logout::LogoutVerifier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +144,7 @@ impl Auth {
             used_states: Mutex::new(crate::bounded::ExpiringMap::new(config.limits.used_states)),
             throttle: throttle::Throttle::new(&config.limits),
             forward_auth: config.forward_auth.clone(),
+            logout: logout::LogoutVerifier::new(),
         }))
     }
 
@@ -195,7 +200,10 @@ impl Auth {
         let Some(provider) = self.provider(&live.identity.connection).cloned() else {
             return false;
         };
-        match provider.refresh(&refresh_token).await {
+        match provider
+            .refresh(&refresh_token, &live.identity.subject)
+            .await
+        {
             Ok(tokens) => {
                 if let Ok(mut t) = live.tokens.lock() {
                     if tokens.id_token.is_some() {
@@ -260,15 +268,13 @@ impl Auth {
                 .inc();
             return Err(bearer::BearerError::NotAllowed);
         }
-        match self
-            .bearer
-            .verify(token)
-            .await
-            .and_then(|id| self.with_local_account(id))
-        {
-            Ok(identity) => {
+        match self.bearer.verify(token).await.and_then(|b| {
+            let factors = b.factors;
+            self.with_local_account(b.identity).map(|id| (id, factors))
+        }) {
+            Ok((identity, factors)) => {
                 self.metrics.bearer.with_label_values(&["valid"]).inc();
-                Ok(Some(Authenticated::Bearer(Box::new(identity))))
+                Ok(Some(Authenticated::Bearer(Box::new(identity), factors)))
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
@@ -322,7 +328,7 @@ impl Auth {
                 .header_cache
                 .get_or_init(|| wire_headers(&self.headers, &live.identity))
                 .clone(),
-            Authenticated::Bearer(identity) => wire_headers(&self.headers, identity),
+            Authenticated::Bearer(identity, _) => wire_headers(&self.headers, identity),
         }
     }
 
@@ -379,14 +385,15 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 #[derive(Debug)]
 pub enum Authenticated {
     Session(Arc<session::LiveSession>),
-    Bearer(Box<crate::identity::Identity>),
+    /// A bearer token, and whether its `acr`/`amr` show a second factor.
+    Bearer(Box<crate::identity::Identity>, bearer::Factors),
 }
 
 impl Authenticated {
     pub fn identity(&self) -> &crate::identity::Identity {
         match self {
             Authenticated::Session(live) => &live.identity,
-            Authenticated::Bearer(identity) => identity,
+            Authenticated::Bearer(identity, _) => identity,
         }
     }
 }

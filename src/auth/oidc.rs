@@ -2,16 +2,24 @@
 //! code exchange and ID-token verification, all through the `openidconnect` crate.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm};
-use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, Scope, TokenResponse,
+use jsonwebtoken::jwk::JwkSet;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
 };
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, LogoutProviderMetadata, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::model::Connection;
@@ -45,8 +53,35 @@ pub const ALLOWED_ID_TOKEN_ALGS: &[CoreJwsSigningAlgorithm] = &[
 
 /// The longest an ID token's `iat` may lie in the future (clock skew).
 const IAT_SKEW: u64 = 120;
-/// JWKS is refetched for an unknown key at most this often.
-const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
+/// A connection's keys (discovery document and JWKS) are fetched again, for a key the cache
+/// does not hold, at most this often: whatever tokens anyone posts, Gatehouse asks its IdP
+/// no more than once per this period per connection.
+pub const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
+
+/// The discovery fields Gatehouse reads beyond the core ones: RFC 9207's flag saying the IdP
+/// sends `iss` in its authorization responses.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct IssParameterMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
+}
+impl AdditionalProviderMetadata for IssParameterMetadata {}
+
+/// The discovery document: core fields, RP-initiated logout, RFC 9207.
+type Metadata = ProviderMetadata<
+    LogoutProviderMetadata<IssParameterMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -62,12 +97,18 @@ pub enum OidcError {
     RefreshFailed(String),
 }
 
-/// What discovery found.
+/// What discovery found: the connection's one key cache. The ID-token verifier (inside
+/// `client`) and `keys` (for bearer and logout tokens) hold the same JWKS, fetched together.
 pub struct Discovered {
     pub client: OidcClient,
     pub issuer: String,
     pub end_session_endpoint: Option<String>,
     pub jwks_uri: String,
+    /// The JWKS's asymmetric signature keys, for bearer and logout tokens.
+    pub keys: Arc<JwkSet>,
+    /// The IdP says it sends RFC 9207 `iss` with every authorization response: the callback
+    /// then requires it.
+    pub iss_parameter_required: bool,
 }
 
 /// A successful login at the IdP.
@@ -90,7 +131,9 @@ pub struct Provider {
     pub connection: Connection,
     http: openidconnect::reqwest::Client,
     discovered: RwLock<Option<Arc<Discovered>>>,
-    last_discovery: Mutex<Option<Instant>>,
+    /// When keys were last fetched (discovery included); held across a fetch so that
+    /// concurrent requests wait for it instead of fetching again.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
 }
 
 fn now() -> u64 {
@@ -128,7 +171,7 @@ impl Provider {
             connection,
             http,
             discovered: RwLock::new(None),
-            last_discovery: Mutex::new(None),
+            last_fetch: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -141,23 +184,32 @@ impl Provider {
         self.discovered.read().ok().and_then(|d| d.clone())
     }
 
-    /// Fetches the metadata and the JWKS, and replaces the current ones.
+    /// Fetches the metadata and the JWKS, and replaces the current ones (startup discovery;
+    /// counts as a key fetch for [`Provider::newer_keys`]).
     pub async fn discover(&self) -> Result<(), OidcError> {
-        if let Ok(mut last) = self.last_discovery.lock() {
-            *last = Some(Instant::now());
-        }
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_metadata().await
+    }
+
+    async fn fetch_metadata(&self) -> Result<(), OidcError> {
         let issuer = IssuerUrl::new(self.connection.issuer.clone())
             .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+        let metadata = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
-        let end_session_endpoint = metadata
-            .additional_metadata()
-            .end_session_endpoint
-            .as_ref()
-            .map(|u| u.to_string());
+        let extra = metadata.additional_metadata();
+        let end_session_endpoint = extra.end_session_endpoint.as_ref().map(|u| u.to_string());
+        let iss_parameter_required = extra
+            .additional_metadata
+            .authorization_response_iss_parameter_supported
+            == Some(true);
         let jwks_uri = metadata.jwks_uri().to_string();
         let issuer = metadata.issuer().to_string();
+        let keys = serde_json::to_vec(metadata.jwks())
+            .map_err(|e| e.to_string())
+            .and_then(|json| super::bearer::parse_jwks(&json))
+            .map_err(OidcError::Unavailable)?;
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.connection.client_id.clone()),
@@ -168,6 +220,8 @@ impl Provider {
             issuer,
             end_session_endpoint,
             jwks_uri,
+            keys: Arc::new(keys),
+            iss_parameter_required,
         });
         if let Ok(mut slot) = self.discovered.write() {
             *slot = Some(discovered);
@@ -175,19 +229,27 @@ impl Provider {
         Ok(())
     }
 
-    /// Rediscovers (new JWKS) unless that was done in the last [`JWKS_REFETCH_EVERY`].
-    /// Returns whether it did.
-    pub async fn refetch_keys(&self) -> bool {
-        let recent = self
-            .last_discovery
-            .lock()
-            .ok()
-            .and_then(|l| *l)
-            .is_some_and(|t| t.elapsed() < JWKS_REFETCH_EVERY);
-        if recent {
-            return false;
+    /// Keys newer than `seen` (which lacked the key a token names): ones another request
+    /// fetched meanwhile, or a fresh fetch unless the last one was less than
+    /// [`JWKS_REFETCH_EVERY`] ago. `None` when there are none.
+    pub async fn newer_keys(&self, seen: &Arc<Discovered>) -> Option<Arc<Discovered>> {
+        let mut last = self.last_fetch.lock().await;
+        if let Some(current) = self.current() {
+            if !Arc::ptr_eq(seen, &current) {
+                return Some(current);
+            }
         }
-        self.discover().await.is_ok()
+        if !may_fetch(*last, Instant::now()) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_metadata().await {
+            Ok(()) => self.current(),
+            Err(e) => {
+                tracing::warn!(connection = %self.connection.id, error = %e, "key refetch failed");
+                None
+            }
+        }
     }
 
     fn discovered(&self) -> Result<Arc<Discovered>, OidcError> {
@@ -236,6 +298,11 @@ impl Provider {
         self.current().map(|d| d.issuer.clone())
     }
 
+    /// Whether the IdP's metadata says it sends RFC 9207 `iss` in authorization responses.
+    pub fn iss_parameter_required(&self) -> bool {
+        self.current().is_some_and(|d| d.iss_parameter_required)
+    }
+
     /// Exchanges the code and verifies the ID token.
     pub async fn exchange(
         &self,
@@ -272,10 +339,10 @@ impl Provider {
         };
         if let Err(first) = verify(&d) {
             // An unknown key may mean the IdP rotated its keys: fetch them once and retry.
-            if !self.refetch_keys().await {
+            let Some(newer) = self.newer_keys(&d).await else {
                 return Err(first);
-            }
-            verify(&*self.discovered()?)?;
+            };
+            verify(&newer)?;
         }
         let raw = id_token.to_string();
         let mut claims = jwt_payload(&raw)
@@ -341,9 +408,10 @@ impl Provider {
         serde_json::from_slice::<Map<String, Value>>(&body).ok()
     }
 
-    /// Uses a refresh token; returns the new tokens (claims of a new ID token, if any, are
-    /// verified like at login, without a nonce).
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, OidcError> {
+    /// Uses a refresh token; returns the new tokens. A new ID token is verified like the
+    /// first one (signature, `iss`, `aud`, `exp`, `azp`, `iat`; no nonce to match) and must
+    /// name `subject`, the session's user: anything else fails the refresh.
+    pub async fn refresh(&self, refresh_token: &str, subject: &str) -> Result<Tokens, OidcError> {
         let d = self.discovered()?;
         let token = RefreshToken::new(refresh_token.to_string());
         let response = d
@@ -353,6 +421,33 @@ impl Provider {
             .request_async(&self.http)
             .await
             .map_err(|e| OidcError::RefreshFailed(error_chain(&e)))?;
+        if let Some(id_token) = response.id_token() {
+            let verify = |d: &Discovered| {
+                let verifier = d
+                    .client
+                    .id_token_verifier()
+                    .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec());
+                id_token
+                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                    .map(|_| ())
+                    .map_err(|e| OidcError::RefreshFailed(format!("refreshed ID token: {e}")))
+            };
+            if let Err(first) = verify(&d) {
+                let Some(newer) = self.newer_keys(&d).await else {
+                    return Err(first);
+                };
+                verify(&newer)?;
+            }
+            let claims = jwt_payload(&id_token.to_string())
+                .ok_or_else(|| OidcError::RefreshFailed("unreadable ID token".into()))?;
+            self.check_extra_claims(&claims)
+                .map_err(|e| OidcError::RefreshFailed(format!("refreshed ID token: {e}")))?;
+            if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+                return Err(OidcError::RefreshFailed(
+                    "the refreshed ID token is for another subject".into(),
+                ));
+            }
+        }
         Ok(Tokens {
             id_token: response.id_token().map(|t| t.to_string()),
             access_token: Some(response.access_token().secret().clone()),
@@ -364,6 +459,11 @@ impl Provider {
             access_expires_at: response.expires_in().map(|d| now() + d.as_secs()),
         })
     }
+}
+
+/// Whether a key fetch is due, given when the last one started.
+fn may_fetch(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= JWKS_REFETCH_EVERY)
 }
 
 /// An error and its causes on one line.
@@ -381,6 +481,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_keys_are_refetched_at_most_every_thirty_seconds() {
+        let start = Instant::now();
+        assert!(may_fetch(None, start));
+        assert!(!may_fetch(Some(start), start + Duration::from_secs(29)));
+        assert!(may_fetch(Some(start), start + Duration::from_secs(30)));
+    }
 
     #[test]
     fn a_jwt_payload_is_read_and_garbage_is_not() {

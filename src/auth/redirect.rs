@@ -48,6 +48,21 @@ impl RedirectPolicy {
     /// `Host` of the current request (a port is allowed); an absolute URL to that same host
     /// and port is accepted even when it is not in the allowed domains.
     pub fn check(&self, target: &str, request_host: Option<&str>) -> Option<String> {
+        self.check_from(target, request_host, false)
+    }
+
+    /// [`RedirectPolicy::check`] for a request that came over https (`https`: Gatehouse's
+    /// TLS listener or a trusted `X-Forwarded-Proto: https`): then an `http://` target is
+    /// refused too, so a redirect never downgrades the user to cleartext.
+    pub fn check_from(
+        &self,
+        target: &str,
+        request_host: Option<&str>,
+        https: bool,
+    ) -> Option<String> {
+        if https && !target.starts_with('/') && !is_https_url(target) {
+            return None;
+        }
         if target.starts_with('/') {
             return is_safe_relative(target).then(|| target.to_owned());
         }
@@ -164,6 +179,13 @@ fn valid_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Whether `target` starts with the `https:` scheme (any case).
+fn is_https_url(target: &str) -> bool {
+    target
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
 }
 
 /// The port a browser uses for `target` when none is written.
@@ -292,6 +314,56 @@ mod tests {
         assert_eq!(policy.check("http://127.0.0.2:4180/x", host), None);
         assert_eq!(policy.check("http://127.0.0.1:4180/x", None), None);
         assert_eq!(policy.check("http://x:4180/", Some("user@x:4180")), None);
+    }
+
+    /// Over https, no absolute target that is not https passes, however it is spelled;
+    /// paths and https targets are judged as before.
+    #[test]
+    fn a_request_over_https_is_never_redirected_to_http() {
+        let policy = policy(&[".example.com"]);
+        let host = Some("app.example.com");
+        for target in [
+            "http://app.example.com/x",
+            "HTTP://app.example.com/x",
+            "Http://APP.example.com:443/",
+            "http://a.example.com",
+            "http:app.example.com",
+        ] {
+            assert_eq!(policy.check_from(target, host, true), None, "{target}");
+        }
+        assert!(policy
+            .check_from("http://app.example.com/x", host, false)
+            .is_some());
+        for target in [
+            "https://app.example.com/x",
+            "HTTPS://a.example.com/",
+            "/x?y=http://z",
+        ] {
+            assert_eq!(
+                policy.check_from(target, host, true),
+                Some(target.to_string()),
+                "{target}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// For any target, over https the answer is the plain answer, minus every
+        /// absolute target whose scheme is not https.
+        #[test]
+        fn over_https_only_paths_and_https_targets_survive(
+            scheme in "(?i:https?|ftp|javascript)",
+            sep in "(://|:/|:)",
+            host in "(app|a\\.b|evil)\\.example\\.com(:[0-9]{1,5})?",
+            path in "(/[a-z%0-9]{0,5}){0,3}",
+        ) {
+            let policy = policy(&[".example.com"]);
+            let target = format!("{scheme}{sep}{host}{path}");
+            let plain = policy.check(&target, Some("app.example.com"));
+            let secure = policy.check_from(&target, Some("app.example.com"), true);
+            let https = scheme.eq_ignore_ascii_case("https");
+            proptest::prop_assert_eq!(secure, plain.filter(|_| https));
+        }
     }
 
     #[test]

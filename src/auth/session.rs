@@ -383,6 +383,19 @@ impl Sessions {
         self.live.read().map(|m| m.find(which)).unwrap_or_default()
     }
 
+    /// The live sessions `which` names, from an index (no scan).
+    pub fn find_sessions(&self, which: SessionsOf<'_>) -> Vec<Arc<LiveSession>> {
+        self.live
+            .read()
+            .map(|m| {
+                m.find(which)
+                    .iter()
+                    .filter_map(|sid| m.get(sid).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Gives every live session of a local account its new identity (after an admin changed
     /// the account), in memory and in the store. Returns how many.
     pub fn update_user(&self, user_id: &str, update: impl Fn(&Identity) -> Identity) -> usize {

@@ -636,9 +636,15 @@ pub struct ConnectionSection {
     pub mfa: Option<String>,
     #[serde(default)]
     pub allow_bearer: bool,
-    /// Audiences a bearer token may carry; default the client id.
+    /// Audiences a bearer token may carry; required with `allow_bearer` (no default).
     #[serde(default)]
     pub bearer_audiences: Vec<String>,
+    /// Accept only RFC 9068 `at+jwt` bearer tokens.
+    #[serde(default)]
+    pub require_at_jwt: bool,
+    /// `acr` values of bearer tokens that count as a second factor.
+    #[serde(default)]
+    pub bearer_mfa_acr: Vec<String>,
     #[serde(default)]
     pub fetch_userinfo: bool,
     pub ca_file: Option<String>,

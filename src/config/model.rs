@@ -275,6 +275,10 @@ pub struct Connection {
     pub mfa: Option<MfaLevel>,
     pub allow_bearer: bool,
     pub bearer_audiences: Vec<String>,
+    /// Bearer tokens must be RFC 9068 `at+jwt`.
+    pub require_at_jwt: bool,
+    /// Bearer-token `acr` values that show a second factor.
+    pub bearer_mfa_acr: Vec<String>,
     pub fetch_userinfo: bool,
     pub ca_file: Option<PathBuf>,
 }

@@ -1048,14 +1048,16 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
             );
         }
     }
+    if c.allow_bearer && c.bearer_audiences.iter().all(|a| a.trim().is_empty()) {
+        p.add(
+            at("bearer_audiences"),
+            "must name the audience(s) of the API's access tokens when allow_bearer = true \
+             (e.g. [\"urn:example:api\"]); the client id is not a safe default, ID tokens carry it",
+        );
+    }
     if p.0.len() > before {
         return None;
     }
-    let audiences = if c.bearer_audiences.is_empty() {
-        vec![c.client_id.clone()]
-    } else {
-        c.bearer_audiences.clone()
-    };
     Some(Connection {
         id: c.id.clone(),
         display_name: c.display_name.clone().unwrap_or_else(|| c.id.clone()),
@@ -1081,7 +1083,9 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
         trust_email: c.trust_email,
         mfa,
         allow_bearer: c.allow_bearer,
-        bearer_audiences: audiences,
+        bearer_audiences: c.bearer_audiences.clone(),
+        require_at_jwt: c.require_at_jwt,
+        bearer_mfa_acr: c.bearer_mfa_acr.clone(),
         fetch_userinfo: c.fetch_userinfo,
         ca_file,
     })

@@ -107,7 +107,7 @@ impl SignedHeader {
             }
         };
         match who {
-            Authenticated::Bearer(identity) => signed(identity),
+            Authenticated::Bearer(identity, _) => signed(identity),
             Authenticated::Session(live) => {
                 // Parallel requests of one session share the read lock on the fresh path.
                 let fresh = live.signed.read().ok().and_then(|cache| {

@@ -224,13 +224,7 @@ impl Gatehouse {
             return Ok(Ok(()));
         };
         let method = &session.req_header().method;
-        let level = self
-            .access
-            .mfa_level(upstream, method, path.as_str())
-            .unwrap_or_else(|| match auth.provider(&live.identity.connection) {
-                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.totp,
-            });
+        let level = self.mfa_level(auth, upstream, method, path, &live.identity.connection);
         let decision = decide(
             level,
             auth.mfa.config.when_no_local_account,
@@ -265,6 +259,69 @@ impl Gatehouse {
             );
             respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &[]).await?;
         }
+        Ok(Err(()))
+    }
+
+    /// The TOTP level this route asks of a user of `connection`.
+    fn mfa_level(
+        &self,
+        auth: &Auth,
+        upstream: usize,
+        method: &http::Method,
+        path: &NormalPath,
+        connection: &str,
+    ) -> MfaLevel {
+        self.access
+            .mfa_level(upstream, method, path.as_str())
+            .unwrap_or_else(|| match auth.provider(connection) {
+                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
+                None => auth.mfa.config.totp,
+            })
+    }
+
+    /// The second factor for a bearer token on a route that requires TOTP: a token cannot
+    /// step up, so it passes only when its `acr`/`amr` show a second factor (see
+    /// `crate::auth::bearer::factors`); else 401 with `WWW-Authenticate: Bearer
+    /// error="insufficient_user_authentication"` (RFC 9470). A JIT-off connection with
+    /// `when_no_local_account = "skip"` passes as sessions do. `Err` when the answer is written.
+    async fn enforce_bearer_mfa(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        identity: &crate::identity::Identity,
+        factors: crate::auth::bearer::Factors,
+    ) -> Result<std::result::Result<(), ()>> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Ok(()));
+        };
+        let method = &session.req_header().method;
+        let level = self.mfa_level(auth, upstream, method, path, &identity.connection);
+        let jit = auth
+            .provider(&identity.connection)
+            .is_some_and(|p| p.connection.jit);
+        let decision = decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            jit || identity.user_id.is_some(),
+            false,
+            factors == crate::auth::bearer::Factors::Two,
+        );
+        if decision == MfaDecision::Pass {
+            return Ok(Ok(()));
+        }
+        tracing::info!(request_id = %ctx.request_id, connection = %identity.connection, "bearer token without a second factor on a route that requires one: refused");
+        let extra = [(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
+        )];
+        let (kind, body) = respond::error_body(
+            StatusCode::UNAUTHORIZED,
+            "This route needs a token that shows a second factor.",
+            &ctx.request_id,
+            false,
+        );
+        respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
         Ok(Err(()))
     }
 
@@ -537,13 +594,20 @@ impl ProxyHttp for Gatehouse {
                         // Early answer: 403, an access rule refused this account.
                         return Ok(true);
                     }
-                    if let (true, crate::auth::Authenticated::Session(live)) =
-                        (self.mfa_anywhere, &who)
-                    {
-                        if self.enforce_mfa(auth, session, ctx, live).await?.is_err() {
-                            // Early answer: to the TOTP form (step-up), or the conflict page.
-                            return Ok(true);
+                    let refused = match (self.mfa_anywhere, &who) {
+                        (true, crate::auth::Authenticated::Session(live)) => {
+                            self.enforce_mfa(auth, session, ctx, live).await?.is_err()
                         }
+                        (true, crate::auth::Authenticated::Bearer(identity, factors)) => self
+                            .enforce_bearer_mfa(auth, session, ctx, identity, *factors)
+                            .await?
+                            .is_err(),
+                        _ => false,
+                    };
+                    if refused {
+                        // Early answer: to the TOTP form (step-up), the conflict page, or 401
+                        // insufficient_user_authentication for a bearer token.
+                        return Ok(true);
                     }
                     let req = session.req_header_mut();
                     for (name, value) in auth.wire_headers(&who).iter() {

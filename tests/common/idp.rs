@@ -172,6 +172,34 @@ impl TestIdp {
         assert_eq!(status, 204, "set_claims({login})");
     }
 
+    /// How many times the IdP's JWKS has been fetched so far.
+    pub async fn jwks_fetches(&self) -> u64 {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(self.url("/__test/jwks-fetches"))
+            .send()
+            .await
+            .expect("test IdP control request")
+            .json()
+            .await
+            .expect("JSON count");
+        body["count"].as_u64().expect("count")
+    }
+
+    /// A compact JWT with these header fields (over `alg: RS256, kid: rs256-1`) and claims,
+    /// signed with the IdP's own RSA key: a token the IdP never issued but Gatehouse trusts
+    /// the signature of.
+    pub async fn sign(&self, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let body = serde_json::json!({ "header": header, "claims": claims });
+        let response = reqwest::Client::new()
+            .post(self.url("/__test/sign"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("test IdP control request");
+        assert_eq!(response.status(), 200, "sign");
+        response.text().await.expect("token")
+    }
+
     /// Everything the server wrote to stderr so far (its log).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
@@ -222,6 +250,8 @@ pub fn client_config(
     });
     if let Some(uri) = backchannel_logout_uri {
         client["backchannel_logout_uri"] = uri.into();
+        // ID tokens then carry `sid`, and logout tokens name it.
+        client["backchannel_logout_session_required"] = true.into();
     }
     client
 }

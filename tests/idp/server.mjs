@@ -423,8 +423,41 @@ async function updateUser(req, res, login) {
   res.writeHead(204).end();
 }
 
+// Test control: GET /__test/jwks-fetches answers {"count": n}, how many times the JWKS was
+// fetched; POST /__test/sign with {"header": {...}, "claims": {...}} answers a compact JWT
+// signed RS256 with the IdP's own key (kid rs256-1 unless the header names another), so
+// tests can make tokens the IdP would never issue (sid-only logout tokens, ID tokens used
+// as bearer tokens, odd typ headers).
+let jwksFetches = 0;
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+async function signForTest(req, res) {
+  if (req.method !== 'POST') return res.writeHead(405).end();
+  let body = '';
+  for await (const chunk of req) body += chunk;
+  let input;
+  try {
+    input = JSON.parse(body);
+  } catch {
+    return res.writeHead(400).end();
+  }
+  const header = { alg: 'RS256', kid: 'rs256-1', ...(input.header ?? {}) };
+  const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(input.claims ?? {}))}`;
+  const key = crypto.createPrivateKey({ key: jwks[0], format: 'jwk' });
+  const signature = crypto.sign('sha256', Buffer.from(signingInput), key);
+  res.writeHead(200, { 'content-type': 'text/plain' });
+  res.end(`${signingInput}.${b64url(signature)}`);
+}
+
 const oidc = provider.callback();
 handler = (req, res) => {
+  if (req.url === '/__test/jwks-fetches') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return res.end(JSON.stringify({ count: jwksFetches }));
+  }
+  if (req.url === '/__test/sign') {
+    return signForTest(req, res).catch(() => res.writeHead(500).end());
+  }
+  if (req.url.split('?')[0] === '/jwks') jwksFetches += 1;
   const control = /^\/__test\/users\/([\w.@-]+)$/.exec(req.url);
   if (control) {
     return updateUser(req, res, control[1]).catch(() => res.writeHead(500).end());
