@@ -580,7 +580,7 @@ async fn sign_out(
 /// The path of the request a forward-auth call asks about: `X-Forwarded-Uri` (Traefik) or
 /// `X-Original-URI` (nginx `auth_request`), query dropped, normalized like any request path.
 /// `None` when neither is sent; `Some(Err)` for a path that cannot be checked.
-fn original_path(session: &Session) -> Option<Result<String, ()>> {
+fn original_path(session: &Session) -> Option<Result<crate::proxy::path::NormalPath, ()>> {
     let headers = &session.req_header().headers;
     let uri = ["x-forwarded-uri", "x-original-uri"]
         .iter()
@@ -588,11 +588,7 @@ fn original_path(session: &Session) -> Option<Result<String, ()>> {
         .to_str()
         .ok()?;
     let path = uri.split(['?', '#']).next().unwrap_or("");
-    Some(
-        crate::proxy::path::normalize(path)
-            .map(|p| p.as_str().to_string())
-            .map_err(|_| ()),
-    )
+    Some(crate::proxy::path::normalize(path).map_err(|_| ()))
 }
 
 /// `/oauth2/auth`: for nginx `auth_request` or Traefik forward-auth. 202 with the identity

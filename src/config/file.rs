@@ -116,6 +116,12 @@ pub struct ServerSection {
     pub shutdown_grace: String,
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool: usize,
+    /// Refuse double-encoded dots, separators and `%` in paths (400).
+    #[serde(default = "default_true")]
+    pub reject_double_encoding: bool,
+    /// Say on purpose that protected routes have no way in (no connection, no bearer).
+    #[serde(default)]
+    pub deny_all: bool,
 }
 
 impl Default for ServerSection {
@@ -129,6 +135,8 @@ impl Default for ServerSection {
             worker_threads: 0,
             shutdown_grace: default_grace(),
             upstream_keepalive_pool: default_keepalive_pool(),
+            reject_double_encoding: true,
+            deny_all: false,
         }
     }
 }

@@ -228,6 +228,8 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
         worker_threads,
         shutdown_grace: shutdown_grace?,
         upstream_keepalive_pool: s.upstream_keepalive_pool,
+        reject_double_encoding: s.reject_double_encoding,
+        deny_all: s.deny_all,
     })
 }
 

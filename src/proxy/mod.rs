@@ -46,7 +46,7 @@ use crate::mfa::policy::{decide, MfaDecision};
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
-use path::{NormalPath, PathError};
+use path::{NormalPath, PathError, PathOptions};
 use request_id::RequestIds;
 use routes::{Route, Router};
 
@@ -69,6 +69,8 @@ pub struct Gatehouse {
     signed: Option<SignedHeader>,
     /// Whether TOTP is asked for anywhere (else the per-request MFA check is skipped).
     mfa_anywhere: bool,
+    /// How strict path normalization is (`[server] reject_double_encoding`).
+    path_options: PathOptions,
 }
 
 fn peer_for(u: &Upstream) -> HttpPeer {
@@ -127,6 +129,9 @@ impl Gatehouse {
             access,
             signed,
             mfa_anywhere,
+            path_options: PathOptions {
+                reject_double_encoding: config.server.reject_double_encoding,
+            },
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -142,7 +147,7 @@ impl Gatehouse {
     /// Normalizes the path and puts the normalized form in the request that goes upstream.
     fn normalize_target(&self, session: &mut Session) -> Result<NormalPath, RequestError> {
         let (raw_path, query) = target(session)?;
-        let normal = path::normalize(&raw_path)?;
+        let normal = path::normalize_with(&raw_path, self.path_options)?;
         if normal.as_str() != raw_path {
             let rebuilt = match &query {
                 Some(q) => format!("{}?{q}", normal.as_str()),
@@ -216,7 +221,7 @@ impl Gatehouse {
         let method = &session.req_header().method;
         let level = self
             .access
-            .mfa_level(upstream, method, path.as_str())
+            .mfa_level(upstream, method, path)
             .unwrap_or_else(|| match auth.provider(&live.identity.connection) {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
                 None => auth.mfa.config.totp,
@@ -277,7 +282,7 @@ impl Gatehouse {
         let method = &session.req_header().method;
         let Err(refused) =
             self.access
-                .check(Some(upstream), method, path.as_str(), identity, trusted)
+                .check(Some(upstream), method, path, identity, trusted)
         else {
             return Ok(Ok(()));
         };
@@ -454,7 +459,7 @@ impl ProxyHttp for Gatehouse {
                 let path = ctx
                     .path
                     .as_ref()
-                    .map(|p| p.as_str().to_string())
+                    .map(|p| p.match_form().to_string())
                     .unwrap_or_default();
                 return endpoints::handle(auth, session, &path, &ctx.request_id).await;
             }
