@@ -122,7 +122,7 @@ pub fn lint(config: &Config) -> Findings {
     }
     if config.server.deny_all && !config.connections.is_empty() {
         f.warnings.push(
-            "server.deny_all = true has no effect: [[connections]] are configured and protected \
+            "server.deny_all: true has no effect, as [[connections]] are configured and protected \
              routes accept their sign-ins; remove deny_all"
                 .into(),
         );
