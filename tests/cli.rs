@@ -268,7 +268,9 @@ fn every_fail_open_mistake_is_reported_with_its_key_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     for (what, body, outcome, key, fixes) in cases {
         let server = match what {
-            "deny_all with connections" => "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n",
+            "deny_all with connections" => {
+                "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n"
+            }
             "admin listener off loopback" => "[server]\nadmin_listen = \"0.0.0.0:0\"\n",
             _ => "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
         };
@@ -282,11 +284,15 @@ fn every_fail_open_mistake_is_reported_with_its_key_and_the_fix() {
         let line = match outcome {
             Error => {
                 assert_eq!(code, 2, "{what}: {stderr}");
-                stderr.lines().find(|l| l.trim_start().starts_with(&format!("{key}:")))
+                stderr
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(&format!("{key}:")))
             }
             Warning => {
                 assert_eq!((code, stdout.trim()), (0, "ok"), "{what}: {stderr}");
-                stderr.lines().find(|l| l.starts_with(&format!("warning: {key}:")))
+                stderr
+                    .lines()
+                    .find(|l| l.starts_with(&format!("warning: {key}:")))
             }
         };
         let line = line.unwrap_or_else(|| panic!("{what}: no line for {key} in\n{stderr}"));

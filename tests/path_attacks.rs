@@ -94,9 +94,7 @@ async fn double_encoding_passes_only_when_turned_off() {
 /// any spelling; an admin reaches the same paths, parameters intact.
 #[tokio::test]
 async fn path_parameters_do_not_dodge_an_access_rule() {
-    let user = |groups: serde_json::Value| {
-        json!({"password": "pw", "claims": {"email": "u@example.com", "email_verified": true, "groups": groups}})
-    };
+    let user = |groups: serde_json::Value| json!({"password": "pw", "claims": {"email": "u@example.com", "email_verified": true, "groups": groups}});
     let env = login_env(
         json!({"users": {"dave": user(json!(["staff"])), "alice": user(json!(["admins"]))}}),
         "[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n",

@@ -70,15 +70,42 @@ const COMMON: &[&str] = &[
 /// ...and the ones it must refuse: double encoding, overlong UTF-8, encoded separators and
 /// semicolons, backslashes.
 const HOSTILE: &[&str] = &[
-    "%252e", "%252E", "%2541", "%c0%ae", "%e0%80%ae", "%c0%af", "%ed%a0%80", "%80", "%3b",
-    "%253b", "%2f", "%252f", "%5c", "%255c", "\\",
+    "%252e",
+    "%252E",
+    "%2541",
+    "%c0%ae",
+    "%e0%80%ae",
+    "%c0%af",
+    "%ed%a0%80",
+    "%80",
+    "%3b",
+    "%253b",
+    "%2f",
+    "%252f",
+    "%5c",
+    "%255c",
+    "\\",
 ];
 
 /// Where a path starts: public and protected prefixes, in several cases.
 const PREFIXES: &[&str] = &[
-    "/", "/public", "/public/", "/PUBLIC/", "/Public/", "/assets/", "/ASSETS/", "/health",
-    "/static/", "/admin", "/admin/", "/ADMIN/", "/private/", "/PRIVATE/", "/api/keys",
-    "/secret/", "/public/admin",
+    "/",
+    "/public",
+    "/public/",
+    "/PUBLIC/",
+    "/Public/",
+    "/assets/",
+    "/ASSETS/",
+    "/health",
+    "/static/",
+    "/admin",
+    "/admin/",
+    "/ADMIN/",
+    "/private/",
+    "/PRIVATE/",
+    "/api/keys",
+    "/secret/",
+    "/public/admin",
 ];
 
 fn hostile_path() -> impl Strategy<Value = String> {
@@ -249,9 +276,7 @@ fn check(s: &Setup, raw: &str, normal: &NormalPath, counts: &mut Counts) -> Resu
         }
     }
     for (rule, policy) in &s.access {
-        let applied = policy
-            .check(None, &get, normal, &s.outsider, true)
-            .is_err();
+        let applied = policy.check(None, &get, normal, &s.outsider, true).is_err();
         counts.applied += usize::from(applied);
         if let Some(reading) = readings.iter().find(|r| rule_matches(rule, &get, r)) {
             if !applied {
@@ -297,9 +322,17 @@ fn every_backend_reading_of_an_accepted_path_gets_the_same_decision() {
         "accepted {} public {} rule applications {}",
         counts.accepted, counts.public, counts.applied
     );
-    assert!(counts.accepted >= 8_000, "only {} accepted", counts.accepted);
+    assert!(
+        counts.accepted >= 8_000,
+        "only {} accepted",
+        counts.accepted
+    );
     assert!(counts.public >= 2_000, "only {} public", counts.public);
-    assert!(counts.applied >= 2_000, "only {} under a rule", counts.applied);
+    assert!(
+        counts.applied >= 2_000,
+        "only {} under a rule",
+        counts.applied
+    );
 }
 
 /// The reported examples, each through the same check: refused, or decided like every
@@ -317,5 +350,8 @@ fn the_reported_examples_are_refused_or_protected() {
     }
     let normal = normalize("/admin;x/users").expect("accepted");
     check(&setup, "/admin;x/users", &normal, &mut counts).unwrap();
-    assert_eq!(counts.applied, 1, "the /admin rule applies to /admin;x/users");
+    assert_eq!(
+        counts.applied, 1,
+        "the /admin rule applies to /admin;x/users"
+    );
 }

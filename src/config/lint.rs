@@ -107,9 +107,10 @@ fn admin_is_exposed(addr: SocketAddr) -> bool {
 pub fn lint(config: &Config) -> Findings {
     let mut f = Findings::default();
     // Protected routes exist unless one public rule covers every path for every method.
-    let all_public = config.public.iter().any(|r| {
-        r.methods.is_empty() && matches!(&r.path, PathMatch::Prefix(p) if p == "/")
-    });
+    let all_public = config
+        .public
+        .iter()
+        .any(|r| r.methods.is_empty() && matches!(&r.path, PathMatch::Prefix(p) if p == "/"));
     if config.connections.is_empty() && !all_public && !config.server.deny_all {
         f.errors.push(ConfigError {
             path: "connections".into(),

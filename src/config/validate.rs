@@ -876,8 +876,10 @@ fn issuer_url(text: &str) -> Result<String, String> {
         }
     }
     base_url(text, true).map_err(|e| {
-        format!("{e}; the issuer is the `issuer` value of the IdP's discovery document, e.g. \
-                 \"https://idp.example.com/realms/main\"")
+        format!(
+            "{e}; the issuer is the `issuer` value of the IdP's discovery document, e.g. \
+                 \"https://idp.example.com/realms/main\""
+        )
     })
 }
 

@@ -280,9 +280,9 @@ impl Gatehouse {
         }
         let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
         let method = &session.req_header().method;
-        let Err(refused) =
-            self.access
-                .check(Some(upstream), method, path, identity, trusted)
+        let Err(refused) = self
+            .access
+            .check(Some(upstream), method, path, identity, trusted)
         else {
             return Ok(Ok(()));
         };

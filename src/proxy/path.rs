@@ -247,9 +247,7 @@ pub fn normalize_with(raw: &str, options: PathOptions) -> Result<NormalPath, Pat
                 }
                 trailing = true;
             }
-            s if matches!(segment_name(s), "." | "..") => {
-                return Err(PathError::DotSegmentParams)
-            }
+            s if matches!(segment_name(s), "." | "..") => return Err(PathError::DotSegmentParams),
             s => {
                 segments.push(s);
                 trailing = false;
@@ -379,7 +377,10 @@ mod tests {
             assert_eq!(n(raw), Err(PathError::BadUtf8), "{raw}");
         }
         assert_eq!(n("/caf%c3%a9"), Ok("/caf%C3%A9".into()));
-        assert_eq!(n("/%e2%82%ac/%f0%9f%98%80"), Ok("/%E2%82%AC/%F0%9F%98%80".into()));
+        assert_eq!(
+            n("/%e2%82%ac/%f0%9f%98%80"),
+            Ok("/%E2%82%AC/%F0%9F%98%80".into())
+        );
     }
 
     #[test]
@@ -436,7 +437,9 @@ mod tests {
 
     #[test]
     fn the_fast_path_agrees_with_the_full_rules() {
-        for raw in ["/a/.", "/a/..", "/./a", "//a", "/a//", "/a%41", "/a/../b", "/a;x"] {
+        for raw in [
+            "/a/.", "/a/..", "/./a", "//a", "/a//", "/a%41", "/a/../b", "/a;x",
+        ] {
             assert!(!already_normal(raw), "{raw} is not normal");
         }
         for raw in ["/", "/a/b", "/a/b/", "/a.b/.c/d", "/.well-known/x", "/a..b"] {

@@ -252,7 +252,10 @@ mod tests {
         let r = router(
             "[[upstreams]]\nid = \"root\"\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nid = \"api\"\npath_prefix = \"/api\"\nurl = \"http://127.0.0.1:2\"\n",
         );
-        let pick = |path: &str| r.upstream(None, &normalize(path).unwrap()).map(|u| u.id.clone());
+        let pick = |path: &str| {
+            r.upstream(None, &normalize(path).unwrap())
+                .map(|u| u.id.clone())
+        };
         assert_eq!(pick("/api;x/v1").as_deref(), Some("api"));
         assert_eq!(pick("/api/v1").as_deref(), Some("api"));
     }
