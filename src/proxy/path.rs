@@ -80,6 +80,11 @@ impl NormalPath {
     pub fn match_form(&self) -> &str {
         self.matched.as_deref().unwrap_or(&self.forwarded)
     }
+
+    /// Whether the path carries `;` parameters (its two forms differ).
+    pub fn has_parameters(&self) -> bool {
+        self.matched.is_some()
+    }
 }
 
 impl fmt::Debug for NormalPath {

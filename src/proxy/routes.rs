@@ -80,7 +80,7 @@ pub fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
 /// match form (parameters removed) of the path, so no reading of the path escapes it.
 pub fn rule_applies(rule: &PathRule, method: &Method, path: &NormalPath) -> bool {
     rule_matches(rule, method, path.match_form())
-        || (path.as_str() != path.match_form() && rule_matches(rule, method, path.as_str()))
+        || (path.has_parameters() && rule_matches(rule, method, path.as_str()))
 }
 
 /// Classifies requests and picks upstreams; built once from config.
@@ -142,7 +142,7 @@ impl Router {
             return Route::Auth;
         }
         let public = |p: &str| self.public.iter().any(|rule| rule_matches(rule, method, p));
-        if public(path) && (normal.as_str() == path || public(normal.as_str())) {
+        if public(path) && (!normal.has_parameters() || public(normal.as_str())) {
             Route::Public
         } else {
             Route::Protected
