@@ -1,6 +1,7 @@
 # Gatehouse image: build with cargo, run on a slim Debian as a non-root user.
 #   docker build -t gatehouse .
-#   docker run -p 4180:4180 -p 9090:9090 -v gatehouse-data:/var/lib/gatehouse gatehouse
+#   docker run -p 4180:4180 -p 127.0.0.1:9090:9090 -v gatehouse-data:/var/lib/gatehouse gatehouse
+# (the admin port, plain HTTP, is published on the host's loopback only)
 # Mount your own config over /etc/gatehouse/gatehouse.toml.
 
 FROM rust:1-bookworm AS build

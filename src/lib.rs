@@ -6,7 +6,8 @@
 //! client ──> proxy listener (pingora; HTTP/1.1, h2c, TLS+h2)
 //!              │ proxy::Gatehouse::request_filter
 //!              ├─ proxy::request_id   keep a sane X-Request-Id or make one
-//!              ├─ proxy::path         normalize once; refuse %2f, \, NUL, climbs above /
+//!              ├─ proxy::path         normalize once (forwarded form + match form without
+//!              │                      ;params); refuse %2f, \, NUL, ..;, %252e, %c0%ae, climbs
 //!              ├─ proxy::hygiene      strip every incoming identity / X-Gatehouse-* header
 //!              ├─ proxy::forwarded    X-Forwarded-*, trusted only from trusted_proxies
 //!              ├─ proxy::routes       classify: internal | auth (/oauth2/*) | public | protected
@@ -26,7 +27,8 @@
 //! # Layout
 //!
 //! - [`config`]: the file structs (serde, unknown keys rejected), validation that reports every
-//!   problem with its key path, and the internal model.
+//!   problem with its key path, the internal model, and the lint for mistakes that would fail
+//!   open (`check-config` and `serve`).
 //! - [`server`]: binds listeners up front, builds the pingora services, runs and drains.
 //! - [`proxy`]: the `ProxyHttp` phases and one module per pipeline step.
 //! - [`admin`]: the admin listener (`/metrics`, `/ping`, `/ready`).

@@ -247,12 +247,32 @@ fn load(path: &std::path::Path) -> Result<gatehouse::config::Config, ExitCode> {
     })
 }
 
+/// [`load`], then the checks for mistakes that would fail open
+/// ([`gatehouse::config::lint`]): errors stop here (exit 2); warnings are returned, with the
+/// MFA conflict warnings, for the caller to print.
+fn load_checked(
+    path: &std::path::Path,
+) -> Result<(gatehouse::config::Config, Vec<String>), ExitCode> {
+    let config = load(path)?;
+    let findings = gatehouse::config::lint::lint(&config);
+    if !findings.errors.is_empty() {
+        eprintln!("{}: {} problem(s):", path.display(), findings.errors.len());
+        for e in &findings.errors {
+            eprintln!("  {e}");
+        }
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let mut warnings = gatehouse::mfa::policy::warnings(&config);
+    warnings.extend(findings.warnings);
+    Ok((config, warnings))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load(&config) {
-            Ok(loaded) => {
-                for warning in gatehouse::mfa::policy::warnings(&loaded) {
+        Command::CheckConfig { config } => match load_checked(&config) {
+            Ok((_, warnings)) => {
+                for warning in warnings {
                     eprintln!("warning: {warning}");
                 }
                 println!("ok");
@@ -262,12 +282,12 @@ fn main() -> ExitCode {
         },
         Command::Users { config, command } => users(config, command),
         Command::Serve { config } => {
-            let config = match load(&config) {
+            let (config, warnings) = match load_checked(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             gatehouse::logging::init(&config.log);
-            for warning in gatehouse::mfa::policy::warnings(&config) {
+            for warning in warnings {
                 tracing::warn!("{warning}");
             }
             match gatehouse::server::prepare(&config) {

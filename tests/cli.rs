@@ -119,7 +119,7 @@ fn a_taken_port_is_a_startup_error() {
     ] {
         let config = write_config(
             dir.path(),
-            &format!("[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n"),
+            &format!("[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\ndeny_all = true\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n"),
         );
         let out = Command::new(BIN)
             .arg("serve")
@@ -222,4 +222,94 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// A connection `check-config` accepts without a network call.
+const CONNECTION: &str = "[[connections]]\nid = \"corp\"\nissuer = \"https://idp.example.com\"\nclient_id = \"gatehouse\"\nclient_secret = \"s3cret\"\n";
+
+/// How a mistake must be reported.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Outcome {
+    /// Exit 2, a problem line `  <key>: ...`.
+    Error,
+    /// Exit 0 and `ok`, a line `warning: <key>: ...` on stderr.
+    Warning,
+}
+
+/// Every config mistake that would fail open (or leave a rule doing nothing), run through the
+/// real `check-config`: each is an error or a warning whose line names the key and the fix.
+#[test]
+fn every_fail_open_mistake_is_reported_with_its_key_and_the_fix() {
+    use Outcome::{Error, Warning};
+    let issuer = |value: &str| CONNECTION.replace("https://idp.example.com", value);
+    let cases: Vec<(&str, String, Outcome, &str, &[&str])> = vec![
+        ("glob in an access prefix", format!("{CONNECTION}[[access]]\npath = \"/admin/*\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"), Error, "access[0].path", &["path = \"/admin\" with match = \"prefix\"", "match = \"regex\""]),
+        ("glob in an exact access path", format!("{CONNECTION}[[access]]\npath = \"/admin/*\"\nallowed_groups = [\"admins\"]\n"), Error, "access[0].path", &["match = \"prefix\"", "match = \"regex\""]),
+        ("glob in a public path", format!("{CONNECTION}[[public]]\npath = \"/static/*.css\"\n"), Error, "public[0].path", &["path = \"/static\" with match = \"prefix\"", "match = \"regex\""]),
+        ("question mark in a public prefix", format!("{CONNECTION}[[public]]\npath = \"/docs/?\"\nmatch = \"prefix\"\n"), Error, "public[0].path", &["path = \"/docs\" with match = \"prefix\""]),
+        ("character class in an access path", format!("{CONNECTION}[[access]]\npath = \"/admin/[a-z]\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"), Error, "access[0].path", &["match = \"regex\""]),
+        ("glob in an upstream path_prefix", format!("{CONNECTION}[[upstreams]]\npath_prefix = \"/api/*\"\nurl = \"http://127.0.0.1:9\"\n"), Error, "upstreams[1].path_prefix", &["path_prefix = \"/api\""]),
+        ("path parameter in a rule", format!("{CONNECTION}[[access]]\npath = \"/admin;x\"\nallowed_groups = [\"admins\"]\n"), Error, "access[0].path", &["remove the `;...` part"]),
+        ("no connection and no deny_all", String::new(), Error, "connections", &["[[connections]]", "deny_all = true"]),
+        ("issuer is the discovery URL", issuer("https://idp.example.com/realms/main/.well-known/openid-configuration"), Error, "connections[0].issuer", &["issuer = \"https://idp.example.com/realms/main\""]),
+        ("issuer with a query", issuer("https://idp.example.com/realms/main?x=1"), Error, "connections[0].issuer", &["issuer = \"https://idp.example.com/realms/main\""]),
+        ("issuer with a fragment", issuer("https://idp.example.com/#main"), Error, "connections[0].issuer", &["issuer = \"https://idp.example.com/\""]),
+        ("issuer with user information", issuer("https://me:pw@idp.example.com/r"), Error, "connections[0].issuer", &["issuer = \"https://idp.example.com/r\""]),
+        ("issuer not http(s)", issuer("ftp://idp.example.com"), Error, "connections[0].issuer", &["https://", "discovery document"]),
+        ("issuer in plain http off loopback", issuer("http://idp.example.com"), Error, "connections[0].issuer", &["must use https"]),
+        ("access rule inside a public prefix", format!("{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/docs/admin\"\nallowed_groups = [\"admins\"]\n"), Warning, "access[0].path", &["never applies", "narrow public[0]"]),
+        ("public rule on a reserved path", format!("{CONNECTION}[[public]]\npath = \"/oauth2/start\"\n"), Warning, "public[0].path", &["never matches", "remove it"]),
+        ("access rule on a reserved path", format!("{CONNECTION}[[access]]\npath = \"/ping\"\nallowed_groups = [\"admins\"]\n"), Warning, "access[0].path", &["never applies", "remove it"]),
+        ("access rule no upstream serves", format!("{CONNECTION}[[access]]\npath = \"/other\"\nallowed_groups = [\"admins\"]\n").replace("[[connections]]", "[[upstreams]]\npath_prefix = \"/app\"\nurl = \"http://127.0.0.1:9\"\n[[connections]]"), Warning, "access[0].path", &[]),
+        ("an upstream no route reaches", format!("{CONNECTION}[[upstreams]]\nurl = \"http://127.0.0.1:10\"\n"), Warning, "upstreams[1].path_prefix", &["upstreams[0] has the same host and path_prefix", "remove it"]),
+        ("deny_all with connections", CONNECTION.to_string(), Warning, "server.deny_all", &["remove deny_all"]),
+        ("admin listener off loopback", CONNECTION.to_string(), Warning, "server.admin_listen", &["no TLS", "bind it to 127.0.0.1"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, body, outcome, key, fixes) in cases {
+        let server = match what {
+            "deny_all with connections" => {
+                "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n"
+            }
+            "admin listener off loopback" => "[server]\nadmin_listen = \"0.0.0.0:0\"\n",
+            _ => "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
+        };
+        let upstream = if what == "access rule no upstream serves" {
+            ""
+        } else {
+            "[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n"
+        };
+        let path = write_config(dir.path(), &format!("{server}{upstream}{body}"));
+        let (code, stdout, stderr) = check_config(&path);
+        let line = match outcome {
+            Error => {
+                assert_eq!(code, 2, "{what}: {stderr}");
+                stderr
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(&format!("{key}:")))
+            }
+            Warning => {
+                assert_eq!((code, stdout.trim()), (0, "ok"), "{what}: {stderr}");
+                stderr
+                    .lines()
+                    .find(|l| l.starts_with(&format!("warning: {key}:")))
+            }
+        };
+        let line = line.unwrap_or_else(|| panic!("{what}: no line for {key} in\n{stderr}"));
+        for fix in fixes {
+            assert!(line.contains(fix), "{what}: `{fix}` missing from\n{line}");
+        }
+    }
+}
+
+/// A config that says what it means passes quietly: no error, no warning.
+#[test]
+fn a_config_without_mistakes_passes_without_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"),
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!((code, stdout.trim(), stderr.trim()), (0, "ok", ""));
 }

@@ -829,7 +829,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         }
     };
     let id = who.identity();
-    let path = forwarded.path.as_str();
+    let path = &forwarded.path;
     let trusted = id.email_verified || auth.trusts_email(&id.connection);
     if let Err(refused) = auth
         .path_rules
@@ -837,7 +837,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     {
         let rule = refused.rule.label();
         auth.metrics.access_denied.with_label_values(&[rule]).inc();
-        tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path, "forward-auth: access denied");
+        tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path = ?path, "forward-auth: access denied");
         return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
     }
     if let super::Authenticated::Session(live) = &who {
@@ -862,14 +862,14 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
                     .mfa_conflicts
                     .with_label_values(&[&live.identity.connection])
                     .inc();
-                tracing::info!(request_id, connection = %live.identity.connection, path, "forward-auth: TOTP required but the connection keeps no local account: refused");
+                tracing::info!(request_id, connection = %live.identity.connection, path = ?path, "forward-auth: TOTP required but the connection keeps no local account: refused");
                 return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
             }
             crate::mfa::policy::MfaDecision::Challenge => {
                 tracing::info!(
                     request_id,
                     user = id.user(),
-                    path,
+                    path = ?path,
                     "forward-auth: second factor needed (step-up)"
                 );
                 let extra: Vec<_> = browser_location(

@@ -21,15 +21,15 @@ use http::{HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
 
 use crate::config::model::ForwardAuth;
-use crate::proxy::path::normalize;
+use crate::proxy::path::{normalize, NormalPath};
 
 /// The request the front proxy is serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     pub method: Method,
-    /// The normalized path without segment parameters: what the access rules and the MFA
-    /// policy see.
-    pub path: String,
+    /// The normalized path (both forms: as forwarded, and without segment parameters): what
+    /// the access rules and the MFA policy see.
+    pub path: NormalPath,
     /// The query as sent (never matched), for the way back after a sign-in.
     pub query: Option<String>,
 }
@@ -38,8 +38,8 @@ impl Forwarded {
     /// The normalized path and the query: where a browser goes back to after signing in.
     pub fn return_to(&self) -> String {
         match &self.query {
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+            Some(q) => format!("{}?{q}", self.path.as_str()),
+            None => self.path.as_str().to_string(),
         }
     }
 }
@@ -96,29 +96,6 @@ fn agree(
     Ok(())
 }
 
-/// `path` with each segment's `;parameters` removed; `None` when a segment that had
-/// parameters is a dot segment (`..;x`, `.;x`), which a backend might resolve.
-fn without_parameters(path: &str) -> Option<String> {
-    if !path.contains(';') {
-        return Some(path.to_string());
-    }
-    let mut out = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        let (name, params) = match segment.split_once(';') {
-            Some((name, _)) => (name, true),
-            None => (segment, false),
-        };
-        if params && (name == "." || name == ".." || name.eq_ignore_ascii_case("%2e")) {
-            return None;
-        }
-        out.push_str(name);
-    }
-    Some(out)
-}
-
 /// Reads the request a forward-auth call asks about, from a caller at `peer`.
 pub fn read(
     config: &ForwardAuth,
@@ -153,8 +130,8 @@ pub fn read(
         None => (uri, None),
     };
     let malformed = || Refusal::Malformed(config.uri_header.clone());
+    // Dot segments with parameters (`..;x`) are refused; rules see the parameter-free form.
     let path = normalize(path).map_err(|_| malformed())?;
-    let path = without_parameters(path.as_str()).ok_or_else(malformed)?;
     Ok(Forwarded {
         method,
         path,
@@ -204,7 +181,7 @@ mod tests {
         ]);
         let got = from("127.0.0.1", &nginx(), &h).unwrap();
         assert_eq!(got.method, Method::POST);
-        assert_eq!(got.path, "/admin/x");
+        assert_eq!(got.path.match_form(), "/admin/x");
         assert_eq!(got.return_to(), "/admin/x?a=1");
         // An IPv4-mapped IPv6 peer is the same peer.
         assert!(from("::ffff:10.1.2.3", &nginx(), &h).is_ok());
@@ -311,7 +288,7 @@ mod tests {
             ("/public/%2E;/admin", None),
         ] {
             let h = headers(&[("x-forwarded-uri", uri), ("x-forwarded-method", "GET")]);
-            let got = from("127.0.0.1", &d, &h).ok().map(|f| f.path);
+            let got = from("127.0.0.1", &d, &h).ok().map(|f| f.path.match_form().to_string());
             assert_eq!(got.as_deref(), want, "{uri}");
         }
     }
@@ -348,7 +325,7 @@ mod tests {
             h.insert(config.method_header.clone(), "POST".parse().unwrap());
             match from("127.0.0.1", &config, &h) {
                 Ok(got) => {
-                    prop_assert_eq!(got.path.as_str(), "/admin/x");
+                    prop_assert_eq!(got.path.match_form(), "/admin/x");
                     prop_assert_eq!(got.method, Method::POST);
                 }
                 Err(e) => {

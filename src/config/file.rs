@@ -199,6 +199,12 @@ pub struct ServerSection {
     /// Concurrent HTTP/2 streams per client connection.
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Refuse double-encoded dots, separators and `%` in paths (400).
+    #[serde(default = "default_true")]
+    pub reject_double_encoding: bool,
+    /// Say on purpose that protected routes have no way in (no connection, no bearer).
+    #[serde(default)]
+    pub deny_all: bool,
 }
 
 impl Default for ServerSection {
@@ -219,6 +225,8 @@ impl Default for ServerSection {
             max_connections: 0,
             max_connections_per_ip: 0,
             h2_max_concurrent_streams: default_h2_streams(),
+            reject_double_encoding: true,
+            deny_all: false,
         }
     }
 }

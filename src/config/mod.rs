@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod file;
+pub mod lint;
 pub mod model;
 pub mod validate;
 

@@ -292,6 +292,11 @@ pub struct Server {
     pub worker_threads: usize,
     pub shutdown_grace: Duration,
     pub upstream_keepalive_pool: usize,
+    /// `%25` + the escape of `.`, `/`, `\`, `%`, `;`, an unreserved or a control character
+    /// in a path is refused (400).
+    pub reject_double_encoding: bool,
+    /// Protected routes are meant to be closed: no connection and no bearer is not an error.
+    pub deny_all: bool,
     /// Deadlines and limits for client connections.
     pub clients: ClientLimits,
 }

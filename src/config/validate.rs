@@ -259,6 +259,8 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
                 .then_some(s.max_connections_per_ip),
             h2_max_concurrent_streams: s.h2_max_concurrent_streams,
         },
+        reject_double_encoding: s.reject_double_encoding,
+        deny_all: s.deny_all,
     })
 }
 
@@ -416,9 +418,30 @@ fn host_match(text: &str) -> Result<HostMatch, String> {
     })
 }
 
-/// Checks a configured path: absolute, and already in the normalized form requests are
-/// compared in, so a rule can never name a path no request can have.
+/// Checks a configured path: absolute, no glob characters, no path parameters, and already
+/// in the normalized form requests are compared in, so a rule can never name a path no
+/// request can have.
 fn rule_path(text: &str) -> Result<String, String> {
+    if let Some(glob) = text.chars().find(|c| matches!(c, '*' | '?' | '[')) {
+        let base = text
+            .split(['*', '?', '['])
+            .next()
+            .unwrap_or("/")
+            .trim_end_matches('/');
+        let base = if base.is_empty() { "/" } else { base };
+        return Err(format!(
+            "`{text}` holds `{glob}`, which is matched literally here (it is not a glob), so \
+             the rule would never match: for `{base}` and everything below it write \
+             path = \"{base}\" with match = \"prefix\" (path_prefix = \"{base}\" for an \
+             upstream), or use match = \"regex\""
+        ));
+    }
+    if text.contains(';') {
+        return Err(format!(
+            "`{text}` holds `;`: path parameters are removed before matching, so the rule \
+             would never match; remove the `;...` part"
+        ));
+    }
     match crate::proxy::path::normalize(text) {
         Ok(normal) if normal.as_str() == text => Ok(text.to_string()),
         Ok(normal) => Err(format!(
@@ -896,6 +919,54 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// An issuer: a base URL (see [`base_url`]) that the discovery document's `issuer` can equal,
+/// so not the discovery document's own URL and no query, fragment or user information.
+fn issuer_url(text: &str) -> Result<String, String> {
+    if let Some(at) = text.find("/.well-known/") {
+        return Err(format!(
+            "`{text}` is a metadata document's URL, not the issuer: write issuer = \"{}\" \
+             (Gatehouse appends /.well-known/openid-configuration itself)",
+            &text[..at]
+        ));
+    }
+    if let Some(at) = text.find('#') {
+        return Err(format!(
+            "`{text}` has a fragment, which the discovery document's `issuer` never has: \
+             write issuer = \"{}\"",
+            &text[..at]
+        ));
+    }
+    if let Some(at) = text.find('?') {
+        return Err(format!(
+            "`{text}` has a query, which the discovery document's `issuer` never has: \
+             write issuer = \"{}\"",
+            &text[..at]
+        ));
+    }
+    if text.trim() != text {
+        return Err(format!(
+            "`{text}` has spaces around it: write issuer = \"{}\"",
+            text.trim()
+        ));
+    }
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(format!(
+                "`{text}` carries user information, which the discovery document's `issuer` \
+                 never has: write issuer = \"{scheme}://{host}{}\"",
+                &rest[authority.len()..]
+            ));
+        }
+    }
+    base_url(text, true).map_err(|e| {
+        format!(
+            "{e}; the issuer is the `issuer` value of the IdP's discovery document, e.g. \
+                 \"https://idp.example.com/realms/main\""
+        )
+    })
+}
+
 /// `scheme://host[:port]` with no path: https, or http on a loopback host.
 fn base_url(text: &str, allow_path: bool) -> Result<String, String> {
     let uri = Uri::from_str(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
@@ -978,7 +1049,7 @@ fn connection(i: usize, c: &ConnectionSection, p: &mut Problems) -> Option<Conne
             format!("`{}` may hold only letters, digits, `-` and `_`", c.id),
         );
     }
-    let issuer = p.check(at("issuer"), base_url(&c.issuer, true));
+    let issuer = p.check(at("issuer"), issuer_url(&c.issuer));
     if c.client_id.is_empty() {
         p.add(at("client_id"), "must not be empty");
     }

@@ -6,7 +6,8 @@ use http::Method;
 
 use super::Identity;
 use crate::config::model::{AccessRule, EmailDomain, MfaLevel, Rules, Upstream};
-use crate::proxy::routes::rule_matches;
+use crate::proxy::path::NormalPath;
+use crate::proxy::routes::rule_applies;
 
 /// Every rule that applies to protected requests, built once from config.
 #[derive(Debug, Clone)]
@@ -43,13 +44,18 @@ impl AccessPolicy {
 
     /// The TOTP level this route sets, if it sets one: the strictest matching `[[access]]`
     /// rule's, else the upstream's. `None`: the connection's (or `[mfa]`'s) level applies.
-    pub fn mfa_level(&self, upstream: usize, method: &Method, path: &str) -> Option<MfaLevel> {
+    pub fn mfa_level(
+        &self,
+        upstream: usize,
+        method: &Method,
+        path: &NormalPath,
+    ) -> Option<MfaLevel> {
         if !self.any_mfa {
             return None;
         }
         self.paths
             .iter()
-            .filter(|a| a.mfa.is_some() && rule_matches(&a.when, method, path))
+            .filter(|a| a.mfa.is_some() && rule_applies(&a.when, method, path))
             .filter_map(|a| a.mfa)
             .max()
             .or_else(|| self.upstream_mfa.get(upstream).copied().flatten())
@@ -61,12 +67,13 @@ impl AccessPolicy {
     }
 
     /// Checks a signed-in request: the upstream's rules (`None`: no upstream, as for a
-    /// forward-auth answer), then every `[[access]]` rule whose path matches.
+    /// forward-auth answer), then every `[[access]]` rule whose path matches either form of
+    /// the path (see [`rule_applies`]).
     pub fn check(
         &self,
         upstream: Option<usize>,
         method: &Method,
-        path: &str,
+        path: &NormalPath,
         identity: &Identity,
         email_trusted: bool,
     ) -> Result<(), Refused> {
@@ -78,7 +85,7 @@ impl AccessPolicy {
             .chain(
                 self.paths
                     .iter()
-                    .filter(|a| rule_matches(&a.when, method, path))
+                    .filter(|a| rule_applies(&a.when, method, path))
                     .map(|a| &a.rules),
             );
         let failed = applicable

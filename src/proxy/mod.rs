@@ -48,7 +48,7 @@ use crate::server::conns::Deadlined;
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
-use path::{NormalPath, PathError};
+use path::{NormalPath, PathError, PathOptions};
 use request_id::RequestIds;
 use routes::{Route, Router};
 
@@ -73,6 +73,8 @@ pub struct Gatehouse {
     mfa_anywhere: bool,
     /// Client deadlines (`[server] client_*`).
     clients: ClientLimits,
+    /// How strict path normalization is (`[server] reject_double_encoding`).
+    path_options: PathOptions,
 }
 
 /// The client body deadline of a request, for Gatehouse's own endpoints that read a body
@@ -137,6 +139,9 @@ impl Gatehouse {
             signed,
             mfa_anywhere,
             clients: config.server.clients,
+            path_options: PathOptions {
+                reject_double_encoding: config.server.reject_double_encoding,
+            },
             router,
             peers,
             hygiene: HeaderHygiene::new(&config.headers.owned_names()),
@@ -152,7 +157,7 @@ impl Gatehouse {
     /// Normalizes the path and puts the normalized form in the request that goes upstream.
     fn normalize_target(&self, session: &mut Session) -> Result<NormalPath, RequestError> {
         let (raw_path, query) = target(session)?;
-        let normal = path::normalize(&raw_path)?;
+        let normal = path::normalize_with(&raw_path, self.path_options)?;
         if normal.as_str() != raw_path {
             let rebuilt = match &query {
                 Some(q) => format!("{}?{q}", normal.as_str()),
@@ -272,7 +277,7 @@ impl Gatehouse {
         connection: &str,
     ) -> MfaLevel {
         self.access
-            .mfa_level(upstream, method, path.as_str())
+            .mfa_level(upstream, method, path)
             .unwrap_or_else(|| match auth.provider(connection) {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
                 None => auth.mfa.config.totp,
@@ -342,9 +347,9 @@ impl Gatehouse {
         }
         let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
         let method = &session.req_header().method;
-        let Err(refused) =
-            self.access
-                .check(Some(upstream), method, path.as_str(), identity, trusted)
+        let Err(refused) = self
+            .access
+            .check(Some(upstream), method, path, identity, trusted)
         else {
             return Ok(Ok(()));
         };
@@ -552,7 +557,7 @@ impl ProxyHttp for Gatehouse {
                 let path = ctx
                     .path
                     .as_ref()
-                    .map(|p| p.as_str().to_string())
+                    .map(|p| p.match_form().to_string())
                     .unwrap_or_default();
                 return endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client).await;
             }

@@ -1,6 +1,11 @@
 //! Route classification: what kind of request this is (an endpoint of Gatehouse's own, a
 //! public route, or a protected one) and which upstream serves it. Everything here matches
 //! the normalized path only, never the query.
+//!
+//! A path with parameters (`/admin;x/users`) has two forms, the one forwarded and the one
+//! Tomcat-like backends serve ([`NormalPath::match_form`]). The decisions are taken so that
+//! either reading is covered: a request is public only when both forms are, and an `[[access]]`
+//! rule applies when it matches either ([`rule_applies`]).
 
 use http::Method;
 
@@ -44,6 +49,8 @@ impl Route {
 /// Whether `path` is `prefix` itself or lies below it, segment by segment: `/app` covers
 /// `/app` and `/app/x` but not `/apple`.
 pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    // Compared as bytes: a split inside a multi-byte character must not panic.
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
     if path.len() < prefix.len() {
         return false;
     }
@@ -53,7 +60,7 @@ pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
     } else {
         head.eq_ignore_ascii_case(prefix)
     };
-    head_matches && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    head_matches && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
 }
 
 /// Whether a `[[public]]` or `[[access]]` path rule covers this request.
@@ -67,6 +74,13 @@ pub fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
         PathMatch::Prefix(p) => under_prefix(path, p, rule.case_sensitive),
         PathMatch::Regex(re) => re.is_match(path),
     }
+}
+
+/// Whether a `[[access]]` rule applies to this request: it matches the forwarded form or the
+/// match form (parameters removed) of the path, so no reading of the path escapes it.
+pub fn rule_applies(rule: &PathRule, method: &Method, path: &NormalPath) -> bool {
+    rule_matches(rule, method, path.match_form())
+        || (path.has_parameters() && rule_matches(rule, method, path.as_str()))
 }
 
 /// Classifies requests and picks upstreams; built once from config.
@@ -113,8 +127,11 @@ impl Router {
         Self { public, upstreams }
     }
 
-    pub fn classify(&self, method: &Method, path: &NormalPath) -> Route {
-        let path = path.as_str();
+    /// What the request is. Reserved paths and upstreams match the match form; the request is
+    /// public only when a `[[public]]` rule covers the match form and one covers the forwarded
+    /// form too, so a path parameter never turns a protected path public.
+    pub fn classify(&self, method: &Method, normal: &NormalPath) -> Route {
+        let path = normal.match_form();
         match path {
             PING_PATH => return Route::Ping,
             READY_PATH => return Route::Ready,
@@ -124,11 +141,8 @@ impl Router {
         if under_prefix(path, AUTH_PREFIX, true) {
             return Route::Auth;
         }
-        if self
-            .public
-            .iter()
-            .any(|rule| rule_matches(rule, method, path))
-        {
+        let public = |p: &str| self.public.iter().any(|rule| rule_matches(rule, method, p));
+        if public(path) && (!normal.has_parameters() || public(normal.as_str())) {
             Route::Public
         } else {
             Route::Protected
@@ -144,7 +158,7 @@ impl Router {
     pub fn upstream_index(&self, host: Option<&str>, path: &NormalPath) -> Option<usize> {
         let host = host.map(host_name);
         self.upstreams.iter().position(|u| {
-            host_matches(&u.host, host) && under_prefix(path.as_str(), &u.path_prefix, true)
+            host_matches(&u.host, host) && under_prefix(path.match_form(), &u.path_prefix, true)
         })
     }
 
@@ -216,6 +230,34 @@ mod tests {
             Route::Protected
         );
         assert_eq!(route(&r, "GET", "/x/static/site.css"), Route::Protected);
+    }
+
+    /// Path parameters can neither open a protected path nor widen a public rule: the request
+    /// is public only when both readings are.
+    #[test]
+    fn path_parameters_never_make_a_path_public() {
+        let r = router(RULES);
+        assert_eq!(route(&r, "GET", "/public/x;jsessionid=1"), Route::Public);
+        assert_eq!(route(&r, "GET", "/public;x/y"), Route::Protected);
+        assert_eq!(route(&r, "GET", "/health;x"), Route::Protected);
+        assert_eq!(route(&r, "GET", "/static/site.css;v=2"), Route::Protected);
+        assert_eq!(route(&r, "GET", "/ping;x"), Route::Ping);
+        assert_eq!(route(&r, "GET", "/oauth2;x/start"), Route::Auth);
+    }
+
+    /// An upstream's path prefix is matched on the match form, so `/api;x/v1` is served by the
+    /// `/api` upstream (and its rules), as a Tomcat-like backend would read it.
+    #[test]
+    fn upstreams_are_picked_on_the_match_form() {
+        let r = router(
+            "[[upstreams]]\nid = \"root\"\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nid = \"api\"\npath_prefix = \"/api\"\nurl = \"http://127.0.0.1:2\"\n",
+        );
+        let pick = |path: &str| {
+            r.upstream(None, &normalize(path).unwrap())
+                .map(|u| u.id.clone())
+        };
+        assert_eq!(pick("/api;x/v1").as_deref(), Some("api"));
+        assert_eq!(pick("/api/v1").as_deref(), Some("api"));
     }
 
     #[test]

@@ -1,0 +1,230 @@
+//! Checks on a valid config for mistakes that would fail open or leave a rule doing nothing:
+//! run by `check-config` (errors exit 2, warnings go to stderr) and by `serve` before it
+//! starts. `validate` answers "can this config be read"; this answers "does it do what it
+//! seems to say".
+
+use std::net::SocketAddr;
+
+use super::model::{Config, HostMatch, PathMatch, PathRule};
+use super::ConfigError;
+
+/// What [`lint`] found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Mistakes that stop `check-config` and `serve`.
+    pub errors: Vec<ConfigError>,
+    /// Rules that can never take effect, risky listeners: printed, not fatal.
+    pub warnings: Vec<String>,
+}
+
+/// Paths Gatehouse answers itself; no `[[public]]` or `[[access]]` rule reaches them.
+const RESERVED_EXACT: &[&str] = &["/ping", "/ready", "/.well-known/gatehouse/jwks.json"];
+const RESERVED_PREFIX: &str = "/oauth2";
+
+fn eq(a: &str, b: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        a == b
+    } else {
+        a.eq_ignore_ascii_case(b)
+    }
+}
+
+/// Whether `path` is `prefix` or lies below it, segment by segment.
+fn under(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    let (p, q) = (path.as_bytes(), prefix.as_bytes());
+    if p.len() < q.len() {
+        return false;
+    }
+    let (head, rest) = p.split_at(q.len());
+    let head_ok = if case_sensitive {
+        head == q
+    } else {
+        head.eq_ignore_ascii_case(q)
+    };
+    head_ok && (q.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
+}
+
+/// The literal path of a prefix or exact rule.
+fn literal(rule: &PathRule) -> Option<&str> {
+    match &rule.path {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) => Some(p),
+        PathMatch::Regex(_) => None,
+    }
+}
+
+/// Whether every request `inner` matches is matched by `outer` too.
+fn covers(outer: &PathRule, inner: &PathRule) -> bool {
+    let methods = outer.methods.is_empty()
+        || (!inner.methods.is_empty() && inner.methods.iter().all(|m| outer.methods.contains(m)));
+    if !methods || (outer.case_sensitive && !inner.case_sensitive) {
+        return false;
+    }
+    let cs = outer.case_sensitive;
+    match (&outer.path, &inner.path) {
+        (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => under(q, p, cs),
+        (PathMatch::Exact(p), PathMatch::Exact(q)) => eq(p, q, cs),
+        _ => false,
+    }
+}
+
+/// Whether every request the rule matches is answered by Gatehouse itself.
+fn reserved(rule: &PathRule) -> bool {
+    match &rule.path {
+        PathMatch::Exact(p) => {
+            RESERVED_EXACT.iter().any(|r| eq(p, r, rule.case_sensitive))
+                || under(p, RESERVED_PREFIX, true)
+        }
+        PathMatch::Prefix(p) => under(p, RESERVED_PREFIX, true),
+        PathMatch::Regex(_) => false,
+    }
+}
+
+/// Whether a request the rule matches can reach some upstream.
+fn served(config: &Config, rule: &PathRule) -> bool {
+    let Some(path) = literal(rule) else {
+        return true;
+    };
+    let prefix_rule = matches!(rule.path, PathMatch::Prefix(_));
+    config.upstreams.iter().any(|u| {
+        under(path, &u.path_prefix, false) || (prefix_rule && under(&u.path_prefix, path, false))
+    })
+}
+
+fn same_host(a: &Option<HostMatch>, b: &Option<HostMatch>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(HostMatch::Exact(x)), Some(HostMatch::Exact(y)))
+        | (Some(HostMatch::Suffix(x)), Some(HostMatch::Suffix(y))) => x.eq_ignore_ascii_case(y),
+        _ => false,
+    }
+}
+
+fn admin_is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+/// Every fail-open mistake and dead rule in `config`.
+pub fn lint(config: &Config) -> Findings {
+    let mut f = Findings::default();
+    // Protected routes exist unless one public rule covers every path for every method.
+    let all_public = config
+        .public
+        .iter()
+        .any(|r| r.methods.is_empty() && matches!(&r.path, PathMatch::Prefix(p) if p == "/"));
+    if config.connections.is_empty() && !all_public && !config.server.deny_all {
+        f.errors.push(ConfigError {
+            path: "connections".into(),
+            message: "no [[connections]] entry, so protected routes have no way to sign in (and \
+                      no bearer tokens): every protected request is refused. Add a \
+                      [[connections]] entry, or set `deny_all = true` under [server] if that is \
+                      meant"
+                .into(),
+        });
+    }
+    if config.server.deny_all && !config.connections.is_empty() {
+        f.warnings.push(
+            "server.deny_all: true has no effect, as [[connections]] are configured and protected \
+             routes accept their sign-ins; remove deny_all"
+                .into(),
+        );
+    }
+    for (i, rule) in config.public.iter().enumerate() {
+        if reserved(rule) {
+            f.warnings.push(format!(
+                "public[{i}].path: Gatehouse answers these paths itself, so this rule never matches; remove it"
+            ));
+        } else if !served(config, rule) {
+            f.warnings.push(format!(
+                "public[{i}].path: no [[upstreams]] path_prefix serves this path, so this rule never matches; fix the path or add an upstream"
+            ));
+        }
+    }
+    for (i, access) in config.access.iter().enumerate() {
+        let rule = &access.when;
+        if reserved(rule) {
+            f.warnings.push(format!(
+                "access[{i}].path: Gatehouse answers these paths itself, so this rule never applies; remove it"
+            ));
+        } else if let Some(j) = config.public.iter().position(|p| covers(p, rule)) {
+            f.warnings.push(format!(
+                "access[{i}].path: every request it matches is public (public[{j}]), and public requests are not checked, so this rule never applies; narrow public[{j}] or remove this rule"
+            ));
+        } else if !served(config, rule) {
+            f.warnings.push(format!(
+                "access[{i}].path: no [[upstreams]] path_prefix serves this path, so this rule never applies; fix the path"
+            ));
+        }
+    }
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if let Some(j) = config.upstreams[..i]
+            .iter()
+            .position(|e| same_host(&e.host, &u.host) && e.path_prefix == u.path_prefix)
+        {
+            f.warnings.push(format!(
+                "upstreams[{i}].path_prefix: upstreams[{j}] has the same host and path_prefix and takes every request first, so no route reaches this upstream; change its host or path_prefix, or remove it"
+            ));
+        } else if under(&u.path_prefix, RESERVED_PREFIX, true)
+            || RESERVED_EXACT.contains(&u.path_prefix.as_str())
+        {
+            f.warnings.push(format!(
+                "upstreams[{i}].path_prefix: Gatehouse answers `{}` itself, so no route reaches this upstream; change path_prefix",
+                u.path_prefix
+            ));
+        }
+    }
+    if admin_is_exposed(config.server.admin_listen) {
+        f.warnings.push(format!(
+            "server.admin_listen: {} is not a loopback address and the admin listener has no TLS: /metrics, and the admin API and its token when [admin] token is set, travel in clear to anyone who can reach the port; bind it to 127.0.0.1, or keep the port on a private network only",
+            config.server.admin_listen
+        ));
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lint_of(extra: &str) -> Findings {
+        let text = format!(
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n{extra}"
+        );
+        lint(&crate::config::parse(&text).expect("valid"))
+    }
+
+    /// A config without connections or `deny_all` is an error; `deny_all` or an all-public
+    /// config is not.
+    #[test]
+    fn no_way_to_sign_in_is_an_error_unless_said_on_purpose() {
+        assert_eq!(lint_of("").errors.len(), 1);
+        assert!(lint_of("").errors[0].message.contains("deny_all = true"));
+        let text = "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n";
+        assert!(lint(&crate::config::parse(text).unwrap()).errors.is_empty());
+        assert!(lint_of("[[public]]\npath = \"/\"\nmatch = \"prefix\"\n")
+            .errors
+            .is_empty());
+    }
+
+    /// Dead rules are warnings, each naming its key.
+    #[test]
+    fn rules_that_can_never_take_effect_are_warned_about() {
+        let w = lint_of(
+            "[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[public]]\npath = \"/oauth2/x\"\n[[access]]\npath = \"/docs/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"a\"]\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"a\"]\n",
+        )
+        .warnings;
+        assert!(w.iter().any(|l| l.starts_with("public[1].path:")), "{w:?}");
+        assert!(w.iter().any(|l| l.starts_with("access[0].path:")), "{w:?}");
+        assert!(!w.iter().any(|l| l.starts_with("access[1]")), "{w:?}");
+        assert!(!w.iter().any(|l| l.starts_with("public[0]")), "{w:?}");
+    }
+
+    /// A public rule for GET only does not cover an access rule for every method.
+    #[test]
+    fn a_narrower_public_rule_does_not_shadow_an_access_rule() {
+        let w = lint_of(
+            "[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\nmethods = [\"GET\"]\n[[access]]\npath = \"/docs/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"a\"]\n",
+        )
+        .warnings;
+        assert!(w.is_empty(), "{w:?}");
+    }
+}
