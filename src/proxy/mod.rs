@@ -129,7 +129,10 @@ impl Gatehouse {
             mfa_anywhere,
             router,
             peers,
-            hygiene: HeaderHygiene::new(&config.headers.owned_names()),
+            hygiene: HeaderHygiene::new(
+                &config.headers.owned_names(),
+                config.headers.strip_foreign_identity,
+            ),
             forwarding: Forwarding::new(config.headers.trusted_proxies.clone()),
             ids: RequestIds::default(),
             metrics,
@@ -398,6 +401,12 @@ impl ProxyHttp for Gatehouse {
         let stripped = self.hygiene.strip(req);
         if stripped > 0 {
             tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
+        }
+        // Before pingora's hop-by-hop handling, which would remove what `Connection` names
+        // after Gatehouse has set it.
+        let tokens = self.hygiene.clean_connection(req);
+        if tokens > 0 {
+            tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
