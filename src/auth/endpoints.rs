@@ -14,7 +14,6 @@ use super::login::{complete_login_off_thread, Completed, LoginFailure};
 use super::oidc::OidcError;
 use super::session::{now, request_cookies, Lookup};
 use super::Auth;
-use crate::identity::headers::identity_headers;
 use crate::pages::{escape, page, CSP};
 use crate::proxy::respond;
 
@@ -631,7 +630,8 @@ async fn forward_auth(auth: &Auth, session: &mut Session) -> pingora::Result<()>
                     .await;
                 }
             }
-            let headers = identity_headers(&auth.headers, who.identity())
+            let headers = auth
+                .identity_headers(who.identity())
                 .into_iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
                 .collect::<Vec<_>>();

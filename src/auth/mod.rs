@@ -307,10 +307,25 @@ impl Auth {
         match who {
             Authenticated::Session(live) => live
                 .header_cache
-                .get_or_init(|| wire_headers(&self.headers, &live.identity))
+                .get_or_init(|| {
+                    let trusted = self.trusts_email(&live.identity.connection);
+                    wire_headers(&self.headers, &live.identity, trusted)
+                })
                 .clone(),
-            Authenticated::Bearer(identity) => wire_headers(&self.headers, identity),
+            Authenticated::Bearer(identity) => {
+                let trusted = self.trusts_email(&identity.connection);
+                wire_headers(&self.headers, identity, trusted)
+            }
         }
+    }
+
+    /// The identity headers for `identity` (forward-auth answers), by name.
+    pub fn identity_headers(
+        &self,
+        identity: &crate::identity::Identity,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let trusted = self.trusts_email(&identity.connection);
+        crate::identity::headers::identity_headers(&self.headers, identity, trusted)
     }
 
     /// The IdP's access token and ID token, for a session, when the config passes them to
