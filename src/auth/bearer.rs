@@ -110,7 +110,7 @@ impl Source {
         let keys = match fetched {
             Ok(keys) => Arc::new(keys),
             Err(e) => {
-                tracing::warn!(connection = %self.provider.connection.id, error = %e, "JWKS fetch for bearer tokens failed");
+                tracing::warn!(connection = %self.provider.connection.id, error = %crate::logging::Escaped(&e), "JWKS fetch for bearer tokens failed");
                 return None;
             }
         };

@@ -14,6 +14,7 @@ use super::login::{complete_login_off_thread, Completed, LoginFailure};
 use super::oidc::OidcError;
 use super::session::{now, request_cookies, Lookup};
 use super::Auth;
+use crate::logging::Escaped;
 use crate::pages::{escape, page, CSP};
 use crate::proxy::respond;
 
@@ -217,7 +218,7 @@ async fn start(
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(connection = %provider.connection.id, error = %e, "cannot start a login");
+            tracing::warn!(connection = %provider.connection.id, error = %crate::logging::Escaped(&e), "cannot start a login");
             auth.metrics
                 .logins
                 .with_label_values(&[&provider.connection.id, "idp_unavailable"])
@@ -396,7 +397,7 @@ async fn callback(
                 .logins
                 .with_label_values(&[&connection, result])
                 .inc();
-            tracing::warn!(connection = %connection, result, detail = %refusal.detail(), "login refused");
+            tracing::warn!(connection = %Escaped(&connection), result, detail = %Escaped(refusal.detail()), "login refused");
             let options = match refusal {
                 Refusal::MfaConflict => crate::mfa::endpoints::local_sign_ins(auth, "/"),
                 _ => "<p><a href=\"/oauth2/start\">Sign in again</a></p>".to_string(),
@@ -756,7 +757,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
                 .logouts
                 .with_label_values(&["backchannel"])
                 .inc_by(ended as u64);
-            tracing::info!(connection = %connection, ended, "back-channel logout");
+            tracing::info!(connection = %Escaped(&connection), ended, "back-channel logout");
             respond::send(
                 session,
                 StatusCode::OK,
@@ -767,7 +768,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
             .await
         }
         Err(reason) => {
-            tracing::warn!(%reason, "logout token refused");
+            tracing::warn!(reason = %Escaped(&reason), "logout token refused");
             respond::send(
                 session,
                 StatusCode::BAD_REQUEST,

@@ -193,7 +193,7 @@ impl Auth {
                     t.access_expires_at = tokens.access_expires_at;
                 }
                 if let Err(e) = self.sessions.save(live) {
-                    tracing::warn!(error = %e, "refreshed tokens could not be stored");
+                    tracing::warn!(error = %crate::logging::Escaped(&e), "refreshed tokens could not be stored");
                 }
                 self.metrics
                     .session_refresh
@@ -202,7 +202,7 @@ impl Auth {
                 true
             }
             Err(e) => {
-                tracing::info!(connection = %live.identity.connection, error = %e, "token refresh failed: session ended");
+                tracing::info!(connection = %live.identity.connection, error = %crate::logging::Escaped(&e), "token refresh failed: session ended");
                 self.metrics
                     .session_refresh
                     .with_label_values(&["failure"])
@@ -259,7 +259,7 @@ impl Auth {
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
-                tracing::info!(error = %e, "bearer token refused");
+                tracing::info!(error = %crate::logging::Escaped(&e), "bearer token refused");
                 Err(e)
             }
         }
@@ -287,7 +287,7 @@ impl Auth {
             Ok(None) => Ok(identity),
             Err(e) => {
                 self.metrics.store_error("read");
-                tracing::warn!(error = %e, "cannot read the bearer token's local account");
+                tracing::warn!(error = %crate::logging::Escaped(&e), "cannot read the bearer token's local account");
                 // Fail closed: the account might be disabled.
                 Err(bearer::BearerError::Unavailable)
             }

@@ -40,7 +40,7 @@ use crate::health::Readiness;
 use crate::identity::access::AccessPolicy;
 use crate::identity::assertion::AssertionSigner;
 use crate::identity::signed_header::SignedHeader;
-use crate::logging::{access_line, AccessLine, Redacted};
+use crate::logging::{access_line, AccessLine, Escaped, Redacted};
 use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
 pub use ctx::RequestCtx;
@@ -318,7 +318,7 @@ impl Gatehouse {
         ctx: &RequestCtx,
         error: RequestError,
     ) -> Result<bool> {
-        tracing::debug!(request_id = %ctx.request_id, %error, "answered by gatehouse");
+        tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&error), "answered by gatehouse");
         respond::error(session, &error, &ctx.request_id).await?;
         Ok(true)
     }
@@ -619,7 +619,7 @@ impl ProxyHttp for Gatehouse {
                 let (reason, timeout) = upstream_reason(e);
                 ctx.upstream_error = Some(reason);
                 self.metrics.upstream_error(reason);
-                tracing::warn!(request_id = %ctx.request_id, reason, error = %e, "upstream failed");
+                tracing::warn!(request_id = %ctx.request_id, reason, error = %Escaped(e), "upstream failed");
                 if timeout {
                     RequestError::UpstreamTimeout(reason)
                 } else {
@@ -638,14 +638,14 @@ impl ProxyHttp for Gatehouse {
             }
             (ErrorSource::Downstream, _) => RequestError::BadRequest,
             _ => {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "internal error");
+                tracing::error!(request_id = %ctx.request_id, error = %Escaped(e), "internal error");
                 RequestError::Internal("proxy")
             }
         };
         let code = error.status().as_u16();
         if session.response_written().is_none() {
             if let Err(write_error) = respond::error(session, &error, &ctx.request_id).await {
-                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not write error page");
+                tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&write_error), "could not write error page");
             }
         }
         FailToProxy {
