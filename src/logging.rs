@@ -154,7 +154,10 @@ mod tests {
         let shown = Escaped("a\r\nb\u{1b}[31m\u{0}\u{202E}\\n").to_string();
         assert_eq!(shown, "a\\r\\nb\\u{1b}[31m\\u{0}\\u{202e}\\\\n");
         let long = Escaped("x".repeat(5000)).to_string();
-        assert!(long.len() < MAX_LOGGED + 40 && long.ends_with("(3976 more bytes)"), "{long}");
+        assert!(
+            long.len() < MAX_LOGGED + 40 && long.ends_with("(3976 more bytes)"),
+            "{long}"
+        );
     }
 
     mod hostile {

@@ -173,7 +173,11 @@ fn hostile_connection() -> impl Strategy<Value = String> {
         .prop_flat_map(|names| {
             let spelled: Vec<BoxedStrategy<String>> =
                 names.into_iter().map(|n| spelling(n).boxed()).collect();
-            (spelled, proptest::collection::vec(0usize..3, 64), any::<u64>())
+            (
+                spelled,
+                proptest::collection::vec(0usize..3, 64),
+                any::<u64>(),
+            )
         })
         .prop_map(|(mut tokens, spaces, seed)| {
             let dup = tokens[(seed as usize) % tokens.len()].clone();
@@ -228,9 +232,11 @@ async fn h1_get(addr: SocketAddr, path: &str, lines: &[String]) -> BTreeMap<Stri
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out);
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
             if len.is_some_and(|n| body.len() >= n) {
                 break;
             }
@@ -280,8 +286,17 @@ fn assert_all_gatehouse_headers_kept(
 async fn connection_cannot_remove_gatehouse_headers_on_a_public_route() {
     let h = start("[[public]]\npath = \"/open\"\n").await;
     let baseline = h1_get(h.proxy(), "/open", &[]).await;
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "x-request-id"] {
-        assert!(baseline.contains_key(name), "baseline lacks {name}: {baseline:?}");
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-request-id",
+    ] {
+        assert!(
+            baseline.contains_key(name),
+            "baseline lacks {name}: {baseline:?}"
+        );
     }
     for connection in samples(hostile_connection(), 48) {
         let attacked = h1_get(h.proxy(), "/open", &[format!("Connection: {connection}")]).await;
@@ -309,7 +324,10 @@ async fn connection_cannot_remove_identity_headers_on_a_protected_route() {
         "x-gatehouse-connection",
         "x-real-ip",
     ] {
-        assert!(baseline.contains_key(name), "baseline lacks {name}: {baseline:?}");
+        assert!(
+            baseline.contains_key(name),
+            "baseline lacks {name}: {baseline:?}"
+        );
     }
     let foreign: Vec<String> = samples(
         proptest::sample::select(FOREIGN.to_vec()).prop_flat_map(spelling),
@@ -330,7 +348,9 @@ async fn connection_cannot_remove_identity_headers_on_a_protected_route() {
 /// protected routes (HTTP/1.1), while the forwarding headers keep working.
 #[tokio::test]
 async fn foreign_identity_headers_are_stripped_by_default() {
-    let h = start("[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[public]]\npath = \"/open\"\n").await;
+    let h =
+        start("[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[public]]\npath = \"/open\"\n")
+            .await;
     let spellings = samples(
         proptest::sample::select(FOREIGN.to_vec()).prop_flat_map(spelling),
         200,
@@ -341,7 +361,10 @@ async fn foreign_identity_headers_are_stripped_by_default() {
         lines.push("X-Forwarded-For: 203.0.113.9".into());
         let seen = h1_get(h.proxy(), "/open", &lines).await;
         for name in seen.keys() {
-            assert!(!FOREIGN.contains(&name.replace('_', "-").as_str()), "{name} reached the app");
+            assert!(
+                !FOREIGN.contains(&name.replace('_', "-").as_str()),
+                "{name} reached the app"
+            );
         }
         assert_eq!(seen["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
         assert_eq!(seen["x-real-ip"][0], "203.0.113.9");
@@ -353,11 +376,16 @@ async fn foreign_identity_headers_are_stripped_by_default() {
 /// trusted proxy in front sets them); Gatehouse's own names are still stripped.
 #[tokio::test]
 async fn strip_foreign_identity_false_keeps_them() {
-    let h = start("[headers]\nstrip_foreign_identity = false\n[[public]]\npath = \"/open\"\n").await;
+    let h =
+        start("[headers]\nstrip_foreign_identity = false\n[[public]]\npath = \"/open\"\n").await;
     let seen = h1_get(
         h.proxy(),
         "/open",
-        &["Remote-User: front".into(), "X-Forwarded-User: front".into(), "X-Auth-Request-User: mallory".into()],
+        &[
+            "Remote-User: front".into(),
+            "X-Forwarded-User: front".into(),
+            "X-Auth-Request-User: mallory".into(),
+        ],
     )
     .await;
     assert_eq!(seen["remote-user"][0], "front");
@@ -415,7 +443,12 @@ enum H2Outcome {
 /// out as they are.
 async fn h2c_get(addr: SocketAddr, path: &str, headers: &[(String, String)]) -> H2Outcome {
     let mut block = Vec::new();
-    for (n, v) in [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", "app.test")] {
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "app.test"),
+    ] {
         hpack_literal(&mut block, n, v);
     }
     for (n, v) in headers {
@@ -484,7 +517,10 @@ async fn h2c_cannot_remove_gatehouse_headers_and_foreign_ones_are_stripped() {
     };
     assert_eq!(baseline["x-auth-request-user"][0], "alice");
     for connection in samples(hostile_connection(), 12) {
-        let headers = vec![session.clone(), ("connection".into(), connection.to_ascii_lowercase())];
+        let headers = vec![
+            session.clone(),
+            ("connection".into(), connection.to_ascii_lowercase()),
+        ];
         match h2c_get(addr, "/private", &headers).await {
             H2Outcome::Ok(seen) => assert_all_gatehouse_headers_kept(&baseline, &seen, &connection),
             H2Outcome::Refused => {}
@@ -507,7 +543,10 @@ async fn h2c_cannot_remove_gatehouse_headers_and_foreign_ones_are_stripped() {
             panic!("h2c request to {path} failed")
         };
         for name in seen.keys() {
-            assert!(!FOREIGN.contains(&name.replace('_', "-").as_str()), "{name} reached the app on {path}");
+            assert!(
+                !FOREIGN.contains(&name.replace('_', "-").as_str()),
+                "{name} reached the app on {path}"
+            );
             assert!(!name.contains('_'), "{name} reached the app on {path}");
         }
         assert_eq!(seen["x-real-ip"][0], "127.0.0.1");

@@ -60,10 +60,20 @@ async fn a_raw_non_ascii_cookie_keeps_the_user_signed_in_and_ours_stays_hidden()
                 ),
             )
             .await;
-            assert_eq!(raw_status(&response), 200, "{path} with {odd:?}: {response}");
+            assert_eq!(
+                raw_status(&response),
+                200,
+                "{path} with {odd:?}: {response}"
+            );
             let seen = app_cookie(&response);
-            assert!(!seen.contains(&name), "{path}: the app saw our cookie: {seen}");
-            assert!(seen.contains("app="), "{path}: the app lost its cookie: {seen}");
+            assert!(
+                !seen.contains(&name),
+                "{path}: the app saw our cookie: {seen}"
+            );
+            assert!(
+                seen.contains("app="),
+                "{path}: the app lost its cookie: {seen}"
+            );
         }
     }
 }
@@ -81,12 +91,17 @@ async fn login_works_with_a_raw_non_ascii_cookie_present() {
             .is_none_or(|c| c.contains("app=")),
         "the jar holds the odd cookie"
     );
-    let journey = browser.follow(&env.url("/"), Some(("alice", "alice-pw"))).await;
+    let journey = browser
+        .follow(&env.url("/"), Some(("alice", "alice-pw")))
+        .await;
     assert_eq!(journey.status, 200, "{:?}\n{}", journey.hops, journey.body);
     let echo = echo_json(&journey.body);
     assert_eq!(echo["headers"]["x-auth-request-user"][0], "alice");
     let seen = echo["headers"]["cookie"].to_string();
-    assert!(!seen.contains("_gatehouse"), "the app saw our cookie: {seen}");
+    assert!(
+        !seen.contains("_gatehouse"),
+        "the app saw our cookie: {seen}"
+    );
 }
 
 /// Sign-out with 20,000 junk chunk names (and look-alikes) answers with at most the
@@ -111,5 +126,9 @@ async fn sign_out_clears_a_bounded_number_of_chunks() {
         response.status()
     );
     let cleared: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
-    assert!(!cleared.is_empty() && cleared.len() <= 11, "{} Set-Cookie headers", cleared.len());
+    assert!(
+        !cleared.is_empty() && cleared.len() <= 11,
+        "{} Set-Cookie headers",
+        cleared.len()
+    );
 }

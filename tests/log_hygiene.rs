@@ -149,23 +149,31 @@ scopes = ["openid", "email", "profile", "groups"]
         .get(&format!("{base}/oauth2/callback?state={state}&code={e}"))
         .await;
     // A hostile state, start parameters, path, request id, logout token.
-    client().get(format!("{base}/oauth2/callback?state={e}&code=x&error={e}"))
+    client()
+        .get(format!("{base}/oauth2/callback?state={e}&code=x&error={e}"))
         .send()
         .await
         .unwrap();
-    client().get(format!("{base}/oauth2/start?rd={e}&connection={e}"))
+    client()
+        .get(format!("{base}/oauth2/start?rd={e}&connection={e}"))
         .send()
         .await
         .unwrap();
-    for path in [format!("/private/{e}"), format!("/{e}/x"), format!("/a%0d%0ab%1b%00")] {
-        client().get(format!("{base}{path}"))
+    for path in [
+        format!("/private/{e}"),
+        format!("/{e}/x"),
+        "/a%0d%0ab%1b%00".to_string(),
+    ] {
+        client()
+            .get(format!("{base}{path}"))
             .header("accept", "application/json")
             .header("x-request-id", "A".repeat(5000))
             .send()
             .await
             .unwrap();
     }
-    client().post(format!("{base}/oauth2/backchannel-logout"))
+    client()
+        .post(format!("{base}/oauth2/backchannel-logout"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("logout_token={e}"))
         .send()
@@ -186,18 +194,32 @@ scopes = ["openid", "email", "profile", "groups"]
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let text = text.text();
-    for (byte, what) in [('\r', "CR"), ('\u{1b}', "ESC"), ('\0', "NUL"), ('\u{202e}', "RLO")] {
+    for (byte, what) in [
+        ('\r', "CR"),
+        ('\u{1b}', "ESC"),
+        ('\0', "NUL"),
+        ('\u{202e}', "RLO"),
+    ] {
         assert!(!text.contains(byte), "raw {what} in the text log");
     }
     let mut lines = 0;
     for line in text.lines() {
         lines += 1;
         assert!(
-            line.len() > 20 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) && line.as_bytes()[4] == b'-',
+            line.len() > 20
+                && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                && line.as_bytes()[4] == b'-',
             "a line that is not an event: {line:.200}"
         );
-        assert!(!line.starts_with("2026-01-01T00:00:00"), "forged line: {line:.200}");
-        assert!(line.len() < 8 * 1024, "a line of {} bytes: {line:.300}", line.len());
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00"),
+            "forged line: {line:.200}"
+        );
+        assert!(
+            line.len() < 8 * 1024,
+            "a line of {} bytes: {line:.300}",
+            line.len()
+        );
     }
     assert!(lines > 10, "too few log lines: {text}");
     for expected in ["login refused", "logout token refused", "gatehouse::access"] {

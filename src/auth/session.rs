@@ -798,7 +798,8 @@ mod tests {
             let s = sessions(dir.path(), [7; 32]);
             let cookie = s.create(identity("u1"), None, Tokens::default()).unwrap();
             let pair = cookie[0].split(';').next().unwrap().as_bytes().to_vec();
-            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(3000));
+            let mut runner =
+                proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(3000));
             let junk = (
                 proptest::collection::vec(junk_pair(), 0..5),
                 proptest::collection::vec(junk_pair(), 0..5),
@@ -814,7 +815,11 @@ mod tests {
                     let rest = s.without_own_cookies(&h).expect("own cookie present");
                     if let Some(rest) = rest {
                         for (k, _) in cookie_pairs(&raw_cookie(rest.as_bytes())) {
-                            prop_assert!(!s.is_own(k), "{:?} reached the app", String::from_utf8_lossy(k));
+                            prop_assert!(
+                                !s.is_own(k),
+                                "{:?} reached the app",
+                                String::from_utf8_lossy(k)
+                            );
                         }
                     }
                     prop_assert!(s.clear_cookies(&h).len() <= 1 + MAX_CHUNKS);

@@ -238,10 +238,7 @@ mod tests {
         let groups: Vec<String> = ["staff", "a,b", "say \"hi\"", " pad", ""]
             .map(String::from)
             .to_vec();
-        assert_eq!(
-            list_value(&groups),
-            r#"staff,"a,b","say \"hi\""," pad","""#
-        );
+        assert_eq!(list_value(&groups), r#"staff,"a,b","say \"hi\""," pad","""#);
     }
 
     /// Splits a list value the way an RFC 9110 list parser would (for the property tests).
@@ -259,7 +256,10 @@ mod tests {
                         c => item.push(c),
                     }
                 }
-                assert!(matches!(chars.next(), None | Some(',')), "junk after a quoted member");
+                assert!(
+                    matches!(chars.next(), None | Some(',')),
+                    "junk after a quoted member"
+                );
             } else {
                 for c in chars.by_ref() {
                     if c == ',' {

@@ -202,11 +202,11 @@ pub fn profile_identity(user: &UserRecord, claims: &Identity) -> Identity {
 /// anything unclean percent-encoded. The header value is then one-to-one with it, so the
 /// store's uniqueness check is a check on what the app receives.
 fn base_username(claims: &Identity) -> String {
-    let from_email = claims
-        .email
-        .as_deref()
-        .and_then(|e| e.split('@').next());
-    for candidate in [claims.username.as_deref(), from_email].into_iter().flatten() {
+    let from_email = claims.email.as_deref().and_then(|e| e.split('@').next());
+    for candidate in [claims.username.as_deref(), from_email]
+        .into_iter()
+        .flatten()
+    {
         if is_clean_username(candidate) {
             return candidate.to_string();
         }
@@ -539,7 +539,10 @@ mod tests {
             };
             let username = identity.username.unwrap();
             assert!(is_clean_username(&username), "{username:?}");
-            assert!(!username.starts_with("admin"), "{name:?} became {username:?}");
+            assert!(
+                !username.starts_with("admin"),
+                "{name:?} became {username:?}"
+            );
             names.push(username);
         }
         let mut id = claims("real", "admin@x.org", true);

@@ -100,7 +100,9 @@ impl HeaderHygiene {
 
     fn is_foreign(&self, name: &[u8]) -> bool {
         self.foreign
-            && (FOREIGN_NAMES.iter().any(|f| canonical_eq(name, f.as_bytes()))
+            && (FOREIGN_NAMES
+                .iter()
+                .any(|f| canonical_eq(name, f.as_bytes()))
                 || FOREIGN_PREFIXES
                     .iter()
                     .any(|p| canonical_starts_with(name, p.as_bytes())))
@@ -245,10 +247,20 @@ mod tests {
     #[test]
     fn forwarding_headers_are_kept_for_forwarded_and_underscore_spellings_stripped() {
         let mut h = HeaderMap::new();
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"] {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+        ] {
             h.append(name, "1.2.3.4".parse().unwrap());
         }
-        for name in ["x_forwarded_for", "x_real_ip", "x-forwarded_host", "x_request_id"] {
+        for name in [
+            "x_forwarded_for",
+            "x_real_ip",
+            "x-forwarded_host",
+            "x_request_id",
+        ] {
             h.append(name, "6.6.6.6".parse().unwrap());
         }
         assert_eq!(hygiene().strip(&mut h), 4);
@@ -270,16 +282,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             "connection",
-            "keep-alive, X-Auth-Request-User,x_real_ip , Upgrade".parse().unwrap(),
+            "keep-alive, X-Auth-Request-User,x_real_ip , Upgrade"
+                .parse()
+                .unwrap(),
         );
         h.append(
             "connection",
-            "\"X-Forwarded-Anything\", X-App-Hop, forwarded".parse().unwrap(),
+            "\"X-Forwarded-Anything\", X-App-Hop, forwarded"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(hygiene().clean_connection(&mut h), 4);
         assert_eq!(h["connection"], "keep-alive, Upgrade, X-App-Hop");
         let mut h = HeaderMap::new();
-        h.append("connection", "X-Request-Id, X-Gatehouse-Roles".parse().unwrap());
+        h.append(
+            "connection",
+            "X-Request-Id, X-Gatehouse-Roles".parse().unwrap(),
+        );
         assert_eq!(hygiene().clean_connection(&mut h), 2);
         assert!(!h.contains_key("connection"));
     }

@@ -237,8 +237,7 @@ fn add(
     }
     if !crate::identity::headers::is_clean_username(username) {
         return Err(OpError::Invalid(
-            "the username must not hold control or bidi characters (and at most 256 bytes)"
-                .into(),
+            "the username must not hold control or bidi characters (and at most 256 bytes)".into(),
         ));
     }
     if let Some(email) = email {
