@@ -190,10 +190,30 @@ scopes = ["openid", "email", "profile", "groups"]
         .follow(&format!("{base}/"), Some(("alice", "alice-pw")))
         .await;
     assert_eq!(journey.status, 200, "{:?}\n{}", journey.hops, journey.body);
-    // The access line of the last request is written after its response.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The access line of the last request is written after its response: wait for it (the
+    // JIT account took the email's local part, the hostile username was not used).
+    let echo: serde_json::Value = serde_json::from_str(&journey.body).unwrap();
+    assert_eq!(echo["headers"]["x-auth-request-user"][0], "alice");
+    assert!(
+        echo["headers"]["x-gatehouse-name"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("x%0D%0A2026"),
+        "the name header is the escaped claim: {echo}"
+    );
+    for _ in 0..100 {
+        if text.text().contains("path=\"/\" status=200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let text = text.text();
+    assert!(text.contains("IdP username not used"), "{text}");
+    assert!(
+        text.contains("path=\"/\" status=200"),
+        "no access line for the sign-in"
+    );
     for (byte, what) in [
         ('\r', "CR"),
         ('\u{1b}', "ESC"),
