@@ -306,17 +306,17 @@ fn per_request(c: &mut Criterion) {
         })
     });
     let names = &bench.config.headers;
-    let built = wire_headers(names, &identity);
+    let built = wire_headers(names, &identity, false);
     // User, email, username, groups, name, user id, roles, the 2 attributes, connection.
     assert_eq!(built.len(), 10, "{built:?}");
     group.bench_function("wire_headers_build", |b| {
-        b.iter(|| wire_headers(black_box(names), black_box(&identity)))
+        b.iter(|| wire_headers(black_box(names), black_box(&identity), false))
     });
     group.bench_function("wire_headers_cached", |b| {
         b.iter(|| {
             Arc::clone(
                 live.header_cache
-                    .get_or_init(|| wire_headers(names, &live.identity)),
+                    .get_or_init(|| wire_headers(names, &live.identity, false)),
             )
         })
     });

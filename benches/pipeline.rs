@@ -66,7 +66,10 @@ fn typical_headers(spoofed: bool) -> HeaderMap {
 
 fn header_stripping(c: &mut Criterion) {
     let config = gatehouse::config::parse(CONFIG).unwrap();
-    let hygiene = HeaderHygiene::new(&config.headers.owned_names());
+    let hygiene = HeaderHygiene::new(
+        &config.headers.owned_names(),
+        config.headers.strip_foreign_identity,
+    );
     let mut group = c.benchmark_group("strip_headers");
     for (name, spoofed) in [("clean", false), ("spoofed", true)] {
         let headers = typical_headers(spoofed);

@@ -15,7 +15,7 @@ use super::oidc::OidcError;
 use super::session::{now, request_cookies, Lookup, SessionsOf};
 use super::throttle::Endpoint;
 use super::Auth;
-use crate::identity::headers::identity_headers;
+use crate::logging::Escaped;
 use crate::pages::{escape, page, CSP};
 use crate::proxy::respond;
 
@@ -317,11 +317,11 @@ async fn start(
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
         Err(OidcError::BadRedirect(e)) => {
-            tracing::debug!(error = %e, "cannot build the callback address from this request");
+            tracing::debug!(error = %crate::logging::Escaped(&e), "cannot build the callback address from this request");
             return bad_callback_address(session).await;
         }
         Err(e) => {
-            tracing::warn!(connection = %provider.connection.id, error = %e, "cannot start a login");
+            tracing::warn!(connection = %provider.connection.id, error = %crate::logging::Escaped(&e), "cannot start a login");
             auth.metrics
                 .logins
                 .with_label_values(&[&provider.connection.id, "idp_unavailable"])
@@ -531,7 +531,7 @@ async fn callback(
                 .logins
                 .with_label_values(&[&connection, result])
                 .inc();
-            tracing::warn!(connection = %connection, result, detail = %refusal.detail(), "login refused");
+            tracing::warn!(connection = %Escaped(&connection), result, detail = %Escaped(refusal.detail()), "login refused");
             let options = match refusal {
                 Refusal::MfaConflict => crate::mfa::endpoints::local_sign_ins(auth, "/"),
                 _ => "<p><a href=\"/oauth2/start\">Sign in again</a></p>".to_string(),
@@ -806,7 +806,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     ) {
         Ok(forwarded) => forwarded,
         Err(refusal) => {
-            tracing::warn!(request_id, reason = %refusal, "forward-auth request refused");
+            tracing::warn!(request_id, reason = %crate::logging::Escaped(&refusal), "forward-auth request refused");
             let error = crate::error::RequestError::from(refusal);
             return respond::error(session, &error, request_id).await;
         }
@@ -884,7 +884,8 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
             }
         }
     }
-    let headers = identity_headers(&auth.headers, who.identity())
+    let headers = auth
+        .identity_headers(who.identity())
         .into_iter()
         .filter_map(|(n, v)| v.to_str().ok().map(|v| (n, v.to_string())))
         .collect::<Vec<_>>();
@@ -952,7 +953,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
                 .logouts
                 .with_label_values(&["backchannel"])
                 .inc_by(ended as u64);
-            tracing::info!(connection = %connection, ended, "back-channel logout");
+            tracing::info!(connection = %Escaped(&connection), ended, "back-channel logout");
             respond::send(
                 session,
                 StatusCode::OK,

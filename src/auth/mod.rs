@@ -214,7 +214,7 @@ impl Auth {
                     t.access_expires_at = tokens.access_expires_at;
                 }
                 if let Err(e) = self.sessions.save(live).await {
-                    tracing::warn!(error = %e, "refreshed tokens could not be stored");
+                    tracing::warn!(error = %crate::logging::Escaped(&e), "refreshed tokens could not be stored");
                 }
                 self.metrics
                     .session_refresh
@@ -223,7 +223,7 @@ impl Auth {
                 true
             }
             Err(e) => {
-                tracing::info!(connection = %live.identity.connection, error = %e, "token refresh failed: session ended");
+                tracing::info!(connection = %live.identity.connection, error = %crate::logging::Escaped(&e), "token refresh failed: session ended");
                 self.metrics
                     .session_refresh
                     .with_label_values(&["failure"])
@@ -278,7 +278,7 @@ impl Auth {
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
-                tracing::info!(error = %e, "bearer token refused");
+                tracing::info!(error = %crate::logging::Escaped(&e), "bearer token refused");
                 Err(e)
             }
         }
@@ -306,7 +306,7 @@ impl Auth {
             Ok(None) => Ok(identity),
             Err(e) => {
                 self.metrics.store_error("read");
-                tracing::warn!(error = %e, "cannot read the bearer token's local account");
+                tracing::warn!(error = %crate::logging::Escaped(&e), "cannot read the bearer token's local account");
                 // Fail closed: the account might be disabled.
                 Err(bearer::BearerError::Unavailable)
             }
@@ -326,10 +326,25 @@ impl Auth {
         match who {
             Authenticated::Session(live) => live
                 .header_cache
-                .get_or_init(|| wire_headers(&self.headers, &live.identity))
+                .get_or_init(|| {
+                    let trusted = self.trusts_email(&live.identity.connection);
+                    wire_headers(&self.headers, &live.identity, trusted)
+                })
                 .clone(),
-            Authenticated::Bearer(identity, _) => wire_headers(&self.headers, identity),
+            Authenticated::Bearer(identity, _) => {
+                let trusted = self.trusts_email(&identity.connection);
+                wire_headers(&self.headers, identity, trusted)
+            }
         }
+    }
+
+    /// The identity headers for `identity` (forward-auth answers), by name.
+    pub fn identity_headers(
+        &self,
+        identity: &crate::identity::Identity,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let trusted = self.trusts_email(&identity.connection);
+        crate::identity::headers::identity_headers(&self.headers, identity, trusted)
     }
 
     /// The IdP's access token and ID token, for a session, when the config passes them to

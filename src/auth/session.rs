@@ -22,6 +22,16 @@ use crate::store::{Store, StoreError};
 const PURPOSE: &str = "session";
 /// Browsers keep cookies up to about 4 KiB; longer values are split into numbered chunks.
 const CHUNK: usize = 3800;
+/// Chunks are named exactly `<name>_0` to `<name>_9`: no other name is read or cleared.
+pub const MAX_CHUNKS: usize = 10;
+
+/// The chunk index of a cookie named `<name>_<digit>`, below [`MAX_CHUNKS`].
+fn chunk_index(cookie: &[u8], name: &[u8]) -> Option<usize> {
+    match cookie.strip_prefix(name)?.strip_prefix(b"_")? {
+        [d] if d.is_ascii_digit() => Some(usize::from(d - b'0')).filter(|i| *i < MAX_CHUNKS),
+        _ => None,
+    }
+}
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -263,14 +273,37 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// Every `name=value` pair of the request's Cookie headers.
-pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Every pair of the request's Cookie headers, as bytes: split on `;`, trimmed, the name
+/// before the first `=` (the whole pair when there is none, with an empty value). Nothing is
+/// refused here: browsers send raw non-ASCII (`app=café`), and one odd pair must not hide the
+/// others.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
+            None => (pair, &b""[..]),
+        })
+}
+
+/// Every well-formed `name=value` pair of the request's Cookie headers: a pair whose name is
+/// not a token or whose value has a byte outside printable ASCII is skipped, not the header.
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    fn token(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+    cookie_pairs(headers).filter_map(|(k, v)| {
+        let name_ok = !k.is_empty() && k.iter().all(|b| token(*b));
+        let value_ok = v.iter().all(|b| (0x20..0x7f).contains(b) && *b != b';');
+        if !(name_ok && value_ok) {
+            return None;
+        }
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+    })
 }
 
 /// A random 256-bit id, URL-safe base64: session ids and pending-login ids.
@@ -559,30 +592,32 @@ impl Sessions {
         self.revoke(&sids)
     }
 
-    /// The sealed value, joined from chunks when it was split.
+    /// The sealed value, joined from chunks when it was split. Chunks count only as
+    /// `<name>_0` .. `<name>_9`, each once, with no gap.
     fn cookie_value(&self, headers: &HeaderMap) -> Option<String> {
         let name = self.config.cookie_name.as_str();
-        let mut whole = None;
-        let mut chunks: Vec<(usize, &str)> = Vec::new();
+        let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+        let mut twice = false;
         for (k, v) in request_cookies(headers) {
             if k == name {
-                whole = Some(v.to_string());
-            } else if let Some(n) = k
-                .strip_prefix(name)
-                .and_then(|r| r.strip_prefix('_'))
-                .and_then(|n| n.parse().ok())
-            {
-                chunks.push((n, v));
+                return Some(v.to_string());
+            }
+            if let Some(i) = chunk_index(k.as_bytes(), name.as_bytes()) {
+                twice |= chunks[i].replace(v).is_some();
             }
         }
-        if whole.is_some() {
-            return whole;
+        if twice {
+            // Two values for one chunk: no way to tell which is ours.
+            return Some(String::new());
         }
-        if chunks.is_empty() {
-            return None;
+        let count = chunks.iter().take_while(|c| c.is_some()).count();
+        if count == 0 {
+            return chunks.iter().any(Option::is_some).then(String::new);
         }
-        chunks.sort_by_key(|(n, _)| *n);
-        Some(chunks.iter().map(|(_, v)| *v).collect())
+        if chunks[count..].iter().any(Option::is_some) {
+            return Some(String::new());
+        }
+        Some(chunks[..count].iter().flatten().copied().collect())
     }
 
     fn attributes(&self, max_age: u64) -> String {
@@ -615,37 +650,59 @@ impl Sessions {
             .collect()
     }
 
+    /// Whether a cookie name is one of Gatehouse's (the session, its chunks, the login and
+    /// MFA cookies): `<name>` or `<name>_...`, in any ASCII case, so the app never sees one.
+    fn is_own(&self, cookie: &[u8]) -> bool {
+        let name = self.config.cookie_name.as_bytes();
+        cookie.len() >= name.len()
+            && cookie[..name.len()].eq_ignore_ascii_case(name)
+            && (cookie.len() == name.len() || cookie[name.len()] == b'_')
+    }
+
     /// The request's Cookie header without Gatehouse's own cookies (the session, its chunks,
-    /// login cookies), so the app never receives them. `None` when there is nothing to remove;
+    /// login cookies), so the app never receives them, whatever else the header holds: the
+    /// other pairs are kept as their bytes. `None` when there is nothing to remove;
     /// `Some(None)` when no cookie is left.
     pub fn without_own_cookies(&self, headers: &HeaderMap) -> Option<Option<http::HeaderValue>> {
-        let name = self.config.cookie_name.as_str();
-        let owned = |k: &str| k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('_'));
-        if !request_cookies(headers).any(|(k, _)| owned(k)) {
+        if !cookie_pairs(headers).any(|(k, _)| self.is_own(k)) {
             return None;
         }
-        let kept: Vec<String> = request_cookies(headers)
-            .filter(|(k, _)| !owned(k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut kept: Vec<u8> = Vec::new();
+        for (k, v) in cookie_pairs(headers).filter(|(k, _)| !self.is_own(k)) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(k);
+            if !v.is_empty() || k.is_empty() {
+                kept.push(b'=');
+                kept.extend_from_slice(v);
+            }
+        }
         if kept.is_empty() {
             return Some(None);
         }
-        Some(http::HeaderValue::from_str(&kept.join("; ")).ok())
+        // The bytes came from header values, so they stay valid; if not, the app gets no
+        // cookie rather than ours.
+        Some(http::HeaderValue::from_bytes(&kept).ok())
     }
 
-    /// `Set-Cookie` values that clear the session cookie and any chunks the request carried.
+    /// `Set-Cookie` values that clear the session cookie and the chunks the request carried
+    /// (at most [`MAX_CHUNKS`], each once, whatever else the header names).
     pub fn clear_cookies(&self, headers: &HeaderMap) -> Vec<String> {
         let name = self.config.cookie_name.as_str();
         let attrs = self.attributes(0);
-        let mut out = vec![format!("{name}=; {attrs}")];
-        for (k, _) in request_cookies(headers) {
-            if k.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('_') && r[1..].parse::<usize>().is_ok())
-            {
-                out.push(format!("{k}=; {attrs}"));
+        let mut present = [false; MAX_CHUNKS];
+        for (k, _) in cookie_pairs(headers) {
+            if let Some(i) = chunk_index(k, name.as_bytes()) {
+                present[i] = true;
             }
         }
+        let mut out = vec![format!("{name}=; {attrs}")];
+        out.extend(
+            (0..MAX_CHUNKS)
+                .filter(|i| present[*i])
+                .map(|i| format!("{name}_{i}=; {attrs}")),
+        );
         out
     }
 }
@@ -809,5 +866,115 @@ mod tests {
         h.insert(http::header::COOKIE, joined.join("; ").parse().unwrap());
         assert_eq!(s.cookie_value(&h).unwrap(), long);
         assert_eq!(s.clear_cookies(&h).len(), 4);
+    }
+
+    fn raw_cookie(bytes: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(bytes).unwrap(),
+        );
+        h
+    }
+
+    /// `app=café` sent raw (not UTF-8 safe ASCII) beside the session: the session is found,
+    /// and the app gets its cookie back byte for byte without ours.
+    #[test]
+    fn a_raw_non_ascii_cookie_neither_hides_the_session_nor_leaks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let cookie = s.create(identity("u1"), None, Tokens::default()).unwrap();
+        let pair = cookie[0].split(';').next().unwrap();
+        let mut raw = b"app=caf\xc3\xa9; ".to_vec();
+        raw.extend_from_slice(pair.as_bytes());
+        raw.extend_from_slice(b"; x=\xff\xfe; _GH_login_x=1");
+        let h = raw_cookie(&raw);
+        assert!(matches!(s.lookup(&h), Lookup::Live(_)));
+        let rest = s.without_own_cookies(&h).unwrap().unwrap();
+        assert_eq!(rest.as_bytes(), b"app=caf\xc3\xa9; x=\xff\xfe");
+    }
+
+    /// Junk chunk names (`_gh_01`, `_gh_+1`, `_gh_10`, thousands of them) are neither joined
+    /// nor cleared one by one: sign-out clears at most the session and its 10 chunks.
+    #[test]
+    fn chunk_names_are_bounded_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let mut text: Vec<String> = (0..20_000).map(|i| format!("_gh_{i}=x")).collect();
+        text.extend(["_gh_01=x", "_gh_+1=x", "_gh_-0=x", "_gh_0 =y"].map(String::from));
+        let h = raw_cookie(text.join("; ").as_bytes());
+        let clear = s.clear_cookies(&h);
+        assert_eq!(clear.len(), 1 + MAX_CHUNKS);
+        assert_eq!(chunk_index(b"_gh_01", b"_gh"), None);
+        assert_eq!(chunk_index(b"_gh_+1", b"_gh"), None);
+        assert_eq!(chunk_index(b"_gh_10", b"_gh"), None);
+        assert_eq!(chunk_index(b"_gh_9", b"_gh"), Some(9));
+        // a gap or a duplicate makes the chunked value unreadable, not a guess
+        let h = raw_cookie(b"_gh_0=a; _gh_2=c");
+        assert_eq!(s.cookie_value(&h).as_deref(), Some(""));
+        let h = raw_cookie(b"_gh_0=a; _gh_0=b");
+        assert_eq!(s.cookie_value(&h).as_deref(), Some(""));
+        let h = raw_cookie(b"_gh_0=a; _gh_1=b");
+        assert_eq!(s.cookie_value(&h).as_deref(), Some("ab"));
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A cookie pair a hostile or sloppy client could send: any bytes a header value can
+        /// hold except `;`, with or without `=`.
+        fn junk_pair() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(
+                    any::<u8>().prop_filter("header byte, not ;", |b| {
+                        (*b >= 0x20 && *b != 0x7f && *b != b';') || *b == b'\t'
+                    }),
+                    0..24,
+                ),
+                Just(b"_gh_login_x=\xff".to_vec()),
+                Just(b"_gh_7".to_vec()),
+                Just(b"=\x80".to_vec()),
+                Just(b"app=caf\xc3\xa9".to_vec()),
+            ]
+        }
+
+        /// Whatever junk surrounds it, a valid session cookie is found, the app never gets
+        /// one of Gatehouse's cookies, and sign-out clears at most 11 names.
+        #[test]
+        fn junk_pairs_never_hide_or_leak_the_session() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = sessions(dir.path(), [7; 32]);
+            let cookie = s.create(identity("u1"), None, Tokens::default()).unwrap();
+            let pair = cookie[0].split(';').next().unwrap().as_bytes().to_vec();
+            let mut runner =
+                proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(3000));
+            let junk = (
+                proptest::collection::vec(junk_pair(), 0..5),
+                proptest::collection::vec(junk_pair(), 0..5),
+            );
+            runner
+                .run(&junk, |(before, after)| {
+                    let mut parts = before.clone();
+                    parts.push(pair.clone());
+                    parts.extend(after.clone());
+                    let raw = parts.join(&b"; "[..]);
+                    let h = raw_cookie(&raw);
+                    prop_assert!(matches!(s.lookup(&h), Lookup::Live(_)));
+                    let rest = s.without_own_cookies(&h).expect("own cookie present");
+                    if let Some(rest) = rest {
+                        for (k, _) in cookie_pairs(&raw_cookie(rest.as_bytes())) {
+                            prop_assert!(
+                                !s.is_own(k),
+                                "{:?} reached the app",
+                                String::from_utf8_lossy(k)
+                            );
+                        }
+                    }
+                    prop_assert!(s.clear_cookies(&h).len() <= 1 + MAX_CHUNKS);
+                    Ok(())
+                })
+                .unwrap();
+        }
     }
 }

@@ -332,6 +332,12 @@ pub struct HeadersSection {
     /// More incoming headers to strip, on top of the identity headers and `X-Gatehouse-*`.
     #[serde(default)]
     pub strip: Vec<String>,
+    /// Strip other proxies' identity headers (`X-Forwarded-User`, `Remote-User`, ...).
+    #[serde(default = "default_true")]
+    pub strip_foreign_identity: bool,
+    /// Send the email header for an email the IdP did not verify (off by default).
+    #[serde(default)]
+    pub pass_unverified_email: bool,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
 }
@@ -352,6 +358,8 @@ impl Default for HeadersSection {
             pass_id_token: false,
             id_token: default_id_token_header(),
             strip: Vec::new(),
+            strip_foreign_identity: true,
+            pass_unverified_email: false,
             trusted_proxies: Vec::new(),
         }
     }

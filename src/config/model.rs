@@ -353,6 +353,11 @@ pub struct Headers {
     pub id_token: Option<HeaderName>,
     /// Extra names to strip from every incoming request.
     pub strip: Vec<HeaderName>,
+    /// Strip other proxies' identity headers too (see [`crate::proxy::hygiene`]).
+    pub strip_foreign_identity: bool,
+    /// Send the email header when the email is not verified (and the connection does not
+    /// trust its emails).
+    pub pass_unverified_email: bool,
     pub trusted_proxies: Vec<IpNet>,
 }
 

@@ -375,6 +375,8 @@ fn headers(h: &HeadersSection, p: &mut Problems) -> Option<Headers> {
         access_token: h.pass_access_token.then_some(access_token?),
         id_token: h.pass_id_token.then_some(id_token?),
         strip,
+        strip_foreign_identity: h.strip_foreign_identity,
+        pass_unverified_email: h.pass_unverified_email,
         trusted_proxies,
     })
 }

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use super::headers::{is_clean_username, safe_value};
 use super::Identity;
 use crate::config::model::{AttributeSync, Connection};
 use crate::store::audit::AuditEntry;
@@ -219,20 +220,34 @@ pub fn profile_identity(user: &UserRecord, claims: &Identity) -> Identity {
 }
 
 /// The username a new account asks for: the IdP's username, else the email's local part,
-/// else the subject.
+/// each only when clean ([`is_clean_username`]: no control or bidi characters, no spaces at
+/// either end; a name is never trimmed or stripped into another one); else the subject, with
+/// anything unclean percent-encoded. The header value is then one-to-one with it, so the
+/// store's uniqueness check is a check on what the app receives.
 fn base_username(claims: &Identity) -> String {
-    let from_email = claims
-        .email
-        .as_deref()
-        .and_then(|e| e.split('@').next())
-        .map(str::to_string);
-    claims
-        .username
-        .clone()
-        .or(from_email)
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| claims.subject.clone())
+    let from_email = claims.email.as_deref().and_then(|e| e.split('@').next());
+    for candidate in [claims.username.as_deref(), from_email]
+        .into_iter()
+        .flatten()
+    {
+        if is_clean_username(candidate) {
+            return candidate.to_string();
+        }
+        if !candidate.is_empty() {
+            tracing::info!(
+                connection = %claims.connection,
+                username = candidate,
+                "IdP username not used: control or bidi characters, or spaces at an end"
+            );
+        }
+    }
+    if is_clean_username(&claims.subject) {
+        return claims.subject.clone();
+    }
+    safe_value(&claims.subject)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .filter(|s| is_clean_username(s))
+        .unwrap_or_else(|| format!("user-{}", crate::auth::session::random_id()))
 }
 
 /// `base` when free, else the first free of `base-2`, `base-3`, ...
@@ -587,5 +602,60 @@ mod tests {
         ));
         let log = store.read(|tx| tx.audit(Some(&id))).unwrap();
         assert_eq!(log.last().unwrap().reason.as_deref(), Some("disabled"));
+    }
+
+    /// IdP usernames that are `admin` with a control character, a bidi control or an edge
+    /// space never become `admin` (nor `admin-2`), and the header of each account differs
+    /// from every other account's.
+    #[test]
+    fn hostile_usernames_never_become_another_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = connection(AttributeSync::Override, false);
+        let hostile = [
+            "adm\u{1}in",
+            " admin",
+            "admin ",
+            "admin\t",
+            "ad\u{202E}nimda",
+            "\u{2066}admin\u{2069}",
+            "admin\u{200E}",
+            "adm\u{7f}in",
+            "adm\u{85}in",
+            "admin\r\n",
+        ];
+        let mut names = Vec::new();
+        for (i, name) in hostile.iter().enumerate() {
+            let mut id = claims(&format!("s{i}"), &format!("u{i}@x.org"), true);
+            id.username = Some((*name).to_string());
+            let Provisioned::Allowed { identity, .. } = run(&store, &c, &id) else {
+                panic!("refused")
+            };
+            let username = identity.username.unwrap();
+            assert!(is_clean_username(&username), "{username:?}");
+            assert!(
+                !username.starts_with("admin"),
+                "{name:?} became {username:?}"
+            );
+            names.push(username);
+        }
+        let mut id = claims("real", "admin@x.org", true);
+        id.username = Some("admin".into());
+        let Provisioned::Allowed { identity, .. } = run(&store, &c, &id) else {
+            panic!()
+        };
+        assert_eq!(identity.username.as_deref(), Some("admin"));
+        names.push("admin".into());
+        let headers: std::collections::HashSet<_> =
+            names.iter().map(|n| safe_value(n).unwrap()).collect();
+        assert_eq!(headers.len(), names.len());
+    }
+
+    /// With no clean username or email, an unclean subject is percent-encoded, not stripped.
+    #[test]
+    fn an_unclean_subject_is_encoded() {
+        let mut id = Identity::new("corp", " ro\u{0}ot");
+        id.username = Some("\u{202E}x".into());
+        assert_eq!(base_username(&id), "%20ro%00ot");
     }
 }

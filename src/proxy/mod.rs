@@ -41,7 +41,7 @@ use crate::health::Readiness;
 use crate::identity::access::AccessPolicy;
 use crate::identity::assertion::AssertionSigner;
 use crate::identity::signed_header::SignedHeader;
-use crate::logging::{access_line, AccessLine, Redacted};
+use crate::logging::{access_line, AccessLine, Escaped, Redacted};
 use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
 use crate::server::conns::Deadlined;
@@ -144,7 +144,10 @@ impl Gatehouse {
             },
             router,
             peers,
-            hygiene: HeaderHygiene::new(&config.headers.owned_names()),
+            hygiene: HeaderHygiene::new(
+                &config.headers.owned_names(),
+                config.headers.strip_foreign_identity,
+            ),
             forwarding: Forwarding::new(config.headers.trusted_proxies.clone()),
             ids: RequestIds::default(),
             metrics,
@@ -387,7 +390,7 @@ impl Gatehouse {
         ctx: &RequestCtx,
         error: RequestError,
     ) -> Result<bool> {
-        tracing::debug!(request_id = %ctx.request_id, %error, "answered by gatehouse");
+        tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&error), "answered by gatehouse");
         respond::error(session, &error, &ctx.request_id).await?;
         Ok(true)
     }
@@ -501,6 +504,12 @@ impl ProxyHttp for Gatehouse {
         let stripped = self.hygiene.strip(req);
         if stripped > 0 {
             tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
+        }
+        // Before pingora's hop-by-hop handling, which would remove what `Connection` names
+        // after Gatehouse has set it.
+        let tokens = self.hygiene.clean_connection(req);
+        if tokens > 0 {
+            tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
@@ -748,7 +757,7 @@ impl ProxyHttp for Gatehouse {
                 let (reason, timeout) = upstream_reason(e);
                 ctx.upstream_error = Some(reason);
                 self.metrics.upstream_error(reason);
-                tracing::warn!(request_id = %ctx.request_id, reason, error = %e, "upstream failed");
+                tracing::warn!(request_id = %ctx.request_id, reason, error = %Escaped(e), "upstream failed");
                 if timeout {
                     RequestError::UpstreamTimeout(reason)
                 } else {
@@ -783,14 +792,14 @@ impl ProxyHttp for Gatehouse {
             }
             (ErrorSource::Downstream, _) => RequestError::BadRequest,
             _ => {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "internal error");
+                tracing::error!(request_id = %ctx.request_id, error = %Escaped(e), "internal error");
                 RequestError::Internal("proxy")
             }
         };
         let code = error.status().as_u16();
         if session.response_written().is_none() {
             if let Err(write_error) = respond::error(session, &error, &ctx.request_id).await {
-                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not write error page");
+                tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&write_error), "could not write error page");
             }
         }
         FailToProxy {

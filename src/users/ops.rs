@@ -235,6 +235,11 @@ fn add(
     if username.is_empty() {
         return Err(OpError::Invalid("the username must not be empty".into()));
     }
+    if !crate::identity::headers::is_clean_username(username) {
+        return Err(OpError::Invalid(
+            "the username must not hold control or bidi characters (and at most 256 bytes)".into(),
+        ));
+    }
     if let Some(email) = email {
         if crate::identity::access::email_domain(email).is_none() {
             return Err(OpError::Invalid(format!(
@@ -525,6 +530,18 @@ mod tests {
             matches!(err, OpError::Invalid(_)),
             "usernames are unique in any case"
         );
+        for hostile in ["adm\u{1}in", "admin\u{202E}", "\u{2066}root"] {
+            let err = execute(
+                &store,
+                &UserOp::Add {
+                    username: hostile.into(),
+                    email: None,
+                },
+                1,
+            )
+            .unwrap_err();
+            assert!(matches!(err, OpError::Invalid(_)), "{hostile:?} accepted");
+        }
     }
 
     #[test]

@@ -447,6 +447,12 @@ impl Browser {
             .unwrap_or_else(|e| panic!("POST {url}: {e}"))
     }
 
+    /// Puts a cookie in the jar as if `url` had set it (`Set-Cookie` syntax).
+    pub fn add_cookie(&self, set_cookie: &str, url: &str) {
+        let url = Url::parse(url).unwrap_or_else(|e| panic!("bad url {url:?}: {e}"));
+        self.jar.add_cookie_str(set_cookie, &url);
+    }
+
     /// The `Cookie` header the jar would send to `url`, if any.
     pub fn cookie_header(&self, url: &str) -> Option<String> {
         let url = Url::parse(url).unwrap_or_else(|e| panic!("bad url {url:?}: {e}"));
