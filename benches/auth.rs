@@ -25,6 +25,7 @@ fn session_cookie(c: &mut Criterion) {
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let config = Session {
         cookie_name: "_gatehouse".into(),
+        host_prefix: false,
         cookie_domain: None,
         cookie_path: "/".into(),
         cookie_secure: true,

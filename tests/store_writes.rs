@@ -10,19 +10,9 @@ mod login_env;
 
 use std::time::{Duration, Instant};
 
-use login_env::{login_env, sign_in};
+use login_env::{login_env, sign_in, sign_out_token};
 
 const COMMIT_DELAY: Duration = Duration::from_secs(2);
-
-/// The csrf token of the sign-out form this browser is shown.
-async fn sign_out_token(browser: &idp::Browser, url: &str) -> String {
-    let page = browser.get(url).await.text().await.unwrap();
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a sign-out form")
-        .to_string()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

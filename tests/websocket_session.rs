@@ -10,19 +10,13 @@ mod login_env;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use login_env::{login_env, sign_in};
+use login_env::{login_env, sign_in, sign_out_token};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Signs the browser out through the confirmation form.
 async fn sign_out(browser: &idp::Browser, url: &str) {
-    let page = browser.get(url).await.text().await.unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a sign-out form")
-        .to_string();
+    let csrf = sign_out_token(browser, url).await;
     let done = browser.post_form(url, &[("csrf", &csrf)]).await;
     assert_eq!(done.status(), 302);
 }

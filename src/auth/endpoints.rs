@@ -195,8 +195,11 @@ fn login_cookie_name(auth: &Auth, state: IssuedState<'_>) -> String {
     format!("{}_login_{key}", auth.sessions.config().cookie_name)
 }
 
+/// Attributes of the login and MFA cookies: `path` narrows where the browser sends them,
+/// except under the `__Host-` prefix, which requires `Path=/`.
 pub(crate) fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
     let c = auth.sessions.config();
+    let path = if c.host_prefix { "/" } else { path };
     let mut attrs = format!("Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax");
     if c.cookie_secure {
         attrs.push_str("; Secure");

@@ -3,60 +3,37 @@
 //! back-channel logout ended.
 //!
 //! Every entry lives `ttl` seconds. At most `capacity` entries are held: when full, the
-//! oldest is dropped. Expiry is amortised O(1) (entries leave in the order they came), never
-//! a scan of the whole map.
+//! oldest is dropped. A thin layer over [`crate::bounded::ExpiringMap`]: expiry is O(log n),
+//! never a scan of the whole map.
 
-use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
+use crate::bounded::ExpiringMap;
+
 pub struct Expiring<K> {
-    recorded: HashMap<K, u64>,
-    order: VecDeque<(u64, K)>,
+    /// key -> when it was recorded; each entry expires `ttl` after that.
+    recorded: ExpiringMap<K, u64>,
     ttl: u64,
-    capacity: usize,
 }
 
 impl<K: Eq + Hash + Clone> Expiring<K> {
     pub fn new(ttl_secs: u64, capacity: usize) -> Self {
         Self {
-            recorded: HashMap::new(),
-            order: VecDeque::new(),
+            recorded: ExpiringMap::new(capacity),
             ttl: ttl_secs,
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// Drops the entries that expired by `now`, and the oldest beyond the capacity.
-    fn prune(&mut self, now: u64) {
-        while let Some((at, _)) = self.order.front() {
-            let expired = at.saturating_add(self.ttl) <= now;
-            if !expired && self.order.len() <= self.capacity {
-                break;
-            }
-            if let Some((at, key)) = self.order.pop_front() {
-                if self.recorded.get(&key) == Some(&at) {
-                    self.recorded.remove(&key);
-                }
-            }
         }
     }
 
     /// Records `key` at `now` (a later record replaces an earlier one). Returns whether the
     /// key was new, i.e. not recorded within the last `ttl` seconds.
     pub fn record(&mut self, key: K, now: u64) -> bool {
-        self.prune(now);
-        let new = self.recorded.insert(key.clone(), now).is_none();
-        self.order.push_back((now, key));
-        self.prune(now);
-        new
+        let expires = now.saturating_add(self.ttl);
+        self.recorded.insert(key, now, expires, now).new
     }
 
     /// When `key` was last recorded, if that was within the last `ttl` seconds.
     pub fn get(&self, key: &K, now: u64) -> Option<u64> {
-        self.recorded
-            .get(key)
-            .copied()
-            .filter(|at| at.saturating_add(self.ttl) > now)
+        self.recorded.get(key, now).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -107,7 +84,6 @@ mod tests {
                 now += step;
                 set.record(key, now);
                 prop_assert!(set.len() <= 16);
-                prop_assert!(set.order.len() <= 16);
                 prop_assert_eq!(set.get(&key, now), Some(now));
             }
         }

@@ -288,7 +288,9 @@ mod tests {
             ("/public/%2E;/admin", None),
         ] {
             let h = headers(&[("x-forwarded-uri", uri), ("x-forwarded-method", "GET")]);
-            let got = from("127.0.0.1", &d, &h).ok().map(|f| f.path.match_form().to_string());
+            let got = from("127.0.0.1", &d, &h)
+                .ok()
+                .map(|f| f.path.match_form().to_string());
             assert_eq!(got.as_deref(), want, "{uri}");
         }
     }

@@ -4,8 +4,8 @@
 pub mod bearer;
 pub mod discovery;
 pub mod endpoints;
-pub mod forward;
 pub mod expiring;
+pub mod forward;
 pub mod login;
 pub mod logout;
 pub mod oidc;

@@ -715,6 +715,7 @@ mod tests {
     fn config() -> SessionConfig {
         SessionConfig {
             cookie_name: "_gh".into(),
+            host_prefix: false,
             cookie_domain: None,
             cookie_path: "/".into(),
             cookie_secure: true,

@@ -560,6 +560,10 @@ pub struct SessionSection {
     pub cookie_path: String,
     #[serde(default = "default_true")]
     pub cookie_secure: bool,
+    /// Give the cookies the `__Host-` prefix when they are `Secure`, have no domain and path
+    /// `/` (the browser then refuses them from another subdomain or over http).
+    #[serde(default = "default_true")]
+    pub cookie_host_prefix: bool,
     /// Base64 32-byte keys: the first seals, all open. Or `keys_file` / `keys_env`.
     #[serde(default)]
     pub keys: Vec<String>,
@@ -580,6 +584,7 @@ impl Default for SessionSection {
             cookie_domain: None,
             cookie_path: default_cookie_path(),
             cookie_secure: true,
+            cookie_host_prefix: true,
             keys: Vec::new(),
             keys_file: None,
             keys_env: None,

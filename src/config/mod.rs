@@ -150,6 +150,30 @@ mod tests {
         assert_eq!(c.upstreams[0].id, "upstream-0");
     }
 
+    /// A secure cookie without a domain on path `/` gets the `__Host-` prefix (the browser
+    /// then refuses it from a sibling subdomain or over http); any of the other settings, or
+    /// `cookie_host_prefix = false`, keeps the plain name.
+    #[test]
+    fn the_session_cookie_gets_the_host_prefix_only_where_browsers_accept_it() {
+        let name = |session: &str| {
+            let c = parse(&format!("{MINIMAL}[session]\n{session}")).expect("valid");
+            (c.session.cookie_name, c.session.host_prefix)
+        };
+        assert_eq!(name(""), ("__Host-_gatehouse".to_string(), true));
+        assert_eq!(
+            name("cookie_name = \"sid\""),
+            ("__Host-sid".to_string(), true)
+        );
+        for plain in [
+            "cookie_secure = false",
+            "cookie_domain = \"example.com\"",
+            "cookie_path = \"/app\"",
+            "cookie_host_prefix = false",
+        ] {
+            assert_eq!(name(plain), ("_gatehouse".to_string(), false), "{plain}");
+        }
+    }
+
     #[test]
     fn every_unknown_key_and_bad_value_is_listed_with_its_path() {
         let text = r#"

@@ -218,7 +218,11 @@ impl std::fmt::Debug for SessionKeys {
 
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// The session cookie's name as sent: `__Host-` + the configured name when
+    /// [`Self::host_prefix`]; every other Gatehouse cookie's name starts with it.
     pub cookie_name: String,
+    /// The `__Host-` prefix is in use: every Gatehouse cookie then has `Path=/`.
+    pub host_prefix: bool,
     pub cookie_domain: Option<String>,
     pub cookie_path: String,
     pub cookie_secure: bool,

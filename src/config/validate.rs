@@ -901,9 +901,21 @@ fn session(s: &SessionSection, p: &mut Problems) -> Option<Session> {
     if p.0.len() > before {
         return None;
     }
+    let cookie_domain = s.cookie_domain.clone().filter(|d| !d.is_empty());
+    // A `__Host-` cookie must be Secure, without Domain, with Path=/ (RFC 6265bis).
+    let host_prefix = s.cookie_host_prefix
+        && s.cookie_secure
+        && cookie_domain.is_none()
+        && s.cookie_path == "/"
+        && !s.cookie_name.starts_with("__");
     Some(Session {
-        cookie_name: s.cookie_name.clone(),
-        cookie_domain: s.cookie_domain.clone().filter(|d| !d.is_empty()),
+        cookie_name: if host_prefix {
+            format!("__Host-{}", s.cookie_name)
+        } else {
+            s.cookie_name.clone()
+        },
+        host_prefix,
+        cookie_domain,
         cookie_path: s.cookie_path.clone(),
         cookie_secure: s.cookie_secure,
         keys: SessionKeys(keys),

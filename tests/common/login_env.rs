@@ -133,6 +133,16 @@ pub async fn sign_in(env: &LoginEnv, user: &str, password: &str) -> (Browser, St
     (browser, cookie)
 }
 
+/// The csrf token of the sign-out confirmation form this browser is shown.
+pub async fn sign_out_token(browser: &Browser, url: &str) -> String {
+    let page = browser.get(url).await.text().await.unwrap();
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a sign-out form")
+        .to_string()
+}
+
 pub fn echo_json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not the echo app's JSON ({e}): {body}"))
 }
