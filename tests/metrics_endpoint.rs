@@ -39,6 +39,8 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_connections_rejected_total",
         "gatehouse_client_timeouts_total",
         "gatehouse_client_errors_total",
+        "gatehouse_rate_limited_total",
+        "gatehouse_memory_evictions_total",
     ] {
         // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
         assert!(
@@ -66,6 +68,10 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "op",
         // Fixed names: proxy, admin.
         "listener",
+        // Fixed names: login, mfa, backchannel.
+        "endpoint",
+        // Fixed names: used_states, pending_mfa.
+        "map",
     ];
     for sample in &scrape.samples {
         for (label, _) in sample.labels.iter() {
