@@ -1032,17 +1032,38 @@ async fn bearer_tokens_issued_before_a_back_channel_logout_are_refused() {
 
 /// On a route that requires TOTP, a bearer token passes only when its `amr` or a listed
 /// `acr` shows a second factor; otherwise 401 `insufficient_user_authentication` (RFC 9470).
-/// Other routes do not ask.
+/// Other routes do not ask. Forward-auth answers the same (202 or that 401) for the route.
 #[tokio::test]
 async fn a_bearer_token_needs_a_second_factor_on_an_mfa_route() {
     let env = login_env(
         serde_json::json!({}),
         &format!(
             "allow_bearer = true\nbearer_audiences = [\"{API}\"]\nbearer_mfa_acr = [\"urn:test:mfa\"]\n\
-             [[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nmfa = \"required\"\n"
+             [[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nmfa = \"required\"\n\
+             [headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
         ),
     )
     .await;
+    // The same token asked about through forward-auth (as nginx would): 202 or the same 401.
+    let forward_auth = |token: String| {
+        let url = env.url("/oauth2/auth");
+        async move {
+            let response = client()
+                .get(url)
+                .bearer_auth(token)
+                .header("x-forwarded-uri", "/admin/x")
+                .header("x-forwarded-method", "GET")
+                .send()
+                .await
+                .unwrap();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (response.status().as_u16(), challenge)
+        }
+    };
     let cases = [
         (serde_json::json!({}), 401),
         (serde_json::json!({"amr": ["pwd"]}), 401),
@@ -1070,6 +1091,18 @@ async fn a_bearer_token_needs_a_second_factor_on_an_mfa_route() {
             );
         }
         assert_eq!(bearer_status(&env, "/api", &token).await.0, 200, "{extra}");
+        let (status, challenge) = forward_auth(token.clone()).await;
+        assert_eq!(
+            status,
+            if expected == 200 { 202 } else { 401 },
+            "forward-auth {extra}"
+        );
+        if expected == 401 {
+            assert!(
+                challenge.starts_with("Bearer error=\"insufficient_user_authentication\""),
+                "forward-auth {extra}: {challenge}"
+            );
+        }
     }
 }
 

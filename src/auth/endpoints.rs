@@ -843,14 +843,34 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path = ?path, "forward-auth: access denied");
         return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
     }
+    let level = auth
+        .path_rules
+        .mfa_level(usize::MAX, &forwarded.method, path)
+        .unwrap_or_else(|| match auth.provider(&id.connection) {
+            Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
+            None => auth.mfa.config.totp,
+        });
+    if let super::Authenticated::Bearer(identity, factors) = &who {
+        // A token cannot step up: it passes only when its acr/amr show a second factor.
+        let jit = auth
+            .provider(&identity.connection)
+            .is_some_and(|p| p.connection.jit);
+        let decision = crate::mfa::policy::decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            jit || identity.user_id.is_some(),
+            false,
+            *factors == super::bearer::Factors::Two,
+        );
+        if decision != crate::mfa::policy::MfaDecision::Pass {
+            tracing::info!(request_id, connection = %identity.connection, path = ?path, "forward-auth: bearer token without a second factor on a route that requires one");
+            let challenge = "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"";
+            let extra = [(http::header::WWW_AUTHENTICATE, challenge.to_string())];
+            return forward_answer(session, StatusCode::UNAUTHORIZED, "Unauthorized\n", &extra)
+                .await;
+        }
+    }
     if let super::Authenticated::Session(live) = &who {
-        let level = auth
-            .path_rules
-            .mfa_level(usize::MAX, &forwarded.method, path)
-            .unwrap_or_else(|| match auth.provider(&live.identity.connection) {
-                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.totp,
-            });
         let decision = crate::mfa::policy::decide(
             level,
             auth.mfa.config.when_no_local_account,
