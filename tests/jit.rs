@@ -436,7 +436,7 @@ async fn sign_in_at(env: &LoginEnv, login: &str, path: &str) -> (Browser, u16) {
 /// give exactly one account.
 #[tokio::test]
 async fn fifty_parallel_first_logins_of_one_user_give_one_account() {
-    // 50 logins from one address in a second: past the default per-client login rate.
+    // 50 logins from one address at once: the per-client login rate is not under test here.
     let limits = "\n[limits]\nlogin_per_minute = 0\n";
     let env = login_env(json!({}), &format!("{}{limits}", admin_section())).await;
     let browsers: Vec<Browser> = (0..50).map(|_| Browser::new()).collect();

@@ -1112,7 +1112,7 @@ async fn a_bearer_token_needs_a_second_factor_on_an_mfa_route() {
 #[tokio::test]
 async fn a_malformed_callback_state_gets_400_and_no_cookie() {
     use proptest::strategy::{Strategy, ValueTree};
-    // Some 150 callbacks from one address: past the default per-client login rate.
+    // Some 160 callbacks from one address: the per-client login rate is not under test here.
     let env = login_env(serde_json::json!({}), "[limits]\nlogin_per_minute = 0\n").await;
     let mut states: Vec<String> = [
         "",

@@ -62,8 +62,8 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         Self {
-            login_per_minute: 60,
-            mfa_per_minute: 30,
+            login_per_minute: 300,
+            mfa_per_minute: 120,
             backchannel_per_minute: 600,
             used_states: 100_000,
             pending_mfa: 10_000,

@@ -44,8 +44,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            login_per_minute: std::num::NonZeroU32::new(60),
-            mfa_per_minute: std::num::NonZeroU32::new(30),
+            login_per_minute: std::num::NonZeroU32::new(300),
+            mfa_per_minute: std::num::NonZeroU32::new(120),
             backchannel_per_minute: std::num::NonZeroU32::new(600),
             used_states: 100_000,
             pending_mfa: 10_000,
