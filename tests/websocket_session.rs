@@ -1,5 +1,5 @@
 //! Long-lived connections follow their session: a WebSocket opened with a session stops when
-//! the session ends (sign-out here), at its next frame in either direction.
+//! the session ends (sign-out here): at once when it is quiet, and never echoes again.
 
 mod common;
 #[path = "common/idp.rs"]
@@ -21,20 +21,69 @@ async fn sign_out(browser: &idp::Browser, url: &str) {
     assert_eq!(done.status(), 302);
 }
 
-/// A signed-in user's WebSocket echoes while the session lives; after sign-out the next
-/// message gets no echo and the connection is closed within a few seconds.
-#[tokio::test]
-async fn a_websocket_closes_when_its_session_is_signed_out() {
-    let env = login_env(serde_json::json!({}), "").await;
-    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+/// Opens a WebSocket to the echo app with this Cookie header.
+async fn open_socket(
+    env: &login_env::LoginEnv,
+    cookie: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let mut request = format!("ws://{}/live", env.gh.proxy())
         .into_client_request()
         .unwrap();
     request
         .headers_mut()
         .insert("cookie", cookie.parse().unwrap());
-    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.status(), 101);
+    socket
+}
+
+/// A quiet WebSocket (neither side sends anything after the first echo) is closed by
+/// Gatehouse within a few seconds of its session's sign-out, with no frame needed.
+#[tokio::test]
+async fn a_quiet_websocket_closes_when_its_session_is_signed_out() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let mut socket = open_socket(&env, &cookie).await;
+    socket.send(Message::text("hello")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("an echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("hello"));
+    // Still open while the session lives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), socket.next())
+            .await
+            .is_err(),
+        "the socket ended while the session was live"
+    );
+
+    sign_out(&browser, &env.url("/oauth2/sign_out")).await;
+
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(t))) => panic!("a message after sign-out: {t}"),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the quiet socket was still open 5 s after sign-out"
+    );
+}
+
+/// A signed-in user's WebSocket echoes while the session lives; after sign-out the next
+/// message gets no echo and the connection is closed within a few seconds.
+#[tokio::test]
+async fn a_websocket_closes_when_its_session_is_signed_out() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let mut socket = open_socket(&env, &cookie).await;
     socket.send(Message::text("before")).await.unwrap();
     let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
         .await

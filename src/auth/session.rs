@@ -68,7 +68,7 @@ pub struct LiveSession {
     pub signed: RwLock<Vec<crate::identity::signed_header::CachedAssertion>>,
     /// Set when the session is revoked, so connections still open for it (WebSocket,
     /// long downloads) stop at their next frame.
-    ended: std::sync::atomic::AtomicBool,
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl LiveSession {
@@ -86,13 +86,19 @@ impl LiveSession {
             header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
             signed: RwLock::new(Vec::new()),
-            ended: std::sync::atomic::AtomicBool::new(false),
+            ended: tokio::sync::watch::Sender::new(false),
         }
     }
 
     /// Whether the session was revoked (signed out, logged out, expired, disabled).
     pub fn has_ended(&self) -> bool {
-        self.ended.load(Ordering::Relaxed)
+        *self.ended.borrow()
+    }
+
+    /// Turns true when the session ends: a connection that outlives its request (WebSocket)
+    /// waits on it to close even when no frame moves.
+    pub fn ended_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ended.subscribe()
     }
 
     fn record(&self) -> SessionRecord {
@@ -550,7 +556,7 @@ impl Sessions {
         if let Ok(mut map) = self.live.write() {
             for sid in sids {
                 if let Some(session) = map.remove(sid) {
-                    session.ended.store(true, Ordering::Relaxed);
+                    session.ended.send_replace(true);
                     removed += 1;
                 }
             }

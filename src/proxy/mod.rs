@@ -635,6 +635,13 @@ impl ProxyHttp for Gatehouse {
                     }
                     ctx.user = Some(who.identity().user().to_string());
                     if let crate::auth::Authenticated::Session(live) = &who {
+                        // An upgraded connection outlives this request: it closes when the
+                        // session ends, even when no frame moves.
+                        if session.is_upgrade_req() {
+                            if let Some(conn) = session.stream().and_then(Deadlined::of) {
+                                conn.close_when(live.ended_signal());
+                            }
+                        }
                         ctx.session = Some(live.clone());
                     }
                     self.strip_own_cookies(session)?;

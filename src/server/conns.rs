@@ -106,6 +106,11 @@ pub struct Deadlined {
     /// A deadline passed: every later read or write fails at once (counted once).
     expired: bool,
     metrics: ConnMetrics,
+    /// Set by the proxy for an upgraded request of a session: the connection closes when it
+    /// turns true, even when no byte moves.
+    end_signal: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// The wait on `end_signal`, made on the first read after it was set.
+    end_wait: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 impl std::fmt::Debug for Deadlined {
@@ -138,6 +143,34 @@ impl Deadlined {
             write_timer: None,
             expired: false,
             metrics,
+            end_signal: Mutex::new(None),
+            end_wait: Mutex::new(None),
+        }
+    }
+
+    /// Closes this connection once `ended` turns true: an upgraded connection (WebSocket) of
+    /// a session ends with the session, even when neither side sends anything.
+    pub fn close_when(&self, ended: tokio::sync::watch::Receiver<bool>) {
+        *self.end_signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
+    }
+
+    /// `Ready` once the signal set by [`Self::close_when`] has turned true.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = self
+            .end_signal
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let wait = self.end_wait.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut ended) = signal {
+            *wait = Some(Box::pin(async move {
+                // A dropped sender means the session is gone too.
+                let _ = ended.wait_for(|e| *e).await;
+            }));
+        }
+        match wait {
+            Some(future) => future.as_mut().poll(cx),
+            None => Poll::Pending,
         }
     }
 
@@ -250,10 +283,20 @@ impl AsyncRead for Deadlined {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.poll_read_deadline(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.poll_end(cx).is_ready() {
+                    this.expired = true;
+                    tracing::debug!("the session of an upgraded connection ended: closing it");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the session of this connection ended",
+                    )));
+                }
+                match this.poll_read_deadline(cx) {
+                    Poll::Ready(e) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
