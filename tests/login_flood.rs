@@ -130,11 +130,65 @@ async fn a_client_past_its_login_rate_gets_429_with_retry_after() {
     );
 }
 
+/// What a flood sends: real login states (start, then callback), or the same number of
+/// requests to `/ping`.
+#[derive(Clone, Copy)]
+enum Flood {
+    LoginStates,
+    Ping,
+}
+
+/// Four clients send `pairs` pairs of requests, each pair from its own forwarded address,
+/// while the signed-in user keeps making requests. Returns how many logins did not start, and
+/// the signed-in latencies meanwhile.
+async fn flood_while_signed_in(
+    env: &std::sync::Arc<LoginEnv>,
+    cookie: &str,
+    pairs: usize,
+    kind: Flood,
+) -> (usize, Vec<Duration>) {
+    let flooders: Vec<_> = (0..4)
+        .map(|worker| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                let http = no_redirects();
+                let mut refused = 0;
+                for i in (worker..pairs).step_by(4) {
+                    let ip = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
+                    match kind {
+                        Flood::LoginStates => {
+                            let (start, _) = start_and_fail(&env, &http, &ip).await;
+                            refused += usize::from(start != 302);
+                        }
+                        Flood::Ping => {
+                            for _ in 0..2 {
+                                let r = http.get(env.url("/ping")).send().await.unwrap();
+                                assert_eq!(r.status(), 200);
+                            }
+                        }
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut during = Vec::new();
+    while !flooders.iter().all(|f| f.is_finished()) {
+        during.extend(signed_in_latencies(env, cookie, 20).await);
+    }
+    let mut refused = 0;
+    for f in flooders {
+        refused += f.await.unwrap();
+    }
+    (refused, during)
+}
+
 /// A flood of real login states from 10,000 addresses (more with GATEHOUSE_FLOOD_PAIRS) keeps
 /// exactly `[limits] used_states` of them: every one past the bound is an eviction, memory
 /// grows by less than 64 MiB, and a signed-in user's requests all pass meanwhile. The
-/// signed-in p99, quiet and during the flood, is printed (a figure for the notes, not an
-/// assertion: the flood's own client shares the two cores).
+/// signed-in p99, quiet, during the flood and during a control flood of as many `/ping`
+/// requests, is printed (a figure for the notes, not an assertion: the flood's own client
+/// shares the two cores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_login_states_stays_within_its_bound_while_signed_in_traffic_goes_on() {
     let pairs: usize = std::env::var("GATEHOUSE_FLOOD_PAIRS")
@@ -151,38 +205,24 @@ async fn a_flood_of_login_states_stays_within_its_bound_while_signed_in_traffic_
     let rss_before = rss_kib();
 
     let env = std::sync::Arc::new(env);
-    let flooders: Vec<_> = (0..4)
-        .map(|worker| {
-            let env = env.clone();
-            tokio::spawn(async move {
-                let http = no_redirects();
-                let mut refused = 0;
-                for i in (worker..pairs).step_by(4) {
-                    let ip = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
-                    let (start, _) = start_and_fail(&env, &http, &ip).await;
-                    refused += usize::from(start != 302);
-                }
-                refused
-            })
-        })
-        .collect();
-    let mut during = Vec::new();
-    while !flooders.iter().all(|f| f.is_finished()) {
-        during.extend(signed_in_latencies(&env, &cookie, 20).await);
-    }
-    for f in flooders {
-        assert_eq!(f.await.unwrap(), 0, "every flood login started");
-    }
+    let (refused, during) = flood_while_signed_in(&env, &cookie, pairs, Flood::LoginStates).await;
+    assert_eq!(refused, 0, "every flood login started");
     let rss_growth_mib = rss_kib().saturating_sub(rss_before) / 1024;
     let evicted = env
         .gh
         .metric("gatehouse_memory_evictions_total{map=\"used_states\"}")
         .await;
     let flood = p99(during.clone());
+    // The control: as many requests to `/ping` (answered by Gatehouse, no map, no cookie), so
+    // the figure shows what the login endpoints add beyond sharing the two cores.
+    let (_, control) = flood_while_signed_in(&env, &cookie, pairs, Flood::Ping).await;
     eprintln!(
         "flood of {pairs} login states: used_states evictions {evicted}, RSS +{rss_growth_mib} MiB, \
-         signed-in p99 quiet {quiet:?}, during the flood {flood:?} ({} samples)",
-        during.len()
+         signed-in p99 quiet {quiet:?}, during the flood {flood:?} ({} samples), during as \
+         many /ping requests {:?} ({} samples)",
+        during.len(),
+        p99(control.clone()),
+        control.len()
     );
     // The flood's states and the one of the signed-in user's own login.
     assert_eq!(evicted, (pairs + 1 - USED_STATES) as f64);
