@@ -29,11 +29,24 @@ pub struct Metrics {
     duration: HistogramVec,
     in_flight: IntGauge,
     upstream_errors: IntCounterVec,
+    /// Incoming headers removed because a client may not set them, by kind.
+    spoofed: IntCounterVec,
     /// Login, session and token metrics.
     pub auth: AuthMetrics,
     /// Client connections: open, refused, timed out; client mistakes.
     pub conns: ConnMetrics,
 }
+
+/// Every kind `gatehouse_spoofed_headers_total` can carry.
+pub const SPOOF_KINDS: &[&str] = &["header", "connection_token"];
+/// Every reason `gatehouse_forward_auth_refused_total` can carry.
+pub const FORWARD_AUTH_REFUSALS: &[&str] = &[
+    "untrusted_peer",
+    "missing",
+    "repeated",
+    "malformed",
+    "conflict",
+];
 
 /// Every listener the connection metrics can carry.
 pub const LISTENERS: &[&str] = &["proxy", "admin"];
@@ -166,6 +179,8 @@ pub struct AuthMetrics {
     pub rate_limited: IntCounterVec,
     /// Live entries dropped from a full in-memory map, by map.
     pub evictions: IntCounterVec,
+    /// Forward-auth calls not answered about a request, by reason.
+    pub forward_auth_refused: IntCounterVec,
 }
 
 /// Every map `gatehouse_memory_evictions_total` can name.
@@ -258,6 +273,15 @@ impl AuthMetrics {
         for map in BOUNDED_MAPS {
             evictions.with_label_values(&[map]);
         }
+        let forward_auth_refused = counter(
+            "gatehouse_forward_auth_refused_total",
+            "Forward-auth calls refused before any check: a caller that is not a trusted proxy, \
+             or a URI or method header missing, repeated, malformed or contradicted.",
+            &["reason"],
+        )?;
+        for reason in FORWARD_AUTH_REFUSALS {
+            forward_auth_refused.with_label_values(&[reason]);
+        }
         for op in STORE_OPS {
             store_errors.with_label_values(&[op]);
         }
@@ -323,6 +347,7 @@ impl AuthMetrics {
             mfa_conflicts,
             rate_limited,
             evictions,
+            forward_auth_refused,
         })
     }
 
@@ -397,6 +422,18 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        let spoofed = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_spoofed_headers_total",
+                "Incoming headers a client may not set, removed: identity and foreign identity \
+                 headers (header), Connection tokens naming them (connection_token).",
+            ),
+            &["kind"],
+        )?;
+        for kind in SPOOF_KINDS {
+            spoofed.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(spoofed.clone()))?;
         let auth = AuthMetrics::new(&registry)?;
         let conns = ConnMetrics::new(&registry)?;
         Ok(Self {
@@ -407,7 +444,14 @@ impl Metrics {
             duration,
             in_flight,
             upstream_errors,
+            spoofed,
         })
+    }
+
+    /// Counts incoming headers (or `Connection` tokens) removed because a client may not set
+    /// them; `kind` is one of [`SPOOF_KINDS`].
+    pub fn spoofed(&self, kind: &'static str, count: usize) {
+        self.spoofed.with_label_values(&[kind]).inc_by(count as u64);
     }
 
     pub fn request_started(&self) {

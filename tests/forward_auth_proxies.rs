@@ -449,6 +449,12 @@ async fn forward_auth_refuses_a_caller_that_is_not_a_trusted_proxy() {
         assert_eq!(response.status(), 403, "{spoof:?}");
         assert!(response.headers().get("x-auth-request-user").is_none());
     }
+    assert_eq!(
+        env.gh
+            .metric("gatehouse_forward_auth_refused_total{reason=\"untrusted_peer\"}")
+            .await,
+        spoofs().len() as f64
+    );
 }
 
 /// The forwarded method and path are what the access rules and the MFA step-up see (never

@@ -369,6 +369,11 @@ async fn foreign_identity_headers_are_stripped_by_default() {
         assert_eq!(seen["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
         assert_eq!(seen["x-real-ip"][0], "203.0.113.9");
     }
+    // Every removed name is counted, as a sign of someone trying.
+    let counted = h
+        .metric("gatehouse_spoofed_headers_total{kind=\"header\"}")
+        .await;
+    assert!(counted >= spellings.len() as f64 / 2.0, "counted {counted}");
     // protected: without a session nothing is proxied; with one, see the protected test.
 }
 

@@ -41,6 +41,7 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_client_errors_total",
         "gatehouse_rate_limited_total",
         "gatehouse_memory_evictions_total",
+        "gatehouse_spoofed_headers_total",
     ] {
         // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
         assert!(

@@ -810,6 +810,10 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         Ok(forwarded) => forwarded,
         Err(refusal) => {
             tracing::warn!(request_id, reason = %crate::logging::Escaped(&refusal), "forward-auth request refused");
+            auth.metrics
+                .forward_auth_refused
+                .with_label_values(&[refusal.label()])
+                .inc();
             let error = crate::error::RequestError::from(refusal);
             return respond::error(session, &error, request_id).await;
         }

@@ -62,6 +62,19 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// The metric label: one of `crate::metrics::FORWARD_AUTH_REFUSALS`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::UntrustedPeer(_) => "untrusted_peer",
+            Refusal::Missing(_) => "missing",
+            Refusal::Repeated(_) => "repeated",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::Conflict { .. } => "conflict",
+        }
+    }
+}
+
 /// The one value of `name`, as text.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Refusal> {
     let mut values = headers.get_all(name).iter();

@@ -503,12 +503,14 @@ impl ProxyHttp for Gatehouse {
         let req = session.req_header_mut();
         let stripped = self.hygiene.strip(req);
         if stripped > 0 {
+            self.metrics.spoofed("header", stripped);
             tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
         }
         // Before pingora's hop-by-hop handling, which would remove what `Connection` names
         // after Gatehouse has set it.
         let tokens = self.hygiene.clean_connection(req);
         if tokens > 0 {
+            self.metrics.spoofed("connection_token", tokens);
             tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
