@@ -20,10 +20,13 @@ pub mod wire {
 /// The connection the user signed in through (not configurable, like every `X-Gatehouse-*`).
 pub const X_GATEHOUSE_CONNECTION: HeaderName = HeaderName::from_static("x-gatehouse-connection");
 
-pub use crate::proxy::forwarded::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP,
-};
-pub use crate::proxy::request_id::X_REQUEST_ID;
+/// The forwarding headers Gatehouse sets (trusted only from `trusted_proxies`).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The request id Gatehouse keeps (when sane) or makes, and passes on.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Edits on a set of request headers.
 pub trait HeaderEdit {

@@ -71,6 +71,12 @@ pub fn access_line(line: &AccessLine<'_>) {
 /// The longest text [`Escaped`] writes; the rest is counted, not shown.
 pub const MAX_LOGGED: usize = 1024;
 
+/// Whether a character is a bidirectional control (it can make text read differently from
+/// what it is: `U+202E` turns `nimda` into what looks like `admin`).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Shows a value that came from a request or an IdP safely in a log line: control
 /// characters (CR, LF, ESC, NUL, ...), bidi controls and `\\` are written as escapes
 /// (`\\r`, `\\u{1b}`), and text beyond [`MAX_LOGGED`] bytes is cut with a count. Use as
@@ -85,7 +91,7 @@ impl<T: fmt::Display> fmt::Display for Escaped<T> {
             if written >= MAX_LOGGED {
                 return write!(f, "...({} more bytes)", text.len() - i);
             }
-            if c.is_control() || crate::identity::headers::is_bidi_control(c) || c == '\\' {
+            if c.is_control() || is_bidi_control(c) || c == '\\' {
                 for e in c.escape_default() {
                     fmt::Write::write_char(f, e)?;
                     written += 1;

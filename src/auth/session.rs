@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use http::HeaderMap;
@@ -33,11 +32,7 @@ fn chunk_index(cookie: &[u8], name: &[u8]) -> Option<usize> {
     }
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::clock::unix_now as now;
 
 /// What the cookie carries: enough to find and cross-check the server-side record.
 #[derive(Debug, Serialize, Deserialize)]

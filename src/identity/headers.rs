@@ -14,11 +14,7 @@ use crate::config::model::Headers;
 /// The longest header value Gatehouse sends.
 pub const MAX_VALUE_LEN: usize = 4096;
 
-/// Whether a character is a bidirectional control (it can make text read differently from
-/// what it is: `U+202E` turns `nimda` into what looks like `admin`).
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
+pub use crate::logging::is_bidi_control;
 
 /// Makes a header value from claim text: `%`, control characters and non-ASCII are
 /// percent-encoded as UTF-8 bytes, as are spaces at either end (HTTP parsers strip them), and

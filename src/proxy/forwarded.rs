@@ -5,15 +5,12 @@
 use std::net::IpAddr;
 
 use http::header::{FORWARDED, HOST};
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 
 use crate::headers::{wire, HeaderEdit};
 use ipnet::IpNet;
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP};
 
 #[derive(Debug, Clone, Default)]
 pub struct Forwarding {

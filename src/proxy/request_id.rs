@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
-pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub use crate::headers::X_REQUEST_ID;
 
 /// Makes process-unique ids: a per-start prefix and a counter.
 #[derive(Debug)]
