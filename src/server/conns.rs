@@ -301,43 +301,43 @@ impl AsyncRead for Deadlined {
     }
 }
 
+impl Deadlined {
+    /// One write-side poll of the inner stream under the write deadline: a write that waits
+    /// arms the deadline, one that gets anywhere disarms it, and a passed deadline fails it.
+    fn timed_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.expired {
+            return Poll::Ready(Err(timed_out("deadline passed")));
+        }
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Pending => match self.poll_write_deadline(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Deadlined {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired {
-            return Poll::Ready(Err(timed_out("deadline passed")));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => match this.poll_write_deadline(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => {
-                this.write_timer = None;
-                ready
-            }
-        }
+        self.get_mut()
+            .timed_write(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.expired {
-            return Poll::Ready(Err(timed_out("deadline passed")));
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending => match this.poll_write_deadline(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => {
-                this.write_timer = None;
-                ready
-            }
-        }
+        self.get_mut()
+            .timed_write(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -349,20 +349,8 @@ impl AsyncWrite for Deadlined {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired {
-            return Poll::Ready(Err(timed_out("deadline passed")));
-        }
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => match this.poll_write_deadline(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => {
-                this.write_timer = None;
-                ready
-            }
-        }
+        self.get_mut()
+            .timed_write(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
