@@ -110,3 +110,27 @@ async fn a_websocket_closes_when_its_session_is_signed_out() {
     .expect("the socket was still open 5 s after sign-out");
     outcome.unwrap();
 }
+
+/// Every upgrade gets a working tunnel, however fast the app answers the handshake: a hundred
+/// WebSockets opened one after another (each on a reused upstream connection, where the `101`
+/// can be read before the request's own empty body ends) each echo a message.
+#[tokio::test]
+async fn every_one_of_a_hundred_websocket_upgrades_in_a_row_echoes() {
+    let env = login_env(serde_json::json!({}), "").await;
+    let (browser, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    for round in 0..100 {
+        // A plain request first leaves a warm upstream connection for the upgrade to reuse.
+        assert_eq!(browser.get(&env.url("/")).await.status(), 200);
+        let mut socket = open_socket(&env, &cookie).await;
+        let text = format!("round {round}");
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("an echo");
+        match echoed {
+            Some(Ok(message)) => assert_eq!(message, Message::text(text)),
+            other => panic!("round {round}: the tunnel ended before the echo: {other:?}"),
+        }
+        let _ = socket.close(None).await;
+    }
+}
