@@ -9,10 +9,10 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 
 use gatehouse::auth::bearer::check;
-use gatehouse::auth::seal::Sealer;
 use gatehouse::auth::session::{Lookup, Sessions};
 use gatehouse::config::model::{Session, SessionKeys};
 use gatehouse::identity::Identity;
+use gatehouse::seal::Sealer;
 use gatehouse::store::sessions::Tokens;
 use gatehouse::store::Store;
 

@@ -5,8 +5,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 
 use gatehouse::proxy::hygiene::HeaderHygiene;
-use gatehouse::proxy::path::normalize;
 use gatehouse::proxy::routes::Router;
+use gatehouse::uri::path::normalize;
 
 const CONFIG: &str = r#"
 [[upstreams]]

@@ -13,9 +13,9 @@ use pingora::protocols::http::ServerSession;
 
 use crate::auth::Auth;
 use crate::config::model::Secret;
+use crate::conns::Deadlined;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::server::conns::Deadlined;
 use crate::users::ops::{execute, Effect, OpError, UserOp};
 
 /// The largest users-API request body.
@@ -100,7 +100,7 @@ impl AdminApp {
         };
         let runner = Arc::clone(auth);
         let outcome = tokio::task::spawn_blocking(move || {
-            execute(&runner.store, &op, crate::auth::session::now()).map(|(out, effect)| {
+            execute(&runner.store, &op, crate::clock::unix_now()).map(|(out, effect)| {
                 apply_live(&runner, &effect);
                 out
             })

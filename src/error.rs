@@ -1,9 +1,9 @@
 //! The errors a request can end in, and the one place they become HTTP statuses.
 
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 
-use crate::proxy::host::HostError;
-use crate::proxy::path::PathError;
+use crate::uri::host::HostError;
+use crate::uri::path::PathError;
 
 /// Why Gatehouse answered a request itself instead of the app.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,7 +31,38 @@ pub enum RequestError {
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("forward-auth: {0}")]
-    ForwardAuth(#[from] crate::auth::forward::Refusal),
+    ForwardAuth(#[from] ForwardAuthRefusal),
+}
+
+/// Why a forward-auth call was not answered about a request (each is logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardAuthRefusal {
+    #[error("the caller {0} is not in [headers] trusted_proxies")]
+    UntrustedPeer(String),
+    #[error("no {0} header: the front proxy must say which request it serves")]
+    Missing(HeaderName),
+    #[error("{0} comes more than once")]
+    Repeated(HeaderName),
+    #[error("{0} is not a usable value")]
+    Malformed(HeaderName),
+    #[error("{other} disagrees with {configured}: one of them was sent by the client")]
+    Conflict {
+        configured: HeaderName,
+        other: &'static str,
+    },
+}
+
+impl ForwardAuthRefusal {
+    /// The metric label: one of `crate::metrics::FORWARD_AUTH_REFUSALS`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ForwardAuthRefusal::UntrustedPeer(_) => "untrusted_peer",
+            ForwardAuthRefusal::Missing(_) => "missing",
+            ForwardAuthRefusal::Repeated(_) => "repeated",
+            ForwardAuthRefusal::Malformed(_) => "malformed",
+            ForwardAuthRefusal::Conflict { .. } => "conflict",
+        }
+    }
 }
 
 impl RequestError {
@@ -47,7 +78,7 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             RequestError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            RequestError::ForwardAuth(crate::auth::forward::Refusal::UntrustedPeer(_)) => {
+            RequestError::ForwardAuth(ForwardAuthRefusal::UntrustedPeer(_)) => {
                 StatusCode::FORBIDDEN
             }
             RequestError::ForwardAuth(_) => StatusCode::BAD_REQUEST,
@@ -69,7 +100,7 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => "The application is not reachable right now.",
             RequestError::UpstreamTimeout(_) => "The application took too long to answer.",
             RequestError::Internal(_) => "Something went wrong in the gateway.",
-            RequestError::ForwardAuth(crate::auth::forward::Refusal::UntrustedPeer(_)) => {
+            RequestError::ForwardAuth(ForwardAuthRefusal::UntrustedPeer(_)) => {
                 "Forward-auth answers configured front proxies only."
             }
             RequestError::ForwardAuth(_) => {

@@ -5,8 +5,8 @@
 
 use gatehouse::identity::access::AccessPolicy;
 use gatehouse::identity::Identity;
-use gatehouse::proxy::path::{normalize, NormalPath};
-use gatehouse::proxy::routes::{rule_matches, Route, Router};
+use gatehouse::proxy::routes::{Route, Router};
+use gatehouse::uri::path::{normalize, NormalPath};
 use http::Method;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -267,7 +267,7 @@ fn check(s: &Setup, raw: &str, normal: &NormalPath, counts: &mut Counts) -> Resu
     if s.router.classify(&get, normal) == Route::Public {
         counts.public += 1;
         for reading in &readings {
-            if !s.public.iter().any(|r| rule_matches(r, &get, reading)) {
+            if !s.public.iter().any(|r| r.matches(&get, reading)) {
                 return Err(format!(
                     "{raw} (forwarded {}) is public, but a backend may read it as {reading}, which is not",
                     normal.as_str()
@@ -278,7 +278,7 @@ fn check(s: &Setup, raw: &str, normal: &NormalPath, counts: &mut Counts) -> Resu
     for (rule, policy) in &s.access {
         let applied = policy.check(None, &get, normal, &s.outsider, true).is_err();
         counts.applied += usize::from(applied);
-        if let Some(reading) = readings.iter().find(|r| rule_matches(rule, &get, r)) {
+        if let Some(reading) = readings.iter().find(|r| rule.matches(&get, r)) {
             if !applied {
                 return Err(format!(
                     "{raw} (forwarded {}) escapes {:?}: a backend may read it as {reading}",

@@ -46,7 +46,7 @@ async fn discover_until_done(
                     .jwks_refresh
                     .with_label_values(&[&id, "failure"])
                     .inc();
-                tracing::warn!(connection = %id, error = %crate::logging::Escaped(&e), retry_in_ms = wait.as_millis() as u64, "discovery failed");
+                tracing::warn!(connection = %id, error = %crate::text::Escaped(&e), retry_in_ms = wait.as_millis() as u64, "discovery failed");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(LONGEST_RETRY);
             }

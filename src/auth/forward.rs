@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
 
 use crate::config::model::ForwardAuth;
-use crate::proxy::path::{normalize, NormalPath};
+use crate::uri::path::{normalize, NormalPath};
 
 /// The request the front proxy is serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,36 +44,7 @@ impl Forwarded {
     }
 }
 
-/// Why a forward-auth call was not answered about a request (each is logged).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the caller {0} is not in [headers] trusted_proxies")]
-    UntrustedPeer(String),
-    #[error("no {0} header: the front proxy must say which request it serves")]
-    Missing(HeaderName),
-    #[error("{0} comes more than once")]
-    Repeated(HeaderName),
-    #[error("{0} is not a usable value")]
-    Malformed(HeaderName),
-    #[error("{other} disagrees with {configured}: one of them was sent by the client")]
-    Conflict {
-        configured: HeaderName,
-        other: &'static str,
-    },
-}
-
-impl Refusal {
-    /// The metric label: one of `crate::metrics::FORWARD_AUTH_REFUSALS`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Refusal::UntrustedPeer(_) => "untrusted_peer",
-            Refusal::Missing(_) => "missing",
-            Refusal::Repeated(_) => "repeated",
-            Refusal::Malformed(_) => "malformed",
-            Refusal::Conflict { .. } => "conflict",
-        }
-    }
-}
+pub use crate::error::ForwardAuthRefusal as Refusal;
 
 /// The one value of `name`, as text.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Refusal> {

@@ -10,19 +10,20 @@ pub mod login;
 pub mod logout;
 pub mod oidc;
 pub mod redirect;
-pub mod seal;
 pub mod session;
 pub mod throttle;
 
-use std::path::Path;
+/// Sealing moved to [`crate::seal`]; kept here for the login endpoints' paths.
+pub use crate::seal;
+
 use std::sync::{Arc, Mutex};
 
 use crate::config::model::{Config, Headers, Login};
 use crate::metrics::AuthMetrics;
+use crate::seal::{load_or_create_keys, Sealer};
 use crate::store::Store;
 use oidc::Provider;
 use redirect::RedirectPolicy;
-use seal::Sealer;
 use session::Sessions;
 
 /// Everything the login endpoints and the session check need, built once at startup.
@@ -69,29 +70,6 @@ fn session_keys(config: &Config) -> Result<Vec<[u8; 32]>, AuthSetupError> {
     }
     let path = config.data_dir.join("session.keys");
     load_or_create_keys(&path).map_err(AuthSetupError::Keys)
-}
-
-/// Reads a keys file (base64 keys, one per line), creating it with one random key first
-/// when it does not exist (mode 0600).
-pub fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
-    use base64::Engine;
-    if !path.exists() {
-        let key = base64::engine::general_purpose::STANDARD.encode(seal::random_key());
-        if let Ok(mut file) = crate::private_file::create_new().open(path) {
-            use std::io::Write;
-            file.write_all(format!("{key}\n").as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-    }
-    crate::private_file::check(path)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let keys: Result<Vec<_>, _> = text.split_whitespace().map(seal::key_from_base64).collect();
-    match keys {
-        Ok(keys) if !keys.is_empty() => Ok(keys),
-        Ok(_) => Err(format!("{} holds no key", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
 }
 
 impl Auth {
@@ -214,7 +192,7 @@ impl Auth {
                     t.access_expires_at = tokens.access_expires_at;
                 }
                 if let Err(e) = self.sessions.save(live).await {
-                    tracing::warn!(error = %crate::logging::Escaped(&e), "refreshed tokens could not be stored");
+                    tracing::warn!(error = %crate::text::Escaped(&e), "refreshed tokens could not be stored");
                 }
                 self.metrics
                     .session_refresh
@@ -223,7 +201,7 @@ impl Auth {
                 true
             }
             Err(e) => {
-                tracing::info!(connection = %live.identity.connection, error = %crate::logging::Escaped(&e), "token refresh failed: session ended");
+                tracing::info!(connection = %live.identity.connection, error = %crate::text::Escaped(&e), "token refresh failed: session ended");
                 self.metrics
                     .session_refresh
                     .with_label_values(&["failure"])
@@ -278,7 +256,7 @@ impl Auth {
             }
             Err(e) => {
                 self.metrics.bearer.with_label_values(&[e.label()]).inc();
-                tracing::info!(error = %crate::logging::Escaped(&e), "bearer token refused");
+                tracing::info!(error = %crate::text::Escaped(&e), "bearer token refused");
                 Err(e)
             }
         }
@@ -306,7 +284,7 @@ impl Auth {
             Ok(None) => Ok(identity),
             Err(e) => {
                 self.metrics.store_error("read");
-                tracing::warn!(error = %crate::logging::Escaped(&e), "cannot read the bearer token's local account");
+                tracing::warn!(error = %crate::text::Escaped(&e), "cannot read the bearer token's local account");
                 // Fail closed: the account might be disabled.
                 Err(bearer::BearerError::Unavailable)
             }
@@ -409,6 +387,14 @@ impl Authenticated {
         match self {
             Authenticated::Session(live) => &live.identity,
             Authenticated::Bearer(identity, _) => identity,
+        }
+    }
+
+    /// Where the signed identity header is cached: a session's, none for a bearer token.
+    pub fn assertion_cache(&self) -> Option<&crate::identity::signed_header::AssertionCache> {
+        match self {
+            Authenticated::Session(live) => Some(&live.signed),
+            Authenticated::Bearer(..) => None,
         }
     }
 }

@@ -6,13 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use base64::Engine;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::seal::Sealer;
 use crate::config::model::Session as SessionConfig;
 use crate::identity::Identity;
+use crate::seal::Sealer;
 use crate::store::sessions::{SessionRecord, Tokens, SESSION_RECORD_VERSION};
 use crate::store::writer::{SessionWrite, SessionWriter};
 use crate::store::{Store, StoreError};
@@ -60,7 +59,7 @@ pub struct LiveSession {
     /// When the second factor was passed (unix seconds; 0: not in this session).
     pub mfa_at: AtomicU64,
     /// Signed identity assertions, per upstream, while fresh.
-    pub signed: RwLock<Vec<crate::identity::signed_header::CachedAssertion>>,
+    pub signed: crate::identity::signed_header::AssertionCache,
     /// Set when the session is revoked, so connections still open for it (WebSocket,
     /// long downloads) stop at their next frame.
     ended: tokio::sync::watch::Sender<bool>,
@@ -80,7 +79,7 @@ impl LiveSession {
             refresh_lock: tokio::sync::Mutex::new(()),
             header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
-            signed: RwLock::new(Vec::new()),
+            signed: Default::default(),
             ended: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -115,21 +114,7 @@ impl LiveSession {
     }
 }
 
-/// A session record made at login, stored in the login's transaction and then made live.
-#[derive(Debug)]
-pub struct PendingSession(SessionRecord);
-
-impl PendingSession {
-    pub fn record(&self) -> &SessionRecord {
-        &self.0
-    }
-
-    /// Records that the second factor was passed before the session was issued.
-    pub fn with_mfa(mut self, at: u64) -> Self {
-        self.0.mfa_at = Some(at);
-        self
-    }
-}
+pub use crate::store::sessions::PendingSession;
 
 /// Why a request's session cookie was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,11 +292,7 @@ pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)
     })
 }
 
-/// A random 256-bit id, URL-safe base64: session ids and pending-login ids.
-pub fn random_id() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use crate::ids::random_id;
 
 impl Sessions {
     /// Loads the live sessions from the store (expired ones are dropped from it).
@@ -364,7 +345,7 @@ impl Sessions {
         tokens: Tokens,
     ) -> PendingSession {
         let created_at = now();
-        PendingSession(SessionRecord {
+        PendingSession::new(SessionRecord {
             version: SESSION_RECORD_VERSION,
             sid: random_id(),
             identity,
@@ -378,7 +359,7 @@ impl Sessions {
 
     /// Makes a stored session live and returns its `Set-Cookie` values.
     pub fn activate(&self, pending: PendingSession) -> Vec<String> {
-        let record = pending.0;
+        let record = pending.into_record();
         let body = CookieBody {
             sid: record.sid.clone(),
             conn: record.identity.connection.clone(),

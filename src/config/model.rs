@@ -10,6 +10,8 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use regex::Regex;
 
+use crate::uri::path::{under_prefix, NormalPath};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Server,
@@ -130,7 +132,7 @@ pub struct Mfa {
     pub issuer: String,
     /// Keys that seal TOTP secrets; `None`: from (or created in) `data_dir/store.keys`.
     pub keys: SessionKeys,
-    pub lockout: crate::mfa::LockoutPolicy,
+    pub lockout: LockoutPolicy,
 }
 
 /// The admin API: off without a token.
@@ -152,8 +154,6 @@ pub struct Signing {
     pub ttl: Duration,
     pub issuer: String,
 }
-
-pub use crate::identity::assertion::SigningAlg;
 
 /// An email domain an access rule allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,7 +357,7 @@ pub struct Headers {
     pub id_token: Option<HeaderName>,
     /// Extra names to strip from every incoming request.
     pub strip: Vec<HeaderName>,
-    /// Strip other proxies' identity headers too (see [`crate::proxy::hygiene`]).
+    /// Strip other proxies' identity headers too (the proxy's header hygiene step).
     pub strip_foreign_identity: bool,
     /// Send the email header when the email is not verified (and the connection does not
     /// trust its emails).
@@ -367,7 +367,7 @@ pub struct Headers {
 
 impl Headers {
     /// Every header name Gatehouse owns: the incoming copies of these are always removed.
-    /// (`X-Gatehouse-*` is owned as a prefix, see [`crate::proxy::hygiene`].)
+    /// (`X-Gatehouse-*` is owned as a prefix, see the proxy's header hygiene step.)
     pub fn owned_names(&self) -> Vec<HeaderName> {
         let mut names = vec![
             self.user.clone(),
@@ -431,4 +431,92 @@ pub struct PathRule {
     /// Empty means any method.
     pub methods: Vec<Method>,
     pub case_sensitive: bool,
+}
+
+impl PathRule {
+    /// Whether this `[[public]]` or `[[access]]` rule covers a request with this method and
+    /// (normalised) path.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        match &self.path {
+            PathMatch::Exact(p) if self.case_sensitive => path == p,
+            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Prefix(p) => under_prefix(path, p, self.case_sensitive),
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+
+    /// Whether this `[[access]]` rule applies to the request: it matches the forwarded form
+    /// or the match form (parameters removed) of the path, so no reading of the path escapes
+    /// it.
+    pub fn applies(&self, method: &Method, path: &NormalPath) -> bool {
+        self.matches(method, path.match_form())
+            || (path.has_parameters() && self.matches(method, path.as_str()))
+    }
+}
+
+/// The signature algorithm of the identity assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// ECDSA over P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SigningAlg {
+    /// The JOSE name: `ES256` or `EdDSA`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::Es256 => "ES256",
+            SigningAlg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+impl std::fmt::Display for SigningAlg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A signing algorithm name other than `ES256` or `EdDSA`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown identity signing algorithm {0:?}: expected \"ES256\" or \"EdDSA\"")]
+pub struct UnknownSigningAlg(pub String);
+
+impl std::str::FromStr for SigningAlg {
+    type Err = UnknownSigningAlg;
+
+    /// The JOSE names, exactly as JOSE spells them (`ES256`, `EdDSA`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "ES256" => Ok(SigningAlg::Es256),
+            "EdDSA" => Ok(SigningAlg::EdDsa),
+            other => Err(UnknownSigningAlg(other.to_owned())),
+        }
+    }
+}
+
+/// Wrong codes in a row that lock the user out.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// How long the lock lasts.
+pub const DEFAULT_LOCK_FOR: Duration = Duration::from_secs(5 * 60);
+
+/// How many failures lock a user out, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub max_failures: u32,
+    pub lock_for: Duration,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            max_failures: DEFAULT_MAX_FAILURES,
+            lock_for: DEFAULT_LOCK_FOR,
+        }
+    }
 }

@@ -444,7 +444,7 @@ fn rule_path(text: &str) -> Result<String, String> {
              would never match; remove the `;...` part"
         ));
     }
-    match crate::proxy::path::normalize(text) {
+    match crate::uri::path::normalize(text) {
         Ok(normal) if normal.as_str() == text => Ok(text.to_string()),
         Ok(normal) => Err(format!(
             "`{text}` is not normalized; write it as `{}`",
@@ -871,7 +871,7 @@ fn mfa(m: &MfaSection, p: &mut Problems) -> Option<Mfa> {
         when_no_local_account: when_no_local_account?,
         issuer: m.issuer.clone(),
         keys: SessionKeys(keys),
-        lockout: crate::mfa::LockoutPolicy {
+        lockout: crate::config::model::LockoutPolicy {
             max_failures: m.max_failures,
             lock_for: lock_for?,
         },

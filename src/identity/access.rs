@@ -6,8 +6,7 @@ use http::Method;
 
 use super::Identity;
 use crate::config::model::{AccessRule, EmailDomain, MfaLevel, Rules, Upstream};
-use crate::proxy::path::NormalPath;
-use crate::proxy::routes::rule_applies;
+use crate::uri::path::NormalPath;
 
 /// Every rule that applies to protected requests, built once from config.
 #[derive(Debug, Clone)]
@@ -55,7 +54,7 @@ impl AccessPolicy {
         }
         self.paths
             .iter()
-            .filter(|a| a.mfa.is_some() && rule_applies(&a.when, method, path))
+            .filter(|a| a.mfa.is_some() && a.when.applies(method, path))
             .filter_map(|a| a.mfa)
             .max()
             .or_else(|| self.upstream_mfa.get(upstream).copied().flatten())
@@ -68,7 +67,7 @@ impl AccessPolicy {
 
     /// Checks a signed-in request: the upstream's rules (`None`: no upstream, as for a
     /// forward-auth answer), then every `[[access]]` rule whose path matches either form of
-    /// the path (see [`rule_applies`]).
+    /// the path (see [`crate::config::model::PathRule::applies`]).
     pub fn check(
         &self,
         upstream: Option<usize>,
@@ -85,7 +84,7 @@ impl AccessPolicy {
             .chain(
                 self.paths
                     .iter()
-                    .filter(|a| rule_applies(&a.when, method, path))
+                    .filter(|a| a.when.applies(method, path))
                     .map(|a| &a.rules),
             );
         let failed = applicable

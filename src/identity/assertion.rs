@@ -14,7 +14,6 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
@@ -28,24 +27,9 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// The signature algorithm of the identity assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlg {
-    /// ECDSA over P-256 with SHA-256.
-    Es256,
-    /// Ed25519.
-    EdDsa,
-}
+pub use crate::config::model::{SigningAlg, UnknownSigningAlg};
 
 impl SigningAlg {
-    /// The JOSE name: `ES256` or `EdDSA`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlg::Es256 => "ES256",
-            SigningAlg::EdDsa => "EdDSA",
-        }
-    }
-
     /// The lower-case word used in the default key file name.
     fn file_word(self) -> &'static str {
         match self {
@@ -66,30 +50,6 @@ impl SigningAlg {
         match self {
             SigningAlg::Es256 => "a PKCS#8 PEM P-256 private key",
             SigningAlg::EdDsa => "a PKCS#8 PEM Ed25519 private key",
-        }
-    }
-}
-
-impl fmt::Display for SigningAlg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A signing algorithm name other than `ES256` or `EdDSA`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown identity signing algorithm {0:?}: expected \"ES256\" or \"EdDSA\"")]
-pub struct UnknownSigningAlg(pub String);
-
-impl FromStr for SigningAlg {
-    type Err = UnknownSigningAlg;
-
-    /// The JOSE names, exactly as JOSE spells them (`ES256`, `EdDSA`).
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "ES256" => Ok(SigningAlg::Es256),
-            "EdDSA" => Ok(SigningAlg::EdDsa),
-            other => Err(UnknownSigningAlg(other.to_owned())),
         }
     }
 }

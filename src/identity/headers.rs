@@ -14,7 +14,7 @@ use crate::config::model::Headers;
 /// The longest header value Gatehouse sends.
 pub const MAX_VALUE_LEN: usize = 4096;
 
-pub use crate::logging::is_bidi_control;
+pub use crate::text::is_bidi_control;
 
 /// Makes a header value from claim text: `%`, control characters and non-ASCII are
 /// percent-encoded as UTF-8 bytes, as are spaces at either end (HTTP parsers strip them), and

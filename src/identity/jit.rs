@@ -247,7 +247,7 @@ fn base_username(claims: &Identity) -> String {
     safe_value(&claims.subject)
         .and_then(|v| v.to_str().ok().map(str::to_string))
         .filter(|s| is_clean_username(s))
-        .unwrap_or_else(|| format!("user-{}", crate::auth::session::random_id()))
+        .unwrap_or_else(|| format!("user-{}", crate::ids::random_id()))
 }
 
 /// `base` when free, else the first free of `base-2`, `base-3`, ...

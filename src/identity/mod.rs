@@ -8,31 +8,7 @@ pub mod headers;
 pub mod jit;
 pub mod signed_header;
 
-use serde::{Deserialize, Serialize};
-
-/// The identity of a signed-in user, as the app will see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// The connection (IdP) that vouched for the user.
-    pub connection: String,
-    /// The IdP's `sub`.
-    pub subject: String,
-    pub username: Option<String>,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub name: Option<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// The local account's id: set when the connection provisions users (JIT).
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// Local roles (JIT accounts only).
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Attributes: the claims the connection keeps, and (JIT) locally set ones.
-    #[serde(default)]
-    pub attributes: std::collections::BTreeMap<String, String>,
-}
+pub use crate::store::sessions::Identity;
 
 impl Identity {
     /// An identity with only the connection and subject set.

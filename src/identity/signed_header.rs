@@ -4,22 +4,57 @@
 //! network. A session's assertion is signed once per upstream and reused until half its
 //! lifetime has passed, so the hot path does not sign per request.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::HeaderValue;
 use serde::Serialize;
 
 use super::assertion::{AssertionError, AssertionSigner};
 use super::Identity;
-use crate::auth::session::now;
-use crate::auth::Authenticated;
+use crate::clock::unix_now as now;
 use crate::config::model::{Signing, Upstream};
 
 /// Where the public keys are served on the proxy listener.
 pub const JWKS_PATH: &str = "/.well-known/gatehouse/jwks.json";
 
-/// A signed assertion cached on a session: (upstream index, re-sign after, value).
-pub type CachedAssertion = (usize, u64, HeaderValue);
+/// A signed assertion kept on a session while it is fresh.
+#[derive(Debug, Clone)]
+pub struct CachedAssertion {
+    /// The upstream (router index) it names as `aud`.
+    pub upstream: usize,
+    /// Unix second from which it is signed again (half its lifetime).
+    pub resign_after: u64,
+    pub value: HeaderValue,
+}
+
+/// A session's signed assertions, at most one per upstream; parallel requests of one session
+/// share the read lock on the fresh path.
+#[derive(Debug, Default)]
+pub struct AssertionCache(RwLock<Vec<CachedAssertion>>);
+
+impl AssertionCache {
+    fn fresh(&self, upstream: usize, now: u64) -> Option<HeaderValue> {
+        let cache = self.0.read().ok()?;
+        cache
+            .iter()
+            .find(|c| c.upstream == upstream && now < c.resign_after)
+            .map(|c| c.value.clone())
+    }
+
+    fn keep(&self, entry: CachedAssertion) {
+        if let Ok(mut cache) = self.0.write() {
+            cache.retain(|c| c.upstream != entry.upstream);
+            cache.push(entry);
+        }
+    }
+
+    /// Forgets every assertion (the next request signs again).
+    pub fn clear(&self) {
+        if let Ok(mut cache) = self.0.write() {
+            cache.clear();
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -95,36 +130,32 @@ impl SignedHeader {
         HeaderValue::from_str(&jwt).map_err(|e| AssertionError::Encode(e.to_string()))
     }
 
-    /// The header value for this request: from the session's cache while it is fresh, else
-    /// signed now (and cached for a session).
-    pub fn value(&self, upstream: usize, who: &Authenticated) -> Option<HeaderValue> {
+    /// The header value for this request: from the session's `cache` while it is fresh,
+    /// else signed now (and kept in `cache` when there is one; bearer requests have none).
+    pub fn value(
+        &self,
+        upstream: usize,
+        identity: &Identity,
+        cache: Option<&AssertionCache>,
+    ) -> Option<HeaderValue> {
         let now = now();
-        let signed = |identity: &Identity| match self.sign(upstream, identity, now) {
-            Ok(v) => Some(v),
+        if let Some(value) = cache.and_then(|c| c.fresh(upstream, now)) {
+            return Some(value);
+        }
+        let value = match self.sign(upstream, identity, now) {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "identity assertion not signed: header left out");
-                None
+                return None;
             }
         };
-        match who {
-            Authenticated::Bearer(identity, _) => signed(identity),
-            Authenticated::Session(live) => {
-                // Parallel requests of one session share the read lock on the fresh path.
-                let fresh = live.signed.read().ok().and_then(|cache| {
-                    cache
-                        .iter()
-                        .find(|(u, until, _)| *u == upstream && now < *until)
-                        .map(|(_, _, value)| value.clone())
-                });
-                if fresh.is_some() {
-                    return fresh;
-                }
-                let value = signed(&live.identity)?;
-                let mut cache = live.signed.write().ok()?;
-                cache.retain(|(u, _, _)| *u != upstream);
-                cache.push((upstream, now + self.ttl / 2, value.clone()));
-                Some(value)
-            }
+        if let Some(cache) = cache {
+            cache.keep(CachedAssertion {
+                upstream,
+                resign_after: now + self.ttl / 2,
+                value: value.clone(),
+            });
         }
+        Some(value)
     }
 }

@@ -14,7 +14,7 @@ use super::qr::{self, QrError};
 use super::record::{MfaRecord, TOTP_SECRET_PURPOSE};
 use super::recovery;
 use super::totp::{self, TotpRefusal, TotpSecret, TotpSetupError};
-use crate::auth::seal::Sealer;
+use crate::seal::Sealer;
 
 /// How long a started enrolment can be confirmed.
 pub const PENDING_TTL_SECONDS: u64 = 10 * 60;

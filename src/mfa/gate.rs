@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::seal::Sealer;
-use crate::auth::session::{random_id, PendingSession};
 use crate::clock::Clock;
 use crate::config::model::Mfa;
+use crate::ids::random_id;
+use crate::seal::Sealer;
+use crate::store::sessions::PendingSession;
 
 /// How long a login may wait for its second factor.
 pub const PENDING_TTL: u64 = 10 * 60;
@@ -80,7 +81,7 @@ impl MfaGate {
     ) -> Result<Self, String> {
         let keys = match &config.keys.0 {
             Some(keys) => keys.clone(),
-            None => crate::auth::load_or_create_keys(&data_dir.join("store.keys"))?,
+            None => crate::seal::load_or_create_keys(&data_dir.join("store.keys"))?,
         };
         let sealer = Sealer::new(keys).map_err(|e| e.to_string())?;
         Ok(Self {

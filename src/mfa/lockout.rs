@@ -6,30 +6,9 @@
 //! A six-digit code with a window of three steps is guessed with odds of 3 in a million per try;
 //! five tries per five minutes keep an online guesser to about one success in 130 years.
 
-use std::time::Duration;
-
 use super::record::MfaRecord;
 
-/// Wrong codes in a row that lock the user out.
-pub const DEFAULT_MAX_FAILURES: u32 = 5;
-/// How long the lock lasts.
-pub const DEFAULT_LOCK_FOR: Duration = Duration::from_secs(5 * 60);
-
-/// How many failures lock a user out, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockoutPolicy {
-    pub max_failures: u32,
-    pub lock_for: Duration,
-}
-
-impl Default for LockoutPolicy {
-    fn default() -> Self {
-        LockoutPolicy {
-            max_failures: DEFAULT_MAX_FAILURES,
-            lock_for: DEFAULT_LOCK_FOR,
-        }
-    }
-}
+pub use crate::config::model::{LockoutPolicy, DEFAULT_LOCK_FOR, DEFAULT_MAX_FAILURES};
 
 /// What a failure did to the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +67,8 @@ fn clear_expired_lock(record: &mut MfaRecord, now: u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const T0: u64 = 1_700_000_000;

@@ -4,36 +4,15 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use super::lockout::{self, FailureOutcome, LockoutPolicy};
 use super::recovery;
 use super::totp::{self, TotpRefusal, TotpSecret};
-use crate::auth::seal::{SealError, Sealer};
+use crate::seal::{SealError, Sealer};
 
 /// The sealing purpose of the stored TOTP secret.
 pub const TOTP_SECRET_PURPOSE: &str = "totp-secret";
 
-/// A user's TOTP enrolment and attempt counters. `Default` is "not enrolled".
-///
-/// Missing fields deserialize to their defaults, so records written before a field existed
-/// still load.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct MfaRecord {
-    /// The TOTP secret, sealed with [`Sealer::seal`] under [`TOTP_SECRET_PURPOSE`].
-    pub sealed_secret: Option<String>,
-    /// When the enrolment was confirmed (unix seconds).
-    pub enrolled_at: Option<u64>,
-    /// The last TOTP step accepted; codes at or before it are replays.
-    pub last_used_step: Option<u64>,
-    /// Hashes of the recovery codes not used yet (see `recovery`).
-    pub recovery_hashes: Vec<String>,
-    /// Failed attempts in a row.
-    pub failures: u32,
-    /// Locked out until this unix second, when set and still ahead.
-    pub locked_until: Option<u64>,
-}
+pub use crate::store::users::MfaRecord;
 
 impl fmt::Debug for MfaRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::path::NormalPath;
 use super::routes::Route;
+use crate::uri::path::NormalPath;
 
 #[derive(Debug)]
 pub struct RequestCtx {

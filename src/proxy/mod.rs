@@ -13,9 +13,7 @@
 
 pub mod ctx;
 pub mod forwarded;
-pub mod host;
 pub mod hygiene;
-pub mod path;
 pub mod request_id;
 pub mod respond;
 pub mod routes;
@@ -35,6 +33,7 @@ use crate::auth::Auth;
 use crate::config::model::Upstream;
 use crate::config::model::{ClientLimits, MfaLevel};
 use crate::config::Config;
+use crate::conns::Deadlined;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
@@ -44,7 +43,8 @@ use crate::identity::signed_header::SignedHeader;
 use crate::logging::{access_line, AccessLine, Escaped, Redacted};
 use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
-use crate::server::conns::Deadlined;
+/// Path and host checks live in [`crate::uri`]; re-exported for the phases below.
+pub use crate::uri::{host, path};
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
@@ -631,7 +631,9 @@ impl ProxyHttp for Gatehouse {
                     }
                     auth.token_headers(&who, req)?;
                     if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
-                        if let Some(value) = signed.value(upstream, &who) {
+                        if let Some(value) =
+                            signed.value(upstream, who.identity(), who.assertion_cache())
+                        {
                             HeaderEdit::insert(req, wire::X_GATEHOUSE_IDENTITY, value);
                         }
                     }

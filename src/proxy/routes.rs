@@ -5,12 +5,12 @@
 //! A path with parameters (`/admin;x/users`) has two forms, the one forwarded and the one
 //! Tomcat-like backends serve ([`NormalPath::match_form`]). The decisions are taken so that
 //! either reading is covered: a request is public only when both forms are, and an `[[access]]`
-//! rule applies when it matches either ([`rule_applies`]).
+//! rule applies when it matches either ([`PathRule::applies`]).
 
 use http::Method;
 
-use super::path::NormalPath;
-use crate::config::model::{HostMatch, PathMatch, PathRule, Upstream};
+use crate::config::model::{HostMatch, PathRule, Upstream};
+use crate::uri::path::{under_prefix, NormalPath};
 
 /// The reserved prefix for the login endpoints (start, callback, sign_out, auth, userinfo).
 pub const AUTH_PREFIX: &str = "/oauth2";
@@ -44,43 +44,6 @@ impl Route {
             Route::Protected => "protected",
         }
     }
-}
-
-/// Whether `path` is `prefix` itself or lies below it, segment by segment: `/app` covers
-/// `/app` and `/app/x` but not `/apple`.
-pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
-    // Compared as bytes: a split inside a multi-byte character must not panic.
-    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
-    if path.len() < prefix.len() {
-        return false;
-    }
-    let (head, rest) = path.split_at(prefix.len());
-    let head_matches = if case_sensitive {
-        head == prefix
-    } else {
-        head.eq_ignore_ascii_case(prefix)
-    };
-    head_matches && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
-}
-
-/// Whether a `[[public]]` or `[[access]]` path rule covers this request.
-pub fn rule_matches(rule: &PathRule, method: &Method, path: &str) -> bool {
-    if !rule.methods.is_empty() && !rule.methods.contains(method) {
-        return false;
-    }
-    match &rule.path {
-        PathMatch::Exact(p) if rule.case_sensitive => path == p,
-        PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
-        PathMatch::Prefix(p) => under_prefix(path, p, rule.case_sensitive),
-        PathMatch::Regex(re) => re.is_match(path),
-    }
-}
-
-/// Whether a `[[access]]` rule applies to this request: it matches the forwarded form or the
-/// match form (parameters removed) of the path, so no reading of the path escapes it.
-pub fn rule_applies(rule: &PathRule, method: &Method, path: &NormalPath) -> bool {
-    rule_matches(rule, method, path.match_form())
-        || (path.has_parameters() && rule_matches(rule, method, path.as_str()))
 }
 
 /// Classifies requests and picks upstreams; built once from config.
@@ -141,7 +104,7 @@ impl Router {
         if under_prefix(path, AUTH_PREFIX, true) {
             return Route::Auth;
         }
-        let public = |p: &str| self.public.iter().any(|rule| rule_matches(rule, method, p));
+        let public = |p: &str| self.public.iter().any(|rule| rule.matches(method, p));
         if public(path) && (!normal.has_parameters() || public(normal.as_str())) {
             Route::Public
         } else {
@@ -171,7 +134,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::path::normalize;
+    use crate::uri::path::normalize;
 
     fn router(config: &str) -> Router {
         let c = crate::config::parse(config).expect("valid config");

@@ -1,7 +1,7 @@
 //! Building and running the pingora server: the proxy service (plain and TLS listeners) and
 //! the admin service, over listeners bound up front.
 
-pub mod conns;
+pub use crate::conns;
 pub mod prebound;
 pub mod shutdown;
 

@@ -4,10 +4,34 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, Store, StoreError, Tx, SESSIONS};
-use crate::identity::Identity;
 
 /// The version written into every session record.
 pub const SESSION_RECORD_VERSION: u8 = 1;
+
+/// The identity of a signed-in user, as the app will see it and as a session record keeps
+/// it (its behaviour lives in the `identity` module).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The connection (IdP) that vouched for the user.
+    pub connection: String,
+    /// The IdP's `sub`.
+    pub subject: String,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The local account's id: set when the connection provisions users (JIT).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Local roles (JIT accounts only).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Attributes: the claims the connection keeps, and (JIT) locally set ones.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
 
 /// The IdP's tokens for a session, kept server-side only.
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -105,6 +129,30 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+/// A session record made at login, stored in the login's transaction and then made live.
+#[derive(Debug)]
+pub struct PendingSession(SessionRecord);
+
+impl PendingSession {
+    pub fn new(record: SessionRecord) -> Self {
+        Self(record)
+    }
+
+    pub fn record(&self) -> &SessionRecord {
+        &self.0
+    }
+
+    pub fn into_record(self) -> SessionRecord {
+        self.0
+    }
+
+    /// Records that the second factor was passed before the session was issued.
+    pub fn with_mfa(mut self, at: u64) -> Self {
+        self.0.mfa_at = Some(at);
+        self
     }
 }
 

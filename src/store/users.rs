@@ -52,7 +52,7 @@ pub struct UserRecord {
     pub links: Vec<Link>,
     /// The second factor (TOTP), when enrolled.
     #[serde(default)]
-    pub mfa: crate::mfa::MfaRecord,
+    pub mfa: MfaRecord,
 }
 
 impl UserRecord {
@@ -329,6 +329,28 @@ impl ReadTx {
             emails.len().map_err(StoreError::db)?,
         ))
     }
+}
+
+/// A user's TOTP enrolment and attempt counters, embedded in the user record (its
+/// behaviour lives in `mfa::record`). `Default` is "not enrolled".
+///
+/// Missing fields deserialize to their defaults, so records written before a field existed
+/// still load.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MfaRecord {
+    /// The TOTP secret, sealed under `mfa::record::TOTP_SECRET_PURPOSE`.
+    pub sealed_secret: Option<String>,
+    /// When the enrolment was confirmed (unix seconds).
+    pub enrolled_at: Option<u64>,
+    /// The last TOTP step accepted; codes at or before it are replays.
+    pub last_used_step: Option<u64>,
+    /// Hashes of the recovery codes not used yet (see `recovery`).
+    pub recovery_hashes: Vec<String>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Locked out until this unix second, when set and still ahead.
+    pub locked_until: Option<u64>,
 }
 
 #[cfg(test)]

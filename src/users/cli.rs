@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 pub const API_PATH: &str = "/api/users";
 
 fn now() -> u64 {
-    crate::auth::session::now()
+    crate::clock::unix_now()
 }
 
 /// Runs `op` for the store `config` names.

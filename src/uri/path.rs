@@ -277,6 +277,23 @@ pub fn normalize_with(raw: &str, options: PathOptions) -> Result<NormalPath, Pat
     })
 }
 
+/// Whether `path` is `prefix` itself or lies below it, segment by segment: `/app` covers
+/// `/app` and `/app/x` but not `/apple`.
+pub fn under_prefix(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    // Compared as bytes: a split inside a multi-byte character must not panic.
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
+    if path.len() < prefix.len() {
+        return false;
+    }
+    let (head, rest) = path.split_at(prefix.len());
+    let head_matches = if case_sensitive {
+        head == prefix
+    } else {
+        head.eq_ignore_ascii_case(prefix)
+    };
+    head_matches && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

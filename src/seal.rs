@@ -14,6 +14,7 @@
 //! dropped from the list.
 
 use std::fmt;
+use std::path::Path;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
@@ -154,6 +155,29 @@ pub fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     OsRng.fill_bytes(&mut key);
     key
+}
+
+/// Reads a keys file (base64 keys, one per line), creating it with one random key first
+/// when it does not exist (mode 0600).
+pub fn load_or_create_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    use base64::Engine;
+    if !path.exists() {
+        let key = base64::engine::general_purpose::STANDARD.encode(random_key());
+        if let Ok(mut file) = crate::private_file::create_new().open(path) {
+            use std::io::Write;
+            file.write_all(format!("{key}\n").as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    crate::private_file::check(path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let keys: Result<Vec<_>, _> = text.split_whitespace().map(key_from_base64).collect();
+    match keys {
+        Ok(keys) if !keys.is_empty() => Ok(keys),
+        Ok(_) => Err(format!("{} holds no key", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 #[cfg(test)]
