@@ -118,7 +118,7 @@ impl AdminApp {
                     OpError::NotFound(_) => StatusCode::NOT_FOUND,
                     OpError::Invalid(_) => StatusCode::BAD_REQUEST,
                     OpError::Store(_) | OpError::Remote(_) => {
-                        auth.metrics.store_error("admin");
+                        auth.metrics.store_error(crate::metrics::StoreOp::Admin);
                         StatusCode::INTERNAL_SERVER_ERROR
                     }
                 };

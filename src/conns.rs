@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::model::ClientLimits;
-use crate::metrics::ConnMetrics;
+use crate::metrics::{ConnMetrics, Listener, RejectReason, TimeoutKind};
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -84,10 +84,10 @@ enum Phase {
 }
 
 impl Phase {
-    fn read_deadline(self) -> Option<(Instant, &'static str)> {
+    fn read_deadline(self) -> Option<(Instant, TimeoutKind)> {
         match self {
-            Phase::Head(at) => Some((at, "header")),
-            Phase::Idle(at) => Some((at, "idle")),
+            Phase::Head(at) => Some((at, TimeoutKind::Header)),
+            Phase::Idle(at) => Some((at, TimeoutKind::Idle)),
             Phase::Request | Phase::Open => None,
         }
     }
@@ -122,8 +122,8 @@ impl std::fmt::Debug for Deadlined {
     }
 }
 
-fn timed_out(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what)
+fn timed_out(what: TimeoutKind) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.as_str())
 }
 
 impl Deadlined {
@@ -201,11 +201,11 @@ impl Deadlined {
         }
     }
 
-    fn expire(&mut self, kind: &'static str) -> io::Error {
+    fn expire(&mut self, kind: TimeoutKind) -> io::Error {
         if !self.expired {
             self.expired = true;
             self.metrics.timeout(kind);
-            tracing::debug!(kind, "client connection deadline passed");
+            tracing::debug!(kind = kind.as_str(), "client connection deadline passed");
         }
         timed_out(kind)
     }
@@ -235,7 +235,7 @@ impl Deadlined {
             .write_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(write)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(self.expire("write")),
+            Poll::Ready(()) => Poll::Ready(self.expire(TimeoutKind::Write)),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -247,7 +247,7 @@ impl Deadlined {
         }
     }
 
-    fn deadline_passed(&self) -> Option<&'static str> {
+    fn deadline_passed(&self) -> Option<TimeoutKind> {
         match self.phase().read_deadline() {
             Some((at, kind)) if Instant::now() >= at => Some(kind),
             _ => None,
@@ -263,7 +263,10 @@ impl AsyncRead for Deadlined {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.expired {
-            return Poll::Ready(Err(timed_out("deadline passed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "deadline passed",
+            )));
         }
         if !this.peeked.is_empty() {
             let n = this.peeked.len().min(buf.remaining());
@@ -310,7 +313,10 @@ impl Deadlined {
         poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if self.expired {
-            return Poll::Ready(Err(timed_out("deadline passed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "deadline passed",
+            )));
         }
         match poll(Pin::new(&mut self.inner), cx) {
             Poll::Pending => match self.poll_write_deadline(cx) {
@@ -486,26 +492,10 @@ impl Drop for Slot {
     }
 }
 
-/// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    MaxConnections,
-    MaxConnectionsPerIp,
-}
-
-impl Refusal {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::MaxConnections => "max_connections",
-            Refusal::MaxConnectionsPerIp => "max_connections_per_ip",
-        }
-    }
-}
-
 /// A pingora app behind a connection limit and the deadlines above.
 pub struct Guarded<A> {
     inner: Arc<A>,
-    listener: &'static str,
+    listener: Listener,
     limits: Limits,
     deadlines: Deadlines,
     counts: Arc<Counts>,
@@ -516,7 +506,7 @@ impl<A> Guarded<A> {
     /// `listener` is the metric label (`proxy`, `admin`).
     pub fn new(
         inner: A,
-        listener: &'static str,
+        listener: Listener,
         limits: Limits,
         deadlines: Deadlines,
         metrics: ConnMetrics,
@@ -535,11 +525,11 @@ impl<A> Guarded<A> {
     }
 
     /// Takes a slot for a connection from `ip`, or says why not.
-    fn admit(&self, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Slot, RejectReason> {
         let total = self.counts.total.fetch_add(1, Ordering::AcqRel);
         if total >= self.limits.max {
             self.counts.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::MaxConnections);
+            return Err(RejectReason::MaxConnections);
         }
         let tracked_ip = match (self.limits.per_ip, ip) {
             (Some(max), Some(ip)) => {
@@ -548,14 +538,14 @@ impl<A> Guarded<A> {
                 if *n >= max {
                     drop(map);
                     self.counts.total.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Refusal::MaxConnectionsPerIp);
+                    return Err(RejectReason::MaxConnectionsPerIp);
                 }
                 *n += 1;
                 Some(ip)
             }
             _ => None,
         };
-        let gauge = self.metrics.open.with_label_values(&[self.listener]);
+        let gauge = self.metrics.open(self.listener);
         gauge.inc();
         Ok(Slot {
             app: self.counts.clone(),
@@ -578,13 +568,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let _slot = match self.admit(ip) {
             Ok(slot) => slot,
             Err(refusal) => {
-                self.metrics
-                    .rejected
-                    .with_label_values(&[self.listener, refusal.reason()])
-                    .inc();
+                self.metrics.rejected(self.listener, refusal);
                 tracing::debug!(
-                    listener = self.listener,
-                    reason = refusal.reason(),
+                    listener = self.listener.as_str(),
+                    reason = refusal.as_str(),
                     "connection refused"
                 );
                 // Dropping the stream closes it.
@@ -610,7 +597,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new().unwrap().conns;
         Guarded::new(
             (),
-            "proxy",
+            Listener::Proxy,
             Limits { max, per_ip },
             Deadlines {
                 header: Duration::from_secs(1),
@@ -629,7 +616,7 @@ mod tests {
             let g = guarded(max, None);
             let slots: Vec<Slot> = (0..max).map(|_| g.admit(None).unwrap()).collect();
             for _ in 0..3 {
-                assert_eq!(g.admit(None).err(), Some(Refusal::MaxConnections));
+                assert_eq!(g.admit(None).err(), Some(RejectReason::MaxConnections));
             }
             drop(slots);
             assert!(g.admit(None).is_ok());
@@ -752,7 +739,10 @@ mod tests {
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let first = g.admit(Some(a)).unwrap();
         let _second = g.admit(Some(a)).unwrap();
-        assert_eq!(g.admit(Some(a)).err(), Some(Refusal::MaxConnectionsPerIp));
+        assert_eq!(
+            g.admit(Some(a)).err(),
+            Some(RejectReason::MaxConnectionsPerIp)
+        );
         let _other = g.admit(Some(b)).unwrap();
         drop(first);
         let again = g.admit(Some(a));

@@ -53,14 +53,15 @@ pub enum ForwardAuthRefusal {
 }
 
 impl ForwardAuthRefusal {
-    /// The metric label: one of `crate::metrics::FORWARD_AUTH_REFUSALS`.
-    pub fn label(&self) -> &'static str {
+    /// The `gatehouse_forward_auth_refused_total` reason.
+    pub fn label(&self) -> crate::metrics::ForwardAuthReason {
+        use crate::metrics::ForwardAuthReason as Reason;
         match self {
-            ForwardAuthRefusal::UntrustedPeer(_) => "untrusted_peer",
-            ForwardAuthRefusal::Missing(_) => "missing",
-            ForwardAuthRefusal::Repeated(_) => "repeated",
-            ForwardAuthRefusal::Malformed(_) => "malformed",
-            ForwardAuthRefusal::Conflict { .. } => "conflict",
+            ForwardAuthRefusal::UntrustedPeer(_) => Reason::UntrustedPeer,
+            ForwardAuthRefusal::Missing(_) => Reason::Missing,
+            ForwardAuthRefusal::Repeated(_) => Reason::Repeated,
+            ForwardAuthRefusal::Malformed(_) => Reason::Malformed,
+            ForwardAuthRefusal::Conflict { .. } => Reason::Conflict,
         }
     }
 }

@@ -9,19 +9,182 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Every reason `gatehouse_upstream_errors_total` can carry.
-pub const UPSTREAM_ERROR_REASONS: &[&str] = &[
-    "connect_refused",
-    "connect_timeout",
-    "read_timeout",
-    "write_timeout",
-    "reset",
-    "tls",
-    "other",
-];
+/// Defines the values one metric label can take: an enum whose variants are the only values,
+/// `as_str` for the text, and `ALL` so every series is shown (at 0) from the start.
+macro_rules! label {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
+        }
 
-/// Every route kind the request metrics can carry.
-pub const KINDS: &[&str] = &["public", "protected", "auth", "internal"];
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label value as exported.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+label! {
+    /// The `kind` of a request (`gatehouse_http_requests_total`, the duration histogram).
+    RouteKind { Public => "public", Protected => "protected", Auth => "auth", Internal => "internal" }
+}
+
+label! {
+    /// Why a request failed at the upstream (`gatehouse_upstream_errors_total`).
+    UpstreamError {
+        ConnectRefused => "connect_refused",
+        ConnectTimeout => "connect_timeout",
+        ReadTimeout => "read_timeout",
+        WriteTimeout => "write_timeout",
+        Reset => "reset",
+        Tls => "tls",
+        Other => "other",
+    }
+}
+
+label! {
+    /// What a client sent that it may not (`gatehouse_spoofed_headers_total`): an identity or
+    /// foreign identity header, or a `Connection` token naming one.
+    SpoofKind { Header => "header", ConnectionToken => "connection_token" }
+}
+
+label! {
+    /// Why a forward-auth call was refused (`gatehouse_forward_auth_refused_total`).
+    ForwardAuthReason {
+        UntrustedPeer => "untrusted_peer",
+        Missing => "missing",
+        Repeated => "repeated",
+        Malformed => "malformed",
+        Conflict => "conflict",
+    }
+}
+
+label! {
+    /// A listener (the connection metrics).
+    Listener { Proxy => "proxy", Admin => "admin" }
+}
+
+label! {
+    /// Why a connection was closed at once (`gatehouse_connections_rejected_total`).
+    RejectReason { MaxConnections => "max_connections", MaxConnectionsPerIp => "max_connections_per_ip" }
+}
+
+label! {
+    /// Which client deadline passed (`gatehouse_client_timeouts_total`).
+    TimeoutKind { Header => "header", Body => "body", Idle => "idle", Write => "write" }
+}
+
+label! {
+    /// Which client mistake was answered 400 or 408 (`gatehouse_client_errors_total`).
+    ClientError {
+        MissingHost => "missing_host",
+        BadHost => "bad_host",
+        BodyAborted => "body_aborted",
+        BodyTimeout => "body_timeout",
+    }
+}
+
+label! {
+    /// How a login ended (`gatehouse_logins_total`).
+    LoginResult {
+        Success => "success",
+        IdpError => "idp_error",
+        StateInvalid => "state_invalid",
+        TokenInvalid => "token_invalid",
+        ExchangeFailed => "exchange_failed",
+        IdpUnavailable => "idp_unavailable",
+        StoreError => "store_error",
+        AccountRefused => "account_refused",
+    }
+}
+
+label! {
+    /// What Just-In-Time provisioning did (`gatehouse_jit_provisions_total`).
+    JitOutcome {
+        Created => "created",
+        Linked => "linked",
+        Updated => "updated",
+        Unchanged => "unchanged",
+        Refused => "refused",
+    }
+}
+
+label! {
+    /// The access rule that refused a request (`gatehouse_access_denied_total`).
+    AccessRule { EmailDomain => "email_domain", Group => "group", Role => "role", Connection => "connection" }
+}
+
+label! {
+    /// How a second-factor attempt ended (`gatehouse_mfa_challenges_total`).
+    MfaResult {
+        Success => "success",
+        Failure => "failure",
+        Locked => "locked",
+        Replay => "replay",
+        Recovery => "recovery",
+    }
+}
+
+label! {
+    /// The store operation that failed (`gatehouse_store_errors_total`).
+    StoreOp {
+        Login => "login",
+        SessionWrite => "session_write",
+        SessionDelete => "session_delete",
+        Admin => "admin",
+        Read => "read",
+    }
+}
+
+label! {
+    /// A bounded in-memory map (`gatehouse_memory_evictions_total`).
+    BoundedMap { UsedStates => "used_states", PendingMfa => "pending_mfa" }
+}
+
+label! {
+    /// How a token refresh ended (`gatehouse_session_refresh_total`).
+    RefreshResult { Success => "success", Failure => "failure" }
+}
+
+label! {
+    /// How a bearer token was taken (`gatehouse_bearer_total`).
+    BearerResult { Valid => "valid", Invalid => "invalid", NotAllowed => "not_allowed" }
+}
+
+label! {
+    /// Why sessions ended (`gatehouse_logouts_total`).
+    LogoutKind {
+        User => "user",
+        Backchannel => "backchannel",
+        Expired => "expired",
+        RefreshFailed => "refresh_failed",
+        Admin => "admin",
+    }
+}
+
+label! {
+    /// Why a session cookie was refused (`gatehouse_session_rejected_total`).
+    SessionRejection { Forged => "forged", Expired => "expired", Idle => "idle", Revoked => "revoked" }
+}
+
+label! {
+    /// A login endpoint with a per-client rate (`gatehouse_rate_limited_total`).
+    RateLimited { Login => "login", Mfa => "mfa", Backchannel => "backchannel" }
+}
+
+label! {
+    /// How a discovery or key-set fetch ended (`gatehouse_jwks_refresh_total`).
+    FetchResult { Success => "success", Failure => "failure" }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -37,34 +200,13 @@ pub struct Metrics {
     pub conns: ConnMetrics,
 }
 
-/// Every kind `gatehouse_spoofed_headers_total` can carry.
-pub const SPOOF_KINDS: &[&str] = &["header", "connection_token"];
-/// Every reason `gatehouse_forward_auth_refused_total` can carry.
-pub const FORWARD_AUTH_REFUSALS: &[&str] = &[
-    "untrusted_peer",
-    "missing",
-    "repeated",
-    "malformed",
-    "conflict",
-];
-
-/// Every listener the connection metrics can carry.
-pub const LISTENERS: &[&str] = &["proxy", "admin"];
-/// Every reason `gatehouse_connections_rejected_total` can carry.
-pub const REJECT_REASONS: &[&str] = &["max_connections", "max_connections_per_ip"];
-/// Every kind `gatehouse_client_timeouts_total` can carry.
-pub const TIMEOUT_KINDS: &[&str] = &["header", "body", "idle", "write"];
-/// Every reason `gatehouse_client_errors_total` can carry.
-pub const CLIENT_ERROR_REASONS: &[&str] =
-    &["missing_host", "bad_host", "body_aborted", "body_timeout"];
-
 /// Client connection metrics. Labels: fixed names only.
 #[derive(Clone)]
 pub struct ConnMetrics {
-    pub open: IntGaugeVec,
-    pub rejected: IntCounterVec,
-    pub timeouts: IntCounterVec,
-    pub client_errors: IntCounterVec,
+    open: IntGaugeVec,
+    rejected: IntCounterVec,
+    timeouts: IntCounterVec,
+    client_errors: IntCounterVec,
 }
 
 impl ConnMetrics {
@@ -97,17 +239,17 @@ impl ConnMetrics {
             ),
             &["reason"],
         )?;
-        for listener in LISTENERS {
-            open.with_label_values(&[listener]).set(0);
-            for reason in REJECT_REASONS {
-                rejected.with_label_values(&[listener, reason]);
+        for listener in Listener::ALL {
+            open.with_label_values(&[listener.as_str()]).set(0);
+            for reason in RejectReason::ALL {
+                rejected.with_label_values(&[listener.as_str(), reason.as_str()]);
             }
         }
-        for kind in TIMEOUT_KINDS {
-            timeouts.with_label_values(&[kind]);
+        for kind in TimeoutKind::ALL {
+            timeouts.with_label_values(&[kind.as_str()]);
         }
-        for reason in CLIENT_ERROR_REASONS {
-            client_errors.with_label_values(&[reason]);
+        for reason in ClientError::ALL {
+            client_errors.with_label_values(&[reason.as_str()]);
         }
         registry.register(Box::new(open.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
@@ -121,70 +263,56 @@ impl ConnMetrics {
         })
     }
 
-    pub fn timeout(&self, kind: &str) {
-        self.timeouts.with_label_values(&[kind]).inc();
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts.with_label_values(&[kind.as_str()]).inc();
     }
 
-    pub fn client_error(&self, reason: &str) {
-        self.client_errors.with_label_values(&[reason]).inc();
+    pub fn client_error(&self, reason: ClientError) {
+        self.client_errors
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// The gauge of open connections on `listener`.
+    pub fn open(&self, listener: Listener) -> IntGauge {
+        self.open.with_label_values(&[listener.as_str()])
+    }
+
+    pub fn rejected(&self, listener: Listener, reason: RejectReason) {
+        self.rejected
+            .with_label_values(&[listener.as_str(), reason.as_str()])
+            .inc();
     }
 }
-
-/// Every result `gatehouse_logins_total` can carry.
-pub const LOGIN_RESULTS: &[&str] = &[
-    "success",
-    "idp_error",
-    "state_invalid",
-    "token_invalid",
-    "exchange_failed",
-    "idp_unavailable",
-    "store_error",
-    "account_refused",
-];
-
-/// Every action `gatehouse_jit_provisions_total` can carry.
-pub const JIT_ACTIONS: &[&str] = &["created", "linked", "updated", "unchanged", "refused"];
-
-/// Every rule `gatehouse_access_denied_total` can carry.
-pub const ACCESS_RULES: &[&str] = &["email_domain", "group", "role", "connection"];
-
-/// Every result `gatehouse_mfa_challenges_total` can carry.
-pub const MFA_RESULTS: &[&str] = &["success", "failure", "locked", "replay", "recovery"];
-
-/// Every operation `gatehouse_store_errors_total` can carry.
-pub const STORE_OPS: &[&str] = &["login", "session_write", "session_delete", "admin", "read"];
 
 /// Metrics of the login dance, sessions and tokens. Labels: connection ids (from config) and
 /// fixed result names only.
 #[derive(Clone)]
 pub struct AuthMetrics {
-    pub logins: IntCounterVec,
-    pub login_duration: HistogramVec,
+    logins: IntCounterVec,
+    login_duration: HistogramVec,
     pub sessions_active: IntGauge,
-    pub session_refresh: IntCounterVec,
-    pub logouts: IntCounterVec,
-    pub bearer: IntCounterVec,
-    pub idp_up: IntGaugeVec,
-    pub jwks_refresh: IntCounterVec,
-    pub session_rejected: IntCounterVec,
-    pub jit_provisions: IntCounterVec,
+    session_refresh: IntCounterVec,
+    logouts: IntCounterVec,
+    bearer: IntCounterVec,
+    idp_up: IntGaugeVec,
+    jwks_refresh: IntCounterVec,
+    session_rejected: IntCounterVec,
+    jit_provisions: IntCounterVec,
     pub jit_duration: prometheus::Histogram,
-    pub store_errors: IntCounterVec,
+    store_errors: IntCounterVec,
     pub users: IntGauge,
-    pub access_denied: IntCounterVec,
-    pub mfa_challenges: IntCounterVec,
+    access_denied: IntCounterVec,
+    mfa_challenges: IntCounterVec,
     pub mfa_enrolments: prometheus::IntCounter,
-    pub mfa_conflicts: IntCounterVec,
+    mfa_conflicts: IntCounterVec,
     /// Calls to the login endpoints refused by a per-client rate, by endpoint.
-    pub rate_limited: IntCounterVec,
+    rate_limited: IntCounterVec,
     /// Live entries dropped from a full in-memory map, by map.
-    pub evictions: IntCounterVec,
+    evictions: IntCounterVec,
     /// Forward-auth calls not answered about a request, by reason.
-    pub forward_auth_refused: IntCounterVec,
+    forward_auth_refused: IntCounterVec,
 }
-
-/// Every map `gatehouse_memory_evictions_total` can name.
-pub const BOUNDED_MAPS: [&str; 2] = ["used_states", "pending_mfa"];
 
 impl AuthMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -244,8 +372,8 @@ impl AuthMetrics {
             "Second-factor attempts, by result.",
             &["result"],
         )?;
-        for result in MFA_RESULTS {
-            mfa_challenges.with_label_values(&[result]);
+        for result in MfaResult::ALL {
+            mfa_challenges.with_label_values(&[result.as_str()]);
         }
         let mfa_conflicts = counter(
             "gatehouse_mfa_conflicts_total",
@@ -262,16 +390,16 @@ impl AuthMetrics {
             "Calls to the login endpoints refused with 429 by the per-client rate, by endpoint.",
             &["endpoint"],
         )?;
-        for endpoint in ["login", "mfa", "backchannel"] {
-            rate_limited.with_label_values(&[endpoint]);
+        for endpoint in RateLimited::ALL {
+            rate_limited.with_label_values(&[endpoint.as_str()]);
         }
         let evictions = counter(
             "gatehouse_memory_evictions_total",
             "Live entries dropped because an in-memory map reached its bound, by map.",
             &["map"],
         )?;
-        for map in BOUNDED_MAPS {
-            evictions.with_label_values(&[map]);
+        for map in BoundedMap::ALL {
+            evictions.with_label_values(&[map.as_str()]);
         }
         let forward_auth_refused = counter(
             "gatehouse_forward_auth_refused_total",
@@ -279,14 +407,14 @@ impl AuthMetrics {
              or a URI or method header missing, repeated, malformed or contradicted.",
             &["reason"],
         )?;
-        for reason in FORWARD_AUTH_REFUSALS {
-            forward_auth_refused.with_label_values(&[reason]);
+        for reason in ForwardAuthReason::ALL {
+            forward_auth_refused.with_label_values(&[reason.as_str()]);
         }
-        for op in STORE_OPS {
-            store_errors.with_label_values(&[op]);
+        for op in StoreOp::ALL {
+            store_errors.with_label_values(&[op.as_str()]);
         }
-        for rule in ACCESS_RULES {
-            access_denied.with_label_values(&[rule]);
+        for rule in AccessRule::ALL {
+            access_denied.with_label_values(&[rule.as_str()]);
         }
         let jit_duration = prometheus::Histogram::with_opts(
             HistogramOpts::new(
@@ -321,11 +449,17 @@ impl AuthMetrics {
             &["connection"],
         )?;
         registry.register(Box::new(idp_up.clone()))?;
-        for result in ["success", "failure"] {
-            session_refresh.with_label_values(&[result]);
+        for result in RefreshResult::ALL {
+            session_refresh.with_label_values(&[result.as_str()]);
         }
-        for result in ["valid", "invalid", "not_allowed"] {
-            bearer.with_label_values(&[result]);
+        for result in BearerResult::ALL {
+            bearer.with_label_values(&[result.as_str()]);
+        }
+        for kind in LogoutKind::ALL {
+            logouts.with_label_values(&[kind.as_str()]);
+        }
+        for reason in SessionRejection::ALL {
+            session_rejected.with_label_values(&[reason.as_str()]);
         }
         Ok(Self {
             logins,
@@ -351,21 +485,110 @@ impl AuthMetrics {
         })
     }
 
-    pub fn store_error(&self, op: &str) {
-        self.store_errors.with_label_values(&[op]).inc();
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors.with_label_values(&[op.as_str()]).inc();
     }
 
-    /// Shows every connection's series from the start (at 0).
+    /// Shows every connection's series from the start (at 0). `connection` is a configured
+    /// connection id (bounded by the config).
     pub fn register_connection(&self, connection: &str) {
-        for result in LOGIN_RESULTS {
-            self.logins.with_label_values(&[connection, result]);
+        for result in LoginResult::ALL {
+            self.logins
+                .with_label_values(&[connection, result.as_str()]);
         }
         self.login_duration.with_label_values(&[connection]);
-        for action in JIT_ACTIONS {
-            self.jit_provisions.with_label_values(&[connection, action]);
+        for action in JitOutcome::ALL {
+            self.jit_provisions
+                .with_label_values(&[connection, action.as_str()]);
+        }
+        for result in FetchResult::ALL {
+            self.jwks_refresh
+                .with_label_values(&[connection, result.as_str()]);
         }
         self.idp_up.with_label_values(&[connection]).set(0);
         self.mfa_conflicts.with_label_values(&[connection]);
+    }
+
+    pub fn login(&self, connection: &str, result: LoginResult) {
+        self.logins
+            .with_label_values(&[connection, result.as_str()])
+            .inc();
+    }
+
+    /// The login-duration histogram of a connection.
+    pub fn login_duration(&self, connection: &str) -> prometheus::Histogram {
+        self.login_duration.with_label_values(&[connection])
+    }
+
+    pub fn refresh(&self, result: RefreshResult) {
+        self.session_refresh
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn logouts(&self, kind: LogoutKind, count: usize) {
+        self.logouts
+            .with_label_values(&[kind.as_str()])
+            .inc_by(count as u64);
+    }
+
+    pub fn bearer(&self, result: BearerResult) {
+        self.bearer.with_label_values(&[result.as_str()]).inc();
+    }
+
+    pub fn idp_up(&self, connection: &str, up: bool) {
+        self.idp_up
+            .with_label_values(&[connection])
+            .set(i64::from(up));
+    }
+
+    pub fn fetch(&self, connection: &str, result: FetchResult) {
+        self.jwks_refresh
+            .with_label_values(&[connection, result.as_str()])
+            .inc();
+    }
+
+    pub fn session_rejected(&self, reason: SessionRejection) {
+        self.session_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn jit(&self, connection: &str, outcome: JitOutcome) {
+        self.jit_provisions
+            .with_label_values(&[connection, outcome.as_str()])
+            .inc();
+    }
+
+    pub fn access_denied(&self, rule: AccessRule) {
+        self.access_denied.with_label_values(&[rule.as_str()]).inc();
+    }
+
+    pub fn mfa_challenge(&self, result: MfaResult) {
+        self.mfa_challenges
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn mfa_conflict(&self, connection: &str) {
+        self.mfa_conflicts.with_label_values(&[connection]).inc();
+    }
+
+    pub fn rate_limited(&self, endpoint: RateLimited) {
+        self.rate_limited
+            .with_label_values(&[endpoint.as_str()])
+            .inc();
+    }
+
+    /// The eviction counter of a bounded map (handed to the map, which counts itself).
+    pub fn evictions(&self, map: BoundedMap) -> prometheus::IntCounter {
+        self.evictions.with_label_values(&[map.as_str()])
+    }
+
+    pub fn forward_auth_refused(&self, reason: ForwardAuthReason) {
+        self.forward_auth_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 }
 
@@ -411,11 +634,11 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for reason in UPSTREAM_ERROR_REASONS {
-            upstream_errors.with_label_values(&[reason]);
+        for reason in UpstreamError::ALL {
+            upstream_errors.with_label_values(&[reason.as_str()]);
         }
-        for kind in KINDS {
-            duration.with_label_values(&[kind]);
+        for kind in RouteKind::ALL {
+            duration.with_label_values(&[kind.as_str()]);
         }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -430,8 +653,8 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        for kind in SPOOF_KINDS {
-            spoofed.with_label_values(&[kind]);
+        for kind in SpoofKind::ALL {
+            spoofed.with_label_values(&[kind.as_str()]);
         }
         registry.register(Box::new(spoofed.clone()))?;
         let auth = AuthMetrics::new(&registry)?;
@@ -449,22 +672,26 @@ impl Metrics {
     }
 
     /// Counts incoming headers (or `Connection` tokens) removed because a client may not set
-    /// them; `kind` is one of [`SPOOF_KINDS`].
-    pub fn spoofed(&self, kind: &'static str, count: usize) {
-        self.spoofed.with_label_values(&[kind]).inc_by(count as u64);
+    /// them.
+    pub fn spoofed(&self, kind: SpoofKind, count: usize) {
+        self.spoofed
+            .with_label_values(&[kind.as_str()])
+            .inc_by(count as u64);
     }
 
     pub fn request_started(&self) {
         self.in_flight.inc();
     }
 
-    pub fn request_finished(&self, kind: &str, code: u16, elapsed: Duration) {
+    pub fn request_finished(&self, kind: RouteKind, code: u16, elapsed: Duration) {
         self.in_flight.dec();
         let status = http::StatusCode::from_u16(code).ok();
         let code = status.as_ref().map_or("0", http::StatusCode::as_str);
-        self.requests.with_label_values(&[kind, code]).inc();
+        self.requests
+            .with_label_values(&[kind.as_str(), code])
+            .inc();
         self.duration
-            .with_label_values(&[kind])
+            .with_label_values(&[kind.as_str()])
             .observe(elapsed.as_secs_f64());
     }
 
@@ -472,8 +699,10 @@ impl Metrics {
         self.in_flight.get()
     }
 
-    pub fn upstream_error(&self, reason: &str) {
-        self.upstream_errors.with_label_values(&[reason]).inc();
+    pub fn upstream_error(&self, reason: UpstreamError) {
+        self.upstream_errors
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The registry in Prometheus text format.
@@ -493,7 +722,7 @@ mod tests {
     fn a_finished_request_is_counted_by_kind_and_code() {
         let m = Metrics::new().unwrap();
         m.request_started();
-        m.request_finished("public", 200, Duration::from_millis(3));
+        m.request_finished(RouteKind::Public, 200, Duration::from_millis(3));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains("gatehouse_http_requests_total{code=\"200\",kind=\"public\"} 1"),
@@ -502,5 +731,27 @@ mod tests {
         assert!(text.contains("gatehouse_http_requests_in_flight 0"));
         assert!(text.contains("gatehouse_upstream_errors_total{reason=\"connect_refused\"} 0"));
         assert!(text.contains("gatehouse_build_info{version="));
+    }
+
+    /// Each label's values are distinct and in the exported spelling (lower snake case).
+    #[test]
+    fn label_values_are_distinct_snake_case_words() {
+        fn check(values: Vec<&'static str>) {
+            let mut seen = std::collections::HashSet::new();
+            for v in values {
+                assert!(
+                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{v}"
+                );
+                assert!(seen.insert(v), "{v} twice");
+            }
+        }
+        check(LoginResult::ALL.iter().map(|v| v.as_str()).collect());
+        check(JitOutcome::ALL.iter().map(|v| v.as_str()).collect());
+        check(UpstreamError::ALL.iter().map(|v| v.as_str()).collect());
+        check(MfaResult::ALL.iter().map(|v| v.as_str()).collect());
+        check(StoreOp::ALL.iter().map(|v| v.as_str()).collect());
+        check(LogoutKind::ALL.iter().map(|v| v.as_str()).collect());
+        check(ClientError::ALL.iter().map(|v| v.as_str()).collect());
     }
 }

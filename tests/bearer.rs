@@ -264,7 +264,10 @@ async fn a_connection_without_allow_bearer_refuses_the_real_token() {
     assert!(!verifier.is_enabled());
     let result = verifier.verify(&env.token).await;
     assert!(matches!(result, Err(BearerError::NotAllowed)), "{result:?}");
-    assert_eq!(result.err().map(|e| e.label()), Some("not_allowed"));
+    assert_eq!(
+        result.err().map(|e| e.label().as_str()),
+        Some("not_allowed")
+    );
 }
 
 /// The real token's audience is not in this connection's `bearer_audiences`.

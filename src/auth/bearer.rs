@@ -54,10 +54,10 @@ pub enum BearerError {
 
 impl BearerError {
     /// The `result` label of `gatehouse_bearer_total` for this refusal.
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> crate::metrics::BearerResult {
         match self {
-            BearerError::NotAllowed => "not_allowed",
-            _ => "invalid",
+            BearerError::NotAllowed => crate::metrics::BearerResult::NotAllowed,
+            _ => crate::metrics::BearerResult::Invalid,
         }
     }
 }
@@ -811,14 +811,14 @@ mod tests {
 
     #[test]
     fn only_not_allowed_has_its_own_metrics_label() {
-        assert_eq!(BearerError::NotAllowed.label(), "not_allowed");
+        assert_eq!(BearerError::NotAllowed.label().as_str(), "not_allowed");
         for e in [
             BearerError::Malformed,
             BearerError::UnknownKey,
             BearerError::Invalid("x".into()),
             BearerError::Unavailable,
         ] {
-            assert_eq!(e.label(), "invalid");
+            assert_eq!(e.label().as_str(), "invalid");
         }
     }
 

@@ -11,7 +11,7 @@ use pingora::services::background::BackgroundService;
 
 use super::oidc::Provider;
 use crate::health::Readiness;
-use crate::metrics::AuthMetrics;
+use crate::metrics::{AuthMetrics, FetchResult, LogoutKind};
 
 pub struct Discovery {
     pub providers: Vec<Arc<Provider>>,
@@ -32,20 +32,14 @@ async fn discover_until_done(
     loop {
         match provider.discover().await {
             Ok(()) => {
-                metrics
-                    .jwks_refresh
-                    .with_label_values(&[&id, "success"])
-                    .inc();
-                metrics.idp_up.with_label_values(&[&id]).set(1);
+                metrics.fetch(&id, FetchResult::Success);
+                metrics.idp_up(&id, true);
                 readiness.idp_discovered();
                 tracing::info!(connection = %id, "identity provider discovered");
                 return;
             }
             Err(e) => {
-                metrics
-                    .jwks_refresh
-                    .with_label_values(&[&id, "failure"])
-                    .inc();
+                metrics.fetch(&id, FetchResult::Failure);
                 tracing::warn!(connection = %id, error = %crate::text::Escaped(&e), retry_in_ms = wait.as_millis() as u64, "discovery failed");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(LONGEST_RETRY);
@@ -98,11 +92,7 @@ impl BackgroundService for SessionSweeper {
             }
             let ended = self.auth.sessions.sweep();
             if ended > 0 {
-                self.auth
-                    .metrics
-                    .logouts
-                    .with_label_values(&["expired"])
-                    .inc_by(ended as u64);
+                self.auth.metrics.logouts(LogoutKind::Expired, ended);
                 tracing::info!(ended, "expired or idle sessions ended");
             }
             self.auth.update_sessions_gauge();

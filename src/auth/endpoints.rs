@@ -1,6 +1,7 @@
 //! The login endpoints under `/oauth2/`: start, callback, sign_out, auth (forward-auth) and
 //! userinfo. Each writes its own response; the proxy calls [`handle`] for `/oauth2/*`.
 
+use crate::metrics::{LoginResult, LogoutKind};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -223,11 +224,8 @@ pub async fn handle(
     };
     if let Some(endpoint) = endpoint {
         if let Err(wait) = auth.throttle.check(endpoint, client) {
-            auth.metrics
-                .rate_limited
-                .with_label_values(&[endpoint.label()])
-                .inc();
-            tracing::info!(request_id, endpoint = endpoint.label(), client = ?client, "rate limited");
+            auth.metrics.rate_limited(endpoint.label());
+            tracing::info!(request_id, endpoint = endpoint.label().as_str(), client = ?client, "rate limited");
             too_many_requests(session, wait, request_id).await?;
             return Ok(true);
         }
@@ -326,9 +324,7 @@ async fn start(
         Err(e) => {
             tracing::warn!(connection = %provider.connection.id, error = %crate::logging::Escaped(&e), "cannot start a login");
             auth.metrics
-                .logins
-                .with_label_values(&[&provider.connection.id, "idp_unavailable"])
-                .inc();
+                .login(&provider.connection.id, LoginResult::IdpUnavailable);
             let body = "<p>The sign-in service is not reachable right now. Please try again in a moment.</p>";
             return html(
                 session,
@@ -402,14 +398,14 @@ impl Refusal {
         }
     }
 
-    fn result(&self) -> &'static str {
+    fn result(&self) -> LoginResult {
         match self {
-            Refusal::StateInvalid(_) => "state_invalid",
-            Refusal::IdpError(_) => "idp_error",
-            Refusal::TokenInvalid(_) => "token_invalid",
-            Refusal::ExchangeFailed(_) => "exchange_failed",
-            Refusal::StoreError(_) => "store_error",
-            Refusal::Account(_) | Refusal::MfaConflict => "account_refused",
+            Refusal::StateInvalid(_) => LoginResult::StateInvalid,
+            Refusal::IdpError(_) => LoginResult::IdpError,
+            Refusal::TokenInvalid(_) => LoginResult::TokenInvalid,
+            Refusal::ExchangeFailed(_) => LoginResult::ExchangeFailed,
+            Refusal::StoreError(_) => LoginResult::StoreError,
+            Refusal::Account(_) | Refusal::MfaConflict => LoginResult::AccountRefused,
         }
     }
 
@@ -481,10 +477,7 @@ async fn callback(
     // name, no header) is built from it before.
     let raw_state = param(pairs, "state").unwrap_or("");
     let Some(state) = IssuedState::parse(raw_state) else {
-        auth.metrics
-            .logins
-            .with_label_values(&["-", "state_invalid"])
-            .inc();
+        auth.metrics.login("-", LoginResult::StateInvalid);
         let shown: String = raw_state.chars().take(64).collect();
         tracing::warn!(state = ?shown, state_len = raw_state.len(), "login refused: malformed state");
         let body = "<p>This sign-in link is invalid or has expired.</p>\
@@ -516,13 +509,9 @@ async fn callback(
     {
         Ok((session_cookies, rd)) => {
             auth.update_sessions_gauge();
+            auth.metrics.login(&connection, LoginResult::Success);
             auth.metrics
-                .logins
-                .with_label_values(&[&connection, "success"])
-                .inc();
-            auth.metrics
-                .login_duration
-                .with_label_values(&[&connection])
+                .login_duration(&connection)
                 .observe(started.elapsed().as_secs_f64());
             cookies.extend(session_cookies);
             let target = safe_rd(auth, session, Some(&rd));
@@ -530,11 +519,8 @@ async fn callback(
         }
         Err(refusal) => {
             let result = refusal.result();
-            auth.metrics
-                .logins
-                .with_label_values(&[&connection, result])
-                .inc();
-            tracing::warn!(connection = %Escaped(&connection), result, detail = %Escaped(refusal.detail()), "login refused");
+            auth.metrics.login(&connection, result);
+            tracing::warn!(connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
             let options = match refusal {
                 Refusal::MfaConflict => crate::mfa::endpoints::local_sign_ins(auth, "/"),
                 _ => "<p><a href=\"/oauth2/start\">Sign in again</a></p>".to_string(),
@@ -724,7 +710,7 @@ async fn sign_out(
         .revoke_durably(std::slice::from_ref(&live.sid))
         .await;
     auth.update_sessions_gauge();
-    auth.metrics.logouts.with_label_values(&["user"]).inc();
+    auth.metrics.logouts(LogoutKind::User, 1);
     let provider = auth.provider(&live.identity.connection);
     let end_session = provider
         .and_then(|p| p.current())
@@ -810,10 +796,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         Ok(forwarded) => forwarded,
         Err(refusal) => {
             tracing::warn!(request_id, reason = %crate::logging::Escaped(&refusal), "forward-auth request refused");
-            auth.metrics
-                .forward_auth_refused
-                .with_label_values(&[refusal.label()])
-                .inc();
+            auth.metrics.forward_auth_refused(refusal.label());
             let error = crate::error::RequestError::from(refusal);
             return respond::error(session, &error, request_id).await;
         }
@@ -843,7 +826,8 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         .check(None, &forwarded.method, path, id, trusted)
     {
         let rule = refused.rule.label();
-        auth.metrics.access_denied.with_label_values(&[rule]).inc();
+        auth.metrics.access_denied(rule);
+        let rule = rule.as_str();
         tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path = ?path, "forward-auth: access denied");
         return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
     }
@@ -862,9 +846,11 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         let decision = crate::mfa::policy::decide(
             level,
             auth.mfa.config.when_no_local_account,
-            jit || identity.user_id.is_some(),
-            false,
-            *factors == super::bearer::Factors::Two,
+            crate::mfa::policy::Standing {
+                local_account: jit || identity.user_id.is_some(),
+                enrolled: false,
+                done: *factors == super::bearer::Factors::Two,
+            },
         );
         if decision != crate::mfa::policy::MfaDecision::Pass {
             tracing::info!(request_id, connection = %identity.connection, path = ?path, "forward-auth: bearer token without a second factor on a route that requires one");
@@ -878,17 +864,16 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         let decision = crate::mfa::policy::decide(
             level,
             auth.mfa.config.when_no_local_account,
-            live.identity.user_id.is_some(),
-            false,
-            live.mfa_done_at().is_some(),
+            crate::mfa::policy::Standing {
+                local_account: live.identity.user_id.is_some(),
+                enrolled: false,
+                done: live.mfa_done_at().is_some(),
+            },
         );
         match decision {
             crate::mfa::policy::MfaDecision::Pass => {}
             crate::mfa::policy::MfaDecision::Conflict => {
-                auth.metrics
-                    .mfa_conflicts
-                    .with_label_values(&[&live.identity.connection])
-                    .inc();
+                auth.metrics.mfa_conflict(&live.identity.connection);
                 tracing::info!(request_id, connection = %live.identity.connection, path = ?path, "forward-auth: TOTP required but the connection keeps no local account: refused");
                 return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
             }
@@ -976,10 +961,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
             let sids: Vec<String> = matching.iter().map(|s| s.sid.clone()).collect();
             let ended = auth.sessions.revoke_durably(&sids).await;
             auth.update_sessions_gauge();
-            auth.metrics
-                .logouts
-                .with_label_values(&["backchannel"])
-                .inc_by(ended as u64);
+            auth.metrics.logouts(LogoutKind::Backchannel, ended);
             tracing::info!(connection = %Escaped(&connection), ended, "back-channel logout");
             respond::send(
                 session,

@@ -9,8 +9,9 @@ use std::time::Instant;
 use super::oidc::LoginResult;
 use super::Auth;
 use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
+use crate::metrics::JitOutcome;
 use crate::mfa::gate::{PendingLogin, PENDING_TTL};
-use crate::mfa::policy::{decide, login_level, MfaDecision};
+use crate::mfa::policy::{decide, login_level, MfaDecision, Standing};
 use crate::store::StoreError;
 
 /// Why a checked login still got no session.
@@ -85,7 +86,15 @@ impl Auth {
                 None => false,
             };
             let when = self.mfa.config.when_no_local_account;
-            match decide(level, when, identity.user_id.is_some(), enrolled, false) {
+            match decide(
+                level,
+                when,
+                Standing {
+                    local_account: identity.user_id.is_some(),
+                    enrolled,
+                    done: false,
+                },
+            ) {
                 MfaDecision::Pass => {}
                 MfaDecision::Challenge => return Ok(Ok((Step::Mfa(identity), action))),
                 MfaDecision::Conflict => return Ok(Err(LoginFailure::MfaConflict)),
@@ -107,7 +116,7 @@ impl Auth {
         let (step, action) = match written {
             Ok(Ok(done)) => done,
             Ok(Err(LoginFailure::Refused(refusal))) => {
-                self.count_jit(connection_id, "refused");
+                self.metrics.jit(connection_id, JitOutcome::Refused);
                 if let JitRefusal::Disabled { user_id } = &refusal {
                     self.sessions.revoke_user(user_id);
                     self.update_sessions_gauge();
@@ -116,20 +125,17 @@ impl Auth {
             }
             Ok(Err(other)) => {
                 if matches!(other, LoginFailure::MfaConflict) {
-                    self.metrics
-                        .mfa_conflicts
-                        .with_label_values(&[connection_id])
-                        .inc();
+                    self.metrics.mfa_conflict(connection_id);
                 }
                 return Err(other);
             }
             Err(e) => {
-                self.metrics.store_error("login");
+                self.metrics.store_error(crate::metrics::StoreOp::Login);
                 return Err(e.into());
             }
         };
         if let Some(action) = action {
-            self.count_jit(connection_id, action.label());
+            self.metrics.jit(connection_id, action.label());
             if action == JitAction::Created {
                 self.metrics.users.inc();
             }
@@ -151,13 +157,6 @@ impl Auth {
                 }))
             }
         })
-    }
-
-    fn count_jit(&self, connection: &str, action: &str) {
-        self.metrics
-            .jit_provisions
-            .with_label_values(&[connection, action])
-            .inc();
     }
 }
 

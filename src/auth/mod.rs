@@ -19,7 +19,7 @@ pub use crate::seal;
 use std::sync::{Arc, Mutex};
 
 use crate::config::model::{Config, Headers, Login};
-use crate::metrics::AuthMetrics;
+use crate::metrics::{AuthMetrics, BearerResult, LogoutKind, RefreshResult};
 use crate::seal::{load_or_create_keys, Sealer};
 use crate::store::Store;
 use oidc::Provider;
@@ -101,7 +101,7 @@ impl Auth {
             sealer.clone(),
             clock,
             config.limits.pending_mfa,
-            metrics.evictions.with_label_values(&["pending_mfa"]),
+            metrics.evictions(crate::metrics::BoundedMap::PendingMfa),
         )
         .map_err(AuthSetupError::Keys)?;
         let sessions = Sessions::new(config.session.clone(), sealer, store.clone())?;
@@ -139,8 +139,7 @@ impl Auth {
         drop(used);
         if outcome.evicted > 0 {
             self.metrics
-                .evictions
-                .with_label_values(&["used_states"])
+                .evictions(crate::metrics::BoundedMap::UsedStates)
                 .inc_by(outcome.evicted as u64);
         }
         outcome.new
@@ -194,22 +193,13 @@ impl Auth {
                 if let Err(e) = self.sessions.save(live).await {
                     tracing::warn!(error = %crate::text::Escaped(&e), "refreshed tokens could not be stored");
                 }
-                self.metrics
-                    .session_refresh
-                    .with_label_values(&["success"])
-                    .inc();
+                self.metrics.refresh(RefreshResult::Success);
                 true
             }
             Err(e) => {
                 tracing::info!(connection = %live.identity.connection, error = %crate::text::Escaped(&e), "token refresh failed: session ended");
-                self.metrics
-                    .session_refresh
-                    .with_label_values(&["failure"])
-                    .inc();
-                self.metrics
-                    .logouts
-                    .with_label_values(&["refresh_failed"])
-                    .inc();
+                self.metrics.refresh(RefreshResult::Failure);
+                self.metrics.logouts(LogoutKind::RefreshFailed, 1);
                 self.sessions.revoke(std::slice::from_ref(&live.sid));
                 self.update_sessions_gauge();
                 false
@@ -228,11 +218,8 @@ impl Auth {
                 return Ok(Some(Authenticated::Session(live)));
             }
             session::Lookup::Rejected(reason) => {
-                self.metrics
-                    .session_rejected
-                    .with_label_values(&[reason.label()])
-                    .inc();
-                tracing::info!(reason = reason.label(), "session cookie refused");
+                self.metrics.session_rejected(reason.label());
+                tracing::info!(reason = reason.label().as_str(), "session cookie refused");
             }
             _ => {}
         }
@@ -240,10 +227,7 @@ impl Auth {
             return Ok(None);
         };
         if !self.bearer.is_enabled() {
-            self.metrics
-                .bearer
-                .with_label_values(&["not_allowed"])
-                .inc();
+            self.metrics.bearer(BearerResult::NotAllowed);
             return Err(bearer::BearerError::NotAllowed);
         }
         match self.bearer.verify(token).await.and_then(|b| {
@@ -251,11 +235,11 @@ impl Auth {
             self.with_local_account(b.identity).map(|id| (id, factors))
         }) {
             Ok((identity, factors)) => {
-                self.metrics.bearer.with_label_values(&["valid"]).inc();
+                self.metrics.bearer(BearerResult::Valid);
                 Ok(Some(Authenticated::Bearer(Box::new(identity), factors)))
             }
             Err(e) => {
-                self.metrics.bearer.with_label_values(&[e.label()]).inc();
+                self.metrics.bearer(e.label());
                 tracing::info!(error = %crate::text::Escaped(&e), "bearer token refused");
                 Err(e)
             }
@@ -283,7 +267,7 @@ impl Auth {
             Ok(Some(user)) => Ok(crate::identity::jit::profile_identity(&user, &identity)),
             Ok(None) => Ok(identity),
             Err(e) => {
-                self.metrics.store_error("read");
+                self.metrics.store_error(crate::metrics::StoreOp::Read);
                 tracing::warn!(error = %crate::text::Escaped(&e), "cannot read the bearer token's local account");
                 // Fail closed: the account might be disabled.
                 Err(bearer::BearerError::Unavailable)

@@ -128,12 +128,13 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> crate::metrics::SessionRejection {
+        use crate::metrics::SessionRejection as Label;
         match self {
-            Rejection::Forged => "forged",
-            Rejection::Expired => "expired",
-            Rejection::Idle => "idle",
-            Rejection::Revoked => "revoked",
+            Rejection::Forged => Label::Forged,
+            Rejection::Expired => Label::Expired,
+            Rejection::Idle => Label::Idle,
+            Rejection::Revoked => Label::Revoked,
         }
     }
 }

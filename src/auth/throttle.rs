@@ -26,11 +26,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> crate::metrics::RateLimited {
+        use crate::metrics::RateLimited;
         match self {
-            Endpoint::Login => "login",
-            Endpoint::Mfa => "mfa",
-            Endpoint::Backchannel => "backchannel",
+            Endpoint::Login => RateLimited::Login,
+            Endpoint::Mfa => RateLimited::Mfa,
+            Endpoint::Backchannel => RateLimited::Backchannel,
         }
     }
 }

@@ -124,12 +124,13 @@ pub enum Denied {
 }
 
 impl Denied {
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> crate::metrics::AccessRule {
+        use crate::metrics::AccessRule;
         match self {
-            Denied::EmailDomain => "email_domain",
-            Denied::Group => "group",
-            Denied::Role => "role",
-            Denied::Connection => "connection",
+            Denied::EmailDomain => AccessRule::EmailDomain,
+            Denied::Group => AccessRule::Group,
+            Denied::Role => AccessRule::Role,
+            Denied::Connection => AccessRule::Connection,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use super::headers::{is_clean_username, safe_value};
 use super::Identity;
 use crate::config::model::{AttributeSync, Connection};
-use crate::store::audit::AuditEntry;
+use crate::store::audit::{AuditAction, AuditActor, AuditEntry};
 use crate::store::users::{normalize_email, Link, UserRecord};
 use crate::store::{StoreError, Tx};
 
@@ -37,12 +37,13 @@ pub enum JitAction {
 }
 
 impl JitAction {
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> crate::metrics::JitOutcome {
+        use crate::metrics::JitOutcome;
         match self {
-            JitAction::Created => "created",
-            JitAction::Linked => "linked",
-            JitAction::Updated => "updated",
-            JitAction::Unchanged => "unchanged",
+            JitAction::Created => JitOutcome::Created,
+            JitAction::Linked => JitOutcome::Linked,
+            JitAction::Updated => JitOutcome::Updated,
+            JitAction::Unchanged => JitOutcome::Unchanged,
         }
     }
 }
@@ -102,8 +103,8 @@ pub fn provision(
     } else {
         claims
     };
-    let audit = |action: &str, user_id: &str| {
-        let mut entry = AuditEntry::new("login", action, now);
+    let audit = |action: AuditAction, user_id: &str| {
+        let mut entry = AuditEntry::new(AuditActor::Login, action, now);
         entry.connection = Some(connection.id.clone());
         entry.subject = Some(claims.subject.clone());
         entry.user_id = Some(user_id.to_string());
@@ -111,7 +112,7 @@ pub fn provision(
         entry
     };
     let refuse = |tx: &mut Tx, refusal: JitRefusal| {
-        let mut entry = audit("refused", refusal.user_id());
+        let mut entry = audit(AuditAction::Refused, refusal.user_id());
         entry.reason = Some(refusal.reason().to_string());
         tx.append_audit(&entry)?;
         tracing::warn!(
@@ -133,7 +134,7 @@ pub fn provision(
             JitAction::Unchanged
         } else {
             user.updated_at = now;
-            let mut entry = audit("updated", &user.id);
+            let mut entry = audit(AuditAction::Updated, &user.id);
             entry.changed = changed;
             tx.append_audit(&entry)?;
             JitAction::Updated
@@ -171,7 +172,7 @@ pub fn provision(
         user.updated_at = now;
         user.last_login_at = Some(now);
         tx.put_user(&user)?;
-        let mut entry = audit("linked", &user.id);
+        let mut entry = audit(AuditAction::Linked, &user.id);
         entry.changed = changed;
         tx.append_audit(&entry)?;
         return Ok(allowed(&user, claims, JitAction::Linked));
@@ -189,7 +190,7 @@ pub fn provision(
     tx.link(&link, &user.id)?;
     user.links.push(link);
     tx.put_user(&user)?;
-    let mut entry = audit("created", &user.id);
+    let mut entry = audit(AuditAction::Created, &user.id);
     entry.changed = changed;
     tx.append_audit(&entry)?;
     Ok(allowed(&user, claims, JitAction::Created))
@@ -396,7 +397,7 @@ mod tests {
         assert!(a.user_id.is_some());
         let log = store.read(|tx| tx.audit(None)).unwrap();
         assert_eq!(log.len(), 1, "an unchanged login is not audited: {log:?}");
-        assert_eq!(log[0].action, "created");
+        assert_eq!(log[0].action, AuditAction::Created);
         assert!(log[0]
             .changed
             .contains(&"attributes.department".to_string()));

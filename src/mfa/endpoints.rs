@@ -5,6 +5,7 @@
 //! it, and sends the browser on to `rd`. Every store change is one write transaction on the
 //! blocking pool; every attempt is counted in `gatehouse_mfa_challenges_total`.
 
+use crate::metrics::{MfaResult, StoreOp};
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
@@ -19,7 +20,7 @@ use crate::auth::endpoints::{
 use crate::auth::session::{LiveSession, Lookup};
 use crate::auth::Auth;
 use crate::pages::escape;
-use crate::store::audit::AuditEntry;
+use crate::store::audit::{AuditAction, AuditActor, AuditEntry};
 use crate::store::StoreError;
 
 pub const MFA_PATH: &str = "/oauth2/mfa";
@@ -336,7 +337,7 @@ async fn verify_page(
 }
 
 async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pingora::Result<()> {
-    auth.metrics.store_error("login");
+    auth.metrics.store_error(StoreOp::Login);
     tracing::error!(error = %e, "MFA step: store error");
     html(
         session,
@@ -348,15 +349,12 @@ async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pin
     .await
 }
 
-fn count(auth: &Auth, result: &str) {
-    auth.metrics
-        .mfa_challenges
-        .with_label_values(&[result])
-        .inc();
+fn count(auth: &Auth, result: MfaResult) {
+    auth.metrics.mfa_challenge(result);
 }
 
-fn audit(action: &str, user_id: &str, request_id: &str, at: u64) -> AuditEntry {
-    let mut entry = AuditEntry::new("login", action, at);
+fn audit(action: AuditAction, user_id: &str, request_id: &str, at: u64) -> AuditEntry {
+    let mut entry = AuditEntry::new(AuditActor::Login, action, at);
     entry.user_id = Some(user_id.to_string());
     entry.request_id = Some(request_id.to_string()).filter(|r| !r.is_empty());
     entry
@@ -388,7 +386,7 @@ async fn confirm(
     let confirmed = match Enrolment::confirm(&auth.mfa.sealer, username, pending, code, now) {
         Ok(confirmed) => confirmed,
         Err(EnrolError::Code(_)) => {
-            count(auth, "failure");
+            count(auth, MfaResult::Failure);
             let again = Enrolment::resume(
                 &auth.mfa.sealer,
                 username,
@@ -445,7 +443,7 @@ async fn confirm(
         user.mfa = record;
         user.updated_at = now;
         tx.put_user(&user)?;
-        let mut entry = audit("mfa_enrolled", &uid, &rid, now);
+        let mut entry = audit(AuditAction::MfaEnrolled, &uid, &rid, now);
         entry.changed = vec!["mfa".into()];
         tx.append_audit(&entry)?;
         Ok(true)
@@ -457,7 +455,7 @@ async fn confirm(
         Err(e) => return store_failure(auth, session, e).await,
     }
     auth.metrics.mfa_enrolments.inc();
-    count(auth, "success");
+    count(auth, MfaResult::Success);
     tracing::info!(user_id, request_id, "TOTP enrolled");
     let (cookies, rd) = match finish(auth, session, ctx, now).await {
         Ok(done) => done,
@@ -520,12 +518,12 @@ async fn verify(
                 outcome: FailureOutcome::LockedNow { .. },
                 ..
             }) => {
-                let mut entry = audit("mfa_locked", &uid, &rid, now);
+                let mut entry = audit(AuditAction::MfaLocked, &uid, &rid, now);
                 entry.reason = Some(format!("{} wrong codes", policy.max_failures));
                 tx.append_audit(&entry)?;
             }
             Ok(()) if !is_totp => {
-                tx.append_audit(&audit("mfa_recovery_used", &uid, &rid, now))?;
+                tx.append_audit(&audit(AuditAction::MfaRecoveryUsed, &uid, &rid, now))?;
             }
             _ => {}
         }
@@ -538,7 +536,14 @@ async fn verify(
     };
     match result {
         Ok(()) => {
-            count(auth, if is_totp { "success" } else { "recovery" });
+            count(
+                auth,
+                if is_totp {
+                    MfaResult::Success
+                } else {
+                    MfaResult::Recovery
+                },
+            );
             match finish(auth, session, ctx, now).await {
                 Ok((cookies, rd)) => redirect(session, &rd, cookies).await,
                 Err(e) => store_failure(auth, session, e).await,
@@ -549,7 +554,7 @@ async fn verify(
             outcome: FailureOutcome::LockedNow { until } | FailureOutcome::AlreadyLocked { until },
             ..
         }) => {
-            count(auth, "locked");
+            count(auth, MfaResult::Locked);
             tracing::warn!(
                 user_id,
                 request_id,
@@ -576,16 +581,18 @@ async fn verify(
             };
             let (label, msg) = match why {
                 WrongCode::Replay => (
-                    "replay",
+                    MfaResult::Replay,
                     "That code was already used. Wait for the next one.",
                 ),
-                WrongCode::Totp | WrongCode::Recovery => ("failure", "That code is not right."),
+                WrongCode::Totp | WrongCode::Recovery => {
+                    (MfaResult::Failure, "That code is not right.")
+                }
             };
             count(auth, label);
             tracing::info!(
                 user_id,
                 request_id,
-                kind = label,
+                kind = label.as_str(),
                 tries_left = left,
                 "MFA code refused"
             );

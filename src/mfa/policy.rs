@@ -21,22 +21,34 @@ pub enum MfaDecision {
     Conflict,
 }
 
-/// The one rule for logins and requests alike. `local_account`: the user has a local
-/// (JIT) account; `enrolled`: it has a TOTP factor (only known at login, `false` per request,
-/// so `optional` asks nothing beyond the login); `done`: this session already passed it.
+/// What the second-factor rule needs to know about the user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The user has a local (JIT) account, so a local factor can be asked for.
+    pub local_account: bool,
+    /// The account has a second factor enrolled (only known at login; `false` per request, so
+    /// `optional` asks nothing beyond the login).
+    pub enrolled: bool,
+    /// This session (or token) already passed a second factor.
+    pub done: bool,
+}
+
+/// The one rule for logins and requests alike.
 pub fn decide(
     level: MfaLevel,
     when_no_local_account: NoLocalAccount,
-    local_account: bool,
-    enrolled: bool,
-    done: bool,
+    user: Standing,
 ) -> MfaDecision {
     let asked = match level {
         MfaLevel::Required => true,
-        MfaLevel::Optional => enrolled && local_account,
+        MfaLevel::Optional => user.enrolled && user.local_account,
         MfaLevel::Off => false,
     };
-    match (asked && !done, local_account, when_no_local_account) {
+    match (
+        asked && !user.done,
+        user.local_account,
+        when_no_local_account,
+    ) {
         (false, _, _) => MfaDecision::Pass,
         (true, true, _) => MfaDecision::Challenge,
         (true, false, NoLocalAccount::Skip) => MfaDecision::Pass,
@@ -148,22 +160,101 @@ mod tests {
         let deny = NoLocalAccount::Deny;
         let skip = NoLocalAccount::Skip;
         assert_eq!(
-            decide(MfaLevel::Required, deny, true, false, false),
+            decide(
+                MfaLevel::Required,
+                deny,
+                Standing {
+                    local_account: true,
+                    enrolled: false,
+                    done: false
+                }
+            ),
             Challenge
         );
-        assert_eq!(decide(MfaLevel::Required, deny, true, true, true), Pass);
         assert_eq!(
-            decide(MfaLevel::Required, deny, false, false, false),
+            decide(
+                MfaLevel::Required,
+                deny,
+                Standing {
+                    local_account: true,
+                    enrolled: true,
+                    done: true
+                }
+            ),
+            Pass
+        );
+        assert_eq!(
+            decide(
+                MfaLevel::Required,
+                deny,
+                Standing {
+                    local_account: false,
+                    enrolled: false,
+                    done: false
+                }
+            ),
             Conflict
         );
-        assert_eq!(decide(MfaLevel::Required, skip, false, false, false), Pass);
         assert_eq!(
-            decide(MfaLevel::Optional, deny, true, true, false),
+            decide(
+                MfaLevel::Required,
+                skip,
+                Standing {
+                    local_account: false,
+                    enrolled: false,
+                    done: false
+                }
+            ),
+            Pass
+        );
+        assert_eq!(
+            decide(
+                MfaLevel::Optional,
+                deny,
+                Standing {
+                    local_account: true,
+                    enrolled: true,
+                    done: false
+                }
+            ),
             Challenge
         );
-        assert_eq!(decide(MfaLevel::Optional, deny, true, false, false), Pass);
-        assert_eq!(decide(MfaLevel::Optional, deny, false, true, false), Pass);
-        assert_eq!(decide(MfaLevel::Off, deny, false, false, false), Pass);
+        assert_eq!(
+            decide(
+                MfaLevel::Optional,
+                deny,
+                Standing {
+                    local_account: true,
+                    enrolled: false,
+                    done: false
+                }
+            ),
+            Pass
+        );
+        assert_eq!(
+            decide(
+                MfaLevel::Optional,
+                deny,
+                Standing {
+                    local_account: false,
+                    enrolled: true,
+                    done: false
+                }
+            ),
+            Pass
+        );
+        assert_eq!(
+            decide(
+                MfaLevel::Off,
+                deny,
+                Standing {
+                    local_account: false,
+                    enrolled: false,
+                    done: false
+                }
+            ),
+            Pass
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct RequestCtx {
     pub client: Option<IpAddr>,
     pub request_id: String,
     /// The bounded reason label when the upstream failed.
-    pub upstream_error: Option<&'static str>,
+    pub upstream_error: Option<crate::metrics::UpstreamError>,
     /// Who the request is from, once authenticated (for the access log).
     pub user: Option<String>,
     /// The session the request was let through with: its body and any upgraded connection
@@ -45,8 +45,9 @@ impl RequestCtx {
 
     /// The `kind` label for metrics; a request refused before classification counts as
     /// protected, the kind every unknown request is treated as.
-    pub fn kind(&self) -> &'static str {
-        self.route.map_or("protected", Route::kind)
+    pub fn kind(&self) -> crate::metrics::RouteKind {
+        self.route
+            .map_or(crate::metrics::RouteKind::Protected, Route::kind)
     }
 }
 

@@ -41,8 +41,8 @@ use crate::identity::access::AccessPolicy;
 use crate::identity::assertion::AssertionSigner;
 use crate::identity::signed_header::SignedHeader;
 use crate::logging::{access_line, AccessLine, Escaped, Redacted};
-use crate::metrics::Metrics;
-use crate::mfa::policy::{decide, MfaDecision};
+use crate::metrics::{ClientError, Metrics, SpoofKind, TimeoutKind, UpstreamError};
+use crate::mfa::policy::{decide, MfaDecision, Standing};
 /// Path and host checks live in [`crate::uri`]; re-exported for the phases below.
 pub use crate::uri::{host, path};
 pub use ctx::RequestCtx;
@@ -236,9 +236,11 @@ impl Gatehouse {
         let decision = decide(
             level,
             auth.mfa.config.when_no_local_account,
-            live.identity.user_id.is_some(),
-            false,
-            live.mfa_done_at().is_some(),
+            Standing {
+                local_account: live.identity.user_id.is_some(),
+                enrolled: false,
+                done: live.mfa_done_at().is_some(),
+            },
         );
         if decision == MfaDecision::Pass {
             return Ok(Ok(()));
@@ -246,10 +248,7 @@ impl Gatehouse {
         let browser = respond::is_browser(method, &session.req_header().headers);
         let rd = Self::rd_param(session, path);
         if decision == MfaDecision::Conflict {
-            auth.metrics
-                .mfa_conflicts
-                .with_label_values(&[&live.identity.connection])
-                .inc();
+            auth.metrics.mfa_conflict(&live.identity.connection);
             tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
             let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
             crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
@@ -311,9 +310,11 @@ impl Gatehouse {
         let decision = decide(
             level,
             auth.mfa.config.when_no_local_account,
-            jit || identity.user_id.is_some(),
-            false,
-            factors == crate::auth::bearer::Factors::Two,
+            Standing {
+                local_account: jit || identity.user_id.is_some(),
+                enrolled: false,
+                done: factors == crate::auth::bearer::Factors::Two,
+            },
         );
         if decision == MfaDecision::Pass {
             return Ok(Ok(()));
@@ -356,11 +357,8 @@ impl Gatehouse {
         else {
             return Ok(Ok(()));
         };
-        auth.metrics
-            .access_denied
-            .with_label_values(&[refused.rule.label()])
-            .inc();
-        tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label(), "access denied");
+        auth.metrics.access_denied(refused.rule.label());
+        tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label().as_str(), "access denied");
         let rd = Self::rd_param(session, path);
         let options: Vec<(String, String)> = auth
             .providers
@@ -428,19 +426,19 @@ fn refuse_ended_session(ctx: &RequestCtx) -> Result<()> {
 }
 
 /// The bounded reason label for an upstream failure, and whether it was a timeout.
-fn upstream_reason(e: &Error) -> (&'static str, bool) {
+fn upstream_reason(e: &Error) -> (UpstreamError, bool) {
     match e.etype() {
-        ErrorType::ConnectRefused => ("connect_refused", false),
-        ErrorType::ConnectTimedout => ("connect_timeout", true),
-        ErrorType::ReadTimedout => ("read_timeout", true),
-        ErrorType::WriteTimedout => ("write_timeout", true),
+        ErrorType::ConnectRefused => (UpstreamError::ConnectRefused, false),
+        ErrorType::ConnectTimedout => (UpstreamError::ConnectTimeout, true),
+        ErrorType::ReadTimedout => (UpstreamError::ReadTimeout, true),
+        ErrorType::WriteTimedout => (UpstreamError::WriteTimeout, true),
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-            ("reset", false)
+            (UpstreamError::Reset, false)
         }
         ErrorType::TLSHandshakeFailure
         | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert => ("tls", false),
-        _ => ("other", false),
+        | ErrorType::InvalidCert => (UpstreamError::Tls, false),
+        _ => (UpstreamError::Other, false),
     }
 }
 
@@ -503,14 +501,14 @@ impl ProxyHttp for Gatehouse {
         let req = session.req_header_mut();
         let stripped = self.hygiene.strip(req);
         if stripped > 0 {
-            self.metrics.spoofed("header", stripped);
+            self.metrics.spoofed(SpoofKind::Header, stripped);
             tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
         }
         // Before pingora's hop-by-hop handling, which would remove what `Connection` names
         // after Gatehouse has set it.
         let tokens = self.hygiene.clean_connection(req);
         if tokens > 0 {
-            self.metrics.spoofed("connection_token", tokens);
+            self.metrics.spoofed(SpoofKind::ConnectionToken, tokens);
             tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
@@ -768,24 +766,24 @@ impl ProxyHttp for Gatehouse {
                 let (reason, timeout) = upstream_reason(e);
                 ctx.upstream_error = Some(reason);
                 self.metrics.upstream_error(reason);
-                tracing::warn!(request_id = %ctx.request_id, reason, error = %Escaped(e), "upstream failed");
+                tracing::warn!(request_id = %ctx.request_id, reason = reason.as_str(), error = %Escaped(e), "upstream failed");
                 if timeout {
-                    RequestError::UpstreamTimeout(reason)
+                    RequestError::UpstreamTimeout(reason.as_str())
                 } else {
-                    RequestError::UpstreamUnavailable(reason)
+                    RequestError::UpstreamUnavailable(reason.as_str())
                 }
             }
             (ErrorSource::Downstream, ErrorType::ReadTimedout) => {
                 // The request body stalled: 408, a client matter.
-                self.metrics.conns.timeout("body");
-                self.metrics.conns.client_error("body_timeout");
+                self.metrics.conns.timeout(TimeoutKind::Body);
+                self.metrics.conns.client_error(ClientError::BodyTimeout);
                 RequestError::ClientTimeout
             }
             (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::ConnectionClosed)
                 if session.response_written().is_none() =>
             {
                 // The request body ended early: 400 (if anybody still listens).
-                self.metrics.conns.client_error("body_aborted");
+                self.metrics.conns.client_error(ClientError::BodyAborted);
                 RequestError::BodyAborted
             }
             (
@@ -834,7 +832,7 @@ impl ProxyHttp for Gatehouse {
         if let Some(e) = e {
             if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::WriteTimedout {
                 // An h2 stream (or an HTTP/1 body) the client did not take in time.
-                self.metrics.conns.timeout("write");
+                self.metrics.conns.timeout(TimeoutKind::Write);
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -857,7 +855,10 @@ impl ProxyHttp for Gatehouse {
                 client: ctx.client,
                 request_id: &ctx.request_id,
                 user: ctx.user.as_deref(),
-                error: ctx.upstream_error.or(e.map(|_| "error")),
+                error: ctx
+                    .upstream_error
+                    .map(UpstreamError::as_str)
+                    .or(e.map(|_| "error")),
             });
         }
     }

@@ -10,6 +10,7 @@
 use http::Method;
 
 use crate::config::model::{HostMatch, PathRule, Upstream};
+use crate::metrics::RouteKind;
 use crate::uri::path::{under_prefix, NormalPath};
 
 /// The reserved prefix for the login endpoints (start, callback, sign_out, auth, userinfo).
@@ -36,12 +37,12 @@ pub enum Route {
 
 impl Route {
     /// The bounded `kind` label of the request metrics.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(self) -> RouteKind {
         match self {
-            Route::Ping | Route::Ready | Route::Jwks => "internal",
-            Route::Auth => "auth",
-            Route::Public => "public",
-            Route::Protected => "protected",
+            Route::Ping | Route::Ready | Route::Jwks => RouteKind::Internal,
+            Route::Auth => RouteKind::Auth,
+            Route::Public => RouteKind::Public,
+            Route::Protected => RouteKind::Protected,
         }
     }
 }

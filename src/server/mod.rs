@@ -168,7 +168,7 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
     app.h2_options = Some(h2_options);
     let app = Guarded::new(
         app,
-        "proxy",
+        crate::metrics::Listener::Proxy,
         Limits {
             max: clients.max_connections,
             per_ip: clients.max_connections_per_ip,
@@ -197,7 +197,7 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
     // leaves /metrics and /ready reachable.
     let admin_app = Guarded::new(
         AdminApp::new(metrics.clone(), readiness.clone(), users_api),
-        "admin",
+        crate::metrics::Listener::Admin,
         Limits {
             max: ADMIN_MAX_CONNECTIONS,
             per_ip: None,

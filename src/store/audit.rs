@@ -9,6 +9,78 @@ use super::{decode, encode, ReadTx, StoreError, Tx, AUDIT};
 
 pub const AUDIT_ENTRY_VERSION: u8 = 1;
 
+/// Who made a change: a login (JIT, the second factor) or an administrator (CLI, admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditActor {
+    Login,
+    Admin,
+}
+
+/// What happened to an account. Stored by its snake-case name, so the log reads the same in
+/// `users audit --json` and in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// A login provisioned a new account (JIT), or an admin created one.
+    Created,
+    /// A login linked an IdP identity to an existing account by verified email.
+    Linked,
+    /// A login brought new claims to an account.
+    Updated,
+    /// A login was refused by the account (disabled, unverified email).
+    Refused,
+    Disabled,
+    Enabled,
+    Deleted,
+    RoleAdded,
+    RoleRemoved,
+    AttributeSet,
+    AttributeUnset,
+    /// TOTP enrolment confirmed.
+    MfaEnrolled,
+    /// Too many wrong second-factor codes: the account is locked for a while.
+    MfaLocked,
+    /// A recovery code was spent.
+    MfaRecoveryUsed,
+    /// An admin cleared the second factor.
+    MfaReset,
+    /// An admin looked at the second-factor status.
+    MfaStatusViewed,
+}
+
+impl AuditActor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditActor::Login => "login",
+            AuditActor::Admin => "admin",
+        }
+    }
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Created => "created",
+            AuditAction::Linked => "linked",
+            AuditAction::Updated => "updated",
+            AuditAction::Refused => "refused",
+            AuditAction::Disabled => "disabled",
+            AuditAction::Enabled => "enabled",
+            AuditAction::Deleted => "deleted",
+            AuditAction::RoleAdded => "role_added",
+            AuditAction::RoleRemoved => "role_removed",
+            AuditAction::AttributeSet => "attribute_set",
+            AuditAction::AttributeUnset => "attribute_unset",
+            AuditAction::MfaEnrolled => "mfa_enrolled",
+            AuditAction::MfaLocked => "mfa_locked",
+            AuditAction::MfaRecoveryUsed => "mfa_recovery_used",
+            AuditAction::MfaReset => "mfa_reset",
+            AuditAction::MfaStatusViewed => "mfa_status_viewed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub version: u8,
@@ -17,11 +89,8 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Unix seconds.
     pub at: u64,
-    /// `login` or `admin`.
-    pub actor: String,
-    /// `created`, `linked`, `updated`, `refused`, `disabled`, `enabled`, `deleted`,
-    /// `role_added`, `role_removed`, `attribute_set`, `attribute_unset`.
-    pub action: String,
+    pub actor: AuditActor,
+    pub action: AuditAction,
     pub connection: Option<String>,
     pub subject: Option<String>,
     pub user_id: Option<String>,
@@ -34,13 +103,13 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    pub fn new(actor: &str, action: &str, at: u64) -> Self {
+    pub fn new(actor: AuditActor, action: AuditAction, at: u64) -> Self {
         Self {
             version: AUDIT_ENTRY_VERSION,
             seq: 0,
             at,
-            actor: actor.to_string(),
-            action: action.to_string(),
+            actor,
+            action,
             connection: None,
             subject: None,
             user_id: None,
@@ -94,18 +163,37 @@ mod tests {
     fn entries_are_numbered_in_order_and_filtered_by_user() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut a = AuditEntry::new("login", "created", 10);
+        let mut a = AuditEntry::new(AuditActor::Login, AuditAction::Created, 10);
         a.user_id = Some("u1".into());
-        let b = AuditEntry::new("admin", "disabled", 11);
+        let b = AuditEntry::new(AuditActor::Admin, AuditAction::Disabled, 11);
         let seqs = store
             .write(|tx| Ok((tx.append_audit(&a)?, tx.append_audit(&b)?)))
             .unwrap();
         assert_eq!(seqs, (1, 2));
         let all = store.read(|tx| tx.audit(None)).unwrap();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[1].action, "disabled");
+        assert_eq!(all[1].action, AuditAction::Disabled);
         let mine = store.read(|tx| tx.audit(Some("u1"))).unwrap();
         assert_eq!(mine.len(), 1);
         assert_eq!(mine[0].seq, 1);
+    }
+
+    /// The stored spelling of every action is its `as_str`, so logs written before the
+    /// actions were typed still read.
+    #[test]
+    fn actions_are_stored_by_their_snake_case_name() {
+        for action in [
+            AuditAction::Created,
+            AuditAction::RoleAdded,
+            AuditAction::MfaRecoveryUsed,
+            AuditAction::MfaStatusViewed,
+        ] {
+            let json = serde_json::to_string(&action).unwrap();
+            assert_eq!(json, format!("\"{}\"", action.as_str()));
+            let back: AuditAction = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, action);
+        }
+        let actor: AuditActor = serde_json::from_str("\"admin\"").unwrap();
+        assert_eq!(actor.as_str(), "admin");
     }
 }

@@ -24,10 +24,10 @@ pub enum HostError {
 
 impl HostError {
     /// The `gatehouse_client_errors_total` reason.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> crate::metrics::ClientError {
         match self {
-            HostError::Missing => "missing_host",
-            HostError::Repeated | HostError::Malformed => "bad_host",
+            HostError::Missing => crate::metrics::ClientError::MissingHost,
+            HostError::Repeated | HostError::Malformed => crate::metrics::ClientError::BadHost,
         }
     }
 }

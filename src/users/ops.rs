@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::audit::AuditEntry;
+use crate::store::audit::{AuditAction, AuditActor, AuditEntry};
 use crate::store::users::{normalize_email, UserRecord};
 use crate::store::{ReadTx, Store, StoreError, Tx};
 
@@ -118,12 +118,12 @@ fn find(tx: &ReadTx, key: &str) -> Result<UserRecord, OpError> {
 
 fn audit(
     tx: &mut Tx,
-    action: &str,
+    action: AuditAction,
     user: &UserRecord,
     changed: &[&str],
     now: u64,
 ) -> Result<(), OpError> {
-    let mut entry = AuditEntry::new("admin", action, now);
+    let mut entry = AuditEntry::new(AuditActor::Admin, action, now);
     entry.user_id = Some(user.id.clone());
     entry.changed = changed.iter().map(|c| c.to_string()).collect();
     tx.append_audit(&entry)?;
@@ -191,9 +191,9 @@ fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpErr
                     tx.put_user(&found)?;
                 }
                 let action = if reset {
-                    "mfa_reset"
+                    AuditAction::MfaReset
                 } else {
-                    "mfa_status_viewed"
+                    AuditAction::MfaStatusViewed
                 };
                 audit(tx, action, &found, if reset { &["mfa"] } else { &[] }, now)
                     .map_err(to_store)?;
@@ -207,7 +207,7 @@ fn run(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), OpErr
                     return Ok(Err(OpError::NotFound(user.clone())));
                 };
                 tx.delete_user(&found.id)?;
-                audit(tx, "deleted", &found, &[], now).map_err(to_store)?;
+                audit(tx, AuditAction::Deleted, &found, &[], now).map_err(to_store)?;
                 Ok(Ok(found))
             })??;
             let effect = Effect::EndSessions(vec![deleted.id.clone()]);
@@ -264,7 +264,7 @@ fn add(
         user.email = email.map(normalize_email);
         user.email_verified = email.is_some();
         tx.put_user(&user)?;
-        audit(tx, "created", &user, &["username", "email"], now).map_err(to_store)?;
+        audit(tx, AuditAction::Created, &user, &["username", "email"], now).map_err(to_store)?;
         Ok(Ok(user))
     })??;
     Ok((OpOutput::User(Box::new(created)), Effect::None))
@@ -287,12 +287,12 @@ fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), Op
         };
         let (action, field, changed) = match op {
             UserOp::Disable { .. } => (
-                "disabled",
+                AuditAction::Disabled,
                 "disabled",
                 !std::mem::replace(&mut user.disabled, true),
             ),
             UserOp::Enable { .. } => (
-                "enabled",
+                AuditAction::Enabled,
                 "disabled",
                 std::mem::replace(&mut user.disabled, false),
             ),
@@ -308,23 +308,27 @@ fn modify(store: &Store, op: &UserOp, now: u64) -> Result<(OpOutput, Effect), Op
                     user.roles.push(role.to_string());
                     user.roles.sort();
                 }
-                ("role_added", "roles", new)
+                (AuditAction::RoleAdded, "roles", new)
             }
             UserOp::RoleRemove { role, .. } => {
                 let before = user.roles.len();
                 user.roles.retain(|r| r != role);
-                ("role_removed", "roles", user.roles.len() != before)
+                (
+                    AuditAction::RoleRemoved,
+                    "roles",
+                    user.roles.len() != before,
+                )
             }
             UserOp::AttrSet { name, value, .. } => {
                 let old = user.local_attributes.insert(name.clone(), value.clone());
                 (
-                    "attribute_set",
+                    AuditAction::AttributeSet,
                     "local_attributes",
                     old.as_ref() != Some(value),
                 )
             }
             UserOp::AttrUnset { name, .. } => (
-                "attribute_unset",
+                AuditAction::AttributeUnset,
                 "local_attributes",
                 user.local_attributes.remove(name).is_some(),
             ),
@@ -370,7 +374,7 @@ fn prune(
             let mut gone = Vec::new();
             for user in tx.users()?.into_iter().filter(stale) {
                 tx.delete_user(&user.id)?;
-                let mut entry = AuditEntry::new("admin", "deleted", now);
+                let mut entry = AuditEntry::new(AuditActor::Admin, AuditAction::Deleted, now);
                 entry.user_id = Some(user.id.clone());
                 entry.reason = Some("pruned: inactive".into());
                 tx.append_audit(&entry)?;

@@ -162,8 +162,8 @@ fn audit_table(entries: &[AuditEntry]) -> String {
             vec![
                 e.seq.to_string(),
                 timestamp(Some(e.at)),
-                e.actor.clone(),
-                e.action.clone(),
+                e.actor.as_str().to_string(),
+                e.action.as_str().to_string(),
                 dash(&e.user_id),
                 dash(&e.connection),
                 if e.changed.is_empty() {
