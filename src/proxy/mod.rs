@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! early_request_filter  count the request in flight; client deadlines for this request
-//! request_filter        request id -> Host check (400) -> normalize path -> strip owned headers -> forwarding
-//!                       headers -> classify route -> (internal endpoint | no upstream |
-//!                       public | protected: session check, else 401 / 302 to login)
+//! request_filter        the named steps in `steps`: request id -> Host check (400) -> scrub
+//!                       headers and forwarding -> normalize and route (own endpoints answered)
+//!                       -> upstream (404) -> public | protected: session or bearer token,
+//!                       access rules, second factor, identity headers; else 401 / 302 to login
 //! upstream_peer         the upstream picked in request_filter
 //! upstream_request_filter  Host for the upstream
 //! fail_to_proxy         502 / 504 page and the upstream error metric
@@ -17,40 +18,38 @@ pub mod hygiene;
 pub mod request_id;
 pub mod respond;
 pub mod routes;
+mod steps;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderValue, StatusCode, Uri};
+use http::StatusCode;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::endpoints;
 use crate::auth::Auth;
 use crate::config::model::Upstream;
 use crate::config::model::{ClientLimits, MfaLevel};
 use crate::config::Config;
 use crate::conns::Deadlined;
 use crate::error::RequestError;
-use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::health::Readiness;
 use crate::identity::access::AccessPolicy;
 use crate::identity::assertion::AssertionSigner;
 use crate::identity::signed_header::SignedHeader;
-use crate::logging::{access_line, AccessLine, Escaped, Redacted};
-use crate::metrics::{ClientError, Metrics, SpoofKind, TimeoutKind, UpstreamError};
-use crate::mfa::policy::{decide, MfaDecision, Standing};
+use crate::logging::{access_line, AccessLine, Escaped};
+use crate::metrics::{ClientError, Metrics, TimeoutKind, UpstreamError};
 /// Path and host checks live in [`crate::uri`]; re-exported for the phases below.
 pub use crate::uri::{host, path};
 pub use ctx::RequestCtx;
-use forwarded::{Forwarding, Peer};
+use forwarded::Forwarding;
 use hygiene::HeaderHygiene;
 use path::{NormalPath, PathError, PathOptions};
 use request_id::RequestIds;
-use routes::{Route, Router};
+use routes::Router;
 
 /// The proxy service: everything that lives across requests, built once at startup.
 pub struct Gatehouse {
@@ -156,259 +155,6 @@ impl Gatehouse {
             auth,
         }
     }
-
-    /// Normalizes the path and puts the normalized form in the request that goes upstream.
-    fn normalize_target(&self, session: &mut Session) -> Result<NormalPath, RequestError> {
-        let (raw_path, query) = target(session)?;
-        let normal = path::normalize_with(&raw_path, self.path_options)?;
-        if normal.as_str() != raw_path {
-            let rebuilt = match &query {
-                Some(q) => format!("{}?{q}", normal.as_str()),
-                None => normal.as_str().to_string(),
-            };
-            let uri =
-                Uri::try_from(rebuilt).map_err(|_| RequestError::BadPath(PathError::BadEscape))?;
-            session.req_header_mut().set_uri(uri);
-        }
-        Ok(normal)
-    }
-
-    /// Removes Gatehouse's own cookies from the request before it goes upstream.
-    fn strip_own_cookies(&self, session: &mut Session) -> Result<()> {
-        let Some(auth) = &self.auth else {
-            return Ok(());
-        };
-        match auth
-            .sessions
-            .without_own_cookies(&session.req_header().headers)
-        {
-            Some(Some(rest)) => session
-                .req_header_mut()
-                .insert_header(http::header::COOKIE, rest)?,
-            Some(None) => {
-                session
-                    .req_header_mut()
-                    .remove_header(&http::header::COOKIE);
-            }
-            None => {}
-        }
-        Ok(())
-    }
-
-    /// The `rd` value (percent-encoded) that brings a browser back to this request: the
-    /// normalized path and the original query.
-    fn rd_param(session: &Session, path: &NormalPath) -> String {
-        let query = session.req_header().uri.query();
-        let mut rd = String::with_capacity(path.as_str().len() + query.map_or(0, |q| q.len() + 1));
-        rd.push_str(path.as_str());
-        if let Some(q) = query {
-            rd.push('?');
-            rd.push_str(q);
-        }
-        percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC).to_string()
-    }
-
-    /// The login redirect for this request.
-    fn return_to(session: &Session, path: &NormalPath) -> String {
-        format!(
-            "{}/start?rd={}",
-            routes::AUTH_PREFIX,
-            Self::rd_param(session, path)
-        )
-    }
-
-    /// The second factor for a signed-in session on a route that requires TOTP: passes when
-    /// the session has done it; else a local account is sent to the TOTP form (step-up, then
-    /// back to this route) and a JIT-off session gets the conflict answer (`deny`) or passes
-    /// (`skip`). `Err` when the answer is written.
-    async fn enforce_mfa(
-        &self,
-        auth: &Auth,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        live: &crate::auth::session::LiveSession,
-    ) -> Result<std::result::Result<(), ()>> {
-        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
-            return Ok(Ok(()));
-        };
-        let method = &session.req_header().method;
-        let level = self.mfa_level(auth, upstream, method, path, &live.identity.connection);
-        let decision = decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            Standing {
-                local_account: live.identity.user_id.is_some(),
-                enrolled: false,
-                done: live.mfa_done_at().is_some(),
-            },
-        );
-        if decision == MfaDecision::Pass {
-            return Ok(Ok(()));
-        }
-        let browser = respond::is_browser(method, &session.req_header().headers);
-        let rd = Self::rd_param(session, path);
-        if decision == MfaDecision::Conflict {
-            auth.metrics.mfa_conflict(&live.identity.connection);
-            tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
-            let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
-            crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
-            return Ok(Err(()));
-        }
-        if browser {
-            let location = format!("{}?rd={rd}", crate::mfa::endpoints::MFA_PATH);
-            respond::redirect(session, &location).await?;
-        } else {
-            let (kind, body) = respond::error_body(
-                StatusCode::UNAUTHORIZED,
-                "This route needs a second sign-in step: open it in a browser.",
-                &ctx.request_id,
-                false,
-            );
-            respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &[]).await?;
-        }
-        Ok(Err(()))
-    }
-
-    /// The TOTP level this route asks of a user of `connection`.
-    fn mfa_level(
-        &self,
-        auth: &Auth,
-        upstream: usize,
-        method: &http::Method,
-        path: &NormalPath,
-        connection: &str,
-    ) -> MfaLevel {
-        self.access
-            .mfa_level(upstream, method, path)
-            .unwrap_or_else(|| match auth.provider(connection) {
-                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.totp,
-            })
-    }
-
-    /// The second factor for a bearer token on a route that requires TOTP: a token cannot
-    /// step up, so it passes only when its `acr`/`amr` show a second factor (see
-    /// `crate::auth::bearer::factors`); else 401 with `WWW-Authenticate: Bearer
-    /// error="insufficient_user_authentication"` (RFC 9470). A JIT-off connection with
-    /// `when_no_local_account = "skip"` passes as sessions do. `Err` when the answer is written.
-    async fn enforce_bearer_mfa(
-        &self,
-        auth: &Auth,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        identity: &crate::identity::Identity,
-        factors: crate::auth::bearer::Factors,
-    ) -> Result<std::result::Result<(), ()>> {
-        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
-            return Ok(Ok(()));
-        };
-        let method = &session.req_header().method;
-        let level = self.mfa_level(auth, upstream, method, path, &identity.connection);
-        let jit = auth
-            .provider(&identity.connection)
-            .is_some_and(|p| p.connection.jit);
-        let decision = decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            Standing {
-                local_account: jit || identity.user_id.is_some(),
-                enrolled: false,
-                done: factors == crate::auth::bearer::Factors::Two,
-            },
-        );
-        if decision == MfaDecision::Pass {
-            return Ok(Ok(()));
-        }
-        tracing::info!(request_id = %ctx.request_id, connection = %identity.connection, "bearer token without a second factor on a route that requires one: refused");
-        let extra = [(
-            http::header::WWW_AUTHENTICATE,
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
-        )];
-        let (kind, body) = respond::error_body(
-            StatusCode::UNAUTHORIZED,
-            "This route needs a token that shows a second factor.",
-            &ctx.request_id,
-            false,
-        );
-        respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
-        Ok(Err(()))
-    }
-
-    /// The access rules for a signed-in request. `Err` when refused: the 403 answer is
-    /// written (with the sign-ins that could open the route) and counted.
-    async fn enforce_access(
-        &self,
-        auth: &Auth,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        identity: &crate::identity::Identity,
-    ) -> Result<std::result::Result<(), ()>> {
-        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
-            return Ok(Ok(()));
-        };
-        if self.access.is_open() {
-            return Ok(Ok(()));
-        }
-        let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
-        let method = &session.req_header().method;
-        let Err(refused) = self
-            .access
-            .check(Some(upstream), method, path, identity, trusted)
-        else {
-            return Ok(Ok(()));
-        };
-        auth.metrics.access_denied(refused.rule.label());
-        tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label().as_str(), "access denied");
-        let rd = Self::rd_param(session, path);
-        let options: Vec<(String, String)> = auth
-            .providers
-            .iter()
-            .filter(|p| {
-                refused.connections.is_empty() || refused.connections.contains(&p.connection.id)
-            })
-            .map(|p| {
-                let id = percent_encoding::utf8_percent_encode(
-                    &p.connection.id,
-                    percent_encoding::NON_ALPHANUMERIC,
-                );
-                (
-                    p.connection.display_name.clone(),
-                    format!("{}/start?connection={id}&rd={rd}", routes::AUTH_PREFIX),
-                )
-            })
-            .collect();
-        respond::access_denied(session, &ctx.request_id, &options).await?;
-        Ok(Err(()))
-    }
-
-    /// Answers a request Gatehouse serves itself. Returns `Ok(true)`: the response is written.
-    async fn answer_error(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        error: RequestError,
-    ) -> Result<bool> {
-        tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&error), "answered by gatehouse");
-        respond::error(session, &error, &ctx.request_id).await?;
-        Ok(true)
-    }
-
-    async fn answer_text(
-        &self,
-        session: &mut Session,
-        status: StatusCode,
-        text: &'static str,
-    ) -> Result<bool> {
-        respond::send(
-            session,
-            status,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(text.as_bytes()),
-            &[],
-        )
-        .await?;
-        Ok(true)
-    }
 }
 
 /// `Err` when the request's session has ended since it was let through.
@@ -476,209 +222,23 @@ impl ProxyHttp for Gatehouse {
     /// The whole inbound pipeline. Returns `Ok(true)` when Gatehouse has written the response
     /// itself (every early answer below says so), `Ok(false)` to proxy the request upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = self
-            .ids
-            .for_request(session.req_header().headers.get(X_REQUEST_ID));
-        let req = session.req_header();
-        if let Err(e) = host::check(req.version, &req.uri, &req.headers) {
-            // Early answer: 400, no Host (HTTP/1.1) or one nothing can be routed or built on.
-            self.metrics.conns.client_error(e.reason());
-            return self.answer_error(session, ctx, e.into()).await;
+        // Each step lets the request go on or answers it itself (see `steps`).
+        self.name_request(session, ctx);
+        if self.check_host(session, ctx).await?.answered() {
+            return Ok(true);
         }
-
-        let peer = Peer {
-            addr: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        };
-        let authority = session
-            .req_header()
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string());
-        let req = session.req_header_mut();
-        let stripped = self.hygiene.strip(req);
-        if stripped > 0 {
-            self.metrics.spoofed(SpoofKind::Header, stripped);
-            tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
+        let authority = self.scrub_headers(session, ctx);
+        if self.route(session, ctx).await?.answered() {
+            return Ok(true);
         }
-        // Before pingora's hop-by-hop handling, which would remove what `Connection` names
-        // after Gatehouse has set it.
-        let tokens = self.hygiene.clean_connection(req);
-        if tokens > 0 {
-            self.metrics.spoofed(SpoofKind::ConnectionToken, tokens);
-            tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
+        if self
+            .pick_upstream(session, ctx, authority.as_deref())
+            .await?
+            .answered()
+        {
+            return Ok(true);
         }
-        ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
-        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            HeaderEdit::insert(req, wire::X_REQUEST_ID, id);
-        }
-        tracing::debug!(request_id = %ctx.request_id, headers = ?Redacted(&req.headers), "request");
-
-        let path = match self.normalize_target(session) {
-            Ok(path) => path,
-            // Early answer: 400 for a path that cannot be checked safely.
-            Err(e) => return self.answer_error(session, ctx, e).await,
-        };
-        let req = session.req_header();
-
-        let route = self.router.classify(&req.method, &path);
-        ctx.route = Some(route);
-        ctx.path = Some(path);
-        match route {
-            // Early answer: liveness.
-            Route::Ping => return self.answer_text(session, StatusCode::OK, "OK\n").await,
-            // Early answer: readiness.
-            Route::Ready if self.readiness.is_ready() => {
-                return self.answer_text(session, StatusCode::OK, "OK\n").await
-            }
-            Route::Ready => {
-                return self
-                    .answer_text(session, StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    .await
-            }
-            // Early answer: the public keys of the signed identity header.
-            Route::Jwks => {
-                let Some(signed) = &self.signed else {
-                    return self
-                        .answer_error(session, ctx, RequestError::NotFound)
-                        .await;
-                };
-                respond::send(
-                    session,
-                    StatusCode::OK,
-                    "application/json",
-                    Bytes::copy_from_slice(signed.jwks_json().as_bytes()),
-                    &[],
-                )
-                .await?;
-                return Ok(true);
-            }
-            // Early answer: the login endpoints write their own responses.
-            Route::Auth => {
-                let Some(auth) = &self.auth else {
-                    return self
-                        .answer_error(session, ctx, RequestError::NotFound)
-                        .await;
-                };
-                let path = ctx
-                    .path
-                    .as_ref()
-                    .map(|p| p.match_form().to_string())
-                    .unwrap_or_default();
-                return endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client).await;
-            }
-            Route::Public | Route::Protected => {}
-        }
-
-        let host = session
-            .req_header()
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(authority.as_deref());
-        let path = ctx
-            .path
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
-        ctx.upstream = self.router.upstream_index(host, path);
-        if ctx.upstream.is_none() {
-            // Early answer: 404, nothing is configured for this host and path.
-            return self
-                .answer_error(session, ctx, RequestError::NoUpstream)
-                .await;
-        }
-
-        if route == Route::Public {
-            self.strip_own_cookies(session)?;
-            return Ok(false);
-        }
-        // Protected: a live session or a valid bearer token lets the request through, with
-        // the identity headers.
-        if let Some(auth) = &self.auth {
-            match auth.authenticate(&session.req_header().headers).await {
-                Ok(Some(who)) => {
-                    if self
-                        .enforce_access(auth, session, ctx, who.identity())
-                        .await?
-                        .is_err()
-                    {
-                        // Early answer: 403, an access rule refused this account.
-                        return Ok(true);
-                    }
-                    let refused = match (self.mfa_anywhere, &who) {
-                        (true, crate::auth::Authenticated::Session(live)) => {
-                            self.enforce_mfa(auth, session, ctx, live).await?.is_err()
-                        }
-                        (true, crate::auth::Authenticated::Bearer(identity, factors)) => self
-                            .enforce_bearer_mfa(auth, session, ctx, identity, *factors)
-                            .await?
-                            .is_err(),
-                        _ => false,
-                    };
-                    if refused {
-                        // Early answer: to the TOTP form (step-up), the conflict page, or 401
-                        // insufficient_user_authentication for a bearer token.
-                        return Ok(true);
-                    }
-                    let req = session.req_header_mut();
-                    for (name, value) in auth.wire_headers(&who).iter() {
-                        req.insert_header(name.clone(), value.clone())?;
-                    }
-                    auth.token_headers(&who, req)?;
-                    if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
-                        if let Some(value) =
-                            signed.value(upstream, who.identity(), who.assertion_cache())
-                        {
-                            HeaderEdit::insert(req, wire::X_GATEHOUSE_IDENTITY, value);
-                        }
-                    }
-                    ctx.user = Some(who.identity().user().to_string());
-                    if let crate::auth::Authenticated::Session(live) = &who {
-                        // An upgraded connection outlives this request: it closes when the
-                        // session ends, even when no frame moves.
-                        if session.is_upgrade_req() {
-                            if let Some(conn) = session.stream().and_then(Deadlined::of) {
-                                conn.close_when(live.ended_signal());
-                            }
-                        }
-                        ctx.session = Some(live.clone());
-                    }
-                    self.strip_own_cookies(session)?;
-                    return Ok(false);
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    // Early answer: a bearer token was presented and refused.
-                    let extra = [(
-                        http::header::WWW_AUTHENTICATE,
-                        "Bearer error=\"invalid_token\"".to_string(),
-                    )];
-                    let (kind, body) = respond::error_body(
-                        StatusCode::UNAUTHORIZED,
-                        "The bearer token is not valid.",
-                        &ctx.request_id,
-                        false,
-                    );
-                    respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        // No session mechanism accepted the request.
-        let req = session.req_header();
-        if respond::is_browser(&req.method, &req.headers) {
-            let location = Self::return_to(session, path);
-            // Early answer: a browser is sent to log in.
-            respond::redirect(session, &location).await?;
-            Ok(true)
-        } else {
-            // Early answer: 401 for API clients.
-            self.answer_error(session, ctx, RequestError::Unauthenticated)
-                .await
-        }
+        Ok(self.authenticate(session, ctx).await?.answered())
     }
 
     /// Stops a request body, or the client's side of an upgraded connection, once the

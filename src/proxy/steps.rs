@@ -1,0 +1,556 @@
+//! The steps of `request_filter`, in the order a request meets them. Each step is a method
+//! of [`Gatehouse`] that either lets the request go on ([`Flow::Continue`]) or has written
+//! the answer itself ([`Flow::Answered`]):
+//!
+//! 1. [`Gatehouse::name_request`]: keep a sane `X-Request-Id` or make one.
+//! 2. [`Gatehouse::check_host`]: 400 without a usable `Host`.
+//! 3. [`Gatehouse::scrub_headers`]: remove identity headers and `Connection` tokens a client
+//!    may not send; the forwarding headers; the request id upstream.
+//! 4. [`Gatehouse::route`]: normalize the path (400 for hostile spellings), classify it, and
+//!    answer Gatehouse's own routes (`/ping`, `/ready`, the JWKS, `/oauth2/*`).
+//! 5. [`Gatehouse::pick_upstream`]: the upstream for host and path (404 without one).
+//! 6. [`Gatehouse::authenticate`]: public routes go on; protected ones need a session or a
+//!    bearer token that passes the access rules and the second factor, and get the identity
+//!    headers; otherwise 401 (API) or a redirect to sign in (browser).
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, StatusCode, Uri};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::forwarded::Peer;
+use super::path::{self, NormalPath, PathError};
+use super::routes::{self, Route};
+use super::{respond, target, Gatehouse, RequestCtx};
+use crate::auth::endpoints;
+use crate::auth::{Auth, Authenticated};
+use crate::config::model::MfaLevel;
+use crate::conns::Deadlined;
+use crate::error::RequestError;
+use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
+use crate::logging::{Escaped, Redacted};
+use crate::metrics::SpoofKind;
+use crate::mfa::policy::{decide, MfaDecision, Standing};
+
+/// What a step of `request_filter` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Flow {
+    /// The request goes on to the next step (and in the end, to the upstream).
+    Continue,
+    /// Gatehouse has written the response; the request goes no further.
+    Answered,
+}
+
+impl Flow {
+    pub fn answered(self) -> bool {
+        self == Flow::Answered
+    }
+}
+
+impl Gatehouse {
+    /// Step 1: the request id, kept from the client when it is sane, else made here.
+    pub(super) fn name_request(&self, session: &Session, ctx: &mut RequestCtx) {
+        ctx.request_id = self
+            .ids
+            .for_request(session.req_header().headers.get(X_REQUEST_ID));
+    }
+
+    /// Step 2: 400 for a request without a usable `Host` (HTTP/1.1 and h2 must name one, and
+    /// nothing can be routed or built on a malformed one).
+    pub(super) async fn check_host(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow> {
+        let req = session.req_header();
+        match crate::uri::host::check(req.version, &req.uri, &req.headers) {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) => {
+                self.metrics.conns.client_error(e.reason());
+                self.answer_error(session, ctx, e.into()).await
+            }
+        }
+    }
+
+    /// Step 3: removes the identity headers a client may not send and the `Connection` tokens
+    /// naming them (before pingora's hop-by-hop handling, which would otherwise remove what
+    /// Gatehouse sets later), sets the forwarding headers (trusted only from
+    /// `trusted_proxies`) and the request id. Returns the target's authority (absolute-form
+    /// and h2), which the upstream choice falls back on.
+    pub(super) fn scrub_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<String> {
+        let peer = Peer {
+            addr: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        };
+        let authority = session
+            .req_header()
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string());
+        let req = session.req_header_mut();
+        let stripped = self.hygiene.strip(req);
+        if stripped > 0 {
+            self.metrics.spoofed(SpoofKind::Header, stripped);
+            tracing::info!(request_id = %ctx.request_id, count = stripped, "removed incoming identity headers");
+        }
+        let tokens = self.hygiene.clean_connection(req);
+        if tokens > 0 {
+            self.metrics.spoofed(SpoofKind::ConnectionToken, tokens);
+            tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
+        }
+        ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            HeaderEdit::insert(req, wire::X_REQUEST_ID, id);
+        }
+        tracing::debug!(request_id = %ctx.request_id, headers = ?Redacted(&req.headers), "request");
+        authority
+    }
+
+    /// Step 4: normalizes the path once (400 for a path that cannot be checked safely),
+    /// classifies the request, and answers Gatehouse's own routes: `/ping`, `/ready`, the
+    /// identity header's JWKS and the login endpoints.
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Flow> {
+        let path = match self.normalize_target(session) {
+            Ok(path) => path,
+            Err(e) => return self.answer_error(session, ctx, e).await,
+        };
+        let route = self.router.classify(&session.req_header().method, &path);
+        ctx.route = Some(route);
+        ctx.path = Some(path);
+        match route {
+            Route::Ping => self.answer_text(session, StatusCode::OK, "OK\n").await,
+            Route::Ready if self.readiness.is_ready() => {
+                self.answer_text(session, StatusCode::OK, "OK\n").await
+            }
+            Route::Ready => {
+                self.answer_text(session, StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    .await
+            }
+            Route::Jwks => {
+                let Some(signed) = &self.signed else {
+                    return self
+                        .answer_error(session, ctx, RequestError::NotFound)
+                        .await;
+                };
+                respond::send(
+                    session,
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::copy_from_slice(signed.jwks_json().as_bytes()),
+                    &[],
+                )
+                .await?;
+                Ok(Flow::Answered)
+            }
+            Route::Auth => {
+                let Some(auth) = &self.auth else {
+                    return self
+                        .answer_error(session, ctx, RequestError::NotFound)
+                        .await;
+                };
+                let path = ctx
+                    .path
+                    .as_ref()
+                    .map(|p| p.match_form().to_string())
+                    .unwrap_or_default();
+                // The login endpoints always write their own response.
+                endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client).await?;
+                Ok(Flow::Answered)
+            }
+            Route::Public | Route::Protected => Ok(Flow::Continue),
+        }
+    }
+
+    /// Step 5: the upstream configured for this host and path (most specific first); 404
+    /// when none is.
+    pub(super) async fn pick_upstream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        authority: Option<&str>,
+    ) -> Result<Flow> {
+        let host = session
+            .req_header()
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(authority);
+        let path = ctx
+            .path
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
+        ctx.upstream = self.router.upstream_index(host, path);
+        if ctx.upstream.is_some() {
+            return Ok(Flow::Continue);
+        }
+        self.answer_error(session, ctx, RequestError::NoUpstream)
+            .await
+    }
+
+    /// Step 6: a public route goes on without Gatehouse's cookies. A protected one needs a
+    /// live session or a valid bearer token ([`Self::admit`]); a refused bearer token gets
+    /// 401 `invalid_token`; no credential at all gets 401 (API) or a redirect to sign in
+    /// (browser).
+    pub(super) async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow> {
+        if ctx.route == Some(Route::Public) {
+            self.strip_own_cookies(session)?;
+            return Ok(Flow::Continue);
+        }
+        if let Some(auth) = &self.auth {
+            match auth.authenticate(&session.req_header().headers).await {
+                Ok(Some(who)) => return self.admit(auth, session, ctx, who).await,
+                Ok(None) => {}
+                Err(_) => {
+                    let extra = [(
+                        http::header::WWW_AUTHENTICATE,
+                        "Bearer error=\"invalid_token\"".to_string(),
+                    )];
+                    let (kind, body) = respond::error_body(
+                        StatusCode::UNAUTHORIZED,
+                        "The bearer token is not valid.",
+                        &ctx.request_id,
+                        false,
+                    );
+                    respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
+                    return Ok(Flow::Answered);
+                }
+            }
+        }
+        let req = session.req_header();
+        if !respond::is_browser(&req.method, &req.headers) {
+            return self
+                .answer_error(session, ctx, RequestError::Unauthenticated)
+                .await;
+        }
+        let path = ctx
+            .path
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
+        let location = Self::return_to(session, path);
+        respond::redirect(session, &location).await?;
+        Ok(Flow::Answered)
+    }
+
+    /// A signed-in request: the access rules (403), the second factor where the route asks
+    /// for one (step-up, the conflict page, or 401 for a token), then the identity headers,
+    /// the signed identity header, and Gatehouse's cookies removed. An upgraded connection
+    /// (WebSocket) of a session closes when the session ends.
+    async fn admit(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        who: Authenticated,
+    ) -> Result<Flow> {
+        if self
+            .enforce_access(auth, session, ctx, who.identity())
+            .await?
+            .answered()
+        {
+            return Ok(Flow::Answered);
+        }
+        let second_factor = match (self.mfa_anywhere, &who) {
+            (true, Authenticated::Session(live)) => {
+                self.enforce_mfa(auth, session, ctx, live).await?
+            }
+            (true, Authenticated::Bearer(identity, factors)) => {
+                self.enforce_bearer_mfa(auth, session, ctx, identity, *factors)
+                    .await?
+            }
+            (false, _) => Flow::Continue,
+        };
+        if second_factor.answered() {
+            return Ok(Flow::Answered);
+        }
+        let req = session.req_header_mut();
+        for (name, value) in auth.wire_headers(&who).iter() {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        auth.token_headers(&who, req)?;
+        if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
+            if let Some(value) = signed.value(upstream, who.identity(), who.assertion_cache()) {
+                HeaderEdit::insert(req, wire::X_GATEHOUSE_IDENTITY, value);
+            }
+        }
+        ctx.user = Some(who.identity().user().to_string());
+        if let Authenticated::Session(live) = &who {
+            if session.is_upgrade_req() {
+                if let Some(conn) = session.stream().and_then(Deadlined::of) {
+                    conn.close_when(live.ended_signal());
+                }
+            }
+            ctx.session = Some(live.clone());
+        }
+        self.strip_own_cookies(session)?;
+        Ok(Flow::Continue)
+    }
+
+    /// Normalizes the path and puts the normalized form in the request that goes upstream.
+    pub(super) fn normalize_target(
+        &self,
+        session: &mut Session,
+    ) -> Result<NormalPath, RequestError> {
+        let (raw_path, query) = target(session)?;
+        let normal = path::normalize_with(&raw_path, self.path_options)?;
+        if normal.as_str() != raw_path {
+            let rebuilt = match &query {
+                Some(q) => format!("{}?{q}", normal.as_str()),
+                None => normal.as_str().to_string(),
+            };
+            let uri =
+                Uri::try_from(rebuilt).map_err(|_| RequestError::BadPath(PathError::BadEscape))?;
+            session.req_header_mut().set_uri(uri);
+        }
+        Ok(normal)
+    }
+
+    /// Removes Gatehouse's own cookies from the request before it goes upstream.
+    pub(super) fn strip_own_cookies(&self, session: &mut Session) -> Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        match auth
+            .sessions
+            .without_own_cookies(&session.req_header().headers)
+        {
+            Some(Some(rest)) => session
+                .req_header_mut()
+                .insert_header(http::header::COOKIE, rest)?,
+            Some(None) => {
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::COOKIE);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The `rd` value (percent-encoded) that brings a browser back to this request: the
+    /// normalized path and the original query.
+    fn rd_param(session: &Session, path: &NormalPath) -> String {
+        let query = session.req_header().uri.query();
+        let mut rd = String::with_capacity(path.as_str().len() + query.map_or(0, |q| q.len() + 1));
+        rd.push_str(path.as_str());
+        if let Some(q) = query {
+            rd.push('?');
+            rd.push_str(q);
+        }
+        percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
+    /// The login redirect for this request.
+    fn return_to(session: &Session, path: &NormalPath) -> String {
+        format!(
+            "{}/start?rd={}",
+            routes::AUTH_PREFIX,
+            Self::rd_param(session, path)
+        )
+    }
+
+    /// The second factor for a signed-in session on a route that requires TOTP: passes when
+    /// the session has done it; else a local account is sent to the TOTP form (step-up, then
+    /// back to this route) and a JIT-off session gets the conflict answer (`deny`) or passes
+    /// (`skip`).
+    async fn enforce_mfa(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        live: &crate::auth::session::LiveSession,
+    ) -> Result<Flow> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Flow::Continue);
+        };
+        let method = &session.req_header().method;
+        let level = self.mfa_level(auth, upstream, method, path, &live.identity.connection);
+        let decision = decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            Standing {
+                local_account: live.identity.user_id.is_some(),
+                enrolled: false,
+                done: live.mfa_done_at().is_some(),
+            },
+        );
+        if decision == MfaDecision::Pass {
+            return Ok(Flow::Continue);
+        }
+        let browser = respond::is_browser(method, &session.req_header().headers);
+        let rd = Self::rd_param(session, path);
+        if decision == MfaDecision::Conflict {
+            auth.metrics.mfa_conflict(&live.identity.connection);
+            tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
+            let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
+            crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
+            return Ok(Flow::Answered);
+        }
+        if browser {
+            let location = format!("{}?rd={rd}", crate::mfa::endpoints::MFA_PATH);
+            respond::redirect(session, &location).await?;
+        } else {
+            let (kind, body) = respond::error_body(
+                StatusCode::UNAUTHORIZED,
+                "This route needs a second sign-in step: open it in a browser.",
+                &ctx.request_id,
+                false,
+            );
+            respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &[]).await?;
+        }
+        Ok(Flow::Answered)
+    }
+
+    /// The TOTP level this route asks of a user of `connection`.
+    fn mfa_level(
+        &self,
+        auth: &Auth,
+        upstream: usize,
+        method: &http::Method,
+        path: &NormalPath,
+        connection: &str,
+    ) -> MfaLevel {
+        self.access
+            .mfa_level(upstream, method, path)
+            .unwrap_or_else(|| match auth.provider(connection) {
+                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
+                None => auth.mfa.config.totp,
+            })
+    }
+
+    /// The second factor for a bearer token on a route that requires TOTP: a token cannot
+    /// step up, so it passes only when its `acr`/`amr` show a second factor (see
+    /// `crate::auth::bearer::factors`); else 401 with `WWW-Authenticate: Bearer
+    /// error="insufficient_user_authentication"` (RFC 9470). A JIT-off connection with
+    /// `when_no_local_account = "skip"` passes as sessions do.
+    async fn enforce_bearer_mfa(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        identity: &crate::identity::Identity,
+        factors: crate::auth::bearer::Factors,
+    ) -> Result<Flow> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Flow::Continue);
+        };
+        let method = &session.req_header().method;
+        let level = self.mfa_level(auth, upstream, method, path, &identity.connection);
+        let jit = auth
+            .provider(&identity.connection)
+            .is_some_and(|p| p.connection.jit);
+        let decision = decide(
+            level,
+            auth.mfa.config.when_no_local_account,
+            Standing {
+                local_account: jit || identity.user_id.is_some(),
+                enrolled: false,
+                done: factors == crate::auth::bearer::Factors::Two,
+            },
+        );
+        if decision == MfaDecision::Pass {
+            return Ok(Flow::Continue);
+        }
+        tracing::info!(request_id = %ctx.request_id, connection = %identity.connection, "bearer token without a second factor on a route that requires one: refused");
+        let extra = [(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
+        )];
+        let (kind, body) = respond::error_body(
+            StatusCode::UNAUTHORIZED,
+            "This route needs a token that shows a second factor.",
+            &ctx.request_id,
+            false,
+        );
+        respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
+        Ok(Flow::Answered)
+    }
+
+    /// The access rules for a signed-in request. When refused, the 403 answer is written
+    /// (with the sign-ins that could open the route) and counted.
+    async fn enforce_access(
+        &self,
+        auth: &Auth,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        identity: &crate::identity::Identity,
+    ) -> Result<Flow> {
+        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
+            return Ok(Flow::Continue);
+        };
+        if self.access.is_open() {
+            return Ok(Flow::Continue);
+        }
+        let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
+        let method = &session.req_header().method;
+        let Err(refused) = self
+            .access
+            .check(Some(upstream), method, path, identity, trusted)
+        else {
+            return Ok(Flow::Continue);
+        };
+        auth.metrics.access_denied(refused.rule.label());
+        tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label().as_str(), "access denied");
+        let rd = Self::rd_param(session, path);
+        let options: Vec<(String, String)> = auth
+            .providers
+            .iter()
+            .filter(|p| {
+                refused.connections.is_empty() || refused.connections.contains(&p.connection.id)
+            })
+            .map(|p| {
+                let id = percent_encoding::utf8_percent_encode(
+                    &p.connection.id,
+                    percent_encoding::NON_ALPHANUMERIC,
+                );
+                (
+                    p.connection.display_name.clone(),
+                    format!("{}/start?connection={id}&rd={rd}", routes::AUTH_PREFIX),
+                )
+            })
+            .collect();
+        respond::access_denied(session, &ctx.request_id, &options).await?;
+        Ok(Flow::Answered)
+    }
+
+    /// Answers a request with the page (or JSON) for `error`.
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        error: RequestError,
+    ) -> Result<Flow> {
+        tracing::debug!(request_id = %ctx.request_id, error = %Escaped(&error), "answered by gatehouse");
+        respond::error(session, &error, &ctx.request_id).await?;
+        Ok(Flow::Answered)
+    }
+
+    async fn answer_text(
+        &self,
+        session: &mut Session,
+        status: StatusCode,
+        text: &'static str,
+    ) -> Result<Flow> {
+        respond::send(
+            session,
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(text.as_bytes()),
+            &[],
+        )
+        .await?;
+        Ok(Flow::Answered)
+    }
+}
