@@ -102,6 +102,7 @@ cat >"$work/gatehouse.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$GATEHOUSE"]
 admin_listen = "127.0.0.1:$ADMIN"
+ready_requires_idp = true
 worker_threads = $WORKERS
 [log]
 level = "warn"

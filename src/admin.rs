@@ -1,5 +1,5 @@
 //! The admin listener (a separate address, by default loopback only): `/metrics` in Prometheus
-//! text format, `/ping`, `/ready`, and the users API (`POST /api/users`, a
+//! text format, `/ping`, `/live` (the process serves), `/ready` (see [`crate::health`]), and the users API (`POST /api/users`, a
 //! [`crate::users::ops::UserOp`] as JSON, with `Authorization: Bearer <[admin] token>`), which
 //! `gatehouse users` uses while the server holds the store.
 
@@ -196,12 +196,17 @@ impl AdminApp {
         let text = "text/plain; charset=utf-8";
         match path.as_str() {
             crate::users::cli::API_PATH => self.users_api(session).await,
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(),
-            ),
-            "/ping" => reply(StatusCode::OK, text, b"OK\n".to_vec()),
+            "/metrics" => {
+                self.metrics.set_ready(self.readiness.is_ready());
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
+            // Liveness: answered while the process serves at all, draining or not, whatever
+            // the IdPs and the store do; a failure means restart the process.
+            "/ping" | "/live" => reply(StatusCode::OK, text, b"OK\n".to_vec()),
             "/ready" if self.readiness.is_ready() => reply(StatusCode::OK, text, b"OK\n".to_vec()),
             "/ready" => reply(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,13 +1,19 @@
-//! Readiness: `/ready` answers 200 only while Gatehouse is serving and not draining.
+//! Liveness and readiness. `/live` answers 200 whenever the process serves HTTP at all;
+//! `/ready` answers 200 only while Gatehouse is serving and not draining, and, with
+//! `[server] ready_requires_idp = true`, only once every identity provider is discovered.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Ready means: serving, not draining, and every identity provider discovered.
+/// Ready means: serving, not draining, and (only when required) every identity provider
+/// discovered. An IdP that is down does not make Gatehouse unready by default: public routes
+/// and live sessions still work, and taking the instance out of a load balancer would stop
+/// them too.
 #[derive(Debug, Default)]
 pub struct Readiness {
     serving: AtomicBool,
     draining: AtomicBool,
     idps_pending: AtomicUsize,
+    requires_idps: AtomicBool,
 }
 
 impl Readiness {
@@ -20,7 +26,12 @@ impl Readiness {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// How many identity providers must be discovered before Gatehouse is ready.
+    /// Whether readiness waits for every identity provider (`[server] ready_requires_idp`).
+    pub fn require_idps(&self, required: bool) {
+        self.requires_idps.store(required, Ordering::Release);
+    }
+
+    /// How many identity providers are still to be discovered.
     pub fn expect_idps(&self, count: usize) {
         self.idps_pending.store(count, Ordering::Release);
     }
@@ -35,6 +46,43 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.serving.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
-            && self.idps_pending.load(Ordering::Acquire) == 0
+            && (!self.requires_idps.load(Ordering::Acquire)
+                || self.idps_pending.load(Ordering::Acquire) == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving_with_one_idp_pending(required: bool) -> Readiness {
+        let r = Readiness::default();
+        r.require_idps(required);
+        r.expect_idps(1);
+        r.set_serving();
+        r
+    }
+
+    #[test]
+    fn an_undiscovered_idp_does_not_make_gatehouse_unready_by_default() {
+        assert!(serving_with_one_idp_pending(false).is_ready());
+    }
+
+    #[test]
+    fn an_undiscovered_idp_makes_gatehouse_unready_when_required() {
+        let r = serving_with_one_idp_pending(true);
+        assert!(!r.is_ready());
+        r.idp_discovered();
+        assert!(r.is_ready());
+    }
+
+    #[test]
+    fn draining_or_not_yet_serving_is_never_ready() {
+        let r = Readiness::default();
+        assert!(!r.is_ready(), "not serving yet");
+        r.set_serving();
+        assert!(r.is_ready());
+        r.set_draining();
+        assert!(!r.is_ready(), "draining");
     }
 }

@@ -191,6 +191,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGauge,
+    /// 1 while `/ready` answers 200; set when `/metrics` is rendered.
+    ready: IntGauge,
     upstream_errors: IntCounterVec,
     /// Incoming headers removed because a client may not set them, by kind.
     spoofed: IntCounterVec,
@@ -645,6 +647,11 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        let ready = IntGauge::new(
+            "gatehouse_ready",
+            "1 while /ready answers 200 (serving, not draining, IdPs discovered if required).",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
         let spoofed = IntCounterVec::new(
             Opts::new(
                 "gatehouse_spoofed_headers_total",
@@ -666,6 +673,7 @@ impl Metrics {
             requests,
             duration,
             in_flight,
+            ready,
             upstream_errors,
             spoofed,
         })
@@ -693,6 +701,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[kind.as_str()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records what `/ready` answers now (`gatehouse_ready`).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     pub fn in_flight(&self) -> i64 {

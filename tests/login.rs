@@ -367,8 +367,9 @@ async fn an_expired_access_token_is_refreshed_on_the_next_request() {
     assert_eq!(success, 1.0, "parallel requests share one refresh");
 }
 
-/// An IdP that is down at startup: public routes are served, `/ready` is false, and a login
-/// attempt gets a clear 502 page.
+/// An IdP that is down at startup: public routes are served, `/ready` stays true (readiness
+/// waits for IdPs only with `ready_requires_idp`, see tests/probes.rs), and a login attempt
+/// gets a clear 502 page.
 #[tokio::test]
 async fn an_idp_down_at_startup_leaves_public_routes_working() {
     let upstream = start_echo().await;
@@ -387,7 +388,7 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
         get_status(&gh.admin_url("/ready"))
             .await
             .expect("a response"),
-        503
+        200
     );
     let start = client()
         .get(gh.url("/oauth2/start"))

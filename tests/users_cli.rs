@@ -176,6 +176,8 @@ fn served_config(data: &Path, issuer: &str, port: u16, admin: u16, upstream: &st
 [server]
 listen = ["127.0.0.1:{port}"]
 admin_listen = "127.0.0.1:{admin}"
+# The test logs in as soon as /ready answers 200: wait for the IdP too.
+ready_requires_idp = true
 worker_threads = 2
 [log]
 access_log = false

@@ -1,6 +1,7 @@
 //! Background work of the login machinery. Discovery: each connection's metadata and keys are fetched at startup,
 //! retried with backoff until the IdP answers. Gatehouse serves public routes and existing
-//! sessions meanwhile; `/ready` stays false until every connection is discovered.
+//! sessions meanwhile; with `[server] ready_requires_idp`, `/ready` stays false until every
+//! connection is discovered.
 
 use std::sync::Arc;
 use std::time::Duration;

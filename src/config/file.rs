@@ -205,6 +205,9 @@ pub struct ServerSection {
     /// Say on purpose that protected routes have no way in (no connection, no bearer).
     #[serde(default)]
     pub deny_all: bool,
+    /// `/ready` also waits for every identity provider to be discovered.
+    #[serde(default)]
+    pub ready_requires_idp: bool,
 }
 
 impl Default for ServerSection {
@@ -227,6 +230,7 @@ impl Default for ServerSection {
             h2_max_concurrent_streams: default_h2_streams(),
             reject_double_encoding: true,
             deny_all: false,
+            ready_requires_idp: false,
         }
     }
 }

@@ -301,6 +301,8 @@ pub struct Server {
     pub reject_double_encoding: bool,
     /// Protected routes are meant to be closed: no connection and no bearer is not an error.
     pub deny_all: bool,
+    /// `/ready` is 503 until every identity provider is discovered (default: it is not).
+    pub ready_requires_idp: bool,
     /// Deadlines and limits for client connections.
     pub clients: ClientLimits,
 }

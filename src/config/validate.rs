@@ -261,6 +261,7 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
         },
         reject_double_encoding: s.reject_double_encoding,
         deny_all: s.deny_all,
+        ready_requires_idp: s.ready_requires_idp,
     })
 }
 

@@ -136,6 +136,7 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
         None => None,
     };
     if let Some(auth) = &auth {
+        readiness.require_idps(config.server.ready_requires_idp);
         readiness.expect_idps(auth.providers.len());
         server.add_service(background_service(
             "idp discovery",
@@ -233,6 +234,9 @@ impl Prepared {
     /// (the process exits early once nothing is in flight). For the binary.
     pub fn run_until_signal(self) {
         shutdown::exit_when_drained(self.server.watch_execution_phase(), self.metrics.clone());
+        // Every listener is bound and the store is open (both in `prepare`): tell systemd
+        // (`Type=notify`); connections that arrive before pingora accepts wait in the backlog.
+        shutdown::notify_systemd(sd_notify::NotifyState::Ready);
         let signals = Box::new(shutdown::OsSignals {
             readiness: self.readiness.clone(),
         });

@@ -40,6 +40,7 @@ impl ShutdownSignalWatch for OsSignals {
             _ = watch(SignalKind::quit()) => {}
         }
         self.readiness.set_draining();
+        notify_systemd(sd_notify::NotifyState::Stopping);
         tracing::info!("shutdown signal received: draining");
         ShutdownSignal::GracefulTerminate
     }
@@ -89,4 +90,12 @@ pub fn exit_when_drained(
             Err(_) => return,
         }
     });
+}
+
+/// Tells systemd (`Type=notify`, `NOTIFY_SOCKET` set) a state change; nothing without
+/// systemd. A failure is logged: the unit then times out, which names the problem.
+pub fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }

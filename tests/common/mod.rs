@@ -83,16 +83,31 @@ impl Harness {
 }
 
 impl Harness {
-    /// Waits (up to 5 s) until the admin `/ready` answers 200: every IdP discovered.
+    /// Waits (up to 5 s) until the admin `/ready` answers 200 and every IdP is discovered
+    /// (no `gatehouse_idp_up` sample at 0: `/ready` waits for IdPs only with
+    /// `ready_requires_idp`).
     pub async fn wait_ready(&self) {
         let ready = self.admin_url("/ready");
         for _ in 0..200 {
-            if get_status(&ready).await == Some(200) {
+            if get_status(&ready).await == Some(200) && self.idps_up().await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("gatehouse never became ready");
+    }
+}
+
+impl Harness {
+    /// Whether every connection's `gatehouse_idp_up` is 1 (true without connections).
+    pub async fn idps_up(&self) -> bool {
+        let Ok(response) = client().get(self.admin_url("/metrics")).send().await else {
+            return false;
+        };
+        let text = response.text().await.unwrap_or_default();
+        !text
+            .lines()
+            .any(|l| l.starts_with("gatehouse_idp_up{") && l.ends_with(" 0"))
     }
 }
 
