@@ -4,7 +4,7 @@
 //! short-lived cookie naming its pending login, never anything in a query string.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,8 @@ pub struct MfaGate {
     pub config: Mfa,
     /// Seals TOTP secrets in the store.
     pub sealer: Sealer,
-    pub clock: Arc<Clock>,
+    /// Pending logins, TOTP steps and lock-outs are read on it.
+    pub clock: Clock,
     /// Bounded by `[limits] pending_mfa`; a full map drops the login closest to expiry.
     pending: Mutex<crate::bounded::ExpiringMap<String, PendingLogin>>,
     evictions: prometheus::IntCounter,
@@ -75,7 +76,7 @@ impl MfaGate {
         config: Mfa,
         data_dir: &Path,
         cookie_sealer: Sealer,
-        clock: Arc<Clock>,
+        clock: Clock,
         capacity: usize,
         evictions: prometheus::IntCounter,
     ) -> Result<Self, String> {
@@ -94,6 +95,7 @@ impl MfaGate {
         })
     }
 
+    /// Now on the gate's clock (unix seconds).
     pub fn now(&self) -> u64 {
         self.clock.now()
     }
