@@ -26,8 +26,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::expiring::Expiring;
-use crate::clock::Clock;
 use super::oidc::{jwt_payload, Provider};
+use crate::clock::Clock;
 use crate::identity::claims::identity_from_claims;
 use crate::identity::Identity;
 
@@ -105,7 +105,14 @@ pub async fn verify_with_provider(
     now: u64,
 ) -> Result<Map<String, Value>, BearerError> {
     let discovered = provider.current().ok_or(BearerError::Unavailable)?;
-    match check(token, &discovered.keys, &discovered.issuer, audiences, kind, now) {
+    match check(
+        token,
+        &discovered.keys,
+        &discovered.issuer,
+        audiences,
+        kind,
+        now,
+    ) {
         Err(BearerError::UnknownKey) => {
             let newer = provider
                 .newer_keys(&discovered)
@@ -331,11 +338,7 @@ fn check_typ(typ: Option<&str>, kind: Kind) -> Result<(), BearerError> {
 }
 
 /// Claims that mark a token as another kind than the one expected.
-fn check_kind_claims(
-    claims: &Map<String, Value>,
-    kind: Kind,
-    now: u64,
-) -> Result<(), BearerError> {
+fn check_kind_claims(claims: &Map<String, Value>, kind: Kind, now: u64) -> Result<(), BearerError> {
     if claims.contains_key("nonce") {
         return Err(BearerError::Invalid(
             "a token with a nonce is an ID token".into(),
@@ -348,10 +351,7 @@ fn check_kind_claims(
             ));
         }
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        let start = claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .unwrap_or(now);
+        let start = claims.get("iat").and_then(Value::as_u64).unwrap_or(now);
         if exp.saturating_sub(start) > LOGOUT_MEMORY_SECS {
             return Err(BearerError::Invalid(
                 "the token is valid for longer than 24 hours".into(),
@@ -607,7 +607,14 @@ mod tests {
     };
 
     fn run(token: &str) -> Result<Map<String, Value>, BearerError> {
-        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], ACCESS, NOW)
+        check(
+            token,
+            &published(),
+            ISSUER,
+            &[AUDIENCE.to_string()],
+            ACCESS,
+            NOW,
+        )
     }
 
     fn refused_as_invalid(token: &str) -> String {
@@ -705,8 +712,15 @@ mod tests {
     fn exp_and_nbf_are_judged_on_the_clock_with_the_leeway() {
         let at = |claims: &Value, now: u64| {
             let token = sign(claims);
-            check(&token, &published(), ISSUER, &[AUDIENCE.to_string()], ACCESS, now)
-                .map_err(|e| e.to_string())
+            check(
+                &token,
+                &published(),
+                ISSUER,
+                &[AUDIENCE.to_string()],
+                ACCESS,
+                now,
+            )
+            .map_err(|e| e.to_string())
         };
         let mut expiring = good_claims();
         expiring["exp"] = json!(NOW);
@@ -726,7 +740,13 @@ mod tests {
     /// refused, never skipped.
     #[test]
     fn a_time_claim_that_is_not_a_number_is_refused() {
-        for bad in [json!("soon"), json!(-5), json!(true), json!({"t": 1}), json!([1])] {
+        for bad in [
+            json!("soon"),
+            json!(-5),
+            json!(true),
+            json!({"t": 1}),
+            json!([1]),
+        ] {
             let mut claims = good_claims();
             claims["nbf"] = bad.clone();
             assert!(run(&sign(&claims)).is_err(), "nbf {bad}");
@@ -921,7 +941,14 @@ mod tests {
     }
 
     fn run_as(token: &str, kind: Kind) -> Result<Map<String, Value>, BearerError> {
-        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], kind, NOW)
+        check(
+            token,
+            &published(),
+            ISSUER,
+            &[AUDIENCE.to_string()],
+            kind,
+            NOW,
+        )
     }
 
     const AT_JWT_ONLY: Kind = Kind::Access {
@@ -1041,7 +1068,9 @@ mod tests {
         };
         for iat in [None, Some(0), Some(at - 3600), Some(at)] {
             assert!(
-                verifier.not_logged_out("c", "alice", &claims(iat), NOW).is_err(),
+                verifier
+                    .not_logged_out("c", "alice", &claims(iat), NOW)
+                    .is_err(),
                 "{iat:?}"
             );
         }

@@ -106,12 +106,7 @@ impl Auth {
             metrics.evictions.with_label_values(&["pending_mfa"]),
         )
         .map_err(AuthSetupError::Keys)?;
-        let sessions = Sessions::new(
-            config.session.clone(),
-            sealer,
-            store.clone(),
-            clock.clone(),
-        )?;
+        let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);
         metrics.users.set(store.read(|tx| tx.user_count())? as i64);
         Ok(Some(Self {

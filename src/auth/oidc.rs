@@ -381,7 +381,9 @@ impl Provider {
                 id_token: Some(raw),
                 access_token: Some(response.access_token().secret().clone()),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
-                access_expires_at: response.expires_in().map(|d| self.clock.now() + d.as_secs()),
+                access_expires_at: response
+                    .expires_in()
+                    .map(|d| self.clock.now() + d.as_secs()),
             },
         })
     }
@@ -468,7 +470,9 @@ impl Provider {
                     .refresh_token()
                     .map_or_else(|| refresh_token.to_string(), |t| t.secret().clone()),
             ),
-            access_expires_at: response.expires_in().map(|d| self.clock.now() + d.as_secs()),
+            access_expires_at: response
+                .expires_in()
+                .map(|d| self.clock.now() + d.as_secs()),
         })
     }
 }

@@ -32,7 +32,6 @@ fn chunk_index(cookie: &[u8], name: &[u8]) -> Option<usize> {
     }
 }
 
-
 /// What the cookie carries: enough to find and cross-check the server-side record.
 #[derive(Debug, Serialize, Deserialize)]
 struct CookieBody {
@@ -790,7 +789,10 @@ mod tests {
         let s = sessions_on(dir.path(), [7; 32], config(), clock.clone());
         let headers = with_cookie(&s.create(identity("u1"), None, Tokens::default()).unwrap()[0]);
         clock.advance(Duration::from_secs(600));
-        assert!(matches!(s.lookup(&headers), Lookup::Live(_)), "at the limit");
+        assert!(
+            matches!(s.lookup(&headers), Lookup::Live(_)),
+            "at the limit"
+        );
         clock.advance(Duration::from_secs(601));
         assert!(matches!(
             s.lookup(&headers),
