@@ -1390,3 +1390,75 @@ async fn over_https_a_redirect_never_goes_to_http() {
     }
     assert_eq!(location(&trusted, "/x".into(), Some("https")).await, "/x");
 }
+
+/// A bearer token's `exp` and `nbf` are judged on Gatehouse's clock with the 30 s leeway:
+/// the same token passes up to `exp` + 30 s and is refused (401) one second later; a token
+/// not valid before a later time is refused until `nbf` - 30 s and passes from then on.
+#[tokio::test]
+async fn bearer_token_exp_and_nbf_are_judged_on_gatehouses_clock() {
+    let env = manual_login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\n"),
+    )
+    .await;
+    let clock = env.gh.clock();
+    let start = clock.now();
+    let claims = |extra: serde_json::Value| {
+        let mut claims = access_claims(&env, "alice", extra);
+        claims["iat"] = serde_json::json!(start);
+        claims
+    };
+    let expiring = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 300})),
+        )
+        .await;
+    let later = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 3000, "nbf": start + 600})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &expiring).await.0, 200);
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        401,
+        "before nbf"
+    );
+    clock.advance(Duration::from_secs(569));
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        401,
+        "nbf - 31 s"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        200,
+        "nbf - 30 s"
+    );
+
+    let expiring = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 600})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &expiring).await.0, 200);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        bearer_status(&env, "/api", &expiring).await.0,
+        200,
+        "exp + 30 s"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        bearer_status(&env, "/api", &expiring).await.0,
+        401,
+        "exp + 31 s"
+    );
+}
