@@ -65,7 +65,9 @@ impl Clock {
         match &*self.0 {
             Source::System => panic!("Clock::advance on the system clock"),
             Source::Manual(at) => {
-                at.fetch_add(by.as_secs(), Ordering::Relaxed);
+                let step = |t: u64| Some(t.saturating_add(by.as_secs()));
+                // The closure never refuses, so this cannot fail.
+                let _ = at.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
             }
         }
     }
@@ -98,6 +100,8 @@ mod tests {
         assert_eq!(clone.now(), 1_300);
         clock.advance(Duration::from_millis(999));
         assert_eq!(clock.now(), 1_300, "fractions of a second are dropped");
+        clock.advance(Duration::from_secs(u64::MAX));
+        assert_eq!(clock.now(), u64::MAX, "the end of time, not a wrap to 1970");
     }
 
     /// The system clock reads the system time (a sanity bound: after 2020).

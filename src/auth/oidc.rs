@@ -498,6 +498,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn provider(clock: Clock) -> Provider {
+        let text = "[session]\nkeys = [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n\
+                    [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n\
+                    [[connections]]\nid = \"c\"\nissuer = \"https://idp.example\"\n\
+                    client_id = \"g\"\nclient_secret = \"s\"\n";
+        let config = crate::config::parse(text).unwrap();
+        Provider::new(config.connections[0].clone(), clock).unwrap()
+    }
+
+    /// openidconnect's ID-token `exp` check reads the connection's clock, not the system
+    /// time; a reading beyond chrono's range counts as the latest time (every token expired).
+    #[test]
+    fn the_id_token_verifier_reads_the_clock() {
+        let clock = Clock::manual(1_900_000_000);
+        let now = provider(clock.clone()).time_fn();
+        assert_eq!(now().timestamp(), 1_900_000_000);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(now().timestamp(), 1_900_000_060);
+        let beyond = provider(Clock::manual(u64::MAX)).time_fn();
+        assert_eq!(beyond(), chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    }
+
+    /// `iat` may lie at most `IAT_SKEW` in the future of the clock.
+    #[test]
+    fn an_id_token_iat_is_judged_on_the_clock() {
+        let provider = provider(Clock::manual(1_900_000_000));
+        let claims = |iat: u64| {
+            let mut c = Map::new();
+            c.insert("iat".into(), Value::from(iat));
+            c
+        };
+        assert!(provider
+            .check_extra_claims(&claims(1_900_000_000 + IAT_SKEW))
+            .is_ok());
+        assert!(provider
+            .check_extra_claims(&claims(1_900_000_000 + IAT_SKEW + 1))
+            .is_err());
+    }
+
     #[test]
     fn the_keys_are_refetched_at_most_every_thirty_seconds() {
         let start = Instant::now();
