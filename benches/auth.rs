@@ -3,13 +3,14 @@
 //! Run with `cargo bench --bench auth`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 
 use gatehouse::auth::bearer::check;
 use gatehouse::auth::session::{Lookup, Sessions};
+use gatehouse::clock::Clock;
 use gatehouse::config::model::{Session, SessionKeys};
 use gatehouse::identity::Identity;
 use gatehouse::seal::Sealer;
@@ -34,8 +35,13 @@ fn session_cookie(c: &mut Criterion) {
         idle_timeout: Duration::from_secs(3600),
         login_timeout: Duration::from_secs(600),
     };
-    let sessions = Sessions::new(config, Sealer::new(vec![[9; 32]]).expect("sealer"), store)
-        .expect("sessions");
+    let sessions = Sessions::new(
+        config,
+        Sealer::new(vec![[9; 32]]).expect("sealer"),
+        store,
+        Clock::system(),
+    )
+    .expect("sessions");
     let identity = Identity {
         connection: "corp".into(),
         subject: "248289761001".into(),
@@ -72,10 +78,9 @@ fn session_cookie(c: &mut Criterion) {
 }
 
 fn bearer_jwt(c: &mut Criterion) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    // The system clock, read once per verification as a request does.
+    let clock = Clock::system();
+    let now = clock.now();
     let claims = serde_json::json!({
         "iss": "https://idp.example.com", "aud": "urn:api", "sub": "client-1",
         "iat": now, "exp": now + 3600, "scope": "api",
@@ -92,8 +97,15 @@ fn bearer_jwt(c: &mut Criterion) {
     let kind = gatehouse::auth::bearer::Kind::Access {
         require_at_jwt: false,
     };
-    check(&token, &jwks, "https://idp.example.com", &audiences, kind)
-        .expect("the bench token verifies");
+    check(
+        &token,
+        &jwks,
+        "https://idp.example.com",
+        &audiences,
+        kind,
+        now,
+    )
+    .expect("the bench token verifies");
     c.bench_function("bearer_jwt_verify_eddsa", |b| {
         b.iter(|| {
             check(
@@ -102,6 +114,7 @@ fn bearer_jwt(c: &mut Criterion) {
                 "https://idp.example.com",
                 &audiences,
                 kind,
+                clock.now(),
             )
         })
     });

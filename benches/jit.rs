@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http::HeaderMap;
 
-use gatehouse::auth::session::{now, Lookup, Sessions};
+use gatehouse::auth::session::{Lookup, Sessions};
 use gatehouse::auth::Authenticated;
+use gatehouse::clock::Clock;
 use gatehouse::config::model::{Config, Connection, SigningAlg};
 use gatehouse::identity::assertion::AssertionSigner;
 use gatehouse::identity::headers::wire_headers;
@@ -68,13 +69,18 @@ impl Bench {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         let sealer = Sealer::new(vec![[9; 32]]).expect("sealer");
-        let sessions =
-            Sessions::new(config.session.clone(), sealer, Arc::clone(&store)).expect("sessions");
+        let sessions = Sessions::new(
+            config.session.clone(),
+            sealer,
+            Arc::clone(&store),
+            Clock::system(),
+        )
+        .expect("sessions");
         let tokens = Tokens {
             id_token: Some("e".repeat(900)),
             access_token: Some("a".repeat(800)),
             refresh_token: Some("r".repeat(64)),
-            access_expires_at: Some(now() + 300),
+            access_expires_at: Some(Clock::system().now() + 300),
         };
         Self {
             store,
@@ -98,13 +104,14 @@ impl Bench {
             if commit == Commit::NoFsync {
                 tx.bench_only_skip_fsync()?;
             }
-            let identity = match provision(tx, &self.connection, claims, now(), "bench")? {
-                Provisioned::Allowed { identity, action } => {
-                    assert_eq!(action, expect, "unexpected JIT action");
-                    identity
-                }
-                Provisioned::Refused(r) => panic!("login refused: {r:?}"),
-            };
+            let identity =
+                match provision(tx, &self.connection, claims, Clock::system().now(), "bench")? {
+                    Provisioned::Allowed { identity, action } => {
+                        assert_eq!(action, expect, "unexpected JIT action");
+                        identity
+                    }
+                    Provisioned::Refused(r) => panic!("login refused: {r:?}"),
+                };
             let pending = self.sessions.prepare(identity, None, self.tokens.clone());
             tx.put_session(pending.record())?;
             made = Some(pending);
@@ -330,7 +337,7 @@ fn per_request(c: &mut Criterion) {
     let who = Authenticated::Session(Arc::clone(&live));
     for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
         let signer = Arc::new(AssertionSigner::generate(alg).expect("signing key"));
-        let signed = SignedHeader::new(signer, &signing, &bench.config.upstreams);
+        let signed = SignedHeader::new(signer, &signing, &bench.config.upstreams, Clock::system());
         live.signed.clear();
         let first = signed
             .value(0, who.identity(), who.assertion_cache())
@@ -347,7 +354,7 @@ fn per_request(c: &mut Criterion) {
         group.bench_function(format!("signed_header_sign_{alg}"), |b| {
             b.iter(|| {
                 signed
-                    .sign(0, black_box(&identity), now())
+                    .sign(0, black_box(&identity), Clock::system().now())
                     .expect("signed header")
             })
         });

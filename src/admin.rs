@@ -100,7 +100,7 @@ impl AdminApp {
         };
         let runner = Arc::clone(auth);
         let outcome = tokio::task::spawn_blocking(move || {
-            execute(&runner.store, &op, crate::clock::unix_now()).map(|(out, effect)| {
+            execute(&runner.store, &op, runner.clock.now()).map(|(out, effect)| {
                 apply_live(&runner, &effect);
                 out
             })

@@ -42,7 +42,7 @@
 //! - [`mfa`]: local TOTP: policy, enrolment and verification pages, lockout, recovery codes.
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
 //! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
-//! - [`clock`]: the clock the second factor reads (tests move it).
+//! - [`clock`]: the one "now" every expiry is read on (tests advance a manual one).
 //! - [`private_file`]: secret files are created 0600 and refused when others may read them.
 //! - [`bounded`]: the size- and age-bounded map behind every in-memory table kept for clients
 //!   that have not signed in.

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use gatehouse::auth::bearer::{BearerError, BearerVerifier};
 use gatehouse::auth::oidc::{jwt_payload, Provider};
+use gatehouse::clock::Clock;
 use idp::{client_config, TestIdp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::Value;
@@ -127,9 +128,9 @@ bearer_audiences = [{audiences}]
         audiences = audiences.join(", "),
     );
     let config = gatehouse::config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
-    let provider = Provider::new(config.connections[0].clone()).expect("provider");
+    let provider = Provider::new(config.connections[0].clone(), Clock::system()).expect("provider");
     provider.discover().await.expect("discovery");
-    BearerVerifier::new(&[Arc::new(provider)])
+    BearerVerifier::new(&[Arc::new(provider)], Clock::system())
 }
 
 fn header_of(token: &str) -> Value {
@@ -314,19 +315,16 @@ bearer_audiences = ["{API}"]
     let config = gatehouse::config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
     let mut providers = Vec::new();
     for connection in &config.connections {
-        let provider = Provider::new(connection.clone()).expect("provider");
+        let provider = Provider::new(connection.clone(), Clock::system()).expect("provider");
         provider.discover().await.expect("discovery");
         providers.push(Arc::new(provider));
     }
-    let verifier = BearerVerifier::new(&providers);
+    let verifier = BearerVerifier::new(&providers, Clock::system());
     let bearer = verifier.verify(&env.token).await.expect("the real token");
     assert_eq!(bearer.identity.connection, "second");
 
     let logout = gatehouse::auth::logout::LogoutVerifier::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = Clock::system().now();
     for (aud, expected) in [
         ("first-client", Some("first")),
         (CLIENT_ID, Some("second")),

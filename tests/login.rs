@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{client, get_status, start_echo, start_with};
 use idp::{client_config, Browser, TestIdp};
-use login_env::{echo_json, free_port, login_env, sign_in, LoginEnv};
+use login_env::{echo_json, free_port, login_env, manual_login_env, sign_in, LoginEnv};
 
 /// A browser that asks for a protected page is sent through the IdP's login form and lands
 /// on the page it asked for; the app sees who it is, and spoofed headers are gone.
@@ -339,12 +339,21 @@ async fn open_redirects_in_rd_land_on_the_root() {
     }
 }
 
-/// When the access token expires, the next request refreshes it once and goes through.
+/// When the access token expires on Gatehouse's clock, the next request refreshes it once
+/// (parallel requests share the refresh) and goes through; one second before its expiry,
+/// nothing is refreshed. The clock is advanced, never slept on.
 #[tokio::test]
 async fn an_expired_access_token_is_refreshed_on_the_next_request() {
-    let env = login_env(serde_json::json!({"ttl": {"AccessToken": 2}}), "").await;
+    let env = manual_login_env(serde_json::json!({"ttl": {"AccessToken": 60}}), "").await;
     let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let clock = env.gh.clock();
+    let expires_at = access_expires_at(&env);
+    clock.advance(Duration::from_secs(expires_at - 1 - clock.now()));
+    let success = "gatehouse_session_refresh_total{result=\"success\"}";
+    assert_eq!(env.api_status(cookie.clone()).await, 200);
+    assert_eq!(env.gh.metric(success).await, 0.0, "not expired yet");
+
+    clock.advance(Duration::from_secs(1));
     let requests = (0..4).map(|_| {
         let (url, cookie) = (env.url("/after"), cookie.clone());
         tokio::spawn(async move {
@@ -360,11 +369,141 @@ async fn an_expired_access_token_is_refreshed_on_the_next_request() {
     for r in requests {
         assert_eq!(r.await.unwrap(), 200);
     }
-    let success = env
-        .gh
-        .metric("gatehouse_session_refresh_total{result=\"success\"}")
-        .await;
-    assert_eq!(success, 1.0, "parallel requests share one refresh");
+    assert_eq!(
+        env.gh.metric(success).await,
+        1.0,
+        "parallel requests share one refresh"
+    );
+    assert!(
+        access_expires_at(&env) > expires_at,
+        "the new token is kept"
+    );
+}
+
+/// The access token's expiry (unix seconds on Gatehouse's clock) of the one stored session.
+fn access_expires_at(env: &LoginEnv) -> u64 {
+    let store = env.gh.gatehouse.store.as_ref().expect("a store");
+    let sessions = store.sessions().expect("stored sessions");
+    assert_eq!(sessions.len(), 1);
+    sessions[0]
+        .tokens
+        .access_expires_at
+        .expect("the IdP said when the access token expires")
+}
+
+/// IdP tokens that outlive every clock jump of the expiry tests below, so no refresh (with
+/// the IdP's real-time ID token) mixes in.
+fn long_tokens() -> serde_json::Value {
+    serde_json::json!({"ttl": {"AccessToken": 86400, "IdToken": 86400}})
+}
+
+/// A session used within its idle timeout (1 h by default) lives exactly its lifetime (12 h
+/// by default) on Gatehouse's clock: accepted one second before, refused (401) at it.
+#[tokio::test]
+async fn a_session_ends_at_its_lifetime_on_gatehouses_clock() {
+    let env = manual_login_env(long_tokens(), "").await;
+    let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let clock = env.gh.clock();
+    let lifetime = 12 * 3600;
+    let started = clock.now();
+    while clock.now() + 3000 < started + lifetime {
+        clock.advance(Duration::from_secs(3000));
+        assert_eq!(env.api_status(cookie.clone()).await, 200, "in use, alive");
+    }
+    clock.advance(Duration::from_secs(started + lifetime - 1 - clock.now()));
+    assert_eq!(
+        env.api_status(cookie.clone()).await,
+        200,
+        "one second before"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(env.api_status(cookie).await, 401, "at its lifetime");
+}
+
+/// A session left unused for exactly the idle timeout (1 h by default) on Gatehouse's clock
+/// is still accepted; one second more and it is refused (401).
+#[tokio::test]
+async fn an_idle_session_ends_one_second_past_the_idle_timeout() {
+    let env = manual_login_env(long_tokens(), "").await;
+    let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let clock = env.gh.clock();
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(env.api_status(cookie.clone()).await, 200, "at the limit");
+    clock.advance(Duration::from_secs(3601));
+    assert_eq!(env.api_status(cookie).await, 401, "one second past it");
+}
+
+/// The login state (state, nonce, PKCE verifier in the sealed login cookie) lives for
+/// `login_timeout` (10 min by default) on Gatehouse's clock: a callback one second before
+/// signs in, a callback at the timeout is refused (400).
+#[tokio::test]
+async fn a_login_state_expires_at_the_login_timeout_on_gatehouses_clock() {
+    let env = manual_login_env(long_tokens(), "").await;
+    let clock = env.gh.clock();
+    for (wait, expected) in [(599, 302), (600, 400)] {
+        let browser = Browser::new();
+        let journey = browser
+            .follow_until(&env.url("/private"), Some(("alice", "alice-pw")), |u| {
+                u.path() == "/oauth2/callback"
+            })
+            .await;
+        clock.advance(Duration::from_secs(wait));
+        let response = browser.get(&journey.url).await;
+        assert_eq!(
+            response.status(),
+            expected,
+            "callback {wait} s after the start"
+        );
+    }
+}
+
+/// The signed identity header is dated by Gatehouse's clock (`iat` now, `exp` after the
+/// assertion TTL) and reused until half its TTL has passed on that clock: the same value one
+/// second before, a new one dated at the half from then on.
+#[tokio::test]
+async fn the_signed_identity_header_is_renewed_at_half_its_ttl_on_gatehouses_clock() {
+    let extra =
+        "[identity]\nsigned_header = true\nsigning_alg = \"EdDSA\"\nassertion_ttl = \"5m\"\n";
+    let env = manual_login_env(long_tokens(), extra).await;
+    let (_, cookie) = sign_in(&env, "alice", "alice-pw").await;
+    let clock = env.gh.clock();
+    let assertion = || async {
+        let body = client()
+            .get(env.url("/app"))
+            .header("cookie", cookie.clone())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        echo_json(&body)["headers"]["x-gatehouse-identity"][0]
+            .as_str()
+            .expect("the signed identity header")
+            .to_string()
+    };
+    let first = assertion().await;
+    let (iat, exp) = jwt_times(&first);
+    assert_eq!(exp, iat + 300);
+    clock.advance(Duration::from_secs(iat + 149 - clock.now()));
+    assert_eq!(assertion().await, first, "one second before half its TTL");
+    clock.advance(Duration::from_secs(1));
+    let renewed = assertion().await;
+    assert_eq!(jwt_times(&renewed), (iat + 150, iat + 450));
+}
+
+/// `iat` and `exp` of a JWT (its payload, unverified).
+fn jwt_times(jwt: &str) -> (u64, u64) {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    )
 }
 
 /// An IdP that is down at startup: public routes are served, `/ready` stays true (readiness
@@ -1251,4 +1390,76 @@ async fn over_https_a_redirect_never_goes_to_http() {
         );
     }
     assert_eq!(location(&trusted, "/x".into(), Some("https")).await, "/x");
+}
+
+/// A bearer token's `exp` and `nbf` are judged on Gatehouse's clock with the 30 s leeway:
+/// the same token passes up to `exp` + 30 s and is refused (401) one second later; a token
+/// not valid before a later time is refused until `nbf` - 30 s and passes from then on.
+#[tokio::test]
+async fn bearer_token_exp_and_nbf_are_judged_on_gatehouses_clock() {
+    let env = manual_login_env(
+        serde_json::json!({}),
+        &format!("allow_bearer = true\nbearer_audiences = [\"{API}\"]\n"),
+    )
+    .await;
+    let clock = env.gh.clock();
+    let start = clock.now();
+    let claims = |extra: serde_json::Value| {
+        let mut claims = access_claims(&env, "alice", extra);
+        claims["iat"] = serde_json::json!(start);
+        claims
+    };
+    let expiring = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 300})),
+        )
+        .await;
+    let later = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 3000, "nbf": start + 600})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &expiring).await.0, 200);
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        401,
+        "before nbf"
+    );
+    clock.advance(Duration::from_secs(569));
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        401,
+        "nbf - 31 s"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        bearer_status(&env, "/api", &later).await.0,
+        200,
+        "nbf - 30 s"
+    );
+
+    let expiring = env
+        .idp
+        .sign(
+            serde_json::json!({}),
+            claims(serde_json::json!({"exp": start + 600})),
+        )
+        .await;
+    assert_eq!(bearer_status(&env, "/api", &expiring).await.0, 200);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        bearer_status(&env, "/api", &expiring).await.0,
+        200,
+        "exp + 30 s"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        bearer_status(&env, "/api", &expiring).await.0,
+        401,
+        "exp + 31 s"
+    );
 }

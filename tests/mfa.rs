@@ -13,8 +13,9 @@ mod totp;
 
 use common::client;
 use idp::{form_fields, Browser};
-use login_env::{echo_json, login_env, LoginEnv};
+use login_env::{echo_json, manual_login_env, LoginEnv};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const ADMIN_TOKEN: &str = "mfa-admin-token-0123456789";
 
@@ -33,7 +34,7 @@ fn code_text(html: &str, id: &str) -> String {
 }
 
 fn now(env: &LoginEnv) -> u64 {
-    env.gh.gatehouse.clock.now()
+    env.gh.clock().now()
 }
 
 async fn metric(env: &LoginEnv, result: &str) -> f64 {
@@ -131,7 +132,7 @@ fn the_test_totp_matches_the_rfc_6238_vectors() {
 /// logins verify; a code is refused the second time (replay); a recovery code works once.
 #[tokio::test]
 async fn a_required_totp_is_enrolled_then_verified_and_codes_cannot_be_replayed() {
-    let env = login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
+    let env = manual_login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
     let (browser, page) = sign_in_to(&env, "/private").await;
     assert!(
         browser
@@ -154,7 +155,7 @@ async fn a_required_totp_is_enrolled_then_verified_and_codes_cannot_be_replayed(
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("already used"), "{body}");
     assert_eq!(metric(&env, "replay").await, 1.0);
-    env.gh.gatehouse.clock.advance(30);
+    env.gh.clock().advance(Duration::from_secs(30));
     let fresh = totp::code(&key, now(&env));
     let (status, location, _) = submit(&second, &env, &body, "mfa-verify-form", &fresh).await;
     assert_eq!((status, location.as_deref()), (302, Some("/")));
@@ -206,7 +207,7 @@ async fn a_required_totp_is_enrolled_then_verified_and_codes_cannot_be_replayed(
 /// refused (429); once the lock has passed on Gatehouse's clock, the right code works.
 #[tokio::test]
 async fn five_wrong_codes_lock_the_user_out_until_the_lock_passes() {
-    let env = login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
+    let env = manual_login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
     let (browser, page) = sign_in_to(&env, "/").await;
     let (key, _, _, _) = enrol(&env, &browser, &page).await;
     let (second, mut page) = sign_in_to(&env, "/").await;
@@ -218,7 +219,7 @@ async fn five_wrong_codes_lock_the_user_out_until_the_lock_passes() {
             page = body;
         }
     }
-    env.gh.gatehouse.clock.advance(31);
+    env.gh.clock().advance(Duration::from_secs(31));
     let (status, _, _) = submit(
         &second,
         &env,
@@ -230,7 +231,7 @@ async fn five_wrong_codes_lock_the_user_out_until_the_lock_passes() {
     assert_eq!(status, 429, "locked: the right code is not even looked at");
     assert!(metric(&env, "locked").await >= 2.0);
     assert_eq!(metric(&env, "failure").await, 5.0);
-    env.gh.gatehouse.clock.advance(300);
+    env.gh.clock().advance(Duration::from_secs(300));
     let (status, location, _) = submit(
         &second,
         &env,
@@ -247,7 +248,7 @@ async fn five_wrong_codes_lock_the_user_out_until_the_lock_passes() {
 /// `/admin` once the code is accepted.
 #[tokio::test]
 async fn a_session_without_mfa_steps_up_for_admin_and_comes_back_to_it() {
-    let env = login_env(
+    let env = manual_login_env(
         json!({}),
         &extra("[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nmfa = \"required\""),
     )
@@ -284,7 +285,8 @@ async fn a_session_without_mfa_steps_up_for_admin_and_comes_back_to_it() {
 /// and the conflict metric; `skip` lets the user in with the claims headers.
 #[tokio::test]
 async fn a_jit_off_connection_is_denied_or_skipped_as_configured() {
-    let denied = login_env(json!({}), &extra("jit = false\n[mfa]\ntotp = \"required\"")).await;
+    let denied =
+        manual_login_env(json!({}), &extra("jit = false\n[mfa]\ntotp = \"required\"")).await;
     let journey = Browser::new()
         .follow(&denied.url("/"), Some(("alice", "alice-pw")))
         .await;
@@ -293,7 +295,7 @@ async fn a_jit_off_connection_is_denied_or_skipped_as_configured() {
     let conflicts = "gatehouse_mfa_conflicts_total{connection=\"test\"}";
     assert_eq!(denied.gh.metric(conflicts).await, 1.0);
 
-    let skipped = login_env(
+    let skipped = manual_login_env(
         json!({}),
         &extra("jit = false\n[mfa]\ntotp = \"required\"\nwhen_no_local_account = \"skip\""),
     )
@@ -380,7 +382,7 @@ jit = false
 /// session cookie.
 #[tokio::test]
 async fn forged_pending_cookies_and_csrf_tokens_are_refused() {
-    let env = login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
+    let env = manual_login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
     let forged = client()
         .get(env.url("/oauth2/mfa"))
         .header("cookie", "_gatehouse_mfa=AAAAforgedvalue")
@@ -436,4 +438,23 @@ async fn forged_pending_cookies_and_csrf_tokens_are_refused() {
     assert_eq!(swapped.status(), 401, "a pending login is not a session");
     let rejected = "gatehouse_session_rejected_total{reason=\"forged\"}";
     assert_eq!(env.gh.metric_reaching(rejected, 1.0).await, 1.0);
+}
+
+/// A login waiting for its second factor waits ten minutes on Gatehouse's clock: one second
+/// before, its page still shows; at the limit it is gone and the browser is sent to sign in
+/// again. The clock is advanced, never slept on.
+#[tokio::test]
+async fn a_pending_second_factor_login_expires_on_gatehouses_clock() {
+    let env = manual_login_env(json!({}), &extra("[mfa]\ntotp = \"required\"")).await;
+    let (browser, page) = sign_in_to(&env, "/").await;
+    assert!(page.contains("Set up two-step sign-in"), "{page}");
+    env.gh.clock().advance(Duration::from_secs(599));
+    let waiting = browser.get(&env.url("/oauth2/mfa")).await;
+    assert_eq!(waiting.status(), 200, "one second before");
+    let body = waiting.text().await.unwrap();
+    assert!(body.contains("Set up two-step sign-in"), "{body}");
+    env.gh.clock().advance(Duration::from_secs(1));
+    let gone = browser.get(&env.url("/oauth2/mfa")).await;
+    assert_eq!(gone.status(), 302, "at the limit");
+    assert_eq!(gone.headers()["location"], "/oauth2/start");
 }

@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use super::expiring::Expiring;
 use super::oidc::{jwt_payload, Provider};
+use crate::clock::Clock;
 use crate::identity::claims::identity_from_claims;
 use crate::identity::Identity;
 
@@ -95,21 +96,29 @@ fn is_signature_key(jwk: &Jwk) -> bool {
 
 /// Verifies a token against a connection's cached keys, fetching newer ones (at most every
 /// 30 s per connection, see [`Provider::newer_keys`]) only when the token names a key the
-/// cache does not hold. Shared by bearer and logout tokens.
+/// cache does not hold. Shared by bearer and logout tokens; `now` in unix seconds.
 pub async fn verify_with_provider(
     provider: &Provider,
     token: &str,
     audiences: &[String],
     kind: Kind,
+    now: u64,
 ) -> Result<Map<String, Value>, BearerError> {
     let discovered = provider.current().ok_or(BearerError::Unavailable)?;
-    match check(token, &discovered.keys, &discovered.issuer, audiences, kind) {
+    match check(
+        token,
+        &discovered.keys,
+        &discovered.issuer,
+        audiences,
+        kind,
+        now,
+    ) {
         Err(BearerError::UnknownKey) => {
             let newer = provider
                 .newer_keys(&discovered)
                 .await
                 .ok_or(BearerError::UnknownKey)?;
-            check(token, &newer.keys, &newer.issuer, audiences, kind)
+            check(token, &newer.keys, &newer.issuer, audiences, kind, now)
         }
         other => other,
     }
@@ -167,11 +176,13 @@ pub struct BearerVerifier {
     providers: Vec<Arc<Provider>>,
     /// (connection, subject) -> when a back-channel logout ended that subject's sessions.
     logged_out: Mutex<Expiring<(String, String)>>,
+    /// `exp`, `nbf` and the logout record are read on it.
+    clock: Clock,
 }
 
 impl BearerVerifier {
     /// Keeps the providers whose connection allows bearer tokens; the others are ignored.
-    pub fn new(providers: &[Arc<Provider>]) -> Self {
+    pub fn new(providers: &[Arc<Provider>], clock: Clock) -> Self {
         let providers = providers
             .iter()
             .filter(|p| p.connection.allow_bearer)
@@ -180,6 +191,7 @@ impl BearerVerifier {
         Self {
             providers,
             logged_out: Mutex::new(Expiring::new(LOGOUT_MEMORY_SECS, LOGOUT_RECORDS)),
+            clock,
         }
     }
 
@@ -205,11 +217,12 @@ impl BearerVerifier {
         let kind = Kind::Access {
             require_at_jwt: connection.require_at_jwt,
         };
+        let now = self.clock.now();
         let claims =
-            verify_with_provider(provider, token, &connection.bearer_audiences, kind).await?;
+            verify_with_provider(provider, token, &connection.bearer_audiences, kind, now).await?;
         let identity = identity_from_claims(&connection.id, &connection.claims, &claims)
             .ok_or_else(|| BearerError::Invalid("no sub claim".into()))?;
-        self.not_logged_out(&connection.id, &identity.subject, &claims)?;
+        self.not_logged_out(&connection.id, &identity.subject, &claims, now)?;
         Ok(Bearer {
             identity,
             factors: factors(&claims, &connection.bearer_mfa_acr),
@@ -223,13 +236,14 @@ impl BearerVerifier {
         connection: &str,
         subject: &str,
         claims: &Map<String, Value>,
+        now: u64,
     ) -> Result<(), BearerError> {
         let key = (connection.to_string(), subject.to_string());
         let logout = self
             .logged_out
             .lock()
             .map_err(|_| BearerError::Unavailable)?
-            .get(&key, crate::auth::session::now());
+            .get(&key, now);
         match (logout, claims.get("iat").and_then(Value::as_u64)) {
             (None, _) => Ok(()),
             (Some(at), Some(iat)) if iat > at => Ok(()),
@@ -324,7 +338,7 @@ fn check_typ(typ: Option<&str>, kind: Kind) -> Result<(), BearerError> {
 }
 
 /// Claims that mark a token as another kind than the one expected.
-fn check_kind_claims(claims: &Map<String, Value>, kind: Kind) -> Result<(), BearerError> {
+fn check_kind_claims(claims: &Map<String, Value>, kind: Kind, now: u64) -> Result<(), BearerError> {
     if claims.contains_key("nonce") {
         return Err(BearerError::Invalid(
             "a token with a nonce is an ID token".into(),
@@ -337,10 +351,7 @@ fn check_kind_claims(claims: &Map<String, Value>, kind: Kind) -> Result<(), Bear
             ));
         }
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        let start = claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .unwrap_or_else(crate::auth::session::now);
+        let start = claims.get("iat").and_then(Value::as_u64).unwrap_or(now);
         if exp.saturating_sub(start) > LOGOUT_MEMORY_SECS {
             return Err(BearerError::Invalid(
                 "the token is valid for longer than 24 hours".into(),
@@ -350,14 +361,16 @@ fn check_kind_claims(claims: &Map<String, Value>, kind: Kind) -> Result<(), Bear
     Ok(())
 }
 
-/// Verifies `token` against `jwks`: algorithm, key, signature, `exp`/`nbf`, `iss`, `aud` and
-/// `azp`. Returns the claims; the caller maps them to an identity.
+/// Verifies `token` against `jwks`: algorithm, key, signature, `exp`/`nbf` at `now` (unix
+/// seconds, from the [`Clock`]), `iss`, `aud` and `azp`. Returns the claims; the caller maps
+/// them to an identity.
 pub fn check(
     token: &str,
     jwks: &JwkSet,
     expected_issuer: &str,
     audiences: &[String],
     kind: Kind,
+    now: u64,
 ) -> Result<Map<String, Value>, BearerError> {
     let header = read_header(token)?;
     let alg = allowed_algorithm(header.alg)?;
@@ -369,7 +382,8 @@ pub fn check(
     let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| BearerError::Invalid(e.to_string()))?
         .claims;
-    check_kind_claims(&claims, kind)?;
+    check_times(&claims, now)?;
+    check_kind_claims(&claims, kind, now)?;
     check_azp(&claims, audiences)?;
     Ok(claims)
 }
@@ -452,8 +466,40 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), String> {
     }
 }
 
-/// `exp` required (for access tokens), `nbf` honoured, both with [`LEEWAY_SECS`]; `iss`
-/// exact; `aud` one of ours.
+/// `exp` and `nbf`, when present, at `now` with [`LEEWAY_SECS`] either way; a value that is not
+/// a number is refused. (jsonwebtoken would read the system time, so its own time checks are
+/// off and these read the [`Clock`]; the error texts are jsonwebtoken's.)
+fn check_times(claims: &Map<String, Value>, now: u64) -> Result<(), BearerError> {
+    use jsonwebtoken::errors::{Error, ErrorKind};
+    let refuse = |kind: ErrorKind| BearerError::Invalid(Error::from(kind).to_string());
+    let numeric = |name: &str| match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => numeric_date(v)
+            .map(Some)
+            .ok_or_else(|| refuse(ErrorKind::InvalidClaimFormat(name.to_string()))),
+    };
+    if numeric("exp")?.is_some_and(|exp| exp < now.saturating_sub(LEEWAY_SECS)) {
+        return Err(refuse(ErrorKind::ExpiredSignature));
+    }
+    if numeric("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+        return Err(refuse(ErrorKind::ImmatureSignature));
+    }
+    Ok(())
+}
+
+/// A JWT NumericDate as whole unix seconds: a non-negative integer, or a finite non-negative
+/// number with a fraction (dropped).
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
+/// `exp` required (for access tokens); `iss` exact; `aud` one of ours. `exp` and `nbf` are
+/// checked against the clock by [`check_times`], not here.
 fn validation(
     alg: Algorithm,
     expected_issuer: &str,
@@ -462,8 +508,8 @@ fn validation(
 ) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.validate_aud = true;
     match kind {
         Kind::Access { .. } => validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]),
@@ -527,8 +573,12 @@ mod tests {
         }
     }
 
+    /// The tests' clock reading: far from the system time, so a check that read the system
+    /// time instead would fail them.
+    const NOW: u64 = 1_900_000_000;
+
     fn now() -> i64 {
-        jsonwebtoken::get_current_timestamp() as i64
+        NOW as i64
     }
 
     fn good_claims() -> Value {
@@ -557,7 +607,14 @@ mod tests {
     };
 
     fn run(token: &str) -> Result<Map<String, Value>, BearerError> {
-        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], ACCESS)
+        check(
+            token,
+            &published(),
+            ISSUER,
+            &[AUDIENCE.to_string()],
+            ACCESS,
+            NOW,
+        )
     }
 
     fn refused_as_invalid(token: &str) -> String {
@@ -647,6 +704,59 @@ mod tests {
         let mut claims = good_claims();
         claims["exp"] = json!(now() - 10);
         assert!(run(&sign(&claims)).is_ok());
+    }
+
+    /// `exp` and `nbf` are judged on the clock given, with the leeway either way: accepted up
+    /// to the last second, refused one second past it (the token never changes, only `now`).
+    #[test]
+    fn exp_and_nbf_are_judged_on_the_clock_with_the_leeway() {
+        let at = |claims: &Value, now: u64| {
+            let token = sign(claims);
+            check(
+                &token,
+                &published(),
+                ISSUER,
+                &[AUDIENCE.to_string()],
+                ACCESS,
+                now,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let mut expiring = good_claims();
+        expiring["exp"] = json!(NOW);
+        assert!(at(&expiring, NOW + LEEWAY_SECS).is_ok());
+        assert!(at(&expiring, NOW + LEEWAY_SECS + 1)
+            .unwrap_err()
+            .contains("ExpiredSignature"));
+        let mut later = good_claims();
+        later["nbf"] = json!(NOW);
+        assert!(at(&later, NOW - LEEWAY_SECS).is_ok());
+        assert!(at(&later, NOW - LEEWAY_SECS - 1)
+            .unwrap_err()
+            .contains("ImmatureSignature"));
+    }
+
+    /// An `exp` or `nbf` that is no number (a string, a negative, a boolean, an object) is
+    /// refused, never skipped.
+    #[test]
+    fn a_time_claim_that_is_not_a_number_is_refused() {
+        for bad in [
+            json!("soon"),
+            json!(-5),
+            json!(true),
+            json!({"t": 1}),
+            json!([1]),
+        ] {
+            let mut claims = good_claims();
+            claims["nbf"] = bad.clone();
+            assert!(run(&sign(&claims)).is_err(), "nbf {bad}");
+            let mut claims = good_claims();
+            claims["exp"] = bad.clone();
+            assert!(run(&sign(&claims)).is_err(), "exp {bad}");
+        }
+        let mut claims = good_claims();
+        claims["exp"] = json!(NOW as f64 + 0.5);
+        assert!(run(&sign(&claims)).is_ok(), "a fractional exp is a number");
     }
 
     #[test]
@@ -746,7 +856,7 @@ mod tests {
         jwks.keys
             .push(public_jwk(&ed_key(ED25519_B), Algorithm::EdDSA, "ed-2"));
         let token = sign_with(&good_claims(), &ed_key(ED25519_A), Algorithm::EdDSA, None);
-        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS);
+        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS, NOW);
         assert!(matches!(result, Err(BearerError::UnknownKey)));
     }
 
@@ -757,7 +867,7 @@ mod tests {
             keys: vec![public_jwk(&key, Algorithm::ES256, "ec-1")],
         };
         let token = sign_with(&good_claims(), &key, Algorithm::ES256, Some("ec-1"));
-        assert!(check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS).is_ok());
+        assert!(check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS, NOW).is_ok());
     }
 
     #[test]
@@ -767,7 +877,7 @@ mod tests {
         ec_jwk.common.key_algorithm = None;
         let jwks = JwkSet { keys: vec![ec_jwk] };
         let token = sign(&good_claims());
-        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS);
+        let result = check(&token, &jwks, ISSUER, &[AUDIENCE.to_string()], ACCESS, NOW);
         assert!(matches!(result, Err(BearerError::Invalid(why)) if why.contains("type")));
     }
 
@@ -781,6 +891,7 @@ mod tests {
             ISSUER,
             &[AUDIENCE.to_string()],
             ACCESS,
+            NOW,
         );
         assert!(matches!(result, Err(BearerError::Invalid(why)) if why.contains("ES256")));
     }
@@ -830,7 +941,14 @@ mod tests {
     }
 
     fn run_as(token: &str, kind: Kind) -> Result<Map<String, Value>, BearerError> {
-        check(token, &published(), ISSUER, &[AUDIENCE.to_string()], kind)
+        check(
+            token,
+            &published(),
+            ISSUER,
+            &[AUDIENCE.to_string()],
+            kind,
+            NOW,
+        )
     }
 
     const AT_JWT_ONLY: Kind = Kind::Access {
@@ -938,8 +1056,8 @@ mod tests {
     /// (or without `iat`) are refused; later ones, and other subjects', pass.
     #[test]
     fn a_logout_refuses_the_subjects_older_tokens_only() {
-        let verifier = BearerVerifier::new(&[]);
-        let at = crate::auth::session::now();
+        let verifier = BearerVerifier::new(&[], Clock::manual(NOW));
+        let at = NOW;
         verifier.logged_out("c", "alice", at);
         let claims = |iat: Option<u64>| {
             let mut c = Map::new();
@@ -950,18 +1068,20 @@ mod tests {
         };
         for iat in [None, Some(0), Some(at - 3600), Some(at)] {
             assert!(
-                verifier.not_logged_out("c", "alice", &claims(iat)).is_err(),
+                verifier
+                    .not_logged_out("c", "alice", &claims(iat), NOW)
+                    .is_err(),
                 "{iat:?}"
             );
         }
         assert!(verifier
-            .not_logged_out("c", "alice", &claims(Some(at + 1)))
+            .not_logged_out("c", "alice", &claims(Some(at + 1)), NOW)
             .is_ok());
         assert!(verifier
-            .not_logged_out("c", "bob", &claims(Some(0)))
+            .not_logged_out("c", "bob", &claims(Some(0)), NOW)
             .is_ok());
         assert!(verifier
-            .not_logged_out("other", "alice", &claims(Some(0)))
+            .not_logged_out("other", "alice", &claims(Some(0)), NOW)
             .is_ok());
     }
 
@@ -982,29 +1102,32 @@ bearer_audiences = ["{AUDIENCE}"]
 "#
         );
         let config = crate::config::parse(&text).unwrap();
-        Arc::new(Provider::new(config.connections[0].clone()).unwrap())
+        Arc::new(Provider::new(config.connections[0].clone(), Clock::manual(NOW)).unwrap())
     }
 
     #[test]
     fn the_verifier_keeps_only_connections_that_allow_bearer_tokens() {
-        let both = BearerVerifier::new(&[provider("a", true), provider("b", false)]);
+        let both = BearerVerifier::new(
+            &[provider("a", true), provider("b", false)],
+            Clock::manual(NOW),
+        );
         assert!(both.is_enabled());
         assert_eq!(both.providers.len(), 1);
         assert_eq!(both.providers[0].connection.id, "a");
-        assert!(!BearerVerifier::new(&[provider("b", false)]).is_enabled());
-        assert!(!BearerVerifier::new(&[]).is_enabled());
+        assert!(!BearerVerifier::new(&[provider("b", false)], Clock::manual(NOW)).is_enabled());
+        assert!(!BearerVerifier::new(&[], Clock::manual(NOW)).is_enabled());
     }
 
     #[tokio::test]
     async fn a_token_from_a_connection_without_bearer_access_is_not_allowed() {
-        let verifier = BearerVerifier::new(&[provider("b", false)]);
+        let verifier = BearerVerifier::new(&[provider("b", false)], Clock::manual(NOW));
         let result = verifier.verify(&sign(&good_claims())).await;
         assert!(matches!(result, Err(BearerError::NotAllowed)));
     }
 
     #[tokio::test]
     async fn a_token_from_an_unknown_issuer_is_not_allowed() {
-        let verifier = BearerVerifier::new(&[provider("a", true)]);
+        let verifier = BearerVerifier::new(&[provider("a", true)], Clock::manual(NOW));
         let mut claims = good_claims();
         claims["iss"] = json!("https://elsewhere.example");
         let result = verifier.verify(&sign(&claims)).await;
@@ -1013,14 +1136,14 @@ bearer_audiences = ["{AUDIENCE}"]
 
     #[tokio::test]
     async fn an_undiscovered_issuer_makes_verification_unavailable() {
-        let verifier = BearerVerifier::new(&[provider("a", true)]);
+        let verifier = BearerVerifier::new(&[provider("a", true)], Clock::manual(NOW));
         let result = verifier.verify(&sign(&good_claims())).await;
         assert!(matches!(result, Err(BearerError::Unavailable)));
     }
 
     #[tokio::test]
     async fn the_verifier_refuses_alg_none_and_hmac_before_looking_at_the_issuer() {
-        let verifier = BearerVerifier::new(&[]);
+        let verifier = BearerVerifier::new(&[], Clock::manual(NOW));
         let none = format!(
             "{}.{}.",
             b64url(br#"{"alg":"none"}"#),

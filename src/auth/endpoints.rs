@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::login::{complete_login_off_thread, Completed, LoginFailure};
 use super::oidc::OidcError;
-use super::session::{now, request_cookies, Lookup, SessionsOf};
+use super::session::{request_cookies, Lookup, SessionsOf};
 use super::throttle::Endpoint;
 use super::Auth;
 use crate::logging::Escaped;
@@ -344,7 +344,7 @@ async fn start(
         rd,
         conn: provider.connection.id.clone(),
         redirect_uri,
-        exp: now() + ttl,
+        exp: auth.clock.now() + ttl,
     };
     let sealed = auth.sessions.sealer().seal(
         LOGIN_PURPOSE,
@@ -548,7 +548,7 @@ async fn finish_login(
         .filter(|_| IssuedState::parse(state).is_some())
         .and_then(|(_, sealed)| auth.sessions.sealer().open(LOGIN_PURPOSE, sealed).ok())
         .and_then(|plain| serde_json::from_slice(&plain).ok())
-        .filter(|l: &LoginState| l.state == state && l.exp > now())
+        .filter(|l: &LoginState| l.state == state && l.exp > auth.clock.now())
         .ok_or(Refusal::StateInvalid(
             "This sign-in link is invalid or has expired.",
         ))?;
@@ -929,7 +929,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
         )
         .await;
     };
-    let at = now();
+    let at = auth.clock.now();
     match auth.logout.verify(&auth.providers, token, at).await {
         Ok(order) => {
             let connection = order.connection.clone();

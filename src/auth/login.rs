@@ -70,7 +70,7 @@ impl Auth {
                     tx,
                     &connection,
                     &result.identity,
-                    super::session::now(),
+                    self.clock.now(),
                     request_id,
                 )? {
                     Provisioned::Allowed { identity, action } => (identity, Some(action)),
@@ -153,7 +153,7 @@ impl Auth {
                     user_id,
                     username,
                     rd: rd.to_string(),
-                    exp: self.mfa.now() + PENDING_TTL,
+                    exp: self.clock.now() + PENDING_TTL,
                 }))
             }
         })

@@ -66,7 +66,7 @@ impl LogoutVerifier {
     ) -> Result<LogoutOrder, String> {
         let provider = provider_for(providers, token)?;
         let audiences = std::slice::from_ref(&provider.connection.client_id);
-        let claims = verify_with_provider(provider, token, audiences, Kind::Logout)
+        let claims = verify_with_provider(provider, token, audiences, Kind::Logout, now)
             .await
             .map_err(|e| e.to_string())?;
         let order = check_claims(&provider.connection.id, &claims, now)?;

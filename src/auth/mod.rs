@@ -50,6 +50,8 @@ pub struct Auth {
     pub forward_auth: crate::config::model::ForwardAuth,
     /// Back-channel logout tokens: checks and the `jti` replay record.
     pub logout: logout::LogoutVerifier,
+    /// Every expiry the login machinery decides is read on it.
+    pub clock: crate::clock::Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +80,7 @@ impl Auth {
         config: &Config,
         store: Arc<Store>,
         metrics: AuthMetrics,
-        clock: Arc<crate::clock::Clock>,
+        clock: crate::clock::Clock,
     ) -> Result<Option<Self>, AuthSetupError> {
         if config.connections.is_empty() {
             return Ok(None);
@@ -88,7 +90,7 @@ impl Auth {
             .iter()
             .map(|c| {
                 metrics.register_connection(&c.id);
-                Provider::new(c.clone())
+                Provider::new(c.clone(), clock.clone())
                     .map(Arc::new)
                     .map_err(|e| AuthSetupError::Connection(c.id.clone(), e))
             })
@@ -99,16 +101,16 @@ impl Auth {
             config.mfa.clone(),
             &config.data_dir,
             sealer.clone(),
-            clock,
+            clock.clone(),
             config.limits.pending_mfa,
             metrics.evictions(crate::metrics::BoundedMap::PendingMfa),
         )
         .map_err(AuthSetupError::Keys)?;
-        let sessions = Sessions::new(config.session.clone(), sealer, store.clone())?;
+        let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);
         metrics.users.set(store.read(|tx| tx.user_count())? as i64);
         Ok(Some(Self {
-            bearer: bearer::BearerVerifier::new(&providers),
+            bearer: bearer::BearerVerifier::new(&providers, clock.clone()),
             providers,
             sessions,
             redirects: RedirectPolicy::new(config.login.allowed_redirect_domains.clone()),
@@ -123,6 +125,7 @@ impl Auth {
             throttle: throttle::Throttle::new(&config.limits),
             forward_auth: config.forward_auth.clone(),
             logout: logout::LogoutVerifier::new(),
+            clock,
         }))
     }
 
@@ -135,7 +138,7 @@ impl Auth {
         let Ok(mut used) = self.used_states.lock() else {
             return false;
         };
-        let outcome = used.insert(state.to_string(), (), until, session::now());
+        let outcome = used.insert(state.to_string(), (), until, self.clock.now());
         drop(used);
         if outcome.evicted > 0 {
             self.metrics
@@ -151,9 +154,9 @@ impl Auth {
     pub async fn ensure_fresh(&self, live: &Arc<session::LiveSession>) -> bool {
         // One look at the tokens per request: expired, and refreshable.
         let needs_refresh = |s: &session::LiveSession| {
+            let now = self.clock.now();
             s.tokens.lock().is_ok_and(|t| {
-                t.refresh_token.is_some()
-                    && t.access_expires_at.is_some_and(|exp| exp <= session::now())
+                t.refresh_token.is_some() && t.access_expires_at.is_some_and(|exp| exp <= now)
             })
         };
         if !needs_refresh(live) {

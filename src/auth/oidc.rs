@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
@@ -22,6 +22,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::clock::Clock;
 use crate::config::model::Connection;
 use crate::identity::claims::identity_from_claims;
 use crate::identity::Identity;
@@ -134,12 +135,8 @@ pub struct Provider {
     /// When keys were last fetched (discovery included); held across a fetch so that
     /// concurrent requests wait for it instead of fetching again.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// ID-token `exp`/`iat` and access-token expiry are read on it.
+    clock: Clock,
 }
 
 /// The claims of a JWT whose signature has already been checked.
@@ -155,7 +152,7 @@ pub fn jwt_payload(jwt: &str) -> Option<Map<String, Value>> {
 }
 
 impl Provider {
-    pub fn new(connection: Connection) -> Result<Self, String> {
+    pub fn new(connection: Connection, clock: Clock) -> Result<Self, String> {
         let mut builder = openidconnect::reqwest::ClientBuilder::new()
             .redirect(openidconnect::reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10));
@@ -172,7 +169,20 @@ impl Provider {
             http,
             discovered: RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
+            clock,
         })
+    }
+
+    /// "Now" for openidconnect's ID-token checks (`exp`), read on the clock.
+    fn time_fn(&self) -> impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static {
+        let clock = self.clock.clone();
+        move || {
+            // Out of chrono's range: the latest time, so every token counts as expired.
+            i64::try_from(clock.now())
+                .ok()
+                .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        }
     }
 
     pub fn http(&self) -> &openidconnect::reqwest::Client {
@@ -331,7 +341,8 @@ impl Provider {
             let verifier = d
                 .client
                 .id_token_verifier()
-                .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec());
+                .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec())
+                .set_time_fn(self.time_fn());
             id_token
                 .claims(&verifier, &nonce)
                 .map(|_| ())
@@ -370,7 +381,9 @@ impl Provider {
                 id_token: Some(raw),
                 access_token: Some(response.access_token().secret().clone()),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
-                access_expires_at: response.expires_in().map(|d| now() + d.as_secs()),
+                access_expires_at: response
+                    .expires_in()
+                    .map(|d| self.clock.now() + d.as_secs()),
             },
         })
     }
@@ -385,7 +398,7 @@ impl Provider {
             }
         }
         match claims.get("iat").and_then(Value::as_u64) {
-            Some(iat) if iat <= now() + IAT_SKEW => Ok(()),
+            Some(iat) if iat <= self.clock.now() + IAT_SKEW => Ok(()),
             Some(_) => Err(OidcError::TokenInvalid("iat is in the future".into())),
             None => Err(OidcError::TokenInvalid("no iat claim".into())),
         }
@@ -426,7 +439,8 @@ impl Provider {
                 let verifier = d
                     .client
                     .id_token_verifier()
-                    .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec());
+                    .set_allowed_algs(ALLOWED_ID_TOKEN_ALGS.to_vec())
+                    .set_time_fn(self.time_fn());
                 id_token
                     .claims(&verifier, |_: Option<&Nonce>| Ok(()))
                     .map(|_| ())
@@ -456,7 +470,9 @@ impl Provider {
                     .refresh_token()
                     .map_or_else(|| refresh_token.to_string(), |t| t.secret().clone()),
             ),
-            access_expires_at: response.expires_in().map(|d| now() + d.as_secs()),
+            access_expires_at: response
+                .expires_in()
+                .map(|d| self.clock.now() + d.as_secs()),
         })
     }
 }
@@ -481,6 +497,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn provider(clock: Clock) -> Provider {
+        let text = "[session]\nkeys = [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n\
+                    [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n\
+                    [[connections]]\nid = \"c\"\nissuer = \"https://idp.example\"\n\
+                    client_id = \"g\"\nclient_secret = \"s\"\n";
+        let config = crate::config::parse(text).unwrap();
+        Provider::new(config.connections[0].clone(), clock).unwrap()
+    }
+
+    /// openidconnect's ID-token `exp` check reads the connection's clock, not the system
+    /// time; a reading beyond chrono's range counts as the latest time (every token expired).
+    #[test]
+    fn the_id_token_verifier_reads_the_clock() {
+        let clock = Clock::manual(1_900_000_000);
+        let now = provider(clock.clone()).time_fn();
+        assert_eq!(now().timestamp(), 1_900_000_000);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(now().timestamp(), 1_900_000_060);
+        let beyond = provider(Clock::manual(u64::MAX)).time_fn();
+        assert_eq!(beyond(), chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    }
+
+    /// `iat` may lie at most `IAT_SKEW` in the future of the clock.
+    #[test]
+    fn an_id_token_iat_is_judged_on_the_clock() {
+        let provider = provider(Clock::manual(1_900_000_000));
+        let claims = |iat: u64| {
+            let mut c = Map::new();
+            c.insert("iat".into(), Value::from(iat));
+            c
+        };
+        assert!(provider
+            .check_extra_claims(&claims(1_900_000_000 + IAT_SKEW))
+            .is_ok());
+        assert!(provider
+            .check_extra_claims(&claims(1_900_000_000 + IAT_SKEW + 1))
+            .is_err());
+    }
 
     #[test]
     fn the_keys_are_refetched_at_most_every_thirty_seconds() {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::config::model::Session as SessionConfig;
 use crate::identity::Identity;
 use crate::seal::Sealer;
@@ -30,8 +31,6 @@ fn chunk_index(cookie: &[u8], name: &[u8]) -> Option<usize> {
         _ => None,
     }
 }
-
-pub use crate::clock::unix_now as now;
 
 /// What the cookie carries: enough to find and cross-check the server-side record.
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,10 +65,11 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    fn from_record(record: SessionRecord) -> Self {
+    /// A live session for `record`, last seen at `now`.
+    fn from_record(record: SessionRecord, now: u64) -> Self {
         let mfa_at = record.mfa_at.unwrap_or(0);
         Self {
-            last_seen: AtomicU64::new(now()),
+            last_seen: AtomicU64::new(now),
             sid: record.sid,
             identity: record.identity,
             idp_sid: record.idp_sid,
@@ -250,6 +250,8 @@ pub struct Sessions {
     /// Every session write after login goes through it: never an fsync on a proxy thread.
     writer: SessionWriter,
     live: RwLock<LiveMap>,
+    /// Lifetimes and idle timeouts are measured on it.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -301,14 +303,16 @@ impl Sessions {
         config: SessionConfig,
         sealer: Sealer,
         store: Arc<Store>,
+        clock: Clock,
     ) -> Result<Self, StoreError> {
         let mut live = LiveMap::default();
         let mut expired = Vec::new();
+        let now = clock.now();
         for record in store.sessions()? {
-            if record.expires_at <= now() {
+            if record.expires_at <= now {
                 expired.push(record.sid);
             } else {
-                live.insert(Arc::new(LiveSession::from_record(record)));
+                live.insert(Arc::new(LiveSession::from_record(record, now)));
             }
         }
         if !expired.is_empty() {
@@ -322,6 +326,7 @@ impl Sessions {
             store,
             writer,
             live: RwLock::new(live),
+            clock,
         })
     }
 
@@ -331,6 +336,11 @@ impl Sessions {
 
     pub fn config(&self) -> &SessionConfig {
         &self.config
+    }
+
+    /// The clock lifetimes and idle timeouts are measured on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn active(&self) -> usize {
@@ -345,7 +355,7 @@ impl Sessions {
         idp_sid: Option<String>,
         tokens: Tokens,
     ) -> PendingSession {
-        let created_at = now();
+        let created_at = self.clock.now();
         PendingSession::new(SessionRecord {
             version: SESSION_RECORD_VERSION,
             sid: random_id(),
@@ -370,7 +380,7 @@ impl Sessions {
         let sealed = self
             .sealer
             .seal(PURPOSE, &serde_json::to_vec(&body).unwrap_or_default());
-        let live = Arc::new(LiveSession::from_record(record));
+        let live = Arc::new(LiveSession::from_record(record, self.clock.now()));
         if let Ok(mut map) = self.live.write() {
             map.insert(live);
         }
@@ -425,7 +435,7 @@ impl Sessions {
             };
             let mut record = old.record();
             record.identity = update(&old.identity);
-            let fresh = LiveSession::from_record(record.clone());
+            let fresh = LiveSession::from_record(record.clone(), 0);
             fresh
                 .last_seen
                 .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -468,7 +478,7 @@ impl Sessions {
         let Ok(body) = serde_json::from_slice::<CookieBody>(&plain) else {
             return Lookup::Rejected(Rejection::Forged);
         };
-        let now = now();
+        let now = self.clock.now();
         if body.exp <= now {
             return Lookup::Rejected(Rejection::Expired);
         }
@@ -544,7 +554,7 @@ impl Sessions {
     /// Ends sessions past their lifetime or idle timeout (run periodically, so memory and the
     /// store do not keep sessions nobody comes back to). Returns how many ended.
     pub fn sweep(&self) -> usize {
-        let now = now();
+        let now = self.clock.now();
         let idle = self.config.idle_timeout.as_secs();
         self.revoke_where(|s| {
             s.expires_at <= now || now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
@@ -732,8 +742,76 @@ mod tests {
     }
 
     fn sessions(dir: &std::path::Path, key: [u8; 32]) -> Sessions {
+        sessions_on(dir, key, config(), Clock::manual(START))
+    }
+
+    /// The manual clocks of these tests start here (unix seconds).
+    const START: u64 = 1_800_000_000;
+
+    fn sessions_on(
+        dir: &std::path::Path,
+        key: [u8; 32],
+        config: SessionConfig,
+        clock: Clock,
+    ) -> Sessions {
         let store = Arc::new(Store::open(dir).unwrap());
-        Sessions::new(config(), Sealer::new(vec![key]).unwrap(), store).unwrap()
+        Sessions::new(config, Sealer::new(vec![key]).unwrap(), store, clock).unwrap()
+    }
+
+    /// A session cookie works until the last second of the session's lifetime on the clock,
+    /// and is refused as expired from then on, however recently it was used.
+    #[test]
+    fn a_session_lives_exactly_its_lifetime_on_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(START);
+        let s = sessions_on(dir.path(), [7; 32], config(), clock.clone());
+        let headers = with_cookie(&s.create(identity("u1"), None, Tokens::default()).unwrap()[0]);
+        // Used every 500 s (inside the 600 s idle timeout) up to 1 s before the 3600 s lifetime.
+        for _ in 0..7 {
+            clock.advance(Duration::from_secs(500));
+            assert!(matches!(s.lookup(&headers), Lookup::Live(_)));
+        }
+        clock.advance(Duration::from_secs(99));
+        assert_eq!(clock.now(), START + 3599);
+        assert!(matches!(s.lookup(&headers), Lookup::Live(_)));
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            s.lookup(&headers),
+            Lookup::Rejected(Rejection::Expired)
+        ));
+    }
+
+    /// A session unused for the idle timeout is still accepted at the limit and refused one
+    /// second past it; each use restarts the idle count.
+    #[test]
+    fn an_idle_session_ends_one_second_past_the_idle_timeout_on_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(START);
+        let s = sessions_on(dir.path(), [7; 32], config(), clock.clone());
+        let headers = with_cookie(&s.create(identity("u1"), None, Tokens::default()).unwrap()[0]);
+        clock.advance(Duration::from_secs(600));
+        assert!(
+            matches!(s.lookup(&headers), Lookup::Live(_)),
+            "at the limit"
+        );
+        clock.advance(Duration::from_secs(601));
+        assert!(matches!(
+            s.lookup(&headers),
+            Lookup::Rejected(Rejection::Idle)
+        ));
+    }
+
+    /// The sweep ends sessions by the clock: none before the idle timeout, all after it.
+    #[test]
+    fn the_sweep_reads_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(START);
+        let s = sessions_on(dir.path(), [7; 32], config(), clock.clone());
+        s.create(identity("u1"), None, Tokens::default()).unwrap();
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(s.sweep(), 0);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.sweep(), 1);
     }
 
     #[test]
@@ -760,10 +838,9 @@ mod tests {
     #[test]
     fn a_sweep_ends_expired_sessions_and_keeps_live_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut short = config();
         short.lifetime = Duration::ZERO;
-        let s = Sessions::new(short, Sealer::new(vec![[7; 32]]).unwrap(), store).unwrap();
+        let s = sessions_on(dir.path(), [7; 32], short, Clock::manual(START));
         s.create(identity("u1"), None, Tokens::default()).unwrap();
         assert_eq!(s.active(), 1);
         assert_eq!(s.sweep(), 1);

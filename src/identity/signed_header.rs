@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::assertion::{AssertionError, AssertionSigner};
 use super::Identity;
-use crate::clock::unix_now as now;
+use crate::clock::Clock;
 use crate::config::model::{Signing, Upstream};
 
 /// Where the public keys are served on the proxy listener.
@@ -86,15 +86,23 @@ pub struct SignedHeader {
     ttl: u64,
     /// By upstream index (the router's order).
     audiences: Vec<String>,
+    /// `iat`/`exp` and the cache's re-sign time are read on it.
+    clock: Clock,
 }
 
 impl SignedHeader {
-    pub fn new(signer: Arc<AssertionSigner>, signing: &Signing, upstreams: &[Upstream]) -> Self {
+    pub fn new(
+        signer: Arc<AssertionSigner>,
+        signing: &Signing,
+        upstreams: &[Upstream],
+        clock: Clock,
+    ) -> Self {
         Self {
             signer,
             issuer: signing.issuer.clone(),
             ttl: signing.ttl.as_secs(),
             audiences: upstreams.iter().map(|u| u.audience.clone()).collect(),
+            clock,
         }
     }
 
@@ -138,7 +146,7 @@ impl SignedHeader {
         identity: &Identity,
         cache: Option<&AssertionCache>,
     ) -> Option<HeaderValue> {
-        let now = now();
+        let now = self.clock.now();
         if let Some(value) = cache.and_then(|c| c.fresh(upstream, now)) {
             return Some(value);
         }
@@ -157,5 +165,83 @@ impl SignedHeader {
             });
         }
         Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::SigningAlg;
+    use base64::Engine;
+    use std::time::Duration;
+
+    /// The manual clock of these tests starts here (unix seconds), far from the system time.
+    const START: u64 = 1_800_000_000;
+
+    fn header(clock: &Clock, ttl: u64) -> SignedHeader {
+        let signing = Signing {
+            alg: SigningAlg::EdDsa,
+            key_file: None,
+            ttl: Duration::from_secs(ttl),
+            issuer: "https://gatehouse.test".into(),
+        };
+        let signer = Arc::new(AssertionSigner::generate(SigningAlg::EdDsa).unwrap());
+        SignedHeader::new(signer, &signing, &[], clock.clone())
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            connection: "corp".into(),
+            subject: "alice".into(),
+            username: None,
+            email: None,
+            email_verified: false,
+            name: None,
+            groups: vec![],
+            user_id: None,
+            roles: vec![],
+            attributes: Default::default(),
+        }
+    }
+
+    /// `iat` and `exp` of a header value (its payload, unverified).
+    fn times(value: &HeaderValue) -> (u64, u64) {
+        let payload = value.to_str().unwrap().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        )
+    }
+
+    /// The assertion is dated by the clock (`iat` now, `exp` now + ttl), reused from the
+    /// session's cache until half its lifetime has passed on the clock, and signed again,
+    /// with the new time, from that second on.
+    #[test]
+    fn the_signed_header_is_dated_and_refreshed_on_the_clock() {
+        let clock = Clock::manual(START);
+        let signed = header(&clock, 60);
+        let cache = AssertionCache::default();
+        let first = signed.value(0, &identity(), Some(&cache)).unwrap();
+        assert_eq!(times(&first), (START, START + 60));
+        clock.advance(Duration::from_secs(29));
+        let reused = signed.value(0, &identity(), Some(&cache)).unwrap();
+        assert_eq!(reused, first, "one second before half its lifetime: reused");
+        clock.advance(Duration::from_secs(1));
+        let renewed = signed.value(0, &identity(), Some(&cache)).unwrap();
+        assert_eq!(times(&renewed), (START + 30, START + 90));
+    }
+
+    /// Without a cache (a bearer request) every value is signed at the clock's time.
+    #[test]
+    fn an_uncached_assertion_is_signed_at_the_clock_time() {
+        let clock = Clock::manual(START);
+        let signed = header(&clock, 300);
+        clock.advance(Duration::from_secs(7));
+        let value = signed.value(0, &identity(), None).unwrap();
+        assert_eq!(times(&value), (START + 7, START + 307));
     }
 }

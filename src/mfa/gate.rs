@@ -4,7 +4,7 @@
 //! short-lived cookie naming its pending login, never anything in a query string.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,8 @@ pub struct MfaGate {
     pub config: Mfa,
     /// Seals TOTP secrets in the store.
     pub sealer: Sealer,
-    pub clock: Arc<Clock>,
+    /// Pending logins, TOTP steps and lock-outs are read on it.
+    pub clock: Clock,
     /// Bounded by `[limits] pending_mfa`; a full map drops the login closest to expiry.
     pending: Mutex<crate::bounded::ExpiringMap<String, PendingLogin>>,
     evictions: prometheus::IntCounter,
@@ -75,7 +76,7 @@ impl MfaGate {
         config: Mfa,
         data_dir: &Path,
         cookie_sealer: Sealer,
-        clock: Arc<Clock>,
+        clock: Clock,
         capacity: usize,
         evictions: prometheus::IntCounter,
     ) -> Result<Self, String> {
@@ -94,6 +95,7 @@ impl MfaGate {
         })
     }
 
+    /// Now on the gate's clock (unix seconds).
     pub fn now(&self) -> u64 {
         self.clock.now()
     }
@@ -152,5 +154,71 @@ impl MfaGate {
         self.cookie_sealer
             .open(CSRF_PURPOSE, token)
             .is_ok_and(|c| c == context.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sessions::{Identity, SessionRecord, Tokens, SESSION_RECORD_VERSION};
+    use std::time::Duration;
+
+    /// The manual clock of these tests starts here (unix seconds), far from the system time.
+    const START: u64 = 1_800_000_000;
+
+    fn gate(dir: &Path, clock: Clock) -> MfaGate {
+        let text = "[session]\nkeys = [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n\
+                    [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n";
+        let config = crate::config::parse(text).unwrap();
+        let cookies = Sealer::new(vec![[9; 32]]).unwrap();
+        let evictions = prometheus::IntCounter::new("evictions", "test").unwrap();
+        MfaGate::new(config.mfa, dir, cookies, clock, 16, evictions).unwrap()
+    }
+
+    fn pending(exp: u64) -> PendingLogin {
+        let identity = Identity {
+            connection: "corp".into(),
+            subject: "alice".into(),
+            username: None,
+            email: None,
+            email_verified: false,
+            name: None,
+            groups: vec![],
+            user_id: Some("u1".into()),
+            roles: vec![],
+            attributes: Default::default(),
+        };
+        PendingLogin {
+            session: PendingSession::new(SessionRecord {
+                version: SESSION_RECORD_VERSION,
+                sid: "s1".into(),
+                identity,
+                idp_sid: None,
+                created_at: START,
+                expires_at: START + 3600,
+                tokens: Tokens::default(),
+                mfa_at: None,
+            }),
+            user_id: "u1".into(),
+            username: "alice".into(),
+            rd: "/".into(),
+            exp,
+        }
+    }
+
+    /// A login waiting for its second factor is found until the last second before its
+    /// expiry on the gate's clock, and not from its expiry on.
+    #[test]
+    fn a_pending_login_expires_on_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(START);
+        let gate = gate(dir.path(), clock.clone());
+        let cookie = gate.hold(pending(START + PENDING_TTL));
+        assert!(gate.peek(&cookie).is_some());
+        clock.advance(Duration::from_secs(PENDING_TTL - 1));
+        let waiting = gate.peek(&cookie).expect("one second before expiry");
+        assert_eq!(waiting.username, "alice");
+        clock.advance(Duration::from_secs(1));
+        assert!(gate.peek(&cookie).is_none(), "at its expiry");
     }
 }

@@ -120,10 +120,13 @@ impl Gatehouse {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
         let peers = router.upstreams().iter().map(peer_for).collect();
         let access = AccessPolicy::new(router.upstreams(), config.access.clone());
-        let signed = match (signer, &config.identity.signing) {
-            (Some(signer), Some(signing)) => {
-                Some(SignedHeader::new(signer, signing, router.upstreams()))
-            }
+        let signed = match (signer, &config.identity.signing, &auth) {
+            (Some(signer), Some(signing), Some(auth)) => Some(SignedHeader::new(
+                signer,
+                signing,
+                router.upstreams(),
+                auth.clock.clone(),
+            )),
             _ => None,
         };
         let mfa_anywhere = config.mfa.totp != MfaLevel::Off

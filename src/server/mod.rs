@@ -71,7 +71,8 @@ pub struct Prepared {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    pub clock: Arc<Clock>,
+    /// The clock every expiry is read on.
+    pub clock: Clock,
     /// The store, when a connection is configured.
     pub store: Option<Arc<Store>>,
 }
@@ -82,11 +83,13 @@ fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, Star
 
 /// Binds every listener and builds the services. Nothing is served until [`Prepared::run`].
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    prepare_with_clock(config, Arc::new(Clock::default()))
+    prepare_with_clock(config, Clock::system())
 }
 
-/// [`prepare`] with the clock the second factor reads (tests move it instead of sleeping).
-pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared, StartError> {
+/// [`prepare`] on `clock`: every expiry (sessions, login states, tokens, the signed header,
+/// pending second factors) is read on it. Only tests pass another clock than
+/// [`Clock::system`], to advance it instead of sleeping; there is no config key for it.
+pub fn prepare_with_clock(config: &Config, clock: Clock) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
 
@@ -248,8 +251,7 @@ impl Prepared {
 pub struct Running {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
-    /// The clock the second factor reads; tests advance it.
-    pub clock: Arc<Clock>,
+    clock: Clock,
     /// The store (tests look into it, or make it slow).
     pub store: Option<Arc<Store>>,
     stop: watch::Sender<bool>,
@@ -260,11 +262,22 @@ impl Running {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
+
+    /// The clock every expiry is read on; a test that started Gatehouse with
+    /// [`spawn_with_clock`] and a [`Clock::manual`] advances it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
 }
 
 /// Prepares and starts Gatehouse on a background thread.
 pub fn spawn(config: &Config) -> Result<Running, StartError> {
-    let prepared = prepare(config)?;
+    spawn_with_clock(config, Clock::system())
+}
+
+/// [`spawn`] on `clock` (for tests: a [`Clock::manual`] they advance instead of sleeping).
+pub fn spawn_with_clock(config: &Config, clock: Clock) -> Result<Running, StartError> {
+    let prepared = prepare_with_clock(config, clock)?;
     let (stop, stop_rx) = watch::channel(false);
     let running = Running {
         addresses: prepared.addresses.clone(),

@@ -12,15 +12,13 @@ use crate::store::{Store, StoreError};
 /// The admin API path.
 pub const API_PATH: &str = "/api/users";
 
-fn now() -> u64 {
-    crate::clock::unix_now()
-}
-
 /// Runs `op` for the store `config` names.
 pub fn run(config: &Config, op: &UserOp) -> Result<OpOutput, OpError> {
     match Store::open(&config.data_dir) {
         Ok(store) => {
-            let (output, effect) = execute(&store, op, now())?;
+            // Offline (no server holds the store): the record times are the system's.
+            let now = crate::clock::Clock::system().now();
+            let (output, effect) = execute(&store, op, now)?;
             apply_offline(&store, &effect)?;
             Ok(output)
         }

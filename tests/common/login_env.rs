@@ -4,8 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a part of this
 
-use crate::common::{client, start_echo, start_with, Harness};
+use crate::common::{client, start_echo, start_on, Harness};
 use crate::idp::{client_config, Browser, TestIdp};
+use gatehouse::clock::Clock;
 
 /// A Gatehouse with one connection to a fresh test IdP, its upstream, and a data dir.
 pub struct LoginEnv {
@@ -54,6 +55,22 @@ pub async fn login_env_with(
     idp_extra: serde_json::Value,
     upstream_keys: &str,
     extra: &str,
+) -> LoginEnv {
+    login_env_on(idp_extra, upstream_keys, extra, Clock::system()).await
+}
+
+/// [`login_env`] with Gatehouse on a manual clock standing at the present time: the test
+/// moves it with `env.gh.clock().advance(..)` instead of sleeping. (The IdP keeps the real
+/// time, so sign in before moving the clock far.)
+pub async fn manual_login_env(idp_extra: serde_json::Value, extra: &str) -> LoginEnv {
+    login_env_on(idp_extra, "", extra, Clock::manual_from_now()).await
+}
+
+async fn login_env_on(
+    idp_extra: serde_json::Value,
+    upstream_keys: &str,
+    extra: &str,
+    clock: Clock,
 ) -> LoginEnv {
     let upstream = start_echo().await;
     let port = free_port();
@@ -108,7 +125,7 @@ scopes = ["openid", "email", "profile", "groups"]
         key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         issuer = idp.issuer,
     );
-    let gh = start_with(upstream, &config);
+    let gh = start_on(upstream, &config, clock);
     let config = config.replace(
         "admin_listen = \"127.0.0.1:0\"",
         &format!("admin_listen = \"{}\"", gh.gatehouse.addresses.admin),

@@ -35,6 +35,11 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The clock Gatehouse reads every expiry on (advance it when started with a manual one).
+    pub fn clock(&self) -> &gatehouse::clock::Clock {
+        self.gatehouse.clock()
+    }
+
     pub fn proxy(&self) -> SocketAddr {
         self.gatehouse.addresses.proxy[0]
     }
@@ -153,8 +158,14 @@ pub async fn start(extra: &str) -> Harness {
 
 /// Starts Gatehouse with this config text; `upstream` is only remembered.
 pub fn start_with(upstream: SocketAddr, config: &str) -> Harness {
+    start_on(upstream, config, gatehouse::clock::Clock::system())
+}
+
+/// [`start_with`] on `clock`: a test that passes a `Clock::manual` advances it (through
+/// [`Harness::clock`]) instead of sleeping.
+pub fn start_on(upstream: SocketAddr, config: &str, clock: gatehouse::clock::Clock) -> Harness {
     let config = gatehouse::config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
-    let gatehouse = gatehouse::server::spawn(&config).expect("gatehouse starts");
+    let gatehouse = gatehouse::server::spawn_with_clock(&config, clock).expect("gatehouse starts");
     Harness {
         gatehouse,
         upstream,
