@@ -3,7 +3,6 @@
 
 pub mod bearer;
 pub mod discovery;
-pub mod endpoints;
 pub mod expiring;
 pub mod forward;
 pub mod login;

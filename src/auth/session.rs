@@ -602,33 +602,53 @@ impl Sessions {
         Some(chunks[..count].iter().flatten().copied().collect())
     }
 
-    fn attributes(&self, max_age: u64) -> String {
-        let mut attrs = format!(
-            "Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
-            self.config.cookie_path
-        );
-        if self.config.cookie_secure {
-            attrs.push_str("; Secure");
+    /// The one `Set-Cookie` builder of every Gatehouse cookie (session and its chunks, login
+    /// state, pending MFA), through the `cookie` crate: `HttpOnly`, `SameSite=Lax`, `Secure`
+    /// and `Domain` as configured, `Max-Age` in seconds (0 clears). `path` narrows where the
+    /// browser sends a short-lived cookie (`None`: the session's `cookie_path`), except under
+    /// the `__Host-` prefix, which requires `Path=/`. Names and values are Gatehouse's own
+    /// (the configured name, sealed base64url): nothing from the request goes in.
+    pub fn set_cookie_header(
+        &self,
+        name: &str,
+        value: &str,
+        path: Option<&str>,
+        max_age: u64,
+    ) -> String {
+        let c = &self.config;
+        let path = match path {
+            _ if c.host_prefix => "/",
+            Some(path) => path,
+            None => c.cookie_path.as_str(),
+        };
+        let mut built = cookie::Cookie::build((name, value))
+            .path(path)
+            .max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ))
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .secure(c.cookie_secure);
+        if let Some(domain) = &c.cookie_domain {
+            built = built.domain(domain.as_str());
         }
-        if let Some(domain) = &self.config.cookie_domain {
-            attrs.push_str("; Domain=");
-            attrs.push_str(domain);
-        }
-        attrs
+        built.build().to_string()
     }
 
     /// `Set-Cookie` values for a sealed session, split into `name_0`, `name_1`, ... when long.
     fn set_cookie(&self, sealed: &str, max_age: u64) -> Vec<String> {
         let name = &self.config.cookie_name;
-        let attrs = self.attributes(max_age);
         if sealed.len() <= CHUNK {
-            return vec![format!("{name}={sealed}; {attrs}")];
+            return vec![self.set_cookie_header(name, sealed, None, max_age)];
         }
         sealed
             .as_bytes()
             .chunks(CHUNK)
             .enumerate()
-            .map(|(i, part)| format!("{name}_{i}={}; {attrs}", String::from_utf8_lossy(part)))
+            .map(|(i, part)| {
+                let part = String::from_utf8_lossy(part);
+                self.set_cookie_header(&format!("{name}_{i}"), &part, None, max_age)
+            })
             .collect()
     }
 
@@ -672,18 +692,17 @@ impl Sessions {
     /// (at most [`MAX_CHUNKS`], each once, whatever else the header names).
     pub fn clear_cookies(&self, headers: &HeaderMap) -> Vec<String> {
         let name = self.config.cookie_name.as_str();
-        let attrs = self.attributes(0);
         let mut present = [false; MAX_CHUNKS];
         for (k, _) in cookie_pairs(headers) {
             if let Some(i) = chunk_index(k, name.as_bytes()) {
                 present[i] = true;
             }
         }
-        let mut out = vec![format!("{name}=; {attrs}")];
+        let mut out = vec![self.set_cookie_header(name, "", None, 0)];
         out.extend(
             (0..MAX_CHUNKS)
                 .filter(|i| present[*i])
-                .map(|i| format!("{name}_{i}=; {attrs}")),
+                .map(|i| self.set_cookie_header(&format!("{name}_{i}"), "", None, 0)),
         );
         out
     }

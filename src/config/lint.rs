@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::model::{Config, HostMatch, PathMatch, PathRule};
+use super::model::{Config, HexColor, HostMatch, Pages, PathMatch, PathRule};
 use super::ConfigError;
 
 /// What [`lint`] found.
@@ -99,6 +99,32 @@ fn same_host(a: &Option<HostMatch>, b: &Option<HostMatch>) -> bool {
     }
 }
 
+/// The page backgrounds the accent colour is drawn on as text: light and dark mode.
+pub const PAGE_BACKGROUNDS: [(&str, HexColor); 2] = [
+    ("white", HexColor([0xff, 0xff, 0xff])),
+    ("dark", HexColor([0x1a, 0x1a, 0x1a])),
+];
+
+/// A warning per page background the accent colour has less than the 4.5:1 contrast WCAG AA
+/// asks of text on.
+fn accent_contrast(pages: &Pages) -> Vec<String> {
+    let Some(accent) = pages.accent_color else {
+        return Vec::new();
+    };
+    PAGE_BACKGROUNDS
+        .iter()
+        .map(|(name, bg)| (name, accent.contrast(bg)))
+        .filter(|(_, ratio)| *ratio < 4.5)
+        .map(|(name, ratio)| {
+            format!(
+                "pages.accent_color: {} on the {name} background has a contrast of {ratio:.2}:1, \
+                 below the 4.5:1 readable text needs",
+                accent.css()
+            )
+        })
+        .collect()
+}
+
 fn admin_is_exposed(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
@@ -106,6 +132,7 @@ fn admin_is_exposed(addr: SocketAddr) -> bool {
 /// Every fail-open mistake and dead rule in `config`.
 pub fn lint(config: &Config) -> Findings {
     let mut f = Findings::default();
+    f.warnings.extend(accent_contrast(&config.pages));
     // Protected routes exist unless one public rule covers every path for every method.
     let all_public = config
         .public

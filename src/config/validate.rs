@@ -119,6 +119,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     let mfa = mfa(&file.mfa, &mut p);
     let limits = limits(&file.limits, &mut p);
     let forward_auth = forward_auth(&file.forward_auth, &mut p);
+    let pages = pages(&file.pages, &mut p);
 
     match (server, log, headers, session, login, identity, mfa) {
         (
@@ -145,6 +146,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             mfa,
             limits,
             forward_auth,
+            pages,
         }),
         _ => Err(ConfigErrors(p.0)),
     }
@@ -398,6 +400,123 @@ fn forward_auth(
         uri_header,
         method_header,
     }
+}
+
+/// `[pages]`: a plain one-line title, a logo at `https://` or an absolute path, a hex accent
+/// colour, and an override directory whose files are read and checked here (so `check-config`
+/// reports them and serving never reads the disk).
+fn pages(f: &super::file::PagesSection, p: &mut Problems) -> super::model::Pages {
+    use super::model::{HexColor, PageOverrides, Pages};
+    let title = f.title.clone().and_then(|t| {
+        p.check(
+            "pages.title",
+            if t.trim().is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control) {
+                Err("must be 1 to 100 characters on one line".to_string())
+            } else {
+                Ok(t)
+            },
+        )
+    });
+    let logo_url = f
+        .logo_url
+        .clone()
+        .and_then(|u| p.check("pages.logo_url", logo_url(&u).map(|()| u)));
+    let accent_color = f.accent_color.as_deref().and_then(|c| {
+        p.check(
+            "pages.accent_color",
+            HexColor::parse(c)
+                .ok_or_else(|| format!("{c:?} is not a CSS hex colour (#rgb or #rrggbb)")),
+        )
+    });
+    let overrides = match &f.templates_dir {
+        Some(dir) => page_overrides(dir, p),
+        None => PageOverrides::default(),
+    };
+    Pages {
+        title,
+        logo_url,
+        accent_color,
+        overrides,
+    }
+}
+
+/// A logo address: `https://host/...` or an absolute path, no quotes, spaces or controls.
+fn logo_url(url: &str) -> Result<(), String> {
+    let plain = !url.is_empty()
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '<' | '>' | '\\'));
+    let https = url
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    let path = url.starts_with('/') && !url.starts_with("//");
+    if plain && (https || path) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?} must be an https:// URL or an absolute path (no spaces or quotes)"
+        ))
+    }
+}
+
+/// Reads `[pages] templates_dir`: only the known file names, each valid UTF-8 and small.
+fn page_overrides(dir: &std::path::Path, p: &mut Problems) -> super::model::PageOverrides {
+    use super::model::PageOverrides;
+    let mut out = PageOverrides::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            p.add(
+                "pages.templates_dir",
+                format!("cannot read {}: {e}", dir.display()),
+            );
+            return out;
+        }
+    };
+    let allowed = PageOverrides::FILES.join(", ");
+    let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = format!("pages.templates_dir/{name}");
+        let slot = match name.as_str() {
+            "style.css" => &mut out.style_css,
+            "header.html" => &mut out.header_html,
+            "footer.html" => &mut out.footer_html,
+            _ => {
+                p.add(key, format!("unknown file; allowed: {allowed}"));
+                continue;
+            }
+        };
+        let text = std::fs::metadata(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                if !m.is_file() {
+                    Err("is not a regular file".to_string())
+                } else if m.len() > PageOverrides::MAX_FILE {
+                    Err(format!(
+                        "is {} bytes, more than {}",
+                        m.len(),
+                        PageOverrides::MAX_FILE
+                    ))
+                } else {
+                    std::fs::read(&path).map_err(|e| e.to_string())
+                }
+            })
+            .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "is not UTF-8".to_string()));
+        let text = text.and_then(|t| {
+            if name == "style.css" && t.to_ascii_lowercase().contains("</style") {
+                Err("must not contain </style".to_string())
+            } else {
+                Ok(t)
+            }
+        });
+        *slot = p.check(key, text);
+    }
+    out
 }
 
 fn host_match(text: &str) -> Result<HostMatch, String> {

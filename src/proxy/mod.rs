@@ -15,7 +15,6 @@ pub mod ctx;
 pub mod forwarded;
 pub mod hygiene;
 pub mod request_id;
-pub mod respond;
 pub mod routes;
 
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::endpoints;
 use crate::auth::Auth;
 use crate::config::model::Upstream;
 use crate::config::model::{ClientLimits, MfaLevel};
@@ -45,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::mfa::policy::{decide, MfaDecision};
 /// Path and host checks live in [`crate::uri`]; re-exported for the phases below.
 pub use crate::uri::{host, path};
+use crate::web::{endpoints, paths, respond, BodyTimeout, Theme};
 pub use ctx::RequestCtx;
 use forwarded::{Forwarding, Peer};
 use hygiene::HeaderHygiene;
@@ -75,12 +74,10 @@ pub struct Gatehouse {
     clients: ClientLimits,
     /// How strict path normalization is (`[server] reject_double_encoding`).
     path_options: PathOptions,
+    /// `[pages]`: the branding of every page Gatehouse writes, put in each request's
+    /// extensions (see [`Theme::of`]).
+    theme: Theme,
 }
-
-/// The client body deadline of a request, for Gatehouse's own endpoints that read a body
-/// (kept in the request's extensions; pingora times HTTP/1 body reads itself, not h2 ones).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeout(pub std::time::Duration);
 
 fn peer_for(u: &Upstream) -> HttpPeer {
     let mut peer = HttpPeer::new(u.address, u.tls, u.sni.clone());
@@ -139,6 +136,7 @@ impl Gatehouse {
             signed,
             mfa_anywhere,
             clients: config.server.clients,
+            theme: Theme(Arc::new(config.pages.clone())),
             path_options: PathOptions {
                 reject_double_encoding: config.server.reject_double_encoding,
             },
@@ -210,11 +208,7 @@ impl Gatehouse {
 
     /// The login redirect for this request.
     fn return_to(session: &Session, path: &NormalPath) -> String {
-        format!(
-            "{}/start?rd={}",
-            routes::AUTH_PREFIX,
-            Self::rd_param(session, path)
-        )
+        format!("{}?rd={}", paths::START, Self::rd_param(session, path))
     }
 
     /// The second factor for a signed-in session on a route that requires TOTP: passes when
@@ -252,14 +246,15 @@ impl Gatehouse {
                 .inc();
             tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
             let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
-            crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
+            crate::web::mfa::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
             return Ok(Err(()));
         }
         if browser {
-            let location = format!("{}?rd={rd}", crate::mfa::endpoints::MFA_PATH);
-            respond::redirect(session, &location).await?;
+            let location = format!("{}?rd={rd}", paths::MFA);
+            respond::redirect(session, &location, Vec::new()).await?;
         } else {
             let (kind, body) = respond::error_body(
+                &Theme::of(session),
                 StatusCode::UNAUTHORIZED,
                 "This route needs a second sign-in step: open it in a browser.",
                 &ctx.request_id,
@@ -324,6 +319,7 @@ impl Gatehouse {
             "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
         )];
         let (kind, body) = respond::error_body(
+            &Theme::of(session),
             StatusCode::UNAUTHORIZED,
             "This route needs a token that shows a second factor.",
             &ctx.request_id,
@@ -362,24 +358,18 @@ impl Gatehouse {
             .inc();
         tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label(), "access denied");
         let rd = Self::rd_param(session, path);
+        let rd = percent_encoding::percent_decode_str(&rd)
+            .decode_utf8_lossy()
+            .into_owned();
         let options: Vec<(String, String)> = auth
             .providers
             .iter()
             .filter(|p| {
                 refused.connections.is_empty() || refused.connections.contains(&p.connection.id)
             })
-            .map(|p| {
-                let id = percent_encoding::utf8_percent_encode(
-                    &p.connection.id,
-                    percent_encoding::NON_ALPHANUMERIC,
-                );
-                (
-                    p.connection.display_name.clone(),
-                    format!("{}/start?connection={id}&rd={rd}", routes::AUTH_PREFIX),
-                )
-            })
+            .map(|p| (p.connection.id.clone(), p.connection.display_name.clone()))
             .collect();
-        respond::access_denied(session, &ctx.request_id, &options).await?;
+        respond::access_denied(session, &ctx.request_id, &options, &rd).await?;
         Ok(Err(()))
     }
 
@@ -472,6 +462,10 @@ impl ProxyHttp for Gatehouse {
             .req_header_mut()
             .extensions_mut()
             .insert(BodyTimeout(self.clients.body_timeout));
+        session
+            .req_header_mut()
+            .extensions_mut()
+            .insert(self.theme.clone());
         Ok(())
     }
 
@@ -659,6 +653,7 @@ impl ProxyHttp for Gatehouse {
                         "Bearer error=\"invalid_token\"".to_string(),
                     )];
                     let (kind, body) = respond::error_body(
+                        &Theme::of(session),
                         StatusCode::UNAUTHORIZED,
                         "The bearer token is not valid.",
                         &ctx.request_id,
@@ -674,7 +669,7 @@ impl ProxyHttp for Gatehouse {
         if respond::is_browser(&req.method, &req.headers) {
             let location = Self::return_to(session, path);
             // Early answer: a browser is sent to log in.
-            respond::redirect(session, &location).await?;
+            respond::redirect(session, &location, Vec::new()).await?;
             Ok(true)
         } else {
             // Early answer: 401 for API clients.
@@ -753,6 +748,7 @@ impl ProxyHttp for Gatehouse {
                     &session.req_header().headers,
                 );
                 let (kind, body) = respond::error_body(
+                    &Theme::of(session),
                     status,
                     "The request could not be handled.",
                     &ctx.request_id,
