@@ -559,6 +559,18 @@ impl PageOverrides {
 pub struct HexColor(pub [u8; 3]);
 
 impl HexColor {
+    /// The page background in light mode.
+    pub const LIGHT_BG: HexColor = HexColor([0xff, 0xff, 0xff]);
+    /// The page background in dark mode.
+    pub const DARK_BG: HexColor = HexColor([0x1a, 0x1a, 0x1a]);
+    /// The contrast WCAG 2 AA asks of normal text.
+    pub const MIN_TEXT_CONTRAST: f64 = 4.5;
+
+    /// Whether this colour is readable as text on `background`.
+    pub fn readable_on(&self, background: &HexColor) -> bool {
+        self.contrast(background) >= Self::MIN_TEXT_CONTRAST
+    }
+
     /// `#rgb` or `#rrggbb` (hex digits in either case).
     pub fn parse(text: &str) -> Option<Self> {
         let hex = text.strip_prefix('#')?;

@@ -1422,3 +1422,112 @@ mod client_limit_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod pages_tests {
+    use super::super::model::HexColor;
+    use proptest::prelude::*;
+
+    fn problems(pages: &str) -> Vec<String> {
+        let text = format!("{pages}\n[[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n");
+        match super::super::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.path.clone()).collect(),
+        }
+    }
+
+    /// Good branding values pass, and the override files are read into the model.
+    #[test]
+    fn good_branding_is_read_with_its_override_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("style.css"), "h1{color:red}").unwrap();
+        std::fs::write(dir.path().join("footer.html"), "<p>Footer</p>").unwrap();
+        let text = format!(
+            "[pages]\ntitle = \"Acme\"\nlogo_url = \"https://cdn.example.com/l.svg\"\n\
+             accent_color = \"#ABC\"\ntemplates_dir = \"{}\"\n\
+             [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n",
+            dir.path().display()
+        );
+        let config = super::super::parse(&text).unwrap();
+        assert_eq!(config.pages.title.as_deref(), Some("Acme"));
+        assert_eq!(
+            config.pages.accent_color.map(|c| c.css()).as_deref(),
+            Some("#aabbcc")
+        );
+        assert_eq!(
+            config.pages.overrides.style_css.as_deref(),
+            Some("h1{color:red}")
+        );
+        assert_eq!(
+            config.pages.overrides.footer_html.as_deref(),
+            Some("<p>Footer</p>")
+        );
+        assert_eq!(config.pages.overrides.header_html, None);
+    }
+
+    /// Each bad value is reported under its own key; an unknown file, a file that is not
+    /// UTF-8, one too big and a missing directory each too.
+    #[test]
+    fn bad_branding_is_reported_by_key() {
+        assert_eq!(problems("[pages]\ntitle = \"\""), ["pages.title"]);
+        for logo in [
+            "http://x.example/l.png",
+            "javascript:alert(1)",
+            "//evil/x",
+            "/a b",
+            "/\"x",
+        ] {
+            assert_eq!(
+                problems(&format!("[pages]\nlogo_url = {logo:?}")),
+                ["pages.logo_url"]
+            );
+        }
+        for colour in ["red", "#12345", "#1234567", "#ggg", "#fff;x", "fff"] {
+            assert_eq!(
+                problems(&format!("[pages]\naccent_color = {colour:?}")),
+                ["pages.accent_color"]
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "x").unwrap();
+        std::fs::write(dir.path().join("header.html"), b"\xff").unwrap();
+        std::fs::write(
+            dir.path().join("footer.html"),
+            vec![b'a'; super::super::model::PageOverrides::MAX_FILE as usize + 1],
+        )
+        .unwrap();
+        let found = problems(&format!("[pages]\ntemplates_dir = {:?}", dir.path()));
+        assert_eq!(
+            found,
+            [
+                "pages.templates_dir/footer.html",
+                "pages.templates_dir/header.html",
+                "pages.templates_dir/index.html"
+            ]
+        );
+        let missing = problems("[pages]\ntemplates_dir = \"/nonexistent/gatehouse-pages\"");
+        assert_eq!(missing, ["pages.templates_dir"]);
+    }
+
+    proptest! {
+        /// Whatever string is offered as a colour, an accepted one comes out as exactly
+        /// `#` and six lower-case hex digits: nothing else can reach the page's CSS.
+        #[test]
+        fn an_accepted_colour_is_always_plain_hex(text in ".{0,10}|#[0-9a-fA-F]{3,6}") {
+            if let Some(c) = HexColor::parse(&text) {
+                let css = c.css();
+                prop_assert_eq!(css.len(), 7);
+                prop_assert!(css[1..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            }
+        }
+
+        /// Contrast is symmetric and between 1 and 21.
+        #[test]
+        fn contrast_is_symmetric_and_bounded(a in any::<[u8; 3]>(), b in any::<[u8; 3]>()) {
+            let (a, b) = (HexColor(a), HexColor(b));
+            let r = a.contrast(&b);
+            prop_assert!((r - b.contrast(&a)).abs() < 1e-9);
+            prop_assert!((1.0..=21.0 + 1e-9).contains(&r));
+        }
+    }
+}

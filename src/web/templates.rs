@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::config::model::Pages;
+use crate::config::model::{HexColor, Pages};
 
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self' *; base-uri 'none'; frame-ancestors 'none'";
 
@@ -60,10 +60,7 @@ code{word-break:break-all}";
 /// A whole page: the layout around `body`, branded by `theme`.
 pub fn page(theme: &Theme, title: &str, body: Markup) -> String {
     let pages = &*theme.0;
-    let accent = pages.accent_color.map(|c| {
-        let c = c.css();
-        format!(":root{{--accent:{c}}}@media (prefers-color-scheme:dark){{:root{{--accent:{c}}}}}")
-    });
+    let accent = pages.accent_color.map(accent_css);
     // Beside the site title the logo is decoration; alone it stands for the site.
     let logo_alt = if pages.title.is_some() { "" } else { "Logo" };
     html! {
@@ -106,6 +103,23 @@ pub fn page(theme: &Theme, title: &str, body: Markup) -> String {
         + "\n"
 }
 
+/// The configured accent colour, in each colour scheme where it is readable as text (4.5:1 on
+/// that background); a scheme where it is not keeps the built-in accent (and `check-config`
+/// says so). `HexColor::css` gives only `#rrggbb`, so nothing else reaches the style.
+fn accent_css(accent: HexColor) -> String {
+    let c = accent.css();
+    let mut css = String::new();
+    if accent.readable_on(&HexColor::LIGHT_BG) {
+        css.push_str(&format!(":root{{--accent:{c}}}"));
+    }
+    if accent.readable_on(&HexColor::DARK_BG) {
+        css.push_str(&format!(
+            "@media (prefers-color-scheme:dark){{:root{{--accent:{c}}}}}"
+        ));
+    }
+    css
+}
+
 /// One paragraph of text.
 pub fn para(text: &str) -> Markup {
     html! { p { (text) } }
@@ -131,13 +145,13 @@ pub fn sign_in_again() -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::{HexColor, PageOverrides};
+    use crate::config::model::PageOverrides;
 
     fn branded() -> Theme {
         Theme(Arc::new(Pages {
             title: Some("Acme <Corp>".into()),
             logo_url: Some("/logo.png".into()),
-            accent_color: HexColor::parse("#123456"),
+            accent_color: HexColor::parse("#1f6f43"),
             overrides: PageOverrides {
                 style_css: Some("body{margin:0}".into()),
                 header_html: Some("<div id=\"op-header\">hi</div>".into()),
@@ -169,10 +183,10 @@ mod tests {
             page.contains("<img id=\"site-logo\" src=\"/logo.png\" alt=\"\">"),
             "{page}"
         );
-        assert_eq!(page.matches("--accent:#123456").count(), 2);
+        assert!(page.contains(":root{--accent:#1f6f43}"), "{page}");
         let css = page.find("body{margin:0}").unwrap();
         assert!(
-            css > page.find("--accent:#123456").unwrap(),
+            css > page.find("--accent:#1f6f43").unwrap(),
             "overrides come last"
         );
         let (header, main, footer) = (
@@ -191,6 +205,19 @@ mod tests {
         assert!(!page.contains("class=\"site\""));
         assert!(page.contains("prefers-color-scheme:dark"));
         assert!(page.contains(":focus-visible"));
+    }
+
+    /// A configured accent is used only in the colour schemes where it is readable: a dark
+    /// green in light mode only, a light blue in dark mode only.
+    #[test]
+    fn the_accent_colour_applies_only_where_it_is_readable() {
+        let dark_green = accent_css(HexColor::parse("#1f6f43").unwrap());
+        assert_eq!(dark_green, ":root{--accent:#1f6f43}");
+        let light_blue = accent_css(HexColor::parse("#9cc3ff").unwrap());
+        assert_eq!(
+            light_blue,
+            "@media (prefers-color-scheme:dark){:root{--accent:#9cc3ff}}"
+        );
     }
 
     /// The built-in colours meet 4.5:1 for text in both modes.
