@@ -105,12 +105,16 @@ pub fn page(theme: &Theme, title: &str, body: Markup) -> String {
 
 /// The configured accent colour, in each colour scheme where it is readable as text (4.5:1 on
 /// that background); a scheme where it is not keeps the built-in accent (and `check-config`
-/// says so). `HexColor::css` gives only `#rrggbb`, so nothing else reaches the style.
+/// says so). Each rule sits in its own `prefers-color-scheme` block, so neither overrides the
+/// other's built-in default. `HexColor::css` gives only `#rrggbb`, so nothing else reaches
+/// the style.
 fn accent_css(accent: HexColor) -> String {
     let c = accent.css();
     let mut css = String::new();
     if accent.readable_on(&HexColor::LIGHT_BG) {
-        css.push_str(&format!(":root{{--accent:{c}}}"));
+        css.push_str(&format!(
+            "@media (prefers-color-scheme:light){{:root{{--accent:{c}}}}}"
+        ));
     }
     if accent.readable_on(&HexColor::DARK_BG) {
         css.push_str(&format!(
@@ -183,7 +187,7 @@ mod tests {
             page.contains("<img id=\"site-logo\" src=\"/logo.png\" alt=\"\">"),
             "{page}"
         );
-        assert!(page.contains(":root{--accent:#1f6f43}"), "{page}");
+        assert!(page.contains("{:root{--accent:#1f6f43}}"), "{page}");
         let css = page.find("body{margin:0}").unwrap();
         assert!(
             css > page.find("--accent:#1f6f43").unwrap(),
@@ -212,7 +216,10 @@ mod tests {
     #[test]
     fn the_accent_colour_applies_only_where_it_is_readable() {
         let dark_green = accent_css(HexColor::parse("#1f6f43").unwrap());
-        assert_eq!(dark_green, ":root{--accent:#1f6f43}");
+        assert_eq!(
+            dark_green,
+            "@media (prefers-color-scheme:light){:root{--accent:#1f6f43}}"
+        );
         let light_blue = accent_css(HexColor::parse("#9cc3ff").unwrap());
         assert_eq!(
             light_blue,
