@@ -12,7 +12,7 @@
 //!   (the `cookie` crate), which sits in `auth` because sessions (below `web`) set cookies too;
 //!   request cookies keep the tolerant parser of `auth::session` (see its proptests).
 //! - [`forms`]: query strings and form bodies (`form_urlencoded`), and reading a form body.
-//! - [`endpoints`]: `/oauth2/*`.
+//! - [`endpoints`]: the `/oauth2/*` endpoints.
 //! - [`mfa`]: `/oauth2/mfa`, the TOTP enrolment and code pages.
 
 pub mod endpoints;
