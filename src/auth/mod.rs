@@ -9,6 +9,7 @@ pub mod login;
 pub mod logout;
 pub mod oidc;
 pub mod redirect;
+pub mod second_factor;
 pub mod session;
 pub mod throttle;
 

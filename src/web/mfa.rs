@@ -22,7 +22,6 @@ use super::respond::{html_page, redirect};
 use super::templates::{self, Theme};
 use crate::auth::session::{LiveSession, Lookup};
 use crate::auth::Auth;
-use crate::store::audit::AuditEntry;
 use crate::store::StoreError;
 
 pub const CONFLICT_MESSAGE: &str = "This sign-in method cannot provide the second factor this \
@@ -205,14 +204,6 @@ pub async fn handle(
     }
 }
 
-/// Reads the account at the MFA step.
-fn account(
-    auth: &Auth,
-    user_id: &str,
-) -> Result<Option<crate::store::users::UserRecord>, StoreError> {
-    auth.store.read(|tx| tx.user(user_id))
-}
-
 /// The enrolment page or the code form, with an optional message.
 async fn show(
     auth: &Arc<Auth>,
@@ -222,7 +213,7 @@ async fn show(
     status: StatusCode,
 ) -> pingora::Result<()> {
     let (user_id, username) = ctx.user();
-    let user = match account(auth, user_id) {
+    let user = match auth.mfa_account(user_id) {
         Ok(Some(user)) if !user.disabled => user,
         Ok(_) => {
             return html_page(
@@ -346,28 +337,7 @@ async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pin
 }
 
 fn count(auth: &Auth, result: &str) {
-    auth.metrics
-        .mfa_challenges
-        .with_label_values(&[result])
-        .inc();
-}
-
-fn audit(action: &str, user_id: &str, request_id: &str, at: u64) -> AuditEntry {
-    let mut entry = AuditEntry::new("login", action, at);
-    entry.user_id = Some(user_id.to_string());
-    entry.request_id = Some(request_id.to_string()).filter(|r| !r.is_empty());
-    entry
-}
-
-/// Runs a store write on the blocking pool.
-async fn write<T: Send + 'static>(
-    auth: &Arc<Auth>,
-    f: impl FnOnce(&mut crate::store::Tx) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let auth = Arc::clone(auth);
-    tokio::task::spawn_blocking(move || auth.store.write(f))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
+    auth.count_second_factor(result);
 }
 
 /// The first code of an enrolment: saves the secret, shows the recovery codes once, and
@@ -429,31 +399,14 @@ async fn confirm(
             .await
         }
     };
-    let record = confirmed.record.clone();
-    let uid = user_id.to_string();
-    let rid = request_id.to_string();
-    let saved = write(auth, move |tx| {
-        let Some(mut user) = tx.user(&uid)? else {
-            return Ok(false);
-        };
-        if user.mfa.is_enrolled() || user.disabled {
-            return Ok(false);
-        }
-        user.mfa = record;
-        user.updated_at = now;
-        tx.put_user(&user)?;
-        let mut entry = audit("mfa_enrolled", &uid, &rid, now);
-        entry.changed = vec!["mfa".into()];
-        tx.append_audit(&entry)?;
-        Ok(true)
-    })
-    .await;
+    let saved = auth
+        .save_enrolment(user_id, confirmed.record.clone(), request_id, now)
+        .await;
     match saved {
         Ok(true) => {}
         Ok(false) => return show(auth, session, ctx, None, StatusCode::OK).await,
         Err(e) => return store_failure(auth, session, e).await,
     }
-    auth.metrics.mfa_enrolments.inc();
     count(auth, "success");
     tracing::info!(user_id, request_id, "TOTP enrolled");
     let (cookies, rd) = match finish(auth, session, ctx, now).await {
@@ -491,42 +444,9 @@ async fn verify(
 ) -> pingora::Result<()> {
     let (user_id, _) = ctx.user();
     let now = auth.mfa.now();
-    let is_totp = !code.is_empty() && code.chars().all(|c| c.is_ascii_digit() || c == ' ');
-    let uid = user_id.to_string();
-    let rid = request_id.to_string();
-    let code_owned = code.to_string();
-    let policy = auth.mfa.config.lockout;
-    let sealer = auth.mfa.sealer.clone();
-    let outcome = write(auth, move |tx| {
-        let Some(mut user) = tx.user(&uid)? else {
-            return Ok(Err(MfaRefusal::NotEnrolled));
-        };
-        if user.disabled {
-            return Ok(Err(MfaRefusal::NotEnrolled));
-        }
-        let result = if is_totp {
-            user.mfa.verify_totp(&sealer, &code_owned, now, &policy)
-        } else {
-            user.mfa.use_recovery_code(&code_owned, now, &policy)
-        };
-        tx.put_user(&user)?;
-        match &result {
-            Err(MfaRefusal::Wrong {
-                outcome: FailureOutcome::LockedNow { .. },
-                ..
-            }) => {
-                let mut entry = audit("mfa_locked", &uid, &rid, now);
-                entry.reason = Some(format!("{} wrong codes", policy.max_failures));
-                tx.append_audit(&entry)?;
-            }
-            Ok(()) if !is_totp => {
-                tx.append_audit(&audit("mfa_recovery_used", &uid, &rid, now))?;
-            }
-            _ => {}
-        }
-        Ok(result)
-    })
-    .await;
+    let (is_totp, outcome) = auth
+        .check_second_factor(user_id, code, request_id, now)
+        .await;
     let result = match outcome {
         Ok(r) => r,
         Err(e) => return store_failure(auth, session, e).await,
@@ -628,11 +548,7 @@ async fn finish(
                 // Already finished in another tab: start over.
                 return Ok((vec![clear_pending_cookie(auth)], paths::START.into()));
             };
-            let pending = login.session.with_mfa(now);
-            let record = pending.record().clone();
-            write(auth, move |tx| tx.put_session(&record)).await?;
-            let mut cookies = auth.sessions.activate(pending);
-            auth.update_sessions_gauge();
+            let mut cookies = auth.issue_after_second_factor(login.session, now).await?;
             cookies.push(clear_pending_cookie(auth));
             Ok((cookies, safe_rd(auth, session, Some(&login.rd))))
         }
