@@ -754,6 +754,46 @@ mod tests {
         Sessions::new(config(), Sealer::new(vec![key]).unwrap(), store).unwrap()
     }
 
+    /// Every Gatehouse cookie comes from one builder, so the session, login-state and MFA
+    /// cookies carry the same attributes: the configured Domain (which the old login-cookie
+    /// builder dropped), Secure, HttpOnly, SameSite=Lax; a narrowed path only without the
+    /// `__Host-` prefix; and a clearing cookie is the same with Max-Age=0.
+    #[test]
+    fn every_cookie_gets_the_same_attributes_from_the_one_builder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut c = config();
+        c.cookie_domain = Some("example.com".into());
+        let s = Sessions::new(c, Sealer::new(vec![[7; 32]]).unwrap(), store.clone()).unwrap();
+        let parse = |text: &str| cookie::Cookie::parse(text.to_string()).unwrap();
+        let session = parse(&s.create(identity("u1"), None, Tokens::default()).unwrap()[0]);
+        let login = parse(&s.set_cookie_header("_gh_login_x", "v", Some("/oauth2/callback"), 600));
+        let cleared = parse(&s.set_cookie_header("_gh_mfa", "", Some("/oauth2/mfa"), 0));
+        for (cookie, path) in [
+            (&session, "/"),
+            (&login, "/oauth2/callback"),
+            (&cleared, "/oauth2/mfa"),
+        ] {
+            assert_eq!(cookie.domain(), Some("example.com"), "{cookie}");
+            assert_eq!(cookie.secure(), Some(true), "{cookie}");
+            assert_eq!(cookie.http_only(), Some(true), "{cookie}");
+            assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax), "{cookie}");
+            assert_eq!(cookie.path(), Some(path), "{cookie}");
+        }
+        assert_eq!(login.max_age(), Some(cookie::time::Duration::seconds(600)));
+        assert_eq!(cleared.max_age(), Some(cookie::time::Duration::ZERO));
+        assert_eq!(cleared.value(), "");
+
+        let mut host = config();
+        host.host_prefix = true;
+        host.cookie_name = "__Host-_gh".into();
+        let s = Sessions::new(host, Sealer::new(vec![[7; 32]]).unwrap(), store).unwrap();
+        let login =
+            parse(&s.set_cookie_header("__Host-_gh_login_x", "v", Some("/oauth2/callback"), 600));
+        assert_eq!(login.path(), Some("/"), "__Host- cookies need Path=/");
+        assert_eq!(login.domain(), None);
+    }
+
     #[test]
     fn a_new_session_is_found_by_its_cookie_and_dies_when_revoked() {
         let dir = tempfile::tempdir().unwrap();

@@ -208,6 +208,25 @@ pub fn lint(config: &Config) -> Findings {
 
 #[cfg(test)]
 mod tests {
+
+    /// An accent colour gets a warning for each page background it is unreadable on (4.5:1),
+    /// none where it is readable.
+    #[test]
+    fn an_accent_colour_is_warned_about_where_it_is_unreadable() {
+        let warn = |c: &str| {
+            accent_contrast(&Pages {
+                accent_color: HexColor::parse(c),
+                ..Pages::default()
+            })
+        };
+        let dark_green = warn("#1f6f43");
+        assert_eq!(dark_green.len(), 1);
+        assert!(dark_green[0].starts_with("pages.accent_color: #1f6f43 on the dark-mode"));
+        assert!(warn("#9cc3ff")[0].contains("light-mode"));
+        assert_eq!(warn("#808080").len(), 2, "mid grey is unreadable on both");
+        assert!(accent_contrast(&Pages::default()).is_empty());
+    }
+
     use super::*;
 
     fn lint_of(extra: &str) -> Findings {

@@ -227,6 +227,35 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever text goes into a page (title, paragraph, a sign-in button's label and
+        /// link, the request id, the site title), the page has exactly the markup it has for
+        /// plain text: as many `<` and `"` as with "x" everywhere. No value opens a tag or
+        /// leaves an attribute.
+        #[test]
+        fn no_value_adds_markup(text in ".*") {
+            let render = |v: &str| {
+                let theme = Theme(Arc::new(Pages {
+                    title: Some(v.to_string()),
+                    logo_url: Some("/l.png".into()),
+                    ..Pages::default()
+                }));
+                let body = html! {
+                    (para(v)) (sign_in_button(Some(v), v, v)) (request_id(v))
+                };
+                page(&theme, v, body)
+            };
+            let (hostile, plain) = (render(&text), render("x"));
+            for c in ['<', '>', '"'] {
+                proptest::prop_assert_eq!(
+                    hostile.matches(c).count(),
+                    plain.matches(c).count(),
+                    "{:?} in {}", c, hostile
+                );
+            }
+        }
+    }
+
     /// The built-in colours meet 4.5:1 for text in both modes.
     #[test]
     fn the_built_in_colours_are_readable() {
