@@ -9,7 +9,8 @@
 // header, the logo's src, the accent as the buttons' text colour in light mode).
 //
 // On every Gatehouse page (chooser, enrolment, recovery codes) the script also runs
-// accessibility checks in the browser, in light and in dark mode: <html lang>, a label for
+// accessibility checks in the browser, in light and in dark mode: no <script> (the pages work
+// with JavaScript off), <html lang>, a label for
 // every visible form field, a text/background contrast of at least 4.5:1 (3:1 for large text)
 // computed from getComputedStyle for every element with text, a visible focus outline, and
 // Tab reaching the page's controls in DOM order.
@@ -200,6 +201,8 @@ async function pathOf() {
  */
 function pageA11yProblems() {
   const problems = [];
+  // Works with JavaScript off: the page has no script at all (and its CSP allows none).
+  if (document.scripts.length > 0) problems.push(`${document.scripts.length} <script> element(s)`);
   const lang = document.documentElement.getAttribute('lang');
   if (!lang || !lang.trim()) problems.push('<html> has no lang');
   const fields = [...document.querySelectorAll('input, select, textarea')]
