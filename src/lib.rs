@@ -14,8 +14,8 @@
 //!              │                      and pick the upstream (host, longest path prefix)
 //!              ├─ auth::Auth::authenticate  session cookie (memory only) or bearer JWT;
 //!              │                      none: 401 (API) or 302 to /oauth2/start (browser)
-//!              │     /oauth2/*: auth::endpoints (start, callback -> auth::login: identity::jit
-//!              │                or the claims, + session, one store transaction; mfa::endpoints)
+//!              │     /oauth2/*: web::endpoints (start, callback -> auth::login: identity::jit
+//!              │                or the claims, + session, one store transaction; web::mfa)
 //!              ├─ identity::access    access rules (email domain, groups, roles, connections)
 //!              ├─ mfa policy          step-up to /oauth2/mfa where TOTP is required
 //!              ├─ identity::headers   identity headers (built once per session) and
@@ -35,11 +35,14 @@
 //! - [`error`]: request errors and their HTTP statuses, in one place.
 //! - [`headers`]: header names and the header-editing trait.
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
-//! - [`pages`]: the one small HTML template for every page Gatehouse shows itself.
-//! - [`auth`]: connections (OIDC), the login endpoints, sessions, bearer tokens, and which
+//! - [`web`]: Gatehouse's own pages and endpoints: `/oauth2/*` (`web::endpoints`), the TOTP
+//!   pages (`web::mfa`), early answers (`web::respond`), the one layout of every page
+//!   (`web::templates`, maud, branded by `[pages]`), paths and form parsing. Uses config,
+//!   store, identity, mfa and auth; used by proxy; never uses proxy, server or admin.
+//! - [`auth`]: connections (OIDC), the login flow, sessions, bearer tokens, and which
 //!   request a front proxy's forward-auth call is about (`auth::forward`).
 //! - [`identity`]: claims, JIT provisioning, access rules, identity headers, the signed header.
-//! - [`mfa`]: local TOTP: policy, enrolment and verification pages, lockout, recovery codes.
+//! - [`mfa`]: local TOTP: policy, enrolment and verification, lockout, recovery codes.
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
 //! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
 //! - [`clock`]: the one "now" every expiry is read on (tests advance a manual one).
@@ -61,7 +64,7 @@ pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod mfa;
-pub mod pages;
+
 pub mod private_file;
 pub mod proxy;
 pub mod seal;
@@ -70,3 +73,4 @@ pub mod store;
 pub mod text;
 pub mod uri;
 pub mod users;
+pub mod web;

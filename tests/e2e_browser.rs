@@ -2,7 +2,9 @@
 //! (playwright-core), signs in through Gatehouse and the test IdP and enrols TOTP, with
 //! everything on 127.0.0.1. Needs `/usr/bin/chromium` (`apt-get install chromium`) and
 //! `npm ci --prefix tests/browser`; `.ci/run` installs both. Screenshots of every page go to
-//! `target/e2e-screenshots/`.
+//! `target/e2e-screenshots/`. The server is branded (`[pages]`), and the script checks the
+//! branding and runs accessibility checks (lang, labels, contrast in light and dark mode,
+//! focus outline and Tab order) on every Gatehouse page.
 
 mod common;
 #[path = "common/idp.rs"]
@@ -24,13 +26,22 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 const SESSION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const MFA_KEY: &str = "bWZhLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc=";
-const SCREENSHOTS: [&str; 5] = [
+const SCREENSHOTS: [&str; 8] = [
+    "01-chooser-dark.png",
     "01-chooser.png",
     "02-idp-login.png",
+    "03-enrol-dark.png",
     "03-enrol.png",
+    "04-recovery-codes-dark.png",
     "04-recovery-codes.png",
     "05-app.png",
 ];
+/// The branding the server is configured with, as the script expects it.
+const BRAND_TITLE: &str = "Acme Intranet";
+const BRAND_LOGO: &str = "/brand/logo.svg";
+/// A dark green: readable on white (used in light mode), not on the dark background (dark
+/// mode keeps the built-in accent).
+const BRAND_ACCENT: &str = "#1f6f43";
 
 fn crate_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,13 +70,14 @@ struct ScriptRun {
     stderr: String,
 }
 
-/// Runs `node tests/browser/first_login.mjs <start_url> <shots>`, killing it after
+/// Runs `node tests/browser/first_login.mjs <start_url> <shots> <brand>`, killing it after
 /// [`SCRIPT_TIMEOUT`]. Blocking: call it from `spawn_blocking`.
-fn run_browser_script(start_url: &str, shots: &Path) -> ScriptRun {
+fn run_browser_script(start_url: &str, shots: &Path, brand: &str) -> ScriptRun {
     let mut child = Command::new("node")
         .arg("tests/browser/first_login.mjs")
         .arg(start_url)
         .arg(shots)
+        .arg(brand)
         .current_dir(crate_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -104,7 +116,9 @@ fn run_browser_script(start_url: &str, shots: &Path) -> ScriptRun {
 /// chooser of two connections, the test IdP signs alice in, Gatehouse makes her set up TOTP
 /// (the script computes the code itself from the secret the page shows, with its own RFC 6238
 /// implementation), shows ten recovery codes once, and then lets her through to the page she
-/// asked for, where the app sees her identity headers. Every page is screenshotted.
+/// asked for, where the app sees her identity headers. Every page is screenshotted. Every
+/// Gatehouse page shows the configured title, logo and accent colour, and passes the
+/// accessibility checks in light and dark mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_login_in_a_real_browser_enrols_totp_and_reaches_the_app() {
     require_browser_tools();
@@ -144,6 +158,12 @@ keys = ["{MFA_KEY}"]
 [[upstreams]]
 id = "echo"
 url = "http://{upstream}"
+[[public]]
+path = "{BRAND_LOGO}"
+[pages]
+title = "{BRAND_TITLE}"
+logo_url = "{BRAND_LOGO}"
+accent_color = "{BRAND_ACCENT}"
 [[connections]]
 id = "test"
 display_name = "Test IdP"
@@ -169,9 +189,15 @@ scopes = ["openid", "email", "profile"]
     let shots: PathBuf = crate_root().join("target/e2e-screenshots");
     std::fs::create_dir_all(&shots).expect("create target/e2e-screenshots");
     let start_url = gh.url("/private/page");
+    let brand = serde_json::json!({
+        "title": BRAND_TITLE,
+        "logo": BRAND_LOGO,
+        "accent": BRAND_ACCENT,
+    })
+    .to_string();
     let run = {
         let (url, dir) = (start_url.clone(), shots.clone());
-        tokio::task::spawn_blocking(move || run_browser_script(&url, &dir))
+        tokio::task::spawn_blocking(move || run_browser_script(&url, &dir, &brand))
             .await
             .expect("browser script task")
     };

@@ -3,13 +3,13 @@
 
 pub mod bearer;
 pub mod discovery;
-pub mod endpoints;
 pub mod expiring;
 pub mod forward;
 pub mod login;
 pub mod logout;
 pub mod oidc;
 pub mod redirect;
+pub mod second_factor;
 pub mod session;
 pub mod throttle;
 

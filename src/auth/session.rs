@@ -613,33 +613,53 @@ impl Sessions {
         Some(chunks[..count].iter().flatten().copied().collect())
     }
 
-    fn attributes(&self, max_age: u64) -> String {
-        let mut attrs = format!(
-            "Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
-            self.config.cookie_path
-        );
-        if self.config.cookie_secure {
-            attrs.push_str("; Secure");
+    /// The one `Set-Cookie` builder of every Gatehouse cookie (session and its chunks, login
+    /// state, pending MFA), through the `cookie` crate: `HttpOnly`, `SameSite=Lax`, `Secure`
+    /// and `Domain` as configured, `Max-Age` in seconds (0 clears). `path` narrows where the
+    /// browser sends a short-lived cookie (`None`: the session's `cookie_path`), except under
+    /// the `__Host-` prefix, which requires `Path=/`. Names and values are Gatehouse's own
+    /// (the configured name, sealed base64url): nothing from the request goes in.
+    pub fn set_cookie_header(
+        &self,
+        name: &str,
+        value: &str,
+        path: Option<&str>,
+        max_age: u64,
+    ) -> String {
+        let c = &self.config;
+        let path = match path {
+            _ if c.host_prefix => "/",
+            Some(path) => path,
+            None => c.cookie_path.as_str(),
+        };
+        let mut built = cookie::Cookie::build((name, value))
+            .path(path)
+            .max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ))
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .secure(c.cookie_secure);
+        if let Some(domain) = &c.cookie_domain {
+            built = built.domain(domain.as_str());
         }
-        if let Some(domain) = &self.config.cookie_domain {
-            attrs.push_str("; Domain=");
-            attrs.push_str(domain);
-        }
-        attrs
+        built.build().to_string()
     }
 
     /// `Set-Cookie` values for a sealed session, split into `name_0`, `name_1`, ... when long.
     fn set_cookie(&self, sealed: &str, max_age: u64) -> Vec<String> {
         let name = &self.config.cookie_name;
-        let attrs = self.attributes(max_age);
         if sealed.len() <= CHUNK {
-            return vec![format!("{name}={sealed}; {attrs}")];
+            return vec![self.set_cookie_header(name, sealed, None, max_age)];
         }
         sealed
             .as_bytes()
             .chunks(CHUNK)
             .enumerate()
-            .map(|(i, part)| format!("{name}_{i}={}; {attrs}", String::from_utf8_lossy(part)))
+            .map(|(i, part)| {
+                let part = String::from_utf8_lossy(part);
+                self.set_cookie_header(&format!("{name}_{i}"), &part, None, max_age)
+            })
             .collect()
     }
 
@@ -683,18 +703,17 @@ impl Sessions {
     /// (at most [`MAX_CHUNKS`], each once, whatever else the header names).
     pub fn clear_cookies(&self, headers: &HeaderMap) -> Vec<String> {
         let name = self.config.cookie_name.as_str();
-        let attrs = self.attributes(0);
         let mut present = [false; MAX_CHUNKS];
         for (k, _) in cookie_pairs(headers) {
             if let Some(i) = chunk_index(k, name.as_bytes()) {
                 present[i] = true;
             }
         }
-        let mut out = vec![format!("{name}=; {attrs}")];
+        let mut out = vec![self.set_cookie_header(name, "", None, 0)];
         out.extend(
             (0..MAX_CHUNKS)
                 .filter(|i| present[*i])
-                .map(|i| format!("{name}_{i}=; {attrs}")),
+                .map(|i| self.set_cookie_header(&format!("{name}_{i}"), "", None, 0)),
         );
         out
     }
@@ -812,6 +831,58 @@ mod tests {
         assert_eq!(s.sweep(), 0);
         clock.advance(Duration::from_secs(1));
         assert_eq!(s.sweep(), 1);
+    }
+
+    /// Every Gatehouse cookie comes from one builder, so the session, login-state and MFA
+    /// cookies carry the same attributes: the configured Domain (which the old login-cookie
+    /// builder dropped), Secure, HttpOnly, SameSite=Lax; a narrowed path only without the
+    /// `__Host-` prefix; and a clearing cookie is the same with Max-Age=0.
+    #[test]
+    fn every_cookie_gets_the_same_attributes_from_the_one_builder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut c = config();
+        c.cookie_domain = Some("example.com".into());
+        let s = Sessions::new(
+            c,
+            Sealer::new(vec![[7; 32]]).unwrap(),
+            store.clone(),
+            Clock::system(),
+        )
+        .unwrap();
+        let parse = |text: &str| cookie::Cookie::parse(text.to_string()).unwrap();
+        let session = parse(&s.create(identity("u1"), None, Tokens::default()).unwrap()[0]);
+        let login = parse(&s.set_cookie_header("_gh_login_x", "v", Some("/oauth2/callback"), 600));
+        let cleared = parse(&s.set_cookie_header("_gh_mfa", "", Some("/oauth2/mfa"), 0));
+        for (cookie, path) in [
+            (&session, "/"),
+            (&login, "/oauth2/callback"),
+            (&cleared, "/oauth2/mfa"),
+        ] {
+            assert_eq!(cookie.domain(), Some("example.com"), "{cookie}");
+            assert_eq!(cookie.secure(), Some(true), "{cookie}");
+            assert_eq!(cookie.http_only(), Some(true), "{cookie}");
+            assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax), "{cookie}");
+            assert_eq!(cookie.path(), Some(path), "{cookie}");
+        }
+        assert_eq!(login.max_age(), Some(cookie::time::Duration::seconds(600)));
+        assert_eq!(cleared.max_age(), Some(cookie::time::Duration::ZERO));
+        assert_eq!(cleared.value(), "");
+
+        let mut host = config();
+        host.host_prefix = true;
+        host.cookie_name = "__Host-_gh".into();
+        let s = Sessions::new(
+            host,
+            Sealer::new(vec![[7; 32]]).unwrap(),
+            store,
+            Clock::system(),
+        )
+        .unwrap();
+        let login =
+            parse(&s.set_cookie_header("__Host-_gh_login_x", "v", Some("/oauth2/callback"), 600));
+        assert_eq!(login.path(), Some("/"), "__Host- cookies need Path=/");
+        assert_eq!(login.domain(), None);
     }
 
     #[test]

@@ -40,6 +40,22 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub forward_auth: ForwardAuthSection,
+    #[serde(default)]
+    pub pages: PagesSection,
+}
+
+/// `[pages]`: branding of the pages Gatehouse shows itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSection {
+    /// The site name shown in every page's header and title.
+    pub title: Option<String>,
+    /// A logo: an `https://` URL or an absolute path on this host.
+    pub logo_url: Option<String>,
+    /// The accent colour of buttons and links: `#rgb` or `#rrggbb`.
+    pub accent_color: Option<String>,
+    /// A directory of override files (`style.css`, `header.html`, `footer.html`).
+    pub templates_dir: Option<std::path::PathBuf>,
 }
 
 /// `[limits]`: how often one client address may call the login endpoints, and how much

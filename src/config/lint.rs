@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::model::{Config, HostMatch, PathMatch, PathRule};
+use super::model::{Config, HexColor, HostMatch, Pages, PathMatch, PathRule};
 use super::ConfigError;
 
 /// What [`lint`] found.
@@ -99,6 +99,30 @@ fn same_host(a: &Option<HostMatch>, b: &Option<HostMatch>) -> bool {
     }
 }
 
+/// A warning per page background the accent colour has less than the 4.5:1 contrast WCAG AA
+/// asks of text on: that mode keeps its built-in accent (see `web::templates`).
+fn accent_contrast(pages: &Pages) -> Vec<String> {
+    let Some(accent) = pages.accent_color else {
+        return Vec::new();
+    };
+    [
+        ("light", "white", HexColor::LIGHT_BG),
+        ("dark", "#1a1a1a", HexColor::DARK_BG),
+    ]
+    .into_iter()
+    .filter(|(_, _, bg)| !accent.readable_on(bg))
+    .map(|(mode, name, bg)| {
+        format!(
+            "pages.accent_color: {} on the {mode}-mode background ({name}) has a contrast of \
+                 {:.2}:1, below the 4.5:1 readable text needs; {mode} mode keeps the built-in \
+                 accent",
+            accent.css(),
+            accent.contrast(&bg)
+        )
+    })
+    .collect()
+}
+
 fn admin_is_exposed(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
@@ -106,6 +130,7 @@ fn admin_is_exposed(addr: SocketAddr) -> bool {
 /// Every fail-open mistake and dead rule in `config`.
 pub fn lint(config: &Config) -> Findings {
     let mut f = Findings::default();
+    f.warnings.extend(accent_contrast(&config.pages));
     // Protected routes exist unless one public rule covers every path for every method.
     let all_public = config
         .public
@@ -183,6 +208,25 @@ pub fn lint(config: &Config) -> Findings {
 
 #[cfg(test)]
 mod tests {
+
+    /// An accent colour gets a warning for each page background it is unreadable on (4.5:1),
+    /// none where it is readable.
+    #[test]
+    fn an_accent_colour_is_warned_about_where_it_is_unreadable() {
+        let warn = |c: &str| {
+            accent_contrast(&Pages {
+                accent_color: HexColor::parse(c),
+                ..Pages::default()
+            })
+        };
+        let dark_green = warn("#1f6f43");
+        assert_eq!(dark_green.len(), 1);
+        assert!(dark_green[0].starts_with("pages.accent_color: #1f6f43 on the dark-mode"));
+        assert!(warn("#9cc3ff")[0].contains("light-mode"));
+        assert_eq!(warn("#808080").len(), 2, "mid grey is unreadable on both");
+        assert!(accent_contrast(&Pages::default()).is_empty());
+    }
+
     use super::*;
 
     fn lint_of(extra: &str) -> Findings {

@@ -30,6 +30,7 @@ pub struct Config {
     pub mfa: Mfa,
     pub limits: Limits,
     pub forward_auth: ForwardAuth,
+    pub pages: Pages,
 }
 
 /// Per-client rates on the login endpoints (`None`: no limit) and the bounds of the in-memory
@@ -520,5 +521,100 @@ impl Default for LockoutPolicy {
             max_failures: DEFAULT_MAX_FAILURES,
             lock_for: DEFAULT_LOCK_FOR,
         }
+    }
+}
+
+/// `[pages]`: the branding of Gatehouse's own pages, with the override files already read and
+/// checked (so rendering never touches the disk).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pages {
+    /// The site name in each page's header and `<title>`.
+    pub title: Option<String>,
+    /// An `https://` URL or an absolute path.
+    pub logo_url: Option<String>,
+    pub accent_color: Option<HexColor>,
+    /// The contents of the files in `templates_dir`.
+    pub overrides: PageOverrides,
+}
+
+/// The files of `[pages] templates_dir`: operator-trusted, each valid UTF-8 and at most
+/// [`PageOverrides::MAX_FILE`] bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageOverrides {
+    /// `style.css`: appended after the built-in style.
+    pub style_css: Option<String>,
+    /// `header.html`: inserted verbatim at the top of each page's body.
+    pub header_html: Option<String>,
+    /// `footer.html`: inserted verbatim at the end of each page's body.
+    pub footer_html: Option<String>,
+}
+
+impl PageOverrides {
+    /// The file names an override directory may hold.
+    pub const FILES: [&'static str; 3] = ["style.css", "header.html", "footer.html"];
+    /// The largest override file accepted.
+    pub const MAX_FILE: u64 = 64 * 1024;
+}
+
+/// A CSS colour `#rrggbb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexColor(pub [u8; 3]);
+
+impl HexColor {
+    /// The page background in light mode.
+    pub const LIGHT_BG: HexColor = HexColor([0xff, 0xff, 0xff]);
+    /// The page background in dark mode.
+    pub const DARK_BG: HexColor = HexColor([0x1a, 0x1a, 0x1a]);
+    /// The contrast WCAG 2 AA asks of normal text.
+    pub const MIN_TEXT_CONTRAST: f64 = 4.5;
+
+    /// Whether this colour is readable as text on `background`.
+    pub fn readable_on(&self, background: &HexColor) -> bool {
+        self.contrast(background) >= Self::MIN_TEXT_CONTRAST
+    }
+
+    /// `#rgb` or `#rrggbb` (hex digits in either case).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix('#')?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let digit = |i: usize, len: usize| u8::from_str_radix(&hex[i..i + len], 16).ok();
+        match hex.len() {
+            3 => Some(Self([
+                digit(0, 1)? * 17,
+                digit(1, 1)? * 17,
+                digit(2, 1)? * 17,
+            ])),
+            6 => Some(Self([digit(0, 2)?, digit(2, 2)?, digit(4, 2)?])),
+            _ => None,
+        }
+    }
+
+    /// `#rrggbb`, lower case: always safe inside CSS.
+    pub fn css(&self) -> String {
+        let [r, g, b] = self.0;
+        format!("#{r:02x}{g:02x}{b:02x}")
+    }
+
+    /// WCAG 2 relative luminance.
+    pub fn luminance(&self) -> f64 {
+        let channel = |c: u8| {
+            let c = f64::from(c) / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        let [r, g, b] = self.0;
+        0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+    }
+
+    /// WCAG 2 contrast ratio between two colours (1 to 21).
+    pub fn contrast(&self, other: &HexColor) -> f64 {
+        let (a, b) = (self.luminance(), other.luminance());
+        let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+        (hi + 0.05) / (lo + 0.05)
     }
 }

@@ -119,6 +119,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     let mfa = mfa(&file.mfa, &mut p);
     let limits = limits(&file.limits, &mut p);
     let forward_auth = forward_auth(&file.forward_auth, &mut p);
+    let pages = pages(&file.pages, &mut p);
 
     match (server, log, headers, session, login, identity, mfa) {
         (
@@ -145,6 +146,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             mfa,
             limits,
             forward_auth,
+            pages,
         }),
         _ => Err(ConfigErrors(p.0)),
     }
@@ -399,6 +401,123 @@ fn forward_auth(
         uri_header,
         method_header,
     }
+}
+
+/// `[pages]`: a plain one-line title, a logo at `https://` or an absolute path, a hex accent
+/// colour, and an override directory whose files are read and checked here (so `check-config`
+/// reports them and serving never reads the disk).
+fn pages(f: &super::file::PagesSection, p: &mut Problems) -> super::model::Pages {
+    use super::model::{HexColor, PageOverrides, Pages};
+    let title = f.title.clone().and_then(|t| {
+        p.check(
+            "pages.title",
+            if t.trim().is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control) {
+                Err("must be 1 to 100 characters on one line".to_string())
+            } else {
+                Ok(t)
+            },
+        )
+    });
+    let logo_url = f
+        .logo_url
+        .clone()
+        .and_then(|u| p.check("pages.logo_url", logo_url(&u).map(|()| u)));
+    let accent_color = f.accent_color.as_deref().and_then(|c| {
+        p.check(
+            "pages.accent_color",
+            HexColor::parse(c)
+                .ok_or_else(|| format!("{c:?} is not a CSS hex colour (#rgb or #rrggbb)")),
+        )
+    });
+    let overrides = match &f.templates_dir {
+        Some(dir) => page_overrides(dir, p),
+        None => PageOverrides::default(),
+    };
+    Pages {
+        title,
+        logo_url,
+        accent_color,
+        overrides,
+    }
+}
+
+/// A logo address: `https://host/...` or an absolute path, no quotes, spaces or controls.
+fn logo_url(url: &str) -> Result<(), String> {
+    let plain = !url.is_empty()
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '<' | '>' | '\\'));
+    let https = url
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    let path = url.starts_with('/') && !url.starts_with("//");
+    if plain && (https || path) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?} must be an https:// URL or an absolute path (no spaces or quotes)"
+        ))
+    }
+}
+
+/// Reads `[pages] templates_dir`: only the known file names, each valid UTF-8 and small.
+fn page_overrides(dir: &std::path::Path, p: &mut Problems) -> super::model::PageOverrides {
+    use super::model::PageOverrides;
+    let mut out = PageOverrides::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            p.add(
+                "pages.templates_dir",
+                format!("cannot read {}: {e}", dir.display()),
+            );
+            return out;
+        }
+    };
+    let allowed = PageOverrides::FILES.join(", ");
+    let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = format!("pages.templates_dir/{name}");
+        let slot = match name.as_str() {
+            "style.css" => &mut out.style_css,
+            "header.html" => &mut out.header_html,
+            "footer.html" => &mut out.footer_html,
+            _ => {
+                p.add(key, format!("unknown file; allowed: {allowed}"));
+                continue;
+            }
+        };
+        let text = std::fs::metadata(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                if !m.is_file() {
+                    Err("is not a regular file".to_string())
+                } else if m.len() > PageOverrides::MAX_FILE {
+                    Err(format!(
+                        "is {} bytes, more than {}",
+                        m.len(),
+                        PageOverrides::MAX_FILE
+                    ))
+                } else {
+                    std::fs::read(&path).map_err(|e| e.to_string())
+                }
+            })
+            .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "is not UTF-8".to_string()));
+        let text = text.and_then(|t| {
+            if name == "style.css" && t.to_ascii_lowercase().contains("</style") {
+                Err("must not contain </style".to_string())
+            } else {
+                Ok(t)
+            }
+        });
+        *slot = p.check(key, text);
+    }
+    out
 }
 
 fn host_match(text: &str) -> Result<HostMatch, String> {
@@ -1301,6 +1420,115 @@ mod client_limit_tests {
             );
             let error = crate::config::parse(&text).expect_err(key).to_string();
             assert!(error.contains(&format!("server.{key}")), "{error}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pages_tests {
+    use super::super::model::HexColor;
+    use proptest::prelude::*;
+
+    fn problems(pages: &str) -> Vec<String> {
+        let text = format!("{pages}\n[[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n");
+        match super::super::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.path.clone()).collect(),
+        }
+    }
+
+    /// Good branding values pass, and the override files are read into the model.
+    #[test]
+    fn good_branding_is_read_with_its_override_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("style.css"), "h1{color:red}").unwrap();
+        std::fs::write(dir.path().join("footer.html"), "<p>Footer</p>").unwrap();
+        let text = format!(
+            "[pages]\ntitle = \"Acme\"\nlogo_url = \"https://cdn.example.com/l.svg\"\n\
+             accent_color = \"#ABC\"\ntemplates_dir = \"{}\"\n\
+             [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n",
+            dir.path().display()
+        );
+        let config = super::super::parse(&text).unwrap();
+        assert_eq!(config.pages.title.as_deref(), Some("Acme"));
+        assert_eq!(
+            config.pages.accent_color.map(|c| c.css()).as_deref(),
+            Some("#aabbcc")
+        );
+        assert_eq!(
+            config.pages.overrides.style_css.as_deref(),
+            Some("h1{color:red}")
+        );
+        assert_eq!(
+            config.pages.overrides.footer_html.as_deref(),
+            Some("<p>Footer</p>")
+        );
+        assert_eq!(config.pages.overrides.header_html, None);
+    }
+
+    /// Each bad value is reported under its own key; an unknown file, a file that is not
+    /// UTF-8, one too big and a missing directory each too.
+    #[test]
+    fn bad_branding_is_reported_by_key() {
+        assert_eq!(problems("[pages]\ntitle = \"\""), ["pages.title"]);
+        for logo in [
+            "http://x.example/l.png",
+            "javascript:alert(1)",
+            "//evil/x",
+            "/a b",
+            "/\"x",
+        ] {
+            assert_eq!(
+                problems(&format!("[pages]\nlogo_url = {logo:?}")),
+                ["pages.logo_url"]
+            );
+        }
+        for colour in ["red", "#12345", "#1234567", "#ggg", "#fff;x", "fff"] {
+            assert_eq!(
+                problems(&format!("[pages]\naccent_color = {colour:?}")),
+                ["pages.accent_color"]
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "x").unwrap();
+        std::fs::write(dir.path().join("header.html"), b"\xff").unwrap();
+        std::fs::write(
+            dir.path().join("footer.html"),
+            vec![b'a'; super::super::model::PageOverrides::MAX_FILE as usize + 1],
+        )
+        .unwrap();
+        let found = problems(&format!("[pages]\ntemplates_dir = {:?}", dir.path()));
+        assert_eq!(
+            found,
+            [
+                "pages.templates_dir/footer.html",
+                "pages.templates_dir/header.html",
+                "pages.templates_dir/index.html"
+            ]
+        );
+        let missing = problems("[pages]\ntemplates_dir = \"/nonexistent/gatehouse-pages\"");
+        assert_eq!(missing, ["pages.templates_dir"]);
+    }
+
+    proptest! {
+        /// Whatever string is offered as a colour, an accepted one comes out as exactly
+        /// `#` and six lower-case hex digits: nothing else can reach the page's CSS.
+        #[test]
+        fn an_accepted_colour_is_always_plain_hex(text in ".{0,10}|#[0-9a-fA-F]{3,6}") {
+            if let Some(c) = HexColor::parse(&text) {
+                let css = c.css();
+                prop_assert_eq!(css.len(), 7);
+                prop_assert!(css[1..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            }
+        }
+
+        /// Contrast is symmetric and between 1 and 21.
+        #[test]
+        fn contrast_is_symmetric_and_bounded(a in any::<[u8; 3]>(), b in any::<[u8; 3]>()) {
+            let (a, b) = (HexColor(a), HexColor(b));
+            let r = a.contrast(&b);
+            prop_assert!((r - b.contrast(&a)).abs() < 1e-9);
+            prop_assert!((1.0..=21.0 + 1e-9).contains(&r));
         }
     }
 }

@@ -14,7 +14,6 @@
 //! - [`enrol`]: [`Enrolment::start`] and [`Enrolment::confirm`]; the secret is saved only once
 //!   the user has typed a valid code.
 
-pub mod endpoints;
 pub mod enrol;
 pub mod gate;
 pub mod lockout;

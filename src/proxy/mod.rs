@@ -16,7 +16,6 @@ pub mod ctx;
 pub mod forwarded;
 pub mod hygiene;
 pub mod request_id;
-pub mod respond;
 pub mod routes;
 mod steps;
 
@@ -44,6 +43,7 @@ use crate::logging::{access_line, AccessLine, Escaped};
 use crate::metrics::{ClientError, Metrics, TimeoutKind, UpstreamError};
 /// Path and host checks live in [`crate::uri`]; re-exported for the phases below.
 pub use crate::uri::{host, path};
+use crate::web::{respond, BodyTimeout, Theme};
 pub use ctx::RequestCtx;
 use forwarded::Forwarding;
 use hygiene::HeaderHygiene;
@@ -74,12 +74,10 @@ pub struct Gatehouse {
     clients: ClientLimits,
     /// How strict path normalization is (`[server] reject_double_encoding`).
     path_options: PathOptions,
+    /// `[pages]`: the branding of every page Gatehouse writes, put in each request's
+    /// extensions (see [`Theme::of`]).
+    theme: Theme,
 }
-
-/// The client body deadline of a request, for Gatehouse's own endpoints that read a body
-/// (kept in the request's extensions; pingora times HTTP/1 body reads itself, not h2 ones).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeout(pub std::time::Duration);
 
 fn peer_for(u: &Upstream) -> HttpPeer {
     let mut peer = HttpPeer::new(u.address, u.tls, u.sni.clone());
@@ -141,6 +139,7 @@ impl Gatehouse {
             signed,
             mfa_anywhere,
             clients: config.server.clients,
+            theme: Theme(Arc::new(config.pages.clone())),
             path_options: PathOptions {
                 reject_double_encoding: config.server.reject_double_encoding,
             },
@@ -219,6 +218,10 @@ impl ProxyHttp for Gatehouse {
             .req_header_mut()
             .extensions_mut()
             .insert(BodyTimeout(self.clients.body_timeout));
+        session
+            .req_header_mut()
+            .extensions_mut()
+            .insert(self.theme.clone());
         Ok(())
     }
 
@@ -314,6 +317,7 @@ impl ProxyHttp for Gatehouse {
                     &session.req_header().headers,
                 );
                 let (kind, body) = respond::error_body(
+                    &Theme::of(session),
                     status,
                     "The request could not be handled.",
                     &ctx.request_id,

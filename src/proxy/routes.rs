@@ -14,7 +14,7 @@ use crate::metrics::RouteKind;
 use crate::uri::path::{under_prefix, NormalPath};
 
 /// The reserved prefix for the login endpoints (start, callback, sign_out, auth, userinfo).
-pub const AUTH_PREFIX: &str = "/oauth2";
+pub use crate::web::paths::AUTH_PREFIX;
 pub const PING_PATH: &str = "/ping";
 pub const READY_PATH: &str = "/ready";
 

@@ -21,9 +21,8 @@ use pingora::{Error, ErrorType, Result};
 
 use super::forwarded::Peer;
 use super::path::{self, NormalPath, PathError};
-use super::routes::{self, Route};
-use super::{respond, target, Gatehouse, RequestCtx};
-use crate::auth::endpoints;
+use super::routes::Route;
+use super::{target, Gatehouse, RequestCtx};
 use crate::auth::{Auth, Authenticated};
 use crate::config::model::MfaLevel;
 use crate::conns::Deadlined;
@@ -32,6 +31,7 @@ use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::logging::{Escaped, Redacted};
 use crate::metrics::SpoofKind;
 use crate::mfa::policy::{decide, MfaDecision, Standing};
+use crate::web::{endpoints, paths, respond, Theme};
 
 /// What a step of `request_filter` decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +219,7 @@ impl Gatehouse {
                         "Bearer error=\"invalid_token\"".to_string(),
                     )];
                     let (kind, body) = respond::error_body(
+                        &Theme::of(session),
                         StatusCode::UNAUTHORIZED,
                         "The bearer token is not valid.",
                         &ctx.request_id,
@@ -240,7 +241,7 @@ impl Gatehouse {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
         let location = Self::return_to(session, path);
-        respond::redirect(session, &location).await?;
+        respond::redirect(session, &location, Vec::new()).await?;
         Ok(Flow::Answered)
     }
 
@@ -354,11 +355,7 @@ impl Gatehouse {
 
     /// The login redirect for this request.
     fn return_to(session: &Session, path: &NormalPath) -> String {
-        format!(
-            "{}/start?rd={}",
-            routes::AUTH_PREFIX,
-            Self::rd_param(session, path)
-        )
+        format!("{}?rd={}", paths::START, Self::rd_param(session, path))
     }
 
     /// The second factor for a signed-in session on a route that requires TOTP: passes when
@@ -395,14 +392,15 @@ impl Gatehouse {
             auth.metrics.mfa_conflict(&live.identity.connection);
             tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
             let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
-            crate::mfa::endpoints::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
+            crate::web::mfa::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
             return Ok(Flow::Answered);
         }
         if browser {
-            let location = format!("{}?rd={rd}", crate::mfa::endpoints::MFA_PATH);
-            respond::redirect(session, &location).await?;
+            let location = format!("{}?rd={rd}", paths::MFA);
+            respond::redirect(session, &location, Vec::new()).await?;
         } else {
             let (kind, body) = respond::error_body(
+                &Theme::of(session),
                 StatusCode::UNAUTHORIZED,
                 "This route needs a second sign-in step: open it in a browser.",
                 &ctx.request_id,
@@ -469,6 +467,7 @@ impl Gatehouse {
             "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
         )];
         let (kind, body) = respond::error_body(
+            &Theme::of(session),
             StatusCode::UNAUTHORIZED,
             "This route needs a token that shows a second factor.",
             &ctx.request_id,
@@ -504,24 +503,18 @@ impl Gatehouse {
         auth.metrics.access_denied(refused.rule.label());
         tracing::info!(request_id = %ctx.request_id, user = identity.user(), rule = refused.rule.label().as_str(), "access denied");
         let rd = Self::rd_param(session, path);
+        let rd = percent_encoding::percent_decode_str(&rd)
+            .decode_utf8_lossy()
+            .into_owned();
         let options: Vec<(String, String)> = auth
             .providers
             .iter()
             .filter(|p| {
                 refused.connections.is_empty() || refused.connections.contains(&p.connection.id)
             })
-            .map(|p| {
-                let id = percent_encoding::utf8_percent_encode(
-                    &p.connection.id,
-                    percent_encoding::NON_ALPHANUMERIC,
-                );
-                (
-                    p.connection.display_name.clone(),
-                    format!("{}/start?connection={id}&rd={rd}", routes::AUTH_PREFIX),
-                )
-            })
+            .map(|p| (p.connection.id.clone(), p.connection.display_name.clone()))
             .collect();
-        respond::access_denied(session, &ctx.request_id, &options).await?;
+        respond::access_denied(session, &ctx.request_id, &options, &rd).await?;
         Ok(Flow::Answered)
     }
 

@@ -2,7 +2,18 @@
 // A first login through Gatehouse in a real browser (Debian's chromium, driven by
 // playwright-core), enrolling TOTP on the way:
 //
-//   node tests/browser/first_login.mjs <start-url> <screenshot-dir>
+//   node tests/browser/first_login.mjs <start-url> <screenshot-dir> [<brand-json>]
+//
+// <brand-json>, when given, is {"title":..,"logo":..,"accent":"#rrggbb"}: the branding the
+// server was configured with, which every Gatehouse page must show (title in <title> and the
+// header, the logo's src, the accent as the buttons' text colour in light mode).
+//
+// On every Gatehouse page (chooser, enrolment, recovery codes) the script also runs
+// accessibility checks in the browser, in light and in dark mode: no <script> (the pages work
+// with JavaScript off), <html lang>, a label for
+// every visible form field, a text/background contrast of at least 4.5:1 (3:1 for large text)
+// computed from getComputedStyle for every element with text, a visible focus outline, and
+// Tab reaching the page's controls in DOM order.
 //
 // <start-url> is a protected page behind Gatehouse (http://127.0.0.1:PORT/...). The script
 // walks chooser -> IdP login (alice) -> TOTP enrolment -> recovery codes -> the echo app,
@@ -133,7 +144,8 @@ function bounded(promise, ms, what) {
 
 // ------------------------------------------------------------------ main --
 
-const [startUrl, shotDir] = process.argv.slice(2);
+const [startUrl, shotDir, brandArg] = process.argv.slice(2);
+const brand = brandArg ? JSON.parse(brandArg) : null;
 if (!startUrl || !shotDir) usage('missing arguments');
 if (!isLoopback(startUrl) || !startUrl.startsWith('http://')) {
   usage(`the start URL must be http://127.0.0.1:...: ${startUrl}`);
@@ -180,6 +192,139 @@ async function pathOf() {
   return new URL(page.url()).pathname;
 }
 
+// --------------------------------------------------------- accessibility --
+
+/**
+ * Runs in the page: every problem found by the static checks (lang, labels, contrast).
+ * Contrast follows WCAG 2: relative luminance from the computed colours, the background
+ * being the first non-transparent one up the tree (the canvas when none).
+ */
+function pageA11yProblems() {
+  const problems = [];
+  // Works with JavaScript off: the page has no script at all (and its CSP allows none).
+  if (document.scripts.length > 0) problems.push(`${document.scripts.length} <script> element(s)`);
+  const lang = document.documentElement.getAttribute('lang');
+  if (!lang || !lang.trim()) problems.push('<html> has no lang');
+  const fields = [...document.querySelectorAll('input, select, textarea')]
+    .filter((el) => el.type !== 'hidden');
+  for (const el of fields) {
+    const labelled = (el.labels && el.labels.length > 0)
+      || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!labelled) problems.push(`field ${el.outerHTML.slice(0, 80)} has no label`);
+  }
+  const parse = (c) => {
+    const m = c.match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const [r, g, b, a = '1'] = m[1].split(/[,\s/]+/).filter(Boolean);
+    return { r: +r, g: +g, b: +b, a: +a };
+  };
+  const lum = ({ r, g, b }) => {
+    const ch = (v) => {
+      const c = v / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    };
+    return 0.2126 * ch(r) + 0.7152 * ch(g) + 0.0722 * ch(b);
+  };
+  const canvas = parse(getComputedStyle(document.documentElement).backgroundColor);
+  const dark = matchMedia('(prefers-color-scheme: dark)').matches;
+  const fallback = { r: dark ? 18 : 255, g: dark ? 18 : 255, b: dark ? 18 : 255, a: 1 };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) return c;
+    }
+    return canvas && canvas.a > 0 ? canvas : fallback;
+  };
+  let checked = 0;
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.closest('svg, #qr')) continue; // the QR code is an image, on white by design
+    const hasText = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!hasText) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden' || style.display === 'none') continue;
+    const fg = parse(style.color);
+    const bg = background(el);
+    const l1 = lum(fg);
+    const l2 = lum(bg);
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && +style.fontWeight >= 700);
+    const needed = large ? 3 : 4.5;
+    checked += 1;
+    if (ratio < needed) {
+      problems.push(`contrast ${ratio.toFixed(2)}:1 < ${needed} for <${el.tagName.toLowerCase()}> `
+        + `"${el.textContent.trim().slice(0, 40)}" (${style.color} on rgb(${bg.r}, ${bg.g}, ${bg.b}))`);
+    }
+  }
+  if (checked === 0) problems.push('no text element was checked');
+  return problems;
+}
+
+/** The page's focusable controls in DOM order, as short descriptions. */
+function focusables() {
+  return [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea')]
+    .filter((el) => !el.disabled && el.getClientRects().length > 0)
+    .map((el) => `${el.tagName.toLowerCase()}#${el.id}|${el.getAttribute('href') ?? el.name ?? ''}`);
+}
+
+/**
+ * Checks the current page: static checks in light and dark mode, then Tab from the top
+ * reaches every control in DOM order, each with a visible focus outline. Screenshots the
+ * dark variant as `<name>-dark.png`.
+ */
+async function checkAccessibility(step, name) {
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const problems = await page.evaluate(pageA11yProblems);
+    expect(`${step} (accessibility, ${scheme})`, problems.length === 0, problems.join('; '));
+    if (scheme === 'dark') await shoot(`${name}-dark.png`);
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
+  const wanted = await page.evaluate(focusables);
+  expect(`${step} (focus order)`, wanted.length > 0, 'no focusable control');
+  await page.evaluate(() => {
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+    window.scrollTo(0, 0);
+  });
+  const reached = [];
+  for (let i = 0; i < wanted.length; i += 1) {
+    await page.keyboard.press('Tab');
+    const info = await page.evaluate(() => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return null;
+      const style = getComputedStyle(el);
+      return {
+        id: `${el.tagName.toLowerCase()}#${el.id}|${el.getAttribute('href') ?? el.name ?? ''}`,
+        outline: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0,
+      };
+    });
+    if (!info) break;
+    expect(`${step} (focus)`, info.outline, `${info.id} shows no focus outline`);
+    reached.push(info.id);
+  }
+  expect(`${step} (focus order)`, JSON.stringify(reached) === JSON.stringify(wanted),
+    `Tab reached ${JSON.stringify(reached)}, the DOM order is ${JSON.stringify(wanted)}`);
+}
+
+/** The configured branding is on the current page. */
+async function checkBrand(step) {
+  if (!brand) return;
+  const title = await page.title();
+  expect(`${step} (brand)`, title.includes(brand.title),
+    `<title> ${JSON.stringify(title)} lacks the configured title ${JSON.stringify(brand.title)}`);
+  const shown = (await page.locator('#site-title').innerText()).trim();
+  expect(`${step} (brand)`, shown === brand.title, `#site-title shows ${JSON.stringify(shown)}`);
+  const logo = await page.locator('img#site-logo').getAttribute('src');
+  expect(`${step} (brand)`, logo === brand.logo, `img#site-logo src is ${JSON.stringify(logo)}`);
+  if (brand.accent) {
+    const hex = brand.accent.replace('#', '');
+    const rgb = `rgb(${[0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(', ')})`;
+    const color = await page.locator('.button').first()
+      .evaluate((el) => getComputedStyle(el).color);
+    expect(`${step} (brand)`, color === rgb, `.button colour is ${color}, expected ${rgb}`);
+  }
+}
+
 async function run() {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -220,6 +365,8 @@ async function run() {
     `expected 2 connection links (a[id^="connection-"]), found ${connections}`);
   const testLink = page.locator(`a#connection-${CONNECTION}`);
   expect('a (chooser)', (await testLink.count()) === 1, `no link a#connection-${CONNECTION}`);
+  await checkBrand('a (chooser)');
+  await checkAccessibility('a (chooser)', '01-chooser');
   await shoot('01-chooser.png');
   await Promise.all([page.waitForURL(/\/interaction\//), testLink.click()]);
 
@@ -257,6 +404,8 @@ async function run() {
     expect('c (enrolment)', value === null || value.toUpperCase() === wanted,
       `the otpauth URI asks for ${name}=${value}; this script computes ${name}=${wanted}`);
   }
+  await checkBrand('c (enrolment)');
+  await checkAccessibility('c (enrolment)', '03-enrol');
   await shoot('03-enrol.png');
   // Too close to the end of a 30 s window the code could turn stale in transit: wait for
   // the next window then.
@@ -277,6 +426,8 @@ async function run() {
     `expected ${RECOVERY_CODES} items in #recovery-codes, found ${items} (at ${page.url()})`);
   const cont = page.locator('a#continue');
   expect('d (recovery codes)', (await cont.count()) === 1, 'no link a#continue');
+  await checkBrand('d (recovery codes)');
+  await checkAccessibility('d (recovery codes)', '04-recovery-codes');
   await shoot('04-recovery-codes.png');
   await Promise.all([page.waitForURL((u) => u.pathname === startPath), cont.click()]);
 

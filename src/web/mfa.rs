@@ -12,18 +12,18 @@ use http::header::SET_COOKIE;
 use http::StatusCode;
 use pingora::proxy::Session;
 
-use super::gate::{Waiting, PENDING_TTL};
-use super::{EnrolError, Enrolment, EnrolmentStart, FailureOutcome, MfaRefusal, WrongCode};
-use crate::auth::endpoints::{
-    cookie_attributes, encode, html, param, read_form, redirect, safe_rd,
-};
+use crate::mfa::gate::{Waiting, PENDING_TTL};
+use crate::mfa::{EnrolError, Enrolment, EnrolmentStart, FailureOutcome, MfaRefusal, WrongCode};
+use maud::{html, Markup, PreEscaped};
+
+use super::endpoints::safe_rd;
+use super::forms::{param, read_form};
+use super::paths::{self, MFA};
+use super::respond::{html_page, redirect};
+use super::templates::{self, Theme};
 use crate::auth::session::{LiveSession, Lookup};
 use crate::auth::Auth;
-use crate::pages::escape;
-use crate::store::audit::{AuditAction, AuditActor, AuditEntry};
 use crate::store::StoreError;
-
-pub const MFA_PATH: &str = "/oauth2/mfa";
 
 pub const CONFLICT_MESSAGE: &str = "This sign-in method cannot provide the second factor this \
      page requires: it keeps no local account to hold one. Sign in with a method that does.";
@@ -34,40 +34,29 @@ fn pending_cookie_name(auth: &Auth) -> String {
 
 /// The `Set-Cookie` value of the pending-MFA cookie (short-lived, only sent to `/oauth2/mfa`).
 pub fn pending_cookie(auth: &Auth, sealed: &str) -> String {
-    format!(
-        "{}={sealed}; {}",
-        pending_cookie_name(auth),
-        cookie_attributes(auth, MFA_PATH, PENDING_TTL)
-    )
+    auth.sessions
+        .set_cookie_header(&pending_cookie_name(auth), sealed, Some(MFA), PENDING_TTL)
 }
 
 fn clear_pending_cookie(auth: &Auth) -> String {
-    format!(
-        "{}=; {}",
-        pending_cookie_name(auth),
-        cookie_attributes(auth, MFA_PATH, 0)
-    )
+    auth.sessions
+        .set_cookie_header(&pending_cookie_name(auth), "", Some(MFA), 0)
 }
 
 /// Links to the connections whose users have local accounts (JIT), for the conflict page.
-pub fn local_sign_ins(auth: &Auth, rd: &str) -> String {
-    let links: String = auth
-        .providers
-        .iter()
-        .filter(|p| p.connection.jit)
-        .map(|p| {
-            format!(
-                "<a class=\"button\" href=\"/oauth2/start?connection={}&amp;rd={}\">Sign in with {}</a>",
-                encode(&p.connection.id),
-                encode(rd),
-                escape(&p.connection.display_name)
-            )
-        })
-        .collect();
-    if links.is_empty() {
-        "<p>No sign-in method here keeps local accounts; ask an administrator.</p>".to_string()
-    } else {
-        links
+pub fn local_sign_ins(auth: &Auth, rd: &str) -> Markup {
+    let local: Vec<_> = auth.providers.iter().filter(|p| p.connection.jit).collect();
+    html! {
+        @for p in &local {
+            (templates::sign_in_button(
+                None,
+                &paths::start_link(Some(&p.connection.id), rd),
+                &p.connection.display_name,
+            ))
+        }
+        @if local.is_empty() {
+            (templates::para("No sign-in method here keeps local accounts; ask an administrator."))
+        }
     }
 }
 
@@ -82,24 +71,24 @@ pub async fn conflict(
     browser: bool,
 ) -> pingora::Result<()> {
     if !browser {
-        let (kind, body) = crate::proxy::respond::error_body(
+        let (kind, body) = super::respond::error_body(
+            &Theme::of(session),
             StatusCode::FORBIDDEN,
             CONFLICT_MESSAGE,
             request_id,
             false,
         );
-        return crate::proxy::respond::send(session, StatusCode::FORBIDDEN, kind, body, &[]).await;
+        return super::respond::send(session, StatusCode::FORBIDDEN, kind, body, &[]).await;
     }
-    let body = format!(
-        "<p>{}</p>{}",
-        escape(CONFLICT_MESSAGE),
-        local_sign_ins(auth, rd)
-    );
-    html(
+    let body = html! {
+        (templates::para(CONFLICT_MESSAGE))
+        (local_sign_ins(auth, rd))
+    };
+    html_page(
         session,
         StatusCode::FORBIDDEN,
         "Another sign-in is needed",
-        &body,
+        body,
         vec![],
     )
     .await
@@ -185,7 +174,7 @@ pub async fn handle(
     };
     let Some(ctx) = context(auth, session, param(&form, "rd")) else {
         // Nothing to verify: start over.
-        return redirect(session, "/oauth2/start", vec![clear_pending_cookie(auth)]).await;
+        return redirect(session, paths::START, vec![clear_pending_cookie(auth)]).await;
     };
     if let Context::StepUp { live, rd, .. } = &ctx {
         if live.mfa_done_at().is_some() {
@@ -198,11 +187,13 @@ pub async fn handle(
     let token_ok = param(&form, "csrf").is_some_and(|t| auth.mfa.csrf_ok(t, ctx.id()));
     if !token_ok {
         tracing::warn!(request_id, "MFA form refused: bad or missing CSRF token");
-        return html(
+        return html_page(
             session,
             StatusCode::FORBIDDEN,
             "Form expired",
-            "<p>This form is no longer valid. <a href=\"/oauth2/start\">Sign in again</a>.</p>",
+            html! {
+                p { "This form is no longer valid. " a href=(paths::START) { "Sign in again" } "." }
+            },
             vec![],
         )
         .await;
@@ -214,14 +205,6 @@ pub async fn handle(
     }
 }
 
-/// Reads the account at the MFA step.
-fn account(
-    auth: &Auth,
-    user_id: &str,
-) -> Result<Option<crate::store::users::UserRecord>, StoreError> {
-    auth.store.read(|tx| tx.user(user_id))
-}
-
 /// The enrolment page or the code form, with an optional message.
 async fn show(
     auth: &Arc<Auth>,
@@ -231,14 +214,14 @@ async fn show(
     status: StatusCode,
 ) -> pingora::Result<()> {
     let (user_id, username) = ctx.user();
-    let user = match account(auth, user_id) {
+    let user = match auth.mfa_account(user_id) {
         Ok(Some(user)) if !user.disabled => user,
         Ok(_) => {
-            return html(
+            return html_page(
                 session,
                 StatusCode::FORBIDDEN,
                 "Sign-in refused",
-                "<p>This account is disabled or gone. Ask an administrator.</p>",
+                templates::para("This account is disabled or gone. Ask an administrator."),
                 vec![clear_header(auth)],
             )
             .await
@@ -253,11 +236,11 @@ async fn show(
         Ok(start) => enrol_page(auth, session, ctx, &start, message, status).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a TOTP enrolment");
-            html(
+            html_page(
                 session,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Set-up failed",
-                "<p>The second factor could not be set up. Please try again.</p>",
+                templates::para("The second factor could not be set up. Please try again."),
                 vec![],
             )
             .await
@@ -269,23 +252,21 @@ fn clear_header(auth: &Auth) -> (http::HeaderName, String) {
     (SET_COOKIE, clear_pending_cookie(auth))
 }
 
-fn hidden(ctx: &Context, auth: &Auth) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\">",
-        escape(&auth.mfa.csrf(ctx.id())),
-        escape(ctx.rd())
-    )
+/// The form's CSRF token (bound to the login or session) and return address.
+fn hidden(ctx: &Context, auth: &Auth) -> Markup {
+    html! {
+        input type="hidden" name="csrf" value=(auth.mfa.csrf(ctx.id()));
+        input type="hidden" name="rd" value=(ctx.rd());
+    }
 }
 
-fn message_html(message: Option<&str>) -> String {
-    message
-        .map(|m| {
-            format!(
-                "<p role=\"alert\" id=\"mfa-error\"><strong>{}</strong></p>",
-                escape(m)
-            )
-        })
-        .unwrap_or_default()
+/// A message above the form, announced to screen readers.
+fn message_html(message: Option<&str>) -> Markup {
+    html! {
+        @if let Some(m) = message {
+            p role="alert" id="mfa-error" { strong { (m) } }
+        }
+    }
 }
 
 async fn enrol_page(
@@ -296,25 +277,29 @@ async fn enrol_page(
     message: Option<&str>,
     status: StatusCode,
 ) -> pingora::Result<()> {
-    let body = format!(
-        "{msg}<p>This page needs a second sign-in step. Scan the code with an authenticator \
-         app, or type the key into it, then enter the 6-digit code the app shows.</p>\
-         <div id=\"qr\" aria-label=\"QR code of the set-up link\" style=\"width:14rem\">{svg}</div>\
-         <p>Key: <code id=\"secret\">{key}</code></p>\
-         <p><small>Set-up link: <code id=\"otpauth-uri\" style=\"word-break:break-all\">{uri}</code></small></p>\
-         <form id=\"mfa-enrol-form\" method=\"post\" action=\"{MFA_PATH}\">{hidden}\
-         <input type=\"hidden\" name=\"enrolment\" value=\"{pending}\">\
-         <label for=\"code\">Code from the app</label> \
-         <input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required> \
-         <button class=\"button\" id=\"mfa-submit\" type=\"submit\">Confirm</button></form>",
-        msg = message_html(message),
-        svg = start.qr_svg,
-        key = escape(&start.manual_key),
-        uri = escape(&start.otpauth_uri),
-        hidden = hidden(ctx, auth),
-        pending = escape(&start.pending),
-    );
-    html(session, status, "Set up two-step sign-in", &body, vec![]).await
+    let body = html! {
+        (message_html(message))
+        p {
+            "This page needs a second sign-in step. Scan the code with an authenticator app, or \
+             type the key into it, then enter the 6-digit code the app shows."
+        }
+        // The SVG is made by `mfa::qr` from the otpauth URI, not from request input.
+        div id="qr" role="img" aria-label="QR code of the set-up link" style="width:14rem" {
+            (PreEscaped(&start.qr_svg))
+        }
+        p { "Key: " code id="secret" { (start.manual_key) } }
+        p { small { "Set-up link: " code id="otpauth-uri" style="word-break:break-all" { (start.otpauth_uri) } } }
+        form id="mfa-enrol-form" method="post" action=(MFA) {
+            (hidden(ctx, auth))
+            input type="hidden" name="enrolment" value=(start.pending);
+            label for="code" { "Code from the app" }
+            " "
+            input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required;
+            " "
+            button class="button" id="mfa-submit" type="submit" { "Confirm" }
+        }
+    };
+    html_page(session, status, "Set up two-step sign-in", body, vec![]).await
 }
 
 async fn verify_page(
@@ -324,51 +309,36 @@ async fn verify_page(
     message: Option<&str>,
     status: StatusCode,
 ) -> pingora::Result<()> {
-    let body = format!(
-        "{msg}<p>Enter the 6-digit code from your authenticator app, or one of your recovery \
-         codes.</p><form id=\"mfa-verify-form\" method=\"post\" action=\"{MFA_PATH}\">{hidden}\
-         <label for=\"code\">Code</label> \
-         <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" required> \
-         <button class=\"button\" id=\"mfa-submit\" type=\"submit\">Continue</button></form>",
-        msg = message_html(message),
-        hidden = hidden(ctx, auth),
-    );
-    html(session, status, "Two-step sign-in", &body, vec![]).await
+    let body = html! {
+        (message_html(message))
+        p { "Enter the 6-digit code from your authenticator app, or one of your recovery codes." }
+        form id="mfa-verify-form" method="post" action=(MFA) {
+            (hidden(ctx, auth))
+            label for="code" { "Code" }
+            " "
+            input id="code" name="code" autocomplete="one-time-code" required;
+            " "
+            button class="button" id="mfa-submit" type="submit" { "Continue" }
+        }
+    };
+    html_page(session, status, "Two-step sign-in", body, vec![]).await
 }
 
 async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pingora::Result<()> {
     auth.metrics.store_error(StoreOp::Login);
     tracing::error!(error = %e, "MFA step: store error");
-    html(
+    html_page(
         session,
         StatusCode::SERVICE_UNAVAILABLE,
         "Try again",
-        "<p>The sign-in could not be completed. Please try again.</p>",
+        templates::para("The sign-in could not be completed. Please try again."),
         vec![],
     )
     .await
 }
 
 fn count(auth: &Auth, result: MfaResult) {
-    auth.metrics.mfa_challenge(result);
-}
-
-fn audit(action: AuditAction, user_id: &str, request_id: &str, at: u64) -> AuditEntry {
-    let mut entry = AuditEntry::new(AuditActor::Login, action, at);
-    entry.user_id = Some(user_id.to_string());
-    entry.request_id = Some(request_id.to_string()).filter(|r| !r.is_empty());
-    entry
-}
-
-/// Runs a store write on the blocking pool.
-async fn write<T: Send + 'static>(
-    auth: &Arc<Auth>,
-    f: impl FnOnce(&mut crate::store::Tx) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let auth = Arc::clone(auth);
-    tokio::task::spawn_blocking(move || auth.store.write(f))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
+    auth.count_second_factor(result);
 }
 
 /// The first code of an enrolment: saves the secret, shows the recovery codes once, and
@@ -430,55 +400,36 @@ async fn confirm(
             .await
         }
     };
-    let record = confirmed.record.clone();
-    let uid = user_id.to_string();
-    let rid = request_id.to_string();
-    let saved = write(auth, move |tx| {
-        let Some(mut user) = tx.user(&uid)? else {
-            return Ok(false);
-        };
-        if user.mfa.is_enrolled() || user.disabled {
-            return Ok(false);
-        }
-        user.mfa = record;
-        user.updated_at = now;
-        tx.put_user(&user)?;
-        let mut entry = audit(AuditAction::MfaEnrolled, &uid, &rid, now);
-        entry.changed = vec!["mfa".into()];
-        tx.append_audit(&entry)?;
-        Ok(true)
-    })
-    .await;
+    let saved = auth
+        .save_enrolment(user_id, confirmed.record.clone(), request_id, now)
+        .await;
     match saved {
         Ok(true) => {}
         Ok(false) => return show(auth, session, ctx, None, StatusCode::OK).await,
         Err(e) => return store_failure(auth, session, e).await,
     }
-    auth.metrics.mfa_enrolments.inc();
     count(auth, MfaResult::Success);
     tracing::info!(user_id, request_id, "TOTP enrolled");
     let (cookies, rd) = match finish(auth, session, ctx, now).await {
         Ok(done) => done,
         Err(e) => return store_failure(auth, session, e).await,
     };
-    let codes: String = confirmed
-        .recovery_codes
-        .iter()
-        .map(|c| format!("<li><code>{}</code></li>", escape(c)))
-        .collect();
-    let body = format!(
-        "<p>Two-step sign-in is set up. These recovery codes each work once, if you lose the \
-         app. They are shown only now: keep them somewhere safe.</p>\
-         <ul id=\"recovery-codes\">{codes}</ul>\
-         <a class=\"button\" id=\"continue\" href=\"{}\">Continue</a>",
-        escape(&rd)
-    );
+    let body = html! {
+        p {
+            "Two-step sign-in is set up. These recovery codes each work once, if you lose the \
+             app. They are shown only now: keep them somewhere safe."
+        }
+        ul id="recovery-codes" {
+            @for c in &confirmed.recovery_codes { li { code { (c) } } }
+        }
+        a class="button" id="continue" href=(rd) { "Continue" }
+    };
     let extra = cookies.into_iter().map(|c| (SET_COOKIE, c)).collect();
-    html(
+    html_page(
         session,
         StatusCode::OK,
         "Save your recovery codes",
-        &body,
+        body,
         extra,
     )
     .await
@@ -494,42 +445,9 @@ async fn verify(
 ) -> pingora::Result<()> {
     let (user_id, _) = ctx.user();
     let now = auth.mfa.now();
-    let is_totp = !code.is_empty() && code.chars().all(|c| c.is_ascii_digit() || c == ' ');
-    let uid = user_id.to_string();
-    let rid = request_id.to_string();
-    let code_owned = code.to_string();
-    let policy = auth.mfa.config.lockout;
-    let sealer = auth.mfa.sealer.clone();
-    let outcome = write(auth, move |tx| {
-        let Some(mut user) = tx.user(&uid)? else {
-            return Ok(Err(MfaRefusal::NotEnrolled));
-        };
-        if user.disabled {
-            return Ok(Err(MfaRefusal::NotEnrolled));
-        }
-        let result = if is_totp {
-            user.mfa.verify_totp(&sealer, &code_owned, now, &policy)
-        } else {
-            user.mfa.use_recovery_code(&code_owned, now, &policy)
-        };
-        tx.put_user(&user)?;
-        match &result {
-            Err(MfaRefusal::Wrong {
-                outcome: FailureOutcome::LockedNow { .. },
-                ..
-            }) => {
-                let mut entry = audit(AuditAction::MfaLocked, &uid, &rid, now);
-                entry.reason = Some(format!("{} wrong codes", policy.max_failures));
-                tx.append_audit(&entry)?;
-            }
-            Ok(()) if !is_totp => {
-                tx.append_audit(&audit(AuditAction::MfaRecoveryUsed, &uid, &rid, now))?;
-            }
-            _ => {}
-        }
-        Ok(result)
-    })
-    .await;
+    let (is_totp, outcome) = auth
+        .check_second_factor(user_id, code, request_id, now)
+        .await;
     let result = match outcome {
         Ok(r) => r,
         Err(e) => return store_failure(auth, session, e).await,
@@ -562,14 +480,14 @@ async fn verify(
                 "MFA locked after too many wrong codes"
             );
             let minutes = until.saturating_sub(now).div_ceil(60);
-            let body = format!(
-                "<p id=\"mfa-locked\">Too many wrong codes. Try again in {minutes} minute(s).</p>"
-            );
-            html(
+            let body = html! {
+                p id="mfa-locked" { "Too many wrong codes. Try again in " (minutes) " minute(s)." }
+            };
+            html_page(
                 session,
                 StatusCode::TOO_MANY_REQUESTS,
                 "Locked for now",
-                &body,
+                body,
                 vec![],
             )
             .await
@@ -612,11 +530,13 @@ async fn verify(
         Err(MfaRefusal::NotEnrolled) => show(auth, session, ctx, None, StatusCode::OK).await,
         Err(e @ (MfaRefusal::SecretUnreadable(_) | MfaRefusal::SecretUnusable)) => {
             tracing::error!(user_id, error = %e, "stored TOTP secret cannot be used");
-            html(
+            html_page(
                 session,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Second factor unavailable",
-                "<p>Your second factor cannot be checked right now. Ask an administrator to reset it.</p>",
+                templates::para(
+                    "Your second factor cannot be checked right now. Ask an administrator to reset it.",
+                ),
                 vec![],
             )
             .await
@@ -636,13 +556,9 @@ async fn finish(
         Context::Pending(waiting) => {
             let Some(login) = auth.mfa.take(&waiting.id) else {
                 // Already finished in another tab: start over.
-                return Ok((vec![clear_pending_cookie(auth)], "/oauth2/start".into()));
+                return Ok((vec![clear_pending_cookie(auth)], paths::START.into()));
             };
-            let pending = login.session.with_mfa(now);
-            let record = pending.record().clone();
-            write(auth, move |tx| tx.put_session(&record)).await?;
-            let mut cookies = auth.sessions.activate(pending);
-            auth.update_sessions_gauge();
+            let mut cookies = auth.issue_after_second_factor(login.session, now).await?;
             cookies.push(clear_pending_cookie(auth));
             Ok((cookies, safe_rd(auth, session, Some(&login.rd))))
         }

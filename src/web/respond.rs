@@ -11,7 +11,9 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use crate::error::RequestError;
-use crate::pages::{escape, page};
+use maud::html;
+
+use super::templates::{self, page, Theme};
 
 const X_REQUESTED_WITH: &str = "x-requested-with";
 
@@ -56,8 +58,10 @@ pub async fn send(
     Ok(())
 }
 
-/// The body of an error answer, as HTML for browsers and JSON for everyone else.
+/// The body of an error answer, as HTML for browsers (branded by `theme`) and JSON for
+/// everyone else.
 pub fn error_body(
+    theme: &Theme,
     status: StatusCode,
     message: &str,
     request_id: &str,
@@ -65,13 +69,12 @@ pub fn error_body(
 ) -> (&'static str, Bytes) {
     let reason = status.canonical_reason().unwrap_or("Error");
     if html {
-        let body = format!(
-            "<p>{}</p><p><small>Request id: {}</small></p>",
-            escape(message),
-            escape(request_id)
-        );
+        let body = html! { (templates::para(message)) (templates::request_id(request_id)) };
         let title = format!("{} {reason}", status.as_u16());
-        ("text/html; charset=utf-8", Bytes::from(page(&title, &body)))
+        (
+            "text/html; charset=utf-8",
+            Bytes::from(page(theme, &title, body)),
+        )
     } else {
         let json = serde_json::json!({
             "status": status.as_u16(),
@@ -87,7 +90,8 @@ pub fn error_body(
 pub async fn error(session: &mut Session, error: &RequestError, request_id: &str) -> Result<()> {
     let status = error.status();
     let html = accepts_html(&session.req_header().headers);
-    let (content_type, body) = error_body(status, error.public_message(), request_id, html);
+    let theme = Theme::of(session);
+    let (content_type, body) = error_body(&theme, status, error.public_message(), request_id, html);
     let extra = match error {
         RequestError::Unauthenticated => {
             vec![(WWW_AUTHENTICATE, "Bearer realm=\"gatehouse\"".to_string())]
@@ -98,55 +102,82 @@ pub async fn error(session: &mut Session, error: &RequestError, request_id: &str
 }
 
 /// 403 for a signed-in account an access rule refuses: says which sign-ins could open the
-/// route (`options`: label and link), not which rule failed.
+/// route (`options`: connection id and label; `rd` the raw address to come back to), not
+/// which rule failed.
 pub async fn access_denied(
     session: &mut Session,
     request_id: &str,
     options: &[(String, String)],
+    rd: &str,
 ) -> Result<()> {
     let status = StatusCode::FORBIDDEN;
     let message = "Your account cannot open this page.";
+    let theme = Theme::of(session);
     if !accepts_html(&session.req_header().headers) {
-        let (kind, body) = error_body(status, message, request_id, false);
+        let (kind, body) = error_body(&theme, status, message, request_id, false);
         return send(session, status, kind, body, &[]).await;
     }
-    let links: String = options
-        .iter()
-        .map(|(label, href)| {
-            format!(
-                "<a class=\"button\" href=\"{}\">Sign in with {}</a>",
-                escape(href),
-                escape(label)
-            )
-        })
-        .collect();
-    let body = format!(
-        "<p>{}</p><p>Sign in with an account that has access:</p>{links}<p><small>Request id: {}</small></p>",
-        escape(message),
-        escape(request_id)
-    );
-    let extra = [(
-        http::HeaderName::from_static("content-security-policy"),
-        crate::pages::CSP.to_string(),
-    )];
-    send(
+    let body = html! {
+        (templates::para(message))
+        (templates::para("Sign in with an account that has access:"))
+        @for (id, label) in options {
+            (templates::sign_in_button(None, &super::paths::start_link(Some(id), rd), label))
+        }
+        (templates::request_id(request_id))
+    };
+    page_answer(
         session,
         status,
-        "text/html; charset=utf-8",
-        Bytes::from(page("403 Forbidden", &body)),
-        &extra,
+        page(&theme, "403 Forbidden", body),
+        Vec::new(),
     )
     .await
 }
 
-/// A 302 to `location`.
-pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
+/// A page with the strict CSP, and any extra headers.
+pub async fn page_answer(
+    session: &mut Session,
+    status: StatusCode,
+    html: String,
+    extra: Vec<(http::HeaderName, String)>,
+) -> Result<()> {
+    let mut headers = vec![(
+        http::HeaderName::from_static("content-security-policy"),
+        templates::CSP.to_string(),
+    )];
+    headers.extend(extra);
+    send(
+        session,
+        status,
+        "text/html; charset=utf-8",
+        Bytes::from(html),
+        &headers,
+    )
+    .await
+}
+
+/// A branded page titled `title` around `body`, with the strict CSP and any extra headers.
+pub async fn html_page(
+    session: &mut Session,
+    status: StatusCode,
+    title: &str,
+    body: maud::Markup,
+    extra: Vec<(http::HeaderName, String)>,
+) -> Result<()> {
+    let html = page(&Theme::of(session), title, body);
+    page_answer(session, status, html, extra).await
+}
+
+/// A 302 to `location`, setting `cookies` (`Set-Cookie` values).
+pub async fn redirect(session: &mut Session, location: &str, cookies: Vec<String>) -> Result<()> {
+    let mut extra = vec![(LOCATION, location.to_string())];
+    extra.extend(cookies.into_iter().map(|c| (http::header::SET_COOKIE, c)));
     send(
         session,
         StatusCode::FOUND,
         "text/plain; charset=utf-8",
         Bytes::from_static(b"Redirecting\n"),
-        &[(LOCATION, location.to_string())],
+        &extra,
     )
     .await
 }
@@ -182,11 +213,12 @@ mod tests {
 
     #[test]
     fn error_pages_escape_what_they_show() {
-        let (kind, body) = error_body(StatusCode::BAD_GATEWAY, "<script>", "id\"1", true);
+        let theme = Theme::default();
+        let (kind, body) = error_body(&theme, StatusCode::BAD_GATEWAY, "<script>", "id\"1", true);
         assert!(kind.starts_with("text/html"));
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(body.contains("&lt;script&gt;") && body.contains("id&quot;1"));
-        let (kind, body) = error_body(StatusCode::BAD_GATEWAY, "down", "1", false);
+        let (kind, body) = error_body(&theme, StatusCode::BAD_GATEWAY, "down", "1", false);
         assert_eq!(kind, "application/json");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["status"], 502);

@@ -11,20 +11,21 @@ use http::{HeaderName, StatusCode};
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
 
-use super::login::{complete_login_off_thread, Completed, LoginFailure};
-use super::oidc::OidcError;
-use super::session::{request_cookies, Lookup, SessionsOf};
-use super::throttle::Endpoint;
-use super::Auth;
-use crate::logging::Escaped;
-use crate::pages::{escape, page, CSP};
-use crate::proxy::respond;
+use crate::auth::login::{complete_login_off_thread, Completed, LoginFailure};
+use crate::auth::oidc::OidcError;
+use crate::auth::session::{request_cookies, Lookup, SessionsOf};
+use crate::auth::throttle::Endpoint;
+use crate::auth::Auth;
+use maud::html;
+
+use super::forms::{form_pairs, param, read_form};
+use super::paths::{self, encode};
+use super::respond::{self, html_page as html, redirect};
+use super::templates::{self, Theme};
+use crate::text::Escaped;
 
 const LOGIN_PURPOSE: &str = "login";
 const SIGN_OUT_PURPOSE: &str = "sign-out";
-const CONTENT_SECURITY_POLICY: HeaderName = HeaderName::from_static("content-security-policy");
-/// Request bodies Gatehouse reads itself are small forms.
-const MAX_FORM: usize = 64 * 1024;
 
 /// What the login cookie remembers between `/oauth2/start` and `/oauth2/callback`.
 #[derive(Serialize, Deserialize)]
@@ -36,70 +37,6 @@ struct LoginState {
     conn: String,
     redirect_uri: String,
     exp: u64,
-}
-
-/// Decoded `name=value` pairs of a query string or form body.
-pub fn form_pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-pub(crate) fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// A page with the strict CSP, and any extra headers.
-pub(crate) async fn html(
-    session: &mut Session,
-    status: StatusCode,
-    title: &str,
-    body: &str,
-    extra: Vec<(HeaderName, String)>,
-) -> pingora::Result<()> {
-    let mut headers = vec![(CONTENT_SECURITY_POLICY, CSP.to_string())];
-    headers.extend(extra);
-    respond::send(
-        session,
-        status,
-        "text/html; charset=utf-8",
-        Bytes::from(page(title, body)),
-        &headers,
-    )
-    .await
-}
-
-pub(crate) async fn redirect(
-    session: &mut Session,
-    location: &str,
-    cookies: Vec<String>,
-) -> pingora::Result<()> {
-    let mut extra = vec![(LOCATION, location.to_string())];
-    extra.extend(cookies.into_iter().map(|c| (SET_COOKIE, c)));
-    respond::send(
-        session,
-        StatusCode::FOUND,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"Redirecting\n"),
-        &extra,
-    )
-    .await
 }
 
 fn host_header(session: &Session) -> Option<String> {
@@ -118,7 +55,7 @@ async fn bad_callback_address(session: &mut Session) -> pingora::Result<()> {
         session,
         StatusCode::BAD_REQUEST,
         "Bad request",
-        "<p>The request does not name a valid host.</p>",
+        templates::para("The request does not name a valid host."),
         vec![],
     )
     .await
@@ -196,18 +133,6 @@ fn login_cookie_name(auth: &Auth, state: IssuedState<'_>) -> String {
     format!("{}_login_{key}", auth.sessions.config().cookie_name)
 }
 
-/// Attributes of the login and MFA cookies: `path` narrows where the browser sends them,
-/// except under the `__Host-` prefix, which requires `Path=/`.
-pub(crate) fn cookie_attributes(auth: &Auth, path: &str, max_age: u64) -> String {
-    let c = auth.sessions.config();
-    let path = if c.host_prefix { "/" } else { path };
-    let mut attrs = format!("Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax");
-    if c.cookie_secure {
-        attrs.push_str("; Secure");
-    }
-    attrs
-}
-
 /// Serves `/oauth2/*`. Always writes the response: returns `Ok(true)`.
 pub async fn handle(
     auth: &Arc<Auth>,
@@ -217,9 +142,9 @@ pub async fn handle(
     client: Option<std::net::IpAddr>,
 ) -> pingora::Result<bool> {
     let endpoint = match path {
-        "/oauth2/start" | "/oauth2/callback" => Some(Endpoint::Login),
-        crate::mfa::endpoints::MFA_PATH => Some(Endpoint::Mfa),
-        "/oauth2/backchannel-logout" => Some(Endpoint::Backchannel),
+        paths::START | paths::CALLBACK => Some(Endpoint::Login),
+        paths::MFA => Some(Endpoint::Mfa),
+        paths::BACKCHANNEL_LOGOUT => Some(Endpoint::Backchannel),
         _ => None,
     };
     if let Some(endpoint) = endpoint {
@@ -231,24 +156,21 @@ pub async fn handle(
         }
     }
     let query = session.req_header().uri.query().unwrap_or("").to_string();
-    let pairs = form_pairs(&query);
+    let pairs = form_pairs(query.as_bytes());
     match path {
-        "/oauth2/start" => start(auth, session, &pairs).await?,
-        "/oauth2/callback" => callback(auth, session, &pairs, request_id).await?,
-        "/oauth2/sign_out" => sign_out(auth, session, &pairs).await?,
-        "/oauth2/auth" => forward_auth(auth, session, request_id).await?,
-        "/oauth2/backchannel-logout" => backchannel_logout(auth, session).await?,
-        "/oauth2/userinfo" => userinfo(auth, session).await?,
-        crate::mfa::endpoints::MFA_PATH => {
-            crate::mfa::endpoints::handle(auth, session, &pairs, request_id).await?
-        }
+        paths::START => start(auth, session, &pairs).await?,
+        paths::CALLBACK => callback(auth, session, &pairs, request_id).await?,
+        paths::SIGN_OUT => sign_out(auth, session, &pairs).await?,
+        paths::FORWARD_AUTH => forward_auth(auth, session, request_id).await?,
+        paths::BACKCHANNEL_LOGOUT => backchannel_logout(auth, session).await?,
+        paths::USERINFO => userinfo(auth, session).await?,
+        paths::MFA => super::mfa::handle(auth, session, &pairs, request_id).await?,
         _ => {
-            let body = escape("Nothing is served at this address.");
             html(
                 session,
                 StatusCode::NOT_FOUND,
                 "Not found",
-                &format!("<p>{body}</p>"),
+                templates::para("Nothing is served at this address."),
                 vec![],
             )
             .await?
@@ -266,6 +188,7 @@ async fn too_many_requests(
     let req = session.req_header();
     let browser = respond::is_browser(&req.method, &req.headers);
     let (kind, body) = respond::error_body(
+        &Theme::of(session),
         StatusCode::TOO_MANY_REQUESTS,
         "Too many sign-in requests came from your address. Please wait a moment and try again.",
         request_id,
@@ -288,44 +211,36 @@ async fn start(
         .or(auth.login.default_connection.as_deref())
         .or_else(|| (auth.providers.len() == 1).then(|| auth.providers[0].connection.id.as_str()));
     let Some(provider) = chosen.and_then(|id| auth.provider(id)) else {
-        let buttons: String = auth
-            .providers
-            .iter()
-            .map(|p| {
-                format!(
-                    "<a class=\"button\" id=\"connection-{}\" href=\"/oauth2/start?connection={}&amp;rd={}\">Sign in with {}</a>",
-                    escape(&p.connection.id),
-                    encode(&p.connection.id),
-                    encode(&rd),
-                    escape(&p.connection.display_name)
-                )
-            })
-            .collect();
-        return html(
-            session,
-            StatusCode::OK,
-            "Sign in",
-            &format!("<p>Choose how to sign in.</p>{buttons}"),
-            vec![],
-        )
-        .await;
+        let body = html! {
+            (templates::para("Choose how to sign in."))
+            @for p in &auth.providers {
+                (templates::sign_in_button(
+                    Some(&format!("connection-{}", p.connection.id)),
+                    &paths::start_link(Some(&p.connection.id), &rd),
+                    &p.connection.display_name,
+                ))
+            }
+        };
+        return html(session, StatusCode::OK, "Sign in", body, vec![]).await;
     };
     if auth.login.external_url.is_none() && host_header(session).is_none() {
         // An HTTP/1.0 request without Host: no address to come back to. A client mistake.
         return bad_callback_address(session).await;
     }
-    let redirect_uri = format!("{}/oauth2/callback", external_base(auth, session));
+    let redirect_uri = format!("{}{}", external_base(auth, session), paths::CALLBACK);
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
         Err(OidcError::BadRedirect(e)) => {
-            tracing::debug!(error = %crate::logging::Escaped(&e), "cannot build the callback address from this request");
+            tracing::debug!(error = %Escaped(&e), "cannot build the callback address from this request");
             return bad_callback_address(session).await;
         }
         Err(e) => {
-            tracing::warn!(connection = %provider.connection.id, error = %crate::logging::Escaped(&e), "cannot start a login");
+            tracing::warn!(connection = %provider.connection.id, error = %Escaped(&e), "cannot start a login");
             auth.metrics
                 .login(&provider.connection.id, LoginResult::IdpUnavailable);
-            let body = "<p>The sign-in service is not reachable right now. Please try again in a moment.</p>";
+            let body = templates::para(
+                "The sign-in service is not reachable right now. Please try again in a moment.",
+            );
             return html(
                 session,
                 StatusCode::BAD_GATEWAY,
@@ -356,15 +271,16 @@ async fn start(
             session,
             StatusCode::INTERNAL_SERVER_ERROR,
             "Sign-in unavailable",
-            "<p>The sign-in could not be started.</p>",
+            templates::para("The sign-in could not be started."),
             vec![],
         )
         .await;
     };
-    let cookie = format!(
-        "{}={sealed}; {}",
-        login_cookie_name(auth, issued),
-        cookie_attributes(auth, "/oauth2/callback", ttl)
+    let cookie = auth.sessions.set_cookie_header(
+        &login_cookie_name(auth, issued),
+        &sealed,
+        Some(paths::CALLBACK),
+        ttl,
     );
     redirect(session, &authorization.url, vec![cookie]).await
 }
@@ -449,7 +365,7 @@ impl Refusal {
                  the address at the identity provider, or ask an administrator."
                     .into()
             }
-            Refusal::MfaConflict => crate::mfa::endpoints::CONFLICT_MESSAGE.into(),
+            Refusal::MfaConflict => super::mfa::CONFLICT_MESSAGE.into(),
         }
     }
 }
@@ -480,8 +396,10 @@ async fn callback(
         auth.metrics.login("-", LoginResult::StateInvalid);
         let shown: String = raw_state.chars().take(64).collect();
         tracing::warn!(state = ?shown, state_len = raw_state.len(), "login refused: malformed state");
-        let body = "<p>This sign-in link is invalid or has expired.</p>\
-                    <p><a href=\"/oauth2/start\">Sign in again</a></p>";
+        let body = html! {
+            (templates::para("This sign-in link is invalid or has expired."))
+            (templates::sign_in_again())
+        };
         return html(
             session,
             StatusCode::BAD_REQUEST,
@@ -492,10 +410,10 @@ async fn callback(
         .await;
     };
     let cookie_name = login_cookie_name(auth, state);
-    let mut cookies = vec![format!(
-        "{cookie_name}=; {}",
-        cookie_attributes(auth, "/oauth2/callback", 0)
-    )];
+    let mut cookies =
+        vec![auth
+            .sessions
+            .set_cookie_header(&cookie_name, "", Some(paths::CALLBACK), 0)];
     let mut connection = "-".to_string();
     match finish_login(
         auth,
@@ -521,13 +439,15 @@ async fn callback(
             let result = refusal.result();
             auth.metrics.login(&connection, result);
             tracing::warn!(connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
-            let options = match refusal {
-                Refusal::MfaConflict => crate::mfa::endpoints::local_sign_ins(auth, "/"),
-                _ => "<p><a href=\"/oauth2/start\">Sign in again</a></p>".to_string(),
+            let body = html! {
+                (templates::para(&refusal.message()))
+                @match refusal {
+                    Refusal::MfaConflict => (super::mfa::local_sign_ins(auth, "/")),
+                    _ => (templates::sign_in_again()),
+                }
             };
-            let body = format!("<p>{}</p>{options}", escape(&refusal.message()));
             let extra = cookies.into_iter().map(|c| (SET_COOKIE, c)).collect();
-            html(session, refusal.status(), "Sign-in failed", &body, extra).await
+            html(session, refusal.status(), "Sign-in failed", body, extra).await
         }
     }
 }
@@ -562,7 +482,7 @@ async fn finish_login(
     }
     // RFC 9207: an `iss` that is sent must be the issuer, whatever the answer.
     if let (Some(iss), Some(expected)) = (param(pairs, "iss"), provider.issuer()) {
-        if !super::bearer::issuer_is(&expected, iss) {
+        if !crate::auth::bearer::issuer_is(&expected, iss) {
             return Err(Refusal::StateInvalid(
                 "The answer came from an unexpected issuer.",
             ));
@@ -609,57 +529,11 @@ async fn finish_login(
     Ok(match completed {
         Completed::Session(cookies) => (cookies, login.rd),
         Completed::NeedsMfa(sealed) => (
-            vec![crate::mfa::endpoints::pending_cookie(auth, &sealed)],
-            crate::mfa::endpoints::MFA_PATH.to_string(),
+            vec![super::mfa::pending_cookie(auth, &sealed)],
+            paths::MFA.to_string(),
         ),
     })
 }
-
-/// Reads a small form body. Answers `Expect: 100-continue` first. A body that stalls longer
-/// than `client_body_timeout` between reads, or ends early, is the client's failure
-/// (`ReadTimedout` / `ReadError` from downstream: 408 / 400 in `fail_to_proxy`), never a 500.
-pub(crate) async fn read_form(session: &mut Session) -> pingora::Result<Vec<(String, String)>> {
-    let expects_continue = session.req_header().version == http::Version::HTTP_11
-        && session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|e| e.into_down())?;
-    }
-    let timeout = session
-        .req_header()
-        .extensions
-        .get::<crate::proxy::BodyTimeout>()
-        .map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
-    let mut body = Vec::new();
-    loop {
-        let chunk = match tokio::time::timeout(timeout, session.read_request_body()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(e.into_down()),
-            Err(_) => {
-                return Err(pingora::Error::explain(
-                    pingora::ErrorType::ReadTimedout,
-                    "reading a form body",
-                )
-                .into_down())
-            }
-        };
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_FORM {
-            break;
-        }
-    }
-    Ok(form_pairs(&String::from_utf8_lossy(&body)))
-}
-
-/// The body deadline when the request carries none (the `client_body_timeout` default).
-const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `/oauth2/sign_out`: GET shows a confirmation form; POST (with the form's token, bound to
 /// this session) revokes the session, clears the cookie, and goes to the IdP's end-session
@@ -683,13 +557,14 @@ async fn sign_out(
             .sessions
             .sealer()
             .seal(SIGN_OUT_PURPOSE, live.sid.as_bytes());
-        let body = format!(
-            "<form method=\"post\" action=\"/oauth2/sign_out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <input type=\"hidden\" name=\"rd\" value=\"{}\"><button class=\"button\" type=\"submit\" id=\"sign-out\">Sign out</button></form>",
-            escape(&token),
-            escape(&rd)
-        );
-        return html(session, StatusCode::OK, "Sign out?", &body, vec![]).await;
+        let body = html! {
+            form method="post" action=(paths::SIGN_OUT) {
+                input type="hidden" name="csrf" value=(token);
+                input type="hidden" name="rd" value=(rd);
+                button class="button" type="submit" id="sign-out" { "Sign out" }
+            }
+        };
+        return html(session, StatusCode::OK, "Sign out?", body, vec![]).await;
     }
     let form = read_form(session).await?;
     let token_ok = param(&form, "csrf")
@@ -700,7 +575,7 @@ async fn sign_out(
             session,
             StatusCode::FORBIDDEN,
             "Sign-out refused",
-            "<p>The sign-out form was not valid. Please try again.</p>",
+            templates::para("The sign-out form was not valid. Please try again."),
             vec![],
         )
         .await;
@@ -763,20 +638,16 @@ async fn forward_answer(
 /// A 401 that tells the front proxy where to send a browser (`Location`, which nginx reads
 /// with `auth_request_set` and Caddy with `handle_response`); API clients get no `Location`.
 fn browser_location(
-    forwarded: &super::forward::Forwarded,
+    forwarded: &crate::auth::forward::Forwarded,
     headers: &http::HeaderMap,
     to: &str,
 ) -> Option<(HeaderName, String)> {
-    respond::is_browser(&forwarded.method, headers).then(|| {
-        (
-            LOCATION,
-            format!("{to}?rd={}", encode(&forwarded.return_to())),
-        )
-    })
+    respond::is_browser(&forwarded.method, headers)
+        .then(|| (LOCATION, paths::with_rd(to, &forwarded.return_to())))
 }
 
 /// `/oauth2/auth`: forward-auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy
-/// `forward_auth`. Checks the request the front proxy is serving (see [`super::forward`]):
+/// `forward_auth`. Checks the request the front proxy is serving (see [`crate::auth::forward`]):
 /// 403 unless the caller is a trusted proxy, 400 when the URI or method headers are missing
 /// or disagree; then 202 with the identity headers when the session or bearer token is valid,
 /// the `[[access]]` rules for the forwarded method and path pass (403 when they do not) and
@@ -787,7 +658,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let forwarded = match super::forward::read(
+    let forwarded = match crate::auth::forward::read(
         &auth.forward_auth,
         &auth.headers.trusted_proxies,
         peer,
@@ -795,7 +666,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     ) {
         Ok(forwarded) => forwarded,
         Err(refusal) => {
-            tracing::warn!(request_id, reason = %crate::logging::Escaped(&refusal), "forward-auth request refused");
+            tracing::warn!(request_id, reason = %Escaped(&refusal), "forward-auth request refused");
             auth.metrics.forward_auth_refused(refusal.label());
             let error = crate::error::RequestError::from(refusal);
             return respond::error(session, &error, request_id).await;
@@ -812,7 +683,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
             extra.extend(browser_location(
                 &forwarded,
                 &session.req_header().headers,
-                &format!("{}/start", crate::proxy::routes::AUTH_PREFIX),
+                paths::START,
             ));
             return forward_answer(session, StatusCode::UNAUTHORIZED, "Unauthorized\n", &extra)
                 .await;
@@ -838,7 +709,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
             Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
             None => auth.mfa.config.totp,
         });
-    if let super::Authenticated::Bearer(identity, factors) = &who {
+    if let crate::auth::Authenticated::Bearer(identity, factors) = &who {
         // A token cannot step up: it passes only when its acr/amr show a second factor.
         let jit = auth
             .provider(&identity.connection)
@@ -849,7 +720,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
             crate::mfa::policy::Standing {
                 local_account: jit || identity.user_id.is_some(),
                 enrolled: false,
-                done: *factors == super::bearer::Factors::Two,
+                done: *factors == crate::auth::bearer::Factors::Two,
             },
         );
         if decision != crate::mfa::policy::MfaDecision::Pass {
@@ -860,7 +731,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
                 .await;
         }
     }
-    if let super::Authenticated::Session(live) = &who {
+    if let crate::auth::Authenticated::Session(live) = &who {
         let decision = crate::mfa::policy::decide(
             level,
             auth.mfa.config.when_no_local_account,
@@ -884,13 +755,10 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
                     path = ?path,
                     "forward-auth: second factor needed (step-up)"
                 );
-                let extra: Vec<_> = browser_location(
-                    &forwarded,
-                    &session.req_header().headers,
-                    crate::mfa::endpoints::MFA_PATH,
-                )
-                .into_iter()
-                .collect();
+                let extra: Vec<_> =
+                    browser_location(&forwarded, &session.req_header().headers, paths::MFA)
+                        .into_iter()
+                        .collect();
                 return forward_answer(session, StatusCode::UNAUTHORIZED, "Unauthorized\n", &extra)
                     .await;
             }
@@ -1036,8 +904,7 @@ mod tests {
     /// A state as Gatehouse issues it.
     fn issued() -> String {
         use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(&super::super::seal::random_key()[..16])
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&crate::seal::random_key()[..16])
     }
 
     #[test]
@@ -1098,15 +965,5 @@ mod tests {
                 prop_assert!(raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             }
         }
-    }
-
-    #[test]
-    fn query_pairs_are_decoded() {
-        let pairs = form_pairs("rd=%2Fa%3Fb%3D1&x=a+b&empty=&flag");
-        assert_eq!(param(&pairs, "rd"), Some("/a?b=1"));
-        assert_eq!(param(&pairs, "x"), Some("a b"));
-        assert_eq!(param(&pairs, "empty"), Some(""));
-        assert_eq!(param(&pairs, "flag"), Some(""));
-        assert_eq!(param(&pairs, "none"), None);
     }
 }
