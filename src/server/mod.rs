@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::health::Readiness;
 use crate::identity::assertion::AssertionSigner;
 use crate::metrics::Metrics;
+use crate::proxy::resolve::{self, ResolveError};
 use crate::proxy::Gatehouse;
 use crate::store::Store;
 use conns::{Deadlines, Guarded, Limits};
@@ -55,6 +56,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("identity header signing key: {0}")]
     Signing(#[from] crate::identity::assertion::AssertionError),
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
 }
 
 /// Where a started Gatehouse listens (ports resolved, so port 0 in config shows its real port).
@@ -80,6 +83,49 @@ fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, Star
     addrs.iter().map(|a| Bound::bind(*a, what)).collect()
 }
 
+/// Every socket Gatehouse serves on, bound and listening, not yet served. Bind them before
+/// Gatehouse's config exists (port 0, then [`Listeners::addresses`]) to tell another party
+/// (an IdP's redirect URIs) where Gatehouse will be, with no port released in between.
+pub struct Listeners {
+    proxy: Vec<Bound>,
+    tls: Vec<Bound>,
+    admin: Bound,
+}
+
+impl Listeners {
+    /// Binds the addresses of `[server]`: `listen`, `tls_listen` (when TLS is set up) and
+    /// `admin_listen`.
+    pub fn bind(server: &crate::config::model::Server) -> Result<Self, StartError> {
+        let tls = match &server.tls {
+            Some(tls) => tls.listen.as_slice(),
+            None => &[],
+        };
+        Self::bind_addrs(&server.listen, tls, server.admin_listen)
+    }
+
+    /// Binds these addresses (port 0: the kernel picks one; [`Listeners::addresses`] tells).
+    pub fn bind_addrs(
+        proxy: &[SocketAddr],
+        tls: &[SocketAddr],
+        admin: SocketAddr,
+    ) -> Result<Self, StartError> {
+        Ok(Self {
+            proxy: bind_all(proxy, "proxy")?,
+            tls: bind_all(tls, "proxy TLS")?,
+            admin: Bound::bind(admin, "admin")?,
+        })
+    }
+
+    /// Where these listeners are bound (real ports, never 0).
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            proxy: self.proxy.iter().map(|b| b.addr).collect(),
+            tls: self.tls.iter().map(|b| b.addr).collect(),
+            admin: self.admin.addr,
+        }
+    }
+}
+
 /// Binds every listener and builds the services. Nothing is served until [`Prepared::run`].
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     prepare_with_clock(config, Arc::new(Clock::default()))
@@ -87,20 +133,33 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 
 /// [`prepare`] with the clock the second factor reads (tests move it instead of sleeping).
 pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared, StartError> {
+    prepare_on(config, Listeners::bind(&config.server)?, clock)
+}
+
+/// [`prepare_with_clock`] on listeners bound beforehand: they replace the addresses in
+/// `[server] listen`, `tls_listen` and `admin_listen`. TLS listeners are served with TLS only
+/// when `[server]` sets up TLS.
+pub fn prepare_on(
+    config: &Config,
+    listeners: Listeners,
+    clock: Arc<Clock>,
+) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
 
-    let proxy_sockets = bind_all(&config.server.listen, "proxy")?;
-    let tls_sockets = match &config.server.tls {
-        Some(tls) => bind_all(&tls.listen, "proxy TLS")?,
-        None => Vec::new(),
-    };
-    let admin_socket = Bound::bind(config.server.admin_listen, "admin")?;
-    let addresses = Addresses {
-        proxy: proxy_sockets.iter().map(|b| b.addr).collect(),
-        tls: tls_sockets.iter().map(|b| b.addr).collect(),
-        admin: admin_socket.addr,
-    };
+    let addresses = listeners.addresses();
+    let Listeners {
+        proxy: proxy_sockets,
+        tls: tls_sockets,
+        admin: admin_socket,
+    } = listeners;
+    // Upstream host names are resolved now, once; a background service keeps them current.
+    let (peers, dns_refresher) = resolve::resolve_at_start(
+        &config.upstreams,
+        resolve::system_lookup(),
+        config.server.dns_refresh,
+        metrics.clone(),
+    )?;
 
     let grace = config.server.shutdown_grace.as_secs_f64().ceil() as u64;
     let conf = ServerConf {
@@ -162,7 +221,17 @@ pub fn prepare_with_clock(config: &Config, clock: Arc<Clock>) -> Result<Prepared
         )?)),
         _ => None,
     };
-    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth, signer);
+    if let Some(refresher) = dns_refresher {
+        server.add_service(background_service("upstream dns refresh", refresher));
+    }
+    let gatehouse = Gatehouse::new(
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        auth,
+        signer,
+        &peers,
+    );
     let mut app = http_proxy(&server.configuration, gatehouse);
     app.server_options = Some(server_options);
     app.h2_options = Some(h2_options);
@@ -241,6 +310,8 @@ impl Prepared {
 }
 
 /// A Gatehouse running on a background thread of this process (for tests and embedding).
+/// Dropping it stops it at once (no grace period) and waits, for at most 5 s, until its
+/// listeners are closed.
 pub struct Running {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
@@ -248,26 +319,45 @@ pub struct Running {
     pub clock: Arc<Clock>,
     /// The store (tests look into it, or make it slow).
     pub store: Option<Arc<Store>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<shutdown::Stop>,
+    /// Receives when the server thread has finished.
+    finished: std::sync::mpsc::Receiver<()>,
 }
 
 impl Running {
-    /// Begins a graceful shutdown.
+    /// Begins a graceful shutdown (drain within `shutdown_grace`).
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(shutdown::Stop::Drain);
+    }
+}
+
+/// How long dropping a [`Running`] waits for its thread to finish.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(shutdown::Stop::Now);
+        let _ = self.finished.recv_timeout(STOP_WAIT);
     }
 }
 
 /// Prepares and starts Gatehouse on a background thread.
 pub fn spawn(config: &Config) -> Result<Running, StartError> {
-    let prepared = prepare(config)?;
-    let (stop, stop_rx) = watch::channel(false);
+    spawn_on(config, Listeners::bind(&config.server)?)
+}
+
+/// [`spawn`] on listeners bound beforehand (see [`Listeners`] and [`prepare_on`]).
+pub fn spawn_on(config: &Config, listeners: Listeners) -> Result<Running, StartError> {
+    let prepared = prepare_on(config, listeners, Arc::new(Clock::default()))?;
+    let (stop, stop_rx) = watch::channel(shutdown::Stop::Run);
+    let (done, finished) = std::sync::mpsc::channel();
     let running = Running {
         addresses: prepared.addresses.clone(),
         metrics: prepared.metrics.clone(),
         clock: prepared.clock.clone(),
         store: prepared.store.clone(),
         stop,
+        finished,
     };
     let signals = Box::new(shutdown::Manual {
         stop: stop_rx,
@@ -275,7 +365,10 @@ pub fn spawn(config: &Config) -> Result<Running, StartError> {
     });
     std::thread::Builder::new()
         .name("gatehouse".into())
-        .spawn(move || prepared.run(signals))
+        .spawn(move || {
+            prepared.run(signals);
+            let _ = done.send(());
+        })
         .map_err(StartError::Thread)?;
     Ok(running)
 }
