@@ -144,6 +144,29 @@ pub fn prepare_on(
     listeners: Listeners,
     clock: Arc<Clock>,
 ) -> Result<Prepared, StartError> {
+    build(config, listeners, clock, Runtimes::NoSteal)
+}
+
+/// The kind of tokio runtimes the services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtimes {
+    /// One single-threaded runtime per worker: +16% req/s in benches/load.sh on 2 cores
+    /// (fewer cross-thread wake-ups). For the one server of a process.
+    NoSteal,
+    /// One work-stealing pool per service. For servers started and stopped inside another
+    /// program: pingora-runtime 0.9.1 keeps each no-steal worker's runtime handle in a
+    /// `thread_local::ThreadLocal` set with `get_or`, and thread ids are recycled, so a worker
+    /// of a later no-steal server can inherit the handle of a stopped one and spawn its
+    /// listeners onto a dead runtime (the later server then never accepts).
+    Stealing,
+}
+
+fn build(
+    config: &Config,
+    listeners: Listeners,
+    clock: Arc<Clock>,
+    runtimes: Runtimes,
+) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
 
@@ -167,9 +190,8 @@ pub fn prepare_on(
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
-        // One single-threaded runtime per worker instead of a work-stealing pool: +16% req/s
-        // in benches/load.sh on 2 cores (fewer cross-thread wake-ups; see the issue note).
-        work_stealing: false,
+        // See [`Runtimes`]: single-threaded runtimes per worker unless embedded.
+        work_stealing: runtimes == Runtimes::Stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -346,9 +368,15 @@ pub fn spawn(config: &Config) -> Result<Running, StartError> {
     spawn_on(config, Listeners::bind(&config.server)?)
 }
 
-/// [`spawn`] on listeners bound beforehand (see [`Listeners`] and [`prepare_on`]).
+/// [`spawn`] on listeners bound beforehand (see [`Listeners`] and [`prepare_on`]). Runs on
+/// work-stealing runtimes, so that servers can be stopped and started again in one process.
 pub fn spawn_on(config: &Config, listeners: Listeners) -> Result<Running, StartError> {
-    let prepared = prepare_on(config, listeners, Arc::new(Clock::default()))?;
+    let prepared = build(
+        config,
+        listeners,
+        Arc::new(Clock::default()),
+        Runtimes::Stealing,
+    )?;
     let (stop, stop_rx) = watch::channel(shutdown::Stop::Run);
     let (done, finished) = std::sync::mpsc::channel();
     let running = Running {
