@@ -342,8 +342,8 @@ pub struct Running {
     /// The store (tests look into it, or make it slow).
     pub store: Option<Arc<Store>>,
     stop: watch::Sender<shutdown::Stop>,
-    /// Receives when the server thread has finished.
-    finished: std::sync::mpsc::Receiver<()>,
+    /// Receives when the server thread has finished (in a mutex: `Running` stays `Sync`).
+    finished: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Running {
@@ -359,7 +359,9 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(shutdown::Stop::Now);
-        let _ = self.finished.recv_timeout(STOP_WAIT);
+        if let Ok(finished) = self.finished.lock() {
+            let _ = finished.recv_timeout(STOP_WAIT);
+        }
     }
 }
 
@@ -385,7 +387,7 @@ pub fn spawn_on(config: &Config, listeners: Listeners) -> Result<Running, StartE
         clock: prepared.clock.clone(),
         store: prepared.store.clone(),
         stop,
-        finished,
+        finished: std::sync::Mutex::new(finished),
     };
     let signals = Box::new(shutdown::Manual {
         stop: stop_rx,
