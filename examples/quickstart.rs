@@ -12,8 +12,11 @@
 //! Pass another config path as the first argument to try it instead.
 
 use std::io::{BufRead, BufReader};
+use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
+
+use gatehouse::config::model::UpstreamAddress;
 
 #[path = "echo_upstream.rs"]
 mod echo;
@@ -104,9 +107,24 @@ fn main() -> ExitCode {
     };
 
     // The echo app stands in for the first upstream of the config.
-    let Some(app) = config.upstreams.first().map(|u| u.address) else {
-        eprintln!("{path} has no upstream");
-        return ExitCode::from(2);
+    let app = match config.upstreams.first().map(|u| &u.address) {
+        Some(UpstreamAddress::Ip(address)) => *address,
+        Some(UpstreamAddress::Name { host, port }) => {
+            match (host.as_str(), *port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+            {
+                Ok(Some(address)) => address,
+                _ => {
+                    eprintln!("{path}: the first upstream's host `{host}` does not resolve");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => {
+            eprintln!("{path} has no upstream");
+            return ExitCode::from(2);
+        }
     };
     let echo_thread = std::thread::spawn(move || -> std::io::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -30,7 +30,8 @@
 //!   problem with its key path, the internal model, and the lint for mistakes that would fail
 //!   open (`check-config` and `serve`).
 //! - [`server`]: binds listeners up front, builds the pingora services, runs and drains.
-//! - [`proxy`]: the `ProxyHttp` phases and one module per pipeline step.
+//! - [`proxy`]: the `ProxyHttp` phases and one module per pipeline step; `proxy::resolve`
+//!   resolves upstream host names at start and again in the background (`dns_refresh`).
 //! - [`admin`]: the admin listener (`/metrics`, `/ping`, `/ready`).
 //! - [`error`]: request errors and their HTTP statuses, in one place.
 //! - [`headers`]: header names and the header-editing trait.

@@ -200,6 +200,32 @@ pub struct Metrics {
     pub auth: AuthMetrics,
     /// Client connections: open, refused, timed out; client mistakes.
     pub conns: ConnMetrics,
+    /// Re-resolutions of upstream host names, by result.
+    dns_refresh: IntCounterVec,
+}
+
+/// What one re-resolution of an upstream host name came to
+/// (`gatehouse_dns_refresh_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRefresh {
+    /// The name still resolves to the address in use.
+    Unchanged,
+    /// The name resolves elsewhere now: the new address is in use.
+    Changed,
+    /// The lookup failed or found nothing: the last good address stays in use.
+    Failed,
+}
+
+impl DnsRefresh {
+    pub const ALL: [DnsRefresh; 3] = [Self::Unchanged, Self::Changed, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchanged => "unchanged",
+            Self::Changed => "changed",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// Client connection metrics. Labels: fixed names only.
@@ -664,11 +690,24 @@ impl Metrics {
             spoofed.with_label_values(&[kind.as_str()]);
         }
         registry.register(Box::new(spoofed.clone()))?;
+        let dns_refresh = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_dns_refresh_total",
+                "Background re-resolutions of upstream host names, by result (unchanged, \
+                 changed, failed: the last good address stays in use).",
+            ),
+            &["result"],
+        )?;
+        for result in DnsRefresh::ALL {
+            dns_refresh.with_label_values(&[result.as_str()]);
+        }
+        registry.register(Box::new(dns_refresh.clone()))?;
         let auth = AuthMetrics::new(&registry)?;
         let conns = ConnMetrics::new(&registry)?;
         Ok(Self {
             auth,
             conns,
+            dns_refresh,
             registry,
             requests,
             duration,
@@ -716,6 +755,11 @@ impl Metrics {
         self.upstream_errors
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// Counts one re-resolution of an upstream host name.
+    pub fn dns_refresh(&self, result: DnsRefresh) {
+        self.dns_refresh.with_label_values(&[result.as_str()]).inc();
     }
 
     /// The registry in Prometheus text format.

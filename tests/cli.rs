@@ -313,3 +313,40 @@ fn a_config_without_mistakes_passes_without_warnings() {
     let (code, stdout, stderr) = check_config(&path);
     assert_eq!((code, stdout.trim(), stderr.trim()), (0, "ok", ""));
 }
+
+/// `check-config` checks an upstream's host name by its shape only and never resolves it: a
+/// name that can never resolve (`.invalid`, RFC 6761) passes, with no network needed.
+#[test]
+fn check_config_passes_an_upstream_host_name_that_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n[[upstreams]]\nurl = \"http://app.invalid:8080\"\n",
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!((code, stdout.trim()), (0, "ok"), "{stderr}");
+}
+
+/// `serve` resolves upstream host names when it starts: one that does not resolve stops the
+/// start (exit 1) with a message naming the key path of its URL.
+#[test]
+fn serve_stops_at_start_when_an_upstream_host_name_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n[[upstreams]]\nhost = \"b.example\"\nurl = \"http://app.invalid:8080\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("upstreams[1].url: `app.invalid` does not resolve"),
+        "{stderr}"
+    );
+}

@@ -9,17 +9,14 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
-#[path = "common/login_env.rs"]
-mod login_env;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{start_echo, start_with};
+use common::{bind_gatehouse, start_echo, start_on};
 use idp::{client_config, TestIdp};
-use login_env::free_port;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long the browser script may take before it is killed.
@@ -123,8 +120,9 @@ fn run_browser_script(start_url: &str, shots: &Path, brand: &str) -> ScriptRun {
 async fn a_first_login_in_a_real_browser_enrols_totp_and_reaches_the_app() {
     require_browser_tools();
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let listeners = bind_gatehouse();
+    let proxy = listeners.addresses().proxy[0];
+    let base = format!("http://{proxy}");
     let client = client_config(
         "gatehouse",
         "gatehouse-secret",
@@ -139,7 +137,7 @@ async fn a_first_login_in_a_real_browser_enrols_totp_and_reaches_the_app() {
     let config = format!(
         r#"
 [server]
-listen = ["127.0.0.1:{port}"]
+listen = ["{proxy}"]
 admin_listen = "127.0.0.1:0"
 worker_threads = 2
 shutdown_grace = "1s"
@@ -183,7 +181,7 @@ scopes = ["openid", "email", "profile"]
         test_issuer = test_idp.issuer,
         other_issuer = other_idp.issuer,
     );
-    let gh = start_with(upstream, &config);
+    let gh = start_on(upstream, &config, listeners);
     gh.wait_ready().await;
 
     let shots: PathBuf = crate_root().join("target/e2e-screenshots");

@@ -18,9 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{client, start_echo, start_with, Harness};
+use common::{bind_gatehouse, client, start_echo, start_on, Harness};
 use idp::{client_config, Browser, TestIdp};
-use login_env::free_port;
 
 /// The binary, or `None` (with a message) when it is missing outside CI.
 fn binary(name: &str, paths: &[&str]) -> Option<PathBuf> {
@@ -79,15 +78,33 @@ async fn wait_listening(addr: SocketAddr, what: &str, log: &Path) {
 /// Gatehouse from the example's `gatehouse.toml`, the test OP, the echo app, and the two
 /// sessions.
 struct Env {
-    _idp: TestIdp,
+    idp: TestIdp,
     gh: Harness,
     _data: tempfile::TempDir,
     /// Cookie headers: `alice` (in `admins`) and `carol` (not).
     admin: String,
     outsider: String,
-    /// The port the front proxy is to listen on (registered at the OP, so a browser can
-    /// sign in through the proxy too).
-    front_port: u16,
+}
+
+impl Env {
+    /// Registers Gatehouse's client at the OP with the redirect URIs of Gatehouse itself and,
+    /// once it listens, of the front proxy (so a browser can sign in through it too).
+    async fn register_client(&self, front: Option<SocketAddr>) {
+        let mut bases = vec![format!("http://{}", self.gh.proxy())];
+        bases.extend(front.map(|f| format!("http://{f}")));
+        self.idp
+            .register_client(client_config(
+                "gatehouse",
+                "gatehouse-secret",
+                bases
+                    .iter()
+                    .map(|b| format!("{b}/oauth2/callback"))
+                    .collect(),
+                bases.iter().map(|b| format!("{b}/")).collect(),
+                None,
+            ))
+            .await;
+    }
 }
 
 async fn sign_in(gh: &Harness, user: &str, password: &str) -> String {
@@ -101,28 +118,18 @@ async fn sign_in(gh: &Harness, user: &str, password: &str) -> String {
 
 async fn env(example: &str) -> Env {
     let upstream = start_echo().await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let front_port = free_port();
-    let front = format!("http://127.0.0.1:{front_port}");
-    let idp = TestIdp::start(serde_json::json!({
-        "clients": [client_config(
-            "gatehouse",
-            "gatehouse-secret",
-            vec![format!("{base}/oauth2/callback"), format!("{front}/oauth2/callback")],
-            vec![format!("{base}/"), format!("{front}/")],
-            None,
-        )],
-    }))
-    .await;
+    let listeners = bind_gatehouse();
+    let bound = listeners.addresses();
+    // The client is registered below, and again once the front proxy listens.
+    let idp = TestIdp::start(serde_json::json!({ "clients": [] })).await;
     let data = tempfile::tempdir().unwrap();
     let text =
         std::fs::read_to_string(repo(&format!("examples/{example}/gatehouse.toml"))).unwrap();
     let config = substitute(
         &text,
         &[
-            ("127.0.0.1:4180", format!("127.0.0.1:{port}")),
-            ("127.0.0.1:9090", "127.0.0.1:0".into()),
+            ("127.0.0.1:4180", bound.proxy[0].to_string()),
+            ("127.0.0.1:9090", bound.admin.to_string()),
             ("/var/lib/gatehouse", data.path().display().to_string()),
             ("cookie_secure = true", "cookie_secure = false".into()),
             ("http://127.0.0.1:8080", format!("http://{upstream}")),
@@ -133,23 +140,31 @@ async fn env(example: &str) -> Env {
             ),
         ],
     );
-    let gh = start_with(upstream, &config);
-    gh.wait_ready().await;
-    let admin = sign_in(&gh, "alice", "alice-pw").await;
-    let outsider = sign_in(&gh, "carol", "carol-pw").await;
-    Env {
-        _idp: idp,
+    let gh = start_on(upstream, &config, listeners);
+    let mut env = Env {
+        idp,
         gh,
         _data: data,
-        admin,
-        outsider,
-        front_port,
-    }
+        admin: String::new(),
+        outsider: String::new(),
+    };
+    env.register_client(None).await;
+    env.gh.wait_ready().await;
+    env.admin = sign_in(&env.gh, "alice", "alice-pw").await;
+    env.outsider = sign_in(&env.gh, "carol", "carol-pw").await;
+    env
 }
 
-/// nginx with the example's `nginx.conf`, in its own prefix, on a free loopback port.
-fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
-    let port = env.front_port;
+/// nginx with the example's `nginx.conf`, in its own prefix, on a loopback port the test
+/// holds: nginx cannot listen on port 0, so the test binds port 0 with `SO_REUSEPORT` (and
+/// never listens on it, so it takes no connection), and nginx binds the same port with
+/// `reuseport`. Drop the returned socket once nginx listens; the port is never free between.
+fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr, tokio::net::TcpSocket) {
+    let reservation = tokio::net::TcpSocket::new_v4().unwrap();
+    reservation.set_reuseport(true).unwrap();
+    reservation.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let front = reservation.local_addr().unwrap();
+    let port = front.port();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let text = std::fs::read_to_string(repo("examples/nginx/nginx.conf")).unwrap();
     let conf = substitute(
@@ -157,7 +172,7 @@ fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
         &[
             (
                 "listen 127.0.0.1:8000;",
-                format!("listen 127.0.0.1:{port};"),
+                format!("listen 127.0.0.1:{port} reuseport;"),
             ),
             (
                 "server 127.0.0.1:4180;",
@@ -183,18 +198,19 @@ fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx starts");
-    (Proc(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    (Proc(child), front, reservation)
 }
 
 /// Caddy with the example's `Caddyfile` (addresses from its environment variables), admin
-/// endpoint off, its home and data in `dir`.
+/// endpoint off, its home and data in `dir`, on port 0: the port it got is read back from
+/// its log ("port 0 listener", `actual_address`).
 fn start_caddy(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
-    let port = env.front_port;
-    let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
+    let log_path = dir.join("caddy.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let child = Command::new(bin)
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(repo("examples/caddy/Caddyfile"))
-        .env("FRONT_ADDR", format!("127.0.0.1:{port}"))
+        .env("FRONT_ADDR", "127.0.0.1:0")
         .env("GATEHOUSE", env.gh.proxy().to_string())
         .env("APP", env.gh.upstream.to_string())
         .env("HOME", dir)
@@ -204,7 +220,23 @@ fn start_caddy(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr) {
         .stderr(log)
         .spawn()
         .expect("caddy starts");
-    (Proc(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    let child = Proc(child);
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let actual = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["msg"] == "port 0 listener")
+            .and_then(|l| l["actual_address"].as_str()?.parse().ok());
+        if let Some(front) = actual {
+            return (child, front);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "caddy never said where it listens: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
 }
 
 /// The paths an outsider tries to reach `/admin/x` by.
@@ -390,8 +422,10 @@ async fn nginx_auth_request_checks_the_request_nginx_serves() {
     };
     let env = env("nginx").await;
     let dir = tempfile::tempdir().unwrap();
-    let (_nginx, front) = start_nginx(&bin, &env, dir.path());
+    let (_nginx, front, reservation) = start_nginx(&bin, &env, dir.path());
+    env.register_client(Some(front)).await;
     wait_listening(front, "nginx", &dir.path().join("logs/error.log")).await;
+    drop(reservation);
     check_front("nginx", &env, front).await;
     // nginx keeps the forward-auth endpoint internal.
     let (status, _) = raw(
@@ -413,6 +447,7 @@ async fn caddy_forward_auth_checks_the_request_caddy_serves() {
     let env = env("caddy").await;
     let dir = tempfile::tempdir().unwrap();
     let (_caddy, front) = start_caddy(&bin, &env, dir.path());
+    env.register_client(Some(front)).await;
     wait_listening(front, "caddy", &dir.path().join("caddy.log")).await;
     check_front("caddy", &env, front).await;
     let (status, _) = raw(

@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,8 @@ match = "prefix"
 
 async fn start(server_extra: &str) -> Harness {
     let upstream = start_echo().await;
-    start_with(upstream, &config(upstream, server_extra, ""))
+    let text = config(upstream.addr, server_extra, "");
+    start_with(upstream, &text)
 }
 
 /// A Gatehouse with a login connection (to an IdP that is not there: the endpoints under test
@@ -79,7 +81,8 @@ client_secret = "gatehouse-secret"
         data = data.path().display(),
         idp = dead_port(),
     );
-    start_with(upstream, &config(upstream, "", &extra))
+    let text = config(upstream.addr, "", &extra);
+    start_with(upstream, &text)
 }
 
 /// Reads until the peer closes (EOF or error) or `within` passes. Returns what was read and
@@ -395,7 +398,7 @@ async fn a_malformed_or_missing_host_is_a_400_everywhere() {
 #[tokio::test]
 async fn the_per_address_limit_refuses_extra_connections_fast() {
     let upstream = start_echo().await;
-    let text = config(upstream, "max_connections_per_ip = 3", "").replace(
+    let text = config(upstream.addr, "max_connections_per_ip = 3", "").replace(
         "client_header_timeout = \"1s\"",
         "client_header_timeout = \"30s\"",
     );
@@ -571,36 +574,20 @@ async fn the_h2_stream_limit_is_announced() {
 #[tokio::test]
 async fn silent_sockets_under_a_low_open_files_limit_leave_the_admin_listener_reachable() {
     let upstream = start_echo().await;
-    let proxy_port = free_port();
-    let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let text = config(upstream, "", "")
-        .replace(
-            "client_header_timeout = \"1s\"",
-            "client_header_timeout = \"60s\"",
-        )
-        .replace(
-            "listen = [\"127.0.0.1:0\"]",
-            &format!("listen = [\"127.0.0.1:{proxy_port}\"]"),
-        )
-        .replace(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
-        );
+    let text = config(upstream.addr, "", "").replace(
+        "client_header_timeout = \"1s\"",
+        "client_header_timeout = \"60s\"",
+    );
     let file = dir.path().join("gatehouse.toml");
     std::fs::write(&file, text).unwrap();
-    let child = std::process::Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit runs gatehouse");
-    let _child = KillOnDrop(child);
-    let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
+    // Listens on port 0; the addresses are read back from its log.
+    let served = common::Served::start(
+        Path::new("prlimit"),
+        &["--nofile=256:256", env!("CARGO_BIN_EXE_gatehouse")],
+        &file,
+    );
+    let metrics_url = served.admin_url("/metrics");
     let metric = |text: &str, sample: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
@@ -616,7 +603,7 @@ async fn silent_sockets_under_a_low_open_files_limit_leave_the_admin_listener_re
     }
     assert!(up, "gatehouse did not come up");
 
-    let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+    let proxy = served.proxy;
     let mut silent = Vec::new();
     for _ in 0..150 {
         if let Ok(s) = TcpStream::connect(proxy).await {
@@ -668,24 +655,6 @@ async fn silent_sockets_under_a_low_open_files_limit_leave_the_admin_listener_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served, "the proxy did not recover");
-}
-
-/// Ends the child process when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An h2c connection with no open stream is closed after the idle deadline.

@@ -418,7 +418,8 @@ client_secret = "{CLIENT_SECRET}"
         data = data.path().display(),
         issuer = op.issuer,
     );
-    let gh = start_with(upstream, &config_text(upstream, &extra));
+    let text = config_text(upstream.addr, &extra);
+    let gh = start_with(upstream, &text);
     gh.wait_ready().await;
     Env {
         op,

@@ -24,7 +24,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use common::client;
-use login_env::{free_port, login_env, sign_in, LoginEnv};
+use login_env::{login_env, sign_in, LoginEnv};
 
 const ISSUER: &str = "https://gatehouse.test";
 const AUDIENCE: &str = "app";
@@ -275,4 +275,15 @@ async fn the_python_app_verifies_the_identity_header() {
 #[tokio::test]
 async fn the_node_app_verifies_the_identity_header() {
     greets_the_signed_in_user_and_refuses_every_bad_assertion(App::Node).await;
+}
+
+/// A port for the app's child process, which takes its port on the command line and is
+/// started after Gatehouse (it needs Gatehouse's JWKS address), while Gatehouse's config needs
+/// the app's address first. The port is released before the child binds it; a collision shows
+/// as the app failing to start, not as a wrong answer.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -125,6 +125,42 @@ async fn alice_signs_in_and_lands_on_the_callback_with_a_code_and_the_state() {
     assert!(session.contains("_session="), "cookies: {session}");
 }
 
+/// A client registered after the IdP started (`PUT /__test/clients`, for a relying party
+/// whose port is known only once it runs) signs alice in like a configured one; metadata
+/// the IdP refuses (a bad redirect URI) is answered 400 and leaves the client as it was.
+#[tokio::test]
+async fn a_client_registered_after_start_signs_in_and_bad_metadata_is_refused() {
+    let idp = TestIdp::start(serde_json::json!({ "pkce_required": false, "clients": [] })).await;
+    let rp = start_rp().await;
+    let before = Browser::new()
+        .follow(&auth_url(&idp, rp), Some(("alice", "alice-pw")))
+        .await;
+    assert!(
+        !before.url.starts_with(&format!("http://{rp}/cb?")),
+        "signed in for a client nobody registered: {before:#?}"
+    );
+
+    let client =
+        |redirect: String| client_config(CLIENT_ID, CLIENT_SECRET, vec![redirect], vec![], None);
+    idp.register_client(client(format!("http://{rp}/cb"))).await;
+    let refused = reqwest::Client::new()
+        .put(idp.url("/__test/clients"))
+        .body(client("not a url".into()).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+
+    let journey = Browser::new()
+        .follow(&auth_url(&idp, rp), Some(("alice", "alice-pw")))
+        .await;
+    assert!(
+        journey.url.starts_with(&format!("http://{rp}/cb?")),
+        "{journey:#?}"
+    );
+    assert_eq!(journey.query_param("state").as_deref(), Some("s1"));
+}
+
 /// A wrong password ends the journey on the login form, answered with 401 and an error.
 #[tokio::test]
 async fn a_wrong_password_stops_on_the_login_form_with_401() {

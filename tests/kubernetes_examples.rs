@@ -225,11 +225,7 @@ fn the_service_reaches_the_proxy_and_the_proxy_reaches_the_app() {
         .map(|p| p["containerPort"].as_u64().unwrap() as u16)
         .collect();
     for upstream in &config.upstreams {
-        assert!(
-            upstream.address.ip().is_loopback(),
-            "{:?}",
-            upstream.address
-        );
+        assert!(upstream.address.is_local(), "{:?}", upstream.address);
         assert!(app_ports.contains(&upstream.address.port()));
     }
 }

@@ -10,7 +10,7 @@ mod idp;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{client, start_echo, start_with};
+use common::{bind_gatehouse, client, start_echo, start_on};
 use idp::{client_config, Browser, TestIdp};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -86,12 +86,9 @@ async fn hostile_values_are_logged_escaped_and_forge_no_line() {
         .expect("the only subscriber in this test binary");
 
     let upstream = start_echo().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
+    let listeners = bind_gatehouse();
+    let proxy = listeners.addresses().proxy[0];
+    let base = format!("http://{proxy}");
     let idp = TestIdp::start(serde_json::json!({
         "clients": [client_config(
             "gatehouse",
@@ -106,7 +103,7 @@ async fn hostile_values_are_logged_escaped_and_forge_no_line() {
     let config = format!(
         r#"
 [server]
-listen = ["127.0.0.1:{port}"]
+listen = ["{proxy}"]
 admin_listen = "127.0.0.1:0"
 worker_threads = 2
 shutdown_grace = "1s"
@@ -130,7 +127,7 @@ scopes = ["openid", "email", "profile", "groups"]
         data = data.path().display(),
         issuer = idp.issuer,
     );
-    let gh = start_with(upstream, &config);
+    let gh = start_on(upstream, &config, listeners);
     gh.wait_ready().await;
     let h = hostile();
     let e = enc(&h);

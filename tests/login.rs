@@ -9,9 +9,9 @@ mod login_env;
 
 use std::time::Duration;
 
-use common::{client, get_status, start_echo, start_with};
+use common::{bind_gatehouse, client, get_status, start_echo, start_on, start_with};
 use idp::{client_config, Browser, TestIdp};
-use login_env::{echo_json, free_port, login_env, manual_login_env, sign_in, LoginEnv};
+use login_env::{echo_json, login_env, manual_login_env, sign_in, LoginEnv};
 
 /// A browser that asks for a protected page is sent through the IdP's login form and lands
 /// on the page it asked for; the app sees who it is, and spoofed headers are gone.
@@ -666,8 +666,9 @@ async fn a_back_channel_logout_from_the_idp_ends_the_session() {
 /// the chosen IdP signs the user in.
 #[tokio::test]
 async fn two_connections_get_a_chooser_and_the_chosen_idp_signs_in() {
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let listeners = bind_gatehouse();
+    let proxy = listeners.addresses().proxy[0];
+    let base = format!("http://{proxy}");
     let client_entry = client_config(
         "gatehouse",
         "gatehouse-secret",
@@ -680,7 +681,7 @@ async fn two_connections_get_a_chooser_and_the_chosen_idp_signs_in() {
     let upstream = start_echo().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n",
+        "[server]\nlisten = [\"{proxy}\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n",
         data.path().display()
     );
     for (id, idp) in [("first", &first), ("second", &second)] {
@@ -689,7 +690,7 @@ async fn two_connections_get_a_chooser_and_the_chosen_idp_signs_in() {
             idp.issuer
         ));
     }
-    let gh = start_with(upstream, &config);
+    let gh = start_on(upstream, &config, listeners);
     gh.wait_ready().await;
     let browser = Browser::new();
     let chooser = browser.follow(&gh.url("/reports"), None).await;

@@ -80,7 +80,7 @@ async fn parameters_and_valid_utf8_escapes_are_forwarded_unchanged() {
 #[tokio::test]
 async fn double_encoding_passes_only_when_turned_off() {
     let upstream = common::start_echo().await;
-    let config = common::config_text(upstream, RULES)
+    let config = common::config_text(upstream.addr, RULES)
         .replace("[server]\n", "[server]\nreject_double_encoding = false\n");
     let h = common::start_with(upstream, &config);
     let (status, response) = get(&h, "/public/%252e%252e/x").await;

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{get_status, start_echo};
+use common::{get_status, start_echo, Served};
 use idp::{client_config, Browser, TestIdp};
-use login_env::{free_port, login_env, sign_in};
+use login_env::{login_env, sign_in};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -170,12 +170,12 @@ async fn the_cli_goes_through_the_admin_api_while_the_server_holds_the_store() {
 }
 
 /// Config for the binary with one connection, its store in `data`.
-fn served_config(data: &Path, issuer: &str, port: u16, admin: u16, upstream: &str) -> String {
+fn served_config(data: &Path, issuer: &str, listen: &str, admin: &str, upstream: &str) -> String {
     format!(
         r#"
 [server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:{admin}"
+listen = ["{listen}"]
+admin_listen = "{admin}"
 # The test logs in as soon as /ready answers 200: wait for the IdP too.
 ready_requires_idp = true
 worker_threads = 2
@@ -219,8 +219,8 @@ fn a_locked_or_corrupt_store_is_a_clear_startup_error() {
         served_config(
             &data,
             "http://127.0.0.1:1",
-            free_port(),
-            free_port(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
             "127.0.0.1:1",
         ),
     )
@@ -248,36 +248,37 @@ fn a_locked_or_corrupt_store_is_a_clear_startup_error() {
 /// they go on; the store opens again and holds every user whose login had completed.
 #[tokio::test]
 async fn a_store_reopened_after_sigkill_holds_every_committed_user() {
-    let port = free_port();
-    let admin = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let users_json: serde_json::Map<String, Value> = (0..40)
         .map(|i| (format!("u{i}"), json!({"password": "pw", "claims": {"email": format!("u{i}@example.com"), "email_verified": true}})))
         .collect();
-    let idp = TestIdp::start(json!({
-        "clients": [client_config("gatehouse", "gatehouse-secret", vec![format!("{base}/oauth2/callback")], vec![], None)],
-        "users": users_json,
-    }))
-    .await;
+    // The client is registered once the child has said where it listens.
+    let idp = TestIdp::start(json!({ "clients": [], "users": users_json })).await;
     let upstream = start_echo().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("g.toml");
     std::fs::write(
         &config,
-        served_config(&data, &idp.issuer, port, admin, &upstream.to_string()),
+        served_config(
+            &data,
+            &idp.issuer,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &upstream.to_string(),
+        ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let mut child = Served::start(Path::new(BIN), &[], &config);
+    let base = child.url("");
+    idp.register_client(client_config(
+        "gatehouse",
+        "gatehouse-secret",
+        vec![format!("{base}/oauth2/callback")],
+        vec![],
+        None,
+    ))
+    .await;
+    let ready = child.admin_url("/ready");
     for _ in 0..200 {
         if get_status(&ready).await == Some(200) {
             break;
@@ -324,11 +325,11 @@ async fn a_store_reopened_after_sigkill_holds_every_committed_user() {
     while let Some(login) = done_rx.recv().await {
         committed.push(login);
         if committed.len() == 12 {
-            child.kill().unwrap(); // SIGKILL
+            child.child.kill().unwrap(); // SIGKILL
             break;
         }
     }
-    let _ = child.wait();
+    let _ = child.child.wait();
     for s in streams {
         let _ = s.await;
     }

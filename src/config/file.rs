@@ -194,6 +194,9 @@ pub struct ServerSection {
     pub shutdown_grace: String,
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool: usize,
+    /// How often upstream host names are resolved again; at least 1s.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: String,
     /// The whole request head must arrive within this long.
     #[serde(default = "default_client_header_timeout")]
     pub client_header_timeout: String,
@@ -237,6 +240,7 @@ impl Default for ServerSection {
             worker_threads: 0,
             shutdown_grace: default_grace(),
             upstream_keepalive_pool: default_keepalive_pool(),
+            dns_refresh: default_dns_refresh(),
             client_header_timeout: default_client_header_timeout(),
             client_body_timeout: default_client_body_timeout(),
             client_idle_timeout: default_client_idle_timeout(),
@@ -266,6 +270,9 @@ fn default_admin_listen() -> String {
 }
 fn default_grace() -> String {
     "10s".to_string()
+}
+fn default_dns_refresh() -> String {
+    "30s".to_string()
 }
 fn default_keepalive_pool() -> usize {
     128

@@ -297,6 +297,8 @@ pub struct Server {
     pub worker_threads: usize,
     pub shutdown_grace: Duration,
     pub upstream_keepalive_pool: usize,
+    /// How often upstream host names are resolved again (at least 1 s).
+    pub dns_refresh: Duration,
     /// `%25` + the escape of `.`, `/`, `\`, `%`, `;`, an unreserved or a control character
     /// in a path is refused (400).
     pub reject_double_encoding: bool,
@@ -398,6 +400,34 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+/// Where an upstream listens, as the config wrote it. Nothing here has touched DNS:
+/// `check-config` needs no network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddress {
+    /// An IP literal and port: connected to as it is, never resolved.
+    Ip(SocketAddr),
+    /// A host name and port: resolved when the server starts (a name that does not resolve
+    /// then stops the start) and again every `[server] dns_refresh`.
+    Name { host: String, port: u16 },
+}
+
+impl UpstreamAddress {
+    pub fn port(&self) -> u16 {
+        match self {
+            UpstreamAddress::Ip(addr) => addr.port(),
+            UpstreamAddress::Name { port, .. } => *port,
+        }
+    }
+
+    /// Whether it names this machine (a loopback address, or `localhost`).
+    pub fn is_local(&self) -> bool {
+        match self {
+            UpstreamAddress::Ip(addr) => addr.ip().is_loopback(),
+            UpstreamAddress::Name { host, .. } => host == "localhost",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub id: String,
@@ -405,7 +435,9 @@ pub struct Upstream {
     /// Starts with `/`; matched segment by segment.
     pub path_prefix: String,
     pub tls: bool,
-    pub address: SocketAddr,
+    /// Where to connect: an IP address, or a host name the server resolves (config checks
+    /// never do).
+    pub address: UpstreamAddress,
     /// `host[:port]` of the target URL, sent as `Host` unless `preserve_host`.
     pub authority: String,
     /// The target's host name, for SNI and certificate checks.

@@ -19,7 +19,7 @@ use super::model::{
     AccessRule, Admin, AttributeSync, ClaimNames, ClientLimits, Config, Connection, EmailDomain,
     Headers, HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel,
     NoLocalAccount, PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing,
-    SigningAlg, TlsListen, Upstream,
+    SigningAlg, TlsListen, Upstream, UpstreamAddress,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -220,6 +220,10 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
     if s.upstream_keepalive_pool == 0 {
         p.add("server.upstream_keepalive_pool", "must be at least 1");
     }
+    let dns_refresh = p.check("server.dns_refresh", parse_duration(&s.dns_refresh));
+    if dns_refresh.is_some_and(|d| d < MIN_DNS_REFRESH) {
+        p.add("server.dns_refresh", "must be at least 1s");
+    }
     let mut timeout = |key: &str, text: &str| {
         let d = p.check(format!("server.{key}"), parse_duration(text));
         if d.is_some_and(|d| d.is_zero()) {
@@ -248,6 +252,7 @@ fn server(s: &ServerSection, p: &mut Problems) -> Option<Server> {
         worker_threads,
         shutdown_grace: shutdown_grace?,
         upstream_keepalive_pool: s.upstream_keepalive_pool,
+        dns_refresh: dns_refresh?,
         clients: ClientLimits {
             header_timeout: header_timeout?,
             body_timeout: body_timeout?,
@@ -631,8 +636,12 @@ fn upstream(i: usize, u: &UpstreamSection, p: &mut Problems) -> Option<Upstream>
     })
 }
 
-/// Reads an upstream URL into (tls, resolved address, authority, host name).
-fn target(url: &str) -> Result<(bool, SocketAddr, String, String), String> {
+/// The shortest `[server] dns_refresh`: a name is never looked up more often than this.
+pub const MIN_DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads an upstream URL into (tls, address, authority, host name). Only its shape is
+/// checked: a host name is kept as a name, never resolved here (the server resolves it).
+fn target(url: &str) -> Result<(bool, UpstreamAddress, String, String), String> {
     let uri = Uri::from_str(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
@@ -650,16 +659,21 @@ fn target(url: &str) -> Result<(bool, SocketAddr, String, String), String> {
             "`{url}` has a path or query; requests keep their own path (use path_prefix to route)"
         ));
     }
+    if !crate::uri::host::is_valid(authority.as_str()) {
+        return Err(format!("`{url}` does not name a valid host"));
+    }
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let address = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("`{host}` does not resolve ({e})"))?
-        .next()
-        .ok_or_else(|| format!("`{host}` resolves to no address"))?;
+    let address = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => UpstreamAddress::Ip(SocketAddr::new(ip, port)),
+        Err(_) => UpstreamAddress::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        },
+    };
     Ok((
         tls,
         address,
@@ -1530,5 +1544,80 @@ mod pages_tests {
             prop_assert!((r - b.contrast(&a)).abs() < 1e-9);
             prop_assert!((1.0..=21.0 + 1e-9).contains(&r));
         }
+    }
+}
+
+#[cfg(test)]
+mod upstream_address_tests {
+    use super::*;
+
+    fn upstream_url(url: &str) -> Result<Config, String> {
+        crate::config::parse(&format!(
+            "[server]\ndeny_all = true\n[[upstreams]]\nid = \"a\"\nurl = \"{url}\"\n"
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    /// Checking a config never touches DNS: a host name (even one that can never resolve,
+    /// `.invalid`) is kept as a name with its port; an IP literal is an address at once.
+    #[test]
+    fn an_upstream_host_name_is_kept_as_a_name_not_resolved() {
+        let c = upstream_url("http://App.Invalid:8080").unwrap();
+        assert_eq!(
+            c.upstreams[0].address,
+            UpstreamAddress::Name {
+                host: "app.invalid".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(c.upstreams[0].sni, "App.Invalid");
+        let c = upstream_url("https://[::1]").unwrap();
+        assert_eq!(
+            c.upstreams[0].address,
+            UpstreamAddress::Ip("[::1]:443".parse().unwrap())
+        );
+        let c = upstream_url("http://app.internal").unwrap();
+        assert_eq!(
+            c.upstreams[0].address,
+            UpstreamAddress::Name {
+                host: "app.internal".into(),
+                port: 80
+            }
+        );
+    }
+
+    /// Only the shape of an upstream URL is checked: a host that is no host name is refused
+    /// by key path.
+    #[test]
+    fn an_upstream_host_of_the_wrong_shape_is_refused() {
+        for url in [
+            "http://app_%41:80",
+            "http://a b",
+            "http://:80",
+            "http://app:99999",
+        ] {
+            let error = upstream_url(url).expect_err(url);
+            assert!(error.contains("upstreams[0].url"), "{url}: {error}");
+        }
+    }
+
+    /// `dns_refresh` defaults to 30 s and is at least 1 s.
+    #[test]
+    fn dns_refresh_defaults_to_30s_and_is_at_least_one_second() {
+        let c = upstream_url("http://127.0.0.1:1").unwrap();
+        assert_eq!(c.server.dns_refresh, std::time::Duration::from_secs(30));
+        for bad in ["500ms", "0s", "soon"] {
+            let error = crate::config::parse(&format!(
+                "[server]\ndeny_all = true\ndns_refresh = \"{bad}\"\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n"
+            ))
+            .expect_err(bad)
+            .to_string();
+            assert!(error.contains("server.dns_refresh"), "{bad}: {error}");
+        }
+        let c = crate::config::parse(
+            "[server]\ndeny_all = true\ndns_refresh = \"1s\"\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.dns_refresh, MIN_DNS_REFRESH);
     }
 }

@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod forwarded;
 pub mod hygiene;
 pub mod request_id;
+pub mod resolve;
 pub mod routes;
 mod steps;
 
@@ -30,7 +31,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::Auth;
-use crate::config::model::Upstream;
 use crate::config::model::{ClientLimits, MfaLevel};
 use crate::config::Config;
 use crate::conns::Deadlined;
@@ -49,13 +49,15 @@ use forwarded::Forwarding;
 use hygiene::HeaderHygiene;
 use path::{NormalPath, PathError, PathOptions};
 use request_id::RequestIds;
+use resolve::{PeerSlot, UpstreamPeers};
 use routes::Router;
 
 /// The proxy service: everything that lives across requests, built once at startup.
 pub struct Gatehouse {
     router: Router,
-    /// One prepared peer per upstream, in the router's order.
-    peers: Vec<HttpPeer>,
+    /// One peer slot per upstream, in the router's order; the DNS refresher swaps a slot's
+    /// peer when its host name resolves elsewhere.
+    peers: Vec<Option<PeerSlot>>,
     hygiene: HeaderHygiene,
     forwarding: Forwarding,
     ids: RequestIds,
@@ -79,14 +81,6 @@ pub struct Gatehouse {
     theme: Theme,
 }
 
-fn peer_for(u: &Upstream) -> HttpPeer {
-    let mut peer = HttpPeer::new(u.address, u.tls, u.sni.clone());
-    peer.options.connection_timeout = Some(u.connect_timeout);
-    peer.options.read_timeout = Some(u.read_timeout);
-    peer.options.write_timeout = Some(u.read_timeout);
-    peer
-}
-
 /// Splits the request target into its raw path and query.
 fn target(session: &Session) -> Result<(String, Option<String>), PathError> {
     let req = session.req_header();
@@ -107,16 +101,23 @@ fn target(session: &Session) -> Result<(String, Option<String>), PathError> {
 }
 
 impl Gatehouse {
-    /// `signer` signs the identity header (with `config.identity.signing` set).
+    /// `signer` signs the identity header (with `config.identity.signing` set); `peers` holds
+    /// the resolved peer of every upstream in `config` (see [`resolve::resolve_at_start`]).
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         auth: Option<Arc<Auth>>,
         signer: Option<Arc<AssertionSigner>>,
+        peers: &UpstreamPeers,
     ) -> Self {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
-        let peers = router.upstreams().iter().map(peer_for).collect();
+        // Every upstream of the config has a slot; one without (a caller's mistake) answers 500.
+        let peers = router
+            .upstreams()
+            .iter()
+            .map(|u| peers.get(&u.id))
+            .collect();
         let access = AccessPolicy::new(router.upstreams(), config.access.clone());
         let signed = match (signer, &config.identity.signing, &auth) {
             (Some(signer), Some(signing), Some(auth)) => Some(SignedHeader::new(
@@ -278,9 +279,10 @@ impl ProxyHttp for Gatehouse {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        // An atomic load: never waits for the DNS refresher.
         ctx.upstream
-            .and_then(|i| self.peers.get(i))
-            .map(|p| Box::new(p.clone()))
+            .and_then(|i| self.peers.get(i)?.as_ref())
+            .map(|slot| Box::new(HttpPeer::clone(&slot.load())))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))
     }
 

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::health::Readiness;
 use crate::identity::assertion::AssertionSigner;
 use crate::metrics::Metrics;
+use crate::proxy::resolve::{self, ResolveError};
 use crate::proxy::Gatehouse;
 use crate::store::Store;
 use conns::{Deadlines, Guarded, Limits};
@@ -55,6 +56,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("identity header signing key: {0}")]
     Signing(#[from] crate::identity::assertion::AssertionError),
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
 }
 
 /// Where a started Gatehouse listens (ports resolved, so port 0 in config shows its real port).
@@ -81,6 +84,49 @@ fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, Star
     addrs.iter().map(|a| Bound::bind(*a, what)).collect()
 }
 
+/// Every socket Gatehouse serves on, bound and listening, not yet served. Bind them before
+/// Gatehouse's config exists (port 0, then [`Listeners::addresses`]) to tell another party
+/// (an IdP's redirect URIs) where Gatehouse will be, with no port released in between.
+pub struct Listeners {
+    proxy: Vec<Bound>,
+    tls: Vec<Bound>,
+    admin: Bound,
+}
+
+impl Listeners {
+    /// Binds the addresses of `[server]`: `listen`, `tls_listen` (when TLS is set up) and
+    /// `admin_listen`.
+    pub fn bind(server: &crate::config::model::Server) -> Result<Self, StartError> {
+        let tls = match &server.tls {
+            Some(tls) => tls.listen.as_slice(),
+            None => &[],
+        };
+        Self::bind_addrs(&server.listen, tls, server.admin_listen)
+    }
+
+    /// Binds these addresses (port 0: the kernel picks one; [`Listeners::addresses`] tells).
+    pub fn bind_addrs(
+        proxy: &[SocketAddr],
+        tls: &[SocketAddr],
+        admin: SocketAddr,
+    ) -> Result<Self, StartError> {
+        Ok(Self {
+            proxy: bind_all(proxy, "proxy")?,
+            tls: bind_all(tls, "proxy TLS")?,
+            admin: Bound::bind(admin, "admin")?,
+        })
+    }
+
+    /// Where these listeners are bound (real ports, never 0).
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            proxy: self.proxy.iter().map(|b| b.addr).collect(),
+            tls: self.tls.iter().map(|b| b.addr).collect(),
+            admin: self.admin.addr,
+        }
+    }
+}
+
 /// Binds every listener and builds the services. Nothing is served until [`Prepared::run`].
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     prepare_with_clock(config, Clock::system())
@@ -90,20 +136,56 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 /// pending second factors) is read on it. Only tests pass another clock than
 /// [`Clock::system`], to advance it instead of sleeping; there is no config key for it.
 pub fn prepare_with_clock(config: &Config, clock: Clock) -> Result<Prepared, StartError> {
+    prepare_on(config, Listeners::bind(&config.server)?, clock)
+}
+
+/// [`prepare_with_clock`] on listeners bound beforehand: they replace the addresses in
+/// `[server] listen`, `tls_listen` and `admin_listen`. TLS listeners are served with TLS only
+/// when `[server]` sets up TLS.
+pub fn prepare_on(
+    config: &Config,
+    listeners: Listeners,
+    clock: Clock,
+) -> Result<Prepared, StartError> {
+    build(config, listeners, clock, Runtimes::NoSteal)
+}
+
+/// The kind of tokio runtimes the services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtimes {
+    /// One single-threaded runtime per worker: +16% req/s in benches/load.sh on 2 cores
+    /// (fewer cross-thread wake-ups). For the one server of a process.
+    NoSteal,
+    /// One work-stealing pool per service. For servers started and stopped inside another
+    /// program: pingora-runtime 0.9.1 keeps each no-steal worker's runtime handle in a
+    /// `thread_local::ThreadLocal` set with `get_or`, and thread ids are recycled, so a worker
+    /// of a later no-steal server can inherit the handle of a stopped one and spawn its
+    /// listeners onto a dead runtime (the later server then never accepts).
+    Stealing,
+}
+
+fn build(
+    config: &Config,
+    listeners: Listeners,
+    clock: Clock,
+    runtimes: Runtimes,
+) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
 
-    let proxy_sockets = bind_all(&config.server.listen, "proxy")?;
-    let tls_sockets = match &config.server.tls {
-        Some(tls) => bind_all(&tls.listen, "proxy TLS")?,
-        None => Vec::new(),
-    };
-    let admin_socket = Bound::bind(config.server.admin_listen, "admin")?;
-    let addresses = Addresses {
-        proxy: proxy_sockets.iter().map(|b| b.addr).collect(),
-        tls: tls_sockets.iter().map(|b| b.addr).collect(),
-        admin: admin_socket.addr,
-    };
+    let addresses = listeners.addresses();
+    let Listeners {
+        proxy: proxy_sockets,
+        tls: tls_sockets,
+        admin: admin_socket,
+    } = listeners;
+    // Upstream host names are resolved now, once; a background service keeps them current.
+    let (peers, dns_refresher) = resolve::resolve_at_start(
+        &config.upstreams,
+        resolve::system_lookup(),
+        config.server.dns_refresh,
+        metrics.clone(),
+    )?;
 
     let grace = config.server.shutdown_grace.as_secs_f64().ceil() as u64;
     let conf = ServerConf {
@@ -111,9 +193,8 @@ pub fn prepare_with_clock(config: &Config, clock: Clock) -> Result<Prepared, Sta
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
-        // One single-threaded runtime per worker instead of a work-stealing pool: +16% req/s
-        // in benches/load.sh on 2 cores (fewer cross-thread wake-ups; see the issue note).
-        work_stealing: false,
+        // See [`Runtimes`]: single-threaded runtimes per worker unless embedded.
+        work_stealing: runtimes == Runtimes::Stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -166,7 +247,17 @@ pub fn prepare_with_clock(config: &Config, clock: Clock) -> Result<Prepared, Sta
         )?)),
         _ => None,
     };
-    let gatehouse = Gatehouse::new(config, metrics.clone(), readiness.clone(), auth, signer);
+    if let Some(refresher) = dns_refresher {
+        server.add_service(background_service("upstream dns refresh", refresher));
+    }
+    let gatehouse = Gatehouse::new(
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        auth,
+        signer,
+        &peers,
+    );
     let mut app = http_proxy(&server.configuration, gatehouse);
     app.server_options = Some(server_options);
     app.h2_options = Some(h2_options);
@@ -248,19 +339,23 @@ impl Prepared {
 }
 
 /// A Gatehouse running on a background thread of this process (for tests and embedding).
+/// Dropping it stops it at once (no grace period) and waits, for at most 5 s, until its
+/// listeners are closed.
 pub struct Running {
     pub addresses: Addresses,
     pub metrics: Arc<Metrics>,
     clock: Clock,
     /// The store (tests look into it, or make it slow).
     pub store: Option<Arc<Store>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<shutdown::Stop>,
+    /// Receives when the server thread has finished (in a mutex: `Running` stays `Sync`).
+    finished: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Running {
-    /// Begins a graceful shutdown.
+    /// Begins a graceful shutdown (drain within `shutdown_grace`).
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(shutdown::Stop::Drain);
     }
 
     /// The clock every expiry is read on; a test that started Gatehouse with
@@ -270,21 +365,50 @@ impl Running {
     }
 }
 
+/// How long dropping a [`Running`] waits for its thread to finish.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(shutdown::Stop::Now);
+        if let Ok(finished) = self.finished.lock() {
+            let _ = finished.recv_timeout(STOP_WAIT);
+        }
+    }
+}
+
 /// Prepares and starts Gatehouse on a background thread.
 pub fn spawn(config: &Config) -> Result<Running, StartError> {
-    spawn_with_clock(config, Clock::system())
+    spawn_on(config, Listeners::bind(&config.server)?)
 }
 
 /// [`spawn`] on `clock` (for tests: a [`Clock::manual`] they advance instead of sleeping).
 pub fn spawn_with_clock(config: &Config, clock: Clock) -> Result<Running, StartError> {
-    let prepared = prepare_with_clock(config, clock)?;
-    let (stop, stop_rx) = watch::channel(false);
+    spawn_on_with_clock(config, Listeners::bind(&config.server)?, clock)
+}
+
+/// [`spawn`] on listeners bound beforehand (see [`Listeners`] and [`prepare_on`]). Runs on
+/// work-stealing runtimes, so that servers can be stopped and started again in one process.
+pub fn spawn_on(config: &Config, listeners: Listeners) -> Result<Running, StartError> {
+    spawn_on_with_clock(config, listeners, Clock::system())
+}
+
+/// [`spawn_on`] on `clock`.
+pub fn spawn_on_with_clock(
+    config: &Config,
+    listeners: Listeners,
+    clock: Clock,
+) -> Result<Running, StartError> {
+    let prepared = build(config, listeners, clock, Runtimes::Stealing)?;
+    let (stop, stop_rx) = watch::channel(shutdown::Stop::Run);
+    let (done, finished) = std::sync::mpsc::channel();
     let running = Running {
         addresses: prepared.addresses.clone(),
         metrics: prepared.metrics.clone(),
         clock: prepared.clock.clone(),
         store: prepared.store.clone(),
         stop,
+        finished: std::sync::Mutex::new(finished),
     };
     let signals = Box::new(shutdown::Manual {
         stop: stop_rx,
@@ -292,7 +416,10 @@ pub fn spawn_with_clock(config: &Config, clock: Clock) -> Result<Running, StartE
     });
     std::thread::Builder::new()
         .name("gatehouse".into())
-        .spawn(move || prepared.run(signals))
+        .spawn(move || {
+            prepared.run(signals);
+            let _ = done.send(());
+        })
         .map_err(StartError::Thread)?;
     Ok(running)
 }

@@ -46,9 +46,20 @@ impl ShutdownSignalWatch for OsSignals {
     }
 }
 
+/// What a [`Manual`] trigger asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep serving.
+    Run,
+    /// Drain like SIGTERM: `/ready` turns 503, requests in flight get the grace period.
+    Drain,
+    /// Stop at once: no grace period (an in-process server that is dropped).
+    Now,
+}
+
 /// A shutdown trigger for Gatehouse run inside another program (the tests).
 pub struct Manual {
-    pub stop: watch::Receiver<bool>,
+    pub stop: watch::Receiver<Stop>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -57,11 +68,14 @@ impl ShutdownSignalWatch for Manual {
     async fn recv(&self) -> ShutdownSignal {
         let mut stop = self.stop.clone();
         // An error means the sender is gone: nobody can stop us any more, so run on.
-        if stop.wait_for(|s| *s).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        let Ok(asked) = stop.wait_for(|s| *s != Stop::Run).await.map(|s| *s) else {
+            return std::future::pending().await;
+        };
         self.readiness.set_draining();
-        ShutdownSignal::GracefulTerminate
+        match asked {
+            Stop::Now => ShutdownSignal::FastShutdown,
+            Stop::Run | Stop::Drain => ShutdownSignal::GracefulTerminate,
+        }
     }
 }
 

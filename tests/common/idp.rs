@@ -172,6 +172,21 @@ impl TestIdp {
         assert_eq!(status, 204, "set_claims({login})");
     }
 
+    /// Registers one client (`client_config(...)`) after start: for a relying party whose
+    /// port is known only once it runs (start the IdP with `"clients": []`). Panics when the
+    /// IdP refuses the metadata.
+    pub async fn register_client(&self, client: serde_json::Value) {
+        let response = reqwest::Client::new()
+            .put(self.url("/__test/clients"))
+            .body(client.to_string())
+            .send()
+            .await
+            .expect("test IdP control request");
+        let status = response.status();
+        let why = response.text().await.unwrap_or_default();
+        assert_eq!(status, 204, "register_client: {why}");
+    }
+
     /// How many times the IdP's JWKS has been fetched so far.
     pub async fn jwks_fetches(&self) -> u64 {
         let body: serde_json::Value = reqwest::Client::new()

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a part of this
 
-use crate::common::{client, start_echo, start_on, Harness};
+use crate::common::{bind_gatehouse, client, start_echo, start_on_with_clock, Harness};
 use crate::idp::{client_config, Browser, TestIdp};
 use gatehouse::clock::Clock;
 
@@ -13,7 +13,7 @@ pub struct LoginEnv {
     pub idp: TestIdp,
     pub gh: Harness,
     pub data: tempfile::TempDir,
-    /// The config Gatehouse runs with.
+    /// The config Gatehouse runs with (its `listen` and `admin_listen` are the bound ones).
     pub config: String,
 }
 
@@ -36,15 +36,8 @@ impl LoginEnv {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the IdP (with `idp_extra` merged into its config) and Gatehouse (with `extra` TOML),
+/// Binds Gatehouse's listeners, starts the IdP (with `idp_extra` merged into its config) with
+/// Gatehouse's URLs as redirect URIs, then Gatehouse (with `extra` TOML) on those listeners,
 /// and waits until Gatehouse has discovered the IdP.
 pub async fn login_env(idp_extra: serde_json::Value, extra: &str) -> LoginEnv {
     login_env_with(idp_extra, "", extra).await
@@ -73,8 +66,10 @@ async fn login_env_on(
     clock: Clock,
 ) -> LoginEnv {
     let upstream = start_echo().await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let listeners = bind_gatehouse();
+    let bound = listeners.addresses();
+    let (proxy, admin) = (bound.proxy[0], bound.admin);
+    let base = format!("http://{proxy}");
     let mut idp_config = serde_json::json!({
         "clients": [client_config(
             "gatehouse",
@@ -94,8 +89,8 @@ async fn login_env_on(
     let config = format!(
         r#"
 [server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:0"
+listen = ["{proxy}"]
+admin_listen = "{admin}"
 worker_threads = 2
 shutdown_grace = "1s"
 [log]
@@ -125,11 +120,7 @@ scopes = ["openid", "email", "profile", "groups"]
         key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         issuer = idp.issuer,
     );
-    let gh = start_on(upstream, &config, clock);
-    let config = config.replace(
-        "admin_listen = \"127.0.0.1:0\"",
-        &format!("admin_listen = \"{}\"", gh.gatehouse.addresses.admin),
-    );
+    let gh = start_on_with_clock(upstream, &config, listeners, clock);
     gh.wait_ready().await;
     LoginEnv {
         idp,

@@ -1,37 +1,93 @@
 //! Shared test harness: a real upstream (the echo app from `examples/`) and Gatehouse, both
-//! on 127.0.0.1 with ports the kernel picks, Gatehouse in-process.
+//! on 127.0.0.1 with ports the kernel picks (port 0, the bound address read back; no port is
+//! ever bound, released and bound again), Gatehouse in-process. Both stop when dropped.
+//!
+//! When another party must know Gatehouse's address before Gatehouse starts (an IdP's
+//! redirect URIs), bind Gatehouse's listeners first ([`bind_gatehouse`]), tell the other
+//! party, then start Gatehouse on them ([`start_on`]). A `gatehouse serve` child process
+//! listens on port 0 and says where in its log ([`Served`]).
 
 #![allow(dead_code)] // each test binary uses a part of this
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gatehouse::server::Running;
+use gatehouse::server::{Listeners, Running};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../../examples/echo_upstream.rs"]
 mod echo;
 
-/// Starts the echo upstream on a free port.
-pub async fn start_echo() -> SocketAddr {
+/// The echo upstream, served on the test's runtime; it stops when dropped.
+pub struct Echo {
+    pub addr: SocketAddr,
+    server: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Display for Echo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Starts the echo upstream on a port the kernel picks.
+pub async fn start_echo() -> Echo {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind echo");
     let addr = listener.local_addr().expect("echo addr");
-    tokio::spawn(echo::serve(listener));
-    addr
+    let server = tokio::spawn(echo::serve(listener)).abort_handle();
+    Echo { addr, server }
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port nothing listens on (bound, then released): only where a dead port is the point.
 pub fn dead_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
 
-/// A Gatehouse and the upstream behind it.
+/// What a [`Harness`] proxies to: the echo app it owns (stopped with it), or an address.
+pub enum Upstream {
+    Echo(Echo),
+    At(SocketAddr),
+}
+
+impl Upstream {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Upstream::Echo(echo) => echo.addr,
+            Upstream::At(addr) => *addr,
+        }
+    }
+}
+
+impl From<Echo> for Upstream {
+    fn from(echo: Echo) -> Self {
+        Upstream::Echo(echo)
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Upstream::At(addr)
+    }
+}
+
+/// A Gatehouse and the upstream behind it. Dropping it stops Gatehouse (its listeners are
+/// closed when the drop returns), then the echo app it owns.
 pub struct Harness {
     pub gatehouse: Running,
     pub upstream: SocketAddr,
+    _echo: Option<Echo>,
 }
 
 impl Harness {
@@ -126,7 +182,7 @@ pub async fn get_status(url: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-/// Config for a Gatehouse on free ports in front of `upstream`, plus `extra` TOML.
+/// Config for a Gatehouse on ports the kernel picks, in front of `upstream`, plus `extra`.
 pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -153,23 +209,154 @@ connect_timeout = "1s"
 /// Starts an echo upstream and Gatehouse in front of it.
 pub async fn start(extra: &str) -> Harness {
     let upstream = start_echo().await;
-    start_with(upstream, &config_text(upstream, extra))
+    let config = config_text(upstream.addr, extra);
+    start_with(upstream, &config)
 }
 
-/// Starts Gatehouse with this config text; `upstream` is only remembered.
-pub fn start_with(upstream: SocketAddr, config: &str) -> Harness {
-    start_on(upstream, config, gatehouse::clock::Clock::system())
-}
-
-/// [`start_with`] on `clock`: a test that passes a `Clock::manual` advances it (through
-/// [`Harness::clock`]) instead of sleeping.
-pub fn start_on(upstream: SocketAddr, config: &str, clock: gatehouse::clock::Clock) -> Harness {
+/// Starts Gatehouse with this config text (its listeners as the config says, port 0 read
+/// back); `upstream` is only remembered (an [`Echo`] is kept running until the harness drops).
+pub fn start_with(upstream: impl Into<Upstream>, config: &str) -> Harness {
     let config = gatehouse::config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
-    let gatehouse = gatehouse::server::spawn_with_clock(&config, clock).expect("gatehouse starts");
+    let listeners = Listeners::bind(&config.server).expect("gatehouse binds its listeners");
+    harness(
+        upstream.into(),
+        &config,
+        listeners,
+        gatehouse::clock::Clock::system(),
+    )
+}
+
+/// Gatehouse's listeners, bound now on 127.0.0.1 with ports the kernel picks: a proxy
+/// listener and the admin listener. Their addresses (`.addresses()`) can go into another
+/// party's config (an IdP's redirect URIs) before Gatehouse starts on them with [`start_on`].
+pub fn bind_gatehouse() -> Listeners {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Listeners::bind_addrs(&[any], &[], any).expect("bind gatehouse listeners")
+}
+
+/// Starts Gatehouse with this config text on `listeners` (bound with [`bind_gatehouse`]);
+/// they replace the config's `listen` and `admin_listen`.
+pub fn start_on(upstream: impl Into<Upstream>, config: &str, listeners: Listeners) -> Harness {
+    start_on_with_clock(
+        upstream,
+        config,
+        listeners,
+        gatehouse::clock::Clock::system(),
+    )
+}
+
+/// [`start_on`] on `clock`: a test that passes a `Clock::manual` advances it (through
+/// [`Harness::clock`]) instead of sleeping.
+pub fn start_on_with_clock(
+    upstream: impl Into<Upstream>,
+    config: &str,
+    listeners: Listeners,
+    clock: gatehouse::clock::Clock,
+) -> Harness {
+    let config = gatehouse::config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
+    harness(upstream.into(), &config, listeners, clock)
+}
+
+fn harness(
+    upstream: Upstream,
+    config: &gatehouse::config::Config,
+    listeners: Listeners,
+    clock: gatehouse::clock::Clock,
+) -> Harness {
+    let gatehouse =
+        gatehouse::server::spawn_on_with_clock(config, listeners, clock).expect("gatehouse starts");
+    let addr = upstream.addr();
     Harness {
         gatehouse,
-        upstream,
+        upstream: addr,
+        _echo: match upstream {
+            Upstream::Echo(echo) => Some(echo),
+            Upstream::At(_) => None,
+        },
     }
+}
+
+/// A `gatehouse serve` child process (killed when dropped) and where it listens: its config
+/// says port 0, and the addresses are read back from its log.
+pub struct Served {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Served {
+    /// Runs `program args... serve --config <config>` (`program` is the gatehouse binary, or
+    /// a wrapper such as `prlimit` whose last argument is the binary) and waits, up to 20 s,
+    /// until its log names the proxy and admin addresses. Keeps draining the log after.
+    pub fn start(program: &Path, args: &[&str], config: &Path) -> Served {
+        let mut child = Command::new(program)
+            .args(args)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut proxy, mut admin) = (None, None);
+            let mut log = String::new();
+            let mut lines = BufReader::new(stderr).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                proxy = proxy.or_else(|| address_after(&line, "proxy listening on http://"));
+                admin = admin.or_else(|| address_after(&line, "admin listening on http://"));
+                log.push_str(&line);
+                log.push('\n');
+                if let (Some(proxy), Some(admin)) = (proxy, admin) {
+                    let _ = tx.send(Ok((proxy, admin)));
+                    // keep draining, so the child never blocks on a full pipe
+                    for _ in lines {}
+                    return;
+                }
+            }
+            let _ = tx.send(Err(log));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok((proxy, admin))) => Served {
+                child,
+                proxy,
+                admin,
+            },
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gatehouse serve never said where it listens: {outcome:?}");
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address written after `marker` in a log line (text or JSON).
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// An HTTP client that never follows redirects.

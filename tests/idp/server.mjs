@@ -423,6 +423,39 @@ async function updateUser(req, res, login) {
   res.writeHead(204).end();
 }
 
+// Test control: PUT /__test/clients with a client's metadata (the same JSON as an entry of
+// `clients`) registers that client, or replaces one registered this way: a relying party
+// whose own port is known only once it runs (it listens on port 0) starts the IdP first and
+// tells it its redirect URIs afterwards. Answers 204, or 400 with the reason the metadata is
+// refused. Clients from the config file cannot be replaced.
+async function registerClient(req, res) {
+  if (req.method !== 'PUT') return res.writeHead(405).end();
+  let body = '';
+  for await (const chunk of req) body += chunk;
+  let metadata;
+  try {
+    metadata = JSON.parse(body);
+  } catch {
+    return res.writeHead(400).end('not JSON');
+  }
+  const id = metadata?.client_id;
+  if (typeof id !== 'string' || !id || cfg.clients.some((c) => c.client_id === id)) {
+    return res.writeHead(400).end('a new client_id is needed');
+  }
+  const key = `Client:${id}`;
+  const before = store.items.get(key);
+  store.items.set(key, { payload: metadata, expiresAt: Infinity });
+  try {
+    await provider.Client.find(id);
+  } catch (err) {
+    if (before) store.items.set(key, before);
+    else store.items.delete(key);
+    return res.writeHead(400).end(String(err.error_description ?? err.message));
+  }
+  log(`client ${JSON.stringify(id)} registered: ${JSON.stringify(metadata.redirect_uris ?? [])}`);
+  res.writeHead(204).end();
+}
+
 // Test control: GET /__test/jwks-fetches answers {"count": n}, how many times the JWKS was
 // fetched; POST /__test/sign with {"header": {...}, "claims": {...}} answers a compact JWT
 // signed RS256 with the IdP's own key (kid rs256-1 unless the header names another), so
@@ -456,6 +489,9 @@ handler = (req, res) => {
   }
   if (req.url === '/__test/sign') {
     return signForTest(req, res).catch(() => res.writeHead(500).end());
+  }
+  if (req.url === '/__test/clients') {
+    return registerClient(req, res).catch(() => res.writeHead(500).end());
   }
   if (req.url.split('?')[0] === '/jwks') jwksFetches += 1;
   const control = /^\/__test\/users\/([\w.@-]+)$/.exec(req.url);
