@@ -16,7 +16,11 @@ use crate::config::model::Secret;
 use crate::conns::Deadlined;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::users::ops::{execute, Effect, OpError, UserOp};
+
+/// Where the admin listener takes a config reload.
+pub const RELOAD_PATH: &str = "/api/reload";
 
 /// The largest users-API request body.
 const MAX_OP_BODY: usize = 64 * 1024;
@@ -26,6 +30,8 @@ pub struct AdminApp {
     readiness: Arc<Readiness>,
     /// The users API: the store (through the login machinery) and the token that opens it.
     users: Option<(Arc<Auth>, Secret)>,
+    /// `POST /api/reload`: the config reloader and the token that opens it.
+    reload: Option<(Arc<Reloader>, Secret)>,
 }
 
 impl AdminApp {
@@ -33,11 +39,57 @@ impl AdminApp {
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         users: Option<(Arc<Auth>, Secret)>,
+        reload: Option<(Arc<Reloader>, Secret)>,
     ) -> Self {
         Self {
             metrics,
             readiness,
             users,
+            reload,
+        }
+    }
+
+    /// `POST /api/reload`: checks the token, reads the config file again (on the blocking
+    /// pool), answers what was applied and what needs a restart, or every problem of a file
+    /// that was refused (422; the old config keeps serving).
+    async fn reload_api(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let json = "application/json";
+        let Some((reloader, token)) = &self.reload else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json,
+                br#"{"error":"reload over the API is off: set [admin] token"}"#.to_vec(),
+            );
+        };
+        if session.req_header().method != http::Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, json, b"{}".to_vec());
+        }
+        if !token_matches(bearer(session), &token.0) {
+            tracing::warn!("admin API: refused a reload with a wrong or missing token");
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json,
+                br#"{"error":"wrong or missing admin token"}"#.to_vec(),
+            );
+        }
+        let reloader = reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(done)) => reply(
+                StatusCode::OK,
+                json,
+                serde_json::to_vec(&done).unwrap_or_default(),
+            ),
+            Ok(Err(refused)) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json,
+                serde_json::to_vec(&refused).unwrap_or_default(),
+            ),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json,
+                serde_json::to_vec(&serde_json::json!({ "error": e.to_string() }))
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -57,14 +109,7 @@ impl AdminApp {
         if session.req_header().method != http::Method::POST {
             return reply(StatusCode::METHOD_NOT_ALLOWED, json, b"{}".to_vec());
         }
-        let presented = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token_matches(presented, &token.0) {
+        if !token_matches(bearer(session), &token.0) {
             tracing::warn!("admin API: refused a request with a wrong or missing token");
             return reply(
                 StatusCode::UNAUTHORIZED,
@@ -126,6 +171,17 @@ impl AdminApp {
             }
         }
     }
+}
+
+/// The bearer token of an admin API request ("" without one).
+fn bearer(session: &ServerSession) -> &str {
+    session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
 }
 
 fn error_json(e: &OpError) -> Vec<u8> {
@@ -196,6 +252,7 @@ impl AdminApp {
         let text = "text/plain; charset=utf-8";
         match path.as_str() {
             crate::users::cli::API_PATH => self.users_api(session).await,
+            RELOAD_PATH => self.reload_api(session).await,
             "/metrics" => {
                 self.metrics.set_ready(self.readiness.is_ready());
                 reply(

@@ -68,6 +68,7 @@ pub mod mfa;
 
 pub mod private_file;
 pub mod proxy;
+pub mod reload;
 pub mod seal;
 pub mod server;
 pub mod store;

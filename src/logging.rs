@@ -12,7 +12,46 @@ use crate::config::model::{Log, LogFormat};
 
 /// Sets up the global subscriber. pingora logs through `log`; those records are bridged.
 pub fn init(log: &Log) {
-    // pingora is chatty at info about its own lifecycle; keep it at warn unless asked.
+    use tracing_subscriber::prelude::*;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter_for(log));
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match log.format {
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(lines).try_init(),
+    };
+    match result {
+        Ok(()) => {
+            let setter: LevelSetter =
+                Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+            let _ = LEVEL.set(setter);
+        }
+        Err(e) => eprintln!("logging was already set up: {e}"),
+    }
+}
+
+/// Changes the level filter of the running process (a config reload of `[log] level`).
+pub fn set_level(log: &Log) {
+    match LEVEL.get() {
+        Some(set) => match set(filter_for(log)) {
+            Ok(()) => tracing::info!(level = %log.level, "log level changed"),
+            Err(e) => tracing::warn!(error = %e, "the log level could not be changed"),
+        },
+        None => tracing::debug!("logging is not set up by Gatehouse: the level stays"),
+    }
+}
+
+type LevelSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Sets the filter of the subscriber [`init`] installed.
+static LEVEL: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+
+/// The filter for `[log] level`. pingora is chatty at info about its own lifecycle; it stays
+/// at warn unless the level names it.
+fn filter_for(log: &Log) -> EnvFilter {
     let directives = if log.level.contains("pingora") {
         log.level.clone()
     } else {
@@ -21,19 +60,7 @@ pub fn init(log: &Log) {
             log.level
         )
     };
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let result = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    if let Err(e) = result {
-        eprintln!("logging was already set up: {e}");
-    }
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// One request, as the access log tells it.

@@ -281,8 +281,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Users { config, command } => users(config, command),
-        Command::Serve { config } => {
-            let (config, warnings) = match load_checked(&config) {
+        Command::Serve { config: path } => {
+            let (config, warnings) = match load_checked(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -290,7 +290,7 @@ fn main() -> ExitCode {
             for warning in warnings {
                 tracing::warn!("{warning}");
             }
-            match gatehouse::server::prepare(&config) {
+            match gatehouse::server::prepare_from_file(&config, &path) {
                 Ok(prepared) => {
                     for addr in &prepared.addresses.proxy {
                         tracing::info!("proxy listening on http://{addr}");

@@ -202,6 +202,8 @@ pub struct Metrics {
     pub conns: ConnMetrics,
     /// Re-resolutions of upstream host names, by result.
     dns_refresh: IntCounterVec,
+    /// Config reloads: counted, when the last one succeeded, which config is live.
+    pub config: ConfigMetrics,
 }
 
 /// What one re-resolution of an upstream host name came to
@@ -704,9 +706,11 @@ impl Metrics {
         registry.register(Box::new(dns_refresh.clone()))?;
         let auth = AuthMetrics::new(&registry)?;
         let conns = ConnMetrics::new(&registry)?;
+        let config = ConfigMetrics::new(&registry)?;
         Ok(Self {
             auth,
             conns,
+            config,
             dns_refresh,
             registry,
             requests,
@@ -768,6 +772,73 @@ impl Metrics {
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+label! {
+    /// How a config reload ended (`gatehouse_config_reloads_total`).
+    ReloadResult { Success => "success", Error => "error" }
+}
+
+/// Config reloads (SIGHUP, `POST /api/reload`): how many, by result; when the last one
+/// succeeded; and which config is live, by a hash of its file.
+#[derive(Clone)]
+pub struct ConfigMetrics {
+    reloads: IntCounterVec,
+    last_success: IntGauge,
+    hash: IntGaugeVec,
+    /// The hash label now set to 1 (the others are removed).
+    live_hash: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ConfigMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_config_reloads_total",
+                "Config reloads (SIGHUP or POST /api/reload), by result; an error keeps the old config.",
+            ),
+            &["result"],
+        )?;
+        for result in ReloadResult::ALL {
+            reloads.with_label_values(&[result.as_str()]);
+        }
+        let last_success = IntGauge::new(
+            "gatehouse_config_last_reload_success_timestamp_seconds",
+            "When the live config was loaded (start or the last good reload), unix seconds.",
+        )?;
+        let hash = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_config_hash_info",
+                "Always 1; the label is the first 16 hex digits of the SHA-256 of the live config file.",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(hash.clone()))?;
+        Ok(Self {
+            reloads,
+            last_success,
+            hash,
+            live_hash: Default::default(),
+        })
+    }
+
+    /// A config went live (at start or by a reload) at unix second `at`.
+    pub fn live(&self, hash: &str, at: u64) {
+        self.last_success.set(at as i64);
+        if let Ok(mut live) = self.live_hash.lock() {
+            if let Some(old) = live.take() {
+                let _ = self.hash.remove_label_values(&[&old]);
+            }
+            self.hash.with_label_values(&[hash]).set(1);
+            *live = Some(hash.to_string());
+        }
+    }
+
+    pub fn reloaded(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
     }
 }
 

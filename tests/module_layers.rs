@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     // Gatehouse's own pages and endpoints.
     &["web"],
     // Connections, the pingora phases, the admin listener and the users CLI.
-    &["conns", "proxy", "admin", "users"],
+    &["conns", "proxy", "reload", "admin", "users"],
     // Wiring.
     &["server"],
 ];

@@ -38,7 +38,7 @@ pub struct Auth {
     pub metrics: AuthMetrics,
     pub store: Arc<Store>,
     /// The `[[access]]` rules, for forward-auth answers (which have no upstream).
-    pub path_rules: crate::identity::access::AccessPolicy,
+    path_rules: arc_swap::ArcSwap<crate::identity::access::AccessPolicy>,
     /// The second factor: policy, pending logins, the key of stored TOTP secrets.
     pub mfa: crate::mfa::gate::MfaGate,
     /// States already used at the callback (until their login cookie would expire),
@@ -75,6 +75,20 @@ fn session_keys(config: &Config) -> Result<Vec<[u8; 32]>, AuthSetupError> {
 }
 
 impl Auth {
+    /// The `[[access]]` rules for forward-auth answers (which have no upstream), as now.
+    pub fn path_rules(&self) -> Arc<crate::identity::access::AccessPolicy> {
+        self.path_rules.load_full()
+    }
+
+    /// Takes the `[[access]]` rules of a reloaded config.
+    pub fn set_path_rules(&self, config: &Config) {
+        self.path_rules
+            .store(Arc::new(crate::identity::access::AccessPolicy::new(
+                &[],
+                config.access.clone(),
+            )));
+    }
+
     /// Builds the login machinery; `None` when no connection is configured.
     pub fn new(
         config: &Config,
@@ -120,7 +134,9 @@ impl Auth {
             metrics,
             store,
             mfa,
-            path_rules: crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
+            path_rules: arc_swap::ArcSwap::from_pointee(
+                crate::identity::access::AccessPolicy::new(&[], config.access.clone()),
+            ),
             used_states: Mutex::new(crate::bounded::ExpiringMap::new(config.limits.used_states)),
             throttle: throttle::Throttle::new(&config.limits),
             forward_auth: config.forward_auth.clone(),

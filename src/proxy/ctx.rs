@@ -7,7 +7,6 @@ use std::time::Instant;
 use super::routes::Route;
 use crate::uri::path::NormalPath;
 
-#[derive(Debug)]
 pub struct RequestCtx {
     pub started: Instant,
     /// Set once the in-flight gauge was raised, so `logging` lowers it exactly once.
@@ -25,11 +24,15 @@ pub struct RequestCtx {
     /// The session the request was let through with: its body and any upgraded connection
     /// (WebSocket) stop when the session ends.
     pub session: Option<std::sync::Arc<crate::auth::session::LiveSession>>,
+    /// The routing this request is served with, taken once when it starts: a config reload
+    /// in between is seen by the next request, never half-way through this one.
+    pub routing: std::sync::Arc<super::Routing>,
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(routing: std::sync::Arc<super::Routing>) -> Self {
         Self {
+            routing,
             started: Instant::now(),
             counted: false,
             route: None,
@@ -48,11 +51,5 @@ impl RequestCtx {
     pub fn kind(&self) -> crate::metrics::RouteKind {
         self.route
             .map_or(crate::metrics::RouteKind::Protected, Route::kind)
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

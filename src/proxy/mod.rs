@@ -22,6 +22,7 @@ mod steps;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::HOST;
@@ -31,6 +32,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::Auth;
+use crate::clock::Clock;
 use crate::config::model::{ClientLimits, MfaLevel};
 use crate::config::Config;
 use crate::conns::Deadlined;
@@ -54,10 +56,8 @@ use routes::Router;
 
 /// The proxy service: everything that lives across requests, built once at startup.
 pub struct Gatehouse {
-    router: Router,
-    /// One peer slot per upstream, in the router's order; the DNS refresher swaps a slot's
-    /// peer when its host name resolves elsewhere.
-    peers: Vec<Option<PeerSlot>>,
+    /// What a config reload may change; each request takes the current one once.
+    routing: Arc<ArcSwap<Routing>>,
     hygiene: HeaderHygiene,
     forwarding: Forwarding,
     ids: RequestIds,
@@ -66,19 +66,77 @@ pub struct Gatehouse {
     access_log: bool,
     /// The login machinery; `None` when no connection is configured.
     auth: Option<Arc<Auth>>,
+    /// Client deadlines (`[server] client_*`).
+    clients: ClientLimits,
+}
+
+/// The parts of the proxy a config reload replaces (upstreams, `[[public]]` and `[[access]]`
+/// rules, path strictness, page branding), built from one config. A request takes one
+/// `Arc<Routing>` when it starts ([`RequestCtx::routing`]), so it is served by the old config
+/// or by the new one, never by a mix.
+pub struct Routing {
+    router: Router,
+    /// One peer slot per upstream, in the router's order; the DNS refresher swaps a slot's
+    /// peer when its host name resolves elsewhere.
+    peers: Vec<Option<PeerSlot>>,
     /// Who may reach which upstream and path once signed in.
     access: AccessPolicy,
     /// The signed identity header; `None` when turned off.
     signed: Option<SignedHeader>,
-    /// Whether TOTP is asked for anywhere (else the per-request MFA check is skipped).
+    /// Whether a second factor is asked for anywhere (else the per-request check is skipped).
     mfa_anywhere: bool,
-    /// Client deadlines (`[server] client_*`).
-    clients: ClientLimits,
     /// How strict path normalization is (`[server] reject_double_encoding`).
     path_options: PathOptions,
     /// `[pages]`: the branding of every page Gatehouse writes, put in each request's
     /// extensions (see [`Theme::of`]).
     theme: Theme,
+}
+
+impl Routing {
+    /// `peers` holds the resolved peer of every upstream in `config`; `signer` and `clock`
+    /// make the signed identity header (with `config.identity.signing` set).
+    pub fn new(
+        config: &Config,
+        peers: &UpstreamPeers,
+        signer: Option<Arc<AssertionSigner>>,
+        clock: Option<Clock>,
+    ) -> Self {
+        let router = Router::new(config.public.clone(), config.upstreams.clone());
+        // Every upstream of the config has a slot; one without (a caller's mistake) answers 500.
+        let peers = router
+            .upstreams()
+            .iter()
+            .map(|u| peers.get(&u.id))
+            .collect();
+        let access = AccessPolicy::new(router.upstreams(), config.access.clone());
+        let signed = match (signer, &config.identity.signing, clock) {
+            (Some(signer), Some(signing), Some(clock)) => Some(SignedHeader::new(
+                signer,
+                signing,
+                router.upstreams(),
+                clock,
+            )),
+            _ => None,
+        };
+        let mfa_anywhere = config.mfa.totp != MfaLevel::Off
+            || config
+                .connections
+                .iter()
+                .any(|c| c.mfa.is_some_and(|m| m != MfaLevel::Off))
+            || config.upstreams.iter().any(|u| u.mfa.is_some())
+            || config.access.iter().any(|a| a.mfa.is_some());
+        Self {
+            router,
+            peers,
+            access,
+            signed,
+            mfa_anywhere,
+            path_options: PathOptions {
+                reject_double_encoding: config.server.reject_double_encoding,
+            },
+            theme: Theme(Arc::new(config.pages.clone())),
+        }
+    }
 }
 
 /// Splits the request target into its raw path and query.
@@ -111,41 +169,11 @@ impl Gatehouse {
         signer: Option<Arc<AssertionSigner>>,
         peers: &UpstreamPeers,
     ) -> Self {
-        let router = Router::new(config.public.clone(), config.upstreams.clone());
-        // Every upstream of the config has a slot; one without (a caller's mistake) answers 500.
-        let peers = router
-            .upstreams()
-            .iter()
-            .map(|u| peers.get(&u.id))
-            .collect();
-        let access = AccessPolicy::new(router.upstreams(), config.access.clone());
-        let signed = match (signer, &config.identity.signing, &auth) {
-            (Some(signer), Some(signing), Some(auth)) => Some(SignedHeader::new(
-                signer,
-                signing,
-                router.upstreams(),
-                auth.clock.clone(),
-            )),
-            _ => None,
-        };
-        let mfa_anywhere = config.mfa.totp != MfaLevel::Off
-            || config
-                .connections
-                .iter()
-                .any(|c| c.mfa.is_some_and(|m| m != MfaLevel::Off))
-            || config.upstreams.iter().any(|u| u.mfa.is_some())
-            || config.access.iter().any(|a| a.mfa.is_some());
+        let clock = auth.as_ref().map(|a| a.clock.clone());
+        let routing = Routing::new(config, peers, signer, clock);
         Self {
-            access,
-            signed,
-            mfa_anywhere,
+            routing: Arc::new(ArcSwap::from_pointee(routing)),
             clients: config.server.clients,
-            theme: Theme(Arc::new(config.pages.clone())),
-            path_options: PathOptions {
-                reject_double_encoding: config.server.reject_double_encoding,
-            },
-            router,
-            peers,
             hygiene: HeaderHygiene::new(
                 &config.headers.owned_names(),
                 config.headers.strip_foreign_identity,
@@ -157,6 +185,11 @@ impl Gatehouse {
             access_log: config.log.access_log,
             auth,
         }
+    }
+
+    /// Where a config reload puts the new [`Routing`].
+    pub fn routing_slot(&self) -> Arc<ArcSwap<Routing>> {
+        self.routing.clone()
     }
 }
 
@@ -197,7 +230,7 @@ impl ProxyHttp for Gatehouse {
 
     /// A fresh context per request.
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.routing.load_full())
     }
 
     /// Counts the request in flight before anything can fail, and puts the request under
@@ -222,7 +255,7 @@ impl ProxyHttp for Gatehouse {
         session
             .req_header_mut()
             .extensions_mut()
-            .insert(self.theme.clone());
+            .insert(ctx.routing.theme.clone());
         Ok(())
     }
 
@@ -281,7 +314,7 @@ impl ProxyHttp for Gatehouse {
     ) -> Result<Box<HttpPeer>> {
         // An atomic load: never waits for the DNS refresher.
         ctx.upstream
-            .and_then(|i| self.peers.get(i)?.as_ref())
+            .and_then(|i| ctx.routing.peers.get(i)?.as_ref())
             .map(|slot| Box::new(HttpPeer::clone(&slot.load())))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))
     }
@@ -293,7 +326,10 @@ impl ProxyHttp for Gatehouse {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(u) = ctx.upstream.and_then(|i| self.router.upstreams().get(i)) {
+        if let Some(u) = ctx
+            .upstream
+            .and_then(|i| ctx.routing.router.upstreams().get(i))
+        {
             if !u.preserve_host {
                 upstream_request.insert_header(HOST, u.authority.as_str())?;
             }
@@ -412,7 +448,7 @@ impl ProxyHttp for Gatehouse {
         if self.access_log {
             let upstream = ctx
                 .upstream
-                .and_then(|i| self.router.upstreams().get(i))
+                .and_then(|i| ctx.routing.router.upstreams().get(i))
                 .map(|u| u.id.as_str());
             access_line(&AccessLine {
                 method: session.req_header().method.as_str(),

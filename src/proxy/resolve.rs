@@ -76,20 +76,38 @@ fn first_address(lookup: &Lookup, host: &str, port: u16) -> Result<SocketAddr, S
 }
 
 /// Resolves every upstream host name once (at server start) and builds the peers. Returns
-/// the refresher that keeps them current, `None` when every upstream is an IP address.
+/// the refresher that keeps them current (it has nothing to do while every upstream is an IP
+/// address, and picks up the names of a reloaded config, see [`Refresher::resolve`]).
 pub fn resolve_at_start(
     upstreams: &[Upstream],
     lookup: Lookup,
     every: Duration,
     metrics: Arc<Metrics>,
-) -> Result<(UpstreamPeers, Option<Refresher>), ResolveError> {
+) -> Result<(UpstreamPeers, Refresher), ResolveError> {
+    let (peers, names) = resolve_all(upstreams, &lookup)?;
+    let refresher = Refresher {
+        state: Arc::new(RefreshState {
+            names: ArcSwap::from_pointee(names),
+            lookup,
+            metrics,
+        }),
+        every,
+    };
+    Ok((peers, refresher))
+}
+
+/// Every upstream's peer, resolving host names now, and the named ones to refresh.
+fn resolve_all(
+    upstreams: &[Upstream],
+    lookup: &Lookup,
+) -> Result<(UpstreamPeers, Vec<Named>), ResolveError> {
     let mut by_id = HashMap::new();
     let mut names = Vec::new();
     for (index, u) in upstreams.iter().enumerate() {
         let address = match &u.address {
             UpstreamAddress::Ip(address) => *address,
             UpstreamAddress::Name { host, port } => {
-                first_address(&lookup, host, *port).map_err(|reason| ResolveError {
+                first_address(lookup, host, *port).map_err(|reason| ResolveError {
                     index,
                     host: host.clone(),
                     reason,
@@ -107,15 +125,7 @@ pub fn resolve_at_start(
         }
         by_id.insert(u.id.clone(), slot);
     }
-    let refresher = (!names.is_empty()).then(|| Refresher {
-        state: Arc::new(RefreshState {
-            names,
-            lookup,
-            metrics,
-        }),
-        every,
-    });
-    Ok((UpstreamPeers { by_id }, refresher))
+    Ok((UpstreamPeers { by_id }, names))
 }
 
 /// An upstream given by name, and the slot its resolved peer lives in.
@@ -127,7 +137,8 @@ struct Named {
 }
 
 struct RefreshState {
-    names: Vec<Named>,
+    /// Swapped whole when a reloaded config brings other upstreams.
+    names: ArcSwap<Vec<Named>>,
     lookup: Lookup,
     metrics: Arc<Metrics>,
 }
@@ -145,11 +156,40 @@ impl Refresher {
     pub fn refresh(&self) -> Vec<DnsRefresh> {
         self.state.refresh()
     }
+
+    /// A handle for a config reload: resolves a new set of upstreams (blocking on the lookups:
+    /// call it off the proxy threads), and from then on refreshes their names instead.
+    pub fn handle(&self) -> ResolveHandle {
+        ResolveHandle {
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Resolves the upstreams of a reloaded config (see [`Refresher::handle`]).
+#[derive(Clone)]
+pub struct ResolveHandle {
+    state: Arc<RefreshState>,
+}
+
+impl ResolveHandle {
+    /// The peers of `upstreams`, host names resolved now; their names replace the ones the
+    /// refresher keeps current. A name that does not resolve fails the whole call and changes
+    /// nothing.
+    pub fn resolve(&self, upstreams: &[Upstream]) -> Result<UpstreamPeers, ResolveError> {
+        let (peers, names) = resolve_all(upstreams, &self.state.lookup)?;
+        self.state.names.store(Arc::new(names));
+        Ok(peers)
+    }
 }
 
 impl RefreshState {
     fn refresh(&self) -> Vec<DnsRefresh> {
-        self.names.iter().map(|n| self.refresh_one(n)).collect()
+        self.names
+            .load()
+            .iter()
+            .map(|n| self.refresh_one(n))
+            .collect()
     }
 
     fn refresh_one(&self, n: &Named) -> DnsRefresh {
@@ -186,6 +226,9 @@ impl BackgroundService for Refresher {
             tokio::select! {
                 _ = tokio::time::sleep(self.every) => {}
                 _ = shutdown.changed() => return,
+            }
+            if self.state.names.load().is_empty() {
+                continue;
             }
             // The lookups block (getaddrinfo): on the blocking pool, off this runtime.
             let state = self.state.clone();
@@ -275,7 +318,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dns.calls.load(Ordering::SeqCst), 1);
-        assert!(refresher.is_some());
+        assert_eq!(refresher.state.names.load().len(), 1);
         let app = peers.get("u0").unwrap().load_full();
         assert_eq!(app._address.to_string(), "10.0.0.7:8080");
         let ip = peers.get("u1").unwrap().load_full();
@@ -285,7 +328,7 @@ mod tests {
         let only_ips = upstreams(&["http://127.0.0.1:1"]);
         let (_, refresher) =
             resolve_at_start(&only_ips, dns.lookup(), Duration::from_secs(30), metrics).unwrap();
-        assert!(refresher.is_none());
+        assert!(refresher.state.names.load().is_empty());
         assert_eq!(dns.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -322,7 +365,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let (peers, refresher) =
             resolve_at_start(&list, dns.lookup(), Duration::from_secs(1), metrics.clone()).unwrap();
-        let refresher = refresher.unwrap();
+
         let slot = peers.get("u0").unwrap();
         let now = || slot.load()._address.to_string();
 
@@ -360,7 +403,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let (peers, refresher) =
             resolve_at_start(&list, dns.lookup(), Duration::from_secs(1), metrics).unwrap();
-        let refresher = refresher.unwrap();
+
         dns.answer(Ok(addrs(&["10.0.0.2:80", "10.0.0.1:80"])));
         assert_eq!(refresher.refresh(), vec![DnsRefresh::Unchanged]);
         assert_eq!(
@@ -378,7 +421,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let (peers, refresher) =
             resolve_at_start(&list, dns.lookup(), Duration::from_secs(30), metrics).unwrap();
-        let refresher = refresher.unwrap();
+
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         dns.answer(Ok(addrs(&["10.0.0.9:80"])));
         let service = tokio::spawn(async move { refresher.start(shutdown).await });

@@ -20,9 +20,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::forwarded::Peer;
-use super::path::{self, NormalPath, PathError};
+use super::path::{self, NormalPath, PathError, PathOptions};
 use super::routes::Route;
-use super::{target, Gatehouse, RequestCtx};
+use super::{target, Gatehouse, RequestCtx, Routing};
 use crate::auth::{Auth, Authenticated};
 use crate::config::model::MfaLevel;
 use crate::conns::Deadlined;
@@ -119,11 +119,15 @@ impl Gatehouse {
     /// classifies the request, and answers Gatehouse's own routes: `/ping`, `/ready`, the
     /// identity header's JWKS and the login endpoints.
     pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Flow> {
-        let path = match self.normalize_target(session) {
+        let options = ctx.routing.path_options;
+        let path = match Self::normalize_target(session, options) {
             Ok(path) => path,
             Err(e) => return self.answer_error(session, ctx, e).await,
         };
-        let route = self.router.classify(&session.req_header().method, &path);
+        let route = ctx
+            .routing
+            .router
+            .classify(&session.req_header().method, &path);
         ctx.route = Some(route);
         ctx.path = Some(path);
         match route {
@@ -136,7 +140,8 @@ impl Gatehouse {
                     .await
             }
             Route::Jwks => {
-                let Some(signed) = &self.signed else {
+                let routing = ctx.routing.clone();
+                let Some(signed) = &routing.signed else {
                     return self
                         .answer_error(session, ctx, RequestError::NotFound)
                         .await;
@@ -188,7 +193,7 @@ impl Gatehouse {
             .path
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "path unset"))?;
-        ctx.upstream = self.router.upstream_index(host, path);
+        ctx.upstream = ctx.routing.router.upstream_index(host, path);
         if ctx.upstream.is_some() {
             return Ok(Flow::Continue);
         }
@@ -263,7 +268,7 @@ impl Gatehouse {
         {
             return Ok(Flow::Answered);
         }
-        let second_factor = match (self.mfa_anywhere, &who) {
+        let second_factor = match (ctx.routing.mfa_anywhere, &who) {
             (true, Authenticated::Session(live)) => {
                 self.enforce_mfa(auth, session, ctx, live).await?
             }
@@ -281,7 +286,8 @@ impl Gatehouse {
             req.insert_header(name.clone(), value.clone())?;
         }
         auth.token_headers(&who, req)?;
-        if let (Some(signed), Some(upstream)) = (&self.signed, ctx.upstream) {
+        let routing = ctx.routing.clone();
+        if let (Some(signed), Some(upstream)) = (&routing.signed, ctx.upstream) {
             if let Some(value) = signed.value(upstream, who.identity(), who.assertion_cache()) {
                 HeaderEdit::insert(req, wire::X_GATEHOUSE_IDENTITY, value);
             }
@@ -301,11 +307,11 @@ impl Gatehouse {
 
     /// Normalizes the path and puts the normalized form in the request that goes upstream.
     pub(super) fn normalize_target(
-        &self,
         session: &mut Session,
+        options: PathOptions,
     ) -> Result<NormalPath, RequestError> {
         let (raw_path, query) = target(session)?;
-        let normal = path::normalize_with(&raw_path, self.path_options)?;
+        let normal = path::normalize_with(&raw_path, options)?;
         if normal.as_str() != raw_path {
             let rebuilt = match &query {
                 Some(q) => format!("{}?{q}", normal.as_str()),
@@ -373,7 +379,14 @@ impl Gatehouse {
             return Ok(Flow::Continue);
         };
         let method = &session.req_header().method;
-        let level = self.mfa_level(auth, upstream, method, path, &live.identity.connection);
+        let level = Self::mfa_level(
+            &ctx.routing,
+            auth,
+            upstream,
+            method,
+            path,
+            &live.identity.connection,
+        );
         let decision = decide(
             level,
             auth.mfa.config.when_no_local_account,
@@ -413,14 +426,15 @@ impl Gatehouse {
 
     /// The TOTP level this route asks of a user of `connection`.
     fn mfa_level(
-        &self,
+        routing: &Routing,
         auth: &Auth,
         upstream: usize,
         method: &http::Method,
         path: &NormalPath,
         connection: &str,
     ) -> MfaLevel {
-        self.access
+        routing
+            .access
             .mfa_level(upstream, method, path)
             .unwrap_or_else(|| match auth.provider(connection) {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
@@ -445,7 +459,14 @@ impl Gatehouse {
             return Ok(Flow::Continue);
         };
         let method = &session.req_header().method;
-        let level = self.mfa_level(auth, upstream, method, path, &identity.connection);
+        let level = Self::mfa_level(
+            &ctx.routing,
+            auth,
+            upstream,
+            method,
+            path,
+            &identity.connection,
+        );
         let jit = auth
             .provider(&identity.connection)
             .is_some_and(|p| p.connection.jit);
@@ -489,14 +510,15 @@ impl Gatehouse {
         let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
             return Ok(Flow::Continue);
         };
-        if self.access.is_open() {
+        if ctx.routing.access.is_open() {
             return Ok(Flow::Continue);
         }
         let trusted = identity.email_verified || auth.trusts_email(&identity.connection);
         let method = &session.req_header().method;
-        let Err(refused) = self
-            .access
-            .check(Some(upstream), method, path, identity, trusted)
+        let Err(refused) =
+            ctx.routing
+                .access
+                .check(Some(upstream), method, path, identity, trusted)
         else {
             return Ok(Flow::Continue);
         };

@@ -3,6 +3,7 @@
 
 pub use crate::conns;
 pub mod prebound;
+
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct Prepared {
     pub clock: Clock,
     /// The store, when a connection is configured.
     pub store: Option<Arc<Store>>,
+    /// Reloads the config file, when the config came from one.
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<Bound>, StartError> {
@@ -147,7 +150,19 @@ pub fn prepare_on(
     listeners: Listeners,
     clock: Clock,
 ) -> Result<Prepared, StartError> {
-    build(config, listeners, clock, Runtimes::NoSteal)
+    build(config, listeners, clock, Runtimes::NoSteal, None)
+}
+
+/// [`prepare`] for a config read from `path`: SIGHUP (once [`Prepared::run_until_signal`]
+/// runs) and `POST /api/reload` on the admin listener read it again (see [`crate::reload`]).
+pub fn prepare_from_file(config: &Config, path: &std::path::Path) -> Result<Prepared, StartError> {
+    build(
+        config,
+        Listeners::bind(&config.server)?,
+        Clock::system(),
+        Runtimes::NoSteal,
+        Some(path),
+    )
 }
 
 /// The kind of tokio runtimes the services run on.
@@ -169,6 +184,7 @@ fn build(
     listeners: Listeners,
     clock: Clock,
     runtimes: Runtimes,
+    source: Option<&std::path::Path>,
 ) -> Result<Prepared, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::default());
@@ -247,17 +263,34 @@ fn build(
         )?)),
         _ => None,
     };
-    if let Some(refresher) = dns_refresher {
-        server.add_service(background_service("upstream dns refresh", refresher));
-    }
+    let resolver = dns_refresher.handle();
+    server.add_service(background_service("upstream dns refresh", dns_refresher));
     let gatehouse = Gatehouse::new(
         config,
         metrics.clone(),
         readiness.clone(),
-        auth,
-        signer,
+        auth.clone(),
+        signer.clone(),
         &peers,
     );
+    let reloader = source.map(|path| {
+        Arc::new(crate::reload::Reloader::new(
+            path,
+            config,
+            crate::reload::ReloadTarget {
+                routing: gatehouse.routing_slot(),
+                resolver,
+                auth: auth.clone(),
+                signer,
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+            },
+        ))
+    });
+    let reload_api = match (&reloader, &config.admin.token) {
+        (Some(reloader), Some(token)) => Some((reloader.clone(), token.clone())),
+        _ => None,
+    };
     let mut app = http_proxy(&server.configuration, gatehouse);
     app.server_options = Some(server_options);
     app.h2_options = Some(h2_options);
@@ -291,7 +324,7 @@ fn build(
     // The admin listener has its own, small, connection budget: a saturated proxy listener
     // leaves /metrics and /ready reachable.
     let admin_app = Guarded::new(
-        AdminApp::new(metrics.clone(), readiness.clone(), users_api),
+        AdminApp::new(metrics.clone(), readiness.clone(), users_api, reload_api),
         crate::metrics::Listener::Admin,
         Limits {
             max: ADMIN_MAX_CONNECTIONS,
@@ -312,6 +345,7 @@ fn build(
         readiness,
         clock,
         store,
+        reloader,
     })
 }
 
@@ -327,6 +361,11 @@ impl Prepared {
     /// Serves until SIGTERM or SIGINT, drains, and returns when every request has finished
     /// (the process exits early once nothing is in flight). For the binary.
     pub fn run_until_signal(self) {
+        if let Some(reloader) = &self.reloader {
+            if let Err(e) = reloader.on_sighup() {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /api/reload");
+            }
+        }
         shutdown::exit_when_drained(self.server.watch_execution_phase(), self.metrics.clone());
         // Every listener is bound and the store is open (both in `prepare`): tell systemd
         // (`Type=notify`); connections that arrive before pingora accepts wait in the backlog.
@@ -399,7 +438,26 @@ pub fn spawn_on_with_clock(
     listeners: Listeners,
     clock: Clock,
 ) -> Result<Running, StartError> {
-    let prepared = build(config, listeners, clock, Runtimes::Stealing)?;
+    spawn_inner(config, listeners, clock, None)
+}
+
+/// [`spawn_on`] for a config read from `path`, reloadable with `POST /api/reload` on the
+/// admin listener (SIGHUP is the binary's: a test process keeps its own signal handling).
+pub fn spawn_reloadable(
+    config: &Config,
+    listeners: Listeners,
+    path: &std::path::Path,
+) -> Result<Running, StartError> {
+    spawn_inner(config, listeners, Clock::system(), Some(path))
+}
+
+fn spawn_inner(
+    config: &Config,
+    listeners: Listeners,
+    clock: Clock,
+    source: Option<&std::path::Path>,
+) -> Result<Running, StartError> {
+    let prepared = build(config, listeners, clock, Runtimes::Stealing, source)?;
     let (stop, stop_rx) = watch::channel(shutdown::Stop::Run);
     let (done, finished) = std::sync::mpsc::channel();
     let running = Running {

@@ -692,18 +692,15 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     let id = who.identity();
     let path = &forwarded.path;
     let trusted = id.email_verified || auth.trusts_email(&id.connection);
-    if let Err(refused) = auth
-        .path_rules
-        .check(None, &forwarded.method, path, id, trusted)
-    {
+    let path_rules = auth.path_rules();
+    if let Err(refused) = path_rules.check(None, &forwarded.method, path, id, trusted) {
         let rule = refused.rule.label();
         auth.metrics.access_denied(rule);
         let rule = rule.as_str();
         tracing::info!(request_id, user = id.user(), rule, method = %forwarded.method, path = ?path, "forward-auth: access denied");
         return forward_answer(session, StatusCode::FORBIDDEN, "Forbidden\n", &[]).await;
     }
-    let level = auth
-        .path_rules
+    let level = path_rules
         .mfa_level(usize::MAX, &forwarded.method, path)
         .unwrap_or_else(|| match auth.provider(&id.connection) {
             Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
