@@ -159,102 +159,40 @@ mod tests {
         use MfaDecision::*;
         let deny = NoLocalAccount::Deny;
         let skip = NoLocalAccount::Skip;
+        let user = |local_account, enrolled, done| Standing {
+            local_account,
+            enrolled,
+            done,
+        };
         assert_eq!(
-            decide(
-                MfaLevel::Required,
-                deny,
-                Standing {
-                    local_account: true,
-                    enrolled: false,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Required, deny, user(true, false, false)),
             Challenge
         );
         assert_eq!(
-            decide(
-                MfaLevel::Required,
-                deny,
-                Standing {
-                    local_account: true,
-                    enrolled: true,
-                    done: true
-                }
-            ),
+            decide(MfaLevel::Required, deny, user(true, true, true)),
             Pass
         );
         assert_eq!(
-            decide(
-                MfaLevel::Required,
-                deny,
-                Standing {
-                    local_account: false,
-                    enrolled: false,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Required, deny, user(false, false, false)),
             Conflict
         );
         assert_eq!(
-            decide(
-                MfaLevel::Required,
-                skip,
-                Standing {
-                    local_account: false,
-                    enrolled: false,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Required, skip, user(false, false, false)),
             Pass
         );
         assert_eq!(
-            decide(
-                MfaLevel::Optional,
-                deny,
-                Standing {
-                    local_account: true,
-                    enrolled: true,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Optional, deny, user(true, true, false)),
             Challenge
         );
         assert_eq!(
-            decide(
-                MfaLevel::Optional,
-                deny,
-                Standing {
-                    local_account: true,
-                    enrolled: false,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Optional, deny, user(true, false, false)),
             Pass
         );
         assert_eq!(
-            decide(
-                MfaLevel::Optional,
-                deny,
-                Standing {
-                    local_account: false,
-                    enrolled: true,
-                    done: false
-                }
-            ),
+            decide(MfaLevel::Optional, deny, user(false, true, false)),
             Pass
         );
-        assert_eq!(
-            decide(
-                MfaLevel::Off,
-                deny,
-                Standing {
-                    local_account: false,
-                    enrolled: false,
-                    done: false
-                }
-            ),
-            Pass
-        );
+        assert_eq!(decide(MfaLevel::Off, deny, user(false, false, false)), Pass);
     }
 
     #[test]

@@ -219,19 +219,13 @@ impl Gatehouse {
                 Ok(Some(who)) => return self.admit(auth, session, ctx, who).await,
                 Ok(None) => {}
                 Err(_) => {
-                    let extra = [(
-                        http::header::WWW_AUTHENTICATE,
-                        "Bearer error=\"invalid_token\"".to_string(),
-                    )];
-                    let (kind, body) = respond::error_body(
-                        &Theme::of(session),
-                        StatusCode::UNAUTHORIZED,
+                    return refuse_bearer(
+                        session,
+                        ctx,
+                        "Bearer error=\"invalid_token\"",
                         "The bearer token is not valid.",
-                        &ctx.request_id,
-                        false,
-                    );
-                    respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
-                    return Ok(Flow::Answered);
+                    )
+                    .await;
                 }
             }
         }
@@ -483,19 +477,13 @@ impl Gatehouse {
             return Ok(Flow::Continue);
         }
         tracing::info!(request_id = %ctx.request_id, connection = %identity.connection, "bearer token without a second factor on a route that requires one: refused");
-        let extra = [(
-            http::header::WWW_AUTHENTICATE,
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"".to_string(),
-        )];
-        let (kind, body) = respond::error_body(
-            &Theme::of(session),
-            StatusCode::UNAUTHORIZED,
+        refuse_bearer(
+            session,
+            ctx,
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"",
             "This route needs a token that shows a second factor.",
-            &ctx.request_id,
-            false,
-        );
-        respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
-        Ok(Flow::Answered)
+        )
+        .await
     }
 
     /// The access rules for a signed-in request. When refused, the 403 answer is written
@@ -568,4 +556,24 @@ impl Gatehouse {
         .await?;
         Ok(Flow::Answered)
     }
+}
+
+/// Answers a request whose bearer token is refused: 401 with `challenge` as
+/// `WWW-Authenticate` (RFC 6750, RFC 9470) and `message` in the JSON body.
+async fn refuse_bearer(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    challenge: &str,
+    message: &str,
+) -> Result<Flow> {
+    let extra = [(http::header::WWW_AUTHENTICATE, challenge.to_string())];
+    let (kind, body) = respond::error_body(
+        &Theme::of(session),
+        StatusCode::UNAUTHORIZED,
+        message,
+        &ctx.request_id,
+        false,
+    );
+    respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
+    Ok(Flow::Answered)
 }
