@@ -58,6 +58,9 @@ const IAT_SKEW: u64 = 120;
 /// does not hold, at most this often: whatever tokens anyone posts, Gatehouse asks its IdP
 /// no more than once per this period per connection.
 pub const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
+/// A login attempt while a connection is undiscovered runs discovery itself, at most this
+/// often per connection, instead of waiting for the background retry (which backs off to 30 s).
+pub const ON_DEMAND_DISCOVERY_EVERY: Duration = Duration::from_secs(2);
 
 /// The discovery fields Gatehouse reads beyond the core ones: RFC 9207's flag saying the IdP
 /// sends `iss` in its authorization responses.
@@ -135,6 +138,11 @@ pub struct Provider {
     /// When keys were last fetched (discovery included); held across a fetch so that
     /// concurrent requests wait for it instead of fetching again.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a login attempt last ran discovery ([`Provider::discover_on_demand`]).
+    last_on_demand: std::sync::Mutex<Option<Instant>>,
+    /// Signalled when a login attempt's discovery succeeded, so the background retry loop
+    /// records it (metrics, readiness) at once instead of after its backoff.
+    discovered_on_demand: tokio::sync::Notify,
     /// ID-token `exp`/`iat` and access-token expiry are read on it.
     clock: Clock,
 }
@@ -169,6 +177,8 @@ impl Provider {
             http,
             discovered: RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
+            last_on_demand: std::sync::Mutex::new(None),
+            discovered_on_demand: tokio::sync::Notify::new(),
             clock,
         })
     }
@@ -200,6 +210,53 @@ impl Provider {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         self.fetch_metadata().await
+    }
+
+    /// Discovery on behalf of a login attempt while the connection is undiscovered (the IdP
+    /// was down at startup): runs at once, at most every [`ON_DEMAND_DISCOVERY_EVERY`], so a
+    /// login works as soon as the IdP is back. Whether the connection is discovered afterwards.
+    pub async fn discover_on_demand(&self) -> bool {
+        if self.current().is_some() {
+            return true;
+        }
+        let due = match self.last_on_demand.lock() {
+            Ok(mut last) => {
+                let now = Instant::now();
+                let due = last
+                    .is_none_or(|t| now.saturating_duration_since(t) >= ON_DEMAND_DISCOVERY_EVERY);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due {
+            return false;
+        }
+        let mut last = self.last_fetch.lock().await;
+        if self.current().is_some() {
+            // The background loop discovered it while this request waited for the lock.
+            return true;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_metadata().await {
+            Ok(()) => {
+                tracing::info!(connection = %self.connection.id, "identity provider discovered on a login attempt");
+                self.discovered_on_demand.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(connection = %self.connection.id, error = %crate::text::Escaped(&e), "discovery on a login attempt failed");
+                false
+            }
+        }
+    }
+
+    /// Completes once a login attempt's discovery has succeeded (see
+    /// [`Provider::discover_on_demand`]); the background retry loop waits on it with its backoff.
+    pub async fn discovered_elsewhere(&self) {
+        self.discovered_on_demand.notified().await;
     }
 
     async fn fetch_metadata(&self) -> Result<(), OidcError> {
@@ -543,6 +600,32 @@ mod tests {
         assert!(may_fetch(None, start));
         assert!(!may_fetch(Some(start), start + Duration::from_secs(29)));
         assert!(may_fetch(Some(start), start + Duration::from_secs(30)));
+    }
+
+    /// A login attempt's discovery asks the IdP at once, then at most every
+    /// `ON_DEMAND_DISCOVERY_EVERY`: a burst of attempts against a broken IdP makes one request.
+    #[tokio::test]
+    async fn on_demand_discovery_is_rate_limited_per_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let mut connection = provider(Clock::system()).connection;
+        connection.issuer = format!("http://{addr}");
+        let provider = Provider::new(connection, Clock::system()).unwrap();
+        for _ in 0..5 {
+            assert!(!provider.discover_on_demand().await);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        *provider.last_on_demand.lock().unwrap() = Some(Instant::now() - ON_DEMAND_DISCOVERY_EVERY);
+        assert!(!provider.discover_on_demand().await);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -228,6 +228,10 @@ async fn start(
         return bad_callback_address(session).await;
     }
     let redirect_uri = format!("{}{}", external_base(auth, session), paths::CALLBACK);
+    if provider.current().is_none() {
+        // The IdP was down: try it now (rate-limited) rather than wait for the retry backoff.
+        provider.discover_on_demand().await;
+    }
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
         Err(OidcError::BadRedirect(e)) => {
