@@ -34,6 +34,7 @@ enum Command {
         config: PathBuf,
     },
     /// Check a config file: print every problem with its key path (exit 2), or "ok".
+    /// Without `--connect` it makes no network call and touches no file but the config.
     CheckConfig {
         #[arg(
             long,
@@ -42,6 +43,10 @@ enum Command {
             default_value = "config/gatehouse.toml"
         )]
         config: PathBuf,
+        /// Also fetch each issuer's discovery document and JWKS, and open and write the
+        /// store; report each result (exit 1 when one fails).
+        #[arg(long)]
+        connect: bool,
     },
     /// Manage local accounts: on the store file, or through a running server's admin API.
     Users {
@@ -267,13 +272,97 @@ fn load_checked(
     Ok((config, warnings))
 }
 
+/// `check-config --connect`: each connection's discovery document and JWKS, then the store
+/// (a file written in the data dir, then the store opened and a write committed). Prints one
+/// line per check on stdout (`ok` or `FAILED`, with what was found); returns how many failed.
+fn connect_checks(config: &gatehouse::config::Config) -> usize {
+    let mut failed = 0;
+    let mut report = |what: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok      {what}: {detail}"),
+        Err(e) => {
+            failed += 1;
+            println!("FAILED  {what}: {}", gatehouse::text::Escaped(&e));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            report("network checks", Err(format!("no async runtime: {e}")));
+            return failed;
+        }
+    };
+    for (i, connection) in config.connections.iter().enumerate() {
+        let name = format!("connections[{i}] ({})", connection.id);
+        let provider = match gatehouse::auth::oidc::Provider::new(
+            connection.clone(),
+            gatehouse::clock::Clock::system(),
+        ) {
+            Ok(provider) => provider,
+            Err(e) => {
+                report(&name, Err(e));
+                continue;
+            }
+        };
+        for (step, result) in runtime.block_on(provider.check()) {
+            report(&format!("{name} {}", step.as_str()), result);
+        }
+    }
+    if config.connections.is_empty() {
+        report(
+            "store",
+            Ok("not used (no connections: deny_all)".to_string()),
+        );
+        return failed;
+    }
+    let dir = &config.data_dir;
+    let probe = dir.join(format!(".check-config-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"gatehouse check-config\n"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    let user = gatehouse::store::process_user();
+    report(
+        "store.data_dir",
+        written
+            .map(|()| format!("{} is writable by {user}", dir.display()))
+            .map_err(|e| {
+                format!(
+                    "cannot write in {}: {e} (store.data_dir: {user} needs write access)",
+                    dir.display()
+                )
+            }),
+    );
+    let store = match gatehouse::store::Store::open(dir) {
+        Ok(store) => store
+            .write(|_| Ok(()))
+            .map(|()| format!("{} opened and a write committed", store.path().display()))
+            .map_err(|e| e.to_string()),
+        Err(gatehouse::store::StoreError::Locked(path)) => Ok(format!(
+            "{} is open in a running gatehouse (not checked further)",
+            path.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    report("store", store);
+    failed
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load_checked(&config) {
-            Ok((_, warnings)) => {
+        Command::CheckConfig { config, connect } => match load_checked(&config) {
+            Ok((config, warnings)) => {
                 for warning in warnings {
                     eprintln!("warning: {warning}");
+                }
+                if connect {
+                    let failed = connect_checks(&config);
+                    if failed > 0 {
+                        eprintln!("gatehouse check-config: {failed} check(s) failed");
+                        return ExitCode::from(EXIT_START);
+                    }
                 }
                 println!("ok");
                 ExitCode::SUCCESS
@@ -303,8 +392,12 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("gatehouse: {e}");
+                    // Once: the log goes to stderr too, unless its level hides errors.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e}");
+                    } else {
+                        eprintln!("gatehouse: {e}");
+                    }
                     ExitCode::from(EXIT_START)
                 }
             }

@@ -101,6 +101,24 @@ pub enum OidcError {
     RefreshFailed(String),
 }
 
+/// A step of [`Provider::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckStep {
+    /// The discovery document: fetched, JSON, naming the configured issuer.
+    Discovery,
+    /// The JWKS the document names: fetched, with at least one signature key.
+    Jwks,
+}
+
+impl CheckStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStep::Discovery => "discovery document",
+            CheckStep::Jwks => "JWKS",
+        }
+    }
+}
+
 /// What discovery found: the connection's one key cache. The ID-token verifier (inside
 /// `client`) and `keys` (for bearer and logout tokens) hold the same JWKS, fetched together.
 pub struct Discovered {
@@ -294,6 +312,92 @@ impl Provider {
             *slot = Some(discovered);
         }
         Ok(())
+    }
+
+    /// `gatehouse check-config --connect`: fetches the discovery document and the JWKS the way
+    /// discovery does, step by step, so each step's result can be reported on its own: the
+    /// document (and that it names the configured issuer exactly), then the JWKS and its
+    /// signature keys. Stops at the first failing step.
+    pub async fn check(&self) -> Vec<(CheckStep, Result<String, String>)> {
+        let mut report = Vec::new();
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.connection.issuer.trim_end_matches('/')
+        );
+        let document = match self.get_json(&url).await {
+            Ok(document) => document,
+            Err(e) => {
+                report.push((CheckStep::Discovery, Err(e)));
+                return report;
+            }
+        };
+        let named = document.get("issuer").and_then(Value::as_str);
+        if named != Some(self.connection.issuer.as_str()) {
+            let named = named.map_or_else(|| "no issuer".to_string(), |i| format!("`{i}`"));
+            report.push((
+                CheckStep::Discovery,
+                Err(format!(
+                    "{url} names {named}, not the configured issuer `{}`: set issuer to exactly what the IdP names",
+                    self.connection.issuer
+                )),
+            ));
+            return report;
+        }
+        let missing: Vec<&str> = ["authorization_endpoint", "token_endpoint", "jwks_uri"]
+            .into_iter()
+            .filter(|key| document.get(*key).and_then(Value::as_str).is_none())
+            .collect();
+        if !missing.is_empty() {
+            report.push((
+                CheckStep::Discovery,
+                Err(format!("{url} lacks {}", missing.join(", "))),
+            ));
+            return report;
+        }
+        report.push((CheckStep::Discovery, Ok(format!("{url} names the issuer"))));
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let keys = match self.get_json(jwks_uri).await.and_then(|jwks| {
+            serde_json::to_vec(&jwks)
+                .map_err(|e| e.to_string())
+                .and_then(|body| super::bearer::parse_jwks(&body))
+        }) {
+            Ok(keys) => keys,
+            Err(e) => {
+                report.push((CheckStep::Jwks, Err(e)));
+                return report;
+            }
+        };
+        report.push((
+            CheckStep::Jwks,
+            if keys.keys.is_empty() {
+                Err(format!("{jwks_uri} holds no signature key"))
+            } else {
+                Ok(format!("{jwks_uri}: {} signature key(s)", keys.keys.len()))
+            },
+        ));
+        report
+    }
+
+    /// A GET that must answer 200 with JSON; the error names the URL.
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{url} is not JSON: {e}"))
     }
 
     /// Keys newer than `seen` (which lacked the key a token names): ones another request
