@@ -269,6 +269,8 @@ fn every_fail_open_mistake_is_reported_with_its_key_and_the_fix() {
         ("an upstream no route reaches", format!("{CONNECTION}[[upstreams]]\nurl = \"http://127.0.0.1:10\"\n"), Warning, "upstreams[1].path_prefix", &["upstreams[0] has the same host and path_prefix", "remove it"]),
         ("deny_all with connections", CONNECTION.to_string(), Warning, "server.deny_all", &["remove deny_all"]),
         ("admin listener off loopback", CONNECTION.to_string(), Warning, "server.admin_listen", &["no TLS", "bind it to 127.0.0.1"]),
+        ("secure cookie on plain http", CONNECTION.to_string(), Warning, "session.cookie_secure", &["login.external_url = \"https://", "cookie_secure = false"]),
+        ("idle timeout beyond the lifetime", format!("{CONNECTION}[session]\nlifetime = \"1h\"\nidle_timeout = \"90min\"\n"), Warning, "session.idle_timeout", &["5400s is longer than session.lifetime (3600s)"]),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (what, body, outcome, key, fixes) in cases {
@@ -313,7 +315,7 @@ fn a_config_without_mistakes_passes_without_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"),
+        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[login]\nexternal_url = \"https://app.example.com\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"),
     );
     let (code, stdout, stderr) = check_config(&path);
     assert_eq!((code, stdout.trim(), stderr.trim()), (0, "ok", ""));
@@ -447,5 +449,41 @@ fn a_store_that_cannot_be_opened_names_store_data_dir_and_the_user() {
         lines[0].contains("store.data_dir") && lines[0].contains("needs write access"),
         "{}",
         lines[0]
+    );
+}
+
+/// A value set by a `GATEHOUSE__SECTION__KEY` variable is checked like the file's: a good one
+/// passes (`1h30m`), a bad one is reported at its key path with the variable named (exit 2).
+#[test]
+fn environment_overrides_are_checked_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[login]\nexternal_url = \"https://app.example.com\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}"),
+    );
+    let check = |value: &str| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("GATEHOUSE__SESSION__LIFETIME", value)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = check("1h30m");
+    assert_eq!((code, stdout.trim(), stderr.trim()), (Some(0), "ok", ""));
+    let (code, _, stderr) = check("forever");
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("session.lifetime:"))
+        .unwrap_or_else(|| panic!("no session.lifetime line in\n{stderr}"));
+    assert!(
+        line.contains("set by the environment variable GATEHOUSE__SESSION__LIFETIME"),
+        "{line}"
     );
 }
