@@ -99,6 +99,43 @@ pub enum OidcError {
     TokenInvalid(String),
     #[error("the refresh failed: {0}")]
     RefreshFailed(String),
+    /// The token endpoint refused Gatehouse's client credentials (`invalid_client`,
+    /// `unauthorized_client`): almost always a wrong secret or client id in the config.
+    #[error("the IdP refused this client at its token endpoint ({code}{description}): check client_id and client_secret (or client_secret_file / client_secret_env) of connection `{connection}` against the client registered at the IdP, and that the IdP client is confidential with client_secret_basic")]
+    ClientRejected {
+        connection: String,
+        code: String,
+        description: String,
+    },
+}
+
+/// A token-endpoint error as an [`OidcError`]: a refusal of the client credentials becomes
+/// [`OidcError::ClientRejected`] (with the likely fix), anything else `other`.
+fn token_error<RE: std::error::Error + 'static>(
+    connection: &str,
+    e: openidconnect::RequestTokenError<
+        RE,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
+    other: fn(String) -> OidcError,
+) -> OidcError {
+    use openidconnect::core::CoreErrorResponseType as Code;
+    if let openidconnect::RequestTokenError::ServerResponse(response) = &e {
+        if matches!(
+            response.error(),
+            Code::InvalidClient | Code::UnauthorizedClient
+        ) {
+            return OidcError::ClientRejected {
+                connection: connection.to_string(),
+                code: response.error().to_string(),
+                description: response
+                    .error_description()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default(),
+            };
+        }
+    }
+    other(error_chain(&e))
 }
 
 /// A step of [`Provider::check`].
@@ -493,7 +530,7 @@ impl Provider {
             .set_redirect_uri(Cow::Owned(redirect))
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::ExchangeFailed(error_chain(&e)))?;
+            .map_err(|e| token_error(&self.connection.id, e, OidcError::ExchangeFailed))?;
         let id_token = response
             .id_token()
             .ok_or_else(|| OidcError::TokenInvalid("the token response has no id_token".into()))?;
@@ -594,7 +631,7 @@ impl Provider {
             .map_err(|e| OidcError::RefreshFailed(e.to_string()))?
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::RefreshFailed(error_chain(&e)))?;
+            .map_err(|e| token_error(&self.connection.id, e, OidcError::RefreshFailed))?;
         if let Some(id_token) = response.id_token() {
             let verify = |d: &Discovered| {
                 let verifier = d

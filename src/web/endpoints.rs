@@ -442,9 +442,10 @@ async fn callback(
         Err(refusal) => {
             let result = refusal.result();
             auth.metrics.login(&connection, result);
-            tracing::warn!(connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
+            tracing::warn!(request_id, connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
             let body = html! {
                 (templates::para(&refusal.message()))
+                (templates::request_id(request_id))
                 @match refusal {
                     Refusal::MfaConflict => (super::mfa::local_sign_ins(auth, "/")),
                     _ => (templates::sign_in_again()),
