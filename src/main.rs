@@ -69,12 +69,18 @@ enum UsersCommand {
     List {
         #[arg(long)]
         json: bool,
+        /// With --json: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
-    /// One account, by id or email.
+    /// One account, by id, email or username.
     Show {
         user: String,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored record, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Create a local account (to be linked by email at its first login).
     Add {
@@ -107,6 +113,9 @@ enum UsersCommand {
     Export {
         #[arg(long, value_parser = ["json", "csv"], default_value = "json")]
         format: String,
+        /// With JSON: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// The audit log, of one account or all.
     Audit {
@@ -122,6 +131,9 @@ enum UsersCommand {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -132,6 +144,9 @@ enum MfaCommand {
         user: String,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored record, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Remove the TOTP factor: the user enrols again at the next login (audited).
     Reset { user: String },
@@ -158,10 +173,15 @@ enum AttrChange {
 
 /// The operation and how to print its answer.
 fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
-    let as_format = |json: bool| if json { Format::Json } else { Format::Table };
+    // `--raw` means JSON: the stored record, internal fields included.
+    let as_format = |json: bool, raw: bool| match (json, raw) {
+        (_, true) => Format::RawJson,
+        (true, false) => Format::Json,
+        (false, false) => Format::Table,
+    };
     Ok(match command {
-        UsersCommand::List { json } => (UserOp::List, as_format(json)),
-        UsersCommand::Show { user, json } => (UserOp::Show { user }, as_format(json)),
+        UsersCommand::List { json, raw } => (UserOp::List, as_format(json, raw)),
+        UsersCommand::Show { user, json, raw } => (UserOp::Show { user }, as_format(json, raw)),
         UsersCommand::Add { username, email } => (UserOp::Add { username, email }, Format::Table),
         UsersCommand::Disable { user } => (UserOp::Disable { user }, Format::Table),
         UsersCommand::Enable { user } => (UserOp::Enable { user }, Format::Table),
@@ -177,22 +197,25 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
             AttrChange::Unset { user, name } => (UserOp::AttrUnset { user, name }, Format::Table),
         },
         UsersCommand::Mfa { change } => match change {
-            MfaCommand::Status { user, json } => (UserOp::MfaStatus { user }, as_format(json)),
+            MfaCommand::Status { user, json, raw } => {
+                (UserOp::MfaStatus { user }, as_format(json, raw))
+            }
             MfaCommand::Reset { user } => (UserOp::MfaReset { user }, Format::Table),
         },
-        UsersCommand::Export { format } => (
+        UsersCommand::Export { format, raw } => (
             UserOp::Export,
             if format == "csv" {
                 Format::Csv
             } else {
-                Format::Json
+                as_format(true, raw)
             },
         ),
-        UsersCommand::Audit { user, json } => (UserOp::Audit { user }, as_format(json)),
+        UsersCommand::Audit { user, json } => (UserOp::Audit { user }, as_format(json, false)),
         UsersCommand::Prune {
             inactive,
             dry_run,
             json,
+            raw,
         } => {
             let inactive = gatehouse::config::duration::parse_duration(&inactive)
                 .map_err(|e| format!("--inactive: {e}"))?;
@@ -201,7 +224,7 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
                     inactive_secs: inactive.as_secs(),
                     dry_run,
                 },
-                as_format(json),
+                as_format(json, raw),
             )
         }
     })
