@@ -10,7 +10,7 @@ mod idp;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{start_echo, start_with};
+use common::{client, start_echo, start_with};
 use idp::{client_config, Browser, TestIdp};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -118,5 +118,95 @@ async fn a_wrong_client_secret_logs_the_fix_and_the_page_shows_the_request_id() 
         "connection `corp`",
     ] {
         assert!(line.contains(hint), "`{hint}` missing from {line}");
+    }
+}
+
+/// What the app behind Gatehouse gets as `traceparent` (every value) for a request that
+/// sends these, and the request id Gatehouse gave it.
+async fn upstream_traceparents(
+    gh: &common::Harness,
+    sent: &[&str],
+    tracestate: bool,
+) -> (Vec<String>, Option<String>, String) {
+    let mut request = client().get(gh.url("/traced"));
+    for value in sent {
+        request = request.header("traceparent", *value);
+    }
+    if tracestate {
+        request = request.header("tracestate", "vendor=value");
+    }
+    let echo: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+    let headers = &echo["headers"];
+    let values = headers["traceparent"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    let state = headers["tracestate"][0].as_str().map(str::to_string);
+    let request_id = headers["x-request-id"][0].as_str().unwrap().to_string();
+    (values, state, request_id)
+}
+
+/// W3C trace context: a valid incoming `traceparent` reaches the app unchanged (with its
+/// `tracestate`); none, an invalid one or two of them give the app one new valid value (and
+/// an invalid one's `tracestate` is dropped); and the access line names the trace id.
+#[tokio::test]
+async fn traceparent_is_kept_or_made_passed_upstream_and_logged() {
+    logs();
+    let upstream = start_echo().await;
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n[log]\naccess_log = true\n[[upstreams]]\nurl = \"http://{upstream}\"\n[[public]]\npath = \"/\"\nmatch = \"prefix\"\n"
+    );
+    let gh = start_with(upstream, &config);
+    gh.wait_ready().await;
+    let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (values, state, request_id) = upstream_traceparents(&gh, &[valid], true).await;
+    assert_eq!(values, [valid]);
+    assert_eq!(state.as_deref(), Some("vendor=value"));
+    let access = |request_id: &str| {
+        let log = logs();
+        log.lines()
+            .find(|l| l.contains("gatehouse::access") && l.contains(request_id))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no access line for {request_id}:\n{log}"))
+    };
+    let trace_id = |value: &str| value.split('-').nth(1).unwrap().to_string();
+    // The access line is written after the response: wait for it.
+    for _ in 0..100 {
+        if logs().contains(&request_id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        access(&request_id).contains(&format!("trace_id=\"{}\"", trace_id(valid))),
+        "{}",
+        access(&request_id)
+    );
+    let invalid = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+    for (sent, with_state) in [
+        (vec![], false),
+        (vec![invalid], true),
+        (vec!["garbage"], false),
+        (vec![valid, valid], false),
+    ] {
+        let (values, state, request_id) = upstream_traceparents(&gh, &sent, with_state).await;
+        assert_eq!(values.len(), 1, "{sent:?}: {values:?}");
+        let made = &values[0];
+        assert!(
+            gatehouse::ids::TraceParent::parse(made).is_some() && made != valid && made != invalid,
+            "{sent:?}: {made}"
+        );
+        assert_eq!(state, None, "{sent:?}");
+        for _ in 0..100 {
+            if logs().contains(&request_id) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let line = access(&request_id);
+        assert!(
+            line.contains(&format!("trace_id=\"{}\"", trace_id(made))),
+            "{line}"
+        );
     }
 }

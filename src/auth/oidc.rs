@@ -202,6 +202,26 @@ pub struct Provider {
     clock: Clock,
 }
 
+/// The connection's HTTP client with a request's W3C `traceparent` added to every call.
+struct Traced<'a> {
+    http: &'a openidconnect::reqwest::Client,
+    traceparent: Option<http::HeaderValue>,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Traced<'_> {
+    type Error = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
+    type Future = <openidconnect::reqwest::Client as openidconnect::AsyncHttpClient<'c>>::Future;
+
+    fn call(&'c self, mut request: openidconnect::HttpRequest) -> Self::Future {
+        if let Some(value) = &self.traceparent {
+            request
+                .headers_mut()
+                .insert(crate::ids::TRACEPARENT, value.clone());
+        }
+        self.http.call(request)
+    }
+}
+
 /// The claims of a JWT whose signature has already been checked.
 pub fn jwt_payload(jwt: &str) -> Option<Map<String, Value>> {
     let payload = jwt.split('.').nth(1)?;
@@ -236,6 +256,15 @@ impl Provider {
             discovered_on_demand: tokio::sync::Notify::new(),
             clock,
         })
+    }
+
+    /// The HTTP client for one request's IdP calls: each carries `traceparent` when one is
+    /// given (a valid one: the proxy checked or made it).
+    fn traced(&self, traceparent: Option<&str>) -> Traced<'_> {
+        Traced {
+            http: &self.http,
+            traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()),
+        }
     }
 
     /// "Now" for openidconnect's ID-token checks (`exp`), read on the clock.
@@ -512,12 +541,14 @@ impl Provider {
     }
 
     /// Exchanges the code and verifies the ID token.
+    /// `traceparent` (the browser request's W3C trace context) goes with the token request.
     pub async fn exchange(
         &self,
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
         redirect_uri: &str,
+        traceparent: Option<&str>,
     ) -> Result<LoginResult, OidcError> {
         let d = self.discovered()?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
@@ -528,7 +559,7 @@ impl Provider {
             .map_err(|e| OidcError::ExchangeFailed(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .set_redirect_uri(Cow::Owned(redirect))
-            .request_async(&self.http)
+            .request_async(&self.traced(traceparent))
             .await
             .map_err(|e| token_error(&self.connection.id, e, OidcError::ExchangeFailed))?;
         let id_token = response

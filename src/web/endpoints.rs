@@ -506,7 +506,17 @@ async fn finish_login(
         .filter(|c| !c.is_empty())
         .ok_or(Refusal::StateInvalid("The answer has no code."))?;
     let result = provider
-        .exchange(code, &login.verifier, &login.nonce, &login.redirect_uri)
+        .exchange(
+            code,
+            &login.verifier,
+            &login.nonce,
+            &login.redirect_uri,
+            session
+                .req_header()
+                .headers
+                .get(crate::ids::TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        )
         .await
         .map_err(|e| match e {
             OidcError::TokenInvalid(_) => Refusal::TokenInvalid(e),
