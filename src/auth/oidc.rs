@@ -800,6 +800,53 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// The HTTP client of a request's IdP calls sends its `traceparent`; without one it
+    /// sends none.
+    #[tokio::test]
+    async fn idp_calls_carry_the_requests_traceparent() {
+        use openidconnect::AsyncHttpClient;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                seen.push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            }
+            seen
+        });
+        let provider = provider(Clock::system());
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for traceparent in [Some(trace), None] {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/token"))
+                .body(Vec::new())
+                .unwrap();
+            let response = provider.traced(traceparent).call(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let seen = server.await.unwrap();
+        assert!(
+            seen[0].contains(&format!("traceparent: {trace}")),
+            "{}",
+            seen[0]
+        );
+        assert!(!seen[1].contains("traceparent"), "{}", seen[1]);
+    }
+
     #[test]
     fn a_jwt_payload_is_read_and_garbage_is_not() {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"a"}"#);
