@@ -10,6 +10,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# pingora-proxy patched for cloudflare/pingora#946 (see vendor/pingora-proxy/PATCHED.md)
+COPY vendor ./vendor
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples

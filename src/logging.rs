@@ -73,6 +73,8 @@ pub struct AccessLine<'a> {
     pub upstream: Option<&'a str>,
     pub client: Option<IpAddr>,
     pub request_id: &'a str,
+    /// The W3C trace id (`traceparent`) the upstream got, so an app's logs join up.
+    pub trace_id: &'a str,
     pub user: Option<&'a str>,
     pub error: Option<&'static str>,
 }
@@ -90,6 +92,7 @@ pub fn access_line(line: &AccessLine<'_>) {
         upstream = line.upstream.unwrap_or("-"),
         client = %line.client.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
         request_id = line.request_id,
+        trace_id = if line.trace_id.is_empty() { "-" } else { line.trace_id },
         user = line.user.unwrap_or("-"),
         error = line.error.unwrap_or("-"),
     );

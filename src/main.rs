@@ -34,6 +34,7 @@ enum Command {
         config: PathBuf,
     },
     /// Check a config file: print every problem with its key path (exit 2), or "ok".
+    /// Without `--connect` it makes no network call and touches no file but the config.
     CheckConfig {
         #[arg(
             long,
@@ -42,6 +43,10 @@ enum Command {
             default_value = "config/gatehouse.toml"
         )]
         config: PathBuf,
+        /// Also fetch each issuer's discovery document and JWKS, and open and write the
+        /// store; report each result (exit 1 when one fails).
+        #[arg(long)]
+        connect: bool,
     },
     /// Manage local accounts: on the store file, or through a running server's admin API.
     Users {
@@ -64,12 +69,18 @@ enum UsersCommand {
     List {
         #[arg(long)]
         json: bool,
+        /// With --json: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
-    /// One account, by id or email.
+    /// One account, by id, email or username.
     Show {
         user: String,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored record, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Create a local account (to be linked by email at its first login).
     Add {
@@ -102,6 +113,9 @@ enum UsersCommand {
     Export {
         #[arg(long, value_parser = ["json", "csv"], default_value = "json")]
         format: String,
+        /// With JSON: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// The audit log, of one account or all.
     Audit {
@@ -117,6 +131,9 @@ enum UsersCommand {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored records, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -127,6 +144,9 @@ enum MfaCommand {
         user: String,
         #[arg(long)]
         json: bool,
+        /// With --json: the stored record, internal fields included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Remove the TOTP factor: the user enrols again at the next login (audited).
     Reset { user: String },
@@ -153,10 +173,15 @@ enum AttrChange {
 
 /// The operation and how to print its answer.
 fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
-    let as_format = |json: bool| if json { Format::Json } else { Format::Table };
+    // `--raw` means JSON: the stored record, internal fields included.
+    let as_format = |json: bool, raw: bool| match (json, raw) {
+        (_, true) => Format::RawJson,
+        (true, false) => Format::Json,
+        (false, false) => Format::Table,
+    };
     Ok(match command {
-        UsersCommand::List { json } => (UserOp::List, as_format(json)),
-        UsersCommand::Show { user, json } => (UserOp::Show { user }, as_format(json)),
+        UsersCommand::List { json, raw } => (UserOp::List, as_format(json, raw)),
+        UsersCommand::Show { user, json, raw } => (UserOp::Show { user }, as_format(json, raw)),
         UsersCommand::Add { username, email } => (UserOp::Add { username, email }, Format::Table),
         UsersCommand::Disable { user } => (UserOp::Disable { user }, Format::Table),
         UsersCommand::Enable { user } => (UserOp::Enable { user }, Format::Table),
@@ -172,22 +197,25 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
             AttrChange::Unset { user, name } => (UserOp::AttrUnset { user, name }, Format::Table),
         },
         UsersCommand::Mfa { change } => match change {
-            MfaCommand::Status { user, json } => (UserOp::MfaStatus { user }, as_format(json)),
+            MfaCommand::Status { user, json, raw } => {
+                (UserOp::MfaStatus { user }, as_format(json, raw))
+            }
             MfaCommand::Reset { user } => (UserOp::MfaReset { user }, Format::Table),
         },
-        UsersCommand::Export { format } => (
+        UsersCommand::Export { format, raw } => (
             UserOp::Export,
             if format == "csv" {
                 Format::Csv
             } else {
-                Format::Json
+                as_format(true, raw)
             },
         ),
-        UsersCommand::Audit { user, json } => (UserOp::Audit { user }, as_format(json)),
+        UsersCommand::Audit { user, json } => (UserOp::Audit { user }, as_format(json, false)),
         UsersCommand::Prune {
             inactive,
             dry_run,
             json,
+            raw,
         } => {
             let inactive = gatehouse::config::duration::parse_duration(&inactive)
                 .map_err(|e| format!("--inactive: {e}"))?;
@@ -196,7 +224,7 @@ fn user_op(command: UsersCommand) -> Result<(UserOp, Format), String> {
                     inactive_secs: inactive.as_secs(),
                     dry_run,
                 },
-                as_format(json),
+                as_format(json, raw),
             )
         }
     })
@@ -267,13 +295,97 @@ fn load_checked(
     Ok((config, warnings))
 }
 
+/// `check-config --connect`: each connection's discovery document and JWKS, then the store
+/// (a file written in the data dir, then the store opened and a write committed). Prints one
+/// line per check on stdout (`ok` or `FAILED`, with what was found); returns how many failed.
+fn connect_checks(config: &gatehouse::config::Config) -> usize {
+    let mut failed = 0;
+    let mut report = |what: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok      {what}: {detail}"),
+        Err(e) => {
+            failed += 1;
+            println!("FAILED  {what}: {}", gatehouse::text::Escaped(&e));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            report("network checks", Err(format!("no async runtime: {e}")));
+            return failed;
+        }
+    };
+    for (i, connection) in config.connections.iter().enumerate() {
+        let name = format!("connections[{i}] ({})", connection.id);
+        let provider = match gatehouse::auth::oidc::Provider::new(
+            connection.clone(),
+            gatehouse::clock::Clock::system(),
+        ) {
+            Ok(provider) => provider,
+            Err(e) => {
+                report(&name, Err(e));
+                continue;
+            }
+        };
+        for (step, result) in runtime.block_on(provider.check()) {
+            report(&format!("{name} {}", step.as_str()), result);
+        }
+    }
+    if config.connections.is_empty() {
+        report(
+            "store",
+            Ok("not used (no connections: deny_all)".to_string()),
+        );
+        return failed;
+    }
+    let dir = &config.data_dir;
+    let probe = dir.join(format!(".check-config-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"gatehouse check-config\n"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    let user = gatehouse::store::process_user();
+    report(
+        "store.data_dir",
+        written
+            .map(|()| format!("{} is writable by {user}", dir.display()))
+            .map_err(|e| {
+                format!(
+                    "cannot write in {}: {e} (store.data_dir: {user} needs write access)",
+                    dir.display()
+                )
+            }),
+    );
+    let store = match gatehouse::store::Store::open(dir) {
+        Ok(store) => store
+            .write(|_| Ok(()))
+            .map(|()| format!("{} opened and a write committed", store.path().display()))
+            .map_err(|e| e.to_string()),
+        Err(gatehouse::store::StoreError::Locked(path)) => Ok(format!(
+            "{} is open in a running gatehouse (not checked further)",
+            path.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    report("store", store);
+    failed
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load_checked(&config) {
-            Ok((_, warnings)) => {
+        Command::CheckConfig { config, connect } => match load_checked(&config) {
+            Ok((config, warnings)) => {
                 for warning in warnings {
                     eprintln!("warning: {warning}");
+                }
+                if connect {
+                    let failed = connect_checks(&config);
+                    if failed > 0 {
+                        eprintln!("gatehouse check-config: {failed} check(s) failed");
+                        return ExitCode::from(EXIT_START);
+                    }
                 }
                 println!("ok");
                 ExitCode::SUCCESS
@@ -303,8 +415,12 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("gatehouse: {e}");
+                    // Once: the log goes to stderr too, unless its level hides errors.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e}");
+                    } else {
+                        eprintln!("gatehouse: {e}");
+                    }
                     ExitCode::from(EXIT_START)
                 }
             }

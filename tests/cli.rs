@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "common/idp.rs"]
+mod idp;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 fn repo(path: &str) -> PathBuf {
@@ -129,9 +132,11 @@ fn a_taken_port_is_a_startup_error() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("cannot listen on {port} ({what} listener)")),
-            "{stderr}"
+        let message = format!("cannot listen on {port} ({what} listener)");
+        assert_eq!(
+            stderr.matches(&message).count(),
+            1,
+            "printed once: {stderr}"
         );
     }
 }
@@ -264,6 +269,8 @@ fn every_fail_open_mistake_is_reported_with_its_key_and_the_fix() {
         ("an upstream no route reaches", format!("{CONNECTION}[[upstreams]]\nurl = \"http://127.0.0.1:10\"\n"), Warning, "upstreams[1].path_prefix", &["upstreams[0] has the same host and path_prefix", "remove it"]),
         ("deny_all with connections", CONNECTION.to_string(), Warning, "server.deny_all", &["remove deny_all"]),
         ("admin listener off loopback", CONNECTION.to_string(), Warning, "server.admin_listen", &["no TLS", "bind it to 127.0.0.1"]),
+        ("secure cookie on plain http", CONNECTION.to_string(), Warning, "session.cookie_secure", &["login.external_url = \"https://", "cookie_secure = false"]),
+        ("idle timeout beyond the lifetime", format!("{CONNECTION}[session]\nlifetime = \"1h\"\nidle_timeout = \"90min\"\n"), Warning, "session.idle_timeout", &["5400s is longer than session.lifetime (3600s)"]),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (what, body, outcome, key, fixes) in cases {
@@ -308,7 +315,7 @@ fn a_config_without_mistakes_passes_without_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"),
+        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[login]\nexternal_url = \"https://app.example.com\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}[[public]]\npath = \"/docs\"\nmatch = \"prefix\"\n[[access]]\npath = \"/admin\"\nmatch = \"prefix\"\nallowed_groups = [\"admins\"]\n"),
     );
     let (code, stdout, stderr) = check_config(&path);
     assert_eq!((code, stdout.trim(), stderr.trim()), (0, "ok", ""));
@@ -348,5 +355,172 @@ fn serve_stops_at_start_when_an_upstream_host_name_does_not_resolve() {
     assert!(
         stderr.contains("upstreams[1].url: `app.invalid` does not resolve"),
         "{stderr}"
+    );
+}
+
+fn run(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run gatehouse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config with one connection to `issuer` and its store in `data_dir`.
+fn connection_config(dir: &Path, issuer: &str, data_dir: &Path) -> PathBuf {
+    write_config(
+        dir,
+        &format!("[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{}", data_dir.display(), CONNECTION.replace("https://idp.example.com", issuer)),
+    )
+}
+
+/// `check-config --connect` against a live IdP reports the discovery document, the JWKS and
+/// the store, each `ok`; an issuer spelled differently from the one the IdP names
+/// (`localhost` for `127.0.0.1`) fails the discovery step with the fix, and the command exits 1.
+#[tokio::test]
+async fn check_config_connect_reports_discovery_jwks_and_store() {
+    let idp = idp::TestIdp::start(serde_json::json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = connection_config(dir.path(), &idp.issuer, &data);
+    let (code, stdout, stderr) = run(&["check-config", "--connect"], &config);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for line in [
+        "ok      connections[0] (corp) discovery document:",
+        "ok      connections[0] (corp) JWKS:",
+        "ok      store.data_dir:",
+        "ok      store:",
+    ] {
+        assert!(stdout.contains(line), "`{line}` missing from\n{stdout}");
+    }
+    assert_eq!(stdout.lines().last(), Some("ok"));
+    assert!(data.join("gatehouse.redb").exists());
+
+    let config = connection_config(dir.path(), &format!("http://localhost:{}", idp.port), &data);
+    let (code, stdout, stderr) = run(&["check-config", "--connect"], &config);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED  connections[0] (corp) discovery document:"))
+        .unwrap_or_else(|| panic!("no failed discovery line in\n{stdout}"));
+    assert!(line.contains("not the configured issuer"), "{line}");
+    assert!(stderr.contains("1 check(s) failed"), "{stderr}");
+}
+
+/// `check-config --connect` names each failing step: an IdP nobody answers for, and a data
+/// dir that cannot be created (under a regular file, so even root cannot) with the key
+/// `store.data_dir` and the user that needs write access.
+#[test]
+fn check_config_connect_names_each_failing_step() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let config = connection_config(dir.path(), &format!("http://{dead}"), &file.join("data"));
+    let (code, stdout, stderr) = run(&["check-config", "--connect"], &config);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAILED  connections[0] (corp) discovery document:"),
+        "{stdout}"
+    );
+    let store = stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED  store.data_dir:"))
+        .unwrap_or_else(|| panic!("no failed store line in\n{stdout}"));
+    assert!(
+        store.contains("needs write access") && store.contains("uid "),
+        "{store}"
+    );
+    assert!(!stdout.lines().any(|l| l == "ok"), "{stdout}");
+}
+
+/// Without `--connect`, `check-config` makes no network call (a listener standing in for the
+/// IdP is never connected to) and creates nothing (the data dir does not appear).
+#[test]
+fn check_config_without_connect_touches_no_network_and_no_store() {
+    let idp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    idp.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let issuer = format!("http://{}", idp.local_addr().unwrap());
+    let config = connection_config(dir.path(), &issuer, &data);
+    let (code, stdout, stderr) = run(&["check-config"], &config);
+    assert_eq!((code, stdout.trim()), (0, "ok"), "{stderr}");
+    assert_eq!(
+        idp.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "check-config connected to the issuer"
+    );
+    assert!(!data.exists());
+    // The same listener does see `--connect`: the check above could fail.
+    let (code, _, _) = run(&["check-config", "--connect"], &config);
+    assert_eq!(code, 1);
+    assert!(idp.accept().is_ok());
+}
+
+/// A store that cannot be opened stops `serve` with one error line that names the key
+/// `store.data_dir` and the user that needs write access.
+#[test]
+fn a_store_that_cannot_be_opened_names_store_data_dir_and_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let config = connection_config(dir.path(), "http://127.0.0.1:9", &file.join("data"));
+    let (code, _, stderr) = run(&["serve"], &config);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("cannot open the store"))
+        .collect();
+    assert_eq!(lines.len(), 1, "printed once: {stderr}");
+    assert!(
+        lines[0].contains("store.data_dir") && lines[0].contains("needs write access"),
+        "{}",
+        lines[0]
+    );
+}
+
+/// A value set by a `GATEHOUSE__SECTION__KEY` variable is checked like the file's: a good one
+/// passes (`1h30m`), a bad one is reported at its key path with the variable named (exit 2).
+#[test]
+fn environment_overrides_are_checked_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[server]\nadmin_listen = \"127.0.0.1:0\"\n[login]\nexternal_url = \"https://app.example.com\"\n[[upstreams]]\nurl = \"http://127.0.0.1:9\"\n{CONNECTION}"),
+    );
+    let check = |value: &str| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("GATEHOUSE__SESSION__LIFETIME", value)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = check("1h30m");
+    assert_eq!((code, stdout.trim(), stderr.trim()), (Some(0), "ok", ""));
+    let (code, _, stderr) = check("forever");
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("session.lifetime:"))
+        .unwrap_or_else(|| panic!("no session.lifetime line in\n{stderr}"));
+    assert!(
+        line.contains("set by the environment variable GATEHOUSE__SESSION__LIFETIME"),
+        "{line}"
     );
 }

@@ -60,3 +60,24 @@ fn the_dockerfile_matches_the_code_defaults_and_the_container_config() {
     );
     assert_eq!(instruction(&dockerfile, "CMD"), vec!["[\"serve\"]"]);
 }
+
+/// Every local path the build needs is copied into the build stage: the sources, and each
+/// crate `Cargo.toml` patches in from the repository (`vendor/`), or `cargo build --locked`
+/// fails inside the image.
+#[test]
+fn the_image_build_copies_every_path_cargo_needs() {
+    let dockerfile = read("Dockerfile");
+    let copies = instruction(&dockerfile, "COPY").join("\n");
+    let manifest = read("Cargo.toml");
+    let patched = manifest
+        .lines()
+        .filter_map(|l| l.split("path = \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .filter_map(|path| path.split('/').next());
+    for top in patched.chain(["src", "benches", "examples"]) {
+        assert!(
+            copies.lines().any(|c| c.starts_with(&format!("{top} "))),
+            "the Dockerfile does not copy {top}/"
+        );
+    }
+}

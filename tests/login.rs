@@ -541,6 +541,53 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
     assert!(data.path().join("session.keys").exists());
 }
 
+/// An IdP that comes up after Gatehouse: once the background retry has backed off (its next
+/// attempt 16 s away), the first login attempt after the IdP starts runs discovery itself and
+/// the sign-in completes, and the background loop records the IdP as up.
+#[tokio::test]
+async fn a_login_attempt_discovers_an_idp_that_came_up_late_without_waiting_for_the_backoff() {
+    let upstream = start_echo().await;
+    let port = free_port();
+    let idp_port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n[[connections]]\nid = \"late\"\nissuer = \"http://127.0.0.1:{idp_port}\"\nclient_id = \"gatehouse\"\nclient_secret = \"gatehouse-secret\"\n",
+        data.path().display()
+    );
+    let gh = start_with(upstream, &config);
+    // Six failed attempts (0.25 + 0.5 + 1 + 2 + 4 s apart): the next one is 16 s away.
+    let failures = "gatehouse_jwks_refresh_total{connection=\"late\",result=\"failure\"}";
+    for _ in 0..300 {
+        if gh.metric(failures).await >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gh.metric(failures).await >= 6.0,
+        "discovery never backed off"
+    );
+    let idp = TestIdp::start_on_port(
+        serde_json::json!({"clients": [client_config(
+            "gatehouse",
+            "gatehouse-secret",
+            vec![format!("{base}/oauth2/callback")],
+            vec![],
+            None,
+        )]}),
+        idp_port,
+    )
+    .await;
+    let journey = Browser::new()
+        .follow(&gh.url("/reports"), Some(("alice", "alice-pw")))
+        .await;
+    assert_eq!(journey.status, 200, "{:?}\n{}", journey.hops, idp.stderr());
+    assert_eq!(echo_json(&journey.body)["path"], "/reports");
+    let up = "gatehouse_idp_up{connection=\"late\"}";
+    assert_eq!(gh.metric_reaching(up, 1.0).await, 1.0);
+}
+
 /// A JWT access token from the IdP (client credentials with a resource indicator) is
 /// accepted as a bearer token with no cookie; a broken one gets 401 `invalid_token`.
 #[tokio::test]

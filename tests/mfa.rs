@@ -323,6 +323,8 @@ fn check_config_warns_about_the_jit_off_conflict_and_not_about_the_fixed_config(
             &path,
             format!(
                 r#"
+[login]
+external_url = "https://app.example.com"
 [[upstreams]]
 url = "http://127.0.0.1:1"
 [[access]]

@@ -54,8 +54,9 @@ fn offline_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// With no server running, every command works on the store file, prints a table for
-/// people and JSON or CSV for scripts, and audits each change.
+/// With no server running, every command works on the store file (naming an account by id,
+/// email or username), prints a table for people and JSON or CSV for scripts (JSON without
+/// internal fields unless `--raw`), and audits each change.
 #[test]
 fn the_cli_round_trips_on_the_store_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,6 +68,21 @@ fn the_cli_round_trips_on_the_store_file() {
     ok(&config, &["roles", "add", &id, "editor"]);
     ok(&config, &["attrs", "set", &id, "desk", "4F"]);
     let shown = ok(&config, &["show", "alice@example.com"]);
+    // By username too (any case), and `--json` leaves out the internal fields, `--raw` not.
+    let by_name: Value = serde_json::from_str(&ok(&config, &["show", "ALICE", "--json"])).unwrap();
+    assert_eq!(by_name["id"], id.as_str());
+    for internal in ["version", "sealed_secret", "recovery_hashes", "failures"] {
+        assert!(
+            by_name.get(internal).is_none() && by_name["mfa"].get(internal).is_none(),
+            "{internal}: {by_name}"
+        );
+    }
+    let raw: Value =
+        serde_json::from_str(&ok(&config, &["show", "alice", "--json", "--raw"])).unwrap();
+    assert!(
+        raw.get("version").is_some() && raw["mfa"].get("failures").is_some(),
+        "{raw}"
+    );
     assert!(
         shown.contains("editor") && shown.contains("desk=4F"),
         "{shown}"

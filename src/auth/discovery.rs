@@ -1,7 +1,8 @@
-//! Background work of the login machinery. Discovery: each connection's metadata and keys are fetched at startup,
-//! retried with backoff until the IdP answers. Gatehouse serves public routes and existing
-//! sessions meanwhile; with `[server] ready_requires_idp`, `/ready` stays false until every
-//! connection is discovered.
+//! Background work of the login machinery. Discovery: each connection's metadata and keys are
+//! fetched at startup, retried with backoff until the IdP answers; a login attempt meanwhile
+//! runs discovery itself (rate-limited, `Provider::discover_on_demand`) and wakes the retry
+//! loop when it succeeds. Gatehouse serves public routes and existing sessions meanwhile; with
+//! `[server] ready_requires_idp`, `/ready` stays false until every connection is discovered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,12 @@ async fn discover_until_done(
     let id = provider.connection.id.clone();
     let mut wait = FIRST_RETRY;
     loop {
-        match provider.discover().await {
+        // A login attempt may have discovered it meanwhile (`Provider::discover_on_demand`).
+        let outcome = match provider.current() {
+            Some(_) => Ok(()),
+            None => provider.discover().await,
+        };
+        match outcome {
             Ok(()) => {
                 metrics.fetch(&id, FetchResult::Success);
                 metrics.idp_up(&id, true);
@@ -42,7 +48,10 @@ async fn discover_until_done(
             Err(e) => {
                 metrics.fetch(&id, FetchResult::Failure);
                 tracing::warn!(connection = %id, error = %crate::text::Escaped(&e), retry_in_ms = wait.as_millis() as u64, "discovery failed");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = provider.discovered_elsewhere() => {}
+                }
                 wait = (wait * 2).min(LONGEST_RETRY);
             }
         }

@@ -58,6 +58,9 @@ const IAT_SKEW: u64 = 120;
 /// does not hold, at most this often: whatever tokens anyone posts, Gatehouse asks its IdP
 /// no more than once per this period per connection.
 pub const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
+/// A login attempt while a connection is undiscovered runs discovery itself, at most this
+/// often per connection, instead of waiting for the background retry (which backs off to 30 s).
+pub const ON_DEMAND_DISCOVERY_EVERY: Duration = Duration::from_secs(2);
 
 /// The discovery fields Gatehouse reads beyond the core ones: RFC 9207's flag saying the IdP
 /// sends `iss` in its authorization responses.
@@ -96,6 +99,61 @@ pub enum OidcError {
     TokenInvalid(String),
     #[error("the refresh failed: {0}")]
     RefreshFailed(String),
+    /// The token endpoint refused Gatehouse's client credentials (`invalid_client`,
+    /// `unauthorized_client`): almost always a wrong secret or client id in the config.
+    #[error("the IdP refused this client at its token endpoint ({code}{description}): check client_id and client_secret (or client_secret_file / client_secret_env) of connection `{connection}` against the client registered at the IdP, and that the IdP client is confidential with client_secret_basic")]
+    ClientRejected {
+        connection: String,
+        code: String,
+        description: String,
+    },
+}
+
+/// A token-endpoint error as an [`OidcError`]: a refusal of the client credentials becomes
+/// [`OidcError::ClientRejected`] (with the likely fix), anything else `other`.
+fn token_error<RE: std::error::Error + 'static>(
+    connection: &str,
+    e: openidconnect::RequestTokenError<
+        RE,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
+    other: fn(String) -> OidcError,
+) -> OidcError {
+    use openidconnect::core::CoreErrorResponseType as Code;
+    if let openidconnect::RequestTokenError::ServerResponse(response) = &e {
+        if matches!(
+            response.error(),
+            Code::InvalidClient | Code::UnauthorizedClient
+        ) {
+            return OidcError::ClientRejected {
+                connection: connection.to_string(),
+                code: response.error().to_string(),
+                description: response
+                    .error_description()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default(),
+            };
+        }
+    }
+    other(error_chain(&e))
+}
+
+/// A step of [`Provider::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckStep {
+    /// The discovery document: fetched, JSON, naming the configured issuer.
+    Discovery,
+    /// The JWKS the document names: fetched, with at least one signature key.
+    Jwks,
+}
+
+impl CheckStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStep::Discovery => "discovery document",
+            CheckStep::Jwks => "JWKS",
+        }
+    }
 }
 
 /// What discovery found: the connection's one key cache. The ID-token verifier (inside
@@ -135,8 +193,33 @@ pub struct Provider {
     /// When keys were last fetched (discovery included); held across a fetch so that
     /// concurrent requests wait for it instead of fetching again.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a login attempt last ran discovery ([`Provider::discover_on_demand`]).
+    last_on_demand: std::sync::Mutex<Option<Instant>>,
+    /// Signalled when a login attempt's discovery succeeded, so the background retry loop
+    /// records it (metrics, readiness) at once instead of after its backoff.
+    discovered_on_demand: tokio::sync::Notify,
     /// ID-token `exp`/`iat` and access-token expiry are read on it.
     clock: Clock,
+}
+
+/// The connection's HTTP client with a request's W3C `traceparent` added to every call.
+struct Traced<'a> {
+    http: &'a openidconnect::reqwest::Client,
+    traceparent: Option<http::HeaderValue>,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Traced<'_> {
+    type Error = openidconnect::HttpClientError<openidconnect::reqwest::Error>;
+    type Future = <openidconnect::reqwest::Client as openidconnect::AsyncHttpClient<'c>>::Future;
+
+    fn call(&'c self, mut request: openidconnect::HttpRequest) -> Self::Future {
+        if let Some(value) = &self.traceparent {
+            request
+                .headers_mut()
+                .insert(crate::ids::TRACEPARENT, value.clone());
+        }
+        self.http.call(request)
+    }
 }
 
 /// The claims of a JWT whose signature has already been checked.
@@ -169,8 +252,19 @@ impl Provider {
             http,
             discovered: RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
+            last_on_demand: std::sync::Mutex::new(None),
+            discovered_on_demand: tokio::sync::Notify::new(),
             clock,
         })
+    }
+
+    /// The HTTP client for one request's IdP calls: each carries `traceparent` when one is
+    /// given (a valid one: the proxy checked or made it).
+    fn traced(&self, traceparent: Option<&str>) -> Traced<'_> {
+        Traced {
+            http: &self.http,
+            traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()),
+        }
     }
 
     /// "Now" for openidconnect's ID-token checks (`exp`), read on the clock.
@@ -200,6 +294,53 @@ impl Provider {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         self.fetch_metadata().await
+    }
+
+    /// Discovery on behalf of a login attempt while the connection is undiscovered (the IdP
+    /// was down at startup): runs at once, at most every [`ON_DEMAND_DISCOVERY_EVERY`], so a
+    /// login works as soon as the IdP is back. Whether the connection is discovered afterwards.
+    pub async fn discover_on_demand(&self) -> bool {
+        if self.current().is_some() {
+            return true;
+        }
+        let due = match self.last_on_demand.lock() {
+            Ok(mut last) => {
+                let now = Instant::now();
+                let due = last
+                    .is_none_or(|t| now.saturating_duration_since(t) >= ON_DEMAND_DISCOVERY_EVERY);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due {
+            return false;
+        }
+        let mut last = self.last_fetch.lock().await;
+        if self.current().is_some() {
+            // The background loop discovered it while this request waited for the lock.
+            return true;
+        }
+        *last = Some(Instant::now());
+        match self.fetch_metadata().await {
+            Ok(()) => {
+                tracing::info!(connection = %self.connection.id, "identity provider discovered on a login attempt");
+                self.discovered_on_demand.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(connection = %self.connection.id, error = %crate::text::Escaped(&e), "discovery on a login attempt failed");
+                false
+            }
+        }
+    }
+
+    /// Completes once a login attempt's discovery has succeeded (see
+    /// [`Provider::discover_on_demand`]); the background retry loop waits on it with its backoff.
+    pub async fn discovered_elsewhere(&self) {
+        self.discovered_on_demand.notified().await;
     }
 
     async fn fetch_metadata(&self) -> Result<(), OidcError> {
@@ -237,6 +378,92 @@ impl Provider {
             *slot = Some(discovered);
         }
         Ok(())
+    }
+
+    /// `gatehouse check-config --connect`: fetches the discovery document and the JWKS the way
+    /// discovery does, step by step, so each step's result can be reported on its own: the
+    /// document (and that it names the configured issuer exactly), then the JWKS and its
+    /// signature keys. Stops at the first failing step.
+    pub async fn check(&self) -> Vec<(CheckStep, Result<String, String>)> {
+        let mut report = Vec::new();
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.connection.issuer.trim_end_matches('/')
+        );
+        let document = match self.get_json(&url).await {
+            Ok(document) => document,
+            Err(e) => {
+                report.push((CheckStep::Discovery, Err(e)));
+                return report;
+            }
+        };
+        let named = document.get("issuer").and_then(Value::as_str);
+        if named != Some(self.connection.issuer.as_str()) {
+            let named = named.map_or_else(|| "no issuer".to_string(), |i| format!("`{i}`"));
+            report.push((
+                CheckStep::Discovery,
+                Err(format!(
+                    "{url} names {named}, not the configured issuer `{}`: set issuer to exactly what the IdP names",
+                    self.connection.issuer
+                )),
+            ));
+            return report;
+        }
+        let missing: Vec<&str> = ["authorization_endpoint", "token_endpoint", "jwks_uri"]
+            .into_iter()
+            .filter(|key| document.get(*key).and_then(Value::as_str).is_none())
+            .collect();
+        if !missing.is_empty() {
+            report.push((
+                CheckStep::Discovery,
+                Err(format!("{url} lacks {}", missing.join(", "))),
+            ));
+            return report;
+        }
+        report.push((CheckStep::Discovery, Ok(format!("{url} names the issuer"))));
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let keys = match self.get_json(jwks_uri).await.and_then(|jwks| {
+            serde_json::to_vec(&jwks)
+                .map_err(|e| e.to_string())
+                .and_then(|body| super::bearer::parse_jwks(&body))
+        }) {
+            Ok(keys) => keys,
+            Err(e) => {
+                report.push((CheckStep::Jwks, Err(e)));
+                return report;
+            }
+        };
+        report.push((
+            CheckStep::Jwks,
+            if keys.keys.is_empty() {
+                Err(format!("{jwks_uri} holds no signature key"))
+            } else {
+                Ok(format!("{jwks_uri}: {} signature key(s)", keys.keys.len()))
+            },
+        ));
+        report
+    }
+
+    /// A GET that must answer 200 with JSON; the error names the URL.
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{url} is not JSON: {e}"))
     }
 
     /// Keys newer than `seen` (which lacked the key a token names): ones another request
@@ -314,12 +541,14 @@ impl Provider {
     }
 
     /// Exchanges the code and verifies the ID token.
+    /// `traceparent` (the browser request's W3C trace context) goes with the token request.
     pub async fn exchange(
         &self,
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
         redirect_uri: &str,
+        traceparent: Option<&str>,
     ) -> Result<LoginResult, OidcError> {
         let d = self.discovered()?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
@@ -330,9 +559,9 @@ impl Provider {
             .map_err(|e| OidcError::ExchangeFailed(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .set_redirect_uri(Cow::Owned(redirect))
-            .request_async(&self.http)
+            .request_async(&self.traced(traceparent))
             .await
-            .map_err(|e| OidcError::ExchangeFailed(error_chain(&e)))?;
+            .map_err(|e| token_error(&self.connection.id, e, OidcError::ExchangeFailed))?;
         let id_token = response
             .id_token()
             .ok_or_else(|| OidcError::TokenInvalid("the token response has no id_token".into()))?;
@@ -433,7 +662,7 @@ impl Provider {
             .map_err(|e| OidcError::RefreshFailed(e.to_string()))?
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::RefreshFailed(error_chain(&e)))?;
+            .map_err(|e| token_error(&self.connection.id, e, OidcError::RefreshFailed))?;
         if let Some(id_token) = response.id_token() {
             let verify = |d: &Discovered| {
                 let verifier = d
@@ -543,6 +772,79 @@ mod tests {
         assert!(may_fetch(None, start));
         assert!(!may_fetch(Some(start), start + Duration::from_secs(29)));
         assert!(may_fetch(Some(start), start + Duration::from_secs(30)));
+    }
+
+    /// A login attempt's discovery asks the IdP at once, then at most every
+    /// `ON_DEMAND_DISCOVERY_EVERY`: a burst of attempts against a broken IdP makes one request.
+    #[tokio::test]
+    async fn on_demand_discovery_is_rate_limited_per_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let mut connection = provider(Clock::system()).connection;
+        connection.issuer = format!("http://{addr}");
+        let provider = Provider::new(connection, Clock::system()).unwrap();
+        for _ in 0..5 {
+            assert!(!provider.discover_on_demand().await);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        *provider.last_on_demand.lock().unwrap() = Some(Instant::now() - ON_DEMAND_DISCOVERY_EVERY);
+        assert!(!provider.discover_on_demand().await);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// The HTTP client of a request's IdP calls sends its `traceparent`; without one it
+    /// sends none.
+    #[tokio::test]
+    async fn idp_calls_carry_the_requests_traceparent() {
+        use openidconnect::AsyncHttpClient;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                seen.push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            }
+            seen
+        });
+        let provider = provider(Clock::system());
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for traceparent in [Some(trace), None] {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/token"))
+                .body(Vec::new())
+                .unwrap();
+            let response = provider.traced(traceparent).call(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let seen = server.await.unwrap();
+        assert!(
+            seen[0].contains(&format!("traceparent: {trace}")),
+            "{}",
+            seen[0]
+        );
+        assert!(!seen[1].contains("traceparent"), "{}", seen[1]);
     }
 
     #[test]

@@ -197,6 +197,7 @@ pub fn lint(config: &Config) -> Findings {
             ));
         }
     }
+    f.warnings.extend(session_warnings(config));
     if admin_is_exposed(config.server.admin_listen) {
         f.warnings.push(format!(
             "server.admin_listen: {} is not a loopback address and the admin listener has no TLS: /metrics, and the admin API and its token when [admin] token is set, travel in clear to anyone who can reach the port; bind it to 127.0.0.1, or keep the port on a private network only",
@@ -204,6 +205,40 @@ pub fn lint(config: &Config) -> Findings {
         ));
     }
     f
+}
+
+/// Session settings that contradict each other or the listeners (only with connections:
+/// without them no session cookie is ever set).
+fn session_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.connections.is_empty() {
+        return warnings;
+    }
+    let session = &config.session;
+    let https_url = config
+        .login
+        .external_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    if session.cookie_secure
+        && config.server.tls.is_none()
+        && !config.server.listen.is_empty()
+        && !https_url
+        && config.headers.trusted_proxies.is_empty()
+    {
+        warnings.push(
+            "session.cookie_secure: the session cookie is marked Secure, but Gatehouse listens in              plain http (server.listen) with no https login.external_url and no              headers.trusted_proxies to say requests arrive over https: a browser on http never              sends the cookie back and every sign-in loops. Behind a TLS proxy set              login.external_url = \"https://...\" (and headers.trusted_proxies); for local http              testing set cookie_secure = false"
+                .into(),
+        );
+    }
+    if session.idle_timeout > session.lifetime {
+        warnings.push(format!(
+            "session.idle_timeout: {}s is longer than session.lifetime ({}s), so it never ends a              session; shorten idle_timeout or lengthen lifetime",
+            session.idle_timeout.as_secs(),
+            session.lifetime.as_secs()
+        ));
+    }
+    warnings
 }
 
 #[cfg(test)]
@@ -228,6 +263,60 @@ mod tests {
     }
 
     use super::*;
+
+    /// A config with one connection and these `[session]` / `[login]` / `[server]` keys.
+    fn session_lint(server: &str, session: &str, login: &str, headers: &str) -> Vec<String> {
+        let text = format!(
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\n{server}\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n\
+             [[connections]]\nid = \"c\"\nissuer = \"https://idp.example\"\nclient_id = \"g\"\n\
+             client_secret = \"s\"\n[session]\n{session}\n[login]\n{login}\n[headers]\n{headers}\n"
+        );
+        session_warnings(&crate::config::parse(&text).expect("valid"))
+    }
+
+    /// A Secure cookie on a plain-http listener is warned about unless an https
+    /// `external_url`, a trusted proxy (which says the request came over https) or
+    /// `cookie_secure = false` explains it.
+    #[test]
+    fn a_secure_cookie_on_plain_http_is_warned_about_unless_https_is_said() {
+        let warned = session_lint("", "", "", "");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].starts_with("session.cookie_secure:"));
+        assert!(warned[0].contains("login.external_url = \"https://"));
+        for (session, login, headers) in [
+            ("cookie_secure = false", "", ""),
+            ("", "external_url = \"https://app.example.com\"", ""),
+            ("", "", "trusted_proxies = [\"10.0.0.0/8\"]"),
+        ] {
+            assert!(
+                session_lint("", session, login, headers).is_empty(),
+                "{session} {login} {headers}"
+            );
+        }
+        assert_eq!(
+            session_lint("", "", "external_url = \"http://127.0.0.1:8080\"", "").len(),
+            1
+        );
+    }
+
+    /// An idle timeout longer than the lifetime is warned about; equal or shorter is not.
+    #[test]
+    fn an_idle_timeout_beyond_the_lifetime_is_warned_about() {
+        let quiet = "cookie_secure = false";
+        let warned = session_lint(
+            "",
+            &format!("{quiet}\nlifetime = \"1h\"\nidle_timeout = \"2h\""),
+            "",
+            "",
+        );
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0]
+            .starts_with("session.idle_timeout: 7200s is longer than session.lifetime (3600s)"));
+        for idle in ["1h", "30m"] {
+            let text = format!("{quiet}\nlifetime = \"1h\"\nidle_timeout = \"{idle}\"");
+            assert!(session_lint("", &text, "", "").is_empty(), "{idle}");
+        }
+    }
 
     fn lint_of(extra: &str) -> Findings {
         let text = format!(

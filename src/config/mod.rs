@@ -2,6 +2,7 @@
 //! [`validate`] checks it whole and builds the [`model`] that the rest of the crate uses.
 
 pub mod duration;
+pub mod env;
 pub mod file;
 pub mod lint;
 pub mod model;
@@ -41,7 +42,8 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads, parses and validates the config file at `path`.
+/// Reads, parses and validates the config file at `path`, with the process environment's
+/// `GATEHOUSE__SECTION__KEY` overrides applied (see [`env`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -49,12 +51,42 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    parse(&text)
+    let vars = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    parse_with_env(&text, vars)
 }
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let (file, mut errors) = parse_file(text)?;
+    parse_with_env(text, std::iter::empty())
+}
+
+/// [`parse`] with environment overrides (name, value) applied to the TOML document before
+/// it is read: a problem at an overridden key says which variable set it.
+pub fn parse_with_env(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: "(syntax)".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        }])
+    })?;
+    let (overrides, mut env_errors) = env::apply(&mut value, vars);
+    match parse_value(value) {
+        Ok(config) if env_errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(env_errors)),
+        Err(mut errors) => {
+            env::annotate(&mut errors.0, &overrides);
+            env_errors.extend(errors.0);
+            Err(ConfigErrors(env_errors))
+        }
+    }
+}
+
+fn parse_value(value: toml::Value) -> Result<Config, ConfigErrors> {
+    let (file, mut errors) = parse_file(value);
     // The file with its bad keys removed is still validated, so the list is complete.
     match file.map(validate::validate) {
         Some(Ok(config)) if errors.is_empty() => Ok(config),
@@ -66,21 +98,15 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// TOML text to [`file::FileConfig`], reporting every unknown key and type error, not only the
+/// The TOML document to [`file::FileConfig`], reporting every unknown key and type error, not only the
 /// first: after each serde error the offending key is removed and the parse is tried again.
 /// Returns the file as far as it could be read, and the problems met on the way.
-fn parse_file(text: &str) -> Result<(Option<file::FileConfig>, Vec<ConfigError>), ConfigErrors> {
-    let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            path: "(syntax)".into(),
-            message: e.to_string().trim().replace('\n', " "),
-        }])
-    })?;
+fn parse_file(mut value: toml::Value) -> (Option<file::FileConfig>, Vec<ConfigError>) {
     let mut errors = Vec::new();
     // Each round removes one key, so the loop ends; the bound is a belt over the braces.
     for _ in 0..256 {
         match serde_path_to_error::deserialize::<_, file::FileConfig>(value.clone()) {
-            Ok(parsed) => return Ok((Some(parsed), errors)),
+            Ok(parsed) => return (Some(parsed), errors),
             Err(e) => {
                 let path = e.path().to_string();
                 let message = e.into_inner().to_string();
@@ -93,7 +119,7 @@ fn parse_file(text: &str) -> Result<(Option<file::FileConfig>, Vec<ConfigError>)
             }
         }
     }
-    Ok((None, errors))
+    (None, errors)
 }
 
 /// Removes the key at a serde path such as `upstreams[1].url` from a TOML value.

@@ -17,6 +17,8 @@ pub struct RequestCtx {
     pub upstream: Option<usize>,
     pub client: Option<IpAddr>,
     pub request_id: String,
+    /// The W3C trace id of the request's `traceparent` (kept or made in `scrub_headers`).
+    pub trace_id: String,
     /// The bounded reason label when the upstream failed.
     pub upstream_error: Option<crate::metrics::UpstreamError>,
     /// Who the request is from, once authenticated (for the access log).
@@ -40,6 +42,7 @@ impl RequestCtx {
             upstream: None,
             client: None,
             request_id: String::new(),
+            trace_id: String::new(),
             upstream_error: None,
             user: None,
             session: None,

@@ -459,6 +459,7 @@ impl ProxyHttp for Gatehouse {
                 upstream,
                 client: ctx.client,
                 request_id: &ctx.request_id,
+                trace_id: &ctx.trace_id,
                 user: ctx.user.as_deref(),
                 error: ctx
                     .upstream_error

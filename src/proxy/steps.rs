@@ -111,6 +111,7 @@ impl Gatehouse {
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             HeaderEdit::insert(req, wire::X_REQUEST_ID, id);
         }
+        ctx.trace_id = trace_context(req);
         tracing::debug!(request_id = %ctx.request_id, headers = ?Redacted(&req.headers), "request");
         authority
     }
@@ -576,4 +577,31 @@ async fn refuse_bearer(
     );
     respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &extra).await?;
     Ok(Flow::Answered)
+}
+
+/// W3C trace context: one valid incoming `traceparent` is kept as it is; none, several, or an
+/// invalid one is replaced by a new trace (and a `tracestate` that came with an invalid one
+/// is dropped). The upstream gets it, and the IdP calls made for this request. Returns the
+/// trace id for the access line.
+fn trace_context(req: &mut pingora::http::RequestHeader) -> String {
+    use crate::ids::{TraceParent, TRACEPARENT, TRACESTATE};
+    let mut incoming = req.headers.get_all(TRACEPARENT).iter();
+    let kept = match (incoming.next(), incoming.next()) {
+        (Some(one), None) => one.to_str().ok().and_then(TraceParent::parse),
+        _ => None,
+    };
+    let trace = match kept {
+        Some(trace) => trace,
+        None => {
+            if req.headers.contains_key(TRACEPARENT) {
+                HeaderEdit::remove(req, &http::HeaderName::from_static(TRACESTATE));
+            }
+            let trace = TraceParent::generate();
+            if let Ok(value) = HeaderValue::from_str(trace.as_str()) {
+                HeaderEdit::insert(req, TRACEPARENT, value);
+            }
+            trace
+        }
+    };
+    trace.trace_id().to_string()
 }

@@ -33,7 +33,7 @@ pub const FILE_NAME: &str = "gatehouse.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {reason}")]
+    #[error("cannot open the store {path}: {reason} (store.data_dir: the user {user} needs write access to it)", user = process_user())]
     Open { path: PathBuf, reason: String },
     #[error("the store {0} is in use by another process (a running gatehouse?)")]
     Locked(PathBuf),
@@ -41,6 +41,25 @@ pub enum StoreError {
     Db(String),
     #[error("a stored record is unreadable: {0}")]
     Decode(String),
+}
+
+/// The user this process runs as (`name (uid N)`), for errors that say who needs access.
+pub fn process_user() -> String {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+            })
+        });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 impl StoreError {

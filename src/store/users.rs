@@ -173,11 +173,23 @@ macro_rules! read_accessors {
             }
         }
 
-        /// An account by id, else by email.
-        pub fn find_user(&self, id_or_email: &str) -> Result<Option<UserRecord>, StoreError> {
-            match self.user(id_or_email)? {
+        /// The account with this username (without regard to case).
+        pub fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+            let names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
+            match get_id(&names, &username_key(username))? {
+                Some(id) => self.user(&id),
+                None => Ok(None),
+            }
+        }
+
+        /// An account by id, else by email, else by username.
+        pub fn find_user(&self, key: &str) -> Result<Option<UserRecord>, StoreError> {
+            if let Some(user) = self.user(key)? {
+                return Ok(Some(user));
+            }
+            match self.user_by_email(key)? {
                 Some(user) => Ok(Some(user)),
-                None => self.user_by_email(id_or_email),
+                None => self.user_by_username(key),
             }
         }
 

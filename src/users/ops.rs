@@ -14,7 +14,7 @@ use crate::store::{ReadTx, Store, StoreError, Tx};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum UserOp {
     List,
-    /// By id or email.
+    /// By id, email or username (every `user` below is found the same way).
     Show {
         user: String,
     },

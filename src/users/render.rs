@@ -11,8 +11,44 @@ use crate::store::users::UserRecord;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
+    /// `--json`: the account as an operator reads it, without the internal fields (record
+    /// version, sealed secret, recovery-code hashes, failure counter, last TOTP step).
     Json,
+    /// `--json --raw`: the stored record as it is (secrets still masked by `ops::execute`).
+    RawJson,
     Csv,
+}
+
+/// An account for `--json`: what an operator or a script needs, none of the internals.
+/// Field names are those of the stored record, so `--raw` only adds fields.
+fn public_user(u: &UserRecord) -> serde_json::Value {
+    let m = &u.mfa;
+    serde_json::json!({
+        "id": u.id,
+        "username": u.username,
+        "email": u.email,
+        "email_verified": u.email_verified,
+        "display_name": u.display_name,
+        "disabled": u.disabled,
+        "roles": u.roles,
+        "groups": u.groups,
+        "attributes": u.attributes,
+        "local_attributes": u.local_attributes,
+        "links": u.links,
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+        "last_login_at": u.last_login_at,
+        "mfa": {
+            "enrolled": m.is_enrolled(),
+            "enrolled_at": m.enrolled_at,
+            "recovery_codes_left": m.recovery_codes_left(),
+            "locked_until": m.locked_until,
+        },
+    })
+}
+
+fn public_users(users: &[UserRecord]) -> serde_json::Value {
+    serde_json::Value::Array(users.iter().map(public_user).collect())
 }
 
 /// Unix seconds as `2026-12-01T08:35:30Z`; `-` for none.
@@ -242,15 +278,20 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 /// The text to print for an operation's output.
 pub fn render(output: &OpOutput, format: Format) -> String {
     match (output, format) {
-        (OpOutput::Users(users), Format::Json) => json(users),
+        (OpOutput::Users(users), Format::Json) => json(&public_users(users)),
+        (OpOutput::Users(users), Format::RawJson) => json(users),
         (OpOutput::Users(users), Format::Csv) => users_csv(users),
         (OpOutput::Users(users), Format::Table) => users_table(users),
-        (OpOutput::User(user), Format::Json) => json(user),
+        (OpOutput::User(user), Format::Json) => json(&public_user(user)),
+        (OpOutput::User(user), Format::RawJson) => json(user),
         (OpOutput::User(user), Format::Csv) => users_csv(std::slice::from_ref(user)),
         (OpOutput::User(user), Format::Table) => user_details(user),
-        (OpOutput::Audit(entries), Format::Json) => json(entries),
+        (OpOutput::Audit(entries), Format::Json | Format::RawJson) => json(entries),
         (OpOutput::Audit(entries), _) => audit_table(entries),
         (OpOutput::Pruned { users, dry_run }, Format::Json) => {
+            json(&serde_json::json!({ "dry_run": dry_run, "users": public_users(users) }))
+        }
+        (OpOutput::Pruned { users, dry_run }, Format::RawJson) => {
             json(&serde_json::json!({ "dry_run": dry_run, "users": users }))
         }
         (OpOutput::Pruned { users, dry_run }, _) => {
@@ -267,6 +308,42 @@ pub fn render(output: &OpOutput, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--json` leaves out every internal field (version, sealed secret, recovery hashes,
+    /// failure counter, last step) whatever their values; `--raw` keeps them.
+    #[test]
+    fn json_leaves_out_internal_fields_and_raw_keeps_them() {
+        let mut u = UserRecord::new("alice".into(), 0);
+        u.mfa.sealed_secret = Some("[sealed]".into());
+        u.mfa.recovery_hashes = vec!["[hash]".into(); 3];
+        u.mfa.failures = 4;
+        u.mfa.last_used_step = Some(7);
+        u.mfa.enrolled_at = Some(5);
+        let internal = [
+            "\"version\"",
+            "sealed_secret",
+            "recovery_hashes",
+            "failures",
+            "last_used_step",
+        ];
+        for output in [
+            OpOutput::User(Box::new(u.clone())),
+            OpOutput::Users(vec![u.clone()]),
+            OpOutput::Pruned {
+                users: vec![u.clone()],
+                dry_run: true,
+            },
+        ] {
+            let public = render(&output, Format::Json);
+            let raw = render(&output, Format::RawJson);
+            for field in internal {
+                assert!(!public.contains(field), "{field} in {public}");
+                assert!(raw.contains(field), "{field} not in {raw}");
+            }
+            assert!(public.contains("\"recovery_codes_left\": 3"), "{public}");
+            assert!(public.contains("\"username\": \"alice\""), "{public}");
+        }
+    }
 
     #[test]
     fn csv_fields_with_commas_or_quotes_are_quoted() {

@@ -228,6 +228,10 @@ async fn start(
         return bad_callback_address(session).await;
     }
     let redirect_uri = format!("{}{}", external_base(auth, session), paths::CALLBACK);
+    if provider.current().is_none() {
+        // The IdP was down: try it now (rate-limited) rather than wait for the retry backoff.
+        provider.discover_on_demand().await;
+    }
     let authorization = match provider.authorize(&redirect_uri) {
         Ok(a) => a,
         Err(OidcError::BadRedirect(e)) => {
@@ -438,9 +442,10 @@ async fn callback(
         Err(refusal) => {
             let result = refusal.result();
             auth.metrics.login(&connection, result);
-            tracing::warn!(connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
+            tracing::warn!(request_id, connection = %Escaped(&connection), result = result.as_str(), detail = %Escaped(refusal.detail()), "login refused");
             let body = html! {
                 (templates::para(&refusal.message()))
+                (templates::request_id(request_id))
                 @match refusal {
                     Refusal::MfaConflict => (super::mfa::local_sign_ins(auth, "/")),
                     _ => (templates::sign_in_again()),
@@ -501,7 +506,17 @@ async fn finish_login(
         .filter(|c| !c.is_empty())
         .ok_or(Refusal::StateInvalid("The answer has no code."))?;
     let result = provider
-        .exchange(code, &login.verifier, &login.nonce, &login.redirect_uri)
+        .exchange(
+            code,
+            &login.verifier,
+            &login.nonce,
+            &login.redirect_uri,
+            session
+                .req_header()
+                .headers
+                .get(crate::ids::TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        )
         .await
         .map_err(|e| match e {
             OidcError::TokenInvalid(_) => Refusal::TokenInvalid(e),

@@ -60,11 +60,17 @@ impl TestIdp {
     ///
     /// Panics, with the server's stderr, when it does not come up within 20 s.
     pub async fn start(config: serde_json::Value) -> TestIdp {
+        Self::start_on_port(config, 0).await
+    }
+
+    /// [`TestIdp::start`] on a given port (0: the kernel picks), for a test that configures
+    /// Gatehouse with the issuer before the IdP runs.
+    pub async fn start_on_port(config: serde_json::Value, port: u16) -> TestIdp {
         let mut config = config;
         let obj = config
             .as_object_mut()
             .expect("TestIdp::start: the config must be a JSON object");
-        obj.insert("port".into(), 0.into());
+        obj.insert("port".into(), port.into());
         obj.insert("exit_on_stdin_eof".into(), true.into());
 
         tokio::task::spawn_blocking(ensure_npm_dependencies)
