@@ -1107,7 +1107,9 @@ fn issuer_url(text: &str) -> Result<String, String> {
             ));
         }
     }
-    base_url(text, true).map_err(|e| {
+    // Kept exactly as written: discovery compares the document's `issuer` with it to the
+    // letter, and some IdPs (Auth0) name theirs with a trailing `/`.
+    base_url(text, true).map(|_| text.to_string()).map_err(|e| {
         format!(
             "{e}; the issuer is the `issuer` value of the IdP's discovery document, e.g. \
                  \"https://idp.example.com/realms/main\""
@@ -1619,5 +1621,25 @@ mod upstream_address_tests {
         )
         .unwrap();
         assert_eq!(c.server.dns_refresh, MIN_DNS_REFRESH);
+    }
+}
+
+#[cfg(test)]
+mod issuer_tests {
+    /// An issuer is kept to the letter, with or without a trailing `/`: discovery compares
+    /// the document's `issuer` with it exactly, and Auth0 names its issuer with the `/`.
+    #[test]
+    fn an_issuer_is_kept_exactly_as_written() {
+        for issuer in [
+            "https://tenant.auth0.com/",
+            "https://idp.example.com/realms/main",
+        ] {
+            let text = format!(
+                "[[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n[[connections]]\nid = \"c\"\n\
+                 issuer = \"{issuer}\"\nclient_id = \"x\"\nclient_secret = \"y\"\n"
+            );
+            let config = crate::config::parse(&text).unwrap();
+            assert_eq!(config.connections[0].issuer, issuer);
+        }
     }
 }
