@@ -17,6 +17,24 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
+/// `[smtp] security = "none"` to a host that is not this machine: codes and the SMTP password
+/// would cross the network in clear.
+fn smtp_in_clear(config: &Config) -> Option<String> {
+    let smtp = config.mfa.smtp.as_ref()?;
+    let host = smtp.host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (smtp.security == super::model::SmtpSecurity::None && !loopback).then(|| {
+        format!(
+            "smtp.security: \"none\" sends the one-time codes (and any SMTP password) to `{}` in \
+             clear; use \"starttls\" or \"tls\", or a relay on this machine",
+            smtp.host
+        )
+    })
+}
+
 /// Paths Gatehouse answers itself; no `[[public]]` or `[[access]]` rule reaches them.
 const RESERVED_EXACT: &[&str] = &["/ping", "/ready", "/.well-known/gatehouse/jwks.json"];
 const RESERVED_PREFIX: &str = "/oauth2";
@@ -131,6 +149,7 @@ fn admin_is_exposed(addr: SocketAddr) -> bool {
 pub fn lint(config: &Config) -> Findings {
     let mut f = Findings::default();
     f.warnings.extend(accent_contrast(&config.pages));
+    f.warnings.extend(smtp_in_clear(config));
     // Protected routes exist unless one public rule covers every path for every method.
     let all_public = config
         .public

@@ -11,9 +11,11 @@
 //! - [`recovery`]: ten one-time recovery codes, stored as salted hashes.
 //! - [`lockout`]: five failures in a row lock the user out for five minutes ([`LockoutPolicy`]).
 //! - [`qr`]: the `otpauth://` URI as a self-contained inline SVG QR code.
+//! - [`email`]: Email OTP: codes held (hashed) with the pending login, and the SMTP [`email::Mailer`].
 //! - [`enrol`]: [`Enrolment::start`] and [`Enrolment::confirm`]; the secret is saved only once
 //!   the user has typed a valid code.
 
+pub mod email;
 pub mod enrol;
 pub mod gate;
 pub mod lockout;

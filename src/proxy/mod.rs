@@ -127,7 +127,7 @@ impl Gatehouse {
             )),
             _ => None,
         };
-        let mfa_anywhere = config.mfa.totp != MfaLevel::Off
+        let mfa_anywhere = config.mfa.level() != MfaLevel::Off
             || config
                 .connections
                 .iter()

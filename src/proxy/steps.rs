@@ -424,7 +424,7 @@ impl Gatehouse {
             .mfa_level(upstream, method, path)
             .unwrap_or_else(|| match auth.provider(connection) {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.totp,
+                None => auth.mfa.config.level(),
             })
     }
 
