@@ -203,8 +203,10 @@ impl Auth {
             Err(e) => {
                 let label = match &e {
                     SendError::Timeout(_) => EmailSend::Timeout,
-                    SendError::Smtp(_) => EmailSend::Refused,
-                    SendError::Address(_) | SendError::Build(_) => EmailSend::Error,
+                    SendError::Refused(_) => EmailSend::Refused,
+                    SendError::Connection(_) | SendError::Address(_) | SendError::Build(_) => {
+                        EmailSend::Error
+                    }
                 };
                 self.metrics.mfa_email_send(label, seconds);
                 tracing::warn!(user_id, request_id, error = %e, "Email OTP code not sent");

@@ -170,9 +170,12 @@ pub enum SendError {
     Address(String),
     #[error("the mail could not be built: {0}")]
     Build(String),
-    /// The server refused, or the connection or TLS failed: lettre's text with the SMTP reply.
+    /// The server answered with a refusal: lettre's text with the SMTP reply.
+    #[error("SMTP refused: {0}")]
+    Refused(String),
+    /// No conversation: connection, TLS or protocol failure.
     #[error("SMTP: {0}")]
-    Smtp(String),
+    Connection(String),
     #[error("SMTP: no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -251,7 +254,10 @@ impl Mailer {
         match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(SendError::Smtp(e.to_string())),
+            Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
+                Err(SendError::Refused(e.to_string()))
+            }
+            Ok(Err(e)) => Err(SendError::Connection(e.to_string())),
             Err(_) => Err(SendError::Timeout(self.timeout)),
         }
     }
