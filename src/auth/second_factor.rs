@@ -265,10 +265,8 @@ impl Auth {
                         tx.put_user(&user)?;
                         if let FailureOutcome::LockedNow { .. } = outcome {
                             let mut entry = audit(AuditAction::MfaLocked, &uid, &rid, now);
-                            entry.reason = Some(format!(
-                                "{} wrong codes (Email OTP)",
-                                policy.max_failures
-                            ));
+                            entry.reason =
+                                Some(format!("{} wrong codes (Email OTP)", policy.max_failures));
                             tx.append_audit(&entry)?;
                         }
                         Ok(outcome)

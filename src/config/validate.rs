@@ -966,7 +966,10 @@ fn smtp(s: &super::file::SmtpSection, p: &mut Problems) -> Option<super::model::
     use super::model::SmtpSecurity;
     let before = p.0.len();
     if s.host.trim().is_empty() || s.host.contains(['/', ' ', ':']) && !s.host.starts_with('[') {
-        p.add("smtp.host", "must be a host name or address (the port goes in smtp.port)");
+        p.add(
+            "smtp.host",
+            "must be a host name or address (the port goes in smtp.port)",
+        );
     }
     let security = match s.security.as_str() {
         "none" => Some(SmtpSecurity::None),
@@ -983,11 +986,21 @@ fn smtp(s: &super::file::SmtpSection, p: &mut Problems) -> Option<super::model::
     if s.from.parse::<lettre::message::Mailbox>().is_err() {
         p.add(
             "smtp.from",
-            format!("`{}` is not a mail address (e.g. `Gatehouse <no-reply@example.com>`)", s.from),
+            format!(
+                "`{}` is not a mail address (e.g. `Gatehouse <no-reply@example.com>`)",
+                s.from
+            ),
         );
     }
-    let password = if s.password.is_some() || s.password_file.is_some() || s.password_env.is_some() {
-        secret(p, "smtp.password", &s.password, &s.password_file, &s.password_env)
+    let password = if s.password.is_some() || s.password_file.is_some() || s.password_env.is_some()
+    {
+        secret(
+            p,
+            "smtp.password",
+            &s.password,
+            &s.password_file,
+            &s.password_env,
+        )
     } else {
         None
     };
@@ -995,7 +1008,10 @@ fn smtp(s: &super::file::SmtpSection, p: &mut Problems) -> Option<super::model::
         (Some(user), Some(pw)) => Some((user.clone(), Secret(pw))),
         (None, None) => None,
         (Some(_), None) if p.0.len() == before => {
-            p.add("smtp.password", "smtp.username is set: set smtp.password, smtp.password_file or smtp.password_env");
+            p.add(
+                "smtp.password",
+                "smtp.username is set: set smtp.password, smtp.password_file or smtp.password_env",
+            );
             None
         }
         (None, Some(_)) => {
@@ -1071,11 +1087,7 @@ fn mfa(
     let before = p.0.len();
     let email_otp = email_otp(m, p);
     let smtp = smtp_section.and_then(|s| smtp(s, p));
-    if email_otp
-        .as_ref()
-        .is_some_and(|e| e.level != MfaLevel::Off)
-        && smtp_section.is_none()
-    {
+    if email_otp.as_ref().is_some_and(|e| e.level != MfaLevel::Off) && smtp_section.is_none() {
         p.add(
             "mfa.email_otp",
             "Email OTP is on but there is no [smtp] section to send the codes through",

@@ -197,10 +197,7 @@ impl std::fmt::Debug for Mailer {
 
 impl Mailer {
     pub fn new(smtp: &Smtp) -> Result<Self, String> {
-        let from: Mailbox = smtp
-            .from
-            .parse()
-            .map_err(|e| format!("smtp.from: {e}"))?;
+        let from: Mailbox = smtp.from.parse().map_err(|e| format!("smtp.from: {e}"))?;
         let tls = || -> Result<TlsParameters, String> {
             let mut b = TlsParameters::builder(smtp.host.clone());
             if let Some(pem) = &smtp.ca_pem {
@@ -295,7 +292,8 @@ mod tests {
     #[test]
     fn a_resend_replaces_the_previous_code() {
         let first = EmailChallenge::sent(None, "u1", "a", "111111", &policy(), T0);
-        let mut second = EmailChallenge::sent(Some(&first), "u1", "a", "222222", &policy(), T0 + 30);
+        let mut second =
+            EmailChallenge::sent(Some(&first), "u1", "a", "222222", &policy(), T0 + 30);
         assert_eq!(second.sends, 2);
         assert_eq!(second.check("a", "111111", T0 + 31), EmailCheck::Wrong);
         assert_eq!(second.check("a", "222222", T0 + 31), EmailCheck::Accepted);

@@ -61,7 +61,9 @@ impl EmailOtpUnusable {
         match self {
             EmailOtpUnusable::Off => "Email OTP is off ([mfa] email_otp = \"off\")",
             EmailOtpUnusable::NoEmail => "the account has no email address",
-            EmailOtpUnusable::Unverified => "the account's email address is not verified by the IdP",
+            EmailOtpUnusable::Unverified => {
+                "the account's email address is not verified by the IdP"
+            }
         }
     }
 }
@@ -374,7 +376,11 @@ mod tests {
         assert_eq!((off.totp, off.email_otp), (true, false));
         mfa.email_otp.level = MfaLevel::Optional;
         let both = factors(&mfa, false, Some("a@example.com"), true);
-        assert_eq!((both.totp, both.email_otp), (false, true), "totp = off, email on");
+        assert_eq!(
+            (both.totp, both.email_otp),
+            (false, true),
+            "totp = off, email on"
+        );
         mfa.totp = MfaLevel::Optional;
         let both = factors(&mfa, true, Some("a@example.com"), true);
         assert_eq!((both.totp, both.email_otp), (true, true));
@@ -382,8 +388,14 @@ mod tests {
             email_otp_target(&mfa, Some("a@example.com"), false),
             Err(EmailOtpUnusable::Unverified)
         );
-        assert_eq!(email_otp_target(&mfa, None, true), Err(EmailOtpUnusable::NoEmail));
-        assert_eq!(email_otp_target(&mfa, Some("  "), true), Err(EmailOtpUnusable::NoEmail));
+        assert_eq!(
+            email_otp_target(&mfa, None, true),
+            Err(EmailOtpUnusable::NoEmail)
+        );
+        assert_eq!(
+            email_otp_target(&mfa, Some("  "), true),
+            Err(EmailOtpUnusable::NoEmail)
+        );
         assert!(!factors(&mfa, false, Some("a@example.com"), false).any_set_up());
     }
 

@@ -776,8 +776,16 @@ async fn email_send(
     match sent {
         Ok(_) => email_page(auth, session, ctx, None, StatusCode::OK).await,
         Err(EmailSendFailure::Limited(SendRefusal::TooSoon { wait })) => {
-            let msg = format!("A code was sent just now. You can ask for a new one in {wait} seconds.");
-            email_page(auth, session, ctx, Some(&msg), StatusCode::TOO_MANY_REQUESTS).await
+            let msg =
+                format!("A code was sent just now. You can ask for a new one in {wait} seconds.");
+            email_page(
+                auth,
+                session,
+                ctx,
+                Some(&msg),
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+            .await
         }
         Err(EmailSendFailure::Limited(SendRefusal::TooMany)) => {
             let msg = "No more codes can be sent for this sign-in. Use the last code, another factor, or sign in again.";
@@ -785,7 +793,14 @@ async fn email_send(
         }
         Err(EmailSendFailure::Send(_)) => {
             let msg = "We could not send the code; try again or use another factor.";
-            email_page(auth, session, ctx, Some(msg), StatusCode::SERVICE_UNAVAILABLE).await
+            email_page(
+                auth,
+                session,
+                ctx,
+                Some(msg),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await
         }
         Err(EmailSendFailure::Unusable(_)) => {
             show_factor(auth, session, ctx, None, None, StatusCode::FORBIDDEN).await
@@ -829,11 +844,23 @@ async fn email_verify(
             FailureOutcome::LockedNow { until } | FailureOutcome::AlreadyLocked { until },
         )) => {
             count(auth, f, MfaResult::Locked);
-            tracing::warn!(user_id, request_id, until, "MFA locked after too many wrong codes");
+            tracing::warn!(
+                user_id,
+                request_id,
+                until,
+                "MFA locked after too many wrong codes"
+            );
             let body = html! {
                 p id="mfa-locked" { "Too many wrong codes. Try again in " (locked(until)) " minute(s)." }
             };
-            html_page(session, StatusCode::TOO_MANY_REQUESTS, "Locked for now", body, vec![]).await
+            html_page(
+                session,
+                StatusCode::TOO_MANY_REQUESTS,
+                "Locked for now",
+                body,
+                vec![],
+            )
+            .await
         }
         Err(EmailRefusal::Wrong(FailureOutcome::Counted { tries_left })) => {
             count(auth, f, MfaResult::Failure);
@@ -851,6 +878,8 @@ async fn email_verify(
             let msg = "There is no code waiting for this sign-in. Send a new one.";
             email_page(auth, session, ctx, Some(msg), StatusCode::UNAUTHORIZED).await
         }
-        Err(EmailRefusal::Gone) => show_factor(auth, session, ctx, None, None, StatusCode::OK).await,
+        Err(EmailRefusal::Gone) => {
+            show_factor(auth, session, ctx, None, None, StatusCode::OK).await
+        }
     }
 }

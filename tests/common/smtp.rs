@@ -116,7 +116,10 @@ impl SmtpServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no message {n} in the mailbox ({} there)", self.messages().len());
+        panic!(
+            "no message {n} in the mailbox ({} there)",
+            self.messages().len()
+        );
     }
 }
 
@@ -133,12 +136,7 @@ pub fn code_in(mail: &str) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("Subject: "))
         .unwrap_or_else(|| panic!("no subject in {mail}"));
-    subject
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string()
+    subject.rsplit(' ').next().unwrap().trim().to_string()
 }
 
 /// The recipients the server was given for a mail.
