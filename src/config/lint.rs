@@ -248,6 +248,29 @@ mod tests {
 
     use super::*;
 
+    /// `security = "none"` is warned about for any host that is not this machine, in every
+    /// spelling of loopback accepted silently.
+    #[test]
+    fn smtp_in_clear_to_another_host_is_warned_about() {
+        let smtp = |host: &str, security: &str| {
+            lint_of(&format!(
+                "[mfa]\nemail_otp = \"optional\"\n[smtp]\nhost = \"{host}\"\n\
+                 security = \"{security}\"\nfrom = \"g@example.com\"\n"
+            ))
+            .warnings
+            .into_iter()
+            .filter(|w| w.starts_with("smtp.security"))
+            .count()
+        };
+        for host in ["smtp.example.com", "10.0.0.5", "[2001:db8::1]", "localhost.example.com"] {
+            assert_eq!(smtp(host, "none"), 1, "{host}");
+            assert_eq!(smtp(host, "starttls"), 0, "{host}");
+        }
+        for host in ["127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "[::1]"] {
+            assert_eq!(smtp(host, "none"), 0, "{host}");
+        }
+    }
+
     fn lint_of(extra: &str) -> Findings {
         let text = format!(
             "[server]\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n{extra}"

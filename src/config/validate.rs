@@ -1007,7 +1007,9 @@ fn smtp(s: &super::file::SmtpSection, p: &mut Problems) -> Option<super::model::
     let credentials = match (&s.username, password) {
         (Some(user), Some(pw)) => Some((user.clone(), Secret(pw))),
         (None, None) => None,
-        (Some(_), None) if p.0.len() == before => {
+        (Some(_), None)
+            if s.password.is_none() && s.password_file.is_none() && s.password_env.is_none() =>
+        {
             p.add(
                 "smtp.password",
                 "smtp.username is set: set smtp.password, smtp.password_file or smtp.password_env",
