@@ -262,7 +262,12 @@ mod tests {
             .filter(|w| w.starts_with("smtp.security"))
             .count()
         };
-        for host in ["smtp.example.com", "10.0.0.5", "[2001:db8::1]", "localhost.example.com"] {
+        for host in [
+            "smtp.example.com",
+            "10.0.0.5",
+            "[2001:db8::1]",
+            "localhost.example.com",
+        ] {
             assert_eq!(smtp(host, "none"), 1, "{host}");
             assert_eq!(smtp(host, "starttls"), 0, "{host}");
         }
