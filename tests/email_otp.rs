@@ -137,6 +137,14 @@ async fn a_first_login_with_email_otp_reaches_the_app_and_the_code_works_once() 
     let echo = echo_json(&app.text().await.unwrap());
     assert_eq!(echo["headers"]["x-auth-request-user"][0], "alice");
     assert_eq!(challenges(&env, "success").await, 1.0);
+    let sum = env
+        .gh
+        .metric("gatehouse_mfa_email_send_duration_seconds_sum")
+        .await;
+    eprintln!(
+        "send latency to the local SMTP server: {:.1} ms",
+        sum * 1000.0
+    );
 
     // The same code again, from a fresh browser holding only the old pending cookie's form.
     let replay = Browser::new();
@@ -418,4 +426,34 @@ async fn an_access_rule_steps_up_with_email_otp() {
         post(&browser, &env, &form, "mfa-email-form", &[("code", &code)]).await;
     assert_eq!((status, location.as_deref()), (302, Some("/admin")));
     assert_eq!(browser.get(&env.url("/admin")).await.status(), 200);
+}
+
+/// A user who can use both factors chooses: without TOTP enrolled the Email OTP page comes
+/// first with a link to set up an app; `?factor=totp` shows the enrolment with a link back to
+/// email. An enrolled user sees TOTP first (covered by tests/mfa.rs); the link is there too.
+#[tokio::test]
+async fn a_user_with_both_factors_can_choose_either() {
+    let Some(mail) = SmtpServer::start(SmtpOptions::default()) else {
+        return;
+    };
+    let config = email_config(mail.port, "", "")
+        .replace("totp = \"off\"", "totp = \"required\"")
+        .replace("email_otp = \"required\"", "email_otp = \"optional\"");
+    let env = manual_login_env(json!({}), &config).await;
+    let (browser, page) = sign_in_as(&env, "alice", "/").await;
+    assert!(page.contains("mfa-email-send-form"), "{page}");
+    assert!(page.contains("id=\"mfa-use-totp\""), "{page}");
+    let totp = browser
+        .get(&env.url("/oauth2/mfa?factor=totp&rd=/"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(totp.contains("mfa-enrol-form"), "{totp}");
+    assert!(totp.contains("id=\"mfa-use-email\""), "{totp}");
+    let form = send_code(&browser, &env, &page).await;
+    let code = code_in(&mail.wait_message(1).await);
+    let (status, location, _) =
+        post(&browser, &env, &form, "mfa-email-form", &[("code", &code)]).await;
+    assert_eq!((status, location.as_deref()), (302, Some("/")));
 }

@@ -1,5 +1,5 @@
-//! Local multi-factor authentication: a TOTP second factor for users of local accounts, asked
-//! for after the first factor. Pure logic only (no HTTP, no storage); the caller loads the user
+//! Local multi-factor authentication: a TOTP or Email OTP second factor for users of local
+//! accounts, asked for after the first factor. Pure logic only (no HTTP, no storage); the caller loads the user
 //! record, calls in here with the current time, and saves the record again.
 //!
 //! - [`record`]: [`MfaRecord`], the part of the stored user record about the second factor

@@ -1,4 +1,5 @@
-//! `/oauth2/mfa`: the TOTP pages. A login that needs its second factor arrives here with the
+//! `/oauth2/mfa`: the second-factor pages (TOTP, and Email OTP: `?factor=email`, the send and
+//! resend buttons, the emailed-code form). A login that needs its second factor arrives here with the
 //! pending-MFA cookie (its session is not issued yet); a session that reached a route needing
 //! TOTP arrives with `?rd=` (step-up). GET shows the enrolment page (QR code, key, first code)
 //! or the code form; POST (CSRF-checked) confirms or verifies, then issues the session or marks
