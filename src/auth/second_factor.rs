@@ -235,7 +235,11 @@ impl Auth {
         if let Some(until) = crate::mfa::lockout::locked_until(&user.mfa, now) {
             return Ok(Err(EmailRefusal::Locked { until }));
         }
-        let checked = self.mfa.check_email_code(context, user_id, code);
+        // `users mfa reset` (and every other admin change) stamps `updated_at`: codes sent
+        // before it no longer work.
+        let checked = self
+            .mfa
+            .check_email_code(context, user_id, code, user.updated_at);
         let policy = self.mfa.config.lockout;
         let (uid, rid) = (user_id.to_string(), request_id.to_string());
         match checked {

@@ -144,6 +144,11 @@ impl EmailChallenge {
         }
     }
 
+    /// Drops the code in force (the send count stays).
+    pub fn void(&mut self) {
+        self.code = None;
+    }
+
     /// Whether a code is in force at `now` (the page then shows the code form).
     pub fn has_code(&self, now: u64) -> bool {
         self.code.as_ref().is_some_and(|c| now < c.expires_at)

@@ -182,8 +182,15 @@ impl MfaGate {
     }
 
     /// Checks a typed code for `context` and `user_id` on the gate's clock (an accepted code
-    /// is used up).
-    pub fn check_email_code(&self, context: &str, user_id: &str, code: &str) -> EmailCheck {
+    /// is used up). A code sent before `void_before` (the account's last change by an
+    /// administrator, e.g. `users mfa reset`) is dropped unread.
+    pub fn check_email_code(
+        &self,
+        context: &str,
+        user_id: &str,
+        code: &str,
+        void_before: u64,
+    ) -> EmailCheck {
         let now = self.now();
         let Ok(mut map) = self.email_codes.lock() else {
             return EmailCheck::NoCode;
@@ -192,6 +199,9 @@ impl MfaGate {
         let Some(mut state) = map.remove(&key, now) else {
             return EmailCheck::NoCode;
         };
+        if state.last_sent_at < void_before {
+            state.void();
+        }
         let result = if state.user_id == user_id {
             state.check(context, code, now)
         } else {
