@@ -17,7 +17,7 @@
 //!              │     /oauth2/*: web::endpoints (start, callback -> auth::login: identity::jit
 //!              │                or the claims, + session, one store transaction; web::mfa)
 //!              ├─ identity::access    access rules (email domain, groups, roles, connections)
-//!              ├─ mfa policy          step-up to /oauth2/mfa where TOTP is required
+//!              ├─ mfa policy          step-up to /oauth2/mfa where a second factor is required
 //!              ├─ identity::headers   identity headers (built once per session) and
 //!              │  identity::signed_header  X-Gatehouse-Identity (cached per session, upstream)
 //!              └─ upstream (pingora connection pool); failures -> 502/504 in fail_to_proxy
@@ -37,13 +37,15 @@
 //! - [`headers`]: header names and the header-editing trait.
 //! - [`metrics`], [`health`], [`logging`]: what Gatehouse tells operators.
 //! - [`web`]: Gatehouse's own pages and endpoints: `/oauth2/*` (`web::endpoints`), the TOTP
-//!   pages (`web::mfa`), early answers (`web::respond`), the one layout of every page
+//!   and Email OTP pages (`web::mfa`), early answers (`web::respond`), the one layout of every page
 //!   (`web::templates`, maud, branded by `[pages]`), paths and form parsing. Uses config,
 //!   store, identity, mfa and auth; used by proxy; never uses proxy, server or admin.
 //! - [`auth`]: connections (OIDC), the login flow, sessions, bearer tokens, and which
 //!   request a front proxy's forward-auth call is about (`auth::forward`).
 //! - [`identity`]: claims, JIT provisioning, access rules, identity headers, the signed header.
-//! - [`mfa`]: local TOTP: policy, enrolment and verification, lockout, recovery codes.
+//! - [`mfa`]: local second factors, TOTP and Email OTP (codes hashed beside the pending login,
+//!   sent through `[smtp]` by `mfa::email::Mailer`): policy, enrolment and verification,
+//!   lockout, recovery codes.
 //! - [`store`]: the redb tables (sessions, users, links, indexes, audit) and their accessors.
 //! - [`users`]: `gatehouse users ...`, on the store file or through the admin API.
 //! - [`clock`]: the one "now" every expiry is read on (tests advance a manual one).

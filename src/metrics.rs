@@ -130,8 +130,18 @@ label! {
         Failure => "failure",
         Locked => "locked",
         Replay => "replay",
-        Recovery => "recovery",
+        Expired => "expired",
     }
+}
+
+label! {
+    /// Which second factor an attempt used (`gatehouse_mfa_challenges_total`).
+    MfaFactor { Totp => "totp", EmailOtp => "email_otp", RecoveryCode => "recovery_code" }
+}
+
+label! {
+    /// How an Email OTP send ended (`gatehouse_mfa_email_send_total`).
+    EmailSend { Sent => "sent", Refused => "refused", Timeout => "timeout", Error => "error" }
 }
 
 label! {
@@ -336,6 +346,8 @@ pub struct AuthMetrics {
     mfa_challenges: IntCounterVec,
     pub mfa_enrolments: prometheus::IntCounter,
     mfa_conflicts: IntCounterVec,
+    mfa_email_sends: IntCounterVec,
+    mfa_email_send_duration: prometheus::Histogram,
     /// Calls to the login endpoints refused by a per-client rate, by endpoint.
     rate_limited: IntCounterVec,
     /// Live entries dropped from a full in-memory map, by map.
@@ -399,12 +411,30 @@ impl AuthMetrics {
         )?;
         let mfa_challenges = counter(
             "gatehouse_mfa_challenges_total",
-            "Second-factor attempts, by result.",
+            "Second-factor attempts, by factor and result.",
+            &["factor", "result"],
+        )?;
+        for factor in MfaFactor::ALL {
+            for result in MfaResult::ALL {
+                mfa_challenges.with_label_values(&[factor.as_str(), result.as_str()]);
+            }
+        }
+        let mfa_email_sends = counter(
+            "gatehouse_mfa_email_send_total",
+            "Email OTP mails handed to the SMTP server, by result.",
             &["result"],
         )?;
-        for result in MfaResult::ALL {
-            mfa_challenges.with_label_values(&[result.as_str()]);
+        for result in EmailSend::ALL {
+            mfa_email_sends.with_label_values(&[result.as_str()]);
         }
+        let mfa_email_send_duration = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "gatehouse_mfa_email_send_duration_seconds",
+                "Time to hand one Email OTP mail to the SMTP server (any result).",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        registry.register(Box::new(mfa_email_send_duration.clone()))?;
         let mfa_conflicts = counter(
             "gatehouse_mfa_conflicts_total",
             "Logins and requests refused because a JIT-off connection cannot pass a required second factor.",
@@ -509,6 +539,8 @@ impl AuthMetrics {
             mfa_challenges,
             mfa_enrolments,
             mfa_conflicts,
+            mfa_email_sends,
+            mfa_email_send_duration,
             rate_limited,
             evictions,
             forward_auth_refused,
@@ -594,10 +626,18 @@ impl AuthMetrics {
         self.access_denied.with_label_values(&[rule.as_str()]).inc();
     }
 
-    pub fn mfa_challenge(&self, result: MfaResult) {
+    pub fn mfa_challenge(&self, factor: MfaFactor, result: MfaResult) {
         self.mfa_challenges
+            .with_label_values(&[factor.as_str(), result.as_str()])
+            .inc();
+    }
+
+    /// One Email OTP send and how long it took.
+    pub fn mfa_email_send(&self, result: EmailSend, seconds: f64) {
+        self.mfa_email_sends
             .with_label_values(&[result.as_str()])
             .inc();
+        self.mfa_email_send_duration.observe(seconds);
     }
 
     pub fn mfa_conflict(&self, connection: &str) {
@@ -878,6 +918,8 @@ mod tests {
         check(JitOutcome::ALL.iter().map(|v| v.as_str()).collect());
         check(UpstreamError::ALL.iter().map(|v| v.as_str()).collect());
         check(MfaResult::ALL.iter().map(|v| v.as_str()).collect());
+        check(MfaFactor::ALL.iter().map(|v| v.as_str()).collect());
+        check(EmailSend::ALL.iter().map(|v| v.as_str()).collect());
         check(StoreOp::ALL.iter().map(|v| v.as_str()).collect());
         check(LogoutKind::ALL.iter().map(|v| v.as_str()).collect());
         check(ClientError::ALL.iter().map(|v| v.as_str()).collect());

@@ -9,6 +9,10 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
+#[path = "common/login_env.rs"]
+mod login_env;
+#[path = "common/smtp.rs"]
+mod smtp;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -70,17 +74,24 @@ struct ScriptRun {
 /// Runs `node tests/browser/first_login.mjs <start_url> <shots> <brand>`, killing it after
 /// [`SCRIPT_TIMEOUT`]. Blocking: call it from `spawn_blocking`.
 fn run_browser_script(start_url: &str, shots: &Path, brand: &str) -> ScriptRun {
+    run_node(
+        "tests/browser/first_login.mjs",
+        &[start_url, &shots.display().to_string(), brand],
+    )
+}
+
+/// Runs `node <script> <args...>` from the crate root, killing it after [`SCRIPT_TIMEOUT`].
+/// Blocking.
+fn run_node(script: &str, args: &[&str]) -> ScriptRun {
     let mut child = Command::new("node")
-        .arg("tests/browser/first_login.mjs")
-        .arg(start_url)
-        .arg(shots)
-        .arg(brand)
+        .arg(script)
+        .args(args)
         .current_dir(crate_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn `node tests/browser/first_login.mjs` (is Node.js installed?)");
+        .unwrap_or_else(|e| panic!("spawn `node {script}` (is Node.js installed?): {e}"));
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -253,4 +264,48 @@ scopes = ["openid", "email", "profile"]
         "browser first login ok; screenshots in {}\n{line}",
         shots.display()
     );
+}
+
+/// Email OTP in a real browser: chromium signs alice in at the test IdP, presses "Email me a
+/// code" on Gatehouse's page, the script reads the code from the real SMTP server's mailbox and
+/// types it, and the app is reached with alice's identity headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_otp_login_in_a_real_browser_reaches_the_app() {
+    require_browser_tools();
+    let Some(mail) = smtp::SmtpServer::start(smtp::SmtpOptions::default()) else {
+        return;
+    };
+    let extra = format!(
+        "[mfa]\ntotp = \"off\"\nemail_otp = \"required\"\n[smtp]\nhost = \"127.0.0.1\"\n\
+         port = {}\nsecurity = \"none\"\nfrom = \"no-reply@example.com\"\n",
+        mail.port
+    );
+    let env = login_env::login_env(serde_json::json!({}), &extra).await;
+    let start_url = env.url("/private/page");
+    let mailbox = mail.mailbox.path().display().to_string();
+    let run = tokio::task::spawn_blocking(move || {
+        run_node("tests/browser/email_otp.mjs", &[&start_url, &mailbox])
+    })
+    .await
+    .expect("browser script task");
+    let context = format!(
+        "--- script stdout ---\n{}\n--- script stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "the Email OTP browser walk failed\n{context}"
+    );
+    let line = run
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(result["ok"], true, "{context}");
+    assert_eq!(result["path"], "/private/page", "{line}");
+    let user = &result["headers"]["x-auth-request-user"];
+    assert!(user == "alice" || user[0] == "alice", "{line}");
+    assert_eq!(mail.messages().len(), 1, "one mail");
 }

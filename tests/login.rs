@@ -547,15 +547,17 @@ async fn an_idp_down_at_startup_leaves_public_routes_working() {
 #[tokio::test]
 async fn a_login_attempt_discovers_an_idp_that_came_up_late_without_waiting_for_the_backoff() {
     let upstream = start_echo().await;
-    let port = free_port();
-    let idp_port = free_port();
+    let listeners = common::bind_gatehouse();
+    let port = listeners.addresses().proxy[0].port();
+    // Nothing listens there until the IdP starts on it below.
+    let idp_port = common::dead_port().port();
     let base = format!("http://127.0.0.1:{port}");
     let data = tempfile::tempdir().unwrap();
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n[[upstreams]]\nurl = \"http://{upstream}\"\n[[connections]]\nid = \"late\"\nissuer = \"http://127.0.0.1:{idp_port}\"\nclient_id = \"gatehouse\"\nclient_secret = \"gatehouse-secret\"\n",
         data.path().display()
     );
-    let gh = start_with(upstream, &config);
+    let gh = common::start_on(upstream, &config, listeners);
     // Six failed attempts (0.25 + 0.5 + 1 + 2 + 4 s apart): the next one is 16 s away.
     let failures = "gatehouse_jwks_refresh_total{connection=\"late\",result=\"failure\"}";
     for _ in 0..300 {

@@ -42,6 +42,9 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_rate_limited_total",
         "gatehouse_memory_evictions_total",
         "gatehouse_spoofed_headers_total",
+        "gatehouse_mfa_challenges_total",
+        "gatehouse_mfa_email_send_total",
+        "gatehouse_mfa_email_send_duration_seconds",
     ] {
         // prometheus-parse names histogram samples by family; counters lose `_total` in docs only.
         assert!(
@@ -73,6 +76,8 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "endpoint",
         // Fixed names: used_states, pending_mfa.
         "map",
+        // Fixed names: totp, email_otp, recovery_code.
+        "factor",
     ];
     for sample in &scrape.samples {
         for (label, _) in sample.labels.iter() {

@@ -37,10 +37,16 @@ fn now(env: &LoginEnv) -> u64 {
     env.gh.clock().now()
 }
 
+/// `gatehouse_mfa_challenges_total` for TOTP with this result; `recovery` reads the
+/// successful recovery codes (`factor="recovery_code"`).
 async fn metric(env: &LoginEnv, result: &str) -> f64 {
+    let (factor, result) = match result {
+        "recovery" => ("recovery_code", "success"),
+        other => ("totp", other),
+    };
     env.gh
         .metric(&format!(
-            "gatehouse_mfa_challenges_total{{result=\"{result}\"}}"
+            "gatehouse_mfa_challenges_total{{factor=\"{factor}\",result=\"{result}\"}}"
         ))
         .await
 }

@@ -10,7 +10,7 @@ mod idp;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{client, start_echo, start_with};
+use common::{bind_gatehouse, client, start_echo, start_on, start_with};
 use idp::{client_config, Browser, TestIdp};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -64,14 +64,6 @@ fn gatehouse_config(
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A client secret the IdP does not accept: the token endpoint answers `invalid_client`, the
 /// log says which connection's client_id / client_secret to check, and the error page shows
 /// the request id that the log line carries.
@@ -79,7 +71,9 @@ fn free_port() -> u16 {
 async fn a_wrong_client_secret_logs_the_fix_and_the_page_shows_the_request_id() {
     logs();
     let upstream = start_echo().await;
-    let port = free_port();
+    // Gatehouse's listeners first: the IdP must know the callback address.
+    let listeners = bind_gatehouse();
+    let port = listeners.addresses().proxy[0].port();
     let base = format!("http://127.0.0.1:{port}");
     let idp = TestIdp::start(serde_json::json!({"clients": [client_config(
         "gatehouse",
@@ -90,10 +84,14 @@ async fn a_wrong_client_secret_logs_the_fix_and_the_page_shows_the_request_id() 
     )]}))
     .await;
     let data = tempfile::tempdir().unwrap();
-    let gh = start_with(
-        upstream,
-        &gatehouse_config(port, upstream, &idp.issuer, "a-wrong-secret", data.path()),
+    let config = gatehouse_config(
+        port,
+        upstream.addr,
+        &idp.issuer,
+        "a-wrong-secret",
+        data.path(),
     );
+    let gh = start_on(upstream, &config, listeners);
     gh.wait_ready().await;
     let journey = Browser::new()
         .follow(&gh.url("/reports"), Some(("alice", "alice-pw")))

@@ -21,8 +21,9 @@ pub enum LoginFailure {
     Store(#[from] StoreError),
     #[error("the local account refused the login: {}", .0.reason())]
     Refused(JitRefusal),
-    /// TOTP is required, the connection keeps no local account, and the config says deny.
-    #[error("TOTP is required but the connection has no local accounts")]
+    /// A second factor (TOTP or Email OTP) is required, the connection keeps no local
+    /// account, and the config says deny.
+    #[error("a second factor is required but the connection has no local accounts")]
     MfaConflict,
 }
 
@@ -81,8 +82,18 @@ impl Auth {
             } else {
                 (result.identity.clone(), None)
             };
+            // An account "has" a second factor for `optional` levels when TOTP is enrolled or
+            // Email OTP can reach a verified address.
             let enrolled = match &identity.user_id {
-                Some(id) => tx.user(id)?.is_some_and(|u| u.mfa.is_enrolled()),
+                Some(id) => tx.user(id)?.is_some_and(|u| {
+                    crate::mfa::policy::factors(
+                        &self.mfa.config,
+                        u.mfa.is_enrolled(),
+                        u.email.as_deref(),
+                        u.email_verified,
+                    )
+                    .any_set_up()
+                }),
                 None => false,
             };
             let when = self.mfa.config.when_no_local_account;
@@ -150,6 +161,7 @@ impl Auth {
                     .prepare(identity, result.idp_sid, result.tokens);
                 Completed::NeedsMfa(self.mfa.hold(PendingLogin {
                     session,
+                    connection: connection_id.to_string(),
                     user_id,
                     username,
                     rd: rd.to_string(),

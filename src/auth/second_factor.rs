@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::Auth;
-use crate::metrics::MfaResult;
+use crate::metrics::{EmailSend, MfaFactor, MfaResult};
+use crate::mfa::email::{EmailChallenge, EmailCheck, Mail, SendError, SendRefusal};
+use crate::mfa::policy::EmailOtpUnusable;
 use crate::mfa::{FailureOutcome, MfaRecord, MfaRefusal};
 use crate::store::audit::{AuditAction, AuditActor, AuditEntry};
 use crate::store::sessions::PendingSession;
@@ -140,8 +142,170 @@ impl Auth {
         Ok(cookies)
     }
 
-    /// Counts one attempt at the second factor by its result.
-    pub fn count_second_factor(&self, result: MfaResult) {
-        self.metrics.mfa_challenge(result);
+    /// Counts one attempt at the second factor by its factor and result.
+    pub fn count_second_factor(&self, factor: MfaFactor, result: MfaResult) {
+        self.metrics.mfa_challenge(factor, result);
     }
+
+    /// Sends a new Email OTP code for `context` (a pending login id or a session id) to the
+    /// account's verified address, replacing any earlier code, within the resend limits.
+    /// `render` makes the mail from the code and its expiry (unix seconds). The new code is
+    /// kept (hashed) only once the SMTP server took the mail.
+    pub async fn send_email_code(
+        self: &Arc<Self>,
+        context: &str,
+        user_id: &str,
+        keep_until: u64,
+        request_id: &str,
+        render: impl FnOnce(&str, u64) -> Mail,
+    ) -> Result<u64, EmailSendFailure> {
+        let user = match self.mfa_account(user_id) {
+            Ok(Some(user)) if !user.disabled => user,
+            Ok(_) => return Err(EmailSendFailure::Unusable(EmailOtpUnusable::NoEmail)),
+            Err(e) => return Err(EmailSendFailure::Store(e)),
+        };
+        let config = &self.mfa.config;
+        let to = crate::mfa::policy::email_otp_target(
+            config,
+            user.email.as_deref(),
+            user.email_verified,
+        )
+        .map_err(EmailSendFailure::Unusable)?
+        .to_string();
+        let Some(mailer) = &self.mfa.mailer else {
+            return Err(EmailSendFailure::Unusable(EmailOtpUnusable::Off));
+        };
+        let now = self.clock.now();
+        let previous = self.mfa.email_challenge(context);
+        EmailChallenge::may_send(previous.as_ref(), &config.email_otp, now)
+            .map_err(EmailSendFailure::Limited)?;
+        let code = crate::mfa::email::new_code(config.email_otp.length);
+        let expires_at = now.saturating_add(config.email_otp.ttl.as_secs());
+        let mail = render(&code, expires_at);
+        let started = std::time::Instant::now();
+        let sent = mailer.send(&to, mail).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match sent {
+            Ok(()) => {
+                self.metrics.mfa_email_send(EmailSend::Sent, seconds);
+                let state = EmailChallenge::sent(
+                    previous.as_ref(),
+                    user_id,
+                    context,
+                    &code,
+                    &config.email_otp,
+                    now,
+                );
+                self.mfa.keep_email_challenge(context, state, keep_until);
+                tracing::info!(user_id, request_id, seconds, "Email OTP code sent");
+                Ok(expires_at)
+            }
+            Err(e) => {
+                let label = match &e {
+                    SendError::Timeout(_) => EmailSend::Timeout,
+                    SendError::Refused(_) => EmailSend::Refused,
+                    SendError::Connection(_) | SendError::Address(_) | SendError::Build(_) => {
+                        EmailSend::Error
+                    }
+                };
+                self.metrics.mfa_email_send(label, seconds);
+                tracing::warn!(user_id, request_id, error = %e, "Email OTP code not sent");
+                Err(EmailSendFailure::Send(e))
+            }
+        }
+    }
+
+    /// Checks an emailed code for `context` under the same lock-out as TOTP: a wrong code is
+    /// counted on the account (one write transaction, audited when it locks), a right one
+    /// clears the count. The code itself never reaches the store.
+    pub async fn check_email_code(
+        self: &Arc<Self>,
+        context: &str,
+        user_id: &str,
+        code: &str,
+        request_id: &str,
+    ) -> Result<Result<(), EmailRefusal>, StoreError> {
+        let now = self.clock.now();
+        let Some(user) = self.mfa_account(user_id)? else {
+            return Ok(Err(EmailRefusal::Gone));
+        };
+        if user.disabled {
+            return Ok(Err(EmailRefusal::Gone));
+        }
+        if let Some(until) = crate::mfa::lockout::locked_until(&user.mfa, now) {
+            return Ok(Err(EmailRefusal::Locked { until }));
+        }
+        // `users mfa reset` (and every other admin change) stamps `updated_at`: codes sent
+        // before it no longer work.
+        let checked = self
+            .mfa
+            .check_email_code(context, user_id, code, user.updated_at);
+        let policy = self.mfa.config.lockout;
+        let (uid, rid) = (user_id.to_string(), request_id.to_string());
+        match checked {
+            EmailCheck::Accepted => {
+                if user.mfa.failures > 0 {
+                    self.write_blocking(move |tx| {
+                        if let Some(mut user) = tx.user(&uid)? {
+                            crate::mfa::lockout::record_success(&mut user.mfa);
+                            tx.put_user(&user)?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Ok(Ok(()))
+            }
+            EmailCheck::Expired => Ok(Err(EmailRefusal::Expired)),
+            EmailCheck::NoCode => Ok(Err(EmailRefusal::NoCode)),
+            EmailCheck::Wrong => {
+                let outcome = self
+                    .write_blocking(move |tx| {
+                        let Some(mut user) = tx.user(&uid)? else {
+                            return Ok(FailureOutcome::Counted { tries_left: 0 });
+                        };
+                        let outcome =
+                            crate::mfa::lockout::record_failure(&mut user.mfa, &policy, now);
+                        tx.put_user(&user)?;
+                        if let FailureOutcome::LockedNow { .. } = outcome {
+                            let mut entry = audit(AuditAction::MfaLocked, &uid, &rid, now);
+                            entry.reason =
+                                Some(format!("{} wrong codes (Email OTP)", policy.max_failures));
+                            tx.append_audit(&entry)?;
+                        }
+                        Ok(outcome)
+                    })
+                    .await?;
+                Ok(Err(EmailRefusal::Wrong(outcome)))
+            }
+        }
+    }
+}
+
+/// Why no Email OTP code went out.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSendFailure {
+    #[error("Email OTP cannot be used: {}", .0.reason())]
+    Unusable(EmailOtpUnusable),
+    #[error("resend limit: {0:?}")]
+    Limited(SendRefusal),
+    #[error("{0}")]
+    Send(SendError),
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+/// Why an emailed code was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailRefusal {
+    /// Wrong: counted toward the lock-out.
+    Wrong(FailureOutcome),
+    /// Locked by earlier wrong codes (TOTP or email) until this unix second.
+    Locked { until: u64 },
+    /// The code ran out: send a new one.
+    Expired,
+    /// No code in force for this login (never sent, used, or from another login).
+    NoCode,
+    /// The account is gone or disabled.
+    Gone,
 }

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub mfa: MfaSection,
+    /// `[smtp]`: the mail server Email OTP codes go through.
+    pub smtp: Option<SmtpSection>,
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
@@ -140,6 +142,62 @@ pub struct MfaSection {
     pub max_failures: u32,
     #[serde(default = "default_lockout")]
     pub lockout: String,
+    /// Email OTP: `off`, `optional` (users with a verified email are asked) or `required`.
+    #[serde(default = "default_mfa_level")]
+    pub email_otp: String,
+    /// Digits in an emailed code (6..8).
+    #[serde(default = "default_email_otp_length")]
+    pub email_otp_length: u32,
+    /// How long an emailed code is valid.
+    #[serde(default = "default_email_otp_ttl")]
+    pub email_otp_ttl: String,
+    /// How long before the user may ask for a new code.
+    #[serde(default = "default_email_otp_resend_after")]
+    pub email_otp_resend_after: String,
+    /// Codes sent per pending login, at most.
+    #[serde(default = "default_email_otp_max_sends")]
+    pub email_otp_max_sends: u32,
+}
+
+/// `[smtp]`: where Email OTP codes are sent from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    pub host: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: Option<u16>,
+    /// `none`, `starttls` (default) or `tls`.
+    #[serde(default = "default_smtp_security")]
+    pub security: String,
+    /// The From address, e.g. `Gatehouse <no-reply@example.com>`.
+    pub from: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    /// PEM CA certificates to trust instead of the built-in roots.
+    pub ca_file: Option<String>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: String,
+}
+
+fn default_smtp_security() -> String {
+    "starttls".to_string()
+}
+fn default_smtp_timeout() -> String {
+    "10s".to_string()
+}
+fn default_email_otp_length() -> u32 {
+    6
+}
+fn default_email_otp_ttl() -> String {
+    "5m".to_string()
+}
+fn default_email_otp_resend_after() -> String {
+    "30s".to_string()
+}
+fn default_email_otp_max_sends() -> u32 {
+    5
 }
 
 impl Default for MfaSection {
@@ -153,6 +211,11 @@ impl Default for MfaSection {
             keys_env: None,
             max_failures: default_max_failures(),
             lockout: default_lockout(),
+            email_otp: default_mfa_level(),
+            email_otp_length: default_email_otp_length(),
+            email_otp_ttl: default_email_otp_ttl(),
+            email_otp_resend_after: default_email_otp_resend_after(),
+            email_otp_max_sends: default_email_otp_max_sends(),
         }
     }
 }

@@ -17,6 +17,24 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
+/// `[smtp] security = "none"` to a host that is not this machine: codes and the SMTP password
+/// would cross the network in clear.
+fn smtp_in_clear(config: &Config) -> Option<String> {
+    let smtp = config.mfa.smtp.as_ref()?;
+    let host = smtp.host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (smtp.security == super::model::SmtpSecurity::None && !loopback).then(|| {
+        format!(
+            "smtp.security: \"none\" sends the one-time codes (and any SMTP password) to `{}` in \
+             clear; use \"starttls\" or \"tls\", or a relay on this machine",
+            smtp.host
+        )
+    })
+}
+
 /// Paths Gatehouse answers itself; no `[[public]]` or `[[access]]` rule reaches them.
 const RESERVED_EXACT: &[&str] = &["/ping", "/ready", "/.well-known/gatehouse/jwks.json"];
 const RESERVED_PREFIX: &str = "/oauth2";
@@ -131,6 +149,7 @@ fn admin_is_exposed(addr: SocketAddr) -> bool {
 pub fn lint(config: &Config) -> Findings {
     let mut f = Findings::default();
     f.warnings.extend(accent_contrast(&config.pages));
+    f.warnings.extend(smtp_in_clear(config));
     // Protected routes exist unless one public rule covers every path for every method.
     let all_public = config
         .public
@@ -315,6 +334,34 @@ mod tests {
         for idle in ["1h", "30m"] {
             let text = format!("{quiet}\nlifetime = \"1h\"\nidle_timeout = \"{idle}\"");
             assert!(session_lint("", &text, "", "").is_empty(), "{idle}");
+        }
+    }
+
+    /// `security = "none"` is warned about for any host that is not this machine, in every
+    /// spelling of loopback accepted silently.
+    #[test]
+    fn smtp_in_clear_to_another_host_is_warned_about() {
+        let smtp = |host: &str, security: &str| {
+            lint_of(&format!(
+                "[mfa]\nemail_otp = \"optional\"\n[smtp]\nhost = \"{host}\"\n\
+                 security = \"{security}\"\nfrom = \"g@example.com\"\n"
+            ))
+            .warnings
+            .into_iter()
+            .filter(|w| w.starts_with("smtp.security"))
+            .count()
+        };
+        for host in [
+            "smtp.example.com",
+            "10.0.0.5",
+            "[2001:db8::1]",
+            "localhost.example.com",
+        ] {
+            assert_eq!(smtp(host, "none"), 1, "{host}");
+            assert_eq!(smtp(host, "starttls"), 0, "{host}");
+        }
+        for host in ["127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "[::1]"] {
+            assert_eq!(smtp(host, "none"), 0, "{host}");
         }
     }
 

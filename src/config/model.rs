@@ -134,6 +134,67 @@ pub struct Mfa {
     /// Keys that seal TOTP secrets; `None`: from (or created in) `data_dir/store.keys`.
     pub keys: SessionKeys,
     pub lockout: LockoutPolicy,
+    /// `[mfa] email_otp*`.
+    pub email_otp: EmailOtp,
+    /// `[smtp]`; present whenever `email_otp` is not `off`.
+    pub smtp: Option<Smtp>,
+}
+
+impl Mfa {
+    /// The level a login or route asks for when nothing overrides it: the stricter of the two
+    /// factors' levels (either factor the account can use satisfies it).
+    pub fn level(&self) -> MfaLevel {
+        self.totp.max(self.email_otp.level)
+    }
+}
+
+/// `[mfa] email_otp*`: codes mailed to the account's verified address.
+#[derive(Debug, Clone)]
+pub struct EmailOtp {
+    pub level: MfaLevel,
+    /// Digits, 6..=8.
+    pub length: u32,
+    pub ttl: Duration,
+    pub resend_after: Duration,
+    pub max_sends: u32,
+}
+
+impl Default for EmailOtp {
+    fn default() -> Self {
+        Self {
+            level: MfaLevel::Off,
+            length: 6,
+            ttl: Duration::from_secs(300),
+            resend_after: Duration::from_secs(30),
+            max_sends: 5,
+        }
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain text (loopback relays only).
+    None,
+    /// Plain connect, then `STARTTLS` (required).
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// Checked to parse as a mailbox.
+    pub from: String,
+    /// User name and password for SMTP AUTH.
+    pub credentials: Option<(String, Secret)>,
+    /// PEM CA certificates (already read).
+    pub ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
 }
 
 /// The admin API: off without a token.

@@ -116,7 +116,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
         .collect();
     let identity = identity(&file.identity, &file.login, &mut p);
     let admin = admin(&file.admin, &mut p);
-    let mfa = mfa(&file.mfa, &mut p);
+    let mfa = mfa(&file.mfa, file.smtp.as_ref(), &mut p);
     let limits = limits(&file.limits, &mut p);
     let forward_auth = forward_auth(&file.forward_auth, &mut p);
     let pages = pages(&file.pages, &mut p);
@@ -975,8 +975,140 @@ fn mfa_level(text: &str) -> Result<MfaLevel, String> {
     }
 }
 
-fn mfa(m: &MfaSection, p: &mut Problems) -> Option<Mfa> {
+/// `[smtp]`.
+fn smtp(s: &super::file::SmtpSection, p: &mut Problems) -> Option<super::model::Smtp> {
+    use super::model::SmtpSecurity;
     let before = p.0.len();
+    if s.host.trim().is_empty() || s.host.contains(['/', ' ', ':']) && !s.host.starts_with('[') {
+        p.add(
+            "smtp.host",
+            "must be a host name or address (the port goes in smtp.port)",
+        );
+    }
+    let security = match s.security.as_str() {
+        "none" => Some(SmtpSecurity::None),
+        "starttls" => Some(SmtpSecurity::StartTls),
+        "tls" => Some(SmtpSecurity::Tls),
+        other => {
+            p.add(
+                "smtp.security",
+                format!("`{other}` is not one of none, starttls, tls"),
+            );
+            None
+        }
+    };
+    if s.from.parse::<lettre::message::Mailbox>().is_err() {
+        p.add(
+            "smtp.from",
+            format!(
+                "`{}` is not a mail address (e.g. `Gatehouse <no-reply@example.com>`)",
+                s.from
+            ),
+        );
+    }
+    let password = if s.password.is_some() || s.password_file.is_some() || s.password_env.is_some()
+    {
+        secret(
+            p,
+            "smtp.password",
+            &s.password,
+            &s.password_file,
+            &s.password_env,
+        )
+    } else {
+        None
+    };
+    let credentials = match (&s.username, password) {
+        (Some(user), Some(pw)) => Some((user.clone(), Secret(pw))),
+        (None, None) => None,
+        (Some(_), None)
+            if s.password.is_none() && s.password_file.is_none() && s.password_env.is_none() =>
+        {
+            p.add(
+                "smtp.password",
+                "smtp.username is set: set smtp.password, smtp.password_file or smtp.password_env",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.add("smtp.username", "a password is set: set the user name too");
+            None
+        }
+        _ => None,
+    };
+    let ca_pem = s.ca_file.as_ref().and_then(|f| {
+        p.check(
+            "smtp.ca_file",
+            std::fs::read(f).map_err(|e| format!("cannot read `{f}`: {e}")),
+        )
+    });
+    let timeout = p.check("smtp.timeout", parse_duration(&s.timeout));
+    if timeout.is_some_and(|t| t.is_zero()) {
+        p.add("smtp.timeout", "must be more than zero");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    let security = security?;
+    Some(super::model::Smtp {
+        host: s.host.clone(),
+        port: s.port.unwrap_or(match security {
+            SmtpSecurity::None => 25,
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::Tls => 465,
+        }),
+        security,
+        from: s.from.clone(),
+        credentials,
+        ca_pem,
+        timeout: timeout?,
+    })
+}
+
+/// `[mfa] email_otp*`.
+fn email_otp(m: &MfaSection, p: &mut Problems) -> Option<super::model::EmailOtp> {
+    let before = p.0.len();
+    let level = p.check("mfa.email_otp", mfa_level(&m.email_otp));
+    if !(6..=8).contains(&m.email_otp_length) {
+        p.add("mfa.email_otp_length", "must be 6, 7 or 8 digits");
+    }
+    let ttl = p.check("mfa.email_otp_ttl", parse_duration(&m.email_otp_ttl));
+    if ttl.is_some_and(|t| t.is_zero()) {
+        p.add("mfa.email_otp_ttl", "must be more than zero");
+    }
+    let resend_after = p.check(
+        "mfa.email_otp_resend_after",
+        parse_duration(&m.email_otp_resend_after),
+    );
+    if m.email_otp_max_sends == 0 {
+        p.add("mfa.email_otp_max_sends", "must be at least 1");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(super::model::EmailOtp {
+        level: level?,
+        length: m.email_otp_length,
+        ttl: ttl?,
+        resend_after: resend_after?,
+        max_sends: m.email_otp_max_sends,
+    })
+}
+
+fn mfa(
+    m: &MfaSection,
+    smtp_section: Option<&super::file::SmtpSection>,
+    p: &mut Problems,
+) -> Option<Mfa> {
+    let before = p.0.len();
+    let email_otp = email_otp(m, p);
+    let smtp = smtp_section.and_then(|s| smtp(s, p));
+    if email_otp.as_ref().is_some_and(|e| e.level != MfaLevel::Off) && smtp_section.is_none() {
+        p.add(
+            "mfa.email_otp",
+            "Email OTP is on but there is no [smtp] section to send the codes through",
+        );
+    }
     let totp = p.check("mfa.totp", mfa_level(&m.totp));
     let when_no_local_account = match m.when_no_local_account.as_str() {
         "deny" => Some(NoLocalAccount::Deny),
@@ -1009,6 +1141,8 @@ fn mfa(m: &MfaSection, p: &mut Problems) -> Option<Mfa> {
             max_failures: m.max_failures,
             lock_for: lock_for?,
         },
+        email_otp: email_otp?,
+        smtp,
     })
 }
 

@@ -14,6 +14,8 @@ use crate::ids::random_id;
 use crate::seal::Sealer;
 use crate::store::sessions::PendingSession;
 
+use super::email::{EmailChallenge, EmailCheck, Mailer};
+
 /// How long a login may wait for its second factor.
 pub const PENDING_TTL: u64 = 10 * 60;
 /// The sealing purpose of the pending-MFA cookie and of the forms' CSRF tokens.
@@ -25,6 +27,8 @@ const CSRF_PURPOSE: &str = "mfa-form";
 #[derive(Debug)]
 pub struct PendingLogin {
     pub session: PendingSession,
+    /// The connection the first factor came through (the Email OTP mail names it).
+    pub connection: String,
     pub user_id: String,
     pub username: String,
     pub rd: String,
@@ -35,6 +39,8 @@ pub struct PendingLogin {
 #[derive(Debug, Clone)]
 pub struct Waiting {
     pub id: String,
+    pub connection: String,
+    pub exp: u64,
     pub user_id: String,
     pub username: String,
     pub rd: String,
@@ -59,6 +65,11 @@ pub struct MfaGate {
     evictions: prometheus::IntCounter,
     /// Seals the pending cookie and the CSRF tokens (the session keys).
     cookie_sealer: Sealer,
+    /// Email OTP codes in force, by the pending login id or stepping-up session id they were
+    /// sent for (same bound as the pending logins). Never written to the store.
+    email_codes: Mutex<crate::bounded::ExpiringMap<String, EmailChallenge>>,
+    /// The SMTP transport, when `[smtp]` is configured.
+    pub mailer: Option<Mailer>,
 }
 
 impl std::fmt::Debug for MfaGate {
@@ -85,7 +96,10 @@ impl MfaGate {
             None => crate::seal::load_or_create_keys(&data_dir.join("store.keys"))?,
         };
         let sealer = Sealer::new(keys).map_err(|e| e.to_string())?;
+        let mailer = config.smtp.as_ref().map(Mailer::new).transpose()?;
         Ok(Self {
+            email_codes: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
+            mailer,
             config,
             sealer,
             clock,
@@ -133,16 +147,77 @@ impl MfaGate {
             .filter(|p| p.user_id == body.uid)?;
         Some(Waiting {
             id: body.id,
+            connection: login.connection.clone(),
+            exp: login.exp,
             user_id: login.user_id.clone(),
             username: login.username.clone(),
             rd: login.rd.clone(),
         })
     }
 
-    /// Takes a pending login out (once: a second take finds nothing).
+    /// Takes a pending login out (once: a second take finds nothing), with its email code.
     pub fn take(&self, id: &str) -> Option<PendingLogin> {
         let now = self.now();
+        if let Ok(mut codes) = self.email_codes.lock() {
+            codes.remove(&id.to_string(), now);
+        }
         self.pending.lock().ok()?.remove(&id.to_string(), now)
+    }
+
+    /// The Email OTP state of a login or step-up (`context`), if a code was sent for it.
+    pub fn email_challenge(&self, context: &str) -> Option<EmailChallenge> {
+        let now = self.now();
+        let map = self.email_codes.lock().ok()?;
+        map.get(&context.to_string(), now).cloned()
+    }
+
+    /// Keeps the state after a send for `context`, until `exp` (the pending login's expiry,
+    /// so the send count outlives each code).
+    pub fn keep_email_challenge(&self, context: &str, state: EmailChallenge, exp: u64) {
+        let now = self.now();
+        if let Ok(mut map) = self.email_codes.lock() {
+            let outcome = map.insert(context.to_string(), state, exp, now);
+            self.evictions.inc_by(outcome.evicted as u64);
+        }
+    }
+
+    /// Checks a typed code for `context` and `user_id` on the gate's clock (an accepted code
+    /// is used up). A code sent before `void_before` (the account's last change by an
+    /// administrator, e.g. `users mfa reset`) is dropped unread.
+    pub fn check_email_code(
+        &self,
+        context: &str,
+        user_id: &str,
+        code: &str,
+        void_before: u64,
+    ) -> EmailCheck {
+        let now = self.now();
+        let Ok(mut map) = self.email_codes.lock() else {
+            return EmailCheck::NoCode;
+        };
+        let key = context.to_string();
+        let Some(mut state) = map.remove(&key, now) else {
+            return EmailCheck::NoCode;
+        };
+        if state.last_sent_at < void_before {
+            state.void();
+        }
+        let result = if state.user_id == user_id {
+            state.check(context, code, now)
+        } else {
+            EmailCheck::NoCode
+        };
+        let exp = now.saturating_add(PENDING_TTL);
+        map.insert(key, state, exp, now);
+        result
+    }
+
+    /// Forgets the email codes of a context (after a step-up is done).
+    pub fn forget_email(&self, context: &str) {
+        let now = self.now();
+        if let Ok(mut map) = self.email_codes.lock() {
+            map.remove(&context.to_string(), now);
+        }
     }
 
     /// A CSRF token for the MFA form, bound to `context` (the pending id or the session id).
@@ -199,6 +274,7 @@ mod tests {
                 tokens: Tokens::default(),
                 mfa_at: None,
             }),
+            connection: "corp".into(),
             user_id: "u1".into(),
             username: "alice".into(),
             rd: "/".into(),

@@ -1,5 +1,5 @@
-//! Local multi-factor authentication: a TOTP second factor for users of local accounts, asked
-//! for after the first factor. Pure logic only (no HTTP, no storage); the caller loads the user
+//! Local multi-factor authentication: a TOTP or Email OTP second factor for users of local
+//! accounts, asked for after the first factor. Pure logic only (no HTTP, no storage); the caller loads the user
 //! record, calls in here with the current time, and saves the record again.
 //!
 //! - [`record`]: [`MfaRecord`], the part of the stored user record about the second factor
@@ -11,9 +11,11 @@
 //! - [`recovery`]: ten one-time recovery codes, stored as salted hashes.
 //! - [`lockout`]: five failures in a row lock the user out for five minutes ([`LockoutPolicy`]).
 //! - [`qr`]: the `otpauth://` URI as a self-contained inline SVG QR code.
+//! - [`email`]: Email OTP: codes held (hashed) with the pending login, and the SMTP [`email::Mailer`].
 //! - [`enrol`]: [`Enrolment::start`] and [`Enrolment::confirm`]; the secret is saved only once
 //!   the user has typed a valid code.
 
+pub mod email;
 pub mod enrol;
 pub mod gate;
 pub mod lockout;

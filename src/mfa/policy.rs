@@ -4,9 +4,10 @@
 //! through without it (`"skip"`). [`warnings`] finds each such place in a config before it can
 //! break a login; `check-config` and `serve` print them.
 //!
-//! Levels: `[mfa] totp`, overridden by a connection's `mfa` (at login), overridden by an
-//! upstream's `mfa`, overridden by the strictest matching `[[access]]` rule's `mfa` (per
-//! request: step-up).
+//! Levels: the stricter of `[mfa] totp` and `[mfa] email_otp` ([`crate::config::model::Mfa::level`]),
+//! overridden by a connection's `mfa` (at login), overridden by an upstream's `mfa`, overridden
+//! by the strictest matching `[[access]]` rule's `mfa` (per request: step-up). A level asks for
+//! "a second factor": either factor the account can use ([`Factors`]) satisfies it.
 
 use crate::config::model::{Config, Connection, MfaLevel, NoLocalAccount, Rules};
 
@@ -31,6 +32,83 @@ pub struct Standing {
     pub enrolled: bool,
     /// This session (or token) already passed a second factor.
     pub done: bool,
+}
+
+/// The second factors an account can use here, in the order the page offers them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Factors {
+    /// TOTP: enrolled, or can be enrolled (TOTP is not turned off while Email OTP is on).
+    pub totp: bool,
+    /// Whether the account has TOTP enrolled already.
+    pub totp_enrolled: bool,
+    /// Email OTP: on in `[mfa]` and the account has a verified email.
+    pub email_otp: bool,
+}
+
+/// Why an account cannot use Email OTP (for the page and `users mfa status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailOtpUnusable {
+    /// `[mfa] email_otp = "off"`.
+    Off,
+    /// The account has no email address.
+    NoEmail,
+    /// The account's email is not verified by the IdP.
+    Unverified,
+}
+
+impl EmailOtpUnusable {
+    pub fn reason(self) -> &'static str {
+        match self {
+            EmailOtpUnusable::Off => "Email OTP is off ([mfa] email_otp = \"off\")",
+            EmailOtpUnusable::NoEmail => "the account has no email address",
+            EmailOtpUnusable::Unverified => {
+                "the account's email address is not verified by the IdP"
+            }
+        }
+    }
+}
+
+/// Whether Email OTP can go to this account (`Ok`: the verified address).
+pub fn email_otp_target<'a>(
+    config: &crate::config::model::Mfa,
+    email: Option<&'a str>,
+    verified: bool,
+) -> Result<&'a str, EmailOtpUnusable> {
+    if config.email_otp.level == MfaLevel::Off {
+        return Err(EmailOtpUnusable::Off);
+    }
+    let email = email
+        .filter(|e| !e.trim().is_empty())
+        .ok_or(EmailOtpUnusable::NoEmail)?;
+    if !verified {
+        return Err(EmailOtpUnusable::Unverified);
+    }
+    Ok(email)
+}
+
+/// The factors an account with this TOTP state and email can use.
+pub fn factors(
+    config: &crate::config::model::Mfa,
+    totp_enrolled: bool,
+    email: Option<&str>,
+    email_verified: bool,
+) -> Factors {
+    // TOTP stays available (enrol on first use) unless the operator turned it off and chose
+    // Email OTP instead.
+    let totp_offered = config.totp != MfaLevel::Off || config.email_otp.level == MfaLevel::Off;
+    Factors {
+        totp: totp_enrolled || totp_offered,
+        totp_enrolled,
+        email_otp: email_otp_target(config, email, email_verified).is_ok(),
+    }
+}
+
+impl Factors {
+    /// Whether the account "has" a second factor for `optional` levels: TOTP enrolled, or an
+    /// address Email OTP can go to while Email OTP is on.
+    pub fn any_set_up(&self) -> bool {
+        self.totp_enrolled || self.email_otp
+    }
 }
 
 /// The one rule for logins and requests alike.
@@ -58,7 +136,7 @@ pub fn decide(
 
 /// The level a login through `connection` asks for.
 pub fn login_level(config: &crate::config::model::Mfa, connection: &Connection) -> MfaLevel {
-    connection.mfa.unwrap_or(config.totp)
+    connection.mfa.unwrap_or(config.level())
 }
 
 fn reaches(rules: &Rules, connection: &Connection) -> bool {
@@ -82,8 +160,10 @@ pub fn warnings(config: &Config) -> Vec<String> {
         if login_level(&config.mfa, c) == MfaLevel::Required {
             let source = if c.mfa.is_some() {
                 format!("connections[{i}].mfa")
-            } else {
+            } else if config.mfa.totp == MfaLevel::Required {
                 "mfa.totp".to_string()
+            } else {
+                "mfa.email_otp".to_string()
             };
             places.push(format!("every route ({source} = \"required\")"));
         }
@@ -107,8 +187,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
         for place in places {
             out.push(format!(
-                "connection `{id}` has jit = false but can reach {place}, where TOTP is required: \
-                 it keeps no local account to hold a second factor, so its users get a 403 there. \
+                "connection `{id}` has jit = false but can reach {place}, where a second factor \
+                 (TOTP or Email OTP) is required: it keeps no local account to hold one, so its users get a 403 there. \
                  Fix: set jit = true on connections[{i}], or [mfa] when_no_local_account = \"skip\" \
                  to let them in without MFA, or allowed_connections on that route to keep them off it.",
                 id = c.id
@@ -212,6 +292,49 @@ mod tests {
         assert!(warnings(&config("[mfa]\nwhen_no_local_account = \"skip\"")).is_empty());
         let kept_off = config_with("allowed_connections = [\"corp\"]", "");
         assert!(warnings(&kept_off).is_empty());
+    }
+
+    /// Email OTP required globally is a second-factor requirement like TOTP's: the JIT-off
+    /// connection is warned about for every route, naming `mfa.email_otp`.
+    #[test]
+    fn a_global_email_otp_requirement_warns_for_every_route() {
+        let w = warnings(&config(
+            "[mfa]\nemail_otp = \"required\"\n[smtp]\nhost = \"127.0.0.1\"\nfrom = \"g@example.com\"\nsecurity = \"none\"",
+        ));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("every route (mfa.email_otp"), "{}", w[0]);
+    }
+
+    /// Either factor satisfies a requirement: an account offers Email OTP only with a verified
+    /// address while Email OTP is on, and TOTP unless it was turned off in favour of Email OTP.
+    #[test]
+    fn the_factors_follow_the_config_and_the_account() {
+        let mut mfa = config("").mfa;
+        let off = factors(&mfa, false, Some("a@example.com"), true);
+        assert_eq!((off.totp, off.email_otp), (true, false));
+        mfa.email_otp.level = MfaLevel::Optional;
+        let both = factors(&mfa, false, Some("a@example.com"), true);
+        assert_eq!(
+            (both.totp, both.email_otp),
+            (false, true),
+            "totp = off, email on"
+        );
+        mfa.totp = MfaLevel::Optional;
+        let both = factors(&mfa, true, Some("a@example.com"), true);
+        assert_eq!((both.totp, both.email_otp), (true, true));
+        assert_eq!(
+            email_otp_target(&mfa, Some("a@example.com"), false),
+            Err(EmailOtpUnusable::Unverified)
+        );
+        assert_eq!(
+            email_otp_target(&mfa, None, true),
+            Err(EmailOtpUnusable::NoEmail)
+        );
+        assert_eq!(
+            email_otp_target(&mfa, Some("  "), true),
+            Err(EmailOtpUnusable::NoEmail)
+        );
+        assert!(!factors(&mfa, false, Some("a@example.com"), false).any_set_up());
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Routing {
             )),
             _ => None,
         };
-        let mfa_anywhere = config.mfa.totp != MfaLevel::Off
+        let mfa_anywhere = config.mfa.level() != MfaLevel::Off
             || config
                 .connections
                 .iter()

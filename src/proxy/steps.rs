@@ -108,6 +108,9 @@ impl Gatehouse {
             tracing::info!(request_id = %ctx.request_id, count = tokens, "removed Connection tokens naming Gatehouse's headers");
         }
         ctx.client = self.forwarding.apply(req, peer, authority.as_deref());
+        if let Some(ip) = ctx.client {
+            req.extensions_mut().insert(crate::web::ClientIp(ip));
+        }
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             HeaderEdit::insert(req, wire::X_REQUEST_ID, id);
         }
@@ -433,7 +436,7 @@ impl Gatehouse {
             .mfa_level(upstream, method, path)
             .unwrap_or_else(|| match auth.provider(connection) {
                 Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.totp,
+                None => auth.mfa.config.level(),
             })
     }
 

@@ -163,6 +163,7 @@ fn user_details(u: &UserRecord) -> String {
         ("updated_at", timestamp(Some(u.updated_at))),
         ("last_login_at", timestamp(u.last_login_at)),
         ("mfa", mfa_status(u)),
+        ("email_otp", email_otp_status(u)),
     ] {
         let _ = writeln!(out, "{k:<17} {v}");
     }
@@ -188,6 +189,20 @@ fn mfa_status(u: &UserRecord) -> String {
         text.push_str(&format!(", {} failed attempt(s)", m.failures));
     }
     text
+}
+
+/// Whether Email OTP can reach this account (when `[mfa] email_otp` is on), and why not.
+fn email_otp_status(u: &UserRecord) -> String {
+    use crate::mfa::policy::EmailOtpUnusable;
+    let why = match (
+        u.email.as_deref().filter(|e| !e.trim().is_empty()),
+        u.email_verified,
+    ) {
+        (Some(email), true) => return format!("usable: codes go to {email} (verified)"),
+        (None, _) => EmailOtpUnusable::NoEmail,
+        (Some(_), false) => EmailOtpUnusable::Unverified,
+    };
+    format!("not usable: {}", why.reason())
 }
 
 fn audit_table(entries: &[AuditEntry]) -> String {
@@ -343,6 +358,20 @@ mod tests {
             assert!(public.contains("\"recovery_codes_left\": 3"), "{public}");
             assert!(public.contains("\"username\": \"alice\""), "{public}");
         }
+    }
+
+    /// `users mfa status` says whether Email OTP can reach the account, and why not.
+    #[test]
+    fn the_email_otp_line_says_why_an_account_cannot_use_it() {
+        let mut u = UserRecord::new("alice".into(), 1);
+        assert!(email_otp_status(&u).contains("no email address"));
+        u.email = Some("alice@example.com".into());
+        assert!(email_otp_status(&u).contains("not verified"));
+        u.email_verified = true;
+        assert_eq!(
+            email_otp_status(&u),
+            "usable: codes go to alice@example.com (verified)"
+        );
     }
 
     #[test]

@@ -719,7 +719,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         .mfa_level(usize::MAX, &forwarded.method, path)
         .unwrap_or_else(|| match auth.provider(&id.connection) {
             Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-            None => auth.mfa.config.totp,
+            None => auth.mfa.config.level(),
         });
     if let crate::auth::Authenticated::Bearer(identity, factors) = &who {
         // A token cannot step up: it passes only when its acr/amr show a second factor.

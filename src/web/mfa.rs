@@ -1,18 +1,22 @@
-//! `/oauth2/mfa`: the TOTP pages. A login that needs its second factor arrives here with the
+//! `/oauth2/mfa`: the second-factor pages (TOTP, and Email OTP: `?factor=email`, the send and
+//! resend buttons, the emailed-code form). A login that needs its second factor arrives here with the
 //! pending-MFA cookie (its session is not issued yet); a session that reached a route needing
 //! TOTP arrives with `?rd=` (step-up). GET shows the enrolment page (QR code, key, first code)
 //! or the code form; POST (CSRF-checked) confirms or verifies, then issues the session or marks
 //! it, and sends the browser on to `rd`. Every store change is one write transaction on the
 //! blocking pool; every attempt is counted in `gatehouse_mfa_challenges_total`.
 
-use crate::metrics::{MfaResult, StoreOp};
+use crate::metrics::{MfaFactor, MfaResult, StoreOp};
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
 use http::StatusCode;
 use pingora::proxy::Session;
 
+use crate::auth::second_factor::{EmailRefusal, EmailSendFailure};
+use crate::mfa::email::{Mail, SendRefusal};
 use crate::mfa::gate::{Waiting, PENDING_TTL};
+use crate::mfa::policy::factors;
 use crate::mfa::{EnrolError, Enrolment, EnrolmentStart, FailureOutcome, MfaRefusal, WrongCode};
 use maud::{html, Markup, PreEscaped};
 
@@ -182,7 +186,15 @@ pub async fn handle(
         }
     }
     if !post {
-        return show(auth, session, &ctx, None, StatusCode::OK).await;
+        return show_factor(
+            auth,
+            session,
+            &ctx,
+            param(&form, "factor"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
     }
     let token_ok = param(&form, "csrf").is_some_and(|t| auth.mfa.csrf_ok(t, ctx.id()));
     if !token_ok {
@@ -199,17 +211,36 @@ pub async fn handle(
         .await;
     }
     let code = param(&form, "code").unwrap_or("").trim().to_string();
+    if param(&form, "action") == Some("email_send") {
+        return email_send(auth, session, &ctx, request_id).await;
+    }
+    if param(&form, "factor") == Some("email") {
+        return email_verify(auth, session, &ctx, &code, request_id).await;
+    }
     match param(&form, "enrolment") {
         Some(pending) => confirm(auth, session, &ctx, pending, &code, request_id).await,
         None => verify(auth, session, &ctx, &code, request_id).await,
     }
 }
 
-/// The enrolment page or the code form, with an optional message.
+/// The enrolment page or the TOTP code form, with an optional message.
 async fn show(
     auth: &Arc<Auth>,
     session: &mut Session,
     ctx: &Context,
+    message: Option<&str>,
+    status: StatusCode,
+) -> pingora::Result<()> {
+    show_factor(auth, session, ctx, Some("totp"), message, status).await
+}
+
+/// The page for the factor asked for (`?factor=totp|email`), else the default one: TOTP when
+/// enrolled, else Email OTP when the account has a verified email, else TOTP enrolment.
+async fn show_factor(
+    auth: &Arc<Auth>,
+    session: &mut Session,
+    ctx: &Context,
+    want: Option<&str>,
     message: Option<&str>,
     status: StatusCode,
 ) -> pingora::Result<()> {
@@ -228,6 +259,42 @@ async fn show(
         }
         Err(e) => return store_failure(auth, session, e).await,
     };
+    let f = factors(
+        &auth.mfa.config,
+        user.mfa.is_enrolled(),
+        user.email.as_deref(),
+        user.email_verified,
+    );
+    let email_first = match want {
+        Some("email") => true,
+        Some("totp") => !f.totp,
+        _ => !f.totp_enrolled,
+    };
+    if f.email_otp && (email_first || !f.totp) {
+        return email_page(auth, session, ctx, message, status).await;
+    }
+    if !f.totp {
+        let why = crate::mfa::policy::email_otp_target(
+            &auth.mfa.config,
+            user.email.as_deref(),
+            user.email_verified,
+        )
+        .err()
+        .map_or("", |r| r.reason());
+        return html_page(
+            session,
+            StatusCode::FORBIDDEN,
+            "Second factor unavailable",
+            html! {
+                p id="mfa-no-factor" {
+                    "This sign-in needs a code sent by email, but it cannot be sent to this account: "
+                    (why) ". Ask an administrator to check the account's email address."
+                }
+            },
+            vec![clear_header(auth)],
+        )
+        .await;
+    }
     if user.mfa.is_enrolled() {
         return verify_page(auth, session, ctx, message, status).await;
     }
@@ -289,6 +356,9 @@ async fn enrol_page(
         }
         p { "Key: " code id="secret" { (start.manual_key) } }
         p { small { "Set-up link: " code id="otpauth-uri" style="word-break:break-all" { (start.otpauth_uri) } } }
+        @if email_usable(auth, ctx) {
+            p { a id="mfa-use-email" href=(format!("{MFA}?factor=email&rd={}", urlencode(ctx.rd()))) { "Email me a code instead" } }
+        }
         form id="mfa-enrol-form" method="post" action=(MFA) {
             (hidden(ctx, auth))
             input type="hidden" name="enrolment" value=(start.pending);
@@ -320,6 +390,9 @@ async fn verify_page(
             " "
             button class="button" id="mfa-submit" type="submit" { "Continue" }
         }
+        @if email_usable(auth, ctx) {
+            p { a id="mfa-use-email" href=(format!("{MFA}?factor=email&rd={}", urlencode(ctx.rd()))) { "Email me a code instead" } }
+        }
     };
     html_page(session, status, "Two-step sign-in", body, vec![]).await
 }
@@ -337,8 +410,8 @@ async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pin
     .await
 }
 
-fn count(auth: &Auth, result: MfaResult) {
-    auth.count_second_factor(result);
+fn count(auth: &Auth, factor: MfaFactor, result: MfaResult) {
+    auth.count_second_factor(factor, result);
 }
 
 /// The first code of an enrolment: saves the secret, shows the recovery codes once, and
@@ -356,7 +429,7 @@ async fn confirm(
     let confirmed = match Enrolment::confirm(&auth.mfa.sealer, username, pending, code, now) {
         Ok(confirmed) => confirmed,
         Err(EnrolError::Code(_)) => {
-            count(auth, MfaResult::Failure);
+            count(auth, MfaFactor::Totp, MfaResult::Failure);
             let again = Enrolment::resume(
                 &auth.mfa.sealer,
                 username,
@@ -408,7 +481,7 @@ async fn confirm(
         Ok(false) => return show(auth, session, ctx, None, StatusCode::OK).await,
         Err(e) => return store_failure(auth, session, e).await,
     }
-    count(auth, MfaResult::Success);
+    count(auth, MfaFactor::Totp, MfaResult::Success);
     tracing::info!(user_id, request_id, "TOTP enrolled");
     let (cookies, rd) = match finish(auth, session, ctx, now).await {
         Ok(done) => done,
@@ -452,16 +525,14 @@ async fn verify(
         Ok(r) => r,
         Err(e) => return store_failure(auth, session, e).await,
     };
+    let factor = if is_totp {
+        MfaFactor::Totp
+    } else {
+        MfaFactor::RecoveryCode
+    };
     match result {
         Ok(()) => {
-            count(
-                auth,
-                if is_totp {
-                    MfaResult::Success
-                } else {
-                    MfaResult::Recovery
-                },
-            );
+            count(auth, factor, MfaResult::Success);
             match finish(auth, session, ctx, now).await {
                 Ok((cookies, rd)) => redirect(session, &rd, cookies).await,
                 Err(e) => store_failure(auth, session, e).await,
@@ -472,7 +543,7 @@ async fn verify(
             outcome: FailureOutcome::LockedNow { until } | FailureOutcome::AlreadyLocked { until },
             ..
         }) => {
-            count(auth, MfaResult::Locked);
+            count(auth, factor, MfaResult::Locked);
             tracing::warn!(
                 user_id,
                 request_id,
@@ -506,7 +577,7 @@ async fn verify(
                     (MfaResult::Failure, "That code is not right.")
                 }
             };
-            count(auth, label);
+            count(auth, factor, label);
             tracing::info!(
                 user_id,
                 request_id,
@@ -565,6 +636,260 @@ async fn finish(
         Context::StepUp { live, rd, .. } => {
             auth.sessions.mark_mfa(live, now).await?;
             Ok((vec![], rd.clone()))
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Whether this account can get a code by email (for the "instead" links).
+fn email_usable(auth: &Auth, ctx: &Context) -> bool {
+    let (user_id, _) = ctx.user();
+    auth.mfa_account(user_id).ok().flatten().is_some_and(|u| {
+        crate::mfa::policy::email_otp_target(&auth.mfa.config, u.email.as_deref(), u.email_verified)
+            .is_ok()
+    })
+}
+
+/// `alice@example.com` as `a***@example.com`.
+fn masked(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "your address".to_string(),
+    }
+}
+
+/// The Email OTP page: a button that sends a code, or, once one is in force, the code form
+/// (with "send a new code"), and a link to TOTP when the account can use it.
+async fn email_page(
+    auth: &Arc<Auth>,
+    session: &mut Session,
+    ctx: &Context,
+    message: Option<&str>,
+    status: StatusCode,
+) -> pingora::Result<()> {
+    let (user_id, _) = ctx.user();
+    let now = auth.mfa.now();
+    let user = auth.mfa_account(user_id).ok().flatten();
+    let to = user
+        .as_ref()
+        .and_then(|u| u.email.as_deref())
+        .map(masked)
+        .unwrap_or_default();
+    let totp = user.as_ref().is_some_and(|u| {
+        factors(
+            &auth.mfa.config,
+            u.mfa.is_enrolled(),
+            u.email.as_deref(),
+            u.email_verified,
+        )
+        .totp
+    });
+    let state = auth.mfa.email_challenge(ctx.id());
+    let in_force = state.as_ref().is_some_and(|c| c.has_code(now));
+    let digits = auth.mfa.config.email_otp.length;
+    let body = html! {
+        (message_html(message))
+        @if in_force {
+            p { "We sent a " (digits) "-digit code to " strong id="mfa-email-to" { (to) } ". Enter it here." }
+            form id="mfa-email-form" method="post" action=(MFA) {
+                (hidden(ctx, auth))
+                input type="hidden" name="factor" value="email";
+                label for="code" { "Code from the email" }
+                " "
+                input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required;
+                " "
+                button class="button" id="mfa-submit" type="submit" { "Continue" }
+            }
+            form id="mfa-email-resend-form" method="post" action=(MFA) {
+                (hidden(ctx, auth))
+                input type="hidden" name="action" value="email_send";
+                button class="button" id="mfa-resend" type="submit" { "Send a new code" }
+            }
+        } @else {
+            p { "This sign-in needs a second step. We can email a one-time code to " strong id="mfa-email-to" { (to) } "." }
+            form id="mfa-email-send-form" method="post" action=(MFA) {
+                (hidden(ctx, auth))
+                input type="hidden" name="action" value="email_send";
+                button class="button" id="mfa-send" type="submit" { "Email me a code" }
+            }
+        }
+        @if totp {
+            p { a id="mfa-use-totp" href=(format!("{MFA}?factor=totp&rd={}", urlencode(ctx.rd()))) { "Use an authenticator app instead" } }
+        }
+    };
+    html_page(session, status, "Two-step sign-in", body, vec![]).await
+}
+
+/// Sends (or re-sends) a code by email for this login or step-up.
+async fn email_send(
+    auth: &Arc<Auth>,
+    session: &mut Session,
+    ctx: &Context,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let now = auth.mfa.now();
+    let (user_id, _) = ctx.user();
+    let (purpose, connection, keep_until) = match ctx {
+        Context::Pending(w) => ("signing in", w.connection.clone(), w.exp),
+        Context::StepUp { live, .. } => (
+            "opening a page that needs a second sign-in step",
+            live.identity.connection.clone(),
+            now.saturating_add(PENDING_TTL),
+        ),
+    };
+    let connection = auth
+        .provider(&connection)
+        .map(|p| p.connection.display_name.clone())
+        .unwrap_or(connection);
+    // The address the proxy resolved (a trusted proxy's X-Forwarded-For), else the peer.
+    let client_ip = session
+        .req_header()
+        .extensions
+        .get::<super::ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        })
+        .map(|ip| ip.to_canonical().to_string())
+        .unwrap_or_else(|| "an unknown address".to_string());
+    let rfc3339 = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    let sent = auth
+        .send_email_code(ctx.id(), user_id, keep_until, request_id, |code, exp| {
+            let (subject, text, html) = templates::email_otp_mail(&templates::EmailOtpFacts {
+                code,
+                purpose,
+                at: rfc3339(now),
+                connection: &connection,
+                client_ip: &client_ip,
+                expires_at: rfc3339(exp),
+                expires_in_minutes: exp.saturating_sub(now).div_ceil(60),
+            });
+            Mail {
+                subject,
+                text,
+                html,
+            }
+        })
+        .await;
+    match sent {
+        Ok(_) => email_page(auth, session, ctx, None, StatusCode::OK).await,
+        Err(EmailSendFailure::Limited(SendRefusal::TooSoon { wait })) => {
+            let msg =
+                format!("A code was sent just now. You can ask for a new one in {wait} seconds.");
+            email_page(
+                auth,
+                session,
+                ctx,
+                Some(&msg),
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+            .await
+        }
+        Err(EmailSendFailure::Limited(SendRefusal::TooMany)) => {
+            let msg = "No more codes can be sent for this sign-in. Use the last code, another factor, or sign in again.";
+            email_page(auth, session, ctx, Some(msg), StatusCode::TOO_MANY_REQUESTS).await
+        }
+        Err(EmailSendFailure::Send(_)) => {
+            let msg = "We could not send the code; try again or use another factor.";
+            email_page(
+                auth,
+                session,
+                ctx,
+                Some(msg),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await
+        }
+        Err(EmailSendFailure::Unusable(_)) => {
+            show_factor(auth, session, ctx, None, None, StatusCode::FORBIDDEN).await
+        }
+        Err(EmailSendFailure::Store(e)) => store_failure(auth, session, e).await,
+    }
+}
+
+/// A code at the Email OTP form, under the same lock-out as TOTP.
+async fn email_verify(
+    auth: &Arc<Auth>,
+    session: &mut Session,
+    ctx: &Context,
+    code: &str,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let (user_id, _) = ctx.user();
+    let now = auth.mfa.now();
+    let checked = match auth
+        .check_email_code(ctx.id(), user_id, code, request_id)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return store_failure(auth, session, e).await,
+    };
+    let f = MfaFactor::EmailOtp;
+    let locked = |until: u64| until.saturating_sub(now).div_ceil(60);
+    match checked {
+        Ok(()) => {
+            count(auth, f, MfaResult::Success);
+            if let Context::StepUp { .. } = ctx {
+                auth.mfa.forget_email(ctx.id());
+            }
+            match finish(auth, session, ctx, now).await {
+                Ok((cookies, rd)) => redirect(session, &rd, cookies).await,
+                Err(e) => store_failure(auth, session, e).await,
+            }
+        }
+        Err(EmailRefusal::Locked { until })
+        | Err(EmailRefusal::Wrong(
+            FailureOutcome::LockedNow { until } | FailureOutcome::AlreadyLocked { until },
+        )) => {
+            count(auth, f, MfaResult::Locked);
+            tracing::warn!(
+                user_id,
+                request_id,
+                until,
+                "MFA locked after too many wrong codes"
+            );
+            let body = html! {
+                p id="mfa-locked" { "Too many wrong codes. Try again in " (locked(until)) " minute(s)." }
+            };
+            html_page(
+                session,
+                StatusCode::TOO_MANY_REQUESTS,
+                "Locked for now",
+                body,
+                vec![],
+            )
+            .await
+        }
+        Err(EmailRefusal::Wrong(FailureOutcome::Counted { tries_left })) => {
+            count(auth, f, MfaResult::Failure);
+            tracing::info!(user_id, request_id, tries_left, "Email OTP code refused");
+            let msg = format!("That code is not right. {tries_left} tries left.");
+            email_page(auth, session, ctx, Some(&msg), StatusCode::UNAUTHORIZED).await
+        }
+        Err(EmailRefusal::Expired) => {
+            count(auth, f, MfaResult::Expired);
+            let msg = "That code has expired. Send a new one.";
+            email_page(auth, session, ctx, Some(msg), StatusCode::UNAUTHORIZED).await
+        }
+        Err(EmailRefusal::NoCode) => {
+            count(auth, f, MfaResult::Failure);
+            let msg = "There is no code waiting for this sign-in. Send a new one.";
+            email_page(auth, session, ctx, Some(msg), StatusCode::UNAUTHORIZED).await
+        }
+        Err(EmailRefusal::Gone) => {
+            show_factor(auth, session, ctx, None, None, StatusCode::OK).await
         }
     }
 }

@@ -24,3 +24,9 @@ pub mod templates;
 
 pub use forms::BodyTimeout;
 pub use templates::Theme;
+
+/// The client's address as the proxy resolved it (`X-Forwarded-For` from a trusted proxy,
+/// else the peer), kept in the request's extensions for the pages that name it (the Email
+/// OTP mail says which address the sign-in came from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
