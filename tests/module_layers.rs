@@ -100,8 +100,10 @@ fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
     let modules = modules(&src);
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let mut deps: BTreeMap<String, BTreeSet<String>> =
-        modules.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
+    let mut deps: BTreeMap<String, BTreeSet<String>> = modules
+        .iter()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
     for file in files {
         let relative = file.strip_prefix(&src).expect("under src");
         let first = relative
