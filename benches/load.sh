@@ -10,10 +10,17 @@
 #
 #   benches/load.sh                 # 3 rounds of 10 s each, 64 connections
 #   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
+#   PROFILE=/tmp/profiles benches/load.sh   # also perf profiles (needs Debian's linux-perf)
 #
-# Prints req/s, p50, p99 and the proxy's CPU time per request for each target (median over
-# rounds), and the ratios Gatehouse/nginx and Gatehouse/bare pingora.
-# Needs wrk and nginx (installed from Debian if missing). Every run is bounded in time.
+# Gatehouse runs twice, with the access log off (`gatehouse`, `gatehouse_auth`) and on
+# (`gatehouse_log`, `gatehouse_log_auth`, lines written to a file); nginx logs nothing.
+#
+# Prints one table (issue 14): for each target the peak req/s under wrk (median over rounds)
+# and its ratio to nginx and to Gatehouse's public route, the proxy's CPU time per request
+# (from /proc; user + system of every thread) and its ratio to nginx, and p50/p99 at one fixed
+# rate for every target: half of the peak of Gatehouse with a session (hey -q; RATE=... sets
+# it), interleaved over FIXED_ROUNDS rounds of FIXED_SECONDS.
+# Needs wrk, hey and nginx (installed from Debian if missing). Every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +35,9 @@ for flag in JIT SIGNED_HEADER; do
   case ${!flag} in true|false) ;; *) echo "$flag must be true or false" >&2; exit 2 ;; esac
 done
 
-for tool in wrk nginx; do
+FIXED_ROUNDS=${FIXED_ROUNDS:-2}
+FIXED_SECONDS=${FIXED_SECONDS:-8}
+for tool in wrk hey nginx; do
   if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
     echo "installing $tool" >&2
     (apt-get update -qq && apt-get install -y -qq "$tool") >/dev/null
@@ -36,10 +45,13 @@ for tool in wrk nginx; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet --bin gatehouse --example bare_pingora
+# GATEHOUSE_BIN and BARE_BIN measure binaries built elsewhere (e.g. before and after a change).
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/gatehouse
-BARE=$TARGET_DIR/release/examples/bare_pingora
+if [ -z "${GATEHOUSE_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
+  cargo build --release --quiet --bin gatehouse --example bare_pingora
+fi
+BIN=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
+BARE=${BARE_BIN:-$TARGET_DIR/release/examples/bare_pingora}
 
 work=$(mktemp -d)
 pids=()
@@ -57,12 +69,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATEHOUSE=$(free_port); ADMIN=$(free_port); BARE_PORT=$(free_port); OP=$(free_port)
+GATEHOUSE_LOG=$(free_port); ADMIN_LOG=$(free_port)
 
 # The test OpenID provider, for the authenticated case (a session cookie from a real login).
 [ -d tests/idp/node_modules/oidc-provider ] || npm ci --silent --prefix tests/idp
 cat >"$work/op.json" <<CONF
 {"port": $OP, "exit_on_stdin_eof": false, "clients": [{"client_id": "gatehouse", "client_secret": "bench-secret",
- "redirect_uris": ["http://127.0.0.1:$GATEHOUSE/oauth2/callback"], "grant_types": ["authorization_code", "refresh_token"],
+ "redirect_uris": ["http://127.0.0.1:$GATEHOUSE/oauth2/callback", "http://127.0.0.1:$GATEHOUSE_LOG/oauth2/callback"], "grant_types": ["authorization_code", "refresh_token"],
  "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]}
 CONF
 node tests/idp/server.mjs "$work/op.json" >"$work/op.out" 2>"$work/op.log" &
@@ -98,17 +111,18 @@ nginx_conf proxy "upstream app { server 127.0.0.1:$UPSTREAM; keepalive 128; }
     }
   }"
 
-cat >"$work/gatehouse.toml" <<CONF
+gatehouse_conf() { # name port admin-port access-log log-level
+  cat >"$work/$1.toml" <<CONF
 [server]
-listen = ["127.0.0.1:$GATEHOUSE"]
-admin_listen = "127.0.0.1:$ADMIN"
+listen = ["127.0.0.1:$2"]
+admin_listen = "127.0.0.1:$3"
 ready_requires_idp = true
 worker_threads = $WORKERS
 [log]
-level = "warn"
-access_log = false
+level = "$5"
+access_log = $4
 [store]
-data_dir = "$work/gatehouse-data"
+data_dir = "$work/$1-data"
 [session]
 cookie_secure = false
 [identity]
@@ -125,26 +139,39 @@ client_id = "gatehouse"
 client_secret = "bench-secret"
 jit = $JIT
 CONF
+}
+gatehouse_conf gatehouse "$GATEHOUSE" "$ADMIN" false warn
+gatehouse_conf gatehouse_log "$GATEHOUSE_LOG" "$ADMIN_LOG" true "warn,gatehouse::access=info"
 "$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
 pids+=($!)
 GATEHOUSE_PID=$!
+# The access log at info goes to stderr, into a file, as a service manager would keep it.
+"$BIN" serve --config "$work/gatehouse_log.toml" 2>"$work/gatehouse_log.log" &
+pids+=($!)
+GATEHOUSE_LOG_PID=$!
 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM" "$WORKERS" 2>"$work/bare.log" &
 pids+=($!)
 BARE_PID=$!
 
-for port in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do
+for port in $UPSTREAM $NGINX_PROXY $GATEHOUSE $GATEHOUSE_LOG $BARE_PORT; do
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
 done
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/ready" >/dev/null && break; sleep 0.1; done
+for admin in $ADMIN $ADMIN_LOG; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/ready" >/dev/null && break; sleep 0.1; done
+done
 
 # Sign in once as alice through the OP's login form, and keep the session cookie.
-jar="$work/jar"
-curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$GATEHOUSE/" -o "$work/form.html"
-action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
-curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
-SESSION=$(awk '$6 == "_gatehouse" {print $7}' "$jar")
-[ -n "$SESSION" ] || { echo "login failed: no session cookie" >&2; exit 1; }
-COOKIE="Cookie: _gatehouse=$SESSION"
+session_cookie() { # gatehouse-port -> "Cookie: _gatehouse=..."
+  local jar="$work/jar-$1" action session
+  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$1/" -o "$work/form.html"
+  action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
+  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
+  session=$(awk '$6 == "_gatehouse" {print $7}' "$jar")
+  [ -n "$session" ] || { echo "login at port $1 failed: no session cookie" >&2; exit 1; }
+  echo "Cookie: _gatehouse=$session"
+}
+COOKIE=$(session_cookie "$GATEHOUSE")
+COOKIE_LOG=$(session_cookie "$GATEHOUSE_LOG")
 
 metric() { # name label-regex -> the value of the first sample that matches, else 0
   # The scrape goes to a file first: awk stopping early would break curl's pipe (exit 23).
@@ -185,6 +212,7 @@ proxy_pids() { # name -> the pids whose CPU counts for that target
   case $1 in
     nginx) echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')" ;;
     gatehouse|gatehouse_auth) echo "$GATEHOUSE_PID" ;;
+    gatehouse_log|gatehouse_log_auth) echo "$GATEHOUSE_LOG_PID" ;;
     pingora) echo "$BARE_PID" ;;
     *) echo "" ;;
   esac
@@ -208,7 +236,7 @@ run() { # name port [path] [header] -> appends "name rps p50 p99 cpu_us_per_requ
   printf '  round %s  %-10s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/req\n' "$round" "$1" "$rps" "$p50" "$p99" "$cpu_us" >&2
 }
 
-for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSE $BARE_PORT; do  # warm-up, not measured
+for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSE $GATEHOUSE_LOG $BARE_PORT; do  # warm-up, not measured
   timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/public/" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
@@ -217,6 +245,52 @@ for round in $(seq "$ROUNDS"); do
   run pingora "$BARE_PORT"
   run gatehouse "$GATEHOUSE"
   run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
+  run gatehouse_log "$GATEHOUSE_LOG"
+  run gatehouse_log_auth "$GATEHOUSE_LOG" "/bench/path?x=1" "$COOKIE_LOG"
+done
+
+# PROFILE=dir: perf profiles (call graphs) of bare pingora, Gatehouse public and Gatehouse
+# with a session under the same wrk load, then `perf report` summaries, into dir.
+if [ -n "${PROFILE:-}" ]; then
+  mkdir -p "$PROFILE"
+  profile() { # name pid port [path] [header]
+    local path=${4:-/public/bench?x=1} header=${5:-X-Bench: 1}
+    perf record -F 1999 -g -o "$PROFILE/$1.data" -p "$2" -- sleep "$SECONDS_PER_ROUND" 2>/dev/null &
+    local perf_pid=$!
+    timeout $((SECONDS_PER_ROUND + 20)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" -H "$header" "http://127.0.0.1:$3$path" >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$PROFILE/$1.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null | grep -v '^$' | head -120 >"$PROFILE/$1.txt" || true
+    perf report -i "$PROFILE/$1.data" --no-children --sort dso --stdio 2>/dev/null | grep '%' | head -20 >"$PROFILE/$1-dso.txt" || true
+    echo "  profile $1: $PROFILE/$1.txt" >&2
+  }
+  profile pingora "$BARE_PID" "$BARE_PORT"
+  profile gatehouse "$GATEHOUSE_PID" "$GATEHOUSE"
+  profile gatehouse_auth "$GATEHOUSE_PID" "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
+fi
+
+# Latency at one fixed rate for every target: half of the peak of Gatehouse with a session
+# (median of the rounds above), with hey's rate limit (-q is per connection).
+FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
+RATE=${RATE:-$(awk '$1 == "gatehouse_auth" {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
+PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
+fixed() { # name port [path] [header] -> appends "name p50_ms p99_ms rps" to fixed
+  local out path=${3:-/public/bench?x=1} header=${4:-X-Bench: 1}
+  out=$(timeout $((FIXED_SECONDS + 20)) hey -z "${FIXED_SECONDS}s" -c "$FIXED_CONNECTIONS" -q "$PER_CONN" -H "$header" "http://127.0.0.1:$2$path")
+  local p50 p99 rps
+  p50=$(awk '$1 == "50%" {printf "%.3f", $3 * 1000}' <<<"$out")
+  p99=$(awk '$1 == "99%" {printf "%.3f", $3 * 1000}' <<<"$out")
+  rps=$(awk '$1 == "Requests/sec:" {print $2}' <<<"$out")
+  echo "$1 $p50 $p99 $rps" >>"$work/fixed"
+  printf '  fixed %s  %-18s %8s req/s  p50 %7s ms  p99 %7s ms\n' "$round" "$1" "$rps" "$p50" "$p99" >&2
+}
+for round in $(seq "$FIXED_ROUNDS"); do
+  fixed direct "$UPSTREAM"
+  fixed nginx "$NGINX_PROXY"
+  fixed pingora "$BARE_PORT"
+  fixed gatehouse "$GATEHOUSE"
+  fixed gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
+  fixed gatehouse_log "$GATEHOUSE_LOG"
+  fixed gatehouse_log_auth "$GATEHOUSE_LOG" "/bench/path?x=1" "$COOKIE_LOG"
 done
 
 # Logins: LOGINS sequential sign-ins (new browser each: start, IdP form, callback) with curl.
@@ -254,23 +328,38 @@ if k1 > k0:
           f"{1000 * (j1 - j0) / (k1 - k0):.2f} ms")
 PY
 
-python3 - "$work/results" <<'PY'
+python3 - "$work/results" "$work/fixed" "$RATE" "$CONNECTIONS" "$WORKERS" <<'PY'
 import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    name, *values = line.split()
-    rows.setdefault(name, []).append(tuple(float(v) for v in values))
-med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4)) for k, v in rows.items()}
-print("| target | req/s (median) | p50 ms | p99 ms | proxy CPU us/req |")
-print("|---|---:|---:|---:|---:|")
-for name in ("direct", "nginx", "pingora", "gatehouse", "gatehouse_auth"):
-    rps, p50, p99, cpu = med[name]
+def medians(path, width):
+    rows = {}
+    for line in open(path):
+        name, *values = line.split()
+        rows.setdefault(name, []).append(tuple(float(v) for v in values))
+    return {k: tuple(statistics.median(x[i] for x in v) for i in range(width)) for k, v in rows.items()}
+med = medians(sys.argv[1], 4)
+fixed = medians(sys.argv[2], 3)
+rate, conns, workers = sys.argv[3], sys.argv[4], sys.argv[5]
+print(f"\npeak: wrk -c{conns}, median of rounds; CPU: the proxy's user+system time per request (/proc); "
+      f"fixed rate: {rate} req/s for every target (hey -q), p50/p99 in ms; {workers} worker threads each")
+print("| target | req/s | x nginx | x public | CPU us/req | CPU x nginx | p50 @rate | p99 @rate | p99 over nginx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+names = ("direct", "nginx", "pingora", "gatehouse", "gatehouse_auth", "gatehouse_log", "gatehouse_log_auth")
+for name in names:
+    rps, _, _, cpu = med[name]
+    public = med["gatehouse_log" if "log" in name else "gatehouse"][0]
+    x_public = f"{rps / public:.2f}" if name.startswith("gatehouse") else "-"
     cpu_text = "-" if name == "direct" else f"{cpu:.1f}"
-    print(f"| {name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {cpu_text} |")
-print(f"\nratio gatehouse/nginx, req/s: {med['gatehouse'][0] / med['nginx'][0]:.2f}")
-print(f"ratio nginx/gatehouse, CPU per request: {med['nginx'][3] / med['gatehouse'][3]:.2f}")
-print(f"ratio gatehouse/bare pingora, req/s: {med['gatehouse'][0] / med['pingora'][0]:.2f}")
-print(f"ratio authenticated/public route, req/s: {med['gatehouse_auth'][0] / med['gatehouse'][0]:.2f}")
+    cpu_x = "-" if name == "direct" else f"{cpu / med['nginx'][3]:.2f}"
+    p50, p99, _ = fixed.get(name, (float("nan"),) * 3)
+    over = "-" if name in ("direct", "nginx") else f"{p99 - fixed['nginx'][1]:+.3f}"
+    print(f"| {name} | {rps:,.0f} | {rps / med['nginx'][0]:.2f} | {x_public} | {cpu_text} | {cpu_x} | {p50:.3f} | {p99:.3f} | {over} |")
+print(f"\nauthenticated / public route, req/s (target >= 0.95): {med['gatehouse_auth'][0] / med['gatehouse'][0]:.2f}"
+      f" (access log on: {med['gatehouse_log_auth'][0] / med['gatehouse_log'][0]:.2f})")
+print(f"CPU per authenticated request / nginx's (target <= 2.5): {med['gatehouse_auth'][3] / med['nginx'][3]:.2f}")
+print(f"gatehouse public / bare pingora, req/s: {med['gatehouse'][0] / med['pingora'][0]:.2f};"
+      f" bare pingora / nginx: {med['pingora'][0] / med['nginx'][0]:.2f}")
+print(f"p99 at {rate} req/s over nginx (target <= 0.5 ms): public {fixed['gatehouse'][1] - fixed['nginx'][1]:+.3f} ms,"
+      f" with a session {fixed['gatehouse_auth'][1] - fixed['nginx'][1]:+.3f} ms")
 PY
 cat "$work/logins"
 if [ "$JIT" = true ]; then

@@ -90,12 +90,24 @@ pub fn access_line(line: &AccessLine<'_>) {
         duration_ms = line.elapsed.as_secs_f64() * 1000.0,
         kind = line.kind.as_str(),
         upstream = line.upstream.unwrap_or("-"),
-        client = %line.client.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+        client = %OrDash(line.client),
         request_id = line.request_id,
         trace_id = if line.trace_id.is_empty() { "-" } else { line.trace_id },
         user = line.user.unwrap_or("-"),
         error = line.error.unwrap_or("-"),
     );
+}
+
+/// A value shown as itself, or `-` when absent, formatted in place (no `String` per line).
+struct OrDash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 pub use crate::text::Escaped;

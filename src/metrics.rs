@@ -196,10 +196,48 @@ label! {
     FetchResult { Success => "success", Failure => "failure" }
 }
 
+/// Status codes with a resolved handle each (every valid code is below it; 0: no response).
+const CODES: usize = 1000;
+
+/// `gatehouse_http_requests_total` and `_duration_seconds` handles by route kind (its `ALL`
+/// order) and status code: the duration series made at startup, a counter on first use (the
+/// same series `with_label_values` would make then).
+struct RequestHandles {
+    requests: IntCounterVec,
+    counters: Vec<Box<[std::sync::OnceLock<prometheus::IntCounter>]>>,
+    durations: Vec<prometheus::Histogram>,
+}
+
+impl RequestHandles {
+    fn new(requests: &IntCounterVec, duration: &HistogramVec) -> Self {
+        Self {
+            requests: requests.clone(),
+            counters: RouteKind::ALL
+                .iter()
+                .map(|_| (0..CODES).map(|_| std::sync::OnceLock::new()).collect())
+                .collect(),
+            durations: RouteKind::ALL
+                .iter()
+                .map(|kind| duration.with_label_values(&[kind.as_str()]))
+                .collect(),
+        }
+    }
+
+    fn counter(&self, kind: RouteKind, code: u16) -> &prometheus::IntCounter {
+        // A code that is no HTTP status counts as "0", as before.
+        let code = http::StatusCode::from_u16(code).map_or(0, |s| s.as_u16());
+        let slot = &self.counters[kind as usize][usize::from(code).min(CODES - 1)];
+        slot.get_or_init(|| {
+            let text = code.to_string();
+            self.requests.with_label_values(&[kind.as_str(), &text])
+        })
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
+    /// The per-request series, resolved once rather than looked up by label on every request.
+    handles: RequestHandles,
     in_flight: IntGauge,
     /// 1 while `/ready` answers 200; set when `/metrics` is rendered.
     ready: IntGauge,
@@ -753,8 +791,7 @@ impl Metrics {
             config,
             dns_refresh,
             registry,
-            requests,
-            duration,
+            handles: RequestHandles::new(&requests, &duration),
             in_flight,
             ready,
             upstream_errors,
@@ -776,14 +813,8 @@ impl Metrics {
 
     pub fn request_finished(&self, kind: RouteKind, code: u16, elapsed: Duration) {
         self.in_flight.dec();
-        let status = http::StatusCode::from_u16(code).ok();
-        let code = status.as_ref().map_or("0", http::StatusCode::as_str);
-        self.requests
-            .with_label_values(&[kind.as_str(), code])
-            .inc();
-        self.duration
-            .with_label_values(&[kind.as_str()])
-            .observe(elapsed.as_secs_f64());
+        self.handles.counter(kind, code).inc();
+        self.handles.durations[kind as usize].observe(elapsed.as_secs_f64());
     }
 
     /// Records what `/ready` answers now (`gatehouse_ready`).

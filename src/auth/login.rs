@@ -1,7 +1,8 @@
 //! The end of a login, once the IdP's answer has checked out: the identity step (JIT
 //! provisioning into the store, or the claims as they are) and the new session, written in one
-//! store transaction. It blocks on the store's write lock, so the callback runs it on tokio's
-//! blocking pool, never on a proxy thread.
+//! store transaction, group-committed with the logins that arrive while a commit is in flight
+//! ([`crate::store::writer::GroupCommit`]). It waits for that commit, so the callback runs it on
+//! tokio's blocking pool, never on a proxy thread.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
 use crate::metrics::JitOutcome;
 use crate::mfa::gate::{PendingLogin, PENDING_TTL};
 use crate::mfa::policy::{decide, login_level, MfaDecision, Standing};
+use crate::store::sessions::{PendingSession, SessionRecord, SESSION_RECORD_VERSION};
 use crate::store::StoreError;
 
 /// Why a checked login still got no session.
@@ -62,25 +64,33 @@ impl Auth {
         let started = Instant::now();
         let old: Vec<String> = old_sid.into_iter().collect();
         let level = login_level(&self.mfa.config, &connection);
-        let written = self.store.write(|tx| {
-            if !old.is_empty() {
-                tx.delete_sessions(&old)?;
+        let when = self.mfa.config.when_no_local_account;
+        let jit = connection.jit;
+        let clock = self.clock.clone();
+        let lifetime = self.sessions.config().lifetime.as_secs();
+        let request_id = request_id.to_string();
+        let (claims, idp_sid, tokens) = (
+            result.identity.clone(),
+            result.idp_sid.clone(),
+            result.tokens.clone(),
+        );
+        let old_in_tx = old.clone();
+        // The login's transaction, group-committed with logins arriving meanwhile; it owns
+        // what it reads, since it runs on the commit thread (and runs again alone if its
+        // batch fails).
+        let written = self.logins.write(move |tx| {
+            if !old_in_tx.is_empty() {
+                tx.delete_sessions(&old_in_tx)?;
             }
-            let (identity, action) = if connection.jit {
-                match jit::provision(
-                    tx,
-                    &connection,
-                    &result.identity,
-                    self.clock.now(),
-                    request_id,
-                )? {
+            let (identity, action) = if jit {
+                match jit::provision(tx, &connection, &claims, clock.now(), &request_id)? {
                     Provisioned::Allowed { identity, action } => (identity, Some(action)),
                     Provisioned::Refused(refusal) => {
                         return Ok(Err(LoginFailure::Refused(refusal)))
                     }
                 }
             } else {
-                (result.identity.clone(), None)
+                (claims.clone(), None)
             };
             // An account "has" a second factor for `optional` levels when TOTP is enrolled or
             // Email OTP can reach a verified address.
@@ -96,7 +106,6 @@ impl Auth {
                 }),
                 None => false,
             };
-            let when = self.mfa.config.when_no_local_account;
             match decide(
                 level,
                 when,
@@ -110,13 +119,21 @@ impl Auth {
                 MfaDecision::Challenge => return Ok(Ok((Step::Mfa(identity), action))),
                 MfaDecision::Conflict => return Ok(Err(LoginFailure::MfaConflict)),
             }
-            let pending =
-                self.sessions
-                    .prepare(identity, result.idp_sid.clone(), result.tokens.clone());
+            let created_at = clock.now();
+            let pending = PendingSession::new(SessionRecord {
+                version: SESSION_RECORD_VERSION,
+                sid: crate::ids::random_id(),
+                identity,
+                idp_sid: idp_sid.clone(),
+                created_at,
+                expires_at: created_at + lifetime,
+                tokens: tokens.clone(),
+                mfa_at: None,
+            });
             tx.put_session(pending.record())?;
             Ok(Ok((Step::Session(pending), action)))
         });
-        if connection.jit {
+        if jit {
             self.metrics
                 .jit_duration
                 .observe(started.elapsed().as_secs_f64());

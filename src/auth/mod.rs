@@ -37,6 +37,8 @@ pub struct Auth {
     pub headers: Headers,
     pub metrics: AuthMetrics,
     pub store: Arc<Store>,
+    /// The login transactions (JIT provisioning and the new session), group-committed.
+    pub logins: crate::store::writer::GroupCommit,
     /// The `[[access]]` rules, for forward-auth answers (which have no upstream).
     path_rules: arc_swap::ArcSwap<crate::identity::access::AccessPolicy>,
     /// The second factor: policy, pending logins, the key of stored TOTP secrets.
@@ -132,6 +134,10 @@ impl Auth {
             login_timeout: config.session.login_timeout,
             headers: config.headers.clone(),
             metrics,
+            logins: crate::store::writer::GroupCommit::start(store.clone(), "gatehouse-logins")
+                .map_err(|e| {
+                    crate::store::StoreError::Db(format!("cannot start the login writer: {e}"))
+                })?,
             store,
             mfa,
             path_rules: arc_swap::ArcSwap::from_pointee(

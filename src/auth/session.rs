@@ -33,7 +33,7 @@ fn chunk_index(cookie: &[u8], name: &[u8]) -> Option<usize> {
 }
 
 /// What the cookie carries: enough to find and cross-check the server-side record.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct CookieBody {
     sid: String,
     conn: String,
@@ -61,7 +61,10 @@ pub struct LiveSession {
     pub signed: crate::identity::signed_header::AssertionCache,
     /// Set when the session is revoked, so connections still open for it (WebSocket,
     /// long downloads) stop at their next frame.
-    ended: tokio::sync::watch::Sender<bool>,
+    ended: std::sync::atomic::AtomicBool,
+    /// Made for the first connection that waits on the end (an upgraded one); most sessions
+    /// never need one, and it is a few hundred bytes.
+    ended_signal: std::sync::OnceLock<tokio::sync::watch::Sender<bool>>,
 }
 
 impl LiveSession {
@@ -80,19 +83,37 @@ impl LiveSession {
             header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
             signed: Default::default(),
-            ended: tokio::sync::watch::Sender::new(false),
+            ended: std::sync::atomic::AtomicBool::new(false),
+            ended_signal: std::sync::OnceLock::new(),
         }
     }
 
     /// Whether the session was revoked (signed out, logged out, expired, disabled).
     pub fn has_ended(&self) -> bool {
-        *self.ended.borrow()
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// Turns true when the session ends: a connection that outlives its request (WebSocket)
     /// waits on it to close even when no frame moves.
     pub fn ended_signal(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.ended.subscribe()
+        let signal = self
+            .ended_signal
+            .get_or_init(|| tokio::sync::watch::Sender::new(self.has_ended()));
+        let receiver = signal.subscribe();
+        // An end between the flag's read above and the signal's creation finds no signal to
+        // send on (see `end`): look at the flag again now that the signal exists.
+        if self.has_ended() {
+            signal.send_replace(true);
+        }
+        receiver
+    }
+
+    /// Marks the session ended, and wakes what waits on its signal.
+    fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        if let Some(signal) = self.ended_signal.get() {
+            signal.send_replace(true);
+        }
     }
 
     fn record(&self) -> SessionRecord {
@@ -161,29 +182,75 @@ pub enum SessionsOf<'a> {
     IdpSession { connection: &'a str, sid: &'a str },
 }
 
-type Index = HashMap<(String, String), HashSet<String>>;
+/// A live session in the id map, found by its id without a copy of the id as the key.
+struct BySid(Arc<LiveSession>);
+
+impl std::borrow::Borrow<str> for BySid {
+    fn borrow(&self) -> &str {
+        &self.0.sid
+    }
+}
+
+impl std::hash::Hash for BySid {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.sid.as_str().hash(state);
+    }
+}
+
+impl PartialEq for BySid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.sid == other.0.sid
+    }
+}
+
+impl Eq for BySid {}
+
+/// Which index a key belongs to.
+#[derive(Clone, Copy)]
+enum IndexKind {
+    Subject,
+    IdpSession,
+    User,
+}
+
+/// Sessions by the hash of a (kind, text, text) key; the entries are the sessions themselves
+/// (no copies of ids or names), and a lookup keeps only those whose own fields match the key
+/// exactly, so two keys that share a hash never mix.
+type Index = HashMap<u64, Vec<Arc<LiveSession>>>;
 
 /// The live sessions by id, with the indexes that let a logout or an admin change find a
 /// user's sessions without scanning them all (kept in step by `insert` and `remove`).
 #[derive(Default)]
 struct LiveMap {
-    by_sid: HashMap<String, Arc<LiveSession>>,
-    /// (connection, IdP subject) -> session ids.
-    by_subject: Index,
-    /// (connection, IdP session id) -> session ids.
-    by_idp_sid: Index,
-    /// ("", local user id) -> session ids.
-    by_user: Index,
+    by_sid: HashSet<BySid>,
+    /// (connection, IdP subject), (connection, IdP session id), local user id -> sessions.
+    index: Index,
+    hasher: std::collections::hash_map::RandomState,
 }
 
-/// The index entries of a session: (subject, IdP session, local user) keys.
-fn index_keys(s: &LiveSession) -> [Option<(String, String)>; 3] {
+/// The index keys of a session: its subject, its IdP session, its local user.
+fn index_keys(s: &LiveSession) -> [Option<(IndexKind, &str, &str)>; 3] {
     let id = &s.identity;
     [
-        Some((id.connection.clone(), id.subject.clone())),
-        s.idp_sid.clone().map(|sid| (id.connection.clone(), sid)),
-        id.user_id.clone().map(|u| (String::new(), u)),
+        Some((
+            IndexKind::Subject,
+            id.connection.as_str(),
+            id.subject.as_str(),
+        )),
+        s.idp_sid
+            .as_deref()
+            .map(|sid| (IndexKind::IdpSession, id.connection.as_str(), sid)),
+        id.user_id.as_deref().map(|u| (IndexKind::User, "", u)),
     ]
+}
+
+/// Whether `s` has exactly this index key.
+fn has_key(s: &LiveSession, key: (IndexKind, &str, &str)) -> bool {
+    index_keys(s).into_iter().flatten().any(|k| {
+        std::mem::discriminant(&k.0) == std::mem::discriminant(&key.0)
+            && k.1 == key.1
+            && k.2 == key.2
+    })
 }
 
 impl LiveMap {
@@ -192,35 +259,31 @@ impl LiveMap {
     }
 
     fn get(&self, sid: &str) -> Option<&Arc<LiveSession>> {
-        self.by_sid.get(sid)
+        self.by_sid.get(sid).map(|s| &s.0)
     }
 
-    fn indexes(&mut self) -> [&mut Index; 3] {
-        [
-            &mut self.by_subject,
-            &mut self.by_idp_sid,
-            &mut self.by_user,
-        ]
+    fn slot(&self, key: (IndexKind, &str, &str)) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((key.0 as u8, key.1, key.2))
     }
 
     fn insert(&mut self, session: Arc<LiveSession>) {
         self.remove(&session.sid);
-        for (key, index) in index_keys(&session).into_iter().zip(self.indexes()) {
-            if let Some(key) = key {
-                index.entry(key).or_default().insert(session.sid.clone());
-            }
+        for key in index_keys(&session).into_iter().flatten() {
+            let slot = self.slot(key);
+            self.index.entry(slot).or_default().push(session.clone());
         }
-        self.by_sid.insert(session.sid.clone(), session);
+        self.by_sid.insert(BySid(session));
     }
 
     fn remove(&mut self, sid: &str) -> Option<Arc<LiveSession>> {
-        let session = self.by_sid.remove(sid)?;
-        for (key, index) in index_keys(&session).into_iter().zip(self.indexes()) {
-            let Some(key) = key else { continue };
-            if let Some(set) = index.get_mut(&key) {
-                set.remove(sid);
-                if set.is_empty() {
-                    index.remove(&key);
+        let session = self.by_sid.take(sid)?.0;
+        for key in index_keys(&session).into_iter().flatten() {
+            let slot = self.slot(key);
+            if let Some(list) = self.index.get_mut(&slot) {
+                list.retain(|s| !Arc::ptr_eq(s, &session));
+                if list.is_empty() {
+                    self.index.remove(&slot);
                 }
             }
         }
@@ -228,24 +291,66 @@ impl LiveMap {
     }
 
     fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
-        let (index, key) = match which {
-            SessionsOf::User(user) => (&self.by_user, ("", user)),
+        let key = match which {
+            SessionsOf::User(user) => (IndexKind::User, "", user),
             SessionsOf::Subject {
                 connection,
                 subject,
-            } => (&self.by_subject, (connection, subject)),
-            SessionsOf::IdpSession { connection, sid } => (&self.by_idp_sid, (connection, sid)),
+            } => (IndexKind::Subject, connection, subject),
+            SessionsOf::IdpSession { connection, sid } => (IndexKind::IdpSession, connection, sid),
         };
-        index
-            .get(&(key.0.to_string(), key.1.to_string()))
-            .map(|set| set.iter().cloned().collect())
+        self.index
+            .get(&self.slot(key))
+            .map(|list| {
+                list.iter()
+                    .filter(|s| has_key(s, key))
+                    .map(|s| s.sid.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    fn sessions(&self) -> impl Iterator<Item = &Arc<LiveSession>> {
+        self.by_sid.iter().map(|s| &s.0)
+    }
+}
+
+/// At most this many opened cookies are remembered; past it the memory starts over.
+const OPENED_CACHE: usize = 65_536;
+
+/// Sealed cookie values already opened, by their exact bytes, with what they carry: a request
+/// that brings the same value again skips the decryption and the JSON. A hit is exactly as
+/// strict as a full open: only the very value that opened is found (the map compares every
+/// byte), and what it carries goes through the same checks (expiry, live record, its user).
+#[derive(Default)]
+struct OpenedCookies(RwLock<HashMap<Box<str>, Arc<CookieBody>>>);
+
+impl OpenedCookies {
+    fn get(&self, sealed: &str) -> Option<Arc<CookieBody>> {
+        self.0.read().ok()?.get(sealed).cloned()
+    }
+
+    fn insert(&self, sealed: &str, body: Arc<CookieBody>) {
+        if let Ok(mut map) = self.0.write() {
+            if map.len() >= OPENED_CACHE {
+                map.clear();
+            }
+            map.insert(sealed.into(), body);
+        }
+    }
+
+    /// Keeps only the values `keep` accepts.
+    fn retain(&self, keep: impl Fn(&CookieBody) -> bool) {
+        if let Ok(mut map) = self.0.write() {
+            map.retain(|_, body| keep(body));
+        }
     }
 }
 
 pub struct Sessions {
     config: SessionConfig,
     sealer: Sealer,
+    opened: OpenedCookies,
     store: Arc<Store>,
     /// Every session write after login goes through it: never an fsync on a proxy thread.
     writer: SessionWriter,
@@ -325,6 +430,7 @@ impl Sessions {
             sealer,
             store,
             writer,
+            opened: OpenedCookies::default(),
             live: RwLock::new(live),
             clock,
         })
@@ -472,11 +578,19 @@ impl Sessions {
         let Some(sealed) = self.cookie_value(headers) else {
             return Lookup::None;
         };
-        let Ok(plain) = self.sealer.open(PURPOSE, &sealed) else {
-            return Lookup::Rejected(Rejection::Forged);
-        };
-        let Ok(body) = serde_json::from_slice::<CookieBody>(&plain) else {
-            return Lookup::Rejected(Rejection::Forged);
+        let body = match self.opened.get(&sealed) {
+            Some(body) => body,
+            None => {
+                let Ok(plain) = self.sealer.open(PURPOSE, &sealed) else {
+                    return Lookup::Rejected(Rejection::Forged);
+                };
+                let Ok(body) = serde_json::from_slice::<CookieBody>(&plain) else {
+                    return Lookup::Rejected(Rejection::Forged);
+                };
+                let body = Arc::new(body);
+                self.opened.insert(&sealed, body.clone());
+                body
+            }
         };
         let now = self.clock.now();
         if body.exp <= now {
@@ -543,7 +657,7 @@ impl Sessions {
         if let Ok(mut map) = self.live.write() {
             for sid in sids {
                 if let Some(session) = map.remove(sid) {
-                    session.ended.send_replace(true);
+                    session.end();
                     removed += 1;
                 }
             }
@@ -556,9 +670,12 @@ impl Sessions {
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
         let idle = self.config.idle_timeout.as_secs();
-        self.revoke_where(|s| {
+        let ended = self.revoke_where(|s| {
             s.expires_at <= now || now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
-        })
+        });
+        // A revoked session's value may stay until it expires: the live map refuses it.
+        self.opened.retain(|body| body.exp > now);
+        ended
     }
 
     /// Drops sessions from memory whose records are already gone from the store.
@@ -572,8 +689,7 @@ impl Sessions {
             .live
             .read()
             .map(|m| {
-                m.by_sid
-                    .values()
+                m.sessions()
                     .filter(|s| pred(s))
                     .map(|s| s.sid.clone())
                     .collect()
@@ -587,13 +703,13 @@ impl Sessions {
 
     /// The sealed value, joined from chunks when it was split. Chunks count only as
     /// `<name>_0` .. `<name>_9`, each once, with no gap.
-    fn cookie_value(&self, headers: &HeaderMap) -> Option<String> {
+    fn cookie_value<'h>(&self, headers: &'h HeaderMap) -> Option<std::borrow::Cow<'h, str>> {
         let name = self.config.cookie_name.as_str();
         let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
         let mut twice = false;
         for (k, v) in request_cookies(headers) {
             if k == name {
-                return Some(v.to_string());
+                return Some(v.into());
             }
             if let Some(i) = chunk_index(k.as_bytes(), name.as_bytes()) {
                 twice |= chunks[i].replace(v).is_some();
@@ -601,16 +717,23 @@ impl Sessions {
         }
         if twice {
             // Two values for one chunk: no way to tell which is ours.
-            return Some(String::new());
+            return Some("".into());
         }
         let count = chunks.iter().take_while(|c| c.is_some()).count();
         if count == 0 {
-            return chunks.iter().any(Option::is_some).then(String::new);
+            return chunks.iter().any(Option::is_some).then(|| "".into());
         }
         if chunks[count..].iter().any(Option::is_some) {
-            return Some(String::new());
+            return Some("".into());
         }
-        Some(chunks[..count].iter().flatten().copied().collect())
+        Some(
+            chunks[..count]
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<String>()
+                .into(),
+        )
     }
 
     /// The one `Set-Cookie` builder of every Gatehouse cookie (session and its chunks, login
@@ -797,6 +920,53 @@ mod tests {
         assert!(matches!(
             s.lookup(&headers),
             Lookup::Rejected(Rejection::Expired)
+        ));
+    }
+
+    /// The opened-cookie cache is as strict as a full open: once a cookie was accepted (and
+    /// remembered), every value that differs from it by one byte (each position changed to
+    /// another cookie-safe byte, each byte removed, one appended) is still refused as forged,
+    /// the very value stays live, and it is refused as revoked once its session is revoked.
+    #[test]
+    fn a_remembered_cookie_matches_only_its_exact_bytes_and_still_sees_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let set = s.create(identity("u1"), None, Tokens::default()).unwrap();
+        let pair = set[0].split(';').next().unwrap().to_string();
+        let (name, value) = pair.split_once('=').unwrap();
+        let cookie = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::COOKIE, format!("{name}={v}").parse().unwrap());
+            h
+        };
+        let Lookup::Live(live) = s.lookup(&cookie(value)) else {
+            panic!("the fresh cookie is live")
+        };
+        let mut variants = Vec::new();
+        for i in 0..value.len() {
+            for b in [b'A', b'z', b'0', b'-', b'_'] {
+                let mut v = value.as_bytes().to_vec();
+                if v[i] != b {
+                    v[i] = b;
+                    variants.push(String::from_utf8(v).unwrap());
+                }
+            }
+            let mut v = value.to_string();
+            v.remove(i);
+            variants.push(v);
+        }
+        variants.push(format!("{value}A"));
+        for v in &variants {
+            assert!(
+                matches!(s.lookup(&cookie(v)), Lookup::Rejected(Rejection::Forged)),
+                "a changed value was accepted: {v}"
+            );
+            assert!(matches!(s.lookup(&cookie(value)), Lookup::Live(_)));
+        }
+        s.revoke(std::slice::from_ref(&live.sid));
+        assert!(matches!(
+            s.lookup(&cookie(value)),
+            Lookup::Rejected(Rejection::Revoked)
         ));
     }
 

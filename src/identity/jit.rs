@@ -327,6 +327,7 @@ fn changed_keys(
 mod tests {
     use super::*;
     use crate::store::Store;
+    use std::sync::Arc;
 
     fn connection(sync: AttributeSync, link_by_email: bool) -> Connection {
         let text = r#"
@@ -658,5 +659,44 @@ mod tests {
         let mut id = Identity::new("corp", " ro\u{0}ot");
         id.username = Some("\u{202E}x".into());
         assert_eq!(base_username(&id), "%20ro%00ot");
+    }
+
+    /// The first logins of one new user, arriving at once and group-committed together (or
+    /// in consecutive batches), make exactly one account: every login gets the same user id,
+    /// one of them `Created` and the rest `Unchanged`.
+    #[test]
+    fn parallel_first_logins_of_one_user_make_exactly_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let group = Arc::new(crate::store::writer::GroupCommit::start(store.clone(), "t").unwrap());
+        let c = connection(AttributeSync::Override, false);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (group, c, barrier) = (group.clone(), c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let who = claims("sub-1", "a@example.com", true);
+                    barrier.wait();
+                    group
+                        .write(move |tx| provision(tx, &c, &who, 100, "req"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let outcomes: Vec<Provisioned> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let ids: std::collections::HashSet<_> = outcomes
+            .iter()
+            .map(|p| match p {
+                Provisioned::Allowed { identity, .. } => identity.user_id.clone().unwrap(),
+                Provisioned::Refused(r) => panic!("refused: {r:?}"),
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        let created = outcomes
+            .iter()
+            .filter(|p| action(p) == JitAction::Created)
+            .count();
+        assert_eq!(created, 1);
+        assert_eq!(store.read(|tx| tx.user_count()).unwrap(), 1);
     }
 }

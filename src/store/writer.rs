@@ -144,6 +144,149 @@ fn finish_alone(job: Job, outcome: Result<(), StoreError>) {
     }
 }
 
+/// Group commit for transactions a caller waits for (logins: JIT provisioning and the new
+/// session). One thread runs them: a transaction that arrives while a commit is in flight waits
+/// for it, and everything that queued meanwhile is run in the next transaction together (one
+/// fsync for the batch); a lone transaction keeps its own. Each caller is answered only once
+/// the commit that holds its writes is durable. When a batch fails, nothing of it is kept and
+/// each of its transactions runs again alone, so one failing transaction fails only itself.
+pub struct GroupCommit {
+    queue: Option<SyncSender<Box<dyn Batched>>>,
+    /// Transactions handed over and not yet taken by the thread (for tests).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One queued transaction, with the way to answer its caller.
+trait Batched: Send {
+    /// Does the transaction's work in `tx` (which may hold other transactions' work too).
+    fn run(&mut self, tx: &mut super::Tx) -> Result<(), StoreError>;
+    /// Answers the caller: the work's output once committed, or the error.
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+}
+
+struct Task<T, F> {
+    work: F,
+    out: Option<T>,
+    reply: SyncSender<Result<T, StoreError>>,
+}
+
+impl<T, F> Batched for Task<T, F>
+where
+    T: Send,
+    F: FnMut(&mut super::Tx) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, tx: &mut super::Tx) -> Result<(), StoreError> {
+        self.out = None;
+        self.out = Some((self.work)(tx)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let Task { out, reply, .. } = *self;
+        let answer = outcome.and_then(|()| {
+            out.ok_or_else(|| StoreError::Db("a grouped transaction left no result".into()))
+        });
+        let _ = reply.send(answer);
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCommit")
+    }
+}
+
+impl GroupCommit {
+    /// Starts the commit thread for `store` (named `name`). It ends when the handle is dropped,
+    /// after what is queued.
+    pub fn start(store: Arc<Store>, name: &str) -> std::io::Result<Self> {
+        let (queue, jobs) = sync_channel::<Box<dyn Batched>>(BATCH * 4);
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = waiting.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run_grouped(&store, &jobs, &taken))?;
+        Ok(Self {
+            queue: Some(queue),
+            waiting,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `work` in a write transaction (perhaps together with others) and returns its output
+    /// once that transaction is durable; an `Err` from `work` rolls back its own writes only.
+    /// `work` may run more than once (again alone, when its batch failed), each time on a
+    /// transaction where its earlier run left nothing. Blocks the calling thread: call it from
+    /// tokio's blocking pool, never from a proxy thread.
+    pub fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut super::Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let stopped = || StoreError::Db("the commit thread stopped".into());
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        let (reply, answer) = sync_channel(1);
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let task = Box::new(Task {
+            work,
+            out: None,
+            reply,
+        });
+        if queue.send(task).is_err() {
+            self.waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(stopped());
+        }
+        answer.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// How many transactions are queued and not yet taken into a batch (tests wait on it).
+    #[doc(hidden)]
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn run_grouped(
+    store: &Store,
+    jobs: &Receiver<Box<dyn Batched>>,
+    waiting: &std::sync::atomic::AtomicUsize,
+) {
+    let took = |n: usize| waiting.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        took(batch.len());
+        let together = store.write(|tx| batch.iter_mut().try_for_each(|job| job.run(tx)));
+        match together {
+            Ok(()) => batch.into_iter().for_each(|job| job.finish(Ok(()))),
+            Err(e) if batch.len() == 1 => batch.remove(0).finish(Err(e)),
+            Err(_) => {
+                for mut job in batch {
+                    let outcome = store.write(|tx| job.run(tx));
+                    job.finish(outcome);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +340,109 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(store.sessions().unwrap().len(), 260);
+    }
+
+    /// Waits (without a timed sleep) until `n` transactions are queued behind the one running.
+    fn until_waiting(group: &GroupCommit, n: usize) {
+        while group.waiting() != n {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Transactions that queue while a commit is in flight go into the next transaction
+    /// together; when one of them fails, the batch is rolled back and each runs again alone:
+    /// the failing one gets its error, the others are committed and answered Ok.
+    #[test]
+    fn a_failing_transaction_in_a_batch_fails_alone_and_the_others_commit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let group = Arc::new(GroupCommit::start(store.clone(), "test-group").unwrap());
+        // The first transaction holds the thread until the others are queued behind it.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let group = group.clone();
+            std::thread::spawn(move || {
+                group.write(move |tx| {
+                    let _ = started.send(());
+                    gate.lock().unwrap().recv().unwrap();
+                    tx.put_session(&record("first"))
+                })
+            })
+        };
+        running.recv().unwrap();
+        let runs: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+        let mut queued = Vec::new();
+        for (i, name) in ["good-1", "bad", "good-2"].into_iter().enumerate() {
+            let (shared, runs) = (group.clone(), runs[i].clone());
+            queued.push(std::thread::spawn(move || {
+                shared.write(move |tx| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tx.put_session(&record(name))?;
+                    if name == "bad" {
+                        return Err(StoreError::Db("this login fails".into()));
+                    }
+                    Ok(name)
+                })
+            }));
+            until_waiting(&group, i + 1);
+        }
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        let outcomes: Vec<_> = queued.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(outcomes[0].as_ref().unwrap(), &"good-1");
+        assert!(
+            outcomes[1].is_err(),
+            "the failing transaction reports its error"
+        );
+        assert_eq!(outcomes[2].as_ref().unwrap(), &"good-2");
+        // good-1 ran in the batch and again alone: the three were batched.
+        assert_eq!(runs[0].load(Ordering::SeqCst), 2);
+        let mut stored: Vec<String> = store
+            .sessions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.sid)
+            .collect();
+        stored.sort();
+        assert_eq!(
+            stored,
+            ["first", "good-1", "good-2"],
+            "nothing of the bad one is kept"
+        );
+    }
+
+    /// Many callers at once: every one is answered with its own output, and every write is
+    /// in the store when its answer comes.
+    #[test]
+    fn concurrent_transactions_are_each_answered_after_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let group = Arc::new(GroupCommit::start(store.clone(), "test-group").unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (group, store) = (group.clone(), store.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let sid = format!("s{t}-{i}");
+                        let answered = group
+                            .write({
+                                let sid = sid.clone();
+                                move |tx| tx.put_session(&record(&sid)).map(|()| sid.clone())
+                            })
+                            .unwrap();
+                        assert_eq!(answered, sid);
+                        let stored = store.sessions().unwrap();
+                        assert!(stored.iter().any(|r| r.sid == sid), "{sid} not stored");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.sessions().unwrap().len(), 160);
     }
 }
