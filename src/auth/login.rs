@@ -75,6 +75,7 @@ impl Auth {
             result.tokens.clone(),
         );
         let old_in_tx = old.clone();
+        let mfa_config = self.mfa.config.clone();
         // The login's transaction, group-committed with logins arriving meanwhile; it owns
         // what it reads, since it runs on the commit thread (and runs again alone if its
         // batch fails).
@@ -97,7 +98,7 @@ impl Auth {
             let enrolled = match &identity.user_id {
                 Some(id) => tx.user(id)?.is_some_and(|u| {
                     crate::mfa::policy::factors(
-                        &self.mfa.config,
+                        &mfa_config,
                         u.mfa.is_enrolled(),
                         u.email.as_deref(),
                         u.email_verified,
