@@ -578,8 +578,10 @@ impl Sessions {
         let Some(sealed) = self.cookie_value(headers) else {
             return Lookup::None;
         };
-        let body = match self.opened.get(&sealed) {
-            Some(body) => body,
+        // `Some` when the value was opened now: remembered only once it is accepted, so an
+        // expired, revoked or borrowed cookie never takes a place in the memory.
+        let (body, opened_now) = match self.opened.get(&sealed) {
+            Some(body) => (body, false),
             None => {
                 let Ok(plain) = self.sealer.open(PURPOSE, &sealed) else {
                     return Lookup::Rejected(Rejection::Forged);
@@ -587,9 +589,7 @@ impl Sessions {
                 let Ok(body) = serde_json::from_slice::<CookieBody>(&plain) else {
                     return Lookup::Rejected(Rejection::Forged);
                 };
-                let body = Arc::new(body);
-                self.opened.insert(&sealed, body.clone());
-                body
+                (Arc::new(body), true)
             }
         };
         let now = self.clock.now();
@@ -619,6 +619,9 @@ impl Sessions {
         }
         if last != now {
             live.last_seen.store(now, Ordering::Relaxed);
+        }
+        if opened_now {
+            self.opened.insert(&sealed, body);
         }
         Lookup::Live(live)
     }
@@ -1074,6 +1077,28 @@ mod tests {
             s.lookup(&headers),
             Lookup::Rejected(Rejection::Revoked)
         ));
+    }
+
+    /// Only accepted cookies are remembered: a value that opens but names a revoked session
+    /// is refused every time and takes no place in the opened-cookie memory.
+    #[test]
+    fn a_cookie_of_a_revoked_session_is_never_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let cookie = s.create(identity("u1"), None, Tokens::default()).unwrap();
+        let headers = with_cookie(&cookie[0]);
+        let Lookup::Live(live) = s.lookup(&headers) else {
+            panic!("not live")
+        };
+        s.revoke(std::slice::from_ref(&live.sid));
+        s.opened.retain(|_| false);
+        for _ in 0..3 {
+            assert!(matches!(
+                s.lookup(&headers),
+                Lookup::Rejected(Rejection::Revoked)
+            ));
+        }
+        assert_eq!(s.opened.0.read().unwrap().len(), 0);
     }
 
     #[test]
