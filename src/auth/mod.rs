@@ -151,6 +151,41 @@ impl Auth {
         }))
     }
 
+    /// The second-factor level a route asks of a user of `connection` when no upstream or
+    /// `[[access]]` rule names one: the connection's own, else the default.
+    pub fn default_mfa_level(&self, connection: &str) -> crate::config::model::MfaLevel {
+        match self.provider(connection) {
+            Some(p) => crate::mfa::policy::login_level(&self.mfa.config, &p.connection),
+            None => self.mfa.config.level(),
+        }
+    }
+
+    /// The second-factor rule for a request at `level`: a session passes once it did the
+    /// factor; a bearer token (which cannot step up) only when its `acr`/`amr` show one. A
+    /// token of a JIT connection counts as having a local account.
+    pub fn mfa_decision(
+        &self,
+        who: &Authenticated,
+        level: crate::config::model::MfaLevel,
+    ) -> crate::mfa::policy::MfaDecision {
+        let standing = match who {
+            Authenticated::Session(live) => crate::mfa::policy::Standing {
+                local_account: live.identity.user_id.is_some(),
+                enrolled: false,
+                done: live.mfa_done_at().is_some(),
+            },
+            Authenticated::Bearer(identity, factors) => crate::mfa::policy::Standing {
+                local_account: identity.user_id.is_some()
+                    || self
+                        .provider(&identity.connection)
+                        .is_some_and(|p| p.connection.jit),
+                enrolled: false,
+                done: *factors == bearer::Factors::Two,
+            },
+        };
+        crate::mfa::policy::decide(level, self.mfa.config.when_no_local_account, standing)
+    }
+
     pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.connection.id == id)
     }

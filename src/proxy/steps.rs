@@ -22,15 +22,14 @@ use pingora::{Error, ErrorType, Result};
 use super::forwarded::Peer;
 use super::path::{self, NormalPath, PathError, PathOptions};
 use super::routes::Route;
-use super::{target, Gatehouse, RequestCtx, Routing};
+use super::{target, Gatehouse, RequestCtx};
 use crate::auth::{Auth, Authenticated};
-use crate::config::model::MfaLevel;
 use crate::conns::Deadlined;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
 use crate::logging::{Escaped, Redacted};
 use crate::metrics::SpoofKind;
-use crate::mfa::policy::{decide, MfaDecision, Standing};
+use crate::mfa::policy::MfaDecision;
 use crate::web::{endpoints, paths, respond, Theme};
 
 /// What a step of `request_filter` decided.
@@ -266,17 +265,8 @@ impl Gatehouse {
         {
             return Ok(Flow::Answered);
         }
-        let second_factor = match (ctx.routing.mfa_anywhere, &who) {
-            (true, Authenticated::Session(live)) => {
-                self.enforce_mfa(auth, session, ctx, live).await?
-            }
-            (true, Authenticated::Bearer(identity, factors)) => {
-                self.enforce_bearer_mfa(auth, session, ctx, identity, *factors)
-                    .await?
-            }
-            (false, _) => Flow::Continue,
-        };
-        if second_factor.answered() {
+        if ctx.routing.mfa_anywhere && self.enforce_mfa(auth, session, ctx, &who).await?.answered()
+        {
             return Ok(Flow::Answered);
         }
         let req = session.req_header_mut();
@@ -362,46 +352,47 @@ impl Gatehouse {
         format!("{}?rd={}", paths::START, Self::rd_param(session, path))
     }
 
-    /// The second factor for a signed-in session on a route that requires TOTP: passes when
-    /// the session has done it; else a local account is sent to the TOTP form (step-up, then
-    /// back to this route) and a JIT-off session gets the conflict answer (`deny`) or passes
-    /// (`skip`).
+    /// The second factor where the route asks for one ([`Auth::mfa_decision`]). A session
+    /// that has not done it is sent to the second-factor page (step-up, then back to this
+    /// route), or gets 401 when it is not a browser; a JIT-off session gets the conflict answer
+    /// (`deny`). A bearer token cannot step up: 401 with `WWW-Authenticate: Bearer
+    /// error="insufficient_user_authentication"` (RFC 9470).
     async fn enforce_mfa(
         &self,
         auth: &Auth,
         session: &mut Session,
         ctx: &RequestCtx,
-        live: &crate::auth::session::LiveSession,
+        who: &Authenticated,
     ) -> Result<Flow> {
         let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
             return Ok(Flow::Continue);
         };
-        let method = &session.req_header().method;
-        let level = Self::mfa_level(
-            &ctx.routing,
-            auth,
-            upstream,
-            method,
-            path,
-            &live.identity.connection,
-        );
-        let decision = decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            Standing {
-                local_account: live.identity.user_id.is_some(),
-                enrolled: false,
-                done: live.mfa_done_at().is_some(),
-            },
-        );
+        let connection = &who.identity().connection;
+        let level = ctx
+            .routing
+            .access
+            .mfa_level(upstream, &session.req_header().method, path)
+            .unwrap_or_else(|| auth.default_mfa_level(connection));
+        let decision = auth.mfa_decision(who, level);
         if decision == MfaDecision::Pass {
             return Ok(Flow::Continue);
         }
-        let browser = respond::is_browser(method, &session.req_header().headers);
+        if let Authenticated::Bearer(..) = who {
+            tracing::info!(request_id = %ctx.request_id, connection = %connection, "bearer token without a second factor on a route that requires one: refused");
+            return refuse_bearer(
+                session,
+                ctx,
+                "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"",
+                "This route needs a token that shows a second factor.",
+            )
+            .await;
+        }
+        let browser =
+            respond::is_browser(&session.req_header().method, &session.req_header().headers);
         let rd = Self::rd_param(session, path);
         if decision == MfaDecision::Conflict {
-            auth.metrics.mfa_conflict(&live.identity.connection);
-            tracing::info!(request_id = %ctx.request_id, connection = %live.identity.connection, "TOTP required but the connection keeps no local account: refused");
+            auth.metrics.mfa_conflict(connection);
+            tracing::info!(request_id = %ctx.request_id, connection = %connection, "a second factor is required but the connection keeps no local account: refused");
             let rd = percent_encoding::percent_decode_str(&rd).decode_utf8_lossy();
             crate::web::mfa::conflict(auth, session, &rd, &ctx.request_id, browser).await?;
             return Ok(Flow::Answered);
@@ -420,74 +411,6 @@ impl Gatehouse {
             respond::send(session, StatusCode::UNAUTHORIZED, kind, body, &[]).await?;
         }
         Ok(Flow::Answered)
-    }
-
-    /// The TOTP level this route asks of a user of `connection`.
-    fn mfa_level(
-        routing: &Routing,
-        auth: &Auth,
-        upstream: usize,
-        method: &http::Method,
-        path: &NormalPath,
-        connection: &str,
-    ) -> MfaLevel {
-        routing
-            .access
-            .mfa_level(upstream, method, path)
-            .unwrap_or_else(|| match auth.provider(connection) {
-                Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-                None => auth.mfa.config.level(),
-            })
-    }
-
-    /// The second factor for a bearer token on a route that requires TOTP: a token cannot
-    /// step up, so it passes only when its `acr`/`amr` show a second factor (see
-    /// `crate::auth::bearer::factors`); else 401 with `WWW-Authenticate: Bearer
-    /// error="insufficient_user_authentication"` (RFC 9470). A JIT-off connection with
-    /// `when_no_local_account = "skip"` passes as sessions do.
-    async fn enforce_bearer_mfa(
-        &self,
-        auth: &Auth,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        identity: &crate::identity::Identity,
-        factors: crate::auth::bearer::Factors,
-    ) -> Result<Flow> {
-        let (Some(upstream), Some(path)) = (ctx.upstream, ctx.path.as_ref()) else {
-            return Ok(Flow::Continue);
-        };
-        let method = &session.req_header().method;
-        let level = Self::mfa_level(
-            &ctx.routing,
-            auth,
-            upstream,
-            method,
-            path,
-            &identity.connection,
-        );
-        let jit = auth
-            .provider(&identity.connection)
-            .is_some_and(|p| p.connection.jit);
-        let decision = decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            Standing {
-                local_account: jit || identity.user_id.is_some(),
-                enrolled: false,
-                done: factors == crate::auth::bearer::Factors::Two,
-            },
-        );
-        if decision == MfaDecision::Pass {
-            return Ok(Flow::Continue);
-        }
-        tracing::info!(request_id = %ctx.request_id, connection = %identity.connection, "bearer token without a second factor on a route that requires one: refused");
-        refuse_bearer(
-            session,
-            ctx,
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"",
-            "This route needs a token that shows a second factor.",
-        )
-        .await
     }
 
     /// The access rules for a signed-in request. When refused, the 403 answer is written

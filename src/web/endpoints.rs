@@ -717,24 +717,10 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
     }
     let level = path_rules
         .mfa_level(usize::MAX, &forwarded.method, path)
-        .unwrap_or_else(|| match auth.provider(&id.connection) {
-            Some(p) => crate::mfa::policy::login_level(&auth.mfa.config, &p.connection),
-            None => auth.mfa.config.level(),
-        });
-    if let crate::auth::Authenticated::Bearer(identity, factors) = &who {
+        .unwrap_or_else(|| auth.default_mfa_level(&id.connection));
+    let decision = auth.mfa_decision(&who, level);
+    if let crate::auth::Authenticated::Bearer(identity, _) = &who {
         // A token cannot step up: it passes only when its acr/amr show a second factor.
-        let jit = auth
-            .provider(&identity.connection)
-            .is_some_and(|p| p.connection.jit);
-        let decision = crate::mfa::policy::decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            crate::mfa::policy::Standing {
-                local_account: jit || identity.user_id.is_some(),
-                enrolled: false,
-                done: *factors == crate::auth::bearer::Factors::Two,
-            },
-        );
         if decision != crate::mfa::policy::MfaDecision::Pass {
             tracing::info!(request_id, connection = %identity.connection, path = ?path, "forward-auth: bearer token without a second factor on a route that requires one");
             let challenge = "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\"";
@@ -744,15 +730,6 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
         }
     }
     if let crate::auth::Authenticated::Session(live) = &who {
-        let decision = crate::mfa::policy::decide(
-            level,
-            auth.mfa.config.when_no_local_account,
-            crate::mfa::policy::Standing {
-                local_account: live.identity.user_id.is_some(),
-                enrolled: false,
-                done: live.mfa_done_at().is_some(),
-            },
-        );
         match decision {
             crate::mfa::policy::MfaDecision::Pass => {}
             crate::mfa::policy::MfaDecision::Conflict => {
