@@ -360,7 +360,7 @@ fn connect_checks(config: &gatehouse::config::Config) -> usize {
     let store = match gatehouse::store::Store::open(dir) {
         Ok(store) => store
             .write(|_| Ok(()))
-            .map(|()| format!("{} opened and a write committed", store.path().display()))
+            .map(|()| format!("{} opened and a write committed", store.location()))
             .map_err(|e| e.to_string()),
         Err(gatehouse::store::StoreError::Locked(path)) => Ok(format!(
             "{} is open in a running gatehouse (not checked further)",

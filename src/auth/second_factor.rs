@@ -26,7 +26,7 @@ impl Auth {
     /// Runs a store write on the blocking pool.
     async fn write_blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut crate::store::Tx) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut crate::store::Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let auth = Arc::clone(self);
         tokio::task::spawn_blocking(move || auth.store.write(f))
@@ -58,7 +58,7 @@ impl Auth {
                 if user.mfa.is_enrolled() || user.disabled {
                     return Ok(false);
                 }
-                user.mfa = record;
+                user.mfa = record.clone();
                 user.updated_at = now;
                 tx.put_user(&user)?;
                 let mut entry = audit(AuditAction::MfaEnrolled, &uid, &rid, now);

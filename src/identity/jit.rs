@@ -363,7 +363,7 @@ mod tests {
     }
 
     /// Changes a stored account the way an admin would.
-    fn edit(store: &Store, id: &str, change: impl FnOnce(&mut UserRecord)) {
+    fn edit(store: &Store, id: &str, change: impl Fn(&mut UserRecord)) {
         store
             .write(|tx| {
                 let mut u = tx.user(id)?.unwrap();

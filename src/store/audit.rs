@@ -2,10 +2,9 @@
 //! refused at login; disabled, enabled, deleted, roles and attributes changed by an admin).
 //! Entries name the attributes that changed, never their values.
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, ReadTx, StoreError, Tx, AUDIT};
+use super::{decode, encode, ReadTx, StoreError, Tx};
 
 pub const AUDIT_ENTRY_VERSION: u8 = 1;
 
@@ -123,34 +122,23 @@ impl AuditEntry {
 impl Tx {
     /// Appends an entry; returns its sequence number.
     pub fn append_audit(&mut self, entry: &AuditEntry) -> Result<u64, StoreError> {
-        let mut table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
-        let seq = table
-            .last()
-            .map_err(StoreError::db)?
-            .map_or(1, |(k, _)| k.value() + 1);
-        let mut entry = entry.clone();
-        entry.seq = seq;
-        let bytes = encode(&entry)?;
-        table
-            .insert(seq, bytes.as_slice())
-            .map_err(StoreError::db)?;
-        Ok(seq)
+        let encode_at = |seq: u64| {
+            let mut entry = entry.clone();
+            entry.seq = seq;
+            encode(&entry)
+        };
+        self.raw.append_audit(entry.user_id.as_deref(), &encode_at)
     }
 }
 
 impl ReadTx {
     /// The log in order, optionally only the entries about one user.
     pub fn audit(&self, user_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
-        let table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(StoreError::db)? {
-            let (_, value) = row.map_err(StoreError::db)?;
-            let entry: AuditEntry = decode(value.value(), AUDIT_ENTRY_VERSION)?;
-            if user_id.is_none_or(|id| entry.user_id.as_deref() == Some(id)) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
+        self.raw
+            .audit(user_id)?
+            .iter()
+            .map(|bytes| decode(bytes, AUDIT_ENTRY_VERSION))
+            .collect()
     }
 }
 

@@ -1,35 +1,25 @@
-//! The embedded store: one redb file in the data directory. Every table is defined here,
-//! values are versioned JSON, and every change is one write transaction ([`Store::write`]).
-//! Writes happen at login, logout, token refresh and admin commands, never per proxied request.
+//! The store: accounts, their links and indexes, sessions and the audit log. Two engines sit
+//! behind one interface: the embedded redb file in the data directory (the default, one
+//! process) and PostgreSQL (several replicas). Values are versioned JSON, and every change is
+//! one write transaction ([`Store::write`]). Writes happen at login, logout, token refresh and
+//! admin commands, never per proxied request.
 //!
 //! - [`sessions`]: the server-side session records (the revocation record).
 //! - [`users`]: local accounts, the identities linked to them, the email and username indexes.
 //! - [`audit`]: the append-only audit log.
+//! - [`raw`]: what an engine provides; [`redb_engine`] and [`postgres`] provide it.
 
 pub mod audit;
+pub mod raw;
+pub mod redb_engine;
 pub mod sessions;
 pub mod users;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
-
-/// Sessions by session id: the server-side record behind every session cookie.
-pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-/// Local accounts by their local user id (a UUIDv7).
-pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-/// (connection id, IdP `sub`) -> user id.
-pub const LINKS: TableDefinition<(&str, &str), &str> = TableDefinition::new("links");
-/// Normalized (trimmed, lower-case) email -> user id.
-pub const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
-/// Lower-case username -> user id (usernames are unique without regard to case).
-pub const USERNAMES: TableDefinition<&str, &str> = TableDefinition::new("usernames");
-/// Sequence number -> audit entry; only ever appended to.
-pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-
-/// The store file's name inside the data directory.
-pub const FILE_NAME: &str = "gatehouse.redb";
+use raw::{RawRead, RawWrite};
+pub use redb_engine::FILE_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +31,10 @@ pub enum StoreError {
     Db(String),
     #[error("a stored record is unreadable: {0}")]
     Decode(String),
+    /// Another transaction changed the same rows first (a unique entry, a link); the
+    /// transaction is retried by [`Store::write`].
+    #[error("a concurrent change won: {0}")]
+    Conflict(String),
 }
 
 /// The user this process runs as (`name (uid N)`), for errors that say who needs access.
@@ -93,88 +87,73 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
+/// How often [`Store::write`] runs a transaction that lost a race (a [`StoreError::Conflict`]).
+const CONFLICT_ATTEMPTS: usize = 8;
+
+enum Engine {
+    Redb(redb_engine::RedbStore),
+}
+
 /// The open store.
 pub struct Store {
-    db: Database,
-    path: PathBuf,
+    engine: Engine,
     /// Milliseconds every commit waits first: 0, except in tests that stand in a slow disk.
     commit_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        match &self.engine {
+            Engine::Redb(db) => f.debug_struct("Store").field("path", &db.path()).finish(),
+        }
     }
 }
 
 /// One write transaction: everything done through it commits together, or not at all.
 pub struct Tx {
-    txn: WriteTransaction,
+    raw: Box<dyn RawWrite>,
 }
 
 impl Tx {
+    fn reader(&self) -> &dyn RawRead {
+        &*self.raw
+    }
+
     /// For benches only (never called by Gatehouse): this transaction commits without the
     /// fsync (redb's `Durability::None`), so a bench can show how much of a commit is the
     /// fsync. Such a commit is lost on a crash until a later durable commit.
     #[doc(hidden)]
     pub fn bench_only_skip_fsync(&mut self) -> Result<(), StoreError> {
-        self.txn
-            .set_durability(redb::Durability::None)
-            .map_err(StoreError::db)
+        self.raw.skip_fsync()
     }
 }
 
 /// One read transaction: a consistent snapshot.
 pub struct ReadTx {
-    txn: ReadTransaction,
+    raw: Box<dyn RawRead>,
+}
+
+impl ReadTx {
+    fn reader(&self) -> &dyn RawRead {
+        &*self.raw
+    }
 }
 
 impl Store {
-    /// Opens the store in `data_dir`, creating the directory and the file if needed. A file
-    /// that is corrupt, locked by another process or unwritable is an error naming the file;
-    /// it is never recreated.
+    /// Opens the embedded store in `data_dir`, creating the directory and the file if needed.
+    /// A file that is corrupt, locked by another process or unwritable is an error naming the
+    /// file; it is never recreated.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let path = data_dir.join(FILE_NAME);
-        let open_error = |reason: String| StoreError::Open {
-            path: path.clone(),
-            reason,
-        };
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| open_error(format!("cannot create {}: {e}", data_dir.display())))?;
-        // A new store file is created for its owner only; an existing one open to others is
-        // refused (it holds sessions, tokens and second-factor secrets).
-        match crate::private_file::create_new().open(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(open_error(e.to_string())),
-        }
-        crate::private_file::check(&path).map_err(open_error)?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
-            other => open_error(other.to_string()),
-        })?;
-        let store = Self {
-            db,
-            path: path.clone(),
+        Ok(Self::with_engine(Engine::Redb(
+            redb_engine::RedbStore::open(data_dir)?,
+        )))
+    }
+
+    fn with_engine(engine: Engine) -> Self {
+        Self {
+            engine,
             commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
-        };
-        // Create the tables up front so readers never meet a missing table.
-        let txn = store
-            .db
-            .begin_write()
-            .map_err(|e| open_error(e.to_string()))?;
-        let tables = (|| {
-            txn.open_table(SESSIONS)?;
-            txn.open_table(USERS)?;
-            txn.open_table(LINKS)?;
-            txn.open_table(EMAILS)?;
-            txn.open_table(USERNAMES)?;
-            txn.open_table(AUDIT)?;
-            Ok::<(), redb::TableError>(())
-        })();
-        tables.map_err(|e| open_error(e.to_string()))?;
-        txn.commit().map_err(|e| open_error(e.to_string()))?;
-        Ok(store)
+        }
     }
 
     /// For tests only (Gatehouse never calls it): every later commit first waits `delay`, as
@@ -186,20 +165,64 @@ impl Store {
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store lives, for messages: the file, or the database URL without password.
+    pub fn location(&self) -> String {
+        match &self.engine {
+            Engine::Redb(db) => db.path().display().to_string(),
+        }
+    }
+
+    /// The embedded store's file (`None` for PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.engine {
+            Engine::Redb(db) => Some(db.path()),
+        }
+    }
+
+    /// Whether other processes share this store (PostgreSQL): then sessions, revocations and
+    /// account changes may come from elsewhere.
+    pub fn is_shared(&self) -> bool {
+        match &self.engine {
+            Engine::Redb(_) => false,
+        }
+    }
+
+    fn begin_write(&self) -> Result<Tx, StoreError> {
+        let raw = match &self.engine {
+            Engine::Redb(db) => db.begin_write()?,
+        };
+        Ok(Tx { raw })
     }
 
     /// Runs `f` in one write transaction and commits it (durably) when `f` returns `Ok`; an
-    /// `Err` rolls everything back. Blocks while another write transaction is open: call it
-    /// off the async runtime (`spawn_blocking`) where that matters.
+    /// `Err` rolls everything back. A transaction that lost a race with another one (a
+    /// [`StoreError::Conflict`]: two replicas creating the same account) is run again, so
+    /// `f` may run more than once. Blocks while another write transaction is open (and, on
+    /// PostgreSQL, for the network): call it off the async runtime (`spawn_blocking`).
     pub fn write<T>(
         &self,
-        f: impl FnOnce(&mut Tx) -> Result<T, StoreError>,
+        mut f: impl FnMut(&mut Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut tx = Tx {
-            txn: self.db.begin_write().map_err(StoreError::db)?,
-        };
+        let mut attempt = 1;
+        loop {
+            match self.write_once(&mut f) {
+                Err(StoreError::Conflict(why)) if attempt < CONFLICT_ATTEMPTS => {
+                    tracing::debug!(attempt, why = %why, "a store transaction lost a race; running it again");
+                    attempt += 1;
+                    // A little jitter, so two losers do not meet again at once.
+                    let pause = 1 + (u64::from(rand::random::<u8>()) % (4 * attempt as u64));
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn write_once<T>(
+        &self,
+        f: &mut impl FnMut(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.begin_write()?;
         let out = f(&mut tx)?;
         let delay = self
             .commit_delay_ms
@@ -207,7 +230,7 @@ impl Store {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
-        tx.txn.commit().map_err(StoreError::db)?;
+        tx.raw.commit()?;
         Ok(out)
     }
 
@@ -216,10 +239,10 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = ReadTx {
-            txn: self.db.begin_read().map_err(StoreError::db)?,
+        let raw = match &self.engine {
+            Engine::Redb(db) => db.begin_read()?,
         };
-        f(&tx)
+        f(&ReadTx { raw })
     }
 }
 

@@ -1,9 +1,9 @@
 //! Session records: what the server keeps about each session (the cookie only names it).
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, Store, StoreError, Tx, SESSIONS};
+use super::raw::Rows;
+use super::{decode, encode, ReadTx, Store, StoreError, Tx};
 
 /// The version written into every session record.
 pub const SESSION_RECORD_VERSION: u8 = 1;
@@ -80,27 +80,28 @@ impl Tx {
     /// Writes (or replaces) a session record.
     pub fn put_session(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = encode(record)?;
-        let mut table = self.txn.open_table(SESSIONS).map_err(StoreError::db)?;
-        table
-            .insert(record.sid.as_str(), bytes.as_slice())
-            .map_err(StoreError::db)?;
-        Ok(())
+        self.raw.put(Rows::Sessions, &record.sid, &bytes)
     }
 
     /// Deletes sessions by id. Returns how many existed.
     pub fn delete_sessions(&mut self, sids: &[String]) -> Result<usize, StoreError> {
-        let mut table = self.txn.open_table(SESSIONS).map_err(StoreError::db)?;
         let mut removed = 0;
         for sid in sids {
-            if table
-                .remove(sid.as_str())
-                .map_err(StoreError::db)?
-                .is_some()
-            {
+            if self.raw.remove(Rows::Sessions, sid)? {
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+}
+
+impl ReadTx {
+    /// One session record (a replica's cache miss: one indexed read).
+    pub fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        match self.raw.get(Rows::Sessions, sid)? {
+            Some(bytes) => decode(&bytes, SESSION_RECORD_VERSION).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -118,11 +119,9 @@ impl Store {
     /// Every stored session (at startup, to fill the in-memory cache).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.read(|tx| {
-            let table = tx.txn.open_table(SESSIONS).map_err(StoreError::db)?;
             let mut out = Vec::new();
-            for entry in table.iter().map_err(StoreError::db)? {
-                let (_, value) = entry.map_err(StoreError::db)?;
-                match decode::<SessionRecord>(value.value(), SESSION_RECORD_VERSION) {
+            for bytes in tx.raw.scan(Rows::Sessions)? {
+                match decode::<SessionRecord>(&bytes, SESSION_RECORD_VERSION) {
                     Ok(record) => out.push(record),
                     Err(e) => tracing::warn!(error = %e, "skipping an unreadable session record"),
                 }

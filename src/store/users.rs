@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, ReadTx, StoreError, Tx, EMAILS, LINKS, USERNAMES, USERS};
+use super::raw::{Counted, Index, RawRead, Rows};
+use super::{decode, encode, ReadTx, StoreError, Tx};
 
 /// The version written into every user record.
 pub const USER_RECORD_VERSION: u8 = 1;
@@ -99,56 +99,25 @@ fn username_key(username: &str) -> String {
     username.to_lowercase()
 }
 
-fn get_user(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    id: &str,
-) -> Result<Option<UserRecord>, StoreError> {
-    match table.get(id).map_err(StoreError::db)? {
-        Some(bytes) => decode(bytes.value(), USER_RECORD_VERSION).map(Some),
+fn get_user(raw: &dyn RawRead, id: &str) -> Result<Option<UserRecord>, StoreError> {
+    match raw.get(Rows::Users, id)? {
+        Some(bytes) => decode(&bytes, USER_RECORD_VERSION).map(Some),
         None => Ok(None),
     }
 }
 
-fn get_id(
-    table: &impl ReadableTable<&'static str, &'static str>,
-    key: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(table
-        .get(key)
-        .map_err(StoreError::db)?
-        .map(|v| v.value().to_string()))
-}
-
-/// The user id a (connection, subject) link names.
-fn linked_id(
-    links: &impl ReadableTable<(&'static str, &'static str), &'static str>,
-    connection: &str,
-    subject: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(links
-        .get((connection, subject))
-        .map_err(StoreError::db)?
-        .map(|v| v.value().to_string()))
-}
-
-fn all_users(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Vec<UserRecord>, StoreError> {
-    let mut out = Vec::new();
-    for entry in table.iter().map_err(StoreError::db)? {
-        let (_, value) = entry.map_err(StoreError::db)?;
-        out.push(decode(value.value(), USER_RECORD_VERSION)?);
+fn by_index(raw: &dyn RawRead, index: Index, key: &str) -> Result<Option<UserRecord>, StoreError> {
+    match raw.index(index, key)? {
+        Some(id) => get_user(raw, &id),
+        None => Ok(None),
     }
-    Ok(out)
 }
 
-/// The read accessors, the same in a write and a read transaction: redb's two table types
-/// differ, so they are written once here and stamped into both.
+/// The read accessors, the same in a write and a read transaction.
 macro_rules! read_accessors {
     () => {
         pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-            let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-            get_user(&table, id)
+            get_user(self.reader(), id)
         }
 
         /// The account an IdP identity is linked to.
@@ -157,8 +126,7 @@ macro_rules! read_accessors {
             connection: &str,
             subject: &str,
         ) -> Result<Option<UserRecord>, StoreError> {
-            let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-            match linked_id(&links, connection, subject)? {
+            match self.reader().link(connection, subject)? {
                 Some(id) => self.user(&id),
                 None => Ok(None),
             }
@@ -166,20 +134,12 @@ macro_rules! read_accessors {
 
         /// The account that holds this email in the index.
         pub fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-            let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
-            match get_id(&emails, &normalize_email(email))? {
-                Some(id) => self.user(&id),
-                None => Ok(None),
-            }
+            by_index(self.reader(), Index::Emails, &normalize_email(email))
         }
 
         /// The account with this username (without regard to case).
         pub fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-            let names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
-            match get_id(&names, &username_key(username))? {
-                Some(id) => self.user(&id),
-                None => Ok(None),
-            }
+            by_index(self.reader(), Index::Usernames, &username_key(username))
         }
 
         /// An account by id, else by email, else by username.
@@ -195,8 +155,21 @@ macro_rules! read_accessors {
 
         /// Every account, in id order (UUIDv7: creation order).
         pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-            let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-            all_users(&table)
+            self.reader()
+                .scan(Rows::Users)?
+                .iter()
+                .map(|bytes| decode(bytes, USER_RECORD_VERSION))
+                .collect()
+        }
+
+        pub fn user_count(&self) -> Result<u64, StoreError> {
+            self.reader().count(Counted::Users)
+        }
+
+        /// How many rows the link and email indexes hold (for tests and `users list`).
+        pub fn index_sizes(&self) -> Result<(u64, u64), StoreError> {
+            let raw = self.reader();
+            Ok((raw.count(Counted::Links)?, raw.count(Counted::Emails)?))
         }
     };
 }
@@ -206,12 +179,16 @@ impl Tx {
 
     /// Whether `username` (without regard to case) belongs to an account other than `owner`.
     pub fn username_taken(&self, username: &str, owner: &str) -> Result<bool, StoreError> {
-        let names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
-        Ok(get_id(&names, &username_key(username))?.is_some_and(|id| id != owner))
+        let holder = self
+            .reader()
+            .index(Index::Usernames, &username_key(username))?;
+        Ok(holder.is_some_and(|id| id != owner))
     }
 
     /// Writes an account and keeps the indexes in step: its username is claimed (the caller
-    /// has checked it is free), and index entries it no longer has are released.
+    /// has checked it is free; a claim that loses a race with another transaction is a
+    /// [`StoreError::Conflict`], and the transaction is retried), and index entries it no
+    /// longer has are released.
     ///
     /// The email index is what `link_by_email` links on, so only a verified email is in it
     /// (an admin's `users add --email` counts as verified; JIT stores a `trust_email`
@@ -221,13 +198,6 @@ impl Tx {
     /// (an entry from before this rule); never taken from another verified holder.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
         let previous = self.user(&user.id)?;
-        let bytes = encode(user)?;
-        {
-            let mut users = self.txn.open_table(USERS).map_err(StoreError::db)?;
-            users
-                .insert(user.id.as_str(), bytes.as_slice())
-                .map_err(StoreError::db)?;
-        }
         let indexed = user
             .email
             .as_deref()
@@ -235,63 +205,54 @@ impl Tx {
             .map(normalize_email);
         // Who holds the email's entry now, and whether that holder still has it verified.
         let holder = match &indexed {
-            Some(email) => {
-                let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
-                match get_id(&emails, email)? {
-                    Some(id) if id != user.id => {
-                        let held = self.user(&id)?.is_some_and(|other| {
-                            other.email_verified
-                                && other.email.as_deref().map(normalize_email).as_ref()
-                                    == Some(email)
-                        });
-                        Some((id, held))
-                    }
-                    other => other.map(|id| (id, true)),
+            Some(email) => match self.reader().index(Index::Emails, email)? {
+                Some(id) if id != user.id => {
+                    let held = self.user(&id)?.is_some_and(|other| {
+                        other.email_verified
+                            && other.email.as_deref().map(normalize_email).as_ref() == Some(email)
+                    });
+                    Some((id, held))
                 }
-            }
+                other => other.map(|id| (id, true)),
+            },
             None => None,
         };
-        let mut names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
-        let mut emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        let bytes = encode(user)?;
+        self.raw.put(Rows::Users, &user.id, &bytes)?;
         if let Some(old) = &previous {
             let old_name = username_key(&old.username);
-            if old_name != username_key(&user.username)
-                && get_id(&names, &old_name)?.as_deref() == Some(user.id.as_str())
-            {
-                names.remove(old_name.as_str()).map_err(StoreError::db)?;
+            if old_name != username_key(&user.username) {
+                self.raw.release(Index::Usernames, &old_name, &user.id)?;
             }
             if let Some(old_email) = old.email.as_deref().map(normalize_email) {
-                if indexed.as_deref() != Some(old_email.as_str())
-                    && get_id(&emails, &old_email)?.as_deref() == Some(user.id.as_str())
-                {
-                    emails.remove(old_email.as_str()).map_err(StoreError::db)?;
+                if indexed.as_deref() != Some(old_email.as_str()) {
+                    self.raw.release(Index::Emails, &old_email, &user.id)?;
                 }
             }
         }
-        names
-            .insert(username_key(&user.username).as_str(), user.id.as_str())
-            .map_err(StoreError::db)?;
+        self.raw.claim(
+            Index::Usernames,
+            &username_key(&user.username),
+            &user.id,
+            None,
+        )?;
         if let Some(email) = indexed {
-            let free = match &holder {
-                None => true,
-                Some((id, held)) => id != &user.id && !held,
-            };
-            if free {
-                emails
-                    .insert(email.as_str(), user.id.as_str())
-                    .map_err(StoreError::db)?;
+            match &holder {
+                None => self.raw.claim(Index::Emails, &email, &user.id, None)?,
+                Some((id, false)) if id != &user.id => {
+                    self.raw.claim(Index::Emails, &email, &user.id, Some(id))?
+                }
+                Some(_) => {}
             }
         }
         Ok(())
     }
 
     /// Links an IdP identity to an account (the record's `links` are the caller's to update).
+    /// A link another transaction made meanwhile to another account is a
+    /// [`StoreError::Conflict`] (the transaction is retried and then finds that link).
     pub fn link(&mut self, link: &Link, user_id: &str) -> Result<(), StoreError> {
-        let mut links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        links
-            .insert((link.connection.as_str(), link.subject.as_str()), user_id)
-            .map_err(StoreError::db)?;
-        Ok(())
+        self.raw.set_link(&link.connection, &link.subject, user_id)
     }
 
     /// Deletes an account with its links and index entries; returns it.
@@ -299,26 +260,14 @@ impl Tx {
         let Some(user) = self.user(id)? else {
             return Ok(None);
         };
-        {
-            let mut users = self.txn.open_table(USERS).map_err(StoreError::db)?;
-            users.remove(id).map_err(StoreError::db)?;
-        }
-        let mut links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+        self.raw.remove(Rows::Users, id)?;
         for link in &user.links {
-            links
-                .remove((link.connection.as_str(), link.subject.as_str()))
-                .map_err(StoreError::db)?;
+            self.raw.remove_link(&link.connection, &link.subject)?;
         }
-        let mut names = self.txn.open_table(USERNAMES).map_err(StoreError::db)?;
-        let name = username_key(&user.username);
-        if get_id(&names, &name)?.as_deref() == Some(id) {
-            names.remove(name.as_str()).map_err(StoreError::db)?;
-        }
-        let mut emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
+        self.raw
+            .release(Index::Usernames, &username_key(&user.username), id)?;
         if let Some(email) = user.email.as_deref().map(normalize_email) {
-            if get_id(&emails, &email)?.as_deref() == Some(id) {
-                emails.remove(email.as_str()).map_err(StoreError::db)?;
-            }
+            self.raw.release(Index::Emails, &email, id)?;
         }
         Ok(Some(user))
     }
@@ -326,21 +275,6 @@ impl Tx {
 
 impl ReadTx {
     read_accessors!();
-
-    pub fn user_count(&self) -> Result<u64, StoreError> {
-        let table = self.txn.open_table(USERS).map_err(StoreError::db)?;
-        table.len().map_err(StoreError::db)
-    }
-
-    /// How many rows the link and email indexes hold (for tests and `users list`).
-    pub fn index_sizes(&self) -> Result<(u64, u64), StoreError> {
-        let links = self.txn.open_table(LINKS).map_err(StoreError::db)?;
-        let emails = self.txn.open_table(EMAILS).map_err(StoreError::db)?;
-        Ok((
-            links.len().map_err(StoreError::db)?,
-            emails.len().map_err(StoreError::db)?,
-        ))
-    }
 }
 
 /// A user's TOTP enrolment and attempt counters, embedded in the user record (its
@@ -498,12 +432,8 @@ mod tests {
         old.email_verified = false;
         store
             .write(|tx| {
-                let mut users = tx.txn.open_table(USERS).map_err(StoreError::db)?;
                 let bytes = encode(&old)?;
-                users
-                    .insert(old.id.as_str(), bytes.as_slice())
-                    .map_err(StoreError::db)?;
-                Ok(())
+                tx.raw.put(Rows::Users, &old.id, &bytes)
             })
             .unwrap();
         let verified = user("verified", Some("a@example.com"));

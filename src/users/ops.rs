@@ -412,7 +412,8 @@ pub fn apply_offline(store: &Store, effect: &Effect) -> Result<usize, StoreError
         }
         Effect::Refresh(user) => store.write(|tx| {
             let mut n = 0;
-            for mut s in sessions {
+            for s in &sessions {
+                let mut s = s.clone();
                 if s.identity.user_id.as_deref() == Some(user.id.as_str()) {
                     s.identity = crate::identity::jit::profile_identity(user, &s.identity);
                     tx.put_session(&s)?;
