@@ -185,7 +185,11 @@ fn report_store(name: &str, bench: &Bench) {
     if accounts == 0 && bench.sessions.active() == 0 {
         return; // filtered out by the bench name given on the command line
     }
-    let bytes = std::fs::metadata(bench.store.path()).map_or(0, |m| m.len());
+    let bytes = bench
+        .store
+        .path()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
     eprintln!(
         "store after {name}: {accounts} accounts, {links} links, {emails} emails, \
          {} MiB file, {} live sessions",

@@ -10,6 +10,7 @@
 //! - [`raw`]: what an engine provides; [`redb_engine`] and [`postgres`] provide it.
 
 pub mod audit;
+pub mod postgres;
 pub mod raw;
 pub mod redb_engine;
 pub mod sessions;
@@ -35,6 +36,9 @@ pub enum StoreError {
     /// transaction is retried by [`Store::write`].
     #[error("a concurrent change won: {0}")]
     Conflict(String),
+    /// The database cannot be reached (PostgreSQL down, the pool exhausted).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The user this process runs as (`name (uid N)`), for errors that say who needs access.
@@ -92,6 +96,7 @@ const CONFLICT_ATTEMPTS: usize = 8;
 
 enum Engine {
     Redb(redb_engine::RedbStore),
+    Postgres(postgres::PgStore),
 }
 
 /// The open store.
@@ -105,6 +110,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.engine {
             Engine::Redb(db) => f.debug_struct("Store").field("path", &db.path()).finish(),
+            Engine::Postgres(db) => f.debug_struct("Store").field("url", &db.shown()).finish(),
         }
     }
 }
@@ -149,6 +155,21 @@ impl Store {
         )))
     }
 
+    /// Opens a PostgreSQL store (connects, checks and migrates the schema).
+    pub fn open_postgres(options: &postgres::PgOptions) -> Result<Self, StoreError> {
+        Ok(Self::with_engine(Engine::Postgres(
+            postgres::PgStore::open(options)?,
+        )))
+    }
+
+    /// The PostgreSQL engine, when that is the backend.
+    pub fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.engine {
+            Engine::Postgres(db) => Some(db),
+            Engine::Redb(_) => None,
+        }
+    }
+
     fn with_engine(engine: Engine) -> Self {
         Self {
             engine,
@@ -169,6 +190,7 @@ impl Store {
     pub fn location(&self) -> String {
         match &self.engine {
             Engine::Redb(db) => db.path().display().to_string(),
+            Engine::Postgres(db) => db.shown().to_string(),
         }
     }
 
@@ -176,6 +198,7 @@ impl Store {
     pub fn path(&self) -> Option<&Path> {
         match &self.engine {
             Engine::Redb(db) => Some(db.path()),
+            Engine::Postgres(_) => None,
         }
     }
 
@@ -184,12 +207,14 @@ impl Store {
     pub fn is_shared(&self) -> bool {
         match &self.engine {
             Engine::Redb(_) => false,
+            Engine::Postgres(_) => true,
         }
     }
 
     fn begin_write(&self) -> Result<Tx, StoreError> {
         let raw = match &self.engine {
             Engine::Redb(db) => db.begin_write()?,
+            Engine::Postgres(db) => db.begin_write()?,
         };
         Ok(Tx { raw })
     }
@@ -241,6 +266,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let raw = match &self.engine {
             Engine::Redb(db) => db.begin_read()?,
+            Engine::Postgres(db) => db.begin_read()?,
         };
         f(&ReadTx { raw })
     }

@@ -1,0 +1,637 @@
+//! The PostgreSQL engine: several Gatehouse replicas share one database. It keeps the same
+//! rows as the embedded file (records as the same versioned JSON, in `bytea`), plus typed
+//! columns PostgreSQL can index (a session's user, subject and IdP session), the shared keys,
+//! and the session events other replicas follow (LISTEN/NOTIFY plus a sequence, so a replica
+//! that was away catches up).
+//!
+//! Concurrency: a write transaction reads accounts `FOR UPDATE`, so two replicas changing one
+//! account (a TOTP step, a failure count) take turns; unique entries (links, emails,
+//! usernames) are claimed with `INSERT ... ON CONFLICT DO NOTHING`, and a claim another
+//! transaction won is a [`StoreError::Conflict`] that [`super::Store::write`] retries.
+//!
+//! The engine owns a small tokio runtime for its connections, so it works the same from any
+//! thread (Gatehouse calls the store from the blocking pool and its writer threads, never
+//! from a proxy thread).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::runtime::Handle;
+
+use super::raw::{Counted, Index, RawRead, RawWrite, Rows};
+use super::StoreError;
+
+/// The schema, one migration per step; the number is the schema version.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "accounts sessions audit keys events",
+    include_str!("migrations/0001_init.sql"),
+)];
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The channel replicas are told about session changes on (the payload is the event's
+/// sequence number; the rows themselves are read from `session_events`).
+pub const SESSION_CHANNEL: &str = "gatehouse_sessions";
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub url: String,
+    pub pool_size: u32,
+    /// Run the embedded migrations at open (else a database behind the schema is refused).
+    pub auto_migrate: bool,
+    /// How long to wait for a connection before a store call fails as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+/// The URL with its password masked, for messages and logs.
+pub fn masked(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("****"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(an unparsable URL)".to_string(),
+    }
+}
+
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: Handle,
+    pool: PgPool,
+    shown: String,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `fut` on the engine's runtime and waits for it on this thread.
+fn run<T: Send + 'static>(
+    handle: &Handle,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (send, answer) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = send.send(fut.await);
+    });
+    answer
+        .recv()
+        .map_err(|_| StoreError::Unavailable("the database task stopped".into()))
+}
+
+/// A database error as a store error: lost races are conflicts (retried), a database that
+/// cannot be reached is unavailable (a 503, and the replica's `gatehouse_store_up` is 0).
+pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // unique_violation, serialization_failure, deadlock_detected
+            Some("23505" | "40001" | "40P01") => StoreError::Conflict(db.message().to_string()),
+            // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+            Some("57P01" | "57P02" | "57P03" | "53300") => {
+                StoreError::Unavailable(db.message().to_string())
+            }
+            _ => StoreError::Db(e.to_string()),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Db(e.to_string()),
+    }
+}
+
+impl PgStore {
+    /// Connects (waiting at most `acquire_timeout`), checks the schema version and migrates
+    /// when allowed. A schema newer than this build is refused, naming both versions.
+    pub fn open(options: &PgOptions) -> Result<Self, StoreError> {
+        let shown = masked(&options.url);
+        let open_error = |reason: String| StoreError::Open {
+            path: shown.clone().into(),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gatehouse-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| open_error(format!("cannot start the database runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let connect = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| open_error(format!("store.url: {e}")))?
+            .application_name("gatehouse");
+        let pool = {
+            let _entered = handle.enter();
+            PgPoolOptions::new()
+                .max_connections(options.pool_size.max(1))
+                .acquire_timeout(options.acquire_timeout)
+                .connect_lazy_with(connect)
+        };
+        let store = Self {
+            runtime: Some(runtime),
+            handle,
+            pool,
+            shown: shown.clone(),
+        };
+        store.prepare_schema(options.auto_migrate)?;
+        Ok(store)
+    }
+
+    /// Where the store is, without the password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The engine's runtime (for the session-event listener).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema version the database is at (0: empty).
+    pub fn database_version(&self) -> Result<i64, StoreError> {
+        let pool = self.pool.clone();
+        run(&self.handle, async move {
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                    .fetch_one(&pool)
+                    .await?;
+            if exists.is_none() {
+                return Ok(0);
+            }
+            let version: Option<i64> =
+                sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(&pool)
+                    .await?;
+            Ok::<i64, sqlx::Error>(version.unwrap_or(0))
+        })?
+        .map_err(store_error)
+    }
+
+    fn prepare_schema(&self, auto_migrate: bool) -> Result<(), StoreError> {
+        let at = self.database_version()?;
+        let known = schema_version();
+        if at > known {
+            return Err(StoreError::Open {
+                path: self.shown.clone().into(),
+                reason: format!(
+                    "the database schema is version {at}, newer than this gatehouse knows ({known}): run the newer gatehouse, or restore a matching backup"
+                ),
+            });
+        }
+        if at < known {
+            if !auto_migrate {
+                return Err(StoreError::Open {
+                    path: self.shown.clone().into(),
+                    reason: format!(
+                        "the database schema is version {at} and this gatehouse needs {known}: run `gatehouse store migrate`, or set store.auto_migrate = true"
+                    ),
+                });
+            }
+            self.migrate()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the embedded migrations (each in its own transaction, under PostgreSQL's advisory
+    /// lock, so two replicas starting together migrate once).
+    pub fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = sqlx::migrate::Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(version, description, sql)| {
+                        sqlx::migrate::Migration::new(
+                            *version,
+                            Cow::Borrowed(*description),
+                            sqlx::migrate::MigrationType::Simple,
+                            Cow::Borrowed(*sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let pool = self.pool.clone();
+        run(&self.handle, async move { migrator.run(&pool).await })?.map_err(|e| StoreError::Open {
+            path: self.shown.clone().into(),
+            reason: format!("migrating the schema failed: {e}"),
+        })
+    }
+
+    pub fn begin_write(&self) -> Result<Box<dyn RawWrite>, StoreError> {
+        Ok(Box::new(self.begin(true)?))
+    }
+
+    pub fn begin_read(&self) -> Result<Box<dyn RawRead>, StoreError> {
+        Ok(Box::new(self.begin(false)?))
+    }
+
+    fn begin(&self, writable: bool) -> Result<PgTx, StoreError> {
+        let pool = self.pool.clone();
+        let tx = run(&self.handle, async move {
+            let mut tx = pool.begin().await?;
+            if !writable {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(tx)
+        })?
+        .map_err(store_error)?;
+        Ok(PgTx {
+            tx: std::cell::RefCell::new(Some(tx)),
+            handle: self.handle.clone(),
+            writable,
+        })
+    }
+
+    /// A key every replica must share: the stored one, or `generated` stored now (the first
+    /// replica wins; the others read what it stored).
+    pub fn shared_key(&self, name: &str, generated: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let pool = self.pool.clone();
+        let name = name.to_string();
+        run(&self.handle, async move {
+            sqlx::query(
+                "INSERT INTO shared_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&name)
+            .bind(&generated)
+            .execute(&pool)
+            .await?;
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM shared_keys WHERE name = $1")
+                .bind(&name)
+                .fetch_one(&pool)
+                .await
+        })?
+        .map_err(store_error)
+    }
+}
+
+/// A bound value.
+enum Arg {
+    Text(String),
+    Bytes(Vec<u8>),
+    Int(i64),
+    MaybeText(Option<String>),
+}
+
+fn text(s: &str) -> Arg {
+    Arg::Text(s.to_string())
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_all(sql: &str, args: Vec<Arg>) -> Query<'_> {
+    args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
+        Arg::Text(v) => q.bind(v),
+        Arg::Bytes(v) => q.bind(v),
+        Arg::Int(v) => q.bind(v),
+        Arg::MaybeText(v) => q.bind(v),
+    })
+}
+
+/// One transaction, read-only or not. Its statements run on the engine's runtime.
+struct PgTx {
+    tx: std::cell::RefCell<Option<Transaction<'static, Postgres>>>,
+    handle: Handle,
+    writable: bool,
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        // Not committed: rolled back when the connection goes back to the pool, which
+        // needs the engine's runtime.
+        if let Some(tx) = self.tx.get_mut().take() {
+            let _entered = self.handle.enter();
+            drop(tx);
+        }
+    }
+}
+
+impl PgTx {
+    /// Runs one statement and returns its rows.
+    fn rows(&self, sql: &'static str, args: Vec<Arg>) -> Result<Vec<PgRow>, StoreError> {
+        self.with(move |tx| Box::pin(async move { bind_all(sql, args).fetch_all(&mut **tx).await }))
+    }
+
+    /// Runs one statement and returns how many rows it changed.
+    fn execute(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        self.with(move |tx| {
+            Box::pin(async move {
+                bind_all(sql, args)
+                    .execute(&mut **tx)
+                    .await
+                    .map(|done| done.rows_affected())
+            })
+        })
+    }
+
+    fn with<T: Send + 'static>(
+        &self,
+        work: impl for<'t> FnOnce(
+                &'t mut Transaction<'static, Postgres>,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 't>,
+            > + Send
+            + 'static,
+    ) -> Result<T, StoreError> {
+        // The transaction moves into the task and back (reads take `&self`: they share the
+        // trait with the read-only snapshot).
+        let Some(mut tx) = self.tx.borrow_mut().take() else {
+            return Err(StoreError::Db("the transaction has ended".into()));
+        };
+        let (tx, out) = run(&self.handle, async move {
+            let out = work(&mut tx).await;
+            (tx, out)
+        })?;
+        *self.tx.borrow_mut() = Some(tx);
+        out.map_err(store_error)
+    }
+
+    fn one_bytes(&self, sql: &'static str, args: Vec<Arg>) -> Result<Option<Vec<u8>>, StoreError> {
+        self.rows(sql, args)?
+            .first()
+            .map(|row| row.try_get::<Vec<u8>, _>(0).map_err(store_error))
+            .transpose()
+    }
+
+    fn one_text(&self, sql: &'static str, args: Vec<Arg>) -> Result<Option<String>, StoreError> {
+        self.rows(sql, args)?
+            .first()
+            .map(|row| row.try_get::<String, _>(0).map_err(store_error))
+            .transpose()
+    }
+
+    fn all_bytes(&self, sql: &'static str, args: Vec<Arg>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.rows(sql, args)?
+            .iter()
+            .map(|row| row.try_get::<Vec<u8>, _>(0).map_err(store_error))
+            .collect()
+    }
+}
+
+fn rows_table(rows: Rows) -> (&'static str, &'static str) {
+    match rows {
+        Rows::Users => ("users", "id"),
+        Rows::Sessions => ("sessions", "sid"),
+    }
+}
+
+/// The typed columns of a session row, taken from its record.
+#[derive(serde::Deserialize)]
+struct SessionColumns {
+    identity: SessionIdentity,
+    #[serde(default)]
+    idp_sid: Option<String>,
+    expires_at: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct SessionIdentity {
+    connection: String,
+    subject: String,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+impl RawRead for PgTx {
+    fn get(&self, rows: Rows, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = match (rows, self.writable) {
+            // A write transaction locks the account it reads: two replicas changing one
+            // account (a TOTP step, a failure count) take turns instead of losing a change.
+            (Rows::Users, true) => "SELECT record FROM users WHERE id = $1 FOR UPDATE",
+            (Rows::Users, false) => "SELECT record FROM users WHERE id = $1",
+            (Rows::Sessions, _) => "SELECT record FROM sessions WHERE sid = $1",
+        };
+        self.one_bytes(sql, vec![text(key)])
+    }
+
+    fn scan(&self, rows: Rows) -> Result<Vec<Vec<u8>>, StoreError> {
+        let sql = match rows {
+            Rows::Users => "SELECT record FROM users ORDER BY id",
+            Rows::Sessions => "SELECT record FROM sessions ORDER BY sid",
+        };
+        self.all_bytes(sql, vec![])
+    }
+
+    fn index(&self, index: Index, key: &str) -> Result<Option<String>, StoreError> {
+        let sql = match index {
+            Index::Emails => "SELECT user_id FROM user_emails WHERE email = $1",
+            Index::Usernames => "SELECT user_id FROM user_usernames WHERE username = $1",
+        };
+        self.one_text(sql, vec![text(key)])
+    }
+
+    fn link(&self, connection: &str, subject: &str) -> Result<Option<String>, StoreError> {
+        self.one_text(
+            "SELECT user_id FROM user_links WHERE connection = $1 AND subject = $2",
+            vec![text(connection), text(subject)],
+        )
+    }
+
+    fn count(&self, what: Counted) -> Result<u64, StoreError> {
+        let sql = match what {
+            Counted::Users => "SELECT count(*) FROM users",
+            Counted::Links => "SELECT count(*) FROM user_links",
+            Counted::Emails => "SELECT count(*) FROM user_emails",
+        };
+        let rows = self.rows(sql, vec![])?;
+        let n: i64 = match rows.first() {
+            Some(row) => row.try_get(0).map_err(store_error)?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.all_bytes(
+            "SELECT entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
+            vec![Arg::MaybeText(user_id.map(str::to_string))],
+        )
+    }
+}
+
+impl RawWrite for PgTx {
+    fn put(&mut self, rows: Rows, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        match rows {
+            Rows::Users => {
+                self.execute(
+                    "INSERT INTO users (id, record) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    vec![text(key), Arg::Bytes(value.to_vec())],
+                )?;
+            }
+            Rows::Sessions => {
+                let columns: SessionColumns =
+                    serde_json::from_slice(value).map_err(|e| StoreError::Decode(e.to_string()))?;
+                self.execute(
+                    "INSERT INTO sessions (sid, record, user_id, connection, subject, idp_sid, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (sid) DO UPDATE SET record = EXCLUDED.record, user_id = EXCLUDED.user_id, \
+                     connection = EXCLUDED.connection, subject = EXCLUDED.subject, \
+                     idp_sid = EXCLUDED.idp_sid, expires_at = EXCLUDED.expires_at",
+                    vec![
+                        text(key),
+                        Arg::Bytes(value.to_vec()),
+                        Arg::MaybeText(columns.identity.user_id),
+                        Arg::Text(columns.identity.connection),
+                        Arg::Text(columns.identity.subject),
+                        Arg::MaybeText(columns.idp_sid),
+                        Arg::Int(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, rows: Rows, key: &str) -> Result<bool, StoreError> {
+        let (table, column) = rows_table(rows);
+        let sql = match (table, column) {
+            ("users", _) => "DELETE FROM users WHERE id = $1",
+            _ => "DELETE FROM sessions WHERE sid = $1",
+        };
+        Ok(self.execute(sql, vec![text(key)])? > 0)
+    }
+
+    fn claim(
+        &mut self,
+        index: Index,
+        key: &str,
+        user_id: &str,
+        replacing: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (insert, holder, take) = match index {
+            Index::Emails => (
+                "INSERT INTO user_emails (email, user_id) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING",
+                "SELECT user_id FROM user_emails WHERE email = $1 FOR UPDATE",
+                "UPDATE user_emails SET user_id = $2 WHERE email = $1",
+            ),
+            Index::Usernames => (
+                "INSERT INTO user_usernames (username, user_id) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING",
+                "SELECT user_id FROM user_usernames WHERE username = $1 FOR UPDATE",
+                "UPDATE user_usernames SET user_id = $2 WHERE username = $1",
+            ),
+        };
+        if self.execute(insert, vec![text(key), text(user_id)])? == 1 {
+            return Ok(());
+        }
+        match self.one_text(holder, vec![text(key)])?.as_deref() {
+            Some(id) if id == user_id => Ok(()),
+            Some(id) if Some(id) == replacing => {
+                self.execute(take, vec![text(key), text(user_id)])?;
+                Ok(())
+            }
+            // Gone again meanwhile: the claim is retried with the transaction.
+            _ => Err(StoreError::Conflict(format!(
+                "{} entry already held by another account",
+                index.name()
+            ))),
+        }
+    }
+
+    fn release(&mut self, index: Index, key: &str, user_id: &str) -> Result<(), StoreError> {
+        let sql = match index {
+            Index::Emails => "DELETE FROM user_emails WHERE email = $1 AND user_id = $2",
+            Index::Usernames => "DELETE FROM user_usernames WHERE username = $1 AND user_id = $2",
+        };
+        self.execute(sql, vec![text(key), text(user_id)])?;
+        Ok(())
+    }
+
+    fn set_link(
+        &mut self,
+        connection: &str,
+        subject: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
+        let inserted = self.execute(
+            "INSERT INTO user_links (connection, subject, user_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (connection, subject) DO NOTHING",
+            vec![text(connection), text(subject), text(user_id)],
+        )?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        let current = self.one_text(
+            "SELECT l.user_id FROM user_links l WHERE l.connection = $1 AND l.subject = $2 FOR UPDATE",
+            vec![text(connection), text(subject)],
+        )?;
+        match current.as_deref() {
+            Some(id) if id == user_id => Ok(()),
+            Some(id) if self.get(Rows::Users, id)?.is_none() => {
+                // A link left naming an account that is gone is taken over.
+                self.execute(
+                    "UPDATE user_links SET user_id = $3 WHERE connection = $1 AND subject = $2",
+                    vec![text(connection), text(subject), text(user_id)],
+                )?;
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict(
+                "the identity is already linked to another account".into(),
+            )),
+        }
+    }
+
+    fn remove_link(&mut self, connection: &str, subject: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM user_links WHERE connection = $1 AND subject = $2",
+            vec![text(connection), text(subject)],
+        )?;
+        Ok(())
+    }
+
+    fn append_audit(
+        &mut self,
+        user_id: Option<&str>,
+        encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let rows = self.rows(
+            "SELECT nextval(pg_get_serial_sequence('audit', 'seq'))",
+            vec![],
+        )?;
+        let seq: i64 = match rows.first() {
+            Some(row) => row.try_get(0).map_err(store_error)?,
+            None => return Err(StoreError::Db("no audit sequence number".into())),
+        };
+        let seq = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+        let bytes = encode(seq)?;
+        self.execute(
+            "INSERT INTO audit (seq, user_id, entry) VALUES ($1, $2, $3)",
+            vec![
+                Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
+                Arg::MaybeText(user_id.map(str::to_string)),
+                Arg::Bytes(bytes),
+            ],
+        )?;
+        Ok(seq)
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let Some(tx) = self.tx.get_mut().take() else {
+            return Err(StoreError::Db("the transaction has ended".into()));
+        };
+        run(&self.handle, async move { tx.commit().await })?.map_err(store_error)
+    }
+}

@@ -1,0 +1,405 @@
+//! One conformance suite for both store engines: every case runs against the embedded redb
+//! file and against a fresh PostgreSQL database (a real server: see tests/common/postgres.rs;
+//! under CI=true a missing server fails these tests). The engines must be indistinguishable
+//! to everything above the store.
+
+#[path = "common/postgres.rs"]
+mod pg;
+
+use std::sync::Arc;
+
+use gatehouse::store::audit::{AuditAction, AuditActor, AuditEntry};
+use gatehouse::store::postgres::PgOptions;
+use gatehouse::store::sessions::{Identity, SessionRecord, Tokens, SESSION_RECORD_VERSION};
+use gatehouse::store::users::{Link, UserRecord};
+use gatehouse::store::{Store, StoreError};
+
+/// A store of one engine, with whatever keeps it alive (the temp dir).
+struct Opened {
+    store: Arc<Store>,
+    _dir: Option<tempfile::TempDir>,
+    url: Option<String>,
+}
+
+fn redb() -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    Opened {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        url: None,
+    }
+}
+
+fn pg_options(url: &str) -> PgOptions {
+    PgOptions {
+        url: url.to_string(),
+        pool_size: 8,
+        auto_migrate: true,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+fn postgres() -> Option<Opened> {
+    let url = pg::fresh_database()?;
+    let store = Store::open_postgres(&pg_options(&url)).unwrap();
+    Some(Opened {
+        store: Arc::new(store),
+        _dir: None,
+        url: Some(url),
+    })
+}
+
+/// Each case, once per engine.
+macro_rules! conformance {
+    ($(#[doc = $doc:literal])* fn $name:ident($opened:ident) $body:block) => {
+        mod $name {
+            use super::*;
+            $(#[doc = $doc])*
+            fn case($opened: &Opened) $body
+
+            #[test]
+            fn on_redb() {
+                case(&redb());
+            }
+
+            #[test]
+            fn on_postgres() {
+                match postgres() {
+                    Some(opened) => case(&opened),
+                    None => eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)"),
+                }
+            }
+        }
+    };
+}
+
+fn user(name: &str, email: Option<&str>) -> UserRecord {
+    let mut u = UserRecord::new(name.to_string(), 100);
+    u.email = email.map(str::to_string);
+    u.email_verified = email.is_some();
+    u
+}
+
+fn linked(store: &Store, name: &str, connection: &str, subject: &str) -> UserRecord {
+    let mut u = user(name, Some(&format!("{name}@example.com")));
+    let link = Link {
+        connection: connection.into(),
+        subject: subject.into(),
+    };
+    u.links.push(link.clone());
+    store
+        .write(|tx| {
+            tx.put_user(&u)?;
+            tx.link(&link, &u.id)
+        })
+        .unwrap();
+    u
+}
+
+fn session(sid: &str, user_id: Option<&str>) -> SessionRecord {
+    SessionRecord {
+        version: SESSION_RECORD_VERSION,
+        sid: sid.to_string(),
+        identity: Identity {
+            connection: "corp".into(),
+            subject: format!("sub-{sid}"),
+            username: Some("alice".into()),
+            email: None,
+            email_verified: false,
+            name: None,
+            groups: vec!["a,b".into()],
+            attributes: Default::default(),
+            user_id: user_id.map(str::to_string),
+            roles: vec![],
+        },
+        idp_sid: Some("idp-1".into()),
+        created_at: 1,
+        expires_at: 2_000_000_000,
+        tokens: Tokens::default(),
+        mfa_at: None,
+    }
+}
+
+conformance! {
+    /// An account is found by id, by its link, by email and by username, in any case.
+    fn accounts_are_found_by_id_link_email_and_username(o) {
+        let u = linked(&o.store, "Alice", "corp", "s-1");
+        o.store
+            .read(|tx| {
+                assert_eq!(tx.user(&u.id)?.unwrap().username, "Alice");
+                assert_eq!(tx.user_by_link("corp", "s-1")?.unwrap().id, u.id);
+                assert!(tx.user_by_link("corp", "s-2")?.is_none());
+                assert!(tx.user_by_link("other", "s-1")?.is_none());
+                assert_eq!(tx.user_by_email("ALICE@example.com ")?.unwrap().id, u.id);
+                assert_eq!(tx.user_by_username("alice")?.unwrap().id, u.id);
+                assert_eq!(tx.find_user("alice@example.com")?.unwrap().id, u.id);
+                assert_eq!(tx.user_count()?, 1);
+                assert_eq!(tx.index_sizes()?, (1, 1));
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+conformance! {
+    /// A changed email or username releases the old index entry; delete removes the account
+    /// with its links and entries.
+    fn changes_release_old_entries_and_delete_removes_everything(o) {
+        let mut u = linked(&o.store, "bob", "corp", "s-b");
+        u.email = Some("new@example.com".into());
+        u.username = "robert".into();
+        o.store.write(|tx| tx.put_user(&u)).unwrap();
+        o.store
+            .read(|tx| {
+                assert!(tx.user_by_email("bob@example.com")?.is_none());
+                assert!(tx.user_by_username("bob")?.is_none());
+                assert_eq!(tx.user_by_email("new@example.com")?.unwrap().id, u.id);
+                assert_eq!(tx.user_by_username("ROBERT")?.unwrap().id, u.id);
+                Ok(())
+            })
+            .unwrap();
+        let gone = o.store.write(|tx| tx.delete_user(&u.id)).unwrap();
+        assert_eq!(gone.unwrap().id, u.id);
+        o.store
+            .read(|tx| {
+                assert_eq!(tx.index_sizes()?, (0, 0));
+                assert_eq!(tx.user_count()?, 0);
+                assert!(tx.user_by_username("robert")?.is_none());
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+conformance! {
+    /// Only verified emails are indexed, and a verified holder keeps its entry against a
+    /// later account with the same address.
+    fn only_verified_emails_are_indexed_and_never_taken_over(o) {
+        let mut squatter = user("squatter", Some("victim@example.com"));
+        squatter.email_verified = false;
+        o.store.write(|tx| tx.put_user(&squatter)).unwrap();
+        assert!(o.store.read(|tx| tx.user_by_email("victim@example.com")).unwrap().is_none());
+        let owner = user("owner", Some("Victim@Example.com"));
+        o.store.write(|tx| tx.put_user(&owner)).unwrap();
+        squatter.email_verified = true;
+        o.store.write(|tx| tx.put_user(&squatter)).unwrap();
+        let holder = o.store.read(|tx| tx.user_by_email("victim@example.com")).unwrap();
+        assert_eq!(holder.unwrap().id, owner.id);
+    }
+}
+
+conformance! {
+    /// A transaction that fails leaves nothing behind.
+    fn a_failed_transaction_leaves_nothing_behind(o) {
+        let u = user("carol", Some("carol@example.com"));
+        let outcome: Result<(), StoreError> = o.store.write(|tx| {
+            tx.put_user(&u)?;
+            Err(StoreError::Db("the caller changed its mind".into()))
+        });
+        assert!(outcome.is_err());
+        o.store
+            .read(|tx| {
+                assert_eq!(tx.user_count()?, 0);
+                assert!(tx.user_by_username("carol")?.is_none());
+                assert_eq!(tx.index_sizes()?, (0, 0));
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+conformance! {
+    /// Session records are written, read back whole, replaced, and deleted with a count.
+    fn sessions_round_trip_and_deletes_are_counted(o) {
+        o.store.put_session(&session("s1", Some("u1"))).unwrap();
+        o.store.put_session(&session("s2", None)).unwrap();
+        let mut changed = session("s1", Some("u1"));
+        changed.mfa_at = Some(77);
+        o.store.put_session(&changed).unwrap();
+        let all = o.store.sessions().unwrap();
+        assert_eq!(all.len(), 2);
+        let one = o.store.read(|tx| tx.session("s1")).unwrap().unwrap();
+        assert_eq!(one.mfa_at, Some(77));
+        assert_eq!(one.identity.groups, vec!["a,b".to_string()]);
+        assert!(o.store.read(|tx| tx.session("nope")).unwrap().is_none());
+        let removed = o
+            .store
+            .delete_sessions(&["s1".into(), "s1".into(), "missing".into()])
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(o.store.sessions().unwrap().len(), 1);
+    }
+}
+
+conformance! {
+    /// Audit entries are numbered in order and can be read for one user.
+    fn audit_entries_are_numbered_in_order_and_filtered_by_user(o) {
+        let mut a = AuditEntry::new(AuditActor::Login, AuditAction::Created, 10);
+        a.user_id = Some("u1".into());
+        let b = AuditEntry::new(AuditActor::Admin, AuditAction::Disabled, 11);
+        let (first, second) = o
+            .store
+            .write(|tx| Ok((tx.append_audit(&a)?, tx.append_audit(&b)?)))
+            .unwrap();
+        assert!(second > first);
+        let all = o.store.read(|tx| tx.audit(None)).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].seq, first);
+        assert_eq!(all[1].action, AuditAction::Disabled);
+        let mine = o.store.read(|tx| tx.audit(Some("u1"))).unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].seq, first);
+    }
+}
+
+conformance! {
+    /// Many first logins of one identity at once (threads standing in for replicas) make
+    /// exactly one account: the link is claimed, not read and then written.
+    fn parallel_first_logins_of_one_identity_make_one_account(o) {
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let store = o.store.clone();
+                std::thread::spawn(move || {
+                    store
+                        .write(|tx| {
+                            if let Some(existing) = tx.user_by_link("corp", "same-sub")? {
+                                return Ok(existing.id);
+                            }
+                            let mut u = user(&format!("dave{i}"), None);
+                            let link = Link {
+                                connection: "corp".into(),
+                                subject: "same-sub".into(),
+                            };
+                            u.links.push(link.clone());
+                            tx.put_user(&u)?;
+                            tx.link(&link, &u.id)?;
+                            Ok(u.id)
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        let ids: std::collections::HashSet<String> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(ids.len(), 1, "every login ends on the same account");
+        assert_eq!(o.store.read(|tx| tx.user_count()).unwrap(), 1);
+    }
+}
+
+conformance! {
+    /// Two accounts wanting one username at once: one gets it, the other's transaction
+    /// fails or picks another name; the index never names two accounts.
+    fn a_username_is_never_given_to_two_accounts(o) {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = o.store.clone();
+                std::thread::spawn(move || {
+                    store.write(|tx| {
+                        let name = if tx.username_taken("erin", "")? { "erin-2" } else { "erin" };
+                        let u = user(name, None);
+                        tx.put_user(&u)?;
+                        Ok(u.id)
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join().unwrap();
+        }
+        let users = o.store.read(|tx| tx.users()).unwrap();
+        let erins = users.iter().filter(|u| u.username == "erin").count();
+        assert_eq!(erins, 1, "{users:?}");
+        let holder = o.store.read(|tx| tx.user_by_username("erin")).unwrap().unwrap();
+        assert_eq!(holder.username, "erin");
+    }
+}
+
+conformance! {
+    /// Read-modify-write of one account from many threads loses no change (a failure
+    /// counter or a TOTP step cannot be raced past).
+    fn concurrent_changes_to_one_account_are_not_lost(o) {
+        let u = user("frank", None);
+        o.store.write(|tx| tx.put_user(&u)).unwrap();
+        let threads: Vec<_> = (0..12)
+            .map(|_| {
+                let (store, id) = (o.store.clone(), u.id.clone());
+                std::thread::spawn(move || {
+                    store
+                        .write(|tx| {
+                            let mut me = tx.user(&id)?.unwrap();
+                            let n: u32 = me
+                                .local_attributes
+                                .get("n")
+                                .map_or(0, |v| v.parse().unwrap());
+                            me.local_attributes.insert("n".into(), (n + 1).to_string());
+                            tx.put_user(&me)
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let me = o.store.read(|tx| tx.user(&u.id)).unwrap().unwrap();
+        assert_eq!(me.local_attributes.get("n").map(String::as_str), Some("12"));
+    }
+}
+
+/// A database migrated by a newer Gatehouse is refused at open, naming both versions.
+#[test]
+fn a_postgres_schema_newer_than_this_build_is_refused() {
+    let Some(opened) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let url = opened.url.clone().unwrap();
+    drop(opened);
+    pg::psql(
+        &url,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from the future', true, '\\x00', 0)",
+    );
+    let error = Store::open_postgres(&pg_options(&url))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("version 99"), "{error}");
+    let known = gatehouse::store::postgres::schema_version();
+    assert!(error.contains(&format!("({known})")), "{error}");
+}
+
+/// Without auto_migrate an empty database is refused with the command that migrates it.
+#[test]
+fn a_postgres_database_behind_the_schema_is_refused_without_auto_migrate() {
+    let Some(url) = pg::fresh_database() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let mut options = pg_options(&url);
+    options.auto_migrate = false;
+    let error = Store::open_postgres(&options).unwrap_err().to_string();
+    assert!(error.contains("gatehouse store migrate"), "{error}");
+    assert!(!error.contains("password"), "{error}");
+}
+
+/// Keys replicas share: the first stored wins, every later open reads it.
+#[test]
+fn the_first_shared_key_stored_wins() {
+    let Some(opened) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let pg = opened.store.postgres().unwrap();
+    let first = pg.shared_key("session", b"first".to_vec()).unwrap();
+    let second = pg.shared_key("session", b"second".to_vec()).unwrap();
+    assert_eq!(first, b"first");
+    assert_eq!(second, b"first");
+    let other = Store::open_postgres(&pg_options(opened.url.as_deref().unwrap())).unwrap();
+    let third = other
+        .postgres()
+        .unwrap()
+        .shared_key("session", b"third".to_vec())
+        .unwrap();
+    assert_eq!(third, b"first");
+}
