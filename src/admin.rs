@@ -207,8 +207,9 @@ fn apply_live(auth: &Auth, effect: &Effect) {
             );
         }
         Effect::Refresh(user) => {
-            auth.sessions.update_user(&user.id, |old| {
-                crate::identity::jit::profile_identity(user, old)
+            let profile = user.clone();
+            auth.sessions.update_user(&user.id, move |old| {
+                crate::identity::jit::profile_identity(&profile, old)
             });
         }
     }

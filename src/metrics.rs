@@ -380,6 +380,8 @@ pub struct AuthMetrics {
     pub jit_duration: prometheus::Histogram,
     store_errors: IntCounterVec,
     pub users: IntGauge,
+    /// `gatehouse_store_up`.
+    pub store_up: IntGauge,
     access_denied: IntCounterVec,
     mfa_challenges: IntCounterVec,
     pub mfa_enrolments: prometheus::IntCounter,
@@ -526,6 +528,12 @@ impl AuthMetrics {
         registry.register(Box::new(jit_duration.clone()))?;
         let users = IntGauge::new("gatehouse_users", "Local accounts in the store.")?;
         registry.register(Box::new(users.clone()))?;
+        let store_up = IntGauge::new(
+            "gatehouse_store_up",
+            "1 when the store answers (always for the embedded file; PostgreSQL: the last time the replica asked).",
+        )?;
+        store_up.set(1);
+        registry.register(Box::new(store_up.clone()))?;
         let login_duration = HistogramVec::new(
             HistogramOpts::new(
                 "gatehouse_login_duration_seconds",
@@ -573,6 +581,7 @@ impl AuthMetrics {
             jit_duration,
             store_errors,
             users,
+            store_up,
             access_denied,
             mfa_challenges,
             mfa_enrolments,

@@ -118,6 +118,7 @@ fn session(sid: &str, user_id: Option<&str>) -> SessionRecord {
         expires_at: 2_000_000_000,
         tokens: Tokens::default(),
         mfa_at: None,
+        last_seen: None,
     }
 }
 

@@ -130,6 +130,7 @@ impl Auth {
                 expires_at: created_at + lifetime,
                 tokens: tokens.clone(),
                 mfa_at: None,
+                last_seen: None,
             });
             tx.put_session(pending.record())?;
             Ok(Ok((Step::Session(pending), action)))

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::model::{Config, Headers, Login};
 use crate::metrics::{AuthMetrics, BearerResult, LogoutKind, RefreshResult};
 use crate::seal::{load_or_create_keys, Sealer};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use oidc::Provider;
 use redirect::RedirectPolicy;
 use session::Sessions;
@@ -190,8 +190,47 @@ impl Auth {
         self.providers.iter().find(|p| p.connection.id == id)
     }
 
-    /// Marks a state used; false when it already was (a replayed callback).
-    pub fn use_state(&self, state: &str, until: u64) -> bool {
+    /// With a shared store (PostgreSQL): follows what other replicas do to sessions this
+    /// one holds (ended, changed), and keeps `gatehouse_store_up` current. Nothing to do
+    /// with the embedded store.
+    pub fn follow_store(self: &Arc<Self>) {
+        let Some(pg) = self.store.postgres() else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        pg.follow_sessions(Arc::new(move |news| {
+            if let Some(auth) = me.upgrade() {
+                auth.sessions.apply_news(news);
+                auth.update_sessions_gauge();
+            }
+        }));
+        let (me, store) = (Arc::downgrade(self), self.store.clone());
+        pg.handle().spawn(async move {
+            while let Some(auth) = me.upgrade() {
+                auth.metrics.store_up.set(i64::from(store.is_up()));
+                drop(auth);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Marks a state used; false when it already was (a replayed callback), here or, with a
+    /// shared store, at another replica (then the store is asked too, on the blocking pool;
+    /// an unreachable store is an error: fail closed).
+    pub async fn use_state(&self, state: &str, until: u64) -> Result<bool, StoreError> {
+        if !self.use_state_here(state, until) {
+            return Ok(false);
+        }
+        if !self.store.is_shared() {
+            return Ok(true);
+        }
+        let (store, state) = (self.store.clone(), state.to_string());
+        tokio::task::spawn_blocking(move || store.use_login_state(&state, until))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
+    }
+
+    fn use_state_here(&self, state: &str, until: u64) -> bool {
         let Ok(mut used) = self.used_states.lock() else {
             return false;
         };
@@ -273,7 +312,16 @@ impl Auth {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<Authenticated>, bearer::BearerError> {
-        match self.sessions.lookup(headers) {
+        let mut found = self.sessions.lookup(headers);
+        if let session::Lookup::Unknown(sid) = &found {
+            // A shared store may hold it (made at another replica): one read, then cached.
+            found = if self.sessions.load(sid).await {
+                self.sessions.lookup(headers)
+            } else {
+                session::Lookup::Rejected(session::Rejection::Revoked)
+            };
+        }
+        match found {
             session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
                 return Ok(Some(Authenticated::Session(live)));
             }

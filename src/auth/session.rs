@@ -51,6 +51,8 @@ pub struct LiveSession {
     pub expires_at: u64,
     pub tokens: Mutex<Tokens>,
     last_seen: AtomicU64,
+    /// When this replica last wrote the session's last use to a shared store.
+    touched: AtomicU64,
     /// Held while this session's tokens are being refreshed (single flight).
     pub refresh_lock: tokio::sync::Mutex<()>,
     /// The identity headers, built on first use and reused by every request.
@@ -73,6 +75,7 @@ impl LiveSession {
         let mfa_at = record.mfa_at.unwrap_or(0);
         Self {
             last_seen: AtomicU64::new(now),
+            touched: AtomicU64::new(record.last_seen.unwrap_or(record.created_at)),
             sid: record.sid,
             identity: record.identity,
             idp_sid: record.idp_sid,
@@ -126,6 +129,7 @@ impl LiveSession {
             expires_at: self.expires_at,
             tokens: self.tokens.lock().map(|t| t.clone()).unwrap_or_default(),
             mfa_at: self.mfa_done_at(),
+            last_seen: Some(self.last_seen.load(Ordering::Relaxed)),
         }
     }
 
@@ -166,6 +170,9 @@ pub enum Lookup {
     None,
     Rejected(Rejection),
     Live(Arc<LiveSession>),
+    /// A sound cookie whose session this replica does not hold: a shared store may (made
+    /// at another replica, or left by this one's memory). [`Sessions::load`] reads it.
+    Unknown(String),
 }
 
 /// Which live sessions to find, through an index rather than a scan.
@@ -357,7 +364,15 @@ pub struct Sessions {
     live: RwLock<LiveMap>,
     /// Lifetimes and idle timeouts are measured on it.
     clock: Clock,
+    /// The store is shared with other replicas (PostgreSQL): memory is a cache of it.
+    shared: bool,
+    /// Session ids a shared store did not have (so a dead cookie costs one read, not one
+    /// per request); bounded, and forgotten after an hour.
+    missing: Mutex<crate::bounded::ExpiringMap<String, ()>>,
 }
+
+/// At most this many unknown session ids are remembered as missing.
+const MISSING_CACHE: usize = 65_536;
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,7 +428,14 @@ impl Sessions {
         let mut live = LiveMap::default();
         let mut expired = Vec::new();
         let now = clock.now();
-        for record in store.sessions()? {
+        let shared = store.is_shared();
+        // A shared store's sessions are read when a request brings one (one indexed read).
+        let stored = if shared {
+            Vec::new()
+        } else {
+            store.sessions()?
+        };
+        for record in stored {
             if record.expires_at <= now {
                 expired.push(record.sid);
             } else {
@@ -433,6 +455,8 @@ impl Sessions {
             opened: OpenedCookies::default(),
             live: RwLock::new(live),
             clock,
+            shared,
+            missing: Mutex::new(crate::bounded::ExpiringMap::new(MISSING_CACHE)),
         })
     }
 
@@ -471,6 +495,7 @@ impl Sessions {
             expires_at: created_at + self.config.lifetime.as_secs(),
             tokens,
             mfa_at: None,
+            last_seen: None,
         })
     }
 
@@ -505,9 +530,118 @@ impl Sessions {
         Ok(self.activate(pending))
     }
 
-    /// Ends every live session of a local account. Returns how many.
+    /// Ends every live session of a local account. Returns how many this replica held; with
+    /// a shared store the account's other sessions are deleted there too (and the replicas
+    /// holding them are told).
     pub fn revoke_user(&self, user_id: &str) -> usize {
-        self.revoke(&self.find(SessionsOf::User(user_id)))
+        let ended = self.revoke(&self.find(SessionsOf::User(user_id)));
+        if self.shared {
+            let owner = crate::store::sessions::SessionOwner::User(user_id.to_string());
+            if let Err(e) = self.writer.submit(SessionWrite::DeleteOf(owner)) {
+                tracing::error!(error = %e, "could not queue the end of the account's sessions in the store");
+            }
+        }
+        ended
+    }
+
+    /// With a shared store: deletes every stored session of `owner` (wherever it was made)
+    /// and waits until that is committed; the replicas holding one are told. Nothing to do
+    /// with the embedded store (memory holds every session).
+    pub async fn end_stored(&self, owner: crate::store::sessions::SessionOwner) {
+        if !self.shared {
+            return;
+        }
+        if let Err(e) = self.writer.commit(SessionWrite::DeleteOf(owner)).await {
+            tracing::error!(error = %e, "could not end the sessions in the store");
+        }
+    }
+
+    /// Reads a session this replica does not hold from a shared store (a cache miss: one
+    /// indexed read on the blocking pool), and holds it when it is alive. `false` when the
+    /// store has no such session (remembered, so the next request costs nothing) or cannot
+    /// be read (then nothing is remembered, and the request is refused: fail closed).
+    pub async fn load(&self, sid: &str) -> bool {
+        let now = self.clock.now();
+        let store = self.store.clone();
+        let wanted = sid.to_string();
+        let read = tokio::task::spawn_blocking(move || store.read(|tx| tx.session(&wanted)))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))));
+        match read {
+            Ok(Some(record)) if record.expires_at > now => {
+                let last_seen = record.last_seen.unwrap_or(record.created_at);
+                // The stored last use lags the real one by up to a quarter of the idle
+                // timeout (see `lookup`), so that much is allowed on top.
+                let idle = self.config.idle_timeout.as_secs();
+                if now.saturating_sub(last_seen) > idle + idle / 4 {
+                    self.revoke(&[sid.to_string()]);
+                    return false;
+                }
+                let live = Arc::new(LiveSession::from_record(record, last_seen));
+                if let Ok(mut map) = self.live.write() {
+                    if map.get(sid).is_none() {
+                        map.insert(live);
+                    }
+                }
+                true
+            }
+            Ok(_) => {
+                if let Ok(mut missing) = self.missing.lock() {
+                    missing.insert(sid.to_string(), (), now + 3600, now);
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::text::Escaped(&e), "cannot read a session from the store; refusing it");
+                false
+            }
+        }
+    }
+
+    /// Follows what other replicas did to sessions this one holds: each changed session is
+    /// read again (replaced, keeping when it was last seen here) or, when the store no longer
+    /// has it, ended. Runs on a blocking thread.
+    pub fn apply_news(&self, news: crate::store::postgres::SessionNews) {
+        use crate::store::postgres::SessionNews;
+        let sids: Vec<String> = match news {
+            SessionNews::Changed(sids) => sids
+                .into_iter()
+                .filter(|sid| self.live.read().is_ok_and(|m| m.get(sid).is_some()))
+                .collect(),
+            SessionNews::Lost => self
+                .live
+                .read()
+                .map(|m| m.sessions().map(|s| s.sid.clone()).collect())
+                .unwrap_or_default(),
+        };
+        for sid in sids {
+            match self.store.read(|tx| tx.session(&sid)) {
+                Ok(Some(record)) => {
+                    let Ok(mut map) = self.live.write() else {
+                        continue;
+                    };
+                    let Some(old) = map.get(&sid).cloned() else {
+                        continue;
+                    };
+                    let fresh = LiveSession::from_record(record, 0);
+                    fresh
+                        .last_seen
+                        .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+                    fresh
+                        .touched
+                        .store(old.touched.load(Ordering::Relaxed), Ordering::Relaxed);
+                    map.insert(Arc::new(fresh));
+                }
+                Ok(None) => {
+                    self.forget_live(std::slice::from_ref(&sid));
+                }
+                Err(e) => {
+                    // Unreadable now: not trusted either (the follower reads again later).
+                    tracing::warn!(error = %crate::text::Escaped(&e), "cannot read a changed session; dropping it from memory");
+                    self.forget_live(std::slice::from_ref(&sid));
+                }
+            }
+        }
     }
 
     /// The ids of the live sessions `which` names, from an index (no scan).
@@ -530,7 +664,12 @@ impl Sessions {
 
     /// Gives every live session of a local account its new identity (after an admin changed
     /// the account), in memory and in the store. Returns how many.
-    pub fn update_user(&self, user_id: &str, update: impl Fn(&Identity) -> Identity) -> usize {
+    pub fn update_user(
+        &self,
+        user_id: &str,
+        update: impl Fn(&Identity) -> Identity + Send + Sync + 'static,
+    ) -> usize {
+        let update = Arc::new(update);
         let Ok(mut map) = self.live.write() else {
             return 0;
         };
@@ -553,6 +692,14 @@ impl Sessions {
         for record in records {
             if let Err(e) = self.writer.submit(SessionWrite::Put(Box::new(record))) {
                 tracing::error!(error = %e, "an updated session could not be queued for the store; it is updated in memory");
+            }
+        }
+        if self.shared {
+            // The account's sessions other replicas made are rewritten in the store (they
+            // are told and read them again).
+            let owner = crate::store::sessions::SessionOwner::User(user_id.to_string());
+            if let Err(e) = self.writer.submit(SessionWrite::ReprofileOf(owner, update)) {
+                tracing::error!(error = %e, "the account's stored sessions could not be queued for an update");
             }
         }
         count
@@ -602,6 +749,13 @@ impl Sessions {
             .ok()
             .and_then(|m| m.get(&body.sid).cloned());
         let Some(live) = live else {
+            let known_missing = self
+                .missing
+                .lock()
+                .is_ok_and(|m| m.get(&body.sid, now).is_some());
+            if self.shared && !known_missing {
+                return Lookup::Unknown(body.sid.clone());
+            }
             return Lookup::Rejected(Rejection::Revoked);
         };
         // The cookie must name the record's own user (a swapped cookie cannot borrow a sid).
@@ -613,12 +767,32 @@ impl Sessions {
             return Lookup::Rejected(Rejection::Expired);
         }
         let last = live.last_seen.load(Ordering::Relaxed);
-        if now.saturating_sub(last) > self.config.idle_timeout.as_secs() {
+        let idle = self.config.idle_timeout.as_secs();
+        if now.saturating_sub(last) > idle {
+            if self.shared {
+                // Idle here, maybe not at another replica: [`Self::load`] reads the store's
+                // record again (its last use anywhere) and decides.
+                if let Ok(mut map) = self.live.write() {
+                    map.remove(&live.sid);
+                }
+                return Lookup::Unknown(live.sid.clone());
+            }
             self.revoke(std::slice::from_ref(&live.sid));
             return Lookup::Rejected(Rejection::Idle);
         }
         if last != now {
             live.last_seen.store(now, Ordering::Relaxed);
+            // A shared store learns of the use a few times per idle timeout, so the other
+            // replicas can tell an idle session from one used elsewhere.
+            if self.shared && now.saturating_sub(live.touched.load(Ordering::Relaxed)) > idle / 4 {
+                live.touched.store(now, Ordering::Relaxed);
+                if let Err(e) = self
+                    .writer
+                    .submit(SessionWrite::Put(Box::new(live.record())))
+                {
+                    tracing::warn!(error = %e, "could not queue a session's last use for the store");
+                }
+            }
         }
         if opened_now {
             self.opened.insert(&sealed, body);
@@ -673,9 +847,25 @@ impl Sessions {
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
         let idle = self.config.idle_timeout.as_secs();
-        let ended = self.revoke_where(|s| {
-            s.expires_at <= now || now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
-        });
+        let idle_here =
+            |s: &LiveSession| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle;
+        let ended = if self.shared {
+            // Idle here may be busy at another replica: such a session only leaves this
+            // replica's memory (the store's record decides when a request brings it back).
+            if let Ok(mut map) = self.live.write() {
+                let quiet: Vec<String> = map
+                    .sessions()
+                    .filter(|s| s.expires_at > now && idle_here(s))
+                    .map(|s| s.sid.clone())
+                    .collect();
+                for sid in quiet {
+                    map.remove(&sid);
+                }
+            }
+            self.revoke_where(|s| s.expires_at <= now)
+        } else {
+            self.revoke_where(|s| s.expires_at <= now || idle_here(s))
+        };
         // A revoked session's value may stay until it expires: the live map refuses it.
         self.opened.retain(|body| body.exp > now);
         ended

@@ -273,6 +273,7 @@ mod tests {
                 expires_at: START + 3600,
                 tokens: Tokens::default(),
                 mfa_at: None,
+                last_seen: None,
             }),
             connection: "corp".into(),
             user_id: "u1".into(),

@@ -236,6 +236,7 @@ fn build(
         None => None,
     };
     if let Some(auth) = &auth {
+        auth.follow_store();
         readiness.require_idps(config.server.ready_requires_idp);
         readiness.expect_idps(auth.providers.len());
         server.add_service(background_service(

@@ -211,6 +211,24 @@ impl Store {
         }
     }
 
+    /// Marks a login state used; `false` when it was used already. Only a shared store
+    /// answers here: one process keeps used states in memory (`auth`), and a state is
+    /// single-use across replicas through this table.
+    pub fn use_login_state(&self, state: &str, expires_at: u64) -> Result<bool, StoreError> {
+        match &self.engine {
+            Engine::Redb(_) => Ok(true),
+            Engine::Postgres(db) => db.use_login_state(state, expires_at),
+        }
+    }
+
+    /// Whether the store answered last time it was asked (always, for the embedded file).
+    pub fn is_up(&self) -> bool {
+        match &self.engine {
+            Engine::Redb(_) => true,
+            Engine::Postgres(db) => db.is_up(),
+        }
+    }
+
     fn begin_write(&self) -> Result<Tx, StoreError> {
         let raw = match &self.engine {
             Engine::Redb(db) => db.begin_write()?,

@@ -23,6 +23,7 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::runtime::Handle;
 
 use super::raw::{Counted, Index, RawRead, RawWrite, Rows};
+use super::sessions::{SessionColumns, SessionOwner};
 use super::StoreError;
 
 /// The schema, one migration per step; the number is the schema version.
@@ -70,6 +71,10 @@ pub struct PgStore {
     handle: Handle,
     pool: PgPool,
     shown: String,
+    /// This process's name in `session_events` (its own events are not news to it).
+    origin: String,
+    /// Whether the database answered last time (`gatehouse_store_up`).
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for PgStore {
@@ -148,6 +153,8 @@ impl PgStore {
             handle,
             pool,
             shown: shown.clone(),
+            origin: crate::ids::random_id(),
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         store.prepare_schema(options.auto_migrate)?;
         Ok(store)
@@ -263,6 +270,7 @@ impl PgStore {
             tx: std::cell::RefCell::new(Some(tx)),
             handle: self.handle.clone(),
             writable,
+            origin: self.origin.clone(),
         })
     }
 
@@ -316,6 +324,7 @@ struct PgTx {
     tx: std::cell::RefCell<Option<Transaction<'static, Postgres>>>,
     handle: Handle,
     writable: bool,
+    origin: String,
 }
 
 impl Drop for PgTx {
@@ -369,6 +378,16 @@ impl PgTx {
         out.map_err(store_error)
     }
 
+    /// Tells the other replicas (at commit) that a session changed or ended.
+    fn session_event(&self, sid: &str) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO session_events (sid, origin) VALUES ($1, $2)",
+            vec![text(sid), text(&self.origin)],
+        )?;
+        self.execute("SELECT pg_notify($1, '')", vec![text(SESSION_CHANNEL)])?;
+        Ok(())
+    }
+
     fn one_bytes(&self, sql: &'static str, args: Vec<Arg>) -> Result<Option<Vec<u8>>, StoreError> {
         self.rows(sql, args)?
             .first()
@@ -396,23 +415,6 @@ fn rows_table(rows: Rows) -> (&'static str, &'static str) {
         Rows::Users => ("users", "id"),
         Rows::Sessions => ("sessions", "sid"),
     }
-}
-
-/// The typed columns of a session row, taken from its record.
-#[derive(serde::Deserialize)]
-struct SessionColumns {
-    identity: SessionIdentity,
-    #[serde(default)]
-    idp_sid: Option<String>,
-    expires_at: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct SessionIdentity {
-    connection: String,
-    subject: String,
-    #[serde(default)]
-    user_id: Option<String>,
 }
 
 impl RawRead for PgTx {
@@ -464,6 +466,33 @@ impl RawRead for PgTx {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError> {
+        let (sql, args) = match owner {
+            SessionOwner::User(user) => (
+                "SELECT sid FROM sessions WHERE user_id = $1 ORDER BY sid",
+                vec![text(user)],
+            ),
+            SessionOwner::Subject {
+                connection,
+                subject,
+            } => (
+                "SELECT sid FROM sessions WHERE connection = $1 AND subject = $2 ORDER BY sid",
+                vec![text(connection), text(subject)],
+            ),
+            SessionOwner::IdpSession {
+                connection,
+                idp_sid,
+            } => (
+                "SELECT sid FROM sessions WHERE connection = $1 AND idp_sid = $2 ORDER BY sid",
+                vec![text(connection), text(idp_sid)],
+            ),
+        };
+        self.rows(sql, args)?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(store_error))
+            .collect()
+    }
+
     fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
         self.all_bytes(
             "SELECT entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
@@ -501,6 +530,7 @@ impl RawWrite for PgTx {
                         Arg::Int(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
                     ],
                 )?;
+                self.session_event(key)?;
             }
         }
         Ok(())
@@ -512,7 +542,11 @@ impl RawWrite for PgTx {
             ("users", _) => "DELETE FROM users WHERE id = $1",
             _ => "DELETE FROM sessions WHERE sid = $1",
         };
-        Ok(self.execute(sql, vec![text(key)])? > 0)
+        let removed = self.execute(sql, vec![text(key)])? > 0;
+        if removed && rows == Rows::Sessions {
+            self.session_event(key)?;
+        }
+        Ok(removed)
     }
 
     fn claim(
@@ -633,5 +667,186 @@ impl RawWrite for PgTx {
             return Err(StoreError::Db("the transaction has ended".into()));
         };
         run(&self.handle, async move { tx.commit().await })?.map_err(store_error)
+    }
+}
+
+/// What a replica learns from the session events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionNews {
+    /// These sessions changed or ended at another replica: read them again.
+    Changed(Vec<String>),
+    /// Events may have been missed (away longer than events are kept): read every cached
+    /// session again.
+    Lost,
+}
+
+/// How long session events and used login states are kept before they are pruned.
+const EVENTS_KEPT: Duration = Duration::from_secs(3600);
+/// How often the follower looks without being told (a NOTIFY lost with a connection).
+const POLL: Duration = Duration::from_secs(2);
+/// Events this recent are read again each time (a transaction that took its sequence number
+/// before another but committed after it is not skipped); seen ones are not reported twice.
+const REREAD_SECS: i64 = 30;
+
+impl PgStore {
+    /// Whether the database answered the last time the follower asked (`gatehouse_store_up`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Follows the other replicas' session changes: LISTEN on [`SESSION_CHANNEL`], and read
+    /// `session_events` after the last one seen (after every notification, every [`POLL`],
+    /// and after a reconnect, so nothing committed is missed). `on_news` runs on a blocking
+    /// thread (it may read the store). Reconnects with backoff; prunes old events.
+    pub fn follow_sessions(&self, on_news: std::sync::Arc<dyn Fn(SessionNews) + Send + Sync>) {
+        let pool = self.pool.clone();
+        let origin = self.origin.clone();
+        let up = self.up.clone();
+        self.handle.spawn(async move {
+            let mut follower = Follower {
+                pool,
+                origin,
+                last: None,
+                seen: std::collections::HashMap::new(),
+                last_ok: std::time::Instant::now(),
+            };
+            let mut backoff = Duration::from_millis(100);
+            let mut next_prune = std::time::Instant::now();
+            loop {
+                let listener = async {
+                    let mut listener =
+                        sqlx::postgres::PgListener::connect_with(&follower.pool).await?;
+                    listener.listen(SESSION_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                let mut listener = match listener.await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        if up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::error!(error = %e, "the store (PostgreSQL) is unreachable; reconnecting");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                loop {
+                    match follower.catch_up().await {
+                        Ok(news) => {
+                            if !up.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::info!("the store (PostgreSQL) answers again");
+                            }
+                            backoff = Duration::from_millis(100);
+                            if let Some(news) = news {
+                                let on_news = on_news.clone();
+                                let _ = tokio::task::spawn_blocking(move || on_news(news)).await;
+                            }
+                        }
+                        Err(e) => {
+                            if up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::error!(error = %e, "the store (PostgreSQL) is unreachable; reconnecting");
+                            }
+                            break;
+                        }
+                    }
+                    if std::time::Instant::now() >= next_prune {
+                        next_prune = std::time::Instant::now() + Duration::from_secs(300);
+                        follower.prune().await;
+                    }
+                    match tokio::time::timeout(POLL, listener.try_recv()).await {
+                        Ok(Ok(_)) | Err(_) => {}
+                        Ok(Err(_)) => break,
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        });
+    }
+
+    /// Marks a login state used; `false` when another replica used it first.
+    pub fn use_login_state(&self, state: &str, expires_at: u64) -> Result<bool, StoreError> {
+        let pool = self.pool.clone();
+        let state = state.to_string();
+        let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        run(&self.handle, async move {
+            sqlx::query(
+                "INSERT INTO used_states (state, expires_at) VALUES ($1, $2) ON CONFLICT (state) DO NOTHING",
+            )
+            .bind(state)
+            .bind(expires)
+            .execute(&pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })?
+        .map_err(store_error)
+    }
+}
+
+struct Follower {
+    pool: PgPool,
+    origin: String,
+    /// The highest event sequence seen (`None` before the first read: start from now).
+    last: Option<i64>,
+    /// Recent events already reported, by sequence number, with when they were seen.
+    seen: std::collections::HashMap<i64, std::time::Instant>,
+    last_ok: std::time::Instant,
+}
+
+impl Follower {
+    async fn catch_up(&mut self) -> Result<Option<SessionNews>, sqlx::Error> {
+        let Some(last) = self.last else {
+            let max: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM session_events")
+                .fetch_one(&self.pool)
+                .await?;
+            self.last = Some(max.unwrap_or(0));
+            self.last_ok = std::time::Instant::now();
+            return Ok(None);
+        };
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT seq, sid, origin FROM session_events \
+             WHERE seq > $1 OR at > now() - make_interval(secs => $2) ORDER BY seq",
+        )
+        .bind(last)
+        .bind(REREAD_SECS as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        let away = self.last_ok.elapsed();
+        self.last_ok = std::time::Instant::now();
+        let now = std::time::Instant::now();
+        self.seen
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(2 * REREAD_SECS as u64));
+        let mut changed = Vec::new();
+        for (seq, sid, origin) in rows {
+            self.last = Some(self.last.unwrap_or(0).max(seq));
+            if self.seen.insert(seq, now).is_some() || origin == self.origin {
+                continue;
+            }
+            changed.push(sid);
+        }
+        if away > EVENTS_KEPT / 2 {
+            return Ok(Some(SessionNews::Lost));
+        }
+        changed.sort();
+        changed.dedup();
+        Ok((!changed.is_empty()).then_some(SessionNews::Changed(changed)))
+    }
+
+    async fn prune(&self) {
+        let kept = EVENTS_KEPT.as_secs() as f64;
+        let events =
+            sqlx::query("DELETE FROM session_events WHERE at < now() - make_interval(secs => $1)")
+                .bind(kept)
+                .execute(&self.pool)
+                .await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let states = sqlx::query("DELETE FROM used_states WHERE expires_at < $1")
+            .bind(i64::try_from(now).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await;
+        if let (Err(e), _) | (_, Err(e)) = (events, states) {
+            tracing::warn!(error = %e, "pruning old session events and login states failed");
+        }
     }
 }

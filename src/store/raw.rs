@@ -4,6 +4,7 @@
 //! `audit`) is written once against these traits, so the two behave the same (the conformance
 //! suite in `tests/store_conformance.rs` runs against both).
 
+use super::sessions::SessionOwner;
 use super::StoreError;
 
 /// A table of records (JSON documents) by a string key.
@@ -52,6 +53,8 @@ pub trait RawRead {
     fn count(&self, what: Counted) -> Result<u64, StoreError>;
     /// The audit entries in sequence order, optionally only those about one user.
     fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The ids of the stored sessions that belong to `owner`.
+    fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError>;
 }
 
 /// Changes, inside one transaction that [`RawWrite::commit`] makes durable.

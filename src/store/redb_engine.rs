@@ -9,6 +9,7 @@ use redb::{
 };
 
 use super::raw::{Counted, Index, RawRead, RawWrite, Rows};
+use super::sessions::{SessionColumns, SessionOwner};
 use super::StoreError;
 
 /// Sessions by session id: the server-side record behind every session cookie.
@@ -168,6 +169,22 @@ macro_rules! redb_reads {
                     Counted::Emails => self.txn.open_table(EMAILS).map_err(StoreError::db)?.len(),
                 }
                 .map_err(StoreError::db)
+            }
+
+            fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError> {
+                // One process holds the redb file and every session is in its memory, which
+                // has indexes; this scan serves only the rare store-level deletion.
+                let table = self.txn.open_table(SESSIONS).map_err(StoreError::db)?;
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(StoreError::db)? {
+                    let (key, value) = entry.map_err(StoreError::db)?;
+                    let owned = SessionColumns::of(value.value())
+                        .is_ok_and(|columns| columns.belongs_to(owner));
+                    if owned {
+                        out.push(key.value().to_string());
+                    }
+                }
+                Ok(out)
             }
 
             fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {

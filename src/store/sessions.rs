@@ -74,9 +74,89 @@ pub struct SessionRecord {
     /// When the second factor was passed in this session (unix seconds).
     #[serde(default)]
     pub mfa_at: Option<u64>,
+    /// When a replica last saw the session used (a shared store only; written at most a few
+    /// times per idle timeout), so the idle timeout holds across replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// Whose sessions: for a shared store, where one replica's memory does not hold every
+/// session, so ending a user's sessions must find them in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// Every session of a local account.
+    User(String),
+    /// Every session of an IdP subject at a connection.
+    Subject { connection: String, subject: String },
+    /// The sessions made in one IdP session.
+    IdpSession { connection: String, idp_sid: String },
+}
+
+/// The columns of a session record an engine indexes, read from the record.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionColumns {
+    pub identity: SessionColumnsIdentity,
+    #[serde(default)]
+    pub idp_sid: Option<String>,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionColumnsIdentity {
+    pub connection: String,
+    pub subject: String,
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+impl SessionColumns {
+    pub(crate) fn of(record: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(record).map_err(|e| StoreError::Decode(e.to_string()))
+    }
+
+    pub(crate) fn belongs_to(&self, owner: &SessionOwner) -> bool {
+        let id = &self.identity;
+        match owner {
+            SessionOwner::User(user) => id.user_id.as_deref() == Some(user.as_str()),
+            SessionOwner::Subject {
+                connection,
+                subject,
+            } => &id.connection == connection && &id.subject == subject,
+            SessionOwner::IdpSession {
+                connection,
+                idp_sid,
+            } => &id.connection == connection && self.idp_sid.as_deref() == Some(idp_sid.as_str()),
+        }
+    }
 }
 
 impl Tx {
+    /// Deletes every stored session of `owner`; returns their ids.
+    pub fn delete_sessions_of(&mut self, owner: &SessionOwner) -> Result<Vec<String>, StoreError> {
+        let sids = self.raw.sessions_of(owner)?;
+        for sid in &sids {
+            self.raw.remove(Rows::Sessions, sid)?;
+        }
+        Ok(sids)
+    }
+
+    /// Gives every stored session of `owner` a new identity; returns how many.
+    pub fn reprofile_sessions_of(
+        &mut self,
+        owner: &SessionOwner,
+        reprofile: &dyn Fn(&Identity) -> Identity,
+    ) -> Result<(), StoreError> {
+        for sid in self.raw.sessions_of(owner)? {
+            let Some(bytes) = self.raw.get(Rows::Sessions, &sid)? else {
+                continue;
+            };
+            let mut record: SessionRecord = decode(&bytes, SESSION_RECORD_VERSION)?;
+            record.identity = reprofile(&record.identity);
+            self.put_session(&record)?;
+        }
+        Ok(())
+    }
+
     /// Writes (or replaces) a session record.
     pub fn put_session(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = encode(record)?;
@@ -180,6 +260,7 @@ mod tests {
             expires_at: 2,
             tokens: Tokens::default(),
             mfa_at: None,
+            last_seen: None,
         }
     }
 

@@ -11,7 +11,7 @@
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use super::sessions::SessionRecord;
+use super::sessions::{Identity, SessionOwner, SessionRecord};
 use super::{Store, StoreError};
 
 /// At most this many writes wait for the writer; past it a write is refused at once (the
@@ -20,13 +20,34 @@ const QUEUE: usize = 65_536;
 /// At most this many writes go into one transaction.
 const BATCH: usize = 512;
 
+/// A new identity for each stored session of an owner (an admin changed the account).
+pub type Reprofile = Arc<dyn Fn(&Identity) -> Identity + Send + Sync>;
+
 /// One session write.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SessionWrite {
     /// Writes (or replaces) a session record.
     Put(Box<SessionRecord>),
     /// Deletes sessions by id.
     Delete(Vec<String>),
+    /// Deletes every stored session of an owner (a shared store: sessions other replicas
+    /// hold are found in the store, not in this replica's memory).
+    DeleteOf(SessionOwner),
+    /// Rewrites the identity of every stored session of an owner (a shared store).
+    ReprofileOf(SessionOwner, Reprofile),
+}
+
+impl std::fmt::Debug for SessionWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionWrite::Put(record) => f.debug_tuple("Put").field(&record.sid).finish(),
+            SessionWrite::Delete(sids) => f.debug_tuple("Delete").field(sids).finish(),
+            SessionWrite::DeleteOf(owner) => f.debug_tuple("DeleteOf").field(owner).finish(),
+            SessionWrite::ReprofileOf(owner, _) => {
+                f.debug_tuple("ReprofileOf").field(owner).finish()
+            }
+        }
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
@@ -103,6 +124,10 @@ fn apply(tx: &mut super::Tx, write: &SessionWrite) -> Result<(), StoreError> {
     match write {
         SessionWrite::Put(record) => tx.put_session(record),
         SessionWrite::Delete(sids) => tx.delete_sessions(sids).map(|_| ()),
+        SessionWrite::DeleteOf(owner) => tx.delete_sessions_of(owner).map(|_| ()),
+        SessionWrite::ReprofileOf(owner, reprofile) => {
+            tx.reprofile_sessions_of(owner, &**reprofile)
+        }
     }
 }
 
@@ -303,6 +328,7 @@ mod tests {
             expires_at: u64::MAX / 2,
             tokens: Default::default(),
             mfa_at: None,
+            last_seen: None,
         }
     }
 

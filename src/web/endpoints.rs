@@ -482,7 +482,11 @@ async fn finish_login(
         .cloned()
         .ok_or(Refusal::StateInvalid("Unknown sign-in method."))?;
     *connection = login.conn.clone();
-    if !auth.use_state(&login.state, login.exp) {
+    if !auth
+        .use_state(&login.state, login.exp)
+        .await
+        .map_err(Refusal::StoreError)?
+    {
         return Err(Refusal::StateInvalid("This sign-in link was already used."));
     }
     // RFC 9207: an `iss` that is sent must be the issuer, whatever the answer.
@@ -817,6 +821,21 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
             }
             let sids: Vec<String> = matching.iter().map(|s| s.sid.clone()).collect();
             let ended = auth.sessions.revoke_durably(&sids).await;
+            // With a shared store, the sessions other replicas made end there too.
+            let owner = match (&order.sid, &order.sub) {
+                (Some(sid), _) => Some(crate::store::sessions::SessionOwner::IdpSession {
+                    connection: connection.clone(),
+                    idp_sid: sid.clone(),
+                }),
+                (None, Some(subject)) => Some(crate::store::sessions::SessionOwner::Subject {
+                    connection: connection.clone(),
+                    subject: subject.clone(),
+                }),
+                (None, None) => None,
+            };
+            if let Some(owner) = owner {
+                auth.sessions.end_stored(owner).await;
+            }
             auth.update_sessions_gauge();
             auth.metrics.logouts(LogoutKind::Backchannel, ended);
             tracing::info!(connection = %Escaped(&connection), ended, "back-channel logout");
