@@ -31,7 +31,7 @@ pub use crate::config::model::{SigningAlg, UnknownSigningAlg};
 
 impl SigningAlg {
     /// The lower-case word used in the default key file name.
-    fn file_word(self) -> &'static str {
+    pub fn file_word(self) -> &'static str {
         match self {
             SigningAlg::Es256 => "es256",
             SigningAlg::EdDsa => "eddsa",

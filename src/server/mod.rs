@@ -3,6 +3,7 @@
 
 pub use crate::conns;
 pub mod prebound;
+pub mod shared_keys;
 
 pub mod shutdown;
 
@@ -227,7 +228,9 @@ fn build(
     let store = if config.connections.is_empty() {
         None
     } else {
-        Some(Arc::new(Store::open(&config.data_dir)?))
+        let store = Store::open_configured(config)?;
+        shared_keys::share(config, &store)?;
+        Some(Arc::new(store))
     };
     let auth = match &store {
         Some(store) => {

@@ -155,6 +155,20 @@ impl Store {
         )))
     }
 
+    /// Opens the store the config names: the embedded file in `data_dir`, or PostgreSQL.
+    pub fn open_configured(config: &crate::config::model::Config) -> Result<Self, StoreError> {
+        use crate::config::model::StoreBackend;
+        match &config.store_backend {
+            StoreBackend::Redb => Self::open(&config.data_dir),
+            StoreBackend::Postgres(pg) => Self::open_postgres(&postgres::PgOptions {
+                url: pg.url.0.clone(),
+                pool_size: pg.pool_size,
+                auto_migrate: pg.auto_migrate,
+                acquire_timeout: std::time::Duration::from_secs(5),
+            }),
+        }
+    }
+
     /// Opens a PostgreSQL store (connects, checks and migrates the schema).
     pub fn open_postgres(options: &postgres::PgOptions) -> Result<Self, StoreError> {
         Ok(Self::with_engine(Engine::Postgres(

@@ -14,7 +14,7 @@ pub const API_PATH: &str = "/api/users";
 
 /// Runs `op` for the store `config` names.
 pub fn run(config: &Config, op: &UserOp) -> Result<OpOutput, OpError> {
-    match Store::open(&config.data_dir) {
+    match Store::open_configured(config) {
         Ok(store) => {
             // Offline (no server holds the store): the record times are the system's.
             let now = crate::clock::Clock::system().now();
