@@ -12,11 +12,14 @@ use crate::config::model::Config;
 use crate::identity::assertion::AssertionSigner;
 use crate::store::{Store, StoreError};
 
+/// Makes a fresh key file at the path (when none is there).
+type Create = Box<dyn Fn(&Path) -> Result<(), String>>;
+
 /// One key file in the data directory, and how a fresh one is made.
 struct KeyFile {
     /// Its name, in the data directory and in the `shared_keys` table.
     name: String,
-    create: Box<dyn Fn(&Path) -> Result<(), String>>,
+    create: Create,
 }
 
 fn key_files(config: &Config) -> Vec<KeyFile> {
