@@ -357,7 +357,7 @@ fn connect_checks(config: &gatehouse::config::Config) -> usize {
                 )
             }),
     );
-    let store = match gatehouse::store::Store::open_configured(&config) {
+    let store = match gatehouse::store::Store::open_configured(config) {
         Ok(store) => store
             .write(|_| Ok(()))
             .map(|()| format!("{} opened and a write committed", store.location()))
