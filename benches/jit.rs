@@ -398,6 +398,7 @@ fn grouped_login(
                 expires_at: now + 3600,
                 tokens: tokens.clone(),
                 mfa_at: None,
+                last_seen: None,
             });
             tx.put_session(pending.record())?;
             Ok(pending)
