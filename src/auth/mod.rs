@@ -338,10 +338,16 @@ impl Auth {
             self.metrics.bearer(BearerResult::NotAllowed);
             return Err(bearer::BearerError::NotAllowed);
         }
-        match self.bearer.verify(token).await.and_then(|b| {
-            let factors = b.factors;
-            self.with_local_account(b.identity).map(|id| (id, factors))
-        }) {
+        let verified = match self.bearer.verify(token).await {
+            Ok(b) => {
+                let factors = b.factors;
+                self.with_local_account(b.identity)
+                    .await
+                    .map(|id| (id, factors))
+            }
+            Err(e) => Err(e),
+        };
+        match verified {
             Ok((identity, factors)) => {
                 self.metrics.bearer(BearerResult::Valid);
                 Ok(Some(Authenticated::Bearer(Box::new(identity), factors)))
@@ -357,7 +363,7 @@ impl Auth {
     /// A bearer identity from a JIT connection, with its local account's profile when the
     /// user has signed in before (a read transaction, no write); a disabled account is
     /// refused.
-    fn with_local_account(
+    async fn with_local_account(
         &self,
         identity: crate::identity::Identity,
     ) -> Result<crate::identity::Identity, bearer::BearerError> {
@@ -367,9 +373,14 @@ impl Auth {
         if !jit {
             return Ok(identity);
         }
-        let user = self
-            .store
-            .read(|tx| tx.user_by_link(&identity.connection, &identity.subject));
+        // On the blocking pool: a shared store is a network call.
+        let store = self.store.clone();
+        let (connection, subject) = (identity.connection.clone(), identity.subject.clone());
+        let user = tokio::task::spawn_blocking(move || {
+            store.read(|tx| tx.user_by_link(&connection, &subject))
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))));
         match user {
             Ok(Some(user)) if user.disabled => Err(bearer::BearerError::AccountDisabled),
             Ok(Some(user)) => Ok(crate::identity::jit::profile_identity(&user, &identity)),

@@ -34,9 +34,13 @@ impl Auth {
             .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
     }
 
-    /// The account at the MFA step.
-    pub fn mfa_account(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.store.read(|tx| tx.user(user_id))
+    /// The account at the MFA step (read on the blocking pool: a shared store is a network
+    /// call).
+    pub async fn mfa_account(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let (store, id) = (self.store.clone(), user_id.to_string());
+        tokio::task::spawn_blocking(move || store.read(|tx| tx.user(&id)))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
     }
 
     /// Saves a confirmed enrolment (audited `mfa_enrolled`, counted in
@@ -159,7 +163,7 @@ impl Auth {
         request_id: &str,
         render: impl FnOnce(&str, u64) -> Mail,
     ) -> Result<u64, EmailSendFailure> {
-        let user = match self.mfa_account(user_id) {
+        let user = match self.mfa_account(user_id).await {
             Ok(Some(user)) if !user.disabled => user,
             Ok(_) => return Err(EmailSendFailure::Unusable(EmailOtpUnusable::NoEmail)),
             Err(e) => return Err(EmailSendFailure::Store(e)),
@@ -226,7 +230,7 @@ impl Auth {
         request_id: &str,
     ) -> Result<Result<(), EmailRefusal>, StoreError> {
         let now = self.clock.now();
-        let Some(user) = self.mfa_account(user_id)? else {
+        let Some(user) = self.mfa_account(user_id).await? else {
             return Ok(Err(EmailRefusal::Gone));
         };
         if user.disabled {

@@ -245,7 +245,7 @@ async fn show_factor(
     status: StatusCode,
 ) -> pingora::Result<()> {
     let (user_id, username) = ctx.user();
-    let user = match auth.mfa_account(user_id) {
+    let user = match auth.mfa_account(user_id).await {
         Ok(Some(user)) if !user.disabled => user,
         Ok(_) => {
             return html_page(
@@ -344,6 +344,7 @@ async fn enrol_page(
     message: Option<&str>,
     status: StatusCode,
 ) -> pingora::Result<()> {
+    let email_usable = email_usable(auth, ctx).await;
     let body = html! {
         (message_html(message))
         p {
@@ -356,7 +357,7 @@ async fn enrol_page(
         }
         p { "Key: " code id="secret" { (start.manual_key) } }
         p { small { "Set-up link: " code id="otpauth-uri" style="word-break:break-all" { (start.otpauth_uri) } } }
-        @if email_usable(auth, ctx) {
+        @if email_usable {
             p { a id="mfa-use-email" href=(format!("{MFA}?factor=email&rd={}", urlencode(ctx.rd()))) { "Email me a code instead" } }
         }
         form id="mfa-enrol-form" method="post" action=(MFA) {
@@ -379,6 +380,7 @@ async fn verify_page(
     message: Option<&str>,
     status: StatusCode,
 ) -> pingora::Result<()> {
+    let email_usable = email_usable(auth, ctx).await;
     let body = html! {
         (message_html(message))
         p { "Enter the 6-digit code from your authenticator app, or one of your recovery codes." }
@@ -390,7 +392,7 @@ async fn verify_page(
             " "
             button class="button" id="mfa-submit" type="submit" { "Continue" }
         }
-        @if email_usable(auth, ctx) {
+        @if email_usable {
             p { a id="mfa-use-email" href=(format!("{MFA}?factor=email&rd={}", urlencode(ctx.rd()))) { "Email me a code instead" } }
         }
     };
@@ -645,12 +647,20 @@ fn urlencode(text: &str) -> String {
 }
 
 /// Whether this account can get a code by email (for the "instead" links).
-fn email_usable(auth: &Auth, ctx: &Context) -> bool {
+async fn email_usable(auth: &Auth, ctx: &Context) -> bool {
     let (user_id, _) = ctx.user();
-    auth.mfa_account(user_id).ok().flatten().is_some_and(|u| {
-        crate::mfa::policy::email_otp_target(&auth.mfa.config, u.email.as_deref(), u.email_verified)
+    auth.mfa_account(user_id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|u| {
+            crate::mfa::policy::email_otp_target(
+                &auth.mfa.config,
+                u.email.as_deref(),
+                u.email_verified,
+            )
             .is_ok()
-    })
+        })
 }
 
 /// `alice@example.com` as `a***@example.com`.
@@ -675,7 +685,7 @@ async fn email_page(
 ) -> pingora::Result<()> {
     let (user_id, _) = ctx.user();
     let now = auth.mfa.now();
-    let user = auth.mfa_account(user_id).ok().flatten();
+    let user = auth.mfa_account(user_id).await.ok().flatten();
     let to = user
         .as_ref()
         .and_then(|u| u.email.as_deref())
