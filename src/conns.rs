@@ -15,7 +15,8 @@
 //! The proxy marks the phases through [`Deadlined::request_started`] and
 //! [`Deadlined::request_finished`] (HTTP/1 only; an h2 connection is left to pingora's
 //! `h2_idle_timeout` and per-stream write timeouts, a stream-level matter the transport
-//! cannot see). Body reads are timed by pingora per read (`Session::set_read_timeout`).
+//! cannot see). Body reads are timed by pingora per read (`Session::set_read_timeout`; for
+//! HTTP/2 `Session::set_h2_request_body_timeout`, from the patched pingora-proxy).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -6,6 +6,8 @@
 //! generous upper bounds, no tight timing.
 
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::{dead_port, start_echo, start_with, Harness};
+use logs::logs;
 
 /// The bound for "closed or answered within the deadline": the 1 s deadline + 3 s.
 const BOUND: Duration = Duration::from_secs(4);
@@ -239,8 +242,7 @@ async fn a_busy_keep_alive_connection_stays_open_past_the_idle_deadline() {
 async fn a_stalled_request_body_is_answered_408() {
     let data = tempfile::tempdir().unwrap();
     let h = start_with_login(&data).await;
-    // (A proxied route is timed by pingora the same way; the echo app answers before it
-    // reads a body, so it cannot show it.)
+    // (A proxied route: a_stalled_proxied_request_body_is_answered_408_and_releases_the_upstream.)
     for path in ["/oauth2/mfa", "/oauth2/backchannel-logout"] {
         let mut stream = TcpStream::connect(h.proxy()).await.unwrap();
         stream
@@ -684,4 +686,282 @@ async fn an_idle_h2_connection_is_closed() {
         ended.is_ok(),
         "idle h2 connection still open after {BOUND:?}"
     );
+}
+
+/// An upstream that reads each request's whole body before it answers `200` (unlike the echo
+/// app, which answers at once), and counts its open connections, the request heads it got and
+/// the bodies it got whole. Bodies come with `Content-Length` or chunked.
+struct BodyReader {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    heads: Arc<AtomicUsize>,
+    whole_bodies: Arc<AtomicUsize>,
+}
+
+/// Reads one request (head and body) from `socket`, `buf` holding what came before, counting
+/// its head in `heads`; `None` when the connection ends first.
+async fn read_request(
+    socket: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    heads: &AtomicUsize,
+) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    heads.fetch_add(1, Ordering::SeqCst);
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    let chunked = head.contains("transfer-encoding: chunked");
+    // Whole when `Content-Length` bytes are in, or (chunked) the last chunk is.
+    let whole = |buf: &[u8]| match length {
+        Some(n) => buf.len() >= head_end + n,
+        None if chunked => buf[head_end..].windows(5).any(|w| w == b"0\r\n\r\n"),
+        None => true,
+    };
+    while !whole(buf) {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.clear();
+    Some(())
+}
+
+async fn body_reading_upstream() -> BodyReader {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(AtomicUsize::new(0));
+    let whole_bodies = Arc::new(AtomicUsize::new(0));
+    let (conns, heads_in, wholes) = (open.clone(), heads.clone(), whole_bodies.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (open, heads, whole) = (conns.clone(), heads_in.clone(), wholes.clone());
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_request(&mut socket, &mut buf, &heads).await.is_some() {
+                    whole.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    BodyReader {
+        addr,
+        open,
+        heads,
+        whole_bodies,
+    }
+}
+
+/// The `gatehouse_http_requests_total` samples with a 5xx code.
+async fn server_error_samples(h: &Harness) -> Vec<String> {
+    common::client()
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_http_requests_total{") && l.contains("code=\"5"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A proxied HTTP/1 request body that stalls, to an app that reads the whole body before it
+/// answers, is answered 408 after the body deadline (not 500/502/504), counted as a body
+/// timeout, and its upstream connection is let go. A whole body to the same app is a 200.
+#[tokio::test]
+async fn a_stalled_proxied_request_body_is_answered_408_and_releases_the_upstream() {
+    let app = body_reading_upstream().await;
+    let h = start_with(app.addr, &config(app.addr, "", ""));
+    let response = common::raw_request(
+        h.proxy(),
+        "POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(status_of(&response), Some(200), "{response:?}");
+    assert_eq!(app.whole_bodies.load(Ordering::SeqCst), 1);
+
+    // (The upstream connection of that request may wait in pingora's pool; the stalled
+    // request may take it. Either way it cannot be reused after half a body.)
+    let mut stream = TcpStream::connect(h.proxy()).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\npart of it")
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_for(&app.heads, 2, BOUND).await,
+        2,
+        "the request reached the app"
+    );
+    let (response, _) = read_until_closed(&mut stream, BOUND).await;
+    assert_eq!(status_of(&response), Some(408), "{response:?}");
+    assert_eq!(
+        wait_for(&app.open, 0, BOUND).await,
+        0,
+        "upstream connection held"
+    );
+    assert_eq!(app.whole_bodies.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        h.metric_reaching("gatehouse_client_timeouts_total{kind=\"body\"}", 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        h.metric("gatehouse_client_errors_total{reason=\"body_timeout\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(server_error_samples(&h).await, Vec::<String>::new());
+}
+
+/// A proxied HTTP/1 request body that the client cuts short (it closes its sending side
+/// mid-body, or before any body byte) is a client error: a 400 on its access line and in the
+/// request metrics (never a 5xx), counted as an aborted body, with no ERROR line; the upstream
+/// connection is let go.
+#[tokio::test]
+async fn an_aborted_proxied_request_body_is_a_client_error_not_a_5xx() {
+    logs();
+    let app = body_reading_upstream().await;
+    let text = config(app.addr, "", "").replace("access_log = false", "access_log = true");
+    let h = start_with(app.addr, &text);
+    for (i, cut) in ["", "part of it"].into_iter().enumerate() {
+        // A path only this request uses, to find its access line.
+        let path = format!("/upload/aborted-{}-{i}", app.addr.port());
+        let mut stream = TcpStream::connect(h.proxy()).await.unwrap();
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{cut}")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_for(&app.heads, i + 1, BOUND).await,
+            i + 1,
+            "{cut:?}: the request reached the app"
+        );
+        stream.shutdown().await.unwrap();
+        let (response, closed) = read_until_closed(&mut stream, BOUND).await;
+        assert!(closed, "{cut:?}: connection left open");
+        // The client closed only its sending side: it still reads the answer.
+        assert_eq!(status_of(&response), Some(400), "{cut:?}: {response:?}");
+        assert_eq!(
+            wait_for(&app.open, 0, BOUND).await,
+            0,
+            "{cut:?}: upstream connection held"
+        );
+        assert_eq!(
+            h.metric_reaching(
+                "gatehouse_client_errors_total{reason=\"body_aborted\"}",
+                (i + 1) as f64
+            )
+            .await,
+            (i + 1) as f64,
+            "{cut:?}"
+        );
+        // Its access line says 400, and no ERROR line names its request id.
+        let log = logs();
+        let line = log
+            .lines()
+            .find(|l| l.contains("gatehouse::access") && l.contains(&format!("path=\"{path}\"")))
+            .unwrap_or_else(|| panic!("{cut:?}: no access line for {path}"));
+        assert!(line.contains(" status=400 "), "{cut:?}: {line}");
+        let request_id = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("request_id="))
+            .expect("a request id on the access line")
+            .trim_matches('"');
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("ERROR") && l.contains(request_id)),
+            "{cut:?}: an ERROR line for {request_id}"
+        );
+    }
+    assert_eq!(app.whole_bodies.load(Ordering::SeqCst), 0);
+    assert_eq!(server_error_samples(&h).await, Vec::<String>::new());
+}
+
+/// A proxied HTTP/2 request whose body stalls after its headers (and after a first chunk) is
+/// answered 408 within the body deadline and its upstream connection is let go; the h2
+/// connection itself stays usable for the next stream.
+#[tokio::test]
+async fn a_stalled_proxied_h2_request_body_is_ended_and_releases_the_upstream() {
+    let app = body_reading_upstream().await;
+    let h = start_with(app.addr, &config(app.addr, "", ""));
+    let tcp = TcpStream::connect(h.proxy()).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut kept = Vec::new();
+    for (i, first) in ["", "part of it"].into_iter().enumerate() {
+        let request = http::Request::post(format!("http://{}/upload/{i}", h.proxy()))
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).expect("send");
+        if !first.is_empty() {
+            body.send_data(bytes::Bytes::from(first), false).unwrap();
+        }
+        // The body stream is kept (not dropped: that would reset the stream).
+        kept.push(body);
+        assert_eq!(
+            wait_for(&app.heads, i + 1, BOUND).await,
+            i + 1,
+            "{first:?}: the request reached the app"
+        );
+        let outcome = tokio::time::timeout(BOUND, response)
+            .await
+            .unwrap_or_else(|_| panic!("{first:?}: no answer after {BOUND:?}"));
+        let response = outcome.unwrap_or_else(|e| panic!("{first:?}: no answer: {e}"));
+        assert_eq!(response.status(), 408, "{first:?}");
+        client = client.ready().await.unwrap();
+    }
+    assert_eq!(
+        wait_for(&app.open, 0, BOUND).await,
+        0,
+        "upstream connections held"
+    );
+    assert_eq!(
+        h.metric_reaching("gatehouse_client_timeouts_total{kind=\"body\"}", 2.0)
+            .await,
+        2.0
+    );
+    // The connection serves the next stream, whole body and all.
+    let request = http::Request::post(format!("http://{}/upload/whole", h.proxy()))
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"hello"), true)
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.whole_bodies.load(Ordering::SeqCst), 1);
+    assert_eq!(server_error_samples(&h).await, Vec::<String>::new());
+    driver.abort();
 }

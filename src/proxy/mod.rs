@@ -247,6 +247,8 @@ impl ProxyHttp for Gatehouse {
             conn.request_started();
         }
         session.set_read_timeout(Some(self.clients.body_timeout));
+        // HTTP/2 body reads are not timed by `set_read_timeout` (vendor/pingora-proxy patch).
+        session.set_h2_request_body_timeout(Some(self.clients.body_timeout));
         session.set_write_timeout(Some(self.clients.write_timeout));
         session
             .req_header_mut()

@@ -607,9 +607,43 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// Gatehouse patch (PATCHED.md): the deadline on each HTTP/2 request body read.
+    h2_request_body_timeout: Option<Duration>,
+}
+
+/// Gatehouse patch (PATCHED.md): [`HttpSession::read_body_or_idle`], with `h2_timeout` on each
+/// HTTP/2 request body read (pingora-core's h2 `read_body_bytes` has no deadline). Waiting for
+/// the stream to close once the body is done is not timed.
+pub(crate) async fn read_body_or_idle_timed(
+    downstream: &mut HttpSession,
+    no_body_expected: bool,
+    h2_timeout: Option<Duration>,
+) -> Result<Option<Bytes>> {
+    match h2_timeout {
+        Some(t)
+            if matches!(downstream, HttpSession::H2(_))
+                && !no_body_expected
+                && !downstream.is_body_done() =>
+        {
+            match time::timeout(t, downstream.read_body_or_idle(false)).await {
+                Ok(read) => read,
+                Err(_) => Error::e_explain(
+                    ReadTimedout,
+                    format!("reading h2 request body, timeout: {t:?}"),
+                ),
+            }
+        }
+        _ => downstream.read_body_or_idle(no_body_expected).await,
+    }
 }
 
 impl Session {
+    /// Gatehouse patch (PATCHED.md): times each HTTP/2 request body read, like
+    /// `set_read_timeout` does for HTTP/1 (where it is a no-op for HTTP/2).
+    pub fn set_h2_request_body_timeout(&mut self, timeout: Option<Duration>) {
+        self.h2_request_body_timeout = timeout;
+    }
+
     fn new(
         downstream_session: impl Into<Box<HttpSession>>,
         downstream_modules: &HttpModules,
@@ -634,6 +668,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            h2_request_body_timeout: None,
         }
     }
 

@@ -555,12 +555,14 @@ where
             let support_cache_partial_read =
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
+            // Gatehouse patch (PATCHED.md): HTTP/2 request body reads are timed.
+            let h2_body_timeout = session.h2_request_body_timeout;
 
             tokio::select! {
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()),
+                body = crate::read_body_or_idle_timed(&mut session.downstream_session, downstream_state.is_done(), h2_body_timeout),
                     if downstream_state.can_poll() && send_permit.is_ok() => {
 
                     debug!("downstream event");

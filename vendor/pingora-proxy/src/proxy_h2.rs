@@ -570,12 +570,14 @@ where
             let support_cache_partial_read =
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
+            // Gatehouse patch (PATCHED.md): HTTP/2 request body reads are timed.
+            let h2_body_timeout = session.h2_request_body_timeout;
 
             // Similar logic in h1 need to reserve capacity first to avoid deadlock
             // But we don't need to do the same because the h2 client_body pipe is unbounded (never block)
             tokio::select! {
                 // NOTE: cannot avoid this copy since h2 owns the buf
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()), if downstream_state.can_poll() => {
+                body = crate::read_body_or_idle_timed(&mut session.downstream_session, downstream_state.is_done(), h2_body_timeout), if downstream_state.can_poll() => {
                     debug!("downstream event");
                     let body = match body {
                         Ok(b) => b,
