@@ -1,0 +1,379 @@
+//! Two Gatehouse replicas on one real PostgreSQL database (a fresh database per test; see
+//! tests/common/postgres.rs), in front of one echo app, signing in at one real test IdP.
+//! Browsers keep cookies per host, not per port, so one browser's cookies reach both
+//! replicas, as behind a load balancer.
+
+mod common;
+#[path = "common/idp.rs"]
+mod idp;
+#[path = "common/postgres.rs"]
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use common::{bind_gatehouse, client, start_echo, start_on, Harness};
+use idp::{client_config, Browser, TestIdp};
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "replica-admin-token";
+
+struct Replicas {
+    idp: TestIdp,
+    a: Harness,
+    b: Harness,
+    url: String,
+    _data: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Replicas {
+    fn each(&self) -> [&Harness; 2] {
+        [&self.a, &self.b]
+    }
+}
+
+/// Two replicas sharing a fresh database, or `None` (skipped) without PostgreSQL outside CI.
+async fn replicas(extra: &str) -> Option<Replicas> {
+    let url = pg::fresh_database()?;
+    let upstream = start_echo().await;
+    let (listeners_a, listeners_b) = (bind_gatehouse(), bind_gatehouse());
+    let bases: Vec<String> = [&listeners_a, &listeners_b]
+        .iter()
+        .map(|l| format!("http://{}", l.addresses().proxy[0]))
+        .collect();
+    let idp = TestIdp::start(json!({
+        "clients": [client_config(
+            "gatehouse",
+            "gatehouse-secret",
+            bases.iter().map(|b| format!("{b}/oauth2/callback")).collect(),
+            bases.iter().map(|b| format!("{b}/")).collect(),
+            Some(format!("{}/oauth2/backchannel-logout", bases[0])),
+        )],
+    }))
+    .await;
+    let upstream_addr = upstream.addr;
+    let config = |listeners: &gatehouse::server::Listeners, data: &tempfile::TempDir| {
+        let bound = listeners.addresses();
+        format!(
+            r#"
+[server]
+listen = ["{proxy}"]
+admin_listen = "{admin}"
+worker_threads = 2
+shutdown_grace = "1s"
+[log]
+access_log = false
+[store]
+backend = "postgres"
+url = "{url}"
+data_dir = "{data}"
+[session]
+cookie_secure = false
+keys = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
+[admin]
+token = "{ADMIN_TOKEN}"
+[limits]
+login_per_minute = 0
+[[upstreams]]
+id = "echo"
+url = "http://{upstream_addr}"
+[[connections]]
+id = "test"
+display_name = "Test IdP"
+issuer = "{issuer}"
+client_id = "gatehouse"
+client_secret = "gatehouse-secret"
+scopes = ["openid", "email", "profile", "groups"]
+{extra}
+"#,
+            proxy = bound.proxy[0],
+            admin = bound.admin,
+            data = data.path().display(),
+            issuer = idp.issuer,
+        )
+    };
+    let data = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (config(&listeners_a, &data.0), config(&listeners_b, &data.1));
+    let a = start_on(upstream, &config_a, listeners_a);
+    let b = start_on(upstream_addr, &config_b, listeners_b);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    Some(Replicas {
+        idp,
+        a,
+        b,
+        url,
+        _data: data,
+    })
+}
+
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => {
+                eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)");
+                return;
+            }
+        }
+    };
+}
+
+/// Signs in at `at` through the IdP's form in a fresh browser.
+async fn sign_in(at: &Harness, user: &str) -> Browser {
+    let browser = Browser::new();
+    let journey = browser
+        .follow(&at.url("/"), Some((user, &format!("{user}-pw"))))
+        .await;
+    assert_eq!(journey.status, 200, "{:?}", journey.hops);
+    browser
+}
+
+/// The status a browser gets for `/` at a replica (200: signed in; 302: sent to sign in).
+async fn status_at(browser: &Browser, at: &Harness) -> u16 {
+    browser.get(&at.url("/")).await.status().as_u16()
+}
+
+/// Asks until `done` holds (at most `limit`); returns how long it took.
+async fn until(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+async fn admin(at: &Harness, op: Value) -> (u16, Value) {
+    let response = client()
+        .post(at.admin_url("/api/users"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&op)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A session made at replica A is served at replica B (a cache miss there: one read of the
+/// shared store), with the same identity.
+#[tokio::test]
+async fn a_session_made_at_one_replica_works_at_the_other() {
+    let r = or_skip!(replicas("").await);
+    let browser = sign_in(&r.a, "alice").await;
+    let at_b = browser.get(&r.b.url("/whoami")).await;
+    assert_eq!(at_b.status(), 200);
+    let echo: Value = serde_json::from_str(&at_b.text().await.unwrap()).unwrap();
+    assert_eq!(echo["headers"]["x-auth-request-user"][0], "alice", "{echo}");
+    assert!(
+        echo["headers"]["x-gatehouse-user-id"][0].is_string(),
+        "JIT account seen at B: {echo}"
+    );
+    assert_eq!(status_at(&browser, &r.a).await, 200);
+}
+
+/// Signing out at one replica ends the session at the other, which had it cached: the
+/// other replica is told (LISTEN/NOTIFY) and refuses the cookie from then on.
+#[tokio::test]
+async fn signing_out_at_one_replica_ends_the_session_at_the_other() {
+    let r = or_skip!(replicas("").await);
+    let browser = sign_in(&r.a, "alice").await;
+    let kept = browser.cookie_header(&r.a.url("/")).unwrap();
+    assert_eq!(status_at(&browser, &r.b).await, 200, "cached at B");
+    let sign_out = r.a.url("/oauth2/sign_out");
+    let page = browser.get(&sign_out).await.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a sign-out form")
+        .to_string();
+    let done = browser.post_form(&sign_out, &[("csrf", &csrf)]).await;
+    assert_eq!(done.status(), 302);
+    // The old cookie, replayed at B, stops working.
+    let replay = || {
+        let kept = kept.clone();
+        let url = r.b.url("/api");
+        async move {
+            client()
+                .get(url)
+                .header("accept", "application/json")
+                .header("cookie", kept)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let took = until(Duration::from_secs(10), async || replay().await == 401).await;
+    let took = took.expect("B refuses the signed-out session");
+    eprintln!("sign-out at A reached B after {took:?}");
+    assert_eq!(replay().await, 401);
+}
+
+/// Disabling an account through the admin API of one replica ends its sessions at both,
+/// also the one only the other replica made and holds.
+#[tokio::test]
+async fn disabling_an_account_at_one_replica_ends_its_sessions_at_both() {
+    let r = or_skip!(replicas("").await);
+    let at_a = sign_in(&r.a, "alice").await;
+    let at_b = sign_in(&r.b, "alice").await;
+    assert_eq!(status_at(&at_a, &r.a).await, 200);
+    assert_eq!(status_at(&at_b, &r.b).await, 200);
+    let (status, answer) = admin(&r.a, json!({"op": "disable", "user": "alice"})).await;
+    assert_eq!(status, 200, "{answer}");
+    for (browser, name) in [(&at_a, "A's session"), (&at_b, "B's session")] {
+        for replica in r.each() {
+            let took = until(Duration::from_secs(10), async || {
+                status_at(browser, replica).await != 200
+            })
+            .await;
+            assert!(took.is_some(), "{name} still works at {}", replica.url("/"));
+        }
+    }
+}
+
+/// A role given at one replica reaches the headers of a session the other replica holds.
+#[tokio::test]
+async fn a_role_change_at_one_replica_reaches_the_other() {
+    let r = or_skip!(replicas("").await);
+    let browser = sign_in(&r.b, "alice").await;
+    assert_eq!(status_at(&browser, &r.b).await, 200);
+    let (status, answer) = admin(
+        &r.a,
+        json!({"op": "role_add", "user": "alice", "role": "auditor"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let took = until(Duration::from_secs(10), async || {
+        let body = browser.get(&r.b.url("/")).await.text().await.unwrap();
+        body.contains("auditor")
+    })
+    .await;
+    assert!(took.is_some(), "B's session never got the new role");
+}
+
+/// 50 first logins of one user at once, half through each replica, make one account: the
+/// link is claimed in the database (a unique row), not read and then written.
+#[tokio::test]
+async fn fifty_parallel_first_logins_over_both_replicas_make_one_account() {
+    let r = or_skip!(replicas("").await);
+    let browsers: Vec<Browser> = (0..50).map(|_| Browser::new()).collect();
+    let callbacks = futures_util::future::join_all(browsers.iter().enumerate().map(|(i, b)| {
+        let root = r.each()[i % 2].url("/");
+        async move {
+            b.follow_until(&root, Some(("alice", "alice-pw")), |u| {
+                u.path() == "/oauth2/callback"
+            })
+            .await
+        }
+    }))
+    .await;
+    let results = futures_util::future::join_all(
+        browsers
+            .iter()
+            .zip(&callbacks)
+            .map(|(b, journey)| b.get(&journey.url)),
+    )
+    .await;
+    for response in &results {
+        assert_eq!(response.status(), 302);
+    }
+    let (status, answer) = admin(&r.b, json!({"op": "list"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["value"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    let count = pg::psql(&r.url, "SELECT count(*) FROM users");
+    assert_eq!(count, "1");
+}
+
+/// A login state is single-use across replicas: the IdP's answer, completed at A, replayed
+/// with the same login cookie at B is refused (and makes no session).
+#[tokio::test]
+async fn a_login_answer_used_at_one_replica_is_refused_at_the_other() {
+    let r = or_skip!(replicas("").await);
+    let browser = Browser::new();
+    let journey = browser
+        .follow_until(&r.a.url("/"), Some(("alice", "alice-pw")), |u| {
+            u.path() == "/oauth2/callback"
+        })
+        .await;
+    let login_cookie = browser.cookie_header(&r.a.url("/")).unwrap();
+    let first = browser.get(&journey.url).await;
+    assert_eq!(first.status(), 302);
+    let replayed_url = journey.url.replace(&r.a.url(""), &r.b.url(""));
+    let replay = client()
+        .get(replayed_url)
+        .header("cookie", login_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        replay.status().is_client_error(),
+        "replayed answer: {}",
+        replay.status()
+    );
+    assert!(replay
+        .headers()
+        .get("set-cookie")
+        .is_none_or(|c| { !c.to_str().unwrap_or("").starts_with("_gatehouse=") }));
+}
+
+/// `gatehouse users ...` works on the database directly while the replicas run, and what it
+/// does reaches them (here: a disabled account's live session ends).
+#[tokio::test]
+async fn the_users_cli_works_on_the_database_while_replicas_run() {
+    let r = or_skip!(replicas("").await);
+    let browser = sign_in(&r.a, "alice").await;
+    assert_eq!(status_at(&browser, &r.b).await, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\ndata_dir = \"{}\"\n[[upstreams]]\nid = \"x\"\nurl = \"http://127.0.0.1:9\"\n[[connections]]\nid = \"test\"\nissuer = \"{}\"\nclient_id = \"gatehouse\"\nclient_secret = \"s\"\n",
+            r.url,
+            dir.path().display(),
+            r.idp.issuer
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["users", "-c"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = run(&["list", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("alice"));
+    let disabled = run(&["disable", "alice"]);
+    assert!(
+        disabled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&disabled.stderr)
+    );
+    for replica in r.each() {
+        let took = until(Duration::from_secs(10), async || {
+            status_at(&browser, replica).await != 200
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "the session still works at {}",
+            replica.url("/")
+        );
+    }
+}
