@@ -3,6 +3,8 @@
 //! runs discovery itself (rate-limited, `Provider::discover_on_demand`) and wakes the retry
 //! loop when it succeeds. Gatehouse serves public routes and existing sessions meanwhile; with
 //! `[server] ready_requires_idp`, `/ready` stays false until every connection is discovered.
+//! A config reload sends the connections it adds (or replaces with another issuer) through
+//! [`DiscoveryQueue`]; a connection it removes is retired and its loop stops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,34 @@ pub struct Discovery {
     pub providers: Vec<Arc<Provider>>,
     pub readiness: Arc<Readiness>,
     pub metrics: AuthMetrics,
+    /// Connections a config reload added, discovered like those of the start.
+    pub added: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Provider>>>>,
+}
+
+/// Where a config reload hands its new connections to [`Discovery`]; each one counts as
+/// undiscovered for readiness until its discovery succeeds or it is retired.
+#[derive(Clone)]
+pub struct DiscoveryQueue {
+    sender: tokio::sync::mpsc::UnboundedSender<Arc<Provider>>,
+    readiness: Arc<Readiness>,
+}
+
+impl DiscoveryQueue {
+    /// The queue and the receiving end for [`Discovery::added`].
+    pub fn new(
+        readiness: Arc<Readiness>,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Arc<Provider>>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Self { sender, readiness }, receiver)
+    }
+
+    /// Discovers `provider` in the background (the loop ends when it is retired).
+    pub fn discover(&self, provider: Arc<Provider>) {
+        self.readiness.expect_more_idps(1);
+        if self.sender.send(provider).is_err() {
+            tracing::error!("the discovery service has ended: a connection added by reload is discovered only on a login attempt");
+        }
+    }
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -32,6 +62,12 @@ async fn discover_until_done(
     let id = provider.connection.id.clone();
     let mut wait = FIRST_RETRY;
     loop {
+        if provider.is_retired() && provider.current().is_none() {
+            // Removed by a config reload before it was ever discovered: no longer awaited.
+            readiness.idp_discovered();
+            tracing::info!(connection = %id, "discovery stopped: the connection was removed or replaced");
+            return;
+        }
         // A login attempt may have discovered it meanwhile (`Provider::discover_on_demand`).
         let outcome = match provider.current() {
             Some(_) => Ok(()),
@@ -61,27 +97,36 @@ async fn discover_until_done(
 #[async_trait]
 impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .providers
-            .iter()
-            .map(|p| {
-                tokio::spawn(discover_until_done(
-                    p.clone(),
-                    self.readiness.clone(),
-                    self.metrics.clone(),
-                ))
-            })
-            .collect();
-        tokio::select! {
-            _ = futures_join(tasks) => {}
-            _ = shutdown.changed() => {}
+        let spawn = |p: &Arc<Provider>| {
+            tokio::spawn(discover_until_done(
+                p.clone(),
+                self.readiness.clone(),
+                self.metrics.clone(),
+            ))
+        };
+        let mut tasks: Vec<_> = self.providers.iter().map(spawn).collect();
+        let added = self.added.lock().ok().and_then(|mut a| a.take());
+        let Some(mut added) = added else {
+            let _ = shutdown.changed().await;
+            tasks.iter().for_each(|t| t.abort());
+            return;
+        };
+        loop {
+            tokio::select! {
+                next = added.recv() => match next {
+                    Some(p) => {
+                        tasks.retain(|t| !t.is_finished());
+                        tasks.push(spawn(&p));
+                    }
+                    None => {
+                        let _ = shutdown.changed().await;
+                        break;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
         }
-    }
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
+        tasks.iter().for_each(|t| t.abort());
     }
 }
 
