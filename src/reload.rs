@@ -185,7 +185,7 @@ fn prepare_login(auth: &Auth, next: &Config) -> Result<PreparedLogin, ReloadRefu
         }],
     })?;
     if settings.mfa.keys() != old.mfa.keys() {
-        still_open(auth, &old, &settings)?;
+        still_open(&auth.store, old.mfa.keys(), settings.mfa.keys())?;
     }
     Ok(PreparedLogin {
         settings: Arc::new(settings),
@@ -196,13 +196,18 @@ fn prepare_login(auth: &Auth, next: &Config) -> Result<PreparedLogin, ReloadRefu
 /// Refuses a `[mfa] keys` list that drops a key still sealing a stored TOTP secret: those
 /// accounts could no longer pass their second factor. (A secret no old key opened either is
 /// not this reload's doing and does not count.)
-fn still_open(auth: &Auth, old: &Settings, new: &Settings) -> Result<(), ReloadRefused> {
-    let users = auth.store.read(|tx| tx.users()).map_err(|e| ReloadRefused {
-        problems: vec![format!("mfa.keys: cannot read the stored TOTP secrets to check the new key list: {e}")],
+fn still_open(
+    store: &crate::store::Store,
+    old: &[[u8; 32]],
+    kept: &[[u8; 32]],
+) -> Result<(), ReloadRefused> {
+    let users = store.read(|tx| tx.users()).map_err(|e| ReloadRefused {
+        problems: vec![format!(
+            "mfa.keys: cannot read the stored TOTP secrets to check the new key list: {e}"
+        )],
     })?;
-    let kept = new.mfa.keys();
     let mut problems = Vec::new();
-    for (position, key) in old.mfa.keys().iter().enumerate() {
+    for (position, key) in old.iter().enumerate() {
         if kept.contains(key) {
             continue;
         }
@@ -253,11 +258,16 @@ impl PreparedLogin {
                 done.added.push(id.clone());
                 auth.metrics.register_connection(id);
             }
-            let inherited = self.old.provider(id).is_some_and(|old| Arc::ptr_eq(old, new));
+            let inherited = self
+                .old
+                .provider(id)
+                .is_some_and(|old| Arc::ptr_eq(old, new));
             if !inherited && new.current().is_none() {
                 match &queue {
                     Some(queue) => queue.discover(new.clone()),
-                    None => tracing::warn!(connection = %id, "no discovery service: the connection is discovered on its first login attempt"),
+                    None => {
+                        tracing::warn!(connection = %id, "no discovery service: the connection is discovered on its first login attempt")
+                    }
                 }
             }
         }
@@ -335,8 +345,9 @@ impl Reloader {
         })?;
         let changed = changed_keys(&live.document, &document);
         let with_login = self.auth.is_some();
-        let (applied, needs_restart): (Vec<String>, Vec<String>) =
-            changed.into_iter().partition(|k| is_reloadable(k, with_login));
+        let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|k| is_reloadable(k, with_login));
         // The config served from now on: the reloadable parts of the new file, the rest as
         // it was (so a key that needs a restart never takes effect half-way).
         let mut next = live.config.clone();
@@ -445,22 +456,78 @@ mod tests {
     }
 
     /// Only the listed keys (and keys under them) reload; a look-alike prefix does not.
+    /// Connections, `[login]`, `[mfa]` and `[smtp]` reload only when the login machinery runs.
     #[test]
     fn only_the_listed_keys_reload() {
         for key in ["upstreams", "public", "access", "pages.title", "log.level"] {
-            assert!(is_reloadable(key), "{key}");
+            assert!(is_reloadable(key, false), "{key}");
+            assert!(is_reloadable(key, true), "{key}");
+        }
+        for key in [
+            "connections",
+            "login.default_connection",
+            "mfa.totp",
+            "smtp.host",
+        ] {
+            assert!(is_reloadable(key, true), "{key}");
+            assert!(!is_reloadable(key, false), "{key}");
         }
         for key in [
             "server.listen",
-            "connections",
             "log.format",
             "pagesx",
+            "connectionsx",
+            "mfax.totp",
             "session.lifetime",
-            "mfa.totp",
             "headers.user",
+            "store.data_dir",
         ] {
-            assert!(!is_reloadable(key), "{key}");
+            assert!(!is_reloadable(key, true), "{key}");
         }
+    }
+
+    /// A store with one account whose TOTP secret is sealed with `key`, and one whose
+    /// secret no key opens (sealed long ago with a key dropped before).
+    fn store_with_secret_sealed_by(key: [u8; 32]) -> (tempfile::TempDir, crate::store::Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let sealed = |k: [u8; 32]| {
+            crate::seal::Sealer::new(vec![k])
+                .unwrap()
+                .seal(crate::mfa::record::TOTP_SECRET_PURPOSE, &[7u8; 20])
+        };
+        store
+            .write(|tx| {
+                let mut alice = crate::store::users::UserRecord::new("alice".into(), 1);
+                alice.mfa.sealed_secret = Some(sealed(key));
+                tx.put_user(&alice)?;
+                let mut old = crate::store::users::UserRecord::new("old".into(), 1);
+                old.mfa.sealed_secret = Some(sealed([99; 32]));
+                tx.put_user(&old)
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    /// A new `[mfa] keys` list may add keys and change the order; dropping a key that still
+    /// seals a stored TOTP secret is refused, naming `mfa.keys` and where the key was.
+    #[test]
+    fn dropping_a_key_that_seals_stored_totp_secrets_is_refused() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (_dir, store) = store_with_secret_sealed_by(b);
+        assert!(
+            still_open(&store, &[a, b], &[c, a, b]).is_ok(),
+            "a key added first"
+        );
+        assert!(
+            still_open(&store, &[a, b], &[b]).is_ok(),
+            "a key that seals nothing dropped"
+        );
+        let refused = still_open(&store, &[a, b], &[c, a]).unwrap_err();
+        assert_eq!(refused.problems.len(), 1, "{refused:?}");
+        assert!(refused.problems[0].starts_with("mfa.keys:"), "{refused:?}");
+        assert!(refused.problems[0].contains("position 2"), "{refused:?}");
+        assert!(refused.problems[0].contains("1 account"), "{refused:?}");
     }
 
     /// The hash is the first 16 hex digits of the file's SHA-256.

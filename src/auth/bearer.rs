@@ -286,7 +286,6 @@ impl BearerVerifier {
             )),
         }
     }
-
 }
 
 /// The connection named by the token's (unverified) `iss`; of several connections with

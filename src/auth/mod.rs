@@ -353,7 +353,11 @@ impl AuthView {
                 done: *factors == bearer::Factors::Two,
             },
         };
-        crate::mfa::policy::decide(level, self.settings.mfa.config.when_no_local_account, standing)
+        crate::mfa::policy::decide(
+            level,
+            self.settings.mfa.config.when_no_local_account,
+            standing,
+        )
     }
 
     /// Refreshes the session's IdP tokens when the access token has expired and a refresh
@@ -430,7 +434,8 @@ impl AuthView {
                 // this one finished a second factor since, or the reload is in progress).
                 self.sessions.revoke(std::slice::from_ref(&live.sid));
                 self.update_sessions_gauge();
-                self.metrics.session_rejected(session::Rejection::Revoked.label());
+                self.metrics
+                    .session_rejected(session::Rejection::Revoked.label());
                 tracing::info!(connection = %live.identity.connection, "session refused: its connection is no longer configured");
             }
             session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
@@ -454,9 +459,9 @@ impl AuthView {
             .verify_among(&self.settings.providers, token)
             .await
             .and_then(|b| {
-            let factors = b.factors;
-            self.with_local_account(b.identity).map(|id| (id, factors))
-        }) {
+                let factors = b.factors;
+                self.with_local_account(b.identity).map(|id| (id, factors))
+            }) {
             Ok((identity, factors)) => {
                 self.metrics.bearer(BearerResult::Valid);
                 Ok(Some(Authenticated::Bearer(Box::new(identity), factors)))

@@ -269,14 +269,16 @@ impl Provider {
     /// client built again from the same document, with the new credentials); else it needs
     /// discovery.
     pub fn succeeding(connection: Connection, old: &Provider) -> Result<Self, String> {
-        let same_idp =
-            connection.issuer == old.connection.issuer && connection.ca_file == old.connection.ca_file;
+        let same_idp = connection.issuer == old.connection.issuer
+            && connection.ca_file == old.connection.ca_file;
         let provider = Self::new(connection, old.clock.clone())?;
         if let (true, Some(d)) = (same_idp, old.current()) {
             let client = CoreClient::from_provider_metadata(
                 d.metadata.clone(),
                 ClientId::new(provider.connection.client_id.clone()),
-                Some(ClientSecret::new(provider.connection.client_secret.0.clone())),
+                Some(ClientSecret::new(
+                    provider.connection.client_secret.0.clone(),
+                )),
             );
             let adopted = Arc::new(Discovered {
                 client,

@@ -72,7 +72,6 @@ impl Auth {
         }
         saved
     }
-
 }
 
 impl AuthView {

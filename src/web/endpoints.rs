@@ -96,8 +96,12 @@ fn came_over_https(session: &Session) -> bool {
 pub(crate) fn safe_rd(auth: &AuthView, session: &Session, rd: Option<&str>) -> String {
     let host = host_header(session);
     let https = came_over_https(session);
-    rd.and_then(|rd| auth.settings.redirects.check_from(rd, host.as_deref(), https))
-        .unwrap_or_else(|| "/".to_string())
+    rd.and_then(|rd| {
+        auth.settings
+            .redirects
+            .check_from(rd, host.as_deref(), https)
+    })
+    .unwrap_or_else(|| "/".to_string())
 }
 
 /// Length of the `state` Gatehouse issues: 16 random bytes, base64url without padding.
@@ -682,7 +686,11 @@ fn browser_location(
 /// the `[[access]]` rules for the forwarded method and path pass (403 when they do not) and
 /// the route's second factor is done (401 with `Location: /oauth2/mfa?rd=...` when not);
 /// else 401 (with `Location: /oauth2/start?rd=...` for a browser).
-async fn forward_auth(auth: &AuthView, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+async fn forward_auth(
+    auth: &AuthView,
+    session: &mut Session,
+    request_id: &str,
+) -> pingora::Result<()> {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -801,7 +809,11 @@ async fn backchannel_logout(auth: &AuthView, session: &mut Session) -> pingora::
         .await;
     };
     let at = auth.clock.now();
-    match auth.logout.verify(&auth.settings.providers, token, at).await {
+    match auth
+        .logout
+        .verify(&auth.settings.providers, token, at)
+        .await
+    {
         Ok(order) => {
             let connection = order.connection.clone();
             let matching = match (&order.sid, &order.sub) {

@@ -49,7 +49,12 @@ fn clear_pending_cookie(auth: &AuthView) -> String {
 
 /// Links to the connections whose users have local accounts (JIT), for the conflict page.
 pub fn local_sign_ins(auth: &AuthView, rd: &str) -> Markup {
-    let local: Vec<_> = auth.settings.providers.iter().filter(|p| p.connection.jit).collect();
+    let local: Vec<_> = auth
+        .settings
+        .providers
+        .iter()
+        .filter(|p| p.connection.jit)
+        .collect();
     html! {
         @for p in &local {
             (templates::sign_in_button(
@@ -299,7 +304,12 @@ async fn show_factor(
         return verify_page(auth, session, ctx, message, status).await;
     }
     let now = auth.mfa.now();
-    match Enrolment::start(&auth.settings.mfa.sealer, username, &auth.settings.mfa.config.issuer, now) {
+    match Enrolment::start(
+        &auth.settings.mfa.sealer,
+        username,
+        &auth.settings.mfa.config.issuer,
+        now,
+    ) {
         Ok(start) => enrol_page(auth, session, ctx, &start, message, status).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a TOTP enrolment");
@@ -397,7 +407,11 @@ async fn verify_page(
     html_page(session, status, "Two-step sign-in", body, vec![]).await
 }
 
-async fn store_failure(auth: &AuthView, session: &mut Session, e: StoreError) -> pingora::Result<()> {
+async fn store_failure(
+    auth: &AuthView,
+    session: &mut Session,
+    e: StoreError,
+) -> pingora::Result<()> {
     auth.metrics.store_error(StoreOp::Login);
     tracing::error!(error = %e, "MFA step: store error");
     html_page(
@@ -426,7 +440,13 @@ async fn confirm(
 ) -> pingora::Result<()> {
     let (user_id, username) = ctx.user();
     let now = auth.mfa.now();
-    let confirmed = match Enrolment::confirm(&auth.settings.mfa.sealer, username, pending, code, now) {
+    let confirmed = match Enrolment::confirm(
+        &auth.settings.mfa.sealer,
+        username,
+        pending,
+        code,
+        now,
+    ) {
         Ok(confirmed) => confirmed,
         Err(EnrolError::Code(_)) => {
             count(auth, MfaFactor::Totp, MfaResult::Failure);
@@ -648,8 +668,12 @@ fn urlencode(text: &str) -> String {
 fn email_usable(auth: &AuthView, ctx: &Context) -> bool {
     let (user_id, _) = ctx.user();
     auth.mfa_account(user_id).ok().flatten().is_some_and(|u| {
-        crate::mfa::policy::email_otp_target(&auth.settings.mfa.config, u.email.as_deref(), u.email_verified)
-            .is_ok()
+        crate::mfa::policy::email_otp_target(
+            &auth.settings.mfa.config,
+            u.email.as_deref(),
+            u.email_verified,
+        )
+        .is_ok()
     })
 }
 
