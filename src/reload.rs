@@ -263,12 +263,18 @@ impl PreparedLogin {
                 .provider(id)
                 .is_some_and(|old| Arc::ptr_eq(old, new));
             if !inherited && new.current().is_none() {
+                auth.metrics.idp_up(id, false);
                 match &queue {
                     Some(queue) => queue.discover(new.clone()),
                     None => {
                         tracing::warn!(connection = %id, "no discovery service: the connection is discovered on its first login attempt")
                     }
                 }
+            }
+        }
+        for id in &done.removed {
+            if self.settings.provider(id).is_none() {
+                auth.metrics.forget_idp(id);
             }
         }
         done.sessions_ended = auth.end_sessions_of(&done.removed);

@@ -367,7 +367,17 @@ impl WithIdp {
 
     /// Writes the file with these connections (and more TOML), and reloads it.
     async fn reload_with(&self, connections: &[&str], extra: &str) -> serde_json::Value {
-        let text = config_with(&self.base, &self.idp.issuer, connections, extra);
+        self.reload_text(&config_with(
+            &self.base,
+            &self.idp.issuer,
+            connections,
+            extra,
+        ))
+        .await
+    }
+
+    /// Writes `text` to the file and reloads it; the reload must succeed.
+    async fn reload_text(&self, text: &str) -> serde_json::Value {
         std::fs::write(&self.file, text).unwrap();
         let response = client()
             .post(format!(
@@ -579,6 +589,11 @@ async fn a_connection_removed_by_reload_ends_its_sessions_and_starts_no_login() 
         "the other connection's bearer token"
     );
     assert_eq!(s.stored_connections(&["one"]).await, ["one"]);
+    let metrics = s.metrics().await;
+    assert!(
+        !metrics.contains("gatehouse_idp_up{connection=\"two\"}"),
+        "a removed connection has no up state to alert on: {metrics}"
+    );
 
     let start = client()
         .get(s.url("/oauth2/start?connection=two"))
@@ -622,6 +637,55 @@ async fn a_second_factor_required_by_reload_steps_up_the_next_request() {
     assert_eq!(page.status(), 302);
     let location = page.headers()["location"].to_str().unwrap();
     assert!(location.starts_with("/oauth2/mfa?rd="), "{location}");
+}
+
+/// A changed connection applies to the next login and leaves its sessions alone: with a
+/// client secret the IdP does not know, a new login fails at the token exchange while the
+/// session made before the reload goes on; the right secret again makes logins work.
+#[tokio::test]
+async fn a_changed_connection_applies_to_new_logins_and_keeps_its_sessions() {
+    let s = serve_with_idp(&["one"], "").await;
+    let before = s.sign_in("one", "alice").await;
+    let text = config_with(&s.base, &s.idp.issuer, &["one"], "");
+    let wrong = text.replace(
+        "client_secret = \"one-secret\"",
+        "client_secret = \"not-it\"",
+    );
+    assert_ne!(wrong, text);
+    let body = s.reload_text(&wrong).await;
+    assert_eq!(
+        body["connections"]["changed"],
+        serde_json::json!(["one"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["connections"]["removed"],
+        serde_json::json!([]),
+        "{body}"
+    );
+    assert_eq!(body["connections"]["sessions_ended"], 0, "{body}");
+    assert_eq!(
+        s.api_status(&before).await,
+        200,
+        "a session made before the change"
+    );
+    let browser = idp::Browser::new();
+    let journey = browser
+        .follow(
+            &s.url("/oauth2/start?connection=one&rd=/"),
+            Some(("carol", "carol-pw")),
+        )
+        .await;
+    assert_ne!(journey.status, 200, "{:?}", journey.hops);
+    assert!(
+        !journey.body.contains("x-gatehouse-connection"),
+        "{}",
+        journey.body
+    );
+
+    s.reload_text(&text).await;
+    let after = s.sign_in("one", "carol").await;
+    assert_eq!(s.api_status(&after).await, 200);
 }
 
 /// A reload that also changes a listener applies the connection change and names the

@@ -1,7 +1,8 @@
 //! What the second-factor step keeps between requests: the logins that passed the IdP and
-//! wait for their TOTP code (in memory, a few minutes at most), the key that seals TOTP
-//! secrets in the store, the policy and the clock. The browser holds only a sealed,
-//! short-lived cookie naming its pending login, never anything in a query string.
+//! wait for their TOTP code (in memory, a few minutes at most) and the clock ([`MfaGate`],
+//! built once); the policy, the keys that seal TOTP secrets in the store and the mail
+//! transport ([`MfaPolicy`], built again by a config reload). The browser holds only a
+//! sealed, short-lived cookie naming its pending login, never anything in a query string.
 
 use std::path::Path;
 use std::sync::Mutex;
