@@ -62,8 +62,9 @@ async fn discover_until_done(
     let id = provider.connection.id.clone();
     let mut wait = FIRST_RETRY;
     loop {
-        if provider.is_retired() && provider.current().is_none() {
-            // Removed by a config reload before it was ever discovered: no longer awaited.
+        if provider.is_retired() {
+            // Removed or replaced by a config reload before this loop saw it discovered: no
+            // longer awaited (and no metric for it).
             readiness.idp_discovered();
             tracing::info!(connection = %id, "discovery stopped: the connection was removed or replaced");
             return;
@@ -153,5 +154,54 @@ impl BackgroundService for SessionSweeper {
             self.auth.update_sessions_gauge();
             self.auth.throttle.forget_idle();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose IdP does not answer (a port nobody listens on).
+    fn unreachable_provider() -> Arc<Provider> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let text = format!(
+            "[session]\nkeys = [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n\
+             [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n\
+             [[connections]]\nid = \"gone\"\ndisplay_name = \"Gone\"\n\
+             issuer = \"http://127.0.0.1:{port}\"\nclient_id = \"x\"\nclient_secret = \"y\"\n"
+        );
+        let config = crate::config::parse(&text).unwrap();
+        let connection = config.connections[0].clone();
+        Arc::new(Provider::new(connection, crate::clock::Clock::system()).unwrap())
+    }
+
+    /// A connection a reload removes while its IdP is still undiscovered stops its retry
+    /// loop, and readiness (with `ready_requires_idp`) no longer waits for it; it is never
+    /// reported up.
+    #[tokio::test]
+    async fn a_retired_connection_stops_its_discovery_and_is_no_longer_awaited() {
+        let provider = unreachable_provider();
+        let readiness = Arc::new(Readiness::default());
+        readiness.set_serving();
+        readiness.require_idps(true);
+        readiness.expect_idps(1);
+        let metrics = crate::metrics::Metrics::new().unwrap().auth.clone();
+        let task = tokio::spawn(discover_until_done(
+            provider.clone(),
+            readiness.clone(),
+            metrics.clone(),
+        ));
+        assert!(!readiness.is_ready(), "waits for the undiscovered IdP");
+        provider.retire();
+        // Bounded: a loop that ignored the retirement would retry for ever.
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the loop ends once retired")
+            .unwrap();
+        assert!(readiness.is_ready());
+        assert!(provider.current().is_none());
     }
 }

@@ -145,15 +145,18 @@ impl Context {
 fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option<Context> {
     let headers = &session.req_header().headers;
     let name = pending_cookie_name(auth);
+    // A login (or session) whose connection a config reload removed has nothing to finish.
     let pending = crate::auth::session::request_cookies(headers)
         .filter(|(k, _)| *k == name)
-        .find_map(|(_, v)| auth.mfa.peek(v));
+        .find_map(|(_, v)| auth.mfa.peek(v))
+        .filter(|w| auth.provider(&w.connection).is_some());
     if let Some(waiting) = pending {
         return Some(Context::Pending(waiting));
     }
     let Lookup::Live(live) = auth.sessions.lookup(headers) else {
         return None;
     };
+    auth.provider(&live.identity.connection)?;
     let user_id = live.identity.user_id.clone()?;
     let username = live
         .identity
