@@ -71,7 +71,8 @@ pub struct Gatehouse {
 }
 
 /// The parts of the proxy a config reload replaces (upstreams, `[[public]]` and `[[access]]`
-/// rules, path strictness, page branding), built from one config. A request takes one
+/// rules, path strictness, page branding, and the login settings: connections, `[login]`,
+/// `[mfa]`), built from one config. A request takes one
 /// `Arc<Routing>` when it starts ([`RequestCtx::routing`]), so it is served by the old config
 /// or by the new one, never by a mix.
 pub struct Routing {
