@@ -36,7 +36,12 @@ impl Readiness {
         self.idps_pending.store(count, Ordering::Release);
     }
 
-    /// One more identity provider has its metadata and keys.
+    /// A config reload added identity providers still to be discovered.
+    pub fn expect_more_idps(&self, count: usize) {
+        self.idps_pending.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// One more identity provider has its metadata and keys (or was removed undiscovered).
     pub fn idp_discovered(&self) {
         let _ = self
             .idps_pending

@@ -41,7 +41,9 @@
 //!   (`web::templates`, maud, branded by `[pages]`), paths and form parsing. Uses config,
 //!   store, identity, mfa and auth; used by proxy; never uses proxy, server or admin.
 //! - [`auth`]: connections (OIDC), the login flow, sessions, bearer tokens, and which
-//!   request a front proxy's forward-auth call is about (`auth::forward`).
+//!   request a front proxy's forward-auth call is about (`auth::forward`). What a config
+//!   reload may change (`auth::Settings`: connections, `[login]`, `[mfa]`) is one snapshot a
+//!   request takes with its routing (`auth::AuthView`).
 //! - [`identity`]: claims, JIT provisioning, access rules, identity headers, the signed header.
 //! - [`mfa`]: local second factors, TOTP and Email OTP (codes hashed beside the pending login,
 //!   sent through `[smtp]` by `mfa::email::Mailer`): policy, enrolment and verification,

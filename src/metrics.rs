@@ -645,6 +645,12 @@ impl AuthMetrics {
         self.bearer.with_label_values(&[result.as_str()]).inc();
     }
 
+    /// A config reload removed the connection: its `gatehouse_idp_up` sample goes away, so
+    /// an alert on an IdP that is down never fires for it.
+    pub fn forget_idp(&self, connection: &str) {
+        let _ = self.idp_up.remove_label_values(&[connection]);
+    }
+
     pub fn idp_up(&self, connection: &str, up: bool) {
         self.idp_up
             .with_label_values(&[connection])

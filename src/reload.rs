@@ -4,13 +4,29 @@
 //!
 //! What a reload applies: `[[upstreams]]` (host names resolved again, off the proxy threads),
 //! `[[public]]`, `[[access]]` (for proxied requests and forward-auth answers), `[pages]`,
-//! `[server] reject_double_encoding` and `[log] level`. The new routing is swapped in whole
-//! (an atomic pointer): a request is served by the old config or by the new one, never by a
-//! mix; requests in flight finish on the one they started with; sessions are untouched.
+//! `[server] reject_double_encoding`, `[log] level`, and, when Gatehouse started with a
+//! connection, `[[connections]]`, `[login]`, `[mfa]` and `[smtp]`:
 //!
-//! Everything else needs a restart (listeners, TLS, the store, connections, sessions, login,
-//! second-factor policy, headers, limits, the admin token, identity signing). A reload that
-//! changes such keys applies the rest and names the keys it left, in the log and in the answer.
+//! - an added connection is discovered in the background (as at startup) and offered at once;
+//! - a removed connection starts no login from now on, a login in flight through it fails at
+//!   the callback, its sessions end (in memory and in the store) and its bearer tokens are
+//!   refused; a connection whose issuer changed counts as removed and added;
+//! - a changed connection (secret, scopes, claims, JIT, second factor, ...) applies to the
+//!   next login; its sessions go on;
+//! - `[mfa]` and `[login]` apply to the next request; a new `[mfa] keys` list seals with its
+//!   first key and opens with every listed key, and a reload that drops a key still sealing
+//!   a stored TOTP secret is refused (naming `mfa.keys`), since those accounts could no
+//!   longer sign in.
+//!
+//! The new routing and login settings are swapped in whole (one atomic pointer, which the
+//! routing holds the settings behind): a request is served by the old config or by the new
+//! one, never by a mix; requests in flight finish on the one they started with; sessions of
+//! connections that stay are untouched.
+//!
+//! Everything else needs a restart (listeners, TLS, the store, sessions, headers, limits, the
+//! admin token, identity signing; and connections when Gatehouse started without any). A
+//! reload that changes such keys applies the rest and names the keys it left, in the log and
+//! in the answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +35,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::Digest;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthSetupError, Settings};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::identity::assertion::AssertionSigner;
@@ -37,6 +53,10 @@ const RELOADABLE: &[&str] = &[
     "server.reject_double_encoding",
 ];
 
+/// The key paths a reload applies when the login machinery runs (Gatehouse started with at
+/// least one connection; without one, there is no store and no login to change).
+const RELOADABLE_WITH_LOGIN: &[&str] = &["connections", "login", "mfa", "smtp"];
+
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Reloaded {
@@ -46,6 +66,29 @@ pub struct Reloaded {
     pub applied: Vec<String>,
     /// Changed keys left as they were until a restart.
     pub needs_restart: Vec<String>,
+    /// Connections added, and ones whose sign-ins stopped (removed, or given another issuer:
+    /// their sessions ended).
+    #[serde(skip_serializing_if = "Connections::is_empty")]
+    pub connections: Connections,
+}
+
+/// What a reload did to the connections.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Connections {
+    /// New connections (and ones with a new issuer), discovered in the background.
+    pub added: Vec<String>,
+    /// Connections that are gone (or have a new issuer): their sessions ended.
+    pub removed: Vec<String>,
+    /// Connections whose settings changed: for the next login.
+    pub changed: Vec<String>,
+    /// Sessions ended because their connection went away.
+    pub sessions_ended: usize,
+}
+
+impl Connections {
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 /// Why a reload changed nothing.
@@ -107,10 +150,10 @@ pub fn changed_keys(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     changed
 }
 
-fn is_reloadable(key: &str) -> bool {
-    RELOADABLE
-        .iter()
-        .any(|r| key == *r || key.starts_with(&format!("{r}.")))
+/// Whether a changed key is applied by a reload; `with_login`: the login machinery runs.
+fn is_reloadable(key: &str, with_login: bool) -> bool {
+    let listed = |r: &&str| key == *r || key.starts_with(&format!("{r}."));
+    RELOADABLE.iter().any(listed) || (with_login && RELOADABLE_WITH_LOGIN.iter().any(listed))
 }
 
 fn read_document(path: &Path) -> Result<(Vec<u8>, toml::Table), ReloadRefused> {
@@ -122,6 +165,124 @@ fn read_document(path: &Path) -> Result<(Vec<u8>, toml::Table), ReloadRefused> {
         .and_then(|text| text.parse::<toml::Table>().ok())
         .unwrap_or_default();
     Ok((bytes, document))
+}
+
+/// The login settings of a reloaded config, built and checked, not yet in force.
+struct PreparedLogin {
+    settings: Arc<Settings>,
+    old: Arc<Settings>,
+}
+
+/// Builds the login settings of `next` beside the ones in force (unchanged connections keep
+/// their provider) and checks that every TOTP secret the store holds still opens.
+fn prepare_login(auth: &Auth, next: &Config) -> Result<PreparedLogin, ReloadRefused> {
+    let old = auth.settings();
+    let settings = Settings::build(next, Some(&old), &auth.clock).map_err(|e| ReloadRefused {
+        problems: vec![match e {
+            AuthSetupError::Connection(id, why) => format!("connections ({id}): {why}"),
+            AuthSetupError::Keys(why) => format!("mfa.keys: {why}"),
+            other => other.to_string(),
+        }],
+    })?;
+    if settings.mfa.keys() != old.mfa.keys() {
+        still_open(&auth.store, old.mfa.keys(), settings.mfa.keys())?;
+    }
+    Ok(PreparedLogin {
+        settings: Arc::new(settings),
+        old,
+    })
+}
+
+/// Refuses a `[mfa] keys` list that drops a key still sealing a stored TOTP secret: those
+/// accounts could no longer pass their second factor. (A secret no old key opened either is
+/// not this reload's doing and does not count.)
+fn still_open(
+    store: &crate::store::Store,
+    old: &[[u8; 32]],
+    kept: &[[u8; 32]],
+) -> Result<(), ReloadRefused> {
+    let users = store.read(|tx| tx.users()).map_err(|e| ReloadRefused {
+        problems: vec![format!(
+            "mfa.keys: cannot read the stored TOTP secrets to check the new key list: {e}"
+        )],
+    })?;
+    let mut problems = Vec::new();
+    for (position, key) in old.iter().enumerate() {
+        if kept.contains(key) {
+            continue;
+        }
+        let Ok(alone) = crate::seal::Sealer::new(vec![*key]) else {
+            continue;
+        };
+        let sealed = users
+            .iter()
+            .filter(|u| matches!(u.mfa.open_secret(&alone), Ok(Some(_))))
+            .count();
+        if sealed > 0 {
+            problems.push(format!(
+                "mfa.keys: the key listed at position {} before this reload seals the TOTP secrets of {sealed} account(s) and is no longer listed; keep it in the list (after the new first key) so those accounts can still sign in",
+                position + 1
+            ));
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(ReloadRefused { problems }),
+    }
+}
+
+impl PreparedLogin {
+    /// After the swap: retires the providers no longer in force, hands new ones to
+    /// discovery, and ends the sessions of connections that went away.
+    fn apply(self, auth: &Auth) -> Connections {
+        let mut done = Connections::default();
+        for old in &self.old.providers {
+            let id = &old.connection.id;
+            match self.settings.provider(id) {
+                Some(new) if Arc::ptr_eq(new, old) => continue,
+                Some(new) if new.connection.issuer == old.connection.issuer => {
+                    done.changed.push(id.clone());
+                }
+                Some(_) => {
+                    done.removed.push(id.clone());
+                    done.added.push(id.clone());
+                }
+                None => done.removed.push(id.clone()),
+            }
+            old.retire();
+        }
+        let queue = auth.discovery_queue();
+        for new in &self.settings.providers {
+            let id = &new.connection.id;
+            if self.old.provider(id).is_none() {
+                done.added.push(id.clone());
+                auth.metrics.register_connection(id);
+            }
+            let inherited = self
+                .old
+                .provider(id)
+                .is_some_and(|old| Arc::ptr_eq(old, new));
+            if !inherited && new.current().is_none() {
+                auth.metrics.idp_up(id, false);
+                match &queue {
+                    Some(queue) => queue.discover(new.clone()),
+                    None => {
+                        tracing::warn!(connection = %id, "no discovery service: the connection is discovered on its first login attempt")
+                    }
+                }
+            }
+        }
+        for id in &done.removed {
+            if self.settings.provider(id).is_none() {
+                auth.metrics.forget_idp(id);
+            }
+        }
+        done.sessions_ended = auth.end_sessions_of(&done.removed);
+        if !done.is_empty() {
+            tracing::info!(added = ?done.added, removed = ?done.removed, changed = ?done.changed, sessions_ended = done.sessions_ended, "connections reloaded");
+        }
+        done
+    }
 }
 
 /// The parts the reloader works on, from the server it reloads.
@@ -189,8 +350,10 @@ impl Reloader {
             problems: vec!["(internal): a previous reload failed half-way".into()],
         })?;
         let changed = changed_keys(&live.document, &document);
-        let (applied, needs_restart): (Vec<String>, Vec<String>) =
-            changed.into_iter().partition(|k| is_reloadable(k));
+        let with_login = self.auth.is_some();
+        let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|k| is_reloadable(k, with_login));
         // The config served from now on: the reloadable parts of the new file, the rest as
         // it was (so a key that needs a restart never takes effect half-way).
         let mut next = live.config.clone();
@@ -200,17 +363,39 @@ impl Reloader {
         next.pages = new.pages;
         next.log.level = new.log.level;
         next.server.reject_double_encoding = new.server.reject_double_encoding;
+        if with_login {
+            next.connections = new.connections;
+            next.login = new.login;
+            next.mfa = new.mfa;
+        }
         let peers = self
             .resolver
             .resolve(&next.upstreams)
             .map_err(|e| ReloadRefused {
                 problems: vec![e.to_string()],
             })?;
-        let routing = Routing::new(&next, &peers, self.signer.clone(), self.clock_for_signing());
-        if let Some(auth) = &self.auth {
+        // Built before anything is swapped: a connection that cannot be set up (an unreadable
+        // CA file) or a key change that would lock accounts out refuses the whole reload.
+        let login = match &self.auth {
+            Some(auth) => Some(prepare_login(auth, &next)?),
+            None => None,
+        };
+        let routing = Routing::new(
+            &next,
+            &peers,
+            self.signer.clone(),
+            self.clock_for_signing(),
+            login.as_ref().map(|l| l.settings.clone()),
+        );
+        let mut connections = Connections::default();
+        if let (Some(auth), Some(login)) = (&self.auth, login) {
             auth.set_path_rules(&next);
+            auth.set_settings(login.settings.clone());
+            self.routing.store(Arc::new(routing));
+            connections = login.apply(auth);
+        } else {
+            self.routing.store(Arc::new(routing));
         }
-        self.routing.store(Arc::new(routing));
         if applied.iter().any(|k| k == "log.level") {
             crate::logging::set_level(&next.log);
         }
@@ -220,6 +405,7 @@ impl Reloader {
             hash: short_hash(&bytes),
             applied,
             needs_restart,
+            connections,
         })
     }
 
@@ -276,22 +462,78 @@ mod tests {
     }
 
     /// Only the listed keys (and keys under them) reload; a look-alike prefix does not.
+    /// Connections, `[login]`, `[mfa]` and `[smtp]` reload only when the login machinery runs.
     #[test]
     fn only_the_listed_keys_reload() {
         for key in ["upstreams", "public", "access", "pages.title", "log.level"] {
-            assert!(is_reloadable(key), "{key}");
+            assert!(is_reloadable(key, false), "{key}");
+            assert!(is_reloadable(key, true), "{key}");
+        }
+        for key in [
+            "connections",
+            "login.default_connection",
+            "mfa.totp",
+            "smtp.host",
+        ] {
+            assert!(is_reloadable(key, true), "{key}");
+            assert!(!is_reloadable(key, false), "{key}");
         }
         for key in [
             "server.listen",
-            "connections",
             "log.format",
             "pagesx",
+            "connectionsx",
+            "mfax.totp",
             "session.lifetime",
-            "mfa.totp",
             "headers.user",
+            "store.data_dir",
         ] {
-            assert!(!is_reloadable(key), "{key}");
+            assert!(!is_reloadable(key, true), "{key}");
         }
+    }
+
+    /// A store with one account whose TOTP secret is sealed with `key`, and one whose
+    /// secret no key opens (sealed long ago with a key dropped before).
+    fn store_with_secret_sealed_by(key: [u8; 32]) -> (tempfile::TempDir, crate::store::Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let sealed = |k: [u8; 32]| {
+            crate::seal::Sealer::new(vec![k])
+                .unwrap()
+                .seal(crate::mfa::record::TOTP_SECRET_PURPOSE, &[7u8; 20])
+        };
+        store
+            .write(|tx| {
+                let mut alice = crate::store::users::UserRecord::new("alice".into(), 1);
+                alice.mfa.sealed_secret = Some(sealed(key));
+                tx.put_user(&alice)?;
+                let mut old = crate::store::users::UserRecord::new("old".into(), 1);
+                old.mfa.sealed_secret = Some(sealed([99; 32]));
+                tx.put_user(&old)
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    /// A new `[mfa] keys` list may add keys and change the order; dropping a key that still
+    /// seals a stored TOTP secret is refused, naming `mfa.keys` and where the key was.
+    #[test]
+    fn dropping_a_key_that_seals_stored_totp_secrets_is_refused() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (_dir, store) = store_with_secret_sealed_by(b);
+        assert!(
+            still_open(&store, &[a, b], &[c, a, b]).is_ok(),
+            "a key added first"
+        );
+        assert!(
+            still_open(&store, &[a, b], &[b]).is_ok(),
+            "a key that seals nothing dropped"
+        );
+        let refused = still_open(&store, &[a, b], &[c, a]).unwrap_err();
+        assert_eq!(refused.problems.len(), 1, "{refused:?}");
+        assert!(refused.problems[0].starts_with("mfa.keys:"), "{refused:?}");
+        assert!(refused.problems[0].contains("position 2"), "{refused:?}");
+        assert!(refused.problems[0].contains("1 account"), "{refused:?}");
     }
 
     /// The hash is the first 16 hex digits of the file's SHA-256.

@@ -200,6 +200,34 @@ impl BearerVerifier {
         !self.providers.is_empty()
     }
 
+    /// A verifier that holds no connection of its own: the login machinery passes each
+    /// request's connections (which a config reload may change) to [`Self::verify_among`].
+    pub fn for_live_connections(clock: Clock) -> Self {
+        Self::new(&[], clock)
+    }
+
+    /// Whether any of `providers` accepts bearer tokens.
+    pub fn any_enabled(providers: &[Arc<Provider>]) -> bool {
+        providers.iter().any(|p| p.connection.allow_bearer)
+    }
+
+    /// [`Self::verify`] against `providers` (those with `allow_bearer`) instead of the
+    /// verifier's own; the back-channel logout record is the verifier's.
+    pub async fn verify_among(
+        &self,
+        providers: &[Arc<Provider>],
+        token: &str,
+    ) -> Result<Bearer, BearerError> {
+        let header = read_header(token)?;
+        allowed_algorithm(header.alg)?;
+        let allowed: Vec<&Arc<Provider>> = providers
+            .iter()
+            .filter(|p| p.connection.allow_bearer)
+            .collect();
+        let provider = provider_for(&allowed, token)?;
+        self.verify_with(provider, token).await
+    }
+
     /// A back-channel logout ended `subject`'s sessions at `at` (unix seconds): from now on
     /// its bearer tokens issued at or before `at` are refused, for [`LOGOUT_MEMORY_SECS`].
     pub fn logged_out(&self, connection: &str, subject: &str, at: u64) {
@@ -212,7 +240,13 @@ impl BearerVerifier {
     pub async fn verify(&self, token: &str) -> Result<Bearer, BearerError> {
         let header = read_header(token)?;
         allowed_algorithm(header.alg)?;
-        let provider = self.provider_for(token)?;
+        let providers: Vec<&Arc<Provider>> = self.providers.iter().collect();
+        let provider = provider_for(&providers, token)?;
+        self.verify_with(provider, token).await
+    }
+
+    /// Verifies a bearer token of `provider`'s connection.
+    async fn verify_with(&self, provider: &Provider, token: &str) -> Result<Bearer, BearerError> {
         let connection = &provider.connection;
         let kind = Kind::Access {
             require_at_jwt: connection.require_at_jwt,
@@ -252,25 +286,28 @@ impl BearerVerifier {
             )),
         }
     }
+}
 
-    /// The connection named by the token's (unverified) `iss`; of several connections with
-    /// that issuer, the one whose `bearer_audiences` the token's `aud` names.
-    fn provider_for(&self, token: &str) -> Result<&Arc<Provider>, BearerError> {
-        let claims = jwt_payload(token).ok_or(BearerError::Malformed)?;
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or(BearerError::NotAllowed)?;
-        let mut same_issuer = self
-            .providers
-            .iter()
-            .filter(|p| issuer_is(&p.connection.issuer, iss))
-            .peekable();
-        let first = *same_issuer.peek().ok_or(BearerError::NotAllowed)?;
-        Ok(same_issuer
-            .find(|p| audience_names_any(&claims, &p.connection.bearer_audiences))
-            .unwrap_or(first))
-    }
+/// The connection named by the token's (unverified) `iss`; of several connections with
+/// that issuer, the one whose `bearer_audiences` the token's `aud` names.
+fn provider_for<'a>(
+    providers: &[&'a Arc<Provider>],
+    token: &str,
+) -> Result<&'a Arc<Provider>, BearerError> {
+    let claims = jwt_payload(token).ok_or(BearerError::Malformed)?;
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(BearerError::NotAllowed)?;
+    let mut same_issuer = providers
+        .iter()
+        .copied()
+        .filter(|p| issuer_is(&p.connection.issuer, iss))
+        .peekable();
+    let first = *same_issuer.peek().ok_or(BearerError::NotAllowed)?;
+    Ok(same_issuer
+        .find(|p| audience_names_any(&claims, &p.connection.bearer_audiences))
+        .unwrap_or(first))
 }
 
 /// Whether a configured issuer and a token's `iss` are the same (trailing `/` ignored).

@@ -4,11 +4,10 @@
 //! ([`crate::store::writer::GroupCommit`]). It waits for that commit, so the callback runs it on
 //! tokio's blocking pool, never on a proxy thread.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::oidc::LoginResult;
-use super::Auth;
+use super::AuthView;
 use crate::identity::jit::{self, JitAction, JitRefusal, Provisioned};
 use crate::metrics::JitOutcome;
 use crate::mfa::gate::{PendingLogin, PENDING_TTL};
@@ -44,7 +43,7 @@ enum Step {
     Mfa(crate::identity::Identity),
 }
 
-impl Auth {
+impl AuthView {
     /// Provisions (for a JIT connection) and creates the session, in one transaction; ends
     /// the session the browser came with (`old_sid`) in the same one. When the login needs
     /// its second factor first, no session is written: the login waits in the MFA gate. `rd`
@@ -63,8 +62,8 @@ impl Auth {
             .ok_or_else(|| StoreError::Db(format!("unknown connection {connection_id}")))?;
         let started = Instant::now();
         let old: Vec<String> = old_sid.into_iter().collect();
-        let level = login_level(&self.mfa.config, &connection);
-        let when = self.mfa.config.when_no_local_account;
+        let level = login_level(&self.settings.mfa.config, &connection);
+        let when = self.settings.mfa.config.when_no_local_account;
         let jit = connection.jit;
         let clock = self.clock.clone();
         let lifetime = self.sessions.config().lifetime.as_secs();
@@ -75,7 +74,7 @@ impl Auth {
             result.tokens.clone(),
         );
         let old_in_tx = old.clone();
-        let mfa_config = self.mfa.config.clone();
+        let mfa_config = self.settings.mfa.config.clone();
         // The login's transaction, group-committed with logins arriving meanwhile; it owns
         // what it reads, since it runs on the commit thread (and runs again alone if its
         // batch fails).
@@ -191,16 +190,16 @@ impl Auth {
     }
 }
 
-/// [`Auth::complete_login`] on tokio's blocking pool.
+/// [`AuthView::complete_login`] on tokio's blocking pool.
 pub async fn complete_login_off_thread(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     connection_id: String,
     result: LoginResult,
     old_sid: Option<String>,
     request_id: String,
     rd: String,
 ) -> Result<Completed, LoginFailure> {
-    let auth = Arc::clone(auth);
+    let auth = auth.clone();
     tokio::task::spawn_blocking(move || {
         auth.complete_login(&connection_id, result, old_sid, &request_id, &rd)
     })

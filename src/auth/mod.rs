@@ -26,13 +26,66 @@ use oidc::Provider;
 use redirect::RedirectPolicy;
 use session::Sessions;
 
-/// Everything the login endpoints and the session check need, built once at startup.
-pub struct Auth {
+/// What a config reload may change in the login machinery, built from one config:
+/// `[[connections]]`, `[login]`, `[mfa]` and `[smtp]`. A request takes one snapshot (with the
+/// proxy's routing, see [`AuthView`]), so it sees the old settings or the new ones, never a
+/// mix.
+pub struct Settings {
+    /// One provider per connection, in the config's order.
     pub providers: Vec<Arc<Provider>>,
+    pub login: Login,
+    pub redirects: RedirectPolicy,
+    /// `[mfa]` and `[smtp]`: the policy, the keys that seal TOTP secrets, the mail transport.
+    pub mfa: crate::mfa::gate::MfaPolicy,
+}
+
+impl Settings {
+    /// The settings of `config`. Providers of `previous` whose connection is unchanged are
+    /// kept as they are (discovered or not); a changed connection gets a new provider that
+    /// keeps the discovered document when the issuer stayed the same.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Settings>,
+        clock: &crate::clock::Clock,
+    ) -> Result<Self, AuthSetupError> {
+        let providers = config
+            .connections
+            .iter()
+            .map(|c| {
+                let old = previous.and_then(|p| p.provider(&c.id));
+                match old {
+                    Some(old) if old.connection == *c => Ok(old.clone()),
+                    Some(old) => Provider::succeeding(c.clone(), old).map(Arc::new),
+                    None => Provider::new(c.clone(), clock.clone()).map(Arc::new),
+                }
+                .map_err(|e| AuthSetupError::Connection(c.id.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mfa = crate::mfa::gate::MfaPolicy::new(config.mfa.clone(), &config.data_dir)
+            .map_err(AuthSetupError::Keys)?;
+        Ok(Self {
+            providers,
+            login: config.login.clone(),
+            redirects: RedirectPolicy::new(config.login.allowed_redirect_domains.clone()),
+            mfa,
+        })
+    }
+
+    /// The provider of connection `id`.
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.connection.id == id)
+    }
+}
+
+/// Everything the login endpoints and the session check need, built once at startup; the
+/// parts a config reload changes are in [`Settings`].
+pub struct Auth {
+    /// The settings now in force; a request uses the snapshot it started with.
+    settings: arc_swap::ArcSwap<Settings>,
+    /// Where a config reload hands the connections it adds to background discovery.
+    discovery: std::sync::Mutex<Option<discovery::DiscoveryQueue>>,
     pub bearer: bearer::BearerVerifier,
     pub sessions: Sessions,
-    pub redirects: RedirectPolicy,
-    pub login: Login,
     pub login_timeout: std::time::Duration,
     pub headers: Headers,
     pub metrics: AuthMetrics,
@@ -41,7 +94,7 @@ pub struct Auth {
     pub logins: crate::store::writer::GroupCommit,
     /// The `[[access]]` rules, for forward-auth answers (which have no upstream).
     path_rules: arc_swap::ArcSwap<crate::identity::access::AccessPolicy>,
-    /// The second factor: policy, pending logins, the key of stored TOTP secrets.
+    /// The second factor: pending logins, Email OTP codes, the forms' CSRF tokens.
     pub mfa: crate::mfa::gate::MfaGate,
     /// States already used at the callback (until their login cookie would expire),
     /// bounded by `[limits] used_states`.
@@ -54,6 +107,21 @@ pub struct Auth {
     pub logout: logout::LogoutVerifier,
     /// Every expiry the login machinery decides is read on it.
     pub clock: crate::clock::Clock,
+}
+
+/// The login machinery as one request sees it: the shared parts, and the one [`Settings`]
+/// snapshot the request started with. Derefs to the [`Auth`] (through its `Arc`).
+#[derive(Clone)]
+pub struct AuthView {
+    pub auth: Arc<Auth>,
+    pub settings: Arc<Settings>,
+}
+
+impl std::ops::Deref for AuthView {
+    type Target = Arc<Auth>;
+    fn deref(&self) -> &Arc<Auth> {
+        &self.auth
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,36 +169,26 @@ impl Auth {
         if config.connections.is_empty() {
             return Ok(None);
         }
-        let providers = config
-            .connections
-            .iter()
-            .map(|c| {
-                metrics.register_connection(&c.id);
-                Provider::new(c.clone(), clock.clone())
-                    .map(Arc::new)
-                    .map_err(|e| AuthSetupError::Connection(c.id.clone(), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        for c in &config.connections {
+            metrics.register_connection(&c.id);
+        }
+        let settings = Settings::build(config, None, &clock)?;
         let sealer =
             Sealer::new(session_keys(config)?).map_err(|e| AuthSetupError::Keys(e.to_string()))?;
         let mfa = crate::mfa::gate::MfaGate::new(
-            config.mfa.clone(),
-            &config.data_dir,
             sealer.clone(),
             clock.clone(),
             config.limits.pending_mfa,
             metrics.evictions(crate::metrics::BoundedMap::PendingMfa),
-        )
-        .map_err(AuthSetupError::Keys)?;
+        );
         let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);
         metrics.users.set(store.read(|tx| tx.user_count())? as i64);
         Ok(Some(Self {
-            bearer: bearer::BearerVerifier::new(&providers, clock.clone()),
-            providers,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            discovery: std::sync::Mutex::new(None),
+            bearer: bearer::BearerVerifier::for_live_connections(clock.clone()),
             sessions,
-            redirects: RedirectPolicy::new(config.login.allowed_redirect_domains.clone()),
-            login: config.login.clone(),
             login_timeout: config.session.login_timeout,
             headers: config.headers.clone(),
             metrics,
@@ -151,43 +209,94 @@ impl Auth {
         }))
     }
 
-    /// The second-factor level a route asks of a user of `connection` when no upstream or
-    /// `[[access]]` rule names one: the connection's own, else the default.
-    pub fn default_mfa_level(&self, connection: &str) -> crate::config::model::MfaLevel {
-        match self.provider(connection) {
-            Some(p) => crate::mfa::policy::login_level(&self.mfa.config, &p.connection),
-            None => self.mfa.config.level(),
+    /// The settings now in force (a request uses the snapshot it started with instead).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// This machinery with the settings now in force: for work outside a request (and the
+    /// admin API) or a request that has no routing snapshot.
+    pub fn view(self: &Arc<Self>) -> AuthView {
+        self.with_settings(self.settings())
+    }
+
+    /// This machinery with a request's settings snapshot.
+    pub fn with_settings(self: &Arc<Self>, settings: Arc<Settings>) -> AuthView {
+        AuthView {
+            auth: Arc::clone(self),
+            settings,
         }
     }
 
-    /// The second-factor rule for a request at `level`: a session passes once it did the
-    /// factor; a bearer token (which cannot step up) only when its `acr`/`amr` show one. A
-    /// token of a JIT connection counts as having a local account.
-    pub fn mfa_decision(
-        &self,
-        who: &Authenticated,
-        level: crate::config::model::MfaLevel,
-    ) -> crate::mfa::policy::MfaDecision {
-        let standing = match who {
-            Authenticated::Session(live) => crate::mfa::policy::Standing {
-                local_account: live.identity.user_id.is_some(),
-                enrolled: false,
-                done: live.mfa_done_at().is_some(),
-            },
-            Authenticated::Bearer(identity, factors) => crate::mfa::policy::Standing {
-                local_account: identity.user_id.is_some()
-                    || self
-                        .provider(&identity.connection)
-                        .is_some_and(|p| p.connection.jit),
-                enrolled: false,
-                done: *factors == bearer::Factors::Two,
-            },
-        };
-        crate::mfa::policy::decide(level, self.mfa.config.when_no_local_account, standing)
+    /// Puts the settings of a reloaded config in force for the requests that start from now on.
+    pub fn set_settings(&self, settings: Arc<Settings>) {
+        self.settings.store(settings);
     }
 
-    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
-        self.providers.iter().find(|p| p.connection.id == id)
+    /// Ends every session of these connections (a config reload removed them or gave them
+    /// another issuer): in memory at once, and in the store. Returns how many ended.
+    pub fn end_sessions_of(&self, connections: &[String]) -> usize {
+        if connections.is_empty() {
+            return 0;
+        }
+        let ended = self
+            .sessions
+            .revoke_where(|s| connections.contains(&s.identity.connection));
+        if ended > 0 {
+            self.metrics.logouts(LogoutKind::Admin, ended);
+            self.update_sessions_gauge();
+        }
+        ended
+    }
+
+    /// Where a config reload hands the connections it adds to background discovery.
+    pub fn set_discovery_queue(&self, queue: discovery::DiscoveryQueue) {
+        if let Ok(mut slot) = self.discovery.lock() {
+            *slot = Some(queue);
+        }
+    }
+
+    /// The queue of [`Self::set_discovery_queue`], once the server has started discovery.
+    pub fn discovery_queue(&self) -> Option<discovery::DiscoveryQueue> {
+        self.discovery.lock().ok().and_then(|q| q.clone())
+    }
+
+    /// The IdP's access token and ID token, for a session, when the config passes them to
+    /// the app.
+    pub fn token_headers(
+        &self,
+        who: &Authenticated,
+        req: &mut pingora::http::RequestHeader,
+    ) -> pingora::Result<()> {
+        let Authenticated::Session(live) = who else {
+            return Ok(());
+        };
+        if self.headers.access_token.is_none() && self.headers.id_token.is_none() {
+            return Ok(());
+        }
+        let (access, id) = match live.tokens.lock() {
+            Ok(t) => (t.access_token.clone(), t.id_token.clone()),
+            Err(_) => return Ok(()),
+        };
+        for (name, token) in [
+            (&self.headers.access_token, access),
+            (&self.headers.id_token, id),
+        ] {
+            let (Some(name), Some(token)) = (name, token) else {
+                continue;
+            };
+            match http::HeaderValue::from_str(&token) {
+                Ok(value) => req.insert_header(name.clone(), value)?,
+                Err(_) => tracing::info!(header = %name, "token not sendable as a header: dropped"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn update_sessions_gauge(&self) {
+        self.metrics
+            .sessions_active
+            .set(self.sessions.active() as i64);
     }
 
     /// With a shared store (PostgreSQL): follows what other replicas do to sessions this
@@ -242,6 +351,52 @@ impl Auth {
                 .inc_by(outcome.evicted as u64);
         }
         outcome.new
+    }
+}
+
+impl AuthView {
+    /// The provider of connection `id` in this request's settings.
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.settings.provider(id)
+    }
+
+    /// The second-factor level a route asks of a user of `connection` when no upstream or
+    /// `[[access]]` rule names one: the connection's own, else the default.
+    pub fn default_mfa_level(&self, connection: &str) -> crate::config::model::MfaLevel {
+        match self.provider(connection) {
+            Some(p) => crate::mfa::policy::login_level(&self.settings.mfa.config, &p.connection),
+            None => self.settings.mfa.config.level(),
+        }
+    }
+
+    /// The second-factor rule for a request at `level`: a session passes once it did the
+    /// factor; a bearer token (which cannot step up) only when its `acr`/`amr` show one. A
+    /// token of a JIT connection counts as having a local account.
+    pub fn mfa_decision(
+        &self,
+        who: &Authenticated,
+        level: crate::config::model::MfaLevel,
+    ) -> crate::mfa::policy::MfaDecision {
+        let standing = match who {
+            Authenticated::Session(live) => crate::mfa::policy::Standing {
+                local_account: live.identity.user_id.is_some(),
+                enrolled: false,
+                done: live.mfa_done_at().is_some(),
+            },
+            Authenticated::Bearer(identity, factors) => crate::mfa::policy::Standing {
+                local_account: identity.user_id.is_some()
+                    || self
+                        .provider(&identity.connection)
+                        .is_some_and(|p| p.connection.jit),
+                enrolled: false,
+                done: *factors == bearer::Factors::Two,
+            },
+        };
+        crate::mfa::policy::decide(
+            level,
+            self.settings.mfa.config.when_no_local_account,
+            standing,
+        )
     }
 
     /// Refreshes the session's IdP tokens when the access token has expired and a refresh
@@ -322,6 +477,15 @@ impl Auth {
             };
         }
         match found {
+            session::Lookup::Live(live) if self.provider(&live.identity.connection).is_none() => {
+                // Its connection was removed by a config reload (which ended its sessions;
+                // this one finished a second factor since, or the reload is in progress).
+                self.sessions.revoke(std::slice::from_ref(&live.sid));
+                self.update_sessions_gauge();
+                self.metrics
+                    .session_rejected(session::Rejection::Revoked.label());
+                tracing::info!(connection = %live.identity.connection, "session refused: its connection is no longer configured");
+            }
             session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
                 return Ok(Some(Authenticated::Session(live)));
             }
@@ -334,11 +498,15 @@ impl Auth {
         let Some(token) = bearer_token(headers) else {
             return Ok(None);
         };
-        if !self.bearer.is_enabled() {
+        if !bearer::BearerVerifier::any_enabled(&self.settings.providers) {
             self.metrics.bearer(BearerResult::NotAllowed);
             return Err(bearer::BearerError::NotAllowed);
         }
-        let verified = match self.bearer.verify(token).await {
+        let verified = match self
+            .bearer
+            .verify_among(&self.settings.providers, token)
+            .await
+        {
             Ok(b) => {
                 let factors = b.factors;
                 self.with_local_account(b.identity)
@@ -426,44 +594,6 @@ impl Auth {
     ) -> Vec<(http::HeaderName, http::HeaderValue)> {
         let trusted = self.trusts_email(&identity.connection);
         crate::identity::headers::identity_headers(&self.headers, identity, trusted)
-    }
-
-    /// The IdP's access token and ID token, for a session, when the config passes them to
-    /// the app.
-    pub fn token_headers(
-        &self,
-        who: &Authenticated,
-        req: &mut pingora::http::RequestHeader,
-    ) -> pingora::Result<()> {
-        let Authenticated::Session(live) = who else {
-            return Ok(());
-        };
-        if self.headers.access_token.is_none() && self.headers.id_token.is_none() {
-            return Ok(());
-        }
-        let (access, id) = match live.tokens.lock() {
-            Ok(t) => (t.access_token.clone(), t.id_token.clone()),
-            Err(_) => return Ok(()),
-        };
-        for (name, token) in [
-            (&self.headers.access_token, access),
-            (&self.headers.id_token, id),
-        ] {
-            let (Some(name), Some(token)) = (name, token) else {
-                continue;
-            };
-            match http::HeaderValue::from_str(&token) {
-                Ok(value) => req.insert_header(name.clone(), value)?,
-                Err(_) => tracing::info!(header = %name, "token not sendable as a header: dropped"),
-            }
-        }
-        Ok(())
-    }
-
-    pub fn update_sessions_gauge(&self) {
-        self.metrics
-            .sessions_active
-            .set(self.sessions.active() as i64);
     }
 }
 

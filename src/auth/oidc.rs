@@ -168,6 +168,9 @@ pub struct Discovered {
     /// The IdP says it sends RFC 9207 `iss` with every authorization response: the callback
     /// then requires it.
     pub iss_parameter_required: bool,
+    /// The document `client` was built from, so a reloaded connection with the same issuer
+    /// gets its client (new credentials) without fetching it again.
+    metadata: Metadata,
 }
 
 /// A successful login at the IdP.
@@ -200,6 +203,8 @@ pub struct Provider {
     discovered_on_demand: tokio::sync::Notify,
     /// ID-token `exp`/`iat` and access-token expiry are read on it.
     clock: Clock,
+    /// A config reload removed or replaced this connection: its discovery loop stops.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// The connection's HTTP client with a request's W3C `traceparent` added to every call.
@@ -255,7 +260,54 @@ impl Provider {
             last_on_demand: std::sync::Mutex::new(None),
             discovered_on_demand: tokio::sync::Notify::new(),
             clock,
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// A provider for `connection`, which a config reload changed from `old`'s: when the
+    /// issuer and CA file are the same and `old` is discovered, it starts discovered (its
+    /// client built again from the same document, with the new credentials); else it needs
+    /// discovery.
+    pub fn succeeding(connection: Connection, old: &Provider) -> Result<Self, String> {
+        let same_idp = connection.issuer == old.connection.issuer
+            && connection.ca_file == old.connection.ca_file;
+        let provider = Self::new(connection, old.clock.clone())?;
+        if let (true, Some(d)) = (same_idp, old.current()) {
+            let client = CoreClient::from_provider_metadata(
+                d.metadata.clone(),
+                ClientId::new(provider.connection.client_id.clone()),
+                Some(ClientSecret::new(
+                    provider.connection.client_secret.0.clone(),
+                )),
+            );
+            let adopted = Arc::new(Discovered {
+                client,
+                issuer: d.issuer.clone(),
+                end_session_endpoint: d.end_session_endpoint.clone(),
+                jwks_uri: d.jwks_uri.clone(),
+                keys: d.keys.clone(),
+                iss_parameter_required: d.iss_parameter_required,
+                metadata: d.metadata.clone(),
+            });
+            if let Ok(mut slot) = provider.discovered.write() {
+                *slot = Some(adopted);
+            }
+        }
+        Ok(provider)
+    }
+
+    /// A config reload removed or replaced this connection: its background discovery stops
+    /// (requests that hold it finish with it).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Wakes the discovery loop if it waits (or lets its next wait end at once).
+        self.discovered_on_demand.notify_one();
+    }
+
+    /// Whether a config reload removed or replaced this connection.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The HTTP client for one request's IdP calls: each carries `traceparent` when one is
@@ -362,7 +414,7 @@ impl Provider {
             .and_then(|json| super::bearer::parse_jwks(&json))
             .map_err(OidcError::Unavailable)?;
         let client = CoreClient::from_provider_metadata(
-            metadata,
+            metadata.clone(),
             ClientId::new(self.connection.client_id.clone()),
             Some(ClientSecret::new(self.connection.client_secret.0.clone())),
         );
@@ -373,6 +425,7 @@ impl Provider {
             jwks_uri,
             keys: Arc::new(keys),
             iss_parameter_required,
+            metadata,
         });
         if let Ok(mut slot) = self.discovered.write() {
             *slot = Some(discovered);

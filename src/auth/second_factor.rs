@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::Auth;
+use super::{Auth, AuthView};
 use crate::metrics::{EmailSend, MfaFactor, MfaResult};
 use crate::mfa::email::{EmailChallenge, EmailCheck, Mail, SendError, SendRefusal};
 use crate::mfa::policy::EmailOtpUnusable;
@@ -76,13 +76,15 @@ impl Auth {
         }
         saved
     }
+}
 
+impl AuthView {
     /// Checks a code at the verify form: TOTP (digits and spaces) or a recovery code, under
     /// the lockout, saving the counter in the same transaction (audited when the account
     /// locks or a recovery code is used). Returns whether the code was read as TOTP, and the
     /// outcome.
     pub async fn check_second_factor(
-        self: &Arc<Self>,
+        &self,
         user_id: &str,
         code: &str,
         request_id: &str,
@@ -94,8 +96,8 @@ impl Auth {
             request_id.to_string(),
             code.to_string(),
         );
-        let policy = self.mfa.config.lockout;
-        let sealer = self.mfa.sealer.clone();
+        let policy = self.settings.mfa.config.lockout;
+        let sealer = self.settings.mfa.sealer.clone();
         let outcome = self
             .write_blocking(move |tx| {
                 let Some(mut user) = tx.user(&uid)? else {
@@ -133,7 +135,7 @@ impl Auth {
     /// Issues the session a login held back for its second factor, recording when the factor
     /// was done: stored first, then live. Returns its `Set-Cookie` values.
     pub async fn issue_after_second_factor(
-        self: &Arc<Self>,
+        &self,
         session: PendingSession,
         now: u64,
     ) -> Result<Vec<String>, StoreError> {
@@ -156,7 +158,7 @@ impl Auth {
     /// `render` makes the mail from the code and its expiry (unix seconds). The new code is
     /// kept (hashed) only once the SMTP server took the mail.
     pub async fn send_email_code(
-        self: &Arc<Self>,
+        &self,
         context: &str,
         user_id: &str,
         keep_until: u64,
@@ -168,7 +170,7 @@ impl Auth {
             Ok(_) => return Err(EmailSendFailure::Unusable(EmailOtpUnusable::NoEmail)),
             Err(e) => return Err(EmailSendFailure::Store(e)),
         };
-        let config = &self.mfa.config;
+        let config = &self.settings.mfa.config;
         let to = crate::mfa::policy::email_otp_target(
             config,
             user.email.as_deref(),
@@ -176,7 +178,7 @@ impl Auth {
         )
         .map_err(EmailSendFailure::Unusable)?
         .to_string();
-        let Some(mailer) = &self.mfa.mailer else {
+        let Some(mailer) = &self.settings.mfa.mailer else {
             return Err(EmailSendFailure::Unusable(EmailOtpUnusable::Off));
         };
         let now = self.clock.now();
@@ -223,7 +225,7 @@ impl Auth {
     /// counted on the account (one write transaction, audited when it locks), a right one
     /// clears the count. The code itself never reaches the store.
     pub async fn check_email_code(
-        self: &Arc<Self>,
+        &self,
         context: &str,
         user_id: &str,
         code: &str,
@@ -244,7 +246,7 @@ impl Auth {
         let checked = self
             .mfa
             .check_email_code(context, user_id, code, user.updated_at);
-        let policy = self.mfa.config.lockout;
+        let policy = self.settings.mfa.config.lockout;
         let (uid, rid) = (user_id.to_string(), request_id.to_string());
         match checked {
             EmailCheck::Accepted => {

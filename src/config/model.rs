@@ -328,7 +328,7 @@ pub struct PostgresStore {
 }
 
 /// A client secret, kept out of `Debug` output.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
@@ -337,7 +337,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimNames {
     pub username: String,
     pub email: String,
@@ -347,7 +347,7 @@ pub struct ClaimNames {
     pub attributes: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub id: String,
     pub display_name: String,

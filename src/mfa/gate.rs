@@ -1,7 +1,8 @@
 //! What the second-factor step keeps between requests: the logins that passed the IdP and
-//! wait for their TOTP code (in memory, a few minutes at most), the key that seals TOTP
-//! secrets in the store, the policy and the clock. The browser holds only a sealed,
-//! short-lived cookie naming its pending login, never anything in a query string.
+//! wait for their TOTP code (in memory, a few minutes at most) and the clock ([`MfaGate`],
+//! built once); the policy, the keys that seal TOTP secrets in the store and the mail
+//! transport ([`MfaPolicy`], built again by a config reload). The browser holds only a
+//! sealed, short-lived cookie naming its pending login, never anything in a query string.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -54,10 +55,53 @@ struct CookieBody {
     exp: u64,
 }
 
-pub struct MfaGate {
+/// The second-factor settings a config reload may replace: `[mfa]` (the policy and the keys
+/// that seal TOTP secrets) and `[smtp]` (the Email OTP transport), built from one config.
+pub struct MfaPolicy {
     pub config: Mfa,
-    /// Seals TOTP secrets in the store.
+    /// Seals TOTP secrets in the store: the first key seals, every listed key opens.
     pub sealer: Sealer,
+    /// The SMTP transport, when `[smtp]` is configured.
+    pub mailer: Option<Mailer>,
+    /// The keys of `sealer`, in order (a reload checks that no dropped key still seals a
+    /// stored secret).
+    keys: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MfaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaPolicy")
+            .field("totp", &self.config.totp)
+            .finish()
+    }
+}
+
+impl MfaPolicy {
+    /// TOTP secrets are sealed with `config.keys`, else with `data_dir/store.keys` (created
+    /// once).
+    pub fn new(config: Mfa, data_dir: &Path) -> Result<Self, String> {
+        let keys = match &config.keys.0 {
+            Some(keys) => keys.clone(),
+            None => crate::seal::load_or_create_keys(&data_dir.join("store.keys"))?,
+        };
+        let sealer = Sealer::new(keys.clone()).map_err(|e| e.to_string())?;
+        let mailer = config.smtp.as_ref().map(Mailer::new).transpose()?;
+        Ok(Self {
+            config,
+            sealer,
+            mailer,
+            keys,
+        })
+    }
+
+    /// The keys that open stored TOTP secrets; the first one seals.
+    pub fn keys(&self) -> &[[u8; 32]] {
+        &self.keys
+    }
+}
+
+/// What the second-factor step keeps across requests and config reloads.
+pub struct MfaGate {
     /// Pending logins, TOTP steps and lock-outs are read on it.
     pub clock: Clock,
     /// Bounded by `[limits] pending_mfa`; a full map drops the login closest to expiry.
@@ -68,45 +112,29 @@ pub struct MfaGate {
     /// Email OTP codes in force, by the pending login id or stepping-up session id they were
     /// sent for (same bound as the pending logins). Never written to the store.
     email_codes: Mutex<crate::bounded::ExpiringMap<String, EmailChallenge>>,
-    /// The SMTP transport, when `[smtp]` is configured.
-    pub mailer: Option<Mailer>,
 }
 
 impl std::fmt::Debug for MfaGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MfaGate")
-            .field("totp", &self.config.totp)
-            .finish()
+        f.debug_struct("MfaGate").finish_non_exhaustive()
     }
 }
 
 impl MfaGate {
-    /// TOTP secrets are sealed with `config.keys`, else with `data_dir/store.keys` (created
-    /// once); the cookie and CSRF tokens with `cookie_sealer` (the session keys).
+    /// The cookie and CSRF tokens are sealed with `cookie_sealer` (the session keys).
     pub fn new(
-        config: Mfa,
-        data_dir: &Path,
         cookie_sealer: Sealer,
         clock: Clock,
         capacity: usize,
         evictions: prometheus::IntCounter,
-    ) -> Result<Self, String> {
-        let keys = match &config.keys.0 {
-            Some(keys) => keys.clone(),
-            None => crate::seal::load_or_create_keys(&data_dir.join("store.keys"))?,
-        };
-        let sealer = Sealer::new(keys).map_err(|e| e.to_string())?;
-        let mailer = config.smtp.as_ref().map(Mailer::new).transpose()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             email_codes: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
-            mailer,
-            config,
-            sealer,
             clock,
             pending: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
             evictions,
             cookie_sealer,
-        })
+        }
     }
 
     /// Now on the gate's clock (unix seconds).
@@ -241,13 +269,10 @@ mod tests {
     /// The manual clock of these tests starts here (unix seconds), far from the system time.
     const START: u64 = 1_800_000_000;
 
-    fn gate(dir: &Path, clock: Clock) -> MfaGate {
-        let text = "[session]\nkeys = [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n\
-                    [[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n";
-        let config = crate::config::parse(text).unwrap();
+    fn gate(_dir: &Path, clock: Clock) -> MfaGate {
         let cookies = Sealer::new(vec![[9; 32]]).unwrap();
         let evictions = prometheus::IntCounter::new("evictions", "test").unwrap();
-        MfaGate::new(config.mfa, dir, cookies, clock, 16, evictions).unwrap()
+        MfaGate::new(cookies, clock, 16, evictions)
     }
 
     fn pending(exp: u64) -> PendingLogin {

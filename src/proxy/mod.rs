@@ -71,7 +71,8 @@ pub struct Gatehouse {
 }
 
 /// The parts of the proxy a config reload replaces (upstreams, `[[public]]` and `[[access]]`
-/// rules, path strictness, page branding), built from one config. A request takes one
+/// rules, path strictness, page branding, and the login settings: connections, `[login]`,
+/// `[mfa]`), built from one config. A request takes one
 /// `Arc<Routing>` when it starts ([`RequestCtx::routing`]), so it is served by the old config
 /// or by the new one, never by a mix.
 pub struct Routing {
@@ -90,16 +91,21 @@ pub struct Routing {
     /// `[pages]`: the branding of every page Gatehouse writes, put in each request's
     /// extensions (see [`Theme::of`]).
     theme: Theme,
+    /// The login machinery's reloadable settings (connections, `[login]`, `[mfa]`), from the
+    /// same config: a request sees the connections and policy its routing was built with.
+    auth: Option<Arc<crate::auth::Settings>>,
 }
 
 impl Routing {
     /// `peers` holds the resolved peer of every upstream in `config`; `signer` and `clock`
-    /// make the signed identity header (with `config.identity.signing` set).
+    /// make the signed identity header (with `config.identity.signing` set); `auth` is the
+    /// login machinery's settings built from the same config.
     pub fn new(
         config: &Config,
         peers: &UpstreamPeers,
         signer: Option<Arc<AssertionSigner>>,
         clock: Option<Clock>,
+        auth: Option<Arc<crate::auth::Settings>>,
     ) -> Self {
         let router = Router::new(config.public.clone(), config.upstreams.clone());
         // Every upstream of the config has a slot; one without (a caller's mistake) answers 500.
@@ -135,6 +141,7 @@ impl Routing {
                 reject_double_encoding: config.server.reject_double_encoding,
             },
             theme: Theme(Arc::new(config.pages.clone())),
+            auth,
         }
     }
 }
@@ -170,7 +177,8 @@ impl Gatehouse {
         peers: &UpstreamPeers,
     ) -> Self {
         let clock = auth.as_ref().map(|a| a.clock.clone());
-        let routing = Routing::new(config, peers, signer, clock);
+        let settings = auth.as_ref().map(|a| a.settings());
+        let routing = Routing::new(config, peers, signer, clock, settings);
         Self {
             routing: Arc::new(ArcSwap::from_pointee(routing)),
             clients: config.server.clients,

@@ -23,7 +23,7 @@ use super::forwarded::Peer;
 use super::path::{self, NormalPath, PathError, PathOptions};
 use super::routes::Route;
 use super::{target, Gatehouse, RequestCtx};
-use crate::auth::{Auth, Authenticated};
+use crate::auth::{Auth, AuthView, Authenticated};
 use crate::conns::Deadlined;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
@@ -171,7 +171,8 @@ impl Gatehouse {
                     .map(|p| p.match_form().to_string())
                     .unwrap_or_default();
                 // The login endpoints always write their own response.
-                endpoints::handle(auth, session, &path, &ctx.request_id, ctx.client).await?;
+                let auth = self.auth_view(auth, ctx);
+                endpoints::handle(&auth, session, &path, &ctx.request_id, ctx.client).await?;
                 Ok(Flow::Answered)
             }
             Route::Public | Route::Protected => Ok(Flow::Continue),
@@ -204,6 +205,14 @@ impl Gatehouse {
             .await
     }
 
+    /// The login machinery with this request's settings (taken with its routing).
+    fn auth_view(&self, auth: &std::sync::Arc<Auth>, ctx: &RequestCtx) -> AuthView {
+        match &ctx.routing.auth {
+            Some(settings) => auth.with_settings(settings.clone()),
+            None => auth.view(),
+        }
+    }
+
     /// Step 6: a public route goes on without Gatehouse's cookies. A protected one needs a
     /// live session or a valid bearer token ([`Self::admit`]); a refused bearer token gets
     /// 401 `invalid_token`; no credential at all gets 401 (API) or a redirect to sign in
@@ -218,8 +227,9 @@ impl Gatehouse {
             return Ok(Flow::Continue);
         }
         if let Some(auth) = &self.auth {
+            let auth = self.auth_view(auth, ctx);
             match auth.authenticate(&session.req_header().headers).await {
-                Ok(Some(who)) => return self.admit(auth, session, ctx, who).await,
+                Ok(Some(who)) => return self.admit(&auth, session, ctx, who).await,
                 Ok(None) => {}
                 Err(_) => {
                     return refuse_bearer(
@@ -253,7 +263,7 @@ impl Gatehouse {
     /// (WebSocket) of a session closes when the session ends.
     async fn admit(
         &self,
-        auth: &Auth,
+        auth: &AuthView,
         session: &mut Session,
         ctx: &mut RequestCtx,
         who: Authenticated,
@@ -359,7 +369,7 @@ impl Gatehouse {
     /// error="insufficient_user_authentication"` (RFC 9470).
     async fn enforce_mfa(
         &self,
-        auth: &Auth,
+        auth: &AuthView,
         session: &mut Session,
         ctx: &RequestCtx,
         who: &Authenticated,
@@ -417,7 +427,7 @@ impl Gatehouse {
     /// (with the sign-ins that could open the route) and counted.
     async fn enforce_access(
         &self,
-        auth: &Auth,
+        auth: &AuthView,
         session: &mut Session,
         ctx: &RequestCtx,
         identity: &crate::identity::Identity,
@@ -444,6 +454,7 @@ impl Gatehouse {
             .decode_utf8_lossy()
             .into_owned();
         let options: Vec<(String, String)> = auth
+            .settings
             .providers
             .iter()
             .filter(|p| {

@@ -20,7 +20,7 @@ use pingora::services::listening::Service as ListeningService;
 use tokio::sync::watch;
 
 use crate::admin::AdminApp;
-use crate::auth::discovery::{Discovery, SessionSweeper};
+use crate::auth::discovery::{Discovery, DiscoveryQueue, SessionSweeper};
 use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -241,13 +241,17 @@ fn build(
     if let Some(auth) = &auth {
         auth.follow_store();
         readiness.require_idps(config.server.ready_requires_idp);
-        readiness.expect_idps(auth.providers.len());
+        let providers = auth.settings().providers.clone();
+        readiness.expect_idps(providers.len());
+        let (queue, added) = DiscoveryQueue::new(readiness.clone());
+        auth.set_discovery_queue(queue);
         server.add_service(background_service(
             "idp discovery",
             Discovery {
-                providers: auth.providers.clone(),
+                providers,
                 readiness: readiness.clone(),
                 metrics: metrics.auth.clone(),
+                added: std::sync::Mutex::new(Some(added)),
             },
         ));
         server.add_service(background_service(

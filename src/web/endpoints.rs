@@ -2,7 +2,6 @@
 //! userinfo. Each writes its own response; the proxy calls [`handle`] for `/oauth2/*`.
 
 use crate::metrics::{LoginResult, LogoutKind};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use crate::auth::login::{complete_login_off_thread, Completed, LoginFailure};
 use crate::auth::oidc::OidcError;
 use crate::auth::session::{request_cookies, Lookup, SessionsOf};
 use crate::auth::throttle::Endpoint;
-use crate::auth::Auth;
+use crate::auth::AuthView;
 use maud::html;
 
 use super::forms::{form_pairs, param, read_form};
@@ -63,8 +62,8 @@ async fn bad_callback_address(session: &mut Session) -> pingora::Result<()> {
 
 /// `scheme://host` users reach Gatehouse at: from config, else from this request (whose
 /// forwarding headers were already sanitized).
-fn external_base(auth: &Auth, session: &Session) -> String {
-    if let Some(url) = &auth.login.external_url {
+fn external_base(auth: &AuthView, session: &Session) -> String {
+    if let Some(url) = &auth.settings.login.external_url {
         return url.clone();
     }
     let proto = session
@@ -94,11 +93,15 @@ fn came_over_https(session: &Session) -> bool {
 
 /// The redirect target if it is safe, else `/`. A request that came over https is never
 /// sent on to an `http://` URL.
-pub(crate) fn safe_rd(auth: &Auth, session: &Session, rd: Option<&str>) -> String {
+pub(crate) fn safe_rd(auth: &AuthView, session: &Session, rd: Option<&str>) -> String {
     let host = host_header(session);
     let https = came_over_https(session);
-    rd.and_then(|rd| auth.redirects.check_from(rd, host.as_deref(), https))
-        .unwrap_or_else(|| "/".to_string())
+    rd.and_then(|rd| {
+        auth.settings
+            .redirects
+            .check_from(rd, host.as_deref(), https)
+    })
+    .unwrap_or_else(|| "/".to_string())
 }
 
 /// Length of the `state` Gatehouse issues: 16 random bytes, base64url without padding.
@@ -128,14 +131,14 @@ impl<'a> IssuedState<'a> {
     }
 }
 
-fn login_cookie_name(auth: &Auth, state: IssuedState<'_>) -> String {
+fn login_cookie_name(auth: &AuthView, state: IssuedState<'_>) -> String {
     let key: String = state.as_str().chars().take(16).collect();
     format!("{}_login_{key}", auth.sessions.config().cookie_name)
 }
 
 /// Serves `/oauth2/*`. Always writes the response: returns `Ok(true)`.
 pub async fn handle(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     path: &str,
     request_id: &str,
@@ -202,18 +205,31 @@ async fn too_many_requests(
 /// `/oauth2/start`: picks the connection (or shows the chooser), then sends the browser to the
 /// IdP with a fresh state, nonce and PKCE challenge kept in a login cookie named by the state.
 async fn start(
-    auth: &Auth,
+    auth: &AuthView,
     session: &mut Session,
     pairs: &[(String, String)],
 ) -> pingora::Result<()> {
     let rd = safe_rd(auth, session, param(pairs, "rd"));
-    let chosen = param(pairs, "connection")
-        .or(auth.login.default_connection.as_deref())
-        .or_else(|| (auth.providers.len() == 1).then(|| auth.providers[0].connection.id.as_str()));
+    let providers = &auth.settings.providers;
+    let asked = param(pairs, "connection");
+    let chosen = asked
+        .or(auth.settings.login.default_connection.as_deref())
+        .or_else(|| (providers.len() == 1).then(|| providers[0].connection.id.as_str()));
     let Some(provider) = chosen.and_then(|id| auth.provider(id)) else {
+        // A connection that is not (or no longer) configured starts no login: the page says
+        // so and offers the ones there are.
+        let unknown = asked.is_some();
+        let (status, intro) = if unknown {
+            (
+                StatusCode::NOT_FOUND,
+                "This sign-in method is not offered (any more). Choose another way to sign in.",
+            )
+        } else {
+            (StatusCode::OK, "Choose how to sign in.")
+        };
         let body = html! {
-            (templates::para("Choose how to sign in."))
-            @for p in &auth.providers {
+            (templates::para(intro))
+            @for p in providers {
                 (templates::sign_in_button(
                     Some(&format!("connection-{}", p.connection.id)),
                     &paths::start_link(Some(&p.connection.id), &rd),
@@ -221,9 +237,9 @@ async fn start(
                 ))
             }
         };
-        return html(session, StatusCode::OK, "Sign in", body, vec![]).await;
+        return html(session, status, "Sign in", body, vec![]).await;
     };
-    if auth.login.external_url.is_none() && host_header(session).is_none() {
+    if auth.settings.login.external_url.is_none() && host_header(session).is_none() {
         // An HTTP/1.0 request without Host: no address to come back to. A client mistake.
         return bad_callback_address(session).await;
     }
@@ -387,7 +403,7 @@ fn is_sign_in_refused(code: &str) -> bool {
 /// new session. Every refusal is counted, logged, and answered with a page and the login
 /// cookie cleared.
 async fn callback(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     pairs: &[(String, String)],
     request_id: &str,
@@ -460,7 +476,7 @@ async fn callback(
 /// The checks and the exchange of a callback. Sets `connection` as soon as it is known (for
 /// the metric); returns the session cookies and the `rd` to go to.
 async fn finish_login(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &Session,
     pairs: &[(String, String)],
     cookie_name: &str,
@@ -480,7 +496,9 @@ async fn finish_login(
     let provider = auth
         .provider(&login.conn)
         .cloned()
-        .ok_or(Refusal::StateInvalid("Unknown sign-in method."))?;
+        .ok_or(Refusal::StateInvalid(
+            "This sign-in method is no longer offered. Please sign in again.",
+        ))?;
     *connection = login.conn.clone();
     if !auth
         .use_state(&login.state, login.exp)
@@ -558,7 +576,7 @@ async fn finish_login(
 /// this session) revokes the session, clears the cookie, and goes to the IdP's end-session
 /// endpoint when it has one.
 async fn sign_out(
-    auth: &Auth,
+    auth: &AuthView,
     session: &mut Session,
     pairs: &[(String, String)],
 ) -> pingora::Result<()> {
@@ -672,7 +690,11 @@ fn browser_location(
 /// the `[[access]]` rules for the forwarded method and path pass (403 when they do not) and
 /// the route's second factor is done (401 with `Location: /oauth2/mfa?rd=...` when not);
 /// else 401 (with `Location: /oauth2/start?rd=...` for a browser).
-async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+async fn forward_auth(
+    auth: &AuthView,
+    session: &mut Session,
+    request_id: &str,
+) -> pingora::Result<()> {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -767,7 +789,7 @@ async fn forward_auth(auth: &Auth, session: &mut Session, request_id: &str) -> p
 
 /// `POST /oauth2/backchannel-logout`: the IdP ends sessions by `sid` (or all of a user's by
 /// `sub`). Answers 200, or 400 for a token that does not check out.
-async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
+async fn backchannel_logout(auth: &AuthView, session: &mut Session) -> pingora::Result<()> {
     let no_store = [(http::header::CACHE_CONTROL, "no-store".to_string())];
     if session.req_header().method != http::Method::POST {
         return respond::send(
@@ -791,7 +813,11 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
         .await;
     };
     let at = auth.clock.now();
-    match auth.logout.verify(&auth.providers, token, at).await {
+    match auth
+        .logout
+        .verify(&auth.settings.providers, token, at)
+        .await
+    {
         Ok(order) => {
             let connection = order.connection.clone();
             let matching = match (&order.sid, &order.sub) {
@@ -863,7 +889,7 @@ async fn backchannel_logout(auth: &Auth, session: &mut Session) -> pingora::Resu
 }
 
 /// `/oauth2/userinfo`: the session's identity as JSON, or 401.
-async fn userinfo(auth: &Auth, session: &mut Session) -> pingora::Result<()> {
+async fn userinfo(auth: &AuthView, session: &mut Session) -> pingora::Result<()> {
     match auth.sessions.lookup(&session.req_header().headers) {
         Lookup::Live(live) => {
             let id = &live.identity;

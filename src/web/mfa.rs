@@ -26,30 +26,35 @@ use super::paths::{self, MFA};
 use super::respond::{html_page, redirect};
 use super::templates::{self, Theme};
 use crate::auth::session::{LiveSession, Lookup};
-use crate::auth::Auth;
+use crate::auth::AuthView;
 use crate::store::StoreError;
 
 pub const CONFLICT_MESSAGE: &str = "This sign-in method cannot provide the second factor this \
      page requires: it keeps no local account to hold one. Sign in with a method that does.";
 
-fn pending_cookie_name(auth: &Auth) -> String {
+fn pending_cookie_name(auth: &AuthView) -> String {
     format!("{}_mfa", auth.sessions.config().cookie_name)
 }
 
 /// The `Set-Cookie` value of the pending-MFA cookie (short-lived, only sent to `/oauth2/mfa`).
-pub fn pending_cookie(auth: &Auth, sealed: &str) -> String {
+pub fn pending_cookie(auth: &AuthView, sealed: &str) -> String {
     auth.sessions
         .set_cookie_header(&pending_cookie_name(auth), sealed, Some(MFA), PENDING_TTL)
 }
 
-fn clear_pending_cookie(auth: &Auth) -> String {
+fn clear_pending_cookie(auth: &AuthView) -> String {
     auth.sessions
         .set_cookie_header(&pending_cookie_name(auth), "", Some(MFA), 0)
 }
 
 /// Links to the connections whose users have local accounts (JIT), for the conflict page.
-pub fn local_sign_ins(auth: &Auth, rd: &str) -> Markup {
-    let local: Vec<_> = auth.providers.iter().filter(|p| p.connection.jit).collect();
+pub fn local_sign_ins(auth: &AuthView, rd: &str) -> Markup {
+    let local: Vec<_> = auth
+        .settings
+        .providers
+        .iter()
+        .filter(|p| p.connection.jit)
+        .collect();
     html! {
         @for p in &local {
             (templates::sign_in_button(
@@ -68,7 +73,7 @@ pub fn local_sign_ins(auth: &Auth, rd: &str) -> Markup {
 /// (`when_no_local_account = "deny"`): 403, a page naming the sign-ins that can (`rd` to come
 /// back to), or JSON for API clients.
 pub async fn conflict(
-    auth: &Auth,
+    auth: &AuthView,
     session: &mut Session,
     rd: &str,
     request_id: &str,
@@ -137,18 +142,21 @@ impl Context {
     }
 }
 
-fn context(auth: &Auth, session: &Session, rd: Option<&str>) -> Option<Context> {
+fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option<Context> {
     let headers = &session.req_header().headers;
     let name = pending_cookie_name(auth);
+    // A login (or session) whose connection a config reload removed has nothing to finish.
     let pending = crate::auth::session::request_cookies(headers)
         .filter(|(k, _)| *k == name)
-        .find_map(|(_, v)| auth.mfa.peek(v));
+        .find_map(|(_, v)| auth.mfa.peek(v))
+        .filter(|w| auth.provider(&w.connection).is_some());
     if let Some(waiting) = pending {
         return Some(Context::Pending(waiting));
     }
     let Lookup::Live(live) = auth.sessions.lookup(headers) else {
         return None;
     };
+    auth.provider(&live.identity.connection)?;
     let user_id = live.identity.user_id.clone()?;
     let username = live
         .identity
@@ -165,7 +173,7 @@ fn context(auth: &Auth, session: &Session, rd: Option<&str>) -> Option<Context> 
 
 /// Serves `/oauth2/mfa`.
 pub async fn handle(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     pairs: &[(String, String)],
     request_id: &str,
@@ -225,7 +233,7 @@ pub async fn handle(
 
 /// The enrolment page or the TOTP code form, with an optional message.
 async fn show(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     message: Option<&str>,
@@ -237,7 +245,7 @@ async fn show(
 /// The page for the factor asked for (`?factor=totp|email`), else the default one: TOTP when
 /// enrolled, else Email OTP when the account has a verified email, else TOTP enrolment.
 async fn show_factor(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     want: Option<&str>,
@@ -260,7 +268,7 @@ async fn show_factor(
         Err(e) => return store_failure(auth, session, e).await,
     };
     let f = factors(
-        &auth.mfa.config,
+        &auth.settings.mfa.config,
         user.mfa.is_enrolled(),
         user.email.as_deref(),
         user.email_verified,
@@ -275,7 +283,7 @@ async fn show_factor(
     }
     if !f.totp {
         let why = crate::mfa::policy::email_otp_target(
-            &auth.mfa.config,
+            &auth.settings.mfa.config,
             user.email.as_deref(),
             user.email_verified,
         )
@@ -299,7 +307,12 @@ async fn show_factor(
         return verify_page(auth, session, ctx, message, status).await;
     }
     let now = auth.mfa.now();
-    match Enrolment::start(&auth.mfa.sealer, username, &auth.mfa.config.issuer, now) {
+    match Enrolment::start(
+        &auth.settings.mfa.sealer,
+        username,
+        &auth.settings.mfa.config.issuer,
+        now,
+    ) {
         Ok(start) => enrol_page(auth, session, ctx, &start, message, status).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a TOTP enrolment");
@@ -315,12 +328,12 @@ async fn show_factor(
     }
 }
 
-fn clear_header(auth: &Auth) -> (http::HeaderName, String) {
+fn clear_header(auth: &AuthView) -> (http::HeaderName, String) {
     (SET_COOKIE, clear_pending_cookie(auth))
 }
 
 /// The form's CSRF token (bound to the login or session) and return address.
-fn hidden(ctx: &Context, auth: &Auth) -> Markup {
+fn hidden(ctx: &Context, auth: &AuthView) -> Markup {
     html! {
         input type="hidden" name="csrf" value=(auth.mfa.csrf(ctx.id()));
         input type="hidden" name="rd" value=(ctx.rd());
@@ -337,7 +350,7 @@ fn message_html(message: Option<&str>) -> Markup {
 }
 
 async fn enrol_page(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     start: &EnrolmentStart,
@@ -374,7 +387,7 @@ async fn enrol_page(
 }
 
 async fn verify_page(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     message: Option<&str>,
@@ -399,7 +412,11 @@ async fn verify_page(
     html_page(session, status, "Two-step sign-in", body, vec![]).await
 }
 
-async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pingora::Result<()> {
+async fn store_failure(
+    auth: &AuthView,
+    session: &mut Session,
+    e: StoreError,
+) -> pingora::Result<()> {
     auth.metrics.store_error(StoreOp::Login);
     tracing::error!(error = %e, "MFA step: store error");
     html_page(
@@ -412,14 +429,14 @@ async fn store_failure(auth: &Auth, session: &mut Session, e: StoreError) -> pin
     .await
 }
 
-fn count(auth: &Auth, factor: MfaFactor, result: MfaResult) {
+fn count(auth: &AuthView, factor: MfaFactor, result: MfaResult) {
     auth.count_second_factor(factor, result);
 }
 
 /// The first code of an enrolment: saves the secret, shows the recovery codes once, and
 /// finishes the login (or the step-up).
 async fn confirm(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     pending: &str,
@@ -428,14 +445,20 @@ async fn confirm(
 ) -> pingora::Result<()> {
     let (user_id, username) = ctx.user();
     let now = auth.mfa.now();
-    let confirmed = match Enrolment::confirm(&auth.mfa.sealer, username, pending, code, now) {
+    let confirmed = match Enrolment::confirm(
+        &auth.settings.mfa.sealer,
+        username,
+        pending,
+        code,
+        now,
+    ) {
         Ok(confirmed) => confirmed,
         Err(EnrolError::Code(_)) => {
             count(auth, MfaFactor::Totp, MfaResult::Failure);
             let again = Enrolment::resume(
-                &auth.mfa.sealer,
+                &auth.settings.mfa.sealer,
                 username,
-                &auth.mfa.config.issuer,
+                &auth.settings.mfa.config.issuer,
                 pending,
                 now,
             );
@@ -512,7 +535,7 @@ async fn confirm(
 
 /// A code at the verify form: TOTP (digits) or a recovery code, under the lockout.
 async fn verify(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     code: &str,
@@ -620,7 +643,7 @@ async fn verify(
 /// After an accepted code: the pending login's session is issued (recording when MFA was
 /// done), or the stepping-up session is marked. Returns the cookies to set and where to go.
 async fn finish(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &Session,
     ctx: &Context,
     now: u64,
@@ -647,7 +670,7 @@ fn urlencode(text: &str) -> String {
 }
 
 /// Whether this account can get a code by email (for the "instead" links).
-async fn email_usable(auth: &Auth, ctx: &Context) -> bool {
+async fn email_usable(auth: &AuthView, ctx: &Context) -> bool {
     let (user_id, _) = ctx.user();
     auth.mfa_account(user_id)
         .await
@@ -655,7 +678,7 @@ async fn email_usable(auth: &Auth, ctx: &Context) -> bool {
         .flatten()
         .is_some_and(|u| {
             crate::mfa::policy::email_otp_target(
-                &auth.mfa.config,
+                &auth.settings.mfa.config,
                 u.email.as_deref(),
                 u.email_verified,
             )
@@ -677,7 +700,7 @@ fn masked(email: &str) -> String {
 /// The Email OTP page: a button that sends a code, or, once one is in force, the code form
 /// (with "send a new code"), and a link to TOTP when the account can use it.
 async fn email_page(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     message: Option<&str>,
@@ -693,7 +716,7 @@ async fn email_page(
         .unwrap_or_default();
     let totp = user.as_ref().is_some_and(|u| {
         factors(
-            &auth.mfa.config,
+            &auth.settings.mfa.config,
             u.mfa.is_enrolled(),
             u.email.as_deref(),
             u.email_verified,
@@ -702,7 +725,7 @@ async fn email_page(
     });
     let state = auth.mfa.email_challenge(ctx.id());
     let in_force = state.as_ref().is_some_and(|c| c.has_code(now));
-    let digits = auth.mfa.config.email_otp.length;
+    let digits = auth.settings.mfa.config.email_otp.length;
     let body = html! {
         (message_html(message))
         @if in_force {
@@ -738,7 +761,7 @@ async fn email_page(
 
 /// Sends (or re-sends) a code by email for this login or step-up.
 async fn email_send(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     request_id: &str,
@@ -831,7 +854,7 @@ async fn email_send(
 
 /// A code at the Email OTP form, under the same lock-out as TOTP.
 async fn email_verify(
-    auth: &Arc<Auth>,
+    auth: &AuthView,
     session: &mut Session,
     ctx: &Context,
     code: &str,
