@@ -638,7 +638,9 @@ impl Sessions {
                 Err(e) => {
                     // Unreadable now: not trusted either (the follower reads again later).
                     tracing::warn!(error = %crate::text::Escaped(&e), "cannot read a changed session; dropping it from memory");
-                    self.forget_live(std::slice::from_ref(&sid));
+                    if let Ok(mut map) = self.live.write() {
+                        map.remove(&sid);
+                    }
                 }
             }
         }
@@ -830,6 +832,15 @@ impl Sessions {
     }
 
     fn forget_live(&self, sids: &[String]) -> usize {
+        if self.shared {
+            // Never read back from the store: its deletion may not have committed yet.
+            let now = self.clock.now();
+            if let Ok(mut missing) = self.missing.lock() {
+                for sid in sids {
+                    missing.insert(sid.clone(), (), now + 3600, now);
+                }
+            }
+        }
         let mut removed = 0;
         if let Ok(mut map) = self.live.write() {
             for sid in sids {

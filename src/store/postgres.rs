@@ -700,12 +700,10 @@ impl PgStore {
     /// thread (it may read the store). Reconnects with backoff; prunes old events.
     pub fn follow_sessions(&self, on_news: std::sync::Arc<dyn Fn(SessionNews) + Send + Sync>) {
         let pool = self.pool.clone();
-        let origin = self.origin.clone();
         let up = self.up.clone();
         self.handle.spawn(async move {
             let mut follower = Follower {
                 pool,
-                origin,
                 last: None,
                 seen: std::collections::HashMap::new(),
                 last_ok: std::time::Instant::now(),
@@ -784,7 +782,6 @@ impl PgStore {
 
 struct Follower {
     pool: PgPool,
-    origin: String,
     /// The highest event sequence seen (`None` before the first read: start from now).
     last: Option<i64>,
     /// Recent events already reported, by sequence number, with when they were seen.
@@ -818,7 +815,10 @@ impl Follower {
         let mut changed = Vec::new();
         for (seq, sid, origin) in rows {
             self.last = Some(self.last.unwrap_or(0).max(seq));
-            if self.seen.insert(seq, now).is_some() || origin == self.origin {
+            // This replica's own events count too: a session it read from the store just
+            // before its own deletion committed must not stay.
+            let _ = origin;
+            if self.seen.insert(seq, now).is_some() {
                 continue;
             }
             changed.push(sid);
