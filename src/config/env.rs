@@ -167,6 +167,40 @@ mod tests {
         assert_eq!(c.session.lifetime, Duration::from_secs(8 * 3600));
     }
 
+    /// The PostgreSQL store can be chosen from the environment alone: `GATEHOUSE__STORE__URL`
+    /// is read as a string (it is no TOML value), `POOL_SIZE` as a number; a bad URL set so is
+    /// reported under `store.url`, naming the variable and never the password.
+    #[test]
+    fn the_store_url_and_backend_can_come_from_the_environment() {
+        use crate::config::model::StoreBackend;
+        let c = with(&[
+            ("GATEHOUSE__STORE__BACKEND", "postgres"),
+            (
+                "GATEHOUSE__STORE__URL",
+                "postgres://gh:pw@db:5432/gatehouse",
+            ),
+            ("GATEHOUSE__STORE__POOL_SIZE", "8"),
+        ])
+        .unwrap();
+        let StoreBackend::Postgres(pg) = c.store_backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.url.0, "postgres://gh:pw@db:5432/gatehouse");
+        assert_eq!(pg.pool_size, 8);
+        let errors = with(&[
+            ("GATEHOUSE__STORE__BACKEND", "postgres"),
+            (
+                "GATEHOUSE__STORE__URL",
+                "postgres://gh:hunter22secret@db:5432",
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(errors.starts_with("store.url: "), "{errors}");
+        assert!(errors.contains("GATEHOUSE__STORE__URL"), "{errors}");
+        assert!(!errors.contains("hunter22secret"), "{errors}");
+    }
+
     /// A value that is TOML is read as TOML (an array, a boolean), anything else as a string;
     /// missing tables are created and a number indexes an array of tables.
     #[test]

@@ -619,20 +619,54 @@ pub struct AdminSection {
     pub token_env: Option<String>,
 }
 
-/// `[store]`: where the embedded database lives.
+/// `[store]`: which store backend keeps the records (the embedded redb file in `data_dir`, or
+/// PostgreSQL), and where generated key files live.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
+    /// `redb` (default) or `postgres`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// PostgreSQL: the connection URL, inline, as a file (`url_file`) or a variable (`url_env`).
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub url_env: Option<String>,
+    /// PostgreSQL: connections kept in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// PostgreSQL: how long cached sessions keep working while the database is unreachable.
+    #[serde(default = "default_offline_grace")]
+    pub offline_grace: String,
+    /// PostgreSQL: apply the embedded migrations at `serve`.
+    #[serde(default = "default_true")]
+    pub auto_migrate: bool,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
+            backend: default_backend(),
+            url: None,
+            url_file: None,
+            url_env: None,
+            pool_size: default_pool_size(),
+            offline_grace: default_offline_grace(),
+            auto_migrate: true,
         }
     }
+}
+
+fn default_backend() -> String {
+    "redb".to_string()
+}
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_offline_grace() -> String {
+    "30s".to_string()
 }
 
 fn default_data_dir() -> String {

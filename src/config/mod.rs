@@ -6,6 +6,7 @@ pub mod env;
 pub mod file;
 pub mod lint;
 pub mod model;
+pub mod postgres_url;
 pub mod validate;
 
 use std::fmt;

@@ -20,6 +20,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub public: Vec<PathRule>,
     pub data_dir: PathBuf,
+    /// `[store] backend`: where records live (redb in `data_dir`, or PostgreSQL).
+    pub store_backend: StoreBackend,
     pub session: Session,
     pub login: Login,
     pub connections: Vec<Connection>,
@@ -300,6 +302,29 @@ pub struct Login {
     pub external_url: Option<String>,
     pub default_connection: Option<String>,
     pub allowed_redirect_domains: Vec<String>,
+}
+
+/// `[store]`: the backend that keeps the records.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// The embedded redb file in `data_dir` (the default).
+    Redb,
+    /// A PostgreSQL database that several replicas share.
+    Postgres(PostgresStore),
+}
+
+/// `[store] backend = "postgres"`: how to reach the database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// The connection URL, its shape checked (it may hold a password; see
+    /// [`super::postgres_url::redact`] before showing it).
+    pub url: Secret,
+    /// Connections kept in the pool (1..=1000).
+    pub pool_size: u32,
+    /// How long sessions already cached keep working while the database is unreachable.
+    pub offline_grace: Duration,
+    /// Apply the embedded migrations at `serve`.
+    pub auto_migrate: bool,
 }
 
 /// A client secret, kept out of `Debug` output.

@@ -13,13 +13,13 @@ use super::duration::parse_duration;
 use super::file::{
     AccessSection, AdminSection, ConnectionSection, FileConfig, HeadersSection, IdentitySection,
     LimitsSection, LogSection, LoginSection, MfaSection, PublicSection, ServerSection,
-    SessionSection, UpstreamSection,
+    SessionSection, StoreSection, UpstreamSection,
 };
 use super::model::{
     AccessRule, Admin, AttributeSync, ClaimNames, ClientLimits, Config, Connection, EmailDomain,
     Headers, HostMatch, IdentityHeader, Limits, Log, LogFormat, Login, Mfa, MfaLevel,
-    NoLocalAccount, PathMatch, PathRule, Rules, Secret, Server, Session, SessionKeys, Signing,
-    SigningAlg, TlsListen, Upstream, UpstreamAddress,
+    NoLocalAccount, PathMatch, PathRule, PostgresStore, Rules, Secret, Server, Session,
+    SessionKeys, Signing, SigningAlg, StoreBackend, TlsListen, Upstream, UpstreamAddress,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -97,9 +97,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
         }
     }
     let login = login(&file.login, &seen_connections, &mut p);
-    if file.store.data_dir.is_empty() {
-        p.add("store.data_dir", "must not be empty");
-    }
+    let store_backend = store(&file.store, &mut p);
     for (i, u) in file.upstreams.iter().enumerate() {
         known_connections(
             &format!("upstreams[{i}].allowed_connections"),
@@ -121,7 +119,16 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
     let forward_auth = forward_auth(&file.forward_auth, &mut p);
     let pages = pages(&file.pages, &mut p);
 
-    match (server, log, headers, session, login, identity, mfa) {
+    match (
+        server,
+        log,
+        headers,
+        session,
+        login,
+        identity,
+        mfa,
+        store_backend,
+    ) {
         (
             Some(server),
             Some(log),
@@ -130,6 +137,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             Some(login),
             Some(identity),
             Some(mfa),
+            Some(store_backend),
         ) if p.0.is_empty() => Ok(Config {
             server,
             log,
@@ -137,6 +145,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigErrors> {
             upstreams: upstreams.into_iter().flatten().collect(),
             public: public.into_iter().flatten().collect(),
             data_dir: PathBuf::from(&file.store.data_dir),
+            store_backend,
             session,
             login,
             connections: connections.into_iter().flatten().collect(),
@@ -1523,6 +1532,235 @@ fn admin(a: &AdminSection, p: &mut Problems) -> Admin {
     }
     Admin {
         token: token.map(Secret),
+    }
+}
+
+/// `[store] pool_size` bounds: one connection at least, and no more than a server allows.
+const POOL_SIZE: std::ops::RangeInclusive<u32> = 1..=1000;
+
+/// `[store]`: the backend and, for PostgreSQL, its URL (shape only: nothing connects here) and
+/// pool settings. `data_dir` is checked for both backends: it also holds generated key files.
+fn store(s: &StoreSection, p: &mut Problems) -> Option<StoreBackend> {
+    let before = p.0.len();
+    if s.data_dir.is_empty() {
+        p.add("store.data_dir", "must not be empty");
+    }
+    if !POOL_SIZE.contains(&s.pool_size) {
+        p.add(
+            "store.pool_size",
+            format!(
+                "must be between {} and {} (got {})",
+                POOL_SIZE.start(),
+                POOL_SIZE.end(),
+                s.pool_size
+            ),
+        );
+    }
+    let offline_grace = p.check("store.offline_grace", parse_duration(&s.offline_grace));
+    let url_keys = [
+        ("store.url", &s.url),
+        ("store.url_file", &s.url_file),
+        ("store.url_env", &s.url_env),
+    ];
+    let backend = match s.backend.as_str() {
+        "redb" => {
+            for (key, value) in url_keys {
+                if value.is_some() {
+                    p.add(
+                        key,
+                        "is set but store.backend is \"redb\": set backend = \"postgres\" to \
+                         use PostgreSQL, or remove it",
+                    );
+                }
+            }
+            Some(StoreBackend::Redb)
+        }
+        "postgres" => {
+            let url = secret(p, "store.url", &s.url, &s.url_file, &s.url_env);
+            if let Some(url) = &url {
+                for problem in super::postgres_url::problems(url) {
+                    p.add("store.url", problem);
+                }
+            }
+            url.map(|url| PostgresStore {
+                url: Secret(url),
+                pool_size: s.pool_size,
+                offline_grace: offline_grace.unwrap_or_default(),
+                auto_migrate: s.auto_migrate,
+            })
+            .map(StoreBackend::Postgres)
+        }
+        other => {
+            p.add(
+                "store.backend",
+                format!("`{other}` is not a store backend (redb or postgres)"),
+            );
+            None
+        }
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    backend
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    const BASE: &str = "[server]\ndeny_all = true\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n";
+
+    fn with_store(store: &str) -> Result<Config, Vec<ConfigError>> {
+        crate::config::parse(&format!("{BASE}[store]\n{store}\n")).map_err(|e| e.0)
+    }
+
+    fn paths(store: &str) -> Vec<String> {
+        with_store(store)
+            .expect_err(store)
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    /// Without a `backend` the store is redb, as before; the PostgreSQL keys keep their
+    /// defaults (pool 16, grace 30 s, migrations on) for when backend turns to postgres.
+    #[test]
+    fn the_default_backend_is_redb() {
+        let c = with_store("").unwrap();
+        assert!(matches!(c.store_backend, StoreBackend::Redb));
+        let c = with_store("backend = \"redb\"\npool_size = 4").unwrap();
+        assert!(matches!(c.store_backend, StoreBackend::Redb));
+    }
+
+    /// `backend = "postgres"` with a URL gives the PostgreSQL model, defaults and all, and
+    /// every key is read when set.
+    #[test]
+    fn a_postgres_backend_is_read_with_its_defaults_and_its_keys() {
+        let c = with_store("backend = \"postgres\"\nurl = \"postgres://gh@db:5432/gh\"").unwrap();
+        let StoreBackend::Postgres(pg) = c.store_backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.url.0, "postgres://gh@db:5432/gh");
+        assert_eq!(pg.pool_size, 16);
+        assert_eq!(pg.offline_grace, std::time::Duration::from_secs(30));
+        assert!(pg.auto_migrate);
+
+        let c = with_store(
+            "backend = \"postgres\"\nurl = \"postgresql://gh:pw@db/gh\"\npool_size = 1000\n\
+             offline_grace = \"2m\"\nauto_migrate = false",
+        )
+        .unwrap();
+        let StoreBackend::Postgres(pg) = c.store_backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.pool_size, 1000);
+        assert_eq!(pg.offline_grace, std::time::Duration::from_secs(120));
+        assert!(!pg.auto_migrate);
+    }
+
+    /// The URL may come from a file (trimmed) or an environment variable, like every secret.
+    #[test]
+    fn the_url_may_come_from_a_file_or_an_environment_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://gh@db/from_file\n").unwrap();
+        let c = with_store(&format!(
+            "backend = \"postgres\"\nurl_file = \"{}\"",
+            file.display()
+        ))
+        .unwrap();
+        let StoreBackend::Postgres(pg) = c.store_backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.url.0, "postgres://gh@db/from_file");
+
+        let var = "GATEHOUSE_TEST_STORE_URL_ENV_UNIT";
+        std::env::set_var(var, "postgres://gh@db/from_env");
+        let c = with_store(&format!("backend = \"postgres\"\nurl_env = \"{var}\"")).unwrap();
+        let StoreBackend::Postgres(pg) = c.store_backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.url.0, "postgres://gh@db/from_env");
+        assert_eq!(
+            paths("backend = \"postgres\"\nurl_env = \"GATEHOUSE_TEST_UNSET_VARIABLE_X\""),
+            ["store.url_env"]
+        );
+        assert_eq!(
+            paths("backend = \"postgres\"\nurl_file = \"/nonexistent/gatehouse/url\""),
+            ["store.url_file"]
+        );
+    }
+
+    /// postgres without a URL names `store.url`; a URL (inline, file or env) with redb names
+    /// that key and says to set the backend; two URL sources at once are refused.
+    #[test]
+    fn the_url_and_the_backend_must_agree() {
+        let errors = with_store("backend = \"postgres\"").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "store.url");
+        assert!(errors[0].message.contains("missing"), "{errors:?}");
+        for (key, value) in [
+            ("url", "postgres://gh@db/gh"),
+            ("url_file", "/etc/gatehouse/url"),
+            ("url_env", "PG_URL"),
+        ] {
+            let errors = with_store(&format!("{key} = \"{value}\"")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].path, format!("store.{key}"));
+            assert!(
+                errors[0].message.contains("set backend = \"postgres\""),
+                "{errors:?}"
+            );
+        }
+        assert_eq!(
+            paths("backend = \"postgres\"\nurl = \"postgres://a@b/c\"\nurl_env = \"X\""),
+            ["store.url"]
+        );
+    }
+
+    /// Every bad value is reported, each under its own key, in one run.
+    #[test]
+    fn every_bad_store_value_is_named_by_its_key() {
+        assert_eq!(
+            paths("backend = \"sqlite\"\npool_size = 0\noffline_grace = \"soon\""),
+            ["store.pool_size", "store.offline_grace", "store.backend"]
+        );
+        assert_eq!(paths("pool_size = 1001"), ["store.pool_size"]);
+        assert_eq!(paths("data_dir = \"\""), ["store.data_dir"]);
+        let errors =
+            with_store("backend = \"postgres\"\nurl = \"postgres://gh:hunter22secret@db:99999\"")
+                .unwrap_err();
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages.iter().all(|m| m.starts_with("store.url: ")),
+            "{messages:?}"
+        );
+        assert!(messages.iter().any(|m| m.contains("port")), "{messages:?}");
+        assert!(
+            messages.iter().any(|m| m.contains("no database")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().all(|m| !m.contains("hunter22secret")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("postgres://gh:***@db:99999")),
+            "{messages:?}"
+        );
+    }
+
+    /// The model's `Debug` (as logged) never shows the URL, which may hold a password.
+    #[test]
+    fn the_debug_form_of_the_store_hides_the_url() {
+        let c = with_store("backend = \"postgres\"\nurl = \"postgres://gh:hunter22secret@db/gh\"")
+            .unwrap();
+        let debug = format!("{:?}", c.store_backend);
+        assert!(!debug.contains("hunter22secret"), "{debug}");
+        assert!(debug.contains("pool_size: 16"), "{debug}");
     }
 }
 
