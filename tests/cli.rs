@@ -524,3 +524,38 @@ fn environment_overrides_are_checked_and_named() {
         "{line}"
     );
 }
+
+/// `check-config` with the PostgreSQL store checks the URL's shape only: a well-formed URL to
+/// a port where nothing listens is `ok` (nothing connects), and a malformed one is reported
+/// under `store.url` with the password masked, never printed.
+#[test]
+fn check_config_checks_the_postgres_url_shape_without_connecting_or_printing_the_password() {
+    let dead = dead_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\ndeny_all = true\n[[upstreams]]\n\
+             url = \"http://127.0.0.1:8080\"\n[store]\nbackend = \"postgres\"\n\
+             url = \"postgres://gatehouse:hunter22secret@{dead}/gatehouse\"\n"
+        ),
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!((code, stdout.trim()), (0, "ok"), "{stderr}");
+
+    let (code, stdout, stderr) = check_config(&repo("tests/fixtures/bad/store_postgres_url.toml"));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("postgres://gatehouse:***@db:54x2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter22secret"), "{stderr}");
+    assert!(!stdout.contains("hunter22secret"), "{stdout}");
+}
+
+fn dead_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

@@ -6,11 +6,10 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
-#[path = "common/postgres.rs"]
-mod pg;
 
 use std::time::{Duration, Instant};
 
+use common::postgres as pg;
 use common::{bind_gatehouse, client, start_echo, start_on, Harness};
 use idp::{client_config, Browser, TestIdp};
 use serde_json::{json, Value};

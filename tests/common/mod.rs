@@ -21,6 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "../../examples/echo_upstream.rs"]
 mod echo;
 
+/// A real PostgreSQL: one server per test process, a fresh database per test.
+pub mod postgres;
+
 /// The echo upstream, served on the test's runtime; it stops when dropped.
 pub struct Echo {
     pub addr: SocketAddr,
