@@ -30,6 +30,10 @@ pub enum RequestError {
     UpstreamTimeout(&'static str),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The shared store (PostgreSQL) has not answered for longer than `offline_grace`, or a
+    /// login needs it now: fail closed.
+    #[error("the session store is unavailable")]
+    StoreUnavailable,
     #[error("forward-auth: {0}")]
     ForwardAuth(#[from] ForwardAuthRefusal),
 }
@@ -79,6 +83,7 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             RequestError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RequestError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::ForwardAuth(ForwardAuthRefusal::UntrustedPeer(_)) => {
                 StatusCode::FORBIDDEN
             }
@@ -101,6 +106,9 @@ impl RequestError {
             RequestError::UpstreamUnavailable(_) => "The application is not reachable right now.",
             RequestError::UpstreamTimeout(_) => "The application took too long to answer.",
             RequestError::Internal(_) => "Something went wrong in the gateway.",
+            RequestError::StoreUnavailable => {
+                "Sign-in is unavailable right now (the session store does not answer). Try again in a minute."
+            }
             RequestError::ForwardAuth(ForwardAuthRefusal::UntrustedPeer(_)) => {
                 "Forward-auth answers configured front proxies only."
             }

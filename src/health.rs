@@ -14,9 +14,17 @@ pub struct Readiness {
     draining: AtomicBool,
     idps_pending: AtomicUsize,
     requires_idps: AtomicBool,
+    /// A shared store (PostgreSQL) that does not answer: this replica cannot serve sessions
+    /// for long, so a load balancer should prefer the others.
+    store_down: AtomicBool,
 }
 
 impl Readiness {
+    /// Whether the shared store answers (`/ready` is 503 while it does not).
+    pub fn set_store_down(&self, down: bool) {
+        self.store_down.store(down, Ordering::Release);
+    }
+
     pub fn set_serving(&self) {
         self.serving.store(true, Ordering::Release);
     }
@@ -49,6 +57,9 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
+        if self.store_down.load(Ordering::Acquire) {
+            return false;
+        }
         self.serving.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
             && (!self.requires_idps.load(Ordering::Acquire)

@@ -32,7 +32,11 @@ impl Replicas {
 
 /// Two replicas sharing a fresh database, or `None` (skipped) without PostgreSQL outside CI.
 async fn replicas(extra: &str) -> Option<Replicas> {
-    let url = pg::fresh_database()?;
+    Some(replicas_on(pg::fresh_database()?, "30s", extra).await)
+}
+
+/// Two replicas sharing the database at `url`, with `[store] offline_grace = grace`.
+async fn replicas_on(url: String, grace: &str, extra: &str) -> Replicas {
     let upstream = start_echo().await;
     let (listeners_a, listeners_b) = (bind_gatehouse(), bind_gatehouse());
     let bases: Vec<String> = [&listeners_a, &listeners_b]
@@ -64,6 +68,7 @@ access_log = false
 [store]
 backend = "postgres"
 url = "{url}"
+offline_grace = "{grace}"
 data_dir = "{data}"
 [session]
 cookie_secure = false
@@ -96,13 +101,13 @@ scopes = ["openid", "email", "profile", "groups"]
     let b = start_on(upstream_addr, &config_b, listeners_b);
     a.wait_ready().await;
     b.wait_ready().await;
-    Some(Replicas {
+    Replicas {
         idp,
         a,
         b,
         url,
         _data: data,
-    })
+    }
 }
 
 macro_rules! or_skip {
@@ -375,4 +380,72 @@ async fn the_users_cli_works_on_the_database_while_replicas_run() {
             replica.url("/")
         );
     }
+}
+
+/// PostgreSQL stops under signed-in traffic and comes back. Meanwhile: sessions a replica
+/// holds keep working for `offline_grace`, then it fails closed (503: a page for browsers,
+/// JSON for APIs); logins get 503 at once; `/ready` is 503 and `gatehouse_store_up` 0. When
+/// the database is back, the replica recovers by itself: the same session works again,
+/// `/ready` is 200, and the account written before the outage is still there.
+#[tokio::test]
+async fn a_replica_rides_out_a_database_outage_then_fails_closed_and_recovers() {
+    let server = or_skip!(pg::throwaway());
+    let url = server.create_database();
+    // A short grace, so the test sees both sides of it.
+    let r = replicas_on(url.clone(), "3s", "").await;
+    drop(r.b);
+    let a = r.a;
+    let browser = sign_in(&a, "alice").await;
+    assert_eq!(status_at(&browser, &a).await, 200);
+    let ready = |h: &Harness| {
+        let url = h.admin_url("/ready");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&a).await, 200);
+
+    server.stop();
+    // At once: the session this replica holds still works (within the grace).
+    assert_eq!(status_at(&browser, &a).await, 200, "within offline_grace");
+    let noticed = until(Duration::from_secs(20), async || ready(&a).await == 503).await;
+    eprintln!("/ready turned 503 after {noticed:?}");
+    assert!(noticed.is_some(), "/ready stays 200 with the database down");
+    assert_eq!(a.metric("gatehouse_store_up").await, 0.0);
+    let start = Browser::new().get(&a.url("/oauth2/start")).await;
+    assert_eq!(start.status(), 503, "a login needs the store at once");
+    let failed_closed = until(Duration::from_secs(30), async || {
+        status_at(&browser, &a).await == 503
+    })
+    .await;
+    eprintln!("sessions refused after {failed_closed:?}");
+    assert!(
+        failed_closed.is_some(),
+        "sessions keep working past the grace"
+    );
+    let api = client()
+        .get(a.url("/api"))
+        .header("accept", "application/json")
+        .header("cookie", browser.cookie_header(&a.url("/")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 503);
+    assert!(api.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("json"));
+
+    server.start();
+    let back = until(Duration::from_secs(30), async || {
+        status_at(&browser, &a).await == 200
+    })
+    .await;
+    eprintln!("the session works again {back:?} after the database returned");
+    assert!(back.is_some(), "the replica does not recover");
+    let ready_again = until(Duration::from_secs(10), async || ready(&a).await == 200).await;
+    assert!(ready_again.is_some(), "/ready stays 503");
+    assert_eq!(a.metric_reaching("gatehouse_store_up", 1.0).await, 1.0);
+    assert_eq!(
+        server.psql(&url, "SELECT count(*) FROM users").unwrap(),
+        "1"
+    );
 }

@@ -37,6 +37,7 @@ fn pg_options(url: &str) -> PgOptions {
         pool_size: 8,
         auto_migrate: true,
         acquire_timeout: std::time::Duration::from_secs(10),
+        offline_grace: std::time::Duration::from_secs(30),
     }
 }
 

@@ -299,10 +299,21 @@ impl Auth {
             .set(self.sessions.active() as i64);
     }
 
+    /// Whether sessions must be refused: a shared store that has not answered for longer
+    /// than `offline_grace` (fail closed). Never with the embedded store.
+    pub fn store_offline(&self) -> bool {
+        self.store.offline_past_grace()
+    }
+
+    /// Whether a shared store does not answer right now (logins need it at once).
+    pub fn store_down(&self) -> bool {
+        !self.store.is_up()
+    }
+
     /// With a shared store (PostgreSQL): follows what other replicas do to sessions this
     /// one holds (ended, changed), and keeps `gatehouse_store_up` current. Nothing to do
     /// with the embedded store.
-    pub fn follow_store(self: &Arc<Self>) {
+    pub fn follow_store(self: &Arc<Self>, readiness: Arc<crate::health::Readiness>) {
         let Some(pg) = self.store.postgres() else {
             return;
         };
@@ -317,6 +328,7 @@ impl Auth {
         pg.handle().spawn(async move {
             while let Some(auth) = me.upgrade() {
                 auth.metrics.store_up.set(i64::from(store.is_up()));
+                readiness.set_store_down(!store.is_up());
                 drop(auth);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }

@@ -228,6 +228,12 @@ impl Gatehouse {
         }
         if let Some(auth) = &self.auth {
             let auth = self.auth_view(auth, ctx);
+            if auth.store_offline() {
+                tracing::warn!("request refused: the shared store has not answered for longer than store.offline_grace");
+                return self
+                    .answer_error(session, ctx, RequestError::StoreUnavailable)
+                    .await;
+            }
             match auth.authenticate(&session.req_header().headers).await {
                 Ok(Some(who)) => return self.admit(&auth, session, ctx, who).await,
                 Ok(None) => {}

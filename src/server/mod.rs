@@ -239,7 +239,7 @@ fn build(
         None => None,
     };
     if let Some(auth) = &auth {
-        auth.follow_store();
+        auth.follow_store(readiness.clone());
         readiness.require_idps(config.server.ready_requires_idp);
         let providers = auth.settings().providers.clone();
         readiness.expect_idps(providers.len());

@@ -164,7 +164,8 @@ impl Store {
                 url: pg.url.0.clone(),
                 pool_size: pg.pool_size,
                 auto_migrate: pg.auto_migrate,
-                acquire_timeout: std::time::Duration::from_secs(5),
+                acquire_timeout: std::time::Duration::from_secs(3),
+                offline_grace: pg.offline_grace,
             }),
         }
     }
@@ -240,6 +241,15 @@ impl Store {
         match &self.engine {
             Engine::Redb(_) => true,
             Engine::Postgres(db) => db.is_up(),
+        }
+    }
+
+    /// Whether a shared store has been unreachable for longer than its `offline_grace`
+    /// (never for the embedded file).
+    pub fn offline_past_grace(&self) -> bool {
+        match &self.engine {
+            Engine::Redb(_) => false,
+            Engine::Postgres(db) => db.offline_past_grace(),
         }
     }
 

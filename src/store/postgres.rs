@@ -51,6 +51,9 @@ pub struct PgOptions {
     pub auto_migrate: bool,
     /// How long to wait for a connection before a store call fails as unavailable.
     pub acquire_timeout: Duration,
+    /// How long sessions this replica holds keep working while the database is unreachable
+    /// (then the replica fails closed).
+    pub offline_grace: Duration,
 }
 
 /// The URL with its password masked, for messages and logs.
@@ -75,6 +78,9 @@ pub struct PgStore {
     origin: String,
     /// Whether the database answered last time (`gatehouse_store_up`).
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Since when it has not (`None` while it answers).
+    down_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    offline_grace: Duration,
 }
 
 impl Drop for PgStore {
@@ -155,6 +161,8 @@ impl PgStore {
             shown: shown.clone(),
             origin: crate::ids::random_id(),
             up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            down_since: Default::default(),
+            offline_grace: options.offline_grace,
         };
         store.prepare_schema(options.auto_migrate)?;
         Ok(store)
@@ -694,6 +702,16 @@ impl PgStore {
         self.up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the database has been unreachable for longer than `offline_grace`: then
+    /// sessions are refused too (fail closed), not only logins.
+    pub fn offline_past_grace(&self) -> bool {
+        self.down_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .is_some_and(|since| since.elapsed() >= self.offline_grace)
+    }
+
     /// Follows the other replicas' session changes: LISTEN on [`SESSION_CHANNEL`], and read
     /// `session_events` after the last one seen (after every notification, every [`POLL`],
     /// and after a reconnect, so nothing committed is missed). `on_news` runs on a blocking
@@ -701,6 +719,18 @@ impl PgStore {
     pub fn follow_sessions(&self, on_news: std::sync::Arc<dyn Fn(SessionNews) + Send + Sync>) {
         let pool = self.pool.clone();
         let up = self.up.clone();
+        let down_since = self.down_since.clone();
+        let mark = move |answered: bool| {
+            let was = up.swap(answered, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut since) = down_since.lock() {
+                match (answered, *since) {
+                    (true, _) => *since = None,
+                    (false, None) => *since = Some(std::time::Instant::now()),
+                    (false, Some(_)) => {}
+                }
+            }
+            was
+        };
         self.handle.spawn(async move {
             let mut follower = Follower {
                 pool,
@@ -720,7 +750,7 @@ impl PgStore {
                 let mut listener = match listener.await {
                     Ok(listener) => listener,
                     Err(e) => {
-                        if up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        if mark(false) {
                             tracing::error!(error = %e, "the store (PostgreSQL) is unreachable; reconnecting");
                         }
                         tokio::time::sleep(backoff).await;
@@ -731,7 +761,7 @@ impl PgStore {
                 loop {
                     match follower.catch_up().await {
                         Ok(news) => {
-                            if !up.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            if !mark(true) {
                                 tracing::info!("the store (PostgreSQL) answers again");
                             }
                             backoff = Duration::from_millis(100);
@@ -741,7 +771,7 @@ impl PgStore {
                             }
                         }
                         Err(e) => {
-                            if up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            if mark(false) {
                                 tracing::error!(error = %e, "the store (PostgreSQL) is unreachable; reconnecting");
                             }
                             break;

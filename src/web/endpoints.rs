@@ -161,6 +161,15 @@ pub async fn handle(
     let query = session.req_header().uri.query().unwrap_or("").to_string();
     let pairs = form_pairs(query.as_bytes());
     match path {
+        paths::START | paths::CALLBACK if auth.store_down() => {
+            // A login writes the store: with a shared store down, say so at once.
+            tracing::warn!(
+                request_id,
+                "login refused: the shared store does not answer"
+            );
+            let error = crate::error::RequestError::StoreUnavailable;
+            respond::error(session, &error, request_id).await?
+        }
         paths::START => start(auth, session, &pairs).await?,
         paths::CALLBACK => callback(auth, session, &pairs, request_id).await?,
         paths::SIGN_OUT => sign_out(auth, session, &pairs).await?,
@@ -713,6 +722,10 @@ async fn forward_auth(
             return respond::error(session, &error, request_id).await;
         }
     };
+    if auth.store_offline() {
+        let error = crate::error::RequestError::StoreUnavailable;
+        return respond::error(session, &error, request_id).await;
+    }
     let who = match auth.authenticate(&session.req_header().headers).await {
         Ok(Some(who)) => who,
         outcome => {
