@@ -61,6 +61,36 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// The store itself: migrate the PostgreSQL schema, copy the embedded file into PostgreSQL.
+    Store {
+        #[arg(
+            long,
+            short,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "config/gatehouse.toml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Apply the embedded migrations to the configured PostgreSQL database (also when
+    /// store.auto_migrate = false); print the schema version before and after.
+    Migrate,
+    /// Copy an embedded store (redb) into an empty PostgreSQL database, migrated first;
+    /// compare and print the row counts of both sides. The server must be stopped.
+    Copy {
+        /// The data directory holding gatehouse.redb, or the store file itself.
+        #[arg(long = "from-redb", value_name = "PATH")]
+        from_redb: PathBuf,
+        /// The target database: postgres://USER@HOST:PORT/DATABASE (it must be empty).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +290,84 @@ fn users(config: PathBuf, command: UsersCommand) -> ExitCode {
     }
 }
 
+fn store(config: PathBuf, command: StoreCommand) -> ExitCode {
+    use gatehouse::store::postgres::{PgOptions, PgStore};
+    match command {
+        StoreCommand::Migrate => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let gatehouse::config::model::StoreBackend::Postgres(pg) = &config.store_backend else {
+                println!(
+                    "store.backend = \"redb\": the embedded store has no schema to migrate; nothing to migrate"
+                );
+                return ExitCode::SUCCESS;
+            };
+            let options = PgOptions::configured(pg);
+            match PgStore::migrate_explicitly(&options) {
+                Ok(done) => {
+                    let shown = gatehouse::store::postgres::masked(&options.url);
+                    if done.before == done.after {
+                        println!(
+                            "{shown}: schema version {} (up to date; nothing to migrate)",
+                            done.after
+                        );
+                    } else {
+                        println!(
+                            "{shown}: schema version {} -> {} (migrated)",
+                            done.before, done.after
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse store migrate: {e}");
+                    ExitCode::from(EXIT_START)
+                }
+            }
+        }
+        StoreCommand::Copy { from_redb, to } => {
+            let problems = gatehouse::config::postgres_url::problems(&to);
+            if !problems.is_empty() {
+                for problem in problems {
+                    eprintln!("gatehouse store copy: --to: {problem}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let options = PgOptions {
+                url: to,
+                pool_size: 2,
+                auto_migrate: true,
+                acquire_timeout: std::time::Duration::from_secs(10),
+                offline_grace: std::time::Duration::from_secs(30),
+            };
+            match gatehouse::store::copy::redb_to_postgres(&from_redb, &options) {
+                Ok(copied) => {
+                    println!(
+                        "copied {} -> {} (schema version {} -> {})",
+                        copied.from.display(),
+                        copied.to,
+                        copied.migrated.before,
+                        copied.migrated.after
+                    );
+                    println!("{:<16} {:>10} {:>10}", "table", "source", "copy");
+                    for ((name, source), (_, copy)) in
+                        copied.source.tables().into_iter().zip(copied.copy.tables())
+                    {
+                        println!("{name:<16} {source:>10} {copy:>10}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse store copy: {e}");
+                    ExitCode::from(EXIT_START)
+                }
+            }
+        }
+    }
+}
+
 /// Exit code for a config with problems.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure to start (a port taken, a bad certificate).
@@ -393,6 +501,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Users { config, command } => users(config, command),
+        Command::Store { config, command } => store(config, command),
         Command::Serve { config: path } => {
             let (config, warnings) = match load_checked(&path) {
                 Ok(c) => c,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use gatehouse::store::audit::{AuditAction, AuditActor, AuditEntry};
 use gatehouse::store::postgres::PgOptions;
+use gatehouse::store::raw::Index;
 use gatehouse::store::sessions::{Identity, SessionRecord, Tokens, SESSION_RECORD_VERSION};
 use gatehouse::store::users::{Link, UserRecord};
 use gatehouse::store::{Store, StoreError};
@@ -404,4 +405,69 @@ fn the_first_shared_key_stored_wins() {
         .shared_key("session", b"third".to_vec())
         .unwrap();
     assert_eq!(third, b"first");
+}
+
+conformance! {
+    /// The whole-table listings `store copy` reads hold every row: each table's count, every
+    /// link and index entry with its account, and the audit log with its sequence numbers;
+    /// an entry restored under its own number is followed by appends numbered after it.
+    fn whole_tables_are_listed_and_counted_with_audit_numbers_kept(o) {
+        let alice = linked(&o.store, "Alice", "corp", "s-a");
+        let bob = linked(&o.store, "bob", "other", "s-b");
+        let mut unverified = user("carol", Some("carol@example.com"));
+        unverified.email_verified = false;
+        o.store.write(|tx| tx.put_user(&unverified)).unwrap();
+        o.store.put_session(&session("sid-1", Some(&alice.id))).unwrap();
+        let mut restored = AuditEntry::new(AuditActor::Admin, AuditAction::Created, 5);
+        restored.seq = 7;
+        restored.user_id = Some(bob.id.clone());
+        let next = o
+            .store
+            .write(|tx| {
+                tx.put_numbered_audit(&restored)?;
+                tx.append_audit(&AuditEntry::new(AuditActor::Login, AuditAction::Disabled, 6))
+            })
+            .unwrap();
+        assert_eq!(next, 8, "an append numbers after the restored entry");
+        o.store
+            .read(|tx| {
+                let counts = tx.counts()?;
+                assert_eq!(
+                    counts.tables().map(|(_, n)| n),
+                    [3, 2, 2, 3, 1, 2],
+                    "{counts:?}"
+                );
+                let mut links = tx.all_links()?;
+                links.sort();
+                assert_eq!(
+                    links,
+                    vec![
+                        ("corp".into(), "s-a".into(), alice.id.clone()),
+                        ("other".into(), "s-b".into(), bob.id.clone()),
+                    ]
+                );
+                assert_eq!(
+                    tx.index_entries(Index::Emails)?,
+                    vec![
+                        ("alice@example.com".into(), alice.id.clone()),
+                        ("bob@example.com".into(), bob.id.clone()),
+                    ]
+                );
+                assert_eq!(
+                    tx.index_entries(Index::Usernames)?,
+                    vec![
+                        ("alice".into(), alice.id.clone()),
+                        ("bob".into(), bob.id.clone()),
+                        ("carol".into(), unverified.id.clone()),
+                    ]
+                );
+                let audit = tx.numbered_audit()?;
+                assert_eq!(audit.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [7, 8]);
+                let first: AuditEntry = serde_json::from_slice(&audit[0].1).unwrap();
+                assert_eq!(first.seq, 7);
+                assert_eq!(tx.audit(Some(&bob.id))?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -7,9 +7,11 @@
 //! - [`sessions`]: the server-side session records (the revocation record).
 //! - [`users`]: local accounts, the identities linked to them, the email and username indexes.
 //! - [`audit`]: the append-only audit log.
+//! - [`copy`]: `gatehouse store copy`, the embedded file into an empty PostgreSQL database.
 //! - [`raw`]: what an engine provides; [`redb_engine`] and [`postgres`] provide it.
 
 pub mod audit;
+pub mod copy;
 pub mod postgres;
 pub mod raw;
 pub mod redb_engine;
@@ -160,13 +162,7 @@ impl Store {
         use crate::config::model::StoreBackend;
         match &config.store_backend {
             StoreBackend::Redb => Self::open(&config.data_dir),
-            StoreBackend::Postgres(pg) => Self::open_postgres(&postgres::PgOptions {
-                url: pg.url.0.clone(),
-                pool_size: pg.pool_size,
-                auto_migrate: pg.auto_migrate,
-                acquire_timeout: std::time::Duration::from_secs(3),
-                offline_grace: pg.offline_grace,
-            }),
+            StoreBackend::Postgres(pg) => Self::open_postgres(&postgres::PgOptions::configured(pg)),
         }
     }
 

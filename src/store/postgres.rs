@@ -132,6 +132,13 @@ impl PgStore {
     /// Connects (waiting at most `acquire_timeout`), checks the schema version and migrates
     /// when allowed. A schema newer than this build is refused, naming both versions.
     pub fn open(options: &PgOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(options)?;
+        store.prepare_schema(options.auto_migrate)?;
+        Ok(store)
+    }
+
+    /// The pool, without looking at the schema (connections are made when first used).
+    fn connect(options: &PgOptions) -> Result<Self, StoreError> {
         let shown = masked(&options.url);
         let open_error = |reason: String| StoreError::Open {
             path: shown.clone().into(),
@@ -164,7 +171,6 @@ impl PgStore {
             down_since: Default::default(),
             offline_grace: options.offline_grace,
         };
-        store.prepare_schema(options.auto_migrate)?;
         Ok(store)
     }
 
@@ -465,6 +471,9 @@ impl RawRead for PgTx {
             Counted::Users => "SELECT count(*) FROM users",
             Counted::Links => "SELECT count(*) FROM user_links",
             Counted::Emails => "SELECT count(*) FROM user_emails",
+            Counted::Usernames => "SELECT count(*) FROM user_usernames",
+            Counted::Sessions => "SELECT count(*) FROM sessions",
+            Counted::Audit => "SELECT count(*) FROM audit",
         };
         let rows = self.rows(sql, vec![])?;
         let n: i64 = match rows.first() {
@@ -506,6 +515,69 @@ impl RawRead for PgTx {
             "SELECT entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
             vec![Arg::MaybeText(user_id.map(str::to_string))],
         )
+    }
+
+    fn keyed(&self, rows: Rows) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // `COLLATE "C"`: byte order, the order the embedded file keeps.
+        let sql = match rows {
+            Rows::Users => "SELECT id, record FROM users ORDER BY id COLLATE \"C\"",
+            Rows::Sessions => "SELECT sid, record FROM sessions ORDER BY sid COLLATE \"C\"",
+        };
+        self.rows(sql, vec![])?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(store_error)?,
+                    row.try_get(1).map_err(store_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn index_entries(&self, index: Index) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = match index {
+            Index::Emails => "SELECT email, user_id FROM user_emails ORDER BY email COLLATE \"C\"",
+            Index::Usernames => {
+                "SELECT username, user_id FROM user_usernames ORDER BY username COLLATE \"C\""
+            }
+        };
+        self.rows(sql, vec![])?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(store_error)?,
+                    row.try_get(1).map_err(store_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn links(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.rows(
+            "SELECT connection, subject, user_id FROM user_links \
+             ORDER BY connection COLLATE \"C\", subject COLLATE \"C\"",
+            vec![],
+        )?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0).map_err(store_error)?,
+                row.try_get(1).map_err(store_error)?,
+                row.try_get(2).map_err(store_error)?,
+            ))
+        })
+        .collect()
+    }
+
+    fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.rows("SELECT seq, entry FROM audit ORDER BY seq", vec![])?
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(0).map_err(store_error)?;
+                let seq = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+                Ok((seq, row.try_get(1).map_err(store_error)?))
+            })
+            .collect()
     }
 }
 
@@ -675,6 +747,30 @@ impl RawWrite for PgTx {
             return Err(StoreError::Db("the transaction has ended".into()));
         };
         run(&self.handle, async move { tx.commit().await })?.map_err(store_error)
+    }
+
+    fn put_audit(
+        &mut self,
+        seq: u64,
+        user_id: Option<&str>,
+        entry: &[u8],
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.execute(
+            "INSERT INTO audit (seq, user_id, entry) VALUES ($1, $2, $3)",
+            vec![
+                Arg::Int(seq),
+                Arg::MaybeText(user_id.map(str::to_string)),
+                Arg::Bytes(entry.to_vec()),
+            ],
+        )?;
+        // Later appends (nextval) number after the highest entry stored.
+        self.execute(
+            "SELECT setval(pg_get_serial_sequence('audit', 'seq'), \
+             GREATEST((SELECT max(seq) FROM audit), $1))",
+            vec![Arg::Int(seq)],
+        )?;
+        Ok(())
     }
 }
 
@@ -877,6 +973,52 @@ impl Follower {
             .await;
         if let (Err(e), _) | (_, Err(e)) = (events, states) {
             tracing::warn!(error = %e, "pruning old session events and login states failed");
+        }
+    }
+}
+
+/// What `gatehouse store migrate` did: the schema version before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub before: i64,
+    pub after: i64,
+}
+
+impl PgStore {
+    /// Brings the database's schema to this build's version whatever `auto_migrate` says
+    /// (`gatehouse store migrate`). A schema newer than this build is refused, naming both
+    /// versions, and left alone.
+    pub fn migrate_explicitly(options: &PgOptions) -> Result<Migrated, StoreError> {
+        let store = Self::connect(options)?;
+        let before = store.database_version()?;
+        let known = schema_version();
+        if before > known {
+            return Err(StoreError::Open {
+                path: store.shown.clone().into(),
+                reason: format!(
+                    "the database schema is version {before}, newer than this gatehouse knows ({known}): run the newer gatehouse"
+                ),
+            });
+        }
+        if before < known {
+            store.migrate()?;
+        }
+        Ok(Migrated {
+            before,
+            after: store.database_version()?,
+        })
+    }
+}
+
+impl PgOptions {
+    /// The options `[store] backend = "postgres"` gives.
+    pub fn configured(pg: &crate::config::model::PostgresStore) -> Self {
+        Self {
+            url: pg.url.0.clone(),
+            pool_size: pg.pool_size,
+            auto_migrate: pg.auto_migrate,
+            acquire_timeout: Duration::from_secs(3),
+            offline_grace: pg.offline_grace,
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum Counted {
     Users,
     Links,
     Emails,
+    Usernames,
+    Sessions,
+    Audit,
 }
 
 /// Reads, the same in a read snapshot and inside a write transaction.
@@ -55,6 +58,14 @@ pub trait RawRead {
     fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The ids of the stored sessions that belong to `owner`.
     fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError>;
+    /// Every record of the table with its key, in key order (`store copy`).
+    fn keyed(&self, rows: Rows) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Every entry of a unique index: (normalized value, user id), in value order.
+    fn index_entries(&self, index: Index) -> Result<Vec<(String, String)>, StoreError>;
+    /// Every link: (connection, subject, user id), in (connection, subject) order.
+    fn links(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Every audit entry with its sequence number, in sequence order.
+    fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }
 
 /// Changes, inside one transaction that [`RawWrite::commit`] makes durable.
@@ -95,4 +106,12 @@ pub trait RawWrite: RawRead {
     fn skip_fsync(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Writes an audit entry under the sequence number it had elsewhere (`store copy`);
+    /// later appends number after the highest one stored.
+    fn put_audit(
+        &mut self,
+        seq: u64,
+        user_id: Option<&str>,
+        entry: &[u8],
+    ) -> Result<(), StoreError>;
 }

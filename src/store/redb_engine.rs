@@ -73,18 +73,7 @@ impl RedbStore {
             other => open_error(other.to_string()),
         })?;
         // Create the tables up front so readers never meet a missing table.
-        let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
-        let tables = (|| {
-            txn.open_table(SESSIONS)?;
-            txn.open_table(USERS)?;
-            txn.open_table(LINKS)?;
-            txn.open_table(EMAILS)?;
-            txn.open_table(USERNAMES)?;
-            txn.open_table(AUDIT)?;
-            Ok::<(), redb::TableError>(())
-        })();
-        tables.map_err(|e| open_error(e.to_string()))?;
-        txn.commit().map_err(|e| open_error(e.to_string()))?;
+        create_tables(&db).map_err(open_error)?;
         Ok(Self { db, path })
     }
 
@@ -167,6 +156,15 @@ macro_rules! redb_reads {
                     Counted::Users => self.txn.open_table(USERS).map_err(StoreError::db)?.len(),
                     Counted::Links => self.txn.open_table(LINKS).map_err(StoreError::db)?.len(),
                     Counted::Emails => self.txn.open_table(EMAILS).map_err(StoreError::db)?.len(),
+                    Counted::Usernames => self
+                        .txn
+                        .open_table(USERNAMES)
+                        .map_err(StoreError::db)?
+                        .len(),
+                    Counted::Sessions => {
+                        self.txn.open_table(SESSIONS).map_err(StoreError::db)?.len()
+                    }
+                    Counted::Audit => self.txn.open_table(AUDIT).map_err(StoreError::db)?.len(),
                 }
                 .map_err(StoreError::db)
             }
@@ -205,6 +203,57 @@ macro_rules! redb_reads {
                         }
                     }
                     out.push(bytes.to_vec());
+                }
+                Ok(out)
+            }
+
+            fn keyed(&self, rows: Rows) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+                let table = self
+                    .txn
+                    .open_table(rows_table(rows))
+                    .map_err(StoreError::db)?;
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(StoreError::db)? {
+                    let (key, value) = entry.map_err(StoreError::db)?;
+                    out.push((key.value().to_string(), value.value().to_vec()));
+                }
+                Ok(out)
+            }
+
+            fn index_entries(&self, index: Index) -> Result<Vec<(String, String)>, StoreError> {
+                let table = self
+                    .txn
+                    .open_table(index_table(index))
+                    .map_err(StoreError::db)?;
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(StoreError::db)? {
+                    let (key, value) = entry.map_err(StoreError::db)?;
+                    out.push((key.value().to_string(), value.value().to_string()));
+                }
+                Ok(out)
+            }
+
+            fn links(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+                let table = self.txn.open_table(LINKS).map_err(StoreError::db)?;
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(StoreError::db)? {
+                    let (key, value) = entry.map_err(StoreError::db)?;
+                    let (connection, subject) = key.value();
+                    out.push((
+                        connection.to_string(),
+                        subject.to_string(),
+                        value.value().to_string(),
+                    ));
+                }
+                Ok(out)
+            }
+
+            fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+                let table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(StoreError::db)? {
+                    let (seq, value) = entry.map_err(StoreError::db)?;
+                    out.push((seq.value(), value.value().to_vec()));
                 }
                 Ok(out)
             }
@@ -336,4 +385,59 @@ impl RawWrite for RedbWrite {
             .set_durability(redb::Durability::None)
             .map_err(StoreError::db)
     }
+
+    fn put_audit(
+        &mut self,
+        seq: u64,
+        _user_id: Option<&str>,
+        entry: &[u8],
+    ) -> Result<(), StoreError> {
+        // Appends number after the last key, so they follow whatever was put here.
+        let mut table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
+        table.insert(seq, entry).map_err(StoreError::db)?;
+        Ok(())
+    }
+}
+
+impl RedbStore {
+    /// Opens an existing store file by its path (any name: a copy, a backup), for
+    /// `store copy`. A missing file is an error (never created); one held by a running
+    /// gatehouse is [`StoreError::Locked`]; the file's permissions are checked as at
+    /// [`RedbStore::open`].
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(open_error("no such store file".to_string()));
+        }
+        crate::private_file::check(path).map_err(open_error)?;
+        let db = Database::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+            other => open_error(other.to_string()),
+        })?;
+        // A file from an older gatehouse may lack a table: the missing ones are created empty.
+        create_tables(&db).map_err(open_error)?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Creates the tables that do not exist yet, so readers never meet a missing table.
+fn create_tables(db: &Database) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let tables = (|| {
+        txn.open_table(SESSIONS)?;
+        txn.open_table(USERS)?;
+        txn.open_table(LINKS)?;
+        txn.open_table(EMAILS)?;
+        txn.open_table(USERNAMES)?;
+        txn.open_table(AUDIT)?;
+        Ok::<(), redb::TableError>(())
+    })();
+    tables.map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())
 }
