@@ -449,3 +449,33 @@ async fn a_replica_rides_out_a_database_outage_then_fails_closed_and_recovers() 
         "1"
     );
 }
+
+/// A back-channel logout the IdP delivers to replica A ends a session only replica B made
+/// and holds: A finds it in the store, deletes it, and B is told.
+#[tokio::test]
+async fn a_back_channel_logout_at_one_replica_ends_a_session_made_at_the_other() {
+    let r = or_skip!(replicas("").await);
+    let browser = sign_in(&r.b, "alice").await;
+    assert_eq!(status_at(&browser, &r.b).await, 200);
+    // Sign out at the IdP itself: its confirmation form, then its back-channel call (to A).
+    let end = format!("{}/session/end", r.idp.issuer);
+    let page = browser.get(&end).await.text().await.unwrap();
+    let (action, hidden) = idp::form_fields(&page, "op.logoutForm");
+    let mut fields: Vec<(&str, &str)> = hidden
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    fields.push(("logout", "yes"));
+    let action = reqwest::Url::parse(&end).unwrap().join(&action).unwrap();
+    let done = browser.post_form(action.as_str(), &fields).await;
+    assert!(done.status().is_redirection() || done.status() == 200);
+    let took = until(Duration::from_secs(10), async || {
+        status_at(&browser, &r.b).await != 200
+    })
+    .await;
+    eprintln!("the back-channel logout at A reached B after {took:?}");
+    assert!(
+        took.is_some(),
+        "B's session outlived the IdP logout delivered to A"
+    );
+}

@@ -971,8 +971,13 @@ impl Follower {
             .bind(i64::try_from(now).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await;
-        if let (Err(e), _) | (_, Err(e)) = (events, states) {
-            tracing::warn!(error = %e, "pruning old session events and login states failed");
+        // Sessions past their lifetime that no replica held when they ended.
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(i64::try_from(now).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await;
+        if let (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) = (events, states, sessions) {
+            tracing::warn!(error = %e, "pruning old session events, login states or expired sessions failed");
         }
     }
 }
