@@ -208,8 +208,8 @@ impl PgStore {
         .map_err(store_error)
     }
 
-    fn prepare_schema(&self, auto_migrate: bool) -> Result<(), StoreError> {
-        let at = self.database_version()?;
+    /// A database migrated by a newer Gatehouse is refused, naming both versions.
+    fn refuse_newer(&self, at: i64) -> Result<(), StoreError> {
         let known = schema_version();
         if at > known {
             return Err(StoreError::Open {
@@ -219,6 +219,13 @@ impl PgStore {
                 ),
             });
         }
+        Ok(())
+    }
+
+    fn prepare_schema(&self, auto_migrate: bool) -> Result<(), StoreError> {
+        let at = self.database_version()?;
+        let known = schema_version();
+        self.refuse_newer(at)?;
         if at < known {
             if !auto_migrate {
                 return Err(StoreError::Open {
@@ -997,14 +1004,7 @@ impl PgStore {
         let store = Self::connect(options)?;
         let before = store.database_version()?;
         let known = schema_version();
-        if before > known {
-            return Err(StoreError::Open {
-                path: store.shown.clone().into(),
-                reason: format!(
-                    "the database schema is version {before}, newer than this gatehouse knows ({known}): run the newer gatehouse"
-                ),
-            });
-        }
+        store.refuse_newer(before)?;
         if before < known {
             store.migrate()?;
         }
