@@ -199,7 +199,12 @@ fn reserve_port() -> (tokio::net::TcpSocket, SocketAddr) {
 
 /// nginx with the example's `nginx.conf` in its own prefix `dir`, listening on `front` (held
 /// by a reservation), balancing over `replicas`; returns once it accepts connections.
-async fn start_nginx(bin: &Path, dir: &Path, front: SocketAddr, replicas: [SocketAddr; 2]) -> Nginx {
+async fn start_nginx(
+    bin: &Path,
+    dir: &Path,
+    front: SocketAddr,
+    replicas: [SocketAddr; 2],
+) -> Nginx {
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let text = std::fs::read_to_string(repo("examples/replicas/nginx.conf")).unwrap();
     let conf = substitute(
@@ -258,7 +263,10 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
     let Some(nginx_bin) = nginx() else { return };
     let readme = std::fs::read_to_string(repo("examples/replicas/README.md")).unwrap();
     for var in REPLICA_B_VARS {
-        assert!(readme.contains(var), "the example's README no longer names {var}");
+        assert!(
+            readme.contains(var),
+            "the example's README no longer names {var}"
+        );
     }
 
     let (reservation, front) = reserve_port();
@@ -285,7 +293,10 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
     wait_ready(&a).await;
     // Replica B: the same file, its own ports and data directory from the environment
     // (`env` is the wrapper that sets them; the binary is its last argument).
-    let data_b = format!("GATEHOUSE__STORE__DATA_DIR={}", dir.path().join("b").display());
+    let data_b = format!(
+        "GATEHOUSE__STORE__DATA_DIR={}",
+        dir.path().join("b").display()
+    );
     let b = Served::start(
         Path::new("env"),
         &[
@@ -301,7 +312,13 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
         dir.path().join("b").is_dir(),
         "replica B uses the data directory its environment names"
     );
-    let _nginx = start_nginx(&nginx_bin, &dir.path().join("nginx"), front, [a.proxy, b.proxy]).await;
+    let _nginx = start_nginx(
+        &nginx_bin,
+        &dir.path().join("nginx"),
+        front,
+        [a.proxy, b.proxy],
+    )
+    .await;
     drop(reservation);
 
     let browser = Browser::new();
@@ -310,8 +327,11 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
         .await;
     assert_eq!(journey.status, 200, "{:?}", journey.hops);
     assert!(
-        journey.hops.iter().all(|(_, hop)| !hop.contains(&a.proxy.to_string())
-            && !hop.contains(&b.proxy.to_string())),
+        journey
+            .hops
+            .iter()
+            .all(|(_, hop)| !hop.contains(&a.proxy.to_string())
+                && !hop.contains(&b.proxy.to_string())),
         "the browser only ever saw nginx: {:?}",
         journey.hops
     );
