@@ -336,8 +336,15 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
         journey.hops
     );
 
+    // The login's own hops (the app, /oauth2/start, the callback, the app again) took turns:
+    // the login state made at one replica was consumed at the other.
+    let (before_a, before_b) = (requests_above(&a, 0.0).await, requests_above(&b, 0.0).await);
+    assert!(
+        before_a > 0.0 && before_b > 0.0,
+        "the login went through both replicas: A {before_a}, B {before_b}"
+    );
+
     // Round robin: a run of requests lands on both replicas, each answering for the session.
-    let (before_a, before_b) = (requests_served(&a).await, requests_served(&b).await);
     for _ in 0..6 {
         let (status, echo) = whoami(&browser, &format!("{base}/whoami")).await;
         assert_eq!(status, 200, "{echo}");
@@ -350,6 +357,7 @@ async fn the_replicas_example_serves_one_signed_in_browser_from_either_replica()
     }
     let after_a = requests_above(&a, before_a).await;
     let after_b = requests_above(&b, before_b).await;
+    eprintln!("six requests through nginx: A {before_a} -> {after_a}, B {before_b} -> {after_b}");
     assert!(
         after_a > before_a && after_b > before_b,
         "requests landed on both replicas: A {before_a} -> {after_a}, B {before_b} -> {after_b}"
@@ -455,12 +463,18 @@ async fn a_replica_killed_mid_login_loses_no_acknowledged_login() {
         }
     }
     let _ = child.child.wait();
+    // A stream whose request met the kill panics inside its task (the scripted browser
+    // panics on a transport error); that ends the stream, nothing more.
     for s in streams {
         let _ = s.await;
     }
     while let Ok(done) = done_rx.try_recv() {
         acknowledged.push(done);
     }
+    eprintln!(
+        "SIGKILL mid-run: {} of {USERS} first logins acknowledged",
+        acknowledged.len()
+    );
     assert!(
         acknowledged.len() >= KILL_AFTER && acknowledged.len() < USERS,
         "the kill landed mid-run: {} of {USERS} logins acknowledged",
