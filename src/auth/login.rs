@@ -184,7 +184,7 @@ impl AuthView {
                     username,
                     rd: rd.to_string(),
                     exp: self.clock.now() + PENDING_TTL,
-                }))
+                })?)
             }
         })
     }

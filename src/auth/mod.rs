@@ -180,6 +180,7 @@ impl Auth {
             clock.clone(),
             config.limits.pending_mfa,
             metrics.evictions(crate::metrics::BoundedMap::PendingMfa),
+            store.is_shared().then(|| store.clone()),
         );
         let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?;
         metrics.sessions_active.set(sessions.active() as i64);

@@ -182,7 +182,11 @@ impl AuthView {
             return Err(EmailSendFailure::Unusable(EmailOtpUnusable::Off));
         };
         let now = self.clock.now();
-        let previous = self.mfa.email_challenge(context);
+        let previous = self
+            .mfa
+            .email_challenge(context)
+            .await
+            .map_err(EmailSendFailure::Store)?;
         EmailChallenge::may_send(previous.as_ref(), &config.email_otp, now)
             .map_err(EmailSendFailure::Limited)?;
         let code = crate::mfa::email::new_code(config.email_otp.length);
@@ -202,7 +206,10 @@ impl AuthView {
                     &config.email_otp,
                     now,
                 );
-                self.mfa.keep_email_challenge(context, state, keep_until);
+                self.mfa
+                    .keep_email_challenge(context, state, keep_until)
+                    .await
+                    .map_err(EmailSendFailure::Store)?;
                 tracing::info!(user_id, request_id, seconds, "Email OTP code sent");
                 Ok(expires_at)
             }
@@ -245,7 +252,8 @@ impl AuthView {
         // before it no longer work.
         let checked = self
             .mfa
-            .check_email_code(context, user_id, code, user.updated_at);
+            .check_email_code(context, user_id, code, user.updated_at)
+            .await?;
         let policy = self.settings.mfa.config.lockout;
         let (uid, rid) = (user_id.to_string(), request_id.to_string());
         match checked {

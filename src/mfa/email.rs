@@ -1,6 +1,7 @@
 //! Email OTP: a short numeric code mailed to the account's verified address after the first
-//! factor. Codes live only in memory, with the pending login (or the stepping-up session) they
-//! were sent for ([`super::gate::MfaGate`]), and only as a salted SHA-256 hash: the code, a
+//! factor. Codes live with the pending login (or the stepping-up session) they were sent for
+//! ([`super::gate::MfaGate`]: in memory, or sealed in a shared store so every replica can
+//! check them), and only as a salted SHA-256 hash: the code, a
 //! fresh 16-byte salt and the id of that login go into the hash, so a code from another login
 //! never matches. A code is single use, expires after `email_otp_ttl`, and a resend replaces
 //! it; resends wait `email_otp_resend_after` and stop after `email_otp_max_sends`.
@@ -21,7 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::config::model::{EmailOtp, Smtp, SmtpSecurity};
 
 /// One code in force for one login (or step-up), and the send count of that login.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EmailChallenge {
     /// The account the code went to.
     pub user_id: String,
@@ -33,7 +34,7 @@ pub struct EmailChallenge {
     pub sends: u32,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct StoredCode {
     salt: [u8; 16],
     hash: [u8; 32],

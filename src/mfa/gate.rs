@@ -1,11 +1,14 @@
 //! What the second-factor step keeps between requests: the logins that passed the IdP and
-//! wait for their TOTP code (in memory, a few minutes at most) and the clock ([`MfaGate`],
+//! wait for their code, and the Email OTP codes sent (in memory, a few minutes at most; with
+//! a shared store in its `pending_logins` table, sealed, so any replica can finish them) and
+//! the clock ([`MfaGate`],
 //! built once); the policy, the keys that seal TOTP secrets in the store and the mail
 //! transport ([`MfaPolicy`], built again by a config reload). The browser holds only a
 //! sealed, short-lived cookie naming its pending login, never anything in a query string.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +16,8 @@ use crate::clock::Clock;
 use crate::config::model::Mfa;
 use crate::ids::random_id;
 use crate::seal::Sealer;
-use crate::store::sessions::PendingSession;
+use crate::store::sessions::{PendingSession, SessionRecord};
+use crate::store::{Store, StoreError};
 
 use super::email::{EmailChallenge, EmailCheck, Mailer};
 
@@ -105,13 +109,21 @@ pub struct MfaGate {
     /// Pending logins, TOTP steps and lock-outs are read on it.
     pub clock: Clock,
     /// Bounded by `[limits] pending_mfa`; a full map drops the login closest to expiry.
+    /// Unused with a shared store.
     pending: Mutex<crate::bounded::ExpiringMap<String, PendingLogin>>,
     evictions: prometheus::IntCounter,
-    /// Seals the pending cookie and the CSRF tokens (the session keys).
+    /// Seals the pending cookie and the CSRF tokens (the session keys), and the records kept
+    /// in a shared store.
     cookie_sealer: Sealer,
     /// Email OTP codes in force, by the pending login id or stepping-up session id they were
-    /// sent for (same bound as the pending logins). Never written to the store.
+    /// sent for (same bound as the pending logins). Unused with a shared store.
     email_codes: Mutex<crate::bounded::ExpiringMap<String, EmailChallenge>>,
+    /// A store every replica shares (PostgreSQL): pending logins and email codes live there
+    /// (sealed), so the code page and the POST may reach different replicas. `None`: one
+    /// process, and they live in the maps above.
+    shared: Option<Arc<Store>>,
+    /// When this replica last pruned expired pending records (gate clock, unix seconds).
+    pruned_at: AtomicU64,
 }
 
 impl std::fmt::Debug for MfaGate {
@@ -120,13 +132,61 @@ impl std::fmt::Debug for MfaGate {
     }
 }
 
+/// The sealing purposes of the records a shared store keeps.
+const LOGIN_RECORD_PURPOSE: &str = "mfa-pending-login";
+const EMAIL_RECORD_PURPOSE: &str = "mfa-email-code";
+/// How often (seconds) holding a login also prunes expired pending records.
+const PRUNE_EVERY: u64 = 60;
+
+/// A pending login as a shared store keeps it (sealed; `id` binds it to its row).
+#[derive(Serialize, Deserialize)]
+struct StoredLogin {
+    id: String,
+    session: SessionRecord,
+    connection: String,
+    user_id: String,
+    username: String,
+    rd: String,
+    exp: u64,
+}
+
+/// Email OTP state as a shared store keeps it (sealed; `context` binds it to its row).
+#[derive(Serialize, Deserialize)]
+struct StoredEmail {
+    context: String,
+    challenge: EmailChallenge,
+}
+
+fn login_key(id: &str) -> String {
+    format!("login:{id}")
+}
+
+fn email_key(context: &str) -> String {
+    format!("email:{context}")
+}
+
+/// Runs a store call on tokio's blocking pool (a PostgreSQL call blocks its thread on the
+/// network; never on a proxy thread).
+async fn off_thread<T: Send + 'static>(
+    store: &Arc<Store>,
+    call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .map_err(|e| StoreError::Db(format!("a store task failed: {e}")))?
+}
+
 impl MfaGate {
     /// The cookie and CSRF tokens are sealed with `cookie_sealer` (the session keys).
+    /// `shared`: the store, when every replica shares it (pending logins and email codes are
+    /// kept there instead of in memory).
     pub fn new(
         cookie_sealer: Sealer,
         clock: Clock,
         capacity: usize,
         evictions: prometheus::IntCounter,
+        shared: Option<Arc<Store>>,
     ) -> Self {
         Self {
             email_codes: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
@@ -134,6 +194,8 @@ impl MfaGate {
             pending: Mutex::new(crate::bounded::ExpiringMap::new(capacity)),
             evictions,
             cookie_sealer,
+            shared,
+            pruned_at: AtomicU64::new(0),
         }
     }
 
@@ -142,8 +204,35 @@ impl MfaGate {
         self.clock.now()
     }
 
+    fn seal_record<T: Serialize>(&self, purpose: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+        let plain = serde_json::to_vec(value).map_err(|e| StoreError::Decode(e.to_string()))?;
+        Ok(self.cookie_sealer.seal(purpose, &plain).into_bytes())
+    }
+
+    /// A sealed record from the shared store; `None` (logged) when it does not open, e.g.
+    /// sealed with a session key since dropped.
+    fn open_record<T: serde::de::DeserializeOwned>(
+        &self,
+        purpose: &str,
+        bytes: &[u8],
+    ) -> Option<T> {
+        let opened = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|sealed| self.cookie_sealer.open(purpose, sealed).ok())
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        if opened.is_none() {
+            tracing::warn!(
+                purpose,
+                "a pending MFA record in the store does not open; ignored"
+            );
+        }
+        opened
+    }
+
     /// Keeps a login until its code is accepted; returns the sealed cookie value naming it.
-    pub fn hold(&self, login: PendingLogin) -> String {
+    /// With a shared store this writes to it (and, once a minute, prunes expired records):
+    /// call it off the async runtime.
+    pub fn hold(&self, login: PendingLogin) -> Result<String, StoreError> {
         let id = random_id();
         let body = CookieBody {
             id: id.clone(),
@@ -152,27 +241,72 @@ impl MfaGate {
         };
         let now = self.now();
         let exp = login.exp;
-        if let Ok(mut map) = self.pending.lock() {
+        if let Some(store) = &self.shared {
+            let stored = StoredLogin {
+                id: id.clone(),
+                session: login.session.into_record(),
+                connection: login.connection,
+                user_id: login.user_id,
+                username: login.username,
+                rd: login.rd,
+                exp,
+            };
+            let record = self.seal_record(LOGIN_RECORD_PURPOSE, &stored)?;
+            store.put_pending(&login_key(&id), &record, exp)?;
+            let last = self.pruned_at.load(Ordering::Relaxed);
+            if now >= last.saturating_add(PRUNE_EVERY)
+                && self
+                    .pruned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if let Err(e) = store.prune_pending(now) {
+                    tracing::warn!(error = %e, "pruning expired pending MFA logins failed");
+                }
+            }
+        } else if let Ok(mut map) = self.pending.lock() {
             let outcome = map.insert(id, login, exp, now);
             self.evictions.inc_by(outcome.evicted as u64);
         }
-        self.cookie_sealer.seal(
+        Ok(self.cookie_sealer.seal(
             COOKIE_PURPOSE,
             &serde_json::to_vec(&body).unwrap_or_default(),
-        )
+        ))
     }
 
-    /// The pending login a cookie value names, if it is still waiting.
-    pub fn peek(&self, cookie: &str) -> Option<Waiting> {
+    /// The pending login a cookie value names, if it is still waiting (read from a shared
+    /// store on the blocking pool; a store error reads as nothing waiting).
+    pub async fn peek(&self, cookie: &str) -> Option<Waiting> {
         let plain = self.cookie_sealer.open(COOKIE_PURPOSE, cookie).ok()?;
         let body: CookieBody = serde_json::from_slice(&plain).ok()?;
-        if body.exp <= self.now() {
+        let now = self.now();
+        if body.exp <= now {
             return None;
         }
+        if let Some(store) = &self.shared {
+            let key = login_key(&body.id);
+            let bytes = match off_thread(store, move |s| s.pending(&key, now)).await {
+                Ok(bytes) => bytes?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a pending MFA login from the store");
+                    return None;
+                }
+            };
+            let login: StoredLogin = self.open_record(LOGIN_RECORD_PURPOSE, &bytes)?;
+            if login.id != body.id || login.user_id != body.uid {
+                return None;
+            }
+            return Some(Waiting {
+                id: body.id,
+                connection: login.connection,
+                exp: login.exp,
+                user_id: login.user_id,
+                username: login.username,
+                rd: login.rd,
+            });
+        }
         let map = self.pending.lock().ok()?;
-        let login = map
-            .get(&body.id, self.now())
-            .filter(|p| p.user_id == body.uid)?;
+        let login = map.get(&body.id, now).filter(|p| p.user_id == body.uid)?;
         Some(Waiting {
             id: body.id,
             connection: login.connection.clone(),
@@ -183,66 +317,155 @@ impl MfaGate {
         })
     }
 
-    /// Takes a pending login out (once: a second take finds nothing), with its email code.
-    pub fn take(&self, id: &str) -> Option<PendingLogin> {
+    /// Takes a pending login out (once, across replicas too: a second take finds nothing),
+    /// with its email code.
+    pub async fn take(&self, id: &str) -> Result<Option<PendingLogin>, StoreError> {
         let now = self.now();
+        if let Some(store) = &self.shared {
+            let (key, codes) = (login_key(id), email_key(id));
+            let taken = off_thread(store, move |s| {
+                let taken = s.take_pending(&key, now)?;
+                s.take_pending(&codes, now)?;
+                Ok(taken)
+            })
+            .await?;
+            let Some(bytes) = taken else { return Ok(None) };
+            let Some(login) = self.open_record::<StoredLogin>(LOGIN_RECORD_PURPOSE, &bytes) else {
+                return Ok(None);
+            };
+            if login.id != id {
+                return Ok(None);
+            }
+            return Ok(Some(PendingLogin {
+                session: PendingSession::new(login.session),
+                connection: login.connection,
+                user_id: login.user_id,
+                username: login.username,
+                rd: login.rd,
+                exp: login.exp,
+            }));
+        }
         if let Ok(mut codes) = self.email_codes.lock() {
             codes.remove(&id.to_string(), now);
         }
-        self.pending.lock().ok()?.remove(&id.to_string(), now)
+        Ok(self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut map| map.remove(&id.to_string(), now)))
     }
 
     /// The Email OTP state of a login or step-up (`context`), if a code was sent for it.
-    pub fn email_challenge(&self, context: &str) -> Option<EmailChallenge> {
+    pub async fn email_challenge(
+        &self,
+        context: &str,
+    ) -> Result<Option<EmailChallenge>, StoreError> {
         let now = self.now();
-        let map = self.email_codes.lock().ok()?;
-        map.get(&context.to_string(), now).cloned()
+        if let Some(store) = &self.shared {
+            let key = email_key(context);
+            let bytes = off_thread(store, move |s| s.pending(&key, now)).await?;
+            return Ok(bytes
+                .and_then(|b| self.open_record::<StoredEmail>(EMAIL_RECORD_PURPOSE, &b))
+                .filter(|stored| stored.context == context)
+                .map(|stored| stored.challenge));
+        }
+        let Ok(map) = self.email_codes.lock() else {
+            return Ok(None);
+        };
+        Ok(map.get(&context.to_string(), now).cloned())
     }
 
     /// Keeps the state after a send for `context`, until `exp` (the pending login's expiry,
     /// so the send count outlives each code).
-    pub fn keep_email_challenge(&self, context: &str, state: EmailChallenge, exp: u64) {
+    pub async fn keep_email_challenge(
+        &self,
+        context: &str,
+        state: EmailChallenge,
+        exp: u64,
+    ) -> Result<(), StoreError> {
         let now = self.now();
+        if let Some(store) = &self.shared {
+            let stored = StoredEmail {
+                context: context.to_string(),
+                challenge: state,
+            };
+            let record = self.seal_record(EMAIL_RECORD_PURPOSE, &stored)?;
+            let key = email_key(context);
+            return off_thread(store, move |s| s.put_pending(&key, &record, exp)).await;
+        }
         if let Ok(mut map) = self.email_codes.lock() {
             let outcome = map.insert(context.to_string(), state, exp, now);
             self.evictions.inc_by(outcome.evicted as u64);
         }
+        Ok(())
     }
 
     /// Checks a typed code for `context` and `user_id` on the gate's clock (an accepted code
-    /// is used up). A code sent before `void_before` (the account's last change by an
-    /// administrator, e.g. `users mfa reset`) is dropped unread.
-    pub fn check_email_code(
+    /// is used up; with a shared store in one transaction, so two replicas cannot both accept
+    /// it). A code sent before `void_before` (the account's last change by an administrator,
+    /// e.g. `users mfa reset`) is dropped unread.
+    pub async fn check_email_code(
         &self,
         context: &str,
         user_id: &str,
         code: &str,
         void_before: u64,
-    ) -> EmailCheck {
+    ) -> Result<EmailCheck, StoreError> {
         let now = self.now();
+        let exp = now.saturating_add(PENDING_TTL);
+        if let Some(store) = &self.shared {
+            let key = email_key(context);
+            let (context, user_id, code) =
+                (context.to_string(), user_id.to_string(), code.to_string());
+            let sealer = self.cookie_sealer.clone();
+            return off_thread(store, move |s| {
+                s.update_pending(&key, now, |bytes| {
+                    let opened = bytes
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|sealed| sealer.open(EMAIL_RECORD_PURPOSE, &sealed).ok())
+                        .and_then(|plain| serde_json::from_slice::<StoredEmail>(&plain).ok())
+                        .filter(|stored| stored.context == context);
+                    let Some(mut stored) = opened else {
+                        return (None, EmailCheck::NoCode);
+                    };
+                    let result = check_challenge(
+                        &mut stored.challenge,
+                        &context,
+                        &user_id,
+                        &code,
+                        void_before,
+                        now,
+                    );
+                    let keep = serde_json::to_vec(&stored)
+                        .ok()
+                        .map(|plain| (sealer.seal(EMAIL_RECORD_PURPOSE, &plain).into_bytes(), exp));
+                    (keep, result)
+                })
+            })
+            .await;
+        }
         let Ok(mut map) = self.email_codes.lock() else {
-            return EmailCheck::NoCode;
+            return Ok(EmailCheck::NoCode);
         };
         let key = context.to_string();
         let Some(mut state) = map.remove(&key, now) else {
-            return EmailCheck::NoCode;
+            return Ok(EmailCheck::NoCode);
         };
-        if state.last_sent_at < void_before {
-            state.void();
-        }
-        let result = if state.user_id == user_id {
-            state.check(context, code, now)
-        } else {
-            EmailCheck::NoCode
-        };
-        let exp = now.saturating_add(PENDING_TTL);
+        let result = check_challenge(&mut state, context, user_id, code, void_before, now);
         map.insert(key, state, exp, now);
-        result
+        Ok(result)
     }
 
     /// Forgets the email codes of a context (after a step-up is done).
-    pub fn forget_email(&self, context: &str) {
+    pub async fn forget_email(&self, context: &str) {
         let now = self.now();
+        if let Some(store) = &self.shared {
+            let key = email_key(context);
+            if let Err(e) = off_thread(store, move |s| s.take_pending(&key, now)).await {
+                tracing::warn!(error = %e, "cannot forget an Email OTP code in the store");
+            }
+            return;
+        }
         if let Ok(mut map) = self.email_codes.lock() {
             map.remove(&context.to_string(), now);
         }
@@ -260,6 +483,25 @@ impl MfaGate {
     }
 }
 
+/// One check of a typed code against the state kept for `context`.
+fn check_challenge(
+    state: &mut EmailChallenge,
+    context: &str,
+    user_id: &str,
+    code: &str,
+    void_before: u64,
+    now: u64,
+) -> EmailCheck {
+    if state.last_sent_at < void_before {
+        state.void();
+    }
+    if state.user_id == user_id {
+        state.check(context, code, now)
+    } else {
+        EmailCheck::NoCode
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +514,7 @@ mod tests {
     fn gate(_dir: &Path, clock: Clock) -> MfaGate {
         let cookies = Sealer::new(vec![[9; 32]]).unwrap();
         let evictions = prometheus::IntCounter::new("evictions", "test").unwrap();
-        MfaGate::new(cookies, clock, 16, evictions)
+        MfaGate::new(cookies, clock, 16, evictions, None)
     }
 
     fn pending(exp: u64) -> PendingLogin {
@@ -310,17 +552,17 @@ mod tests {
 
     /// A login waiting for its second factor is found until the last second before its
     /// expiry on the gate's clock, and not from its expiry on.
-    #[test]
-    fn a_pending_login_expires_on_the_clock() {
+    #[tokio::test]
+    async fn a_pending_login_expires_on_the_clock() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(START);
         let gate = gate(dir.path(), clock.clone());
-        let cookie = gate.hold(pending(START + PENDING_TTL));
-        assert!(gate.peek(&cookie).is_some());
+        let cookie = gate.hold(pending(START + PENDING_TTL)).unwrap();
+        assert!(gate.peek(&cookie).await.is_some());
         clock.advance(Duration::from_secs(PENDING_TTL - 1));
-        let waiting = gate.peek(&cookie).expect("one second before expiry");
+        let waiting = gate.peek(&cookie).await.expect("one second before expiry");
         assert_eq!(waiting.username, "alice");
         clock.advance(Duration::from_secs(1));
-        assert!(gate.peek(&cookie).is_none(), "at its expiry");
+        assert!(gate.peek(&cookie).await.is_none(), "at its expiry");
     }
 }

@@ -310,6 +310,50 @@ impl Store {
     }
 }
 
+/// Pending records (a login waiting for its second factor, an emailed code): opaque bytes
+/// with an expiry, kept where every replica finds them. Only a shared store keeps them (the
+/// embedded store's single process keeps them in memory, `mfa::gate`); on the embedded
+/// store these calls are errors.
+impl Store {
+    fn shared_only(&self) -> Result<&postgres::PgStore, StoreError> {
+        self.postgres().ok_or_else(|| {
+            StoreError::Db("pending records are kept in memory with the embedded store".into())
+        })
+    }
+
+    /// Keeps `record` under `id` until `expires_at` (replacing one under the same id).
+    pub fn put_pending(&self, id: &str, record: &[u8], expires_at: u64) -> Result<(), StoreError> {
+        self.shared_only()?.put_pending(id, record, expires_at)
+    }
+
+    /// The record under `id`, unless it expired by `now`.
+    pub fn pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.shared_only()?.pending(id, now)
+    }
+
+    /// Takes the record under `id` out, once: of two takers (two replicas) only one gets it.
+    pub fn take_pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.shared_only()?.take_pending(id, now)
+    }
+
+    /// Changes the record under `id` atomically (replicas take turns): `change` gets the
+    /// record (unless expired by `now`) and returns the one to keep with its expiry
+    /// (`None`: delete it) and an answer.
+    pub fn update_pending<T>(
+        &self,
+        id: &str,
+        now: u64,
+        change: impl FnOnce(Option<Vec<u8>>) -> (Option<(Vec<u8>, u64)>, T),
+    ) -> Result<T, StoreError> {
+        self.shared_only()?.update_pending(id, now, change)
+    }
+
+    /// Deletes the records expired by `now`; returns how many.
+    pub fn prune_pending(&self, now: u64) -> Result<u64, StoreError> {
+        self.shared_only()?.prune_pending(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1027,3 +1027,111 @@ impl PgOptions {
         }
     }
 }
+
+impl PgStore {
+    /// Keeps an opaque pending record (a login waiting for its second factor, an emailed
+    /// code) under `id` until `expires_at`, replacing one kept under the same id.
+    pub fn put_pending(&self, id: &str, record: &[u8], expires_at: u64) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let (id, record) = (id.to_string(), record.to_vec());
+        let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        run(&self.handle, async move {
+            sqlx::query(
+                "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
+            )
+            .bind(id)
+            .bind(record)
+            .bind(expires)
+            .execute(&pool)
+            .await
+        })?
+        .map(|_| ())
+        .map_err(store_error)
+    }
+
+    /// The pending record kept under `id`, unless it expired by `now`.
+    pub fn pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let pool = self.pool.clone();
+        let id = id.to_string();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        run(&self.handle, async move {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&pool)
+            .await
+        })?
+        .map_err(store_error)
+    }
+
+    /// Takes the pending record kept under `id` out, in one statement (`DELETE ...
+    /// RETURNING`): of two replicas taking the same id at once, only one gets it. An expired
+    /// record is deleted and not returned.
+    pub fn take_pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let pool = self.pool.clone();
+        let id = id.to_string();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let taken = run(&self.handle, async move {
+            sqlx::query_as::<_, (Vec<u8>, i64)>(
+                "DELETE FROM pending_logins WHERE id = $1 RETURNING record, expires_at",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+        })?
+        .map_err(store_error)?;
+        Ok(taken.and_then(|(record, expires)| (expires > now).then_some(record)))
+    }
+
+    /// Changes the pending record under `id` in one transaction, the row locked (`FOR
+    /// UPDATE`) so replicas take turns: `change` gets the record (unless expired by `now`) and
+    /// returns the one to keep with its expiry (`None`: delete it) and an answer.
+    pub fn update_pending<T>(
+        &self,
+        id: &str,
+        now: u64,
+        change: impl FnOnce(Option<Vec<u8>>) -> (Option<(Vec<u8>, u64)>, T),
+    ) -> Result<T, StoreError> {
+        let tx = self.begin(true)?;
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let current = tx.one_bytes(
+            "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2 FOR UPDATE",
+            vec![text(id), Arg::Int(now)],
+        )?;
+        let (keep, answer) = change(current);
+        match keep {
+            Some((record, expires_at)) => tx.execute(
+                "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
+                vec![
+                    text(id),
+                    Arg::Bytes(record),
+                    Arg::Int(i64::try_from(expires_at).unwrap_or(i64::MAX)),
+                ],
+            )?,
+            None => tx.execute(
+                "DELETE FROM pending_logins WHERE id = $1",
+                vec![text(id)],
+            )?,
+        };
+        Box::new(tx).commit()?;
+        Ok(answer)
+    }
+
+    /// Deletes the pending records expired by `now`; returns how many.
+    pub fn prune_pending(&self, now: u64) -> Result<u64, StoreError> {
+        let pool = self.pool.clone();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        run(&self.handle, async move {
+            sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?
+        .map_err(store_error)
+    }
+}

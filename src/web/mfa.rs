@@ -142,14 +142,22 @@ impl Context {
     }
 }
 
-fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option<Context> {
+async fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option<Context> {
     let headers = &session.req_header().headers;
     let name = pending_cookie_name(auth);
     // A login (or session) whose connection a config reload removed has nothing to finish.
-    let pending = crate::auth::session::request_cookies(headers)
+    let candidates: Vec<String> = crate::auth::session::request_cookies(headers)
         .filter(|(k, _)| *k == name)
-        .find_map(|(_, v)| auth.mfa.peek(v))
-        .filter(|w| auth.provider(&w.connection).is_some());
+        .map(|(_, v)| v.to_string())
+        .collect();
+    let mut pending = None;
+    for value in &candidates {
+        if let Some(waiting) = auth.mfa.peek(value).await {
+            pending = Some(waiting);
+            break;
+        }
+    }
+    let pending = pending.filter(|w| auth.provider(&w.connection).is_some());
     if let Some(waiting) = pending {
         return Some(Context::Pending(waiting));
     }
@@ -184,7 +192,7 @@ pub async fn handle(
     } else {
         pairs.to_vec()
     };
-    let Some(ctx) = context(auth, session, param(&form, "rd")) else {
+    let Some(ctx) = context(auth, session, param(&form, "rd")).await else {
         // Nothing to verify: start over.
         return redirect(session, paths::START, vec![clear_pending_cookie(auth)]).await;
     };
@@ -650,7 +658,7 @@ async fn finish(
 ) -> Result<(Vec<String>, String), StoreError> {
     match ctx {
         Context::Pending(waiting) => {
-            let Some(login) = auth.mfa.take(&waiting.id) else {
+            let Some(login) = auth.mfa.take(&waiting.id).await? else {
                 // Already finished in another tab: start over.
                 return Ok((vec![clear_pending_cookie(auth)], paths::START.into()));
             };
@@ -723,7 +731,14 @@ async fn email_page(
         )
         .totp
     });
-    let state = auth.mfa.email_challenge(ctx.id());
+    let state = auth
+        .mfa
+        .email_challenge(ctx.id())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the Email OTP state from the store");
+            None
+        });
     let in_force = state.as_ref().is_some_and(|c| c.has_code(now));
     let digits = auth.settings.mfa.config.email_otp.length;
     let body = html! {
@@ -875,7 +890,7 @@ async fn email_verify(
         Ok(()) => {
             count(auth, f, MfaResult::Success);
             if let Context::StepUp { .. } = ctx {
-                auth.mfa.forget_email(ctx.id());
+                auth.mfa.forget_email(ctx.id()).await;
             }
             match finish(auth, session, ctx, now).await {
                 Ok((cookies, rd)) => redirect(session, &rd, cookies).await,
