@@ -875,6 +875,11 @@ pub struct ConfigMetrics {
     hash: IntGaugeVec,
     /// The hash label now set to 1 (the others are removed).
     live_hash: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The served TLS certificate's notAfter; registered with the first certificate, so a
+    /// Gatehouse without TLS exports no sample an expiry alert could misread.
+    tls_expiry: IntGauge,
+    tls_registered: std::sync::Arc<std::sync::Once>,
+    registry: Registry,
 }
 
 impl ConfigMetrics {
@@ -903,12 +908,29 @@ impl ConfigMetrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(hash.clone()))?;
+        let tls_expiry = IntGauge::new(
+            "gatehouse_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served now expires (the leaf's notAfter), unix seconds; \
+             only with TLS listeners.",
+        )?;
         Ok(Self {
             reloads,
             last_success,
             hash,
             live_hash: Default::default(),
+            tls_expiry,
+            tls_registered: std::sync::Arc::new(std::sync::Once::new()),
+            registry: registry.clone(),
         })
+    }
+
+    /// The TLS certificate served from now on expires at unix second `not_after`.
+    pub fn tls_certificate_expires(&self, not_after: i64) {
+        self.tls_registered.call_once(|| {
+            // Registered once, under a name nothing else uses: cannot collide.
+            let _ = self.registry.register(Box::new(self.tls_expiry.clone()));
+        });
+        self.tls_expiry.set(not_after);
     }
 
     /// A config went live (at start or by a reload) at unix second `at`.
@@ -931,6 +953,19 @@ impl ConfigMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without TLS there is no certificate expiry sample (an expiry alert would read a 0 as
+    /// long expired); the first certificate brings it, and a reloaded one replaces its value.
+    #[test]
+    fn the_certificate_expiry_is_exported_only_once_a_certificate_is_served() {
+        let m = Metrics::new().unwrap();
+        let name = "gatehouse_tls_certificate_expiry_timestamp_seconds";
+        assert!(!String::from_utf8(m.render()).unwrap().contains(name));
+        m.config.tls_certificate_expires(1_900_000_000);
+        m.config.tls_certificate_expires(2_000_000_000);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(&format!("\n{name} 2000000000\n")), "{text}");
+    }
 
     #[test]
     fn a_finished_request_is_counted_by_kind_and_code() {

@@ -23,10 +23,20 @@
 //! one, never by a mix; requests in flight finish on the one they started with; sessions of
 //! connections that stay are untouched.
 //!
-//! Everything else needs a restart (listeners, TLS, the store, sessions, headers, limits, the
-//! admin token, identity signing; and connections when Gatehouse started without any). A
-//! reload that changes such keys applies the rest and names the keys it left, in the log and
-//! in the answer.
+//! With TLS listeners, every reload also reads the certificate and key again (from
+//! `[server] tls_cert` and `tls_key` of the new file), whether or not the file changed: a
+//! renewed certificate usually keeps its path. The pair is checked (it parses, the key goes
+//! with the certificate) before anything is swapped; a bad pair refuses the reload like any
+//! other problem, naming `server.tls_cert` or `server.tls_key`, and the old certificate keeps
+//! serving. New handshakes get the new certificate; established connections keep theirs
+//! (see [`certs`]).
+//!
+//! Everything else needs a restart (listeners, `tls_listen`, turning TLS on or off, the
+//! store, sessions, headers, limits, the admin token, identity signing; and connections when
+//! Gatehouse started without any). A reload that changes such keys applies the rest and names
+//! the keys it left, in the log and in the answer.
+
+pub mod certs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -57,6 +67,9 @@ const RELOADABLE: &[&str] = &[
 /// least one connection; without one, there is no store and no login to change).
 const RELOADABLE_WITH_LOGIN: &[&str] = &["connections", "login", "mfa", "smtp"];
 
+/// The key paths a reload applies when TLS listeners run and the new file keeps TLS on.
+const RELOADABLE_WITH_TLS: &[&str] = &[certs::CERT_KEY, certs::KEY_KEY];
+
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Reloaded {
@@ -70,6 +83,19 @@ pub struct Reloaded {
     /// their sessions ended).
     #[serde(skip_serializing_if = "Connections::is_empty")]
     pub connections: Connections,
+    /// The TLS certificate served from now on (read again at every reload), with TLS
+    /// listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<ServedCertificate>,
+}
+
+/// The TLS certificate a reload left serving.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ServedCertificate {
+    /// Its notAfter, unix seconds.
+    pub not_after: i64,
+    /// Whether it differs from the one served before the reload.
+    pub changed: bool,
 }
 
 /// What a reload did to the connections.
@@ -116,6 +142,7 @@ pub struct Reloader {
     signer: Option<Arc<AssertionSigner>>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    certificates: Option<Arc<certs::Certificates>>,
 }
 
 /// The first 16 hex digits of the SHA-256 of `bytes`.
@@ -150,10 +177,13 @@ pub fn changed_keys(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     changed
 }
 
-/// Whether a changed key is applied by a reload; `with_login`: the login machinery runs.
-fn is_reloadable(key: &str, with_login: bool) -> bool {
+/// Whether a changed key is applied by a reload; `with_login`: the login machinery runs;
+/// `with_tls`: TLS listeners run and the new file keeps TLS on.
+fn is_reloadable(key: &str, with_login: bool, with_tls: bool) -> bool {
     let listed = |r: &&str| key == *r || key.starts_with(&format!("{r}."));
-    RELOADABLE.iter().any(listed) || (with_login && RELOADABLE_WITH_LOGIN.iter().any(listed))
+    RELOADABLE.iter().any(listed)
+        || (with_login && RELOADABLE_WITH_LOGIN.iter().any(listed))
+        || (with_tls && RELOADABLE_WITH_TLS.iter().any(listed))
 }
 
 fn read_document(path: &Path) -> Result<(Vec<u8>, toml::Table), ReloadRefused> {
@@ -293,6 +323,8 @@ pub struct ReloadTarget {
     pub signer: Option<Arc<AssertionSigner>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// The certificate the TLS listeners serve, when there are any.
+    pub certificates: Option<Arc<certs::Certificates>>,
 }
 
 impl Reloader {
@@ -315,6 +347,7 @@ impl Reloader {
             signer: target.signer,
             clock: target.clock,
             metrics: target.metrics,
+            certificates: target.certificates,
         }
     }
 
@@ -351,9 +384,19 @@ impl Reloader {
         })?;
         let changed = changed_keys(&live.document, &document);
         let with_login = self.auth.is_some();
+        // Read again at every reload, changed path or not; checked before anything swaps.
+        let certificate = match (&self.certificates, &new.server.tls) {
+            (Some(_), Some(tls)) => Some(certs::Loaded::read(&tls.cert, &tls.key).map_err(
+                |e| ReloadRefused {
+                    problems: vec![e.to_string()],
+                },
+            )?),
+            _ => None,
+        };
+        let with_tls = certificate.is_some();
         let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
-            .partition(|k| is_reloadable(k, with_login));
+            .partition(|k| is_reloadable(k, with_login, with_tls));
         // The config served from now on: the reloadable parts of the new file, the rest as
         // it was (so a key that needs a restart never takes effect half-way).
         let mut next = live.config.clone();
@@ -363,6 +406,12 @@ impl Reloader {
         next.pages = new.pages;
         next.log.level = new.log.level;
         next.server.reject_double_encoding = new.server.reject_double_encoding;
+        if let (Some(live_tls), Some(new_tls), true) =
+            (next.server.tls.as_mut(), new.server.tls, with_tls)
+        {
+            live_tls.cert = new_tls.cert;
+            live_tls.key = new_tls.key;
+        }
         if with_login {
             next.connections = new.connections;
             next.login = new.login;
@@ -396,6 +445,21 @@ impl Reloader {
         } else {
             self.routing.store(Arc::new(routing));
         }
+        let certificate = match (&self.certificates, certificate) {
+            (Some(served), Some(loaded)) => {
+                let changed = !served.serves(&loaded);
+                let not_after = loaded.not_after;
+                served.replace(loaded);
+                if changed {
+                    tracing::info!(
+                        not_after,
+                        "TLS certificate reloaded: new handshakes get the new one"
+                    );
+                }
+                Some(ServedCertificate { not_after, changed })
+            }
+            _ => None,
+        };
         if applied.iter().any(|k| k == "log.level") {
             crate::logging::set_level(&next.log);
         }
@@ -406,6 +470,7 @@ impl Reloader {
             applied,
             needs_restart,
             connections,
+            certificate,
         })
     }
 
@@ -466,8 +531,8 @@ mod tests {
     #[test]
     fn only_the_listed_keys_reload() {
         for key in ["upstreams", "public", "access", "pages.title", "log.level"] {
-            assert!(is_reloadable(key, false), "{key}");
-            assert!(is_reloadable(key, true), "{key}");
+            assert!(is_reloadable(key, false, false), "{key}");
+            assert!(is_reloadable(key, true, true), "{key}");
         }
         for key in [
             "connections",
@@ -475,8 +540,12 @@ mod tests {
             "mfa.totp",
             "smtp.host",
         ] {
-            assert!(is_reloadable(key, true), "{key}");
-            assert!(!is_reloadable(key, false), "{key}");
+            assert!(is_reloadable(key, true, false), "{key}");
+            assert!(!is_reloadable(key, false, true), "{key}");
+        }
+        for key in ["server.tls_cert", "server.tls_key"] {
+            assert!(is_reloadable(key, false, true), "{key}");
+            assert!(!is_reloadable(key, true, false), "{key}");
         }
         for key in [
             "server.listen",
@@ -487,8 +556,10 @@ mod tests {
             "session.lifetime",
             "headers.user",
             "store.data_dir",
+            "server.tls_listen",
+            "server.tls_certx",
         ] {
-            assert!(!is_reloadable(key, true), "{key}");
+            assert!(!is_reloadable(key, true, true), "{key}");
         }
     }
 

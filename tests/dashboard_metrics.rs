@@ -68,17 +68,24 @@ fn alert_exprs() -> Vec<String> {
 }
 
 /// A Gatehouse with one connection (its IdP down: the per-connection series exist from the
-/// start) and a public route.
+/// start), a public route, and a TLS listener (for the certificate expiry).
 async fn gatehouse() -> (Harness, tempfile::TempDir) {
     let upstream = start_echo().await;
     let dead = dead_port();
     let data = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (data.path().join("tls.crt"), data.path().join("tls.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+         tls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
          [store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n\
          [[upstreams]]\nurl = \"http://{upstream}\"\n\
          [[public]]\npath = \"/public\"\nmatch = \"prefix\"\n\
          [[connections]]\nid = \"corp\"\nissuer = \"http://{dead}\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        cert.display(),
+        key.display(),
         data.path().display()
     );
     (start_with(upstream, &config), data)

@@ -29,6 +29,7 @@ use crate::identity::assertion::AssertionSigner;
 use crate::metrics::Metrics;
 use crate::proxy::resolve::{self, ResolveError};
 use crate::proxy::Gatehouse;
+use crate::reload::certs::{Certificates, Loaded};
 use crate::store::Store;
 use conns::{Deadlines, Guarded, Limits};
 use pingora::services::background::background_service;
@@ -281,6 +282,15 @@ fn build(
         signer.clone(),
         &peers,
     );
+    // The TLS certificate, read and checked now (a bad file is a clean startup error).
+    let certificates = match &config.server.tls {
+        Some(tls) => {
+            let loaded =
+                Loaded::read(&tls.cert, &tls.key).map_err(|e| StartError::Tls(e.to_string()))?;
+            Some(Arc::new(Certificates::new(loaded, metrics.config.clone())))
+        }
+        None => None,
+    };
     let reloader = source.map(|path| {
         Arc::new(crate::reload::Reloader::new(
             path,
@@ -292,6 +302,7 @@ fn build(
                 signer,
                 clock: clock.clone(),
                 metrics: metrics.clone(),
+                certificates: certificates.clone(),
             },
         ))
     });
@@ -316,11 +327,13 @@ fn build(
     for socket in &proxy_sockets {
         proxy.add_tcp(&socket.key());
     }
-    if let Some(tls) = &config.server.tls {
+    // Every TLS listener asks `certificates` at each handshake: a reload swaps it.
+    if let Some(certificates) = &certificates {
         for socket in &tls_sockets {
+            // No paths: pingora reads no file, the resolver answers.
             let mut settings =
-                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                TlsSettings::intermediate("", "").map_err(|e| StartError::Tls(e.to_string()))?;
+            settings.set_cert_resolver(certificates.clone());
             settings.enable_h2();
             proxy.add_tls_with_settings(&socket.key(), None, settings);
         }
