@@ -288,8 +288,5 @@ fn main() {
         .iter()
         .map(|r| format!("{:.2}", r[1].per_second / r[0].per_second))
         .collect();
-    println!(
-        "postgres/redb provisions/s by round: {}",
-        ratios.join(", ")
-    );
+    println!("postgres/redb provisions/s by round: {}", ratios.join(", "));
 }
