@@ -11,6 +11,16 @@
 #   benches/load.sh                 # 3 rounds of 10 s each, 64 connections
 #   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
 #   PROFILE=/tmp/profiles benches/load.sh   # also perf profiles (needs Debian's linux-perf)
+#   STORE=postgres benches/load.sh          # also Gatehouse on PostgreSQL, beside redb
+#
+# STORE=postgres (default STORE=redb) adds a third Gatehouse, `gatehouse_pg`, the same as
+# `gatehouse` (access log off) but with `[store] backend = "postgres"`, measured in the same
+# interleaved rounds on its public route (`gatehouse_pg`) and with a session from its own
+# login (`gatehouse_pg_auth`); the summary gives postgres/redb authenticated req/s per round
+# and the login's store time on both. The database: a fresh one on the server at
+# GATEHOUSE_BENCH_PG_URL (an admin URL, a role that may CREATE DATABASE; dropped at the end),
+# else on a throwaway cluster started here as the tests start theirs (initdb into a temp dir,
+# fsync = on, synchronous_commit = on; stopped and removed at exit; needs Debian's postgresql).
 #
 # Gatehouse runs twice, with the access log off (`gatehouse`, `gatehouse_auth`) and on
 # (`gatehouse_log`, `gatehouse_log_auth`, lines written to a file); nginx logs nothing.
@@ -30,6 +40,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}
 JIT=${JIT:-true}
+STORE=${STORE:-redb}
+case $STORE in redb|postgres) ;; *) echo "STORE must be redb or postgres" >&2; exit 2 ;; esac
 SIGNED_HEADER=${SIGNED_HEADER:-true}
 for flag in JIT SIGNED_HEADER; do
   case ${!flag} in true|false) ;; *) echo "$flag must be true or false" >&2; exit 2 ;; esac
@@ -55,6 +67,9 @@ BARE=${BARE_BIN:-$TARGET_DIR/release/examples/bare_pingora}
 
 work=$(mktemp -d)
 pids=()
+PG_DIR=""
+PG_ADMIN=""
+PG_DB=""
 cleanup() {
   # Pingora takes SIGTERM as a graceful stop and waits out its 5-minute grace period; SIGINT
   # stops it at once (it must come first: after a SIGTERM, pingora no longer listens for it).
@@ -63,19 +78,60 @@ cleanup() {
   for name in upstream proxy; do
     [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
   done
+  if [ -n "$PG_DB" ] && [ -n "${GATEHOUSE_BENCH_PG_URL:-}" ]; then
+    psql -X -q -d "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  if [ -n "$PG_DIR" ]; then
+    [ -f "$PG_DIR/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" stop -m fast -w -t 30 -D "$PG_DIR/data" >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
+# initdb refuses to run as root: as root, the cluster runs as Debian's `postgres` user.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATEHOUSE=$(free_port); ADMIN=$(free_port); BARE_PORT=$(free_port); OP=$(free_port)
 GATEHOUSE_LOG=$(free_port); ADMIN_LOG=$(free_port)
+GATEHOUSE_PG=$(free_port); ADMIN_PG=$(free_port)
+
+# STORE=postgres: a fresh database, on GATEHOUSE_BENCH_PG_URL or on a throwaway cluster.
+if [ "$STORE" = postgres ]; then
+  if [ -n "${GATEHOUSE_BENCH_PG_URL:-}" ]; then
+    PG_ADMIN=$GATEHOUSE_BENCH_PG_URL
+  else
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -x "$PG_BIN/initdb" ] || { echo "STORE=postgres needs initdb (apt-get install postgresql) or GATEHOUSE_BENCH_PG_URL" >&2; exit 1; }
+    PG_DIR=$(mktemp -d /tmp/gatehouse-bench-pg.XXXXXX)
+    [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR"
+    as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U gatehouse --auth=trust --no-sync --encoding=UTF8 --locale=C >"$PG_DIR/initdb.log" 2>&1 \
+      || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
+    PG_PORT=$(free_port)
+    cat >>"$PG_DIR/data/postgresql.conf" <<CONF
+# gatehouse load bench: durable commits, as in production
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR'
+fsync = on
+synchronous_commit = on
+logging_collector = off
+CONF
+    as_pg "$PG_BIN/pg_ctl" start -w -t 60 -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" >/dev/null \
+      || { tail "$PG_DIR/postgres.log" >&2; exit 1; }
+    PG_ADMIN="postgres://gatehouse@127.0.0.1:$PG_PORT/postgres"
+  fi
+  PG_DB="gh_bench_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+  psql -X -q -v ON_ERROR_STOP=1 -d "$PG_ADMIN" -c "CREATE DATABASE $PG_DB" >/dev/null
+  PG_URL=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$PG_ADMIN" "$PG_DB")
+  echo "PostgreSQL for gatehouse_pg: fsync = $(psql -X -A -t -d "$PG_URL" -c 'SHOW fsync'), synchronous_commit = $(psql -X -A -t -d "$PG_URL" -c 'SHOW synchronous_commit')" >&2
+fi
 
 # The test OpenID provider, for the authenticated case (a session cookie from a real login).
 [ -d tests/idp/node_modules/oidc-provider ] || npm ci --silent --prefix tests/idp
 cat >"$work/op.json" <<CONF
 {"port": $OP, "exit_on_stdin_eof": false, "clients": [{"client_id": "gatehouse", "client_secret": "bench-secret",
- "redirect_uris": ["http://127.0.0.1:$GATEHOUSE/oauth2/callback", "http://127.0.0.1:$GATEHOUSE_LOG/oauth2/callback"], "grant_types": ["authorization_code", "refresh_token"],
+ "redirect_uris": ["http://127.0.0.1:$GATEHOUSE/oauth2/callback", "http://127.0.0.1:$GATEHOUSE_LOG/oauth2/callback", "http://127.0.0.1:$GATEHOUSE_PG/oauth2/callback"], "grant_types": ["authorization_code", "refresh_token"],
  "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]}
 CONF
 node tests/idp/server.mjs "$work/op.json" >"$work/op.out" 2>"$work/op.log" &
@@ -111,7 +167,7 @@ nginx_conf proxy "upstream app { server 127.0.0.1:$UPSTREAM; keepalive 128; }
     }
   }"
 
-gatehouse_conf() { # name port admin-port access-log log-level
+gatehouse_conf() { # name port admin-port access-log log-level [store-lines]
   cat >"$work/$1.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$2"]
@@ -123,6 +179,7 @@ level = "$5"
 access_log = $4
 [store]
 data_dir = "$work/$1-data"
+${6:-}
 [session]
 cookie_secure = false
 [identity]
@@ -149,14 +206,23 @@ GATEHOUSE_PID=$!
 "$BIN" serve --config "$work/gatehouse_log.toml" 2>"$work/gatehouse_log.log" &
 pids+=($!)
 GATEHOUSE_LOG_PID=$!
+if [ "$STORE" = postgres ]; then
+  gatehouse_conf gatehouse_pg "$GATEHOUSE_PG" "$ADMIN_PG" false warn "backend = \"postgres\"
+url = \"$PG_URL\""
+  "$BIN" serve --config "$work/gatehouse_pg.toml" 2>"$work/gatehouse_pg.log" &
+  pids+=($!)
+  GATEHOUSE_PG_PID=$!
+fi
 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM" "$WORKERS" 2>"$work/bare.log" &
 pids+=($!)
 BARE_PID=$!
 
-for port in $UPSTREAM $NGINX_PROXY $GATEHOUSE $GATEHOUSE_LOG $BARE_PORT; do
+GATEHOUSES="$GATEHOUSE $GATEHOUSE_LOG"; ADMINS="$ADMIN $ADMIN_LOG"
+[ "$STORE" = postgres ] && GATEHOUSES="$GATEHOUSES $GATEHOUSE_PG" && ADMINS="$ADMINS $ADMIN_PG"
+for port in $UPSTREAM $NGINX_PROXY $GATEHOUSES $BARE_PORT; do
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
 done
-for admin in $ADMIN $ADMIN_LOG; do
+for admin in $ADMINS; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/ready" >/dev/null && break; sleep 0.1; done
 done
 
@@ -172,10 +238,11 @@ session_cookie() { # gatehouse-port -> "Cookie: _gatehouse=..."
 }
 COOKIE=$(session_cookie "$GATEHOUSE")
 COOKIE_LOG=$(session_cookie "$GATEHOUSE_LOG")
+[ "$STORE" = postgres ] && COOKIE_PG=$(session_cookie "$GATEHOUSE_PG")
 
-metric() { # name label-regex -> the value of the first sample that matches, else 0
+metric() { # name label-regex [admin-port] -> the value of the first sample that matches, else 0
   # The scrape goes to a file first: awk stopping early would break curl's pipe (exit 23).
-  curl -s -o "$work/metrics.txt" "http://127.0.0.1:$ADMIN/metrics"
+  curl -s -o "$work/metrics.txt" "http://127.0.0.1:${3:-$ADMIN}/metrics"
   awk -v m="$1" -v l="$2" '
     !found && index($1, m) == 1 && (substr($1, length(m) + 1, 1) == "{" || length($1) == length(m)) && $1 ~ l { print $2; found = 1 }
     END { if (!found) print 0 }' "$work/metrics.txt"
@@ -213,6 +280,7 @@ proxy_pids() { # name -> the pids whose CPU counts for that target
     nginx) echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')" ;;
     gatehouse|gatehouse_auth) echo "$GATEHOUSE_PID" ;;
     gatehouse_log|gatehouse_log_auth) echo "$GATEHOUSE_LOG_PID" ;;
+    gatehouse_pg|gatehouse_pg_auth) echo "$GATEHOUSE_PG_PID" ;;
     pingora) echo "$BARE_PID" ;;
     *) echo "" ;;
   esac
@@ -236,7 +304,7 @@ run() { # name port [path] [header] -> appends "name rps p50 p99 cpu_us_per_requ
   printf '  round %s  %-10s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/req\n' "$round" "$1" "$rps" "$p50" "$p99" "$cpu_us" >&2
 }
 
-for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSE $GATEHOUSE_LOG $BARE_PORT; do  # warm-up, not measured
+for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSES $BARE_PORT; do  # warm-up, not measured
   timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/public/" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
@@ -247,6 +315,10 @@ for round in $(seq "$ROUNDS"); do
   run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
   run gatehouse_log "$GATEHOUSE_LOG"
   run gatehouse_log_auth "$GATEHOUSE_LOG" "/bench/path?x=1" "$COOKIE_LOG"
+  if [ "$STORE" = postgres ]; then
+    run gatehouse_pg "$GATEHOUSE_PG"
+    run gatehouse_pg_auth "$GATEHOUSE_PG" "/bench/path?x=1" "$COOKIE_PG"
+  fi
 done
 
 # PROFILE=dir: perf profiles (call graphs) of bare pingora, Gatehouse public and Gatehouse
@@ -291,35 +363,44 @@ for round in $(seq "$FIXED_ROUNDS"); do
   fixed gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
   fixed gatehouse_log "$GATEHOUSE_LOG"
   fixed gatehouse_log_auth "$GATEHOUSE_LOG" "/bench/path?x=1" "$COOKIE_LOG"
+  if [ "$STORE" = postgres ]; then
+    fixed gatehouse_pg "$GATEHOUSE_PG"
+    fixed gatehouse_pg_auth "$GATEHOUSE_PG" "/bench/path?x=1" "$COOKIE_PG"
+  fi
 done
 
-# Logins: LOGINS sequential sign-ins (new browser each: start, IdP form, callback) with curl.
+# Logins: LOGINS sequential sign-ins (new browser each: start, IdP form, callback) with curl,
+# on the redb Gatehouse and (STORE=postgres) on the PostgreSQL one.
 LOGINS=${LOGINS:-40}
-login_once() {
+login_once() { # gatehouse-port
   local jar="$work/login-jar" action
   rm -f "$jar"
-  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$GATEHOUSE/" -o "$work/form.html"
+  curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' "http://127.0.0.1:$1/" -o "$work/form.html"
   action=$(grep -o 'action="[^"]*"' "$work/form.html" | head -1 | cut -d'"' -f2)
   curl -s -L -c "$jar" -b "$jar" -H 'Accept: text/html' -d 'login=alice&password=alice-pw' "http://127.0.0.1:$OP$action" -o /dev/null
 }
-sum_before=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"')
-count_before=$(metric gatehouse_login_duration_seconds_count 'connection="bench"')
-jit_sum_before=$(metric gatehouse_jit_duration_seconds_sum '')
-jit_count_before=$(metric gatehouse_jit_duration_seconds_count '')
-start_ns=$(date +%s%N)
-for _ in $(seq "$LOGINS"); do login_once; done
-elapsed_ns=$(( $(date +%s%N) - start_ns ))
-sum_after=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"')
-count_after=$(metric gatehouse_login_duration_seconds_count 'connection="bench"')
-jit_sum_after=$(metric gatehouse_jit_duration_seconds_sum '')
-jit_count_after=$(metric gatehouse_jit_duration_seconds_count '')
-python3 - "$LOGINS" "$elapsed_ns" "$sum_before" "$sum_after" "$count_before" "$count_after" \
-  "$jit_sum_before" "$jit_sum_after" "$jit_count_before" "$jit_count_after" >"$work/logins" <<'PY'
+logins_on() { # gatehouse-port admin-port label -> appends its summary to $work/logins
+  local sum_before count_before jit_sum_before jit_count_before start_ns elapsed_ns
+  local sum_after count_after jit_sum_after jit_count_after
+  sum_before=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"' "$2")
+  count_before=$(metric gatehouse_login_duration_seconds_count 'connection="bench"' "$2")
+  jit_sum_before=$(metric gatehouse_jit_duration_seconds_sum '' "$2")
+  jit_count_before=$(metric gatehouse_jit_duration_seconds_count '' "$2")
+  start_ns=$(date +%s%N)
+  for _ in $(seq "$LOGINS"); do login_once "$1"; done
+  elapsed_ns=$(( $(date +%s%N) - start_ns ))
+  sum_after=$(metric gatehouse_login_duration_seconds_sum 'connection="bench"' "$2")
+  count_after=$(metric gatehouse_login_duration_seconds_count 'connection="bench"' "$2")
+  jit_sum_after=$(metric gatehouse_jit_duration_seconds_sum '' "$2")
+  jit_count_after=$(metric gatehouse_jit_duration_seconds_count '' "$2")
+  python3 - "$LOGINS" "$elapsed_ns" "$sum_before" "$sum_after" "$count_before" "$count_after" \
+    "$jit_sum_before" "$jit_sum_after" "$jit_count_before" "$jit_count_after" "$3" >>"$work/logins" <<'PY'
 import sys
-n, ns, s0, s1, c0, c1, j0, j1, k0, k1 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+n, ns, s0, s1, c0, c1, j0, j1, k0, k1 = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:11])
+label = sys.argv[11]
 total = ns / 1e9
 callback = (s1 - s0) / max(c1 - c0, 1)
-print(f"\nlogins: {n} sequential in {total:.2f} s = {n / total:.1f} logins/s "
+print(f"\nlogins ({label}): {n} sequential in {total:.2f} s = {n / total:.1f} logins/s "
       f"({1000 * total / n:.1f} ms each; {c1 - c0:.0f} counted by gatehouse_logins)")
 print(f"  of which the callback (code exchange at the OP + ID token checks + session write): "
       f"{1000 * callback:.1f} ms; the rest is the OP's authorize/login pages and the redirects")
@@ -327,6 +408,9 @@ if k1 > k0:
     print(f"  of which the store transaction (JIT provisioning + session, durable commit): "
           f"{1000 * (j1 - j0) / (k1 - k0):.2f} ms")
 PY
+}
+logins_on "$GATEHOUSE" "$ADMIN" redb
+[ "$STORE" = postgres ] && logins_on "$GATEHOUSE_PG" "$ADMIN_PG" postgres
 
 python3 - "$work/results" "$work/fixed" "$RATE" "$CONNECTIONS" "$WORKERS" <<'PY'
 import statistics, sys
@@ -343,10 +427,11 @@ print(f"\npeak: wrk -c{conns}, median of rounds; CPU: the proxy's user+system ti
       f"fixed rate: {rate} req/s for every target (hey -q), p50/p99 in ms; {workers} worker threads each")
 print("| target | req/s | x nginx | x public | CPU us/req | CPU x nginx | p50 @rate | p99 @rate | p99 over nginx |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-names = ("direct", "nginx", "pingora", "gatehouse", "gatehouse_auth", "gatehouse_log", "gatehouse_log_auth")
-for name in names:
+names = ("direct", "nginx", "pingora", "gatehouse", "gatehouse_auth", "gatehouse_log", "gatehouse_log_auth",
+         "gatehouse_pg", "gatehouse_pg_auth")
+for name in (n for n in names if n in med):
     rps, _, _, cpu = med[name]
-    public = med["gatehouse_log" if "log" in name else "gatehouse"][0]
+    public = med["gatehouse_log" if "log" in name else "gatehouse_pg" if "pg" in name else "gatehouse"][0]
     x_public = f"{rps / public:.2f}" if name.startswith("gatehouse") else "-"
     cpu_text = "-" if name == "direct" else f"{cpu:.1f}"
     cpu_x = "-" if name == "direct" else f"{cpu / med['nginx'][3]:.2f}"
@@ -360,6 +445,15 @@ print(f"gatehouse public / bare pingora, req/s: {med['gatehouse'][0] / med['ping
       f" bare pingora / nginx: {med['pingora'][0] / med['nginx'][0]:.2f}")
 print(f"p99 at {rate} req/s over nginx (target <= 0.5 ms): public {fixed['gatehouse'][1] - fixed['nginx'][1]:+.3f} ms,"
       f" with a session {fixed['gatehouse_auth'][1] - fixed['nginx'][1]:+.3f} ms")
+if "gatehouse_pg_auth" in med:
+    by_round = {}
+    for line in open(sys.argv[1]):
+        name, rps, *_ = line.split()
+        by_round.setdefault(name, []).append(float(rps))
+    ratios = [pg / redb for pg, redb in zip(by_round["gatehouse_pg_auth"], by_round["gatehouse_auth"])]
+    print(f"postgres / redb, authenticated req/s (target >= 0.95): {med['gatehouse_pg_auth'][0] / med['gatehouse_auth'][0]:.2f}"
+          f" (medians; by round: {', '.join(f'{r:.2f}' for r in ratios)});"
+          f" public route: {med['gatehouse_pg'][0] / med['gatehouse'][0]:.2f}")
 PY
 cat "$work/logins"
 if [ "$JIT" = true ]; then
