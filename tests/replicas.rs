@@ -308,7 +308,8 @@ async fn a_login_answer_used_at_one_replica_is_refused_at_the_other() {
             u.path() == "/oauth2/callback"
         })
         .await;
-    let login_cookie = browser.cookie_header(&r.a.url("/")).unwrap();
+    // The login cookie is scoped to the callback path.
+    let login_cookie = browser.cookie_header(&journey.url).unwrap();
     let first = browser.get(&journey.url).await;
     assert_eq!(first.status(), 302);
     let replayed_url = journey.url.replace(&r.a.url(""), &r.b.url(""));
@@ -327,6 +328,10 @@ async fn a_login_answer_used_at_one_replica_is_refused_at_the_other() {
         .headers()
         .get("set-cookie")
         .is_none_or(|c| { !c.to_str().unwrap_or("").starts_with("_gatehouse=") }));
+    // Refused by the shared used-state record, not only later by the IdP (which refuses a
+    // reused code anyway, so a status check alone could not fail).
+    let page = replay.text().await.unwrap();
+    assert!(page.contains("already used"), "{page}");
 }
 
 /// `gatehouse users ...` works on the database directly while the replicas run, and what it
