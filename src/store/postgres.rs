@@ -808,6 +808,11 @@ impl PgStore {
     /// Whether the database has been unreachable for longer than `offline_grace`: then
     /// sessions are refused too (fail closed), not only logins.
     pub fn offline_past_grace(&self) -> bool {
+        // Asked on every authenticated request: while the database answers (the usual
+        // case) one atomic load, no lock.
+        if self.is_up() {
+            return false;
+        }
         self.down_since
             .lock()
             .ok()
