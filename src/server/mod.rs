@@ -430,9 +430,22 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + STOP_WAIT;
         let _ = self.stop.send(shutdown::Stop::Now);
         if let Ok(finished) = self.finished.lock() {
             let _ = finished.recv_timeout(STOP_WAIT);
+        }
+        // Pingora's quick shutdown returns once it has told the runtimes to stop (tokio's
+        // `shutdown_timeout(0)`); their worker threads drop the listening tasks, and so close
+        // the sockets, a moment later (longer on a loaded machine). Wait for that too.
+        let listening = self.addresses.proxy.iter().chain(&self.addresses.tls);
+        for addr in listening.chain(std::iter::once(&self.addresses.admin)) {
+            while std::time::Instant::now() < deadline
+                && std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_millis(100))
+                    .is_ok()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
 }
