@@ -6,120 +6,31 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
+#[path = "common/replica_pair.rs"]
+mod replica_pair;
 
 use std::time::{Duration, Instant};
 
 use common::postgres as pg;
-use common::{bind_gatehouse, client, start_echo, start_on, Harness};
-use idp::{client_config, Browser, TestIdp};
+use common::{client, Harness};
+use idp::Browser;
+use replica_pair::{start_pair, PairConfig, ReplicaPair, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
-const ADMIN_TOKEN: &str = "replica-admin-token";
-
-struct Replicas {
-    idp: TestIdp,
-    a: Harness,
-    b: Harness,
-    url: String,
-    _data: (tempfile::TempDir, tempfile::TempDir),
-}
-
-impl Replicas {
-    fn each(&self) -> [&Harness; 2] {
-        [&self.a, &self.b]
-    }
-}
-
-/// Two replicas sharing a fresh database, or `None` (skipped) without PostgreSQL outside CI.
-async fn replicas(extra: &str) -> Option<Replicas> {
-    Some(replicas_on(pg::fresh_database()?, "30s", extra).await)
+/// Two replicas sharing a fresh database (back-channel logouts go to A), or `None` (skipped)
+/// without PostgreSQL outside CI.
+async fn replicas() -> Option<ReplicaPair> {
+    Some(replicas_on(pg::fresh_database()?, "30s").await)
 }
 
 /// Two replicas sharing the database at `url`, with `[store] offline_grace = grace`.
-async fn replicas_on(url: String, grace: &str, extra: &str) -> Replicas {
-    let upstream = start_echo().await;
-    let (listeners_a, listeners_b) = (bind_gatehouse(), bind_gatehouse());
-    let bases: Vec<String> = [&listeners_a, &listeners_b]
-        .iter()
-        .map(|l| format!("http://{}", l.addresses().proxy[0]))
-        .collect();
-    let idp = TestIdp::start(json!({
-        "clients": [client_config(
-            "gatehouse",
-            "gatehouse-secret",
-            bases.iter().map(|b| format!("{b}/oauth2/callback")).collect(),
-            bases.iter().map(|b| format!("{b}/")).collect(),
-            Some(format!("{}/oauth2/backchannel-logout", bases[0])),
-        )],
-    }))
-    .await;
-    let upstream_addr = upstream.addr;
-    let config = |listeners: &gatehouse::server::Listeners, data: &tempfile::TempDir| {
-        let bound = listeners.addresses();
-        format!(
-            r#"
-[server]
-listen = ["{proxy}"]
-admin_listen = "{admin}"
-worker_threads = 2
-shutdown_grace = "1s"
-[log]
-access_log = false
-[store]
-backend = "postgres"
-url = "{url}"
-offline_grace = "{grace}"
-data_dir = "{data}"
-[session]
-cookie_secure = false
-keys = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
-[admin]
-token = "{ADMIN_TOKEN}"
-[limits]
-login_per_minute = 0
-[[upstreams]]
-id = "echo"
-url = "http://{upstream_addr}"
-[[connections]]
-id = "test"
-display_name = "Test IdP"
-issuer = "{issuer}"
-client_id = "gatehouse"
-client_secret = "gatehouse-secret"
-scopes = ["openid", "email", "profile", "groups"]
-{extra}
-"#,
-            proxy = bound.proxy[0],
-            admin = bound.admin,
-            data = data.path().display(),
-            issuer = idp.issuer,
-        )
+async fn replicas_on(url: String, grace: &str) -> ReplicaPair {
+    let pair = PairConfig {
+        offline_grace: grace,
+        backchannel: true,
+        ..PairConfig::default()
     };
-    let data = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (config_a, config_b) = (config(&listeners_a, &data.0), config(&listeners_b, &data.1));
-    let a = start_on(upstream, &config_a, listeners_a);
-    let b = start_on(upstream_addr, &config_b, listeners_b);
-    a.wait_ready().await;
-    b.wait_ready().await;
-    Replicas {
-        idp,
-        a,
-        b,
-        url,
-        _data: data,
-    }
-}
-
-macro_rules! or_skip {
-    ($e:expr) => {
-        match $e {
-            Some(v) => v,
-            None => {
-                eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)");
-                return;
-            }
-        }
-    };
+    start_pair(url, pair).await
 }
 
 /// Signs in at `at` through the IdP's form in a fresh browser.
@@ -165,7 +76,7 @@ async fn admin(at: &Harness, op: Value) -> (u16, Value) {
 /// shared store), with the same identity.
 #[tokio::test]
 async fn a_session_made_at_one_replica_works_at_the_other() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = sign_in(&r.a, "alice").await;
     let at_b = browser.get(&r.b.url("/whoami")).await;
     assert_eq!(at_b.status(), 200);
@@ -182,7 +93,7 @@ async fn a_session_made_at_one_replica_works_at_the_other() {
 /// other replica is told (LISTEN/NOTIFY) and refuses the cookie from then on.
 #[tokio::test]
 async fn signing_out_at_one_replica_ends_the_session_at_the_other() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = sign_in(&r.a, "alice").await;
     let kept = browser.cookie_header(&r.a.url("/")).unwrap();
     assert_eq!(status_at(&browser, &r.b).await, 200, "cached at B");
@@ -222,7 +133,7 @@ async fn signing_out_at_one_replica_ends_the_session_at_the_other() {
 /// also the one only the other replica made and holds.
 #[tokio::test]
 async fn disabling_an_account_at_one_replica_ends_its_sessions_at_both() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let at_a = sign_in(&r.a, "alice").await;
     let at_b = sign_in(&r.b, "alice").await;
     assert_eq!(status_at(&at_a, &r.a).await, 200);
@@ -243,7 +154,7 @@ async fn disabling_an_account_at_one_replica_ends_its_sessions_at_both() {
 /// A role given at one replica reaches the headers of a session the other replica holds.
 #[tokio::test]
 async fn a_role_change_at_one_replica_reaches_the_other() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = sign_in(&r.b, "alice").await;
     assert_eq!(status_at(&browser, &r.b).await, 200);
     let (status, answer) = admin(
@@ -264,7 +175,7 @@ async fn a_role_change_at_one_replica_reaches_the_other() {
 /// link is claimed in the database (a unique row), not read and then written.
 #[tokio::test]
 async fn fifty_parallel_first_logins_over_both_replicas_make_one_account() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browsers: Vec<Browser> = (0..50).map(|_| Browser::new()).collect();
     let callbacks = futures_util::future::join_all(browsers.iter().enumerate().map(|(i, b)| {
         let root = r.each()[i % 2].url("/");
@@ -301,7 +212,7 @@ async fn fifty_parallel_first_logins_over_both_replicas_make_one_account() {
 /// with the same login cookie at B is refused (and makes no session).
 #[tokio::test]
 async fn a_login_answer_used_at_one_replica_is_refused_at_the_other() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = Browser::new();
     let journey = browser
         .follow_until(&r.a.url("/"), Some(("alice", "alice-pw")), |u| {
@@ -338,7 +249,7 @@ async fn a_login_answer_used_at_one_replica_is_refused_at_the_other() {
 /// does reaches them (here: a disabled account's live session ends).
 #[tokio::test]
 async fn the_users_cli_works_on_the_database_while_replicas_run() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = sign_in(&r.a, "alice").await;
     assert_eq!(status_at(&browser, &r.b).await, 200);
     let dir = tempfile::tempdir().unwrap();
@@ -397,7 +308,7 @@ async fn a_replica_rides_out_a_database_outage_then_fails_closed_and_recovers() 
     let server = or_skip!(pg::throwaway());
     let url = server.create_database();
     // A short grace, so the test sees both sides of it.
-    let r = replicas_on(url.clone(), "3s", "").await;
+    let r = replicas_on(url.clone(), "3s").await;
     drop(r.b);
     let a = r.a;
     let browser = sign_in(&a, "alice").await;
@@ -459,7 +370,7 @@ async fn a_replica_rides_out_a_database_outage_then_fails_closed_and_recovers() 
 /// and holds: A finds it in the store, deletes it, and B is told.
 #[tokio::test]
 async fn a_back_channel_logout_at_one_replica_ends_a_session_made_at_the_other() {
-    let r = or_skip!(replicas("").await);
+    let r = or_skip!(replicas().await);
     let browser = sign_in(&r.b, "alice").await;
     assert_eq!(status_at(&browser, &r.b).await, 200);
     // Sign out at the IdP itself: its confirmation form, then its back-channel call (to A).

@@ -8,6 +8,8 @@
 mod common;
 #[path = "common/idp.rs"]
 mod idp;
+#[path = "common/replica_pair.rs"]
+mod replica_pair;
 #[path = "common/smtp.rs"]
 mod smtp;
 #[path = "common/totp.rs"]
@@ -17,26 +19,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::postgres as pg;
-use common::{bind_gatehouse, start_echo, start_on_with_clock, Harness};
+use common::Harness;
 use gatehouse::clock::Clock;
-use idp::{client_config, form_fields, Browser, TestIdp};
-use serde_json::json;
+use idp::{form_fields, Browser};
+use replica_pair::{start_pair, PairConfig, ReplicaPair};
 
-struct Replicas {
-    _idp: TestIdp,
-    a: Harness,
-    b: Harness,
-    url: String,
-    clock: Clock,
-    _data: (tempfile::TempDir, tempfile::TempDir),
+/// Both replicas' clock.
+trait Steps {
+    fn now(&self) -> u64;
+    /// Moves both replicas' clock on to the next TOTP step.
+    fn next_step(&self);
 }
 
-impl Replicas {
+impl Steps for ReplicaPair {
     fn now(&self) -> u64 {
         self.clock.now()
     }
 
-    /// Moves both replicas' clock on to the next TOTP step.
     fn next_step(&self) {
         self.clock.advance(Duration::from_secs(30));
     }
@@ -44,95 +43,18 @@ impl Replicas {
 
 /// Two replicas with TOTP required, sharing a fresh database on one manual clock, or `None`
 /// (skipped) without PostgreSQL outside CI.
-async fn replicas() -> Option<Replicas> {
+async fn replicas() -> Option<ReplicaPair> {
     replicas_with("[mfa]\ntotp = \"required\"").await
 }
 
-/// Two replicas with this `[mfa]` (and `[smtp]`) config.
-async fn replicas_with(mfa: &str) -> Option<Replicas> {
-    let url = pg::fresh_database()?;
-    let upstream = start_echo().await;
-    let (listeners_a, listeners_b) = (bind_gatehouse(), bind_gatehouse());
-    let bases: Vec<String> = [&listeners_a, &listeners_b]
-        .iter()
-        .map(|l| format!("http://{}", l.addresses().proxy[0]))
-        .collect();
-    let idp = TestIdp::start(json!({
-        "clients": [client_config(
-            "gatehouse",
-            "gatehouse-secret",
-            bases.iter().map(|b| format!("{b}/oauth2/callback")).collect(),
-            bases.iter().map(|b| format!("{b}/")).collect(),
-            None,
-        )],
-    }))
-    .await;
-    let upstream_addr = upstream.addr;
-    let config = |listeners: &gatehouse::server::Listeners, data: &tempfile::TempDir| {
-        let bound = listeners.addresses();
-        format!(
-            r#"
-[server]
-listen = ["{proxy}"]
-admin_listen = "{admin}"
-worker_threads = 2
-shutdown_grace = "1s"
-[log]
-access_log = false
-[store]
-backend = "postgres"
-url = "{url}"
-data_dir = "{data}"
-[session]
-cookie_secure = false
-keys = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
-[limits]
-login_per_minute = 0
-{mfa}
-[[upstreams]]
-id = "echo"
-url = "http://{upstream_addr}"
-[[connections]]
-id = "test"
-display_name = "Test IdP"
-issuer = "{issuer}"
-client_id = "gatehouse"
-client_secret = "gatehouse-secret"
-scopes = ["openid", "email", "profile", "groups"]
-"#,
-            proxy = bound.proxy[0],
-            admin = bound.admin,
-            data = data.path().display(),
-            issuer = idp.issuer,
-        )
+/// Two replicas with this `[mfa]` (and `[smtp]`) config, on one manual clock.
+async fn replicas_with(mfa: &str) -> Option<ReplicaPair> {
+    let pair = PairConfig {
+        extra: mfa,
+        clock: Clock::manual_from_now(),
+        ..PairConfig::default()
     };
-    let data = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (config_a, config_b) = (config(&listeners_a, &data.0), config(&listeners_b, &data.1));
-    let clock = Clock::manual_from_now();
-    let a = start_on_with_clock(upstream, &config_a, listeners_a, clock.clone());
-    let b = start_on_with_clock(upstream_addr, &config_b, listeners_b, clock.clone());
-    a.wait_ready().await;
-    b.wait_ready().await;
-    Some(Replicas {
-        _idp: idp,
-        a,
-        b,
-        url,
-        clock,
-        _data: data,
-    })
-}
-
-macro_rules! or_skip {
-    ($e:expr) => {
-        match $e {
-            Some(v) => v,
-            None => {
-                eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)");
-                return;
-            }
-        }
-    };
+    Some(start_pair(pg::fresh_database()?, pair).await)
 }
 
 /// The text of `<code id="{id}">` in a page.
@@ -182,7 +104,7 @@ async fn submit(
 /// Enrols alice: the enrolment page was shown at one replica, the codes go to `post_at`.
 /// Returns the base32 key, the code accepted, and the page's "continue" target.
 async fn enrol_at(
-    r: &Replicas,
+    r: &ReplicaPair,
     browser: &Browser,
     page: &str,
     post_at: &Harness,
@@ -201,7 +123,7 @@ async fn enrol_at(
 }
 
 /// How many rows of `pending_logins` hold pending logins (not email codes).
-fn pending_rows(r: &Replicas) -> u64 {
+fn pending_rows(r: &ReplicaPair) -> u64 {
     pg::psql(
         &r.url,
         "SELECT count(*) FROM pending_logins WHERE id LIKE 'login:%'",
@@ -430,4 +352,48 @@ async fn an_email_code_sent_at_one_replica_is_checked_at_the_other() {
     assert_eq!((status, location.as_deref()), (302, Some("/")), "{body}");
     assert_eq!(browser.get(&r.a.url("/")).await.status(), 200);
     assert_eq!((rows("email"), rows("login")), ("0".into(), "0".into()));
+}
+
+/// The database stops while a login waits for its code: the code posted meanwhile gets a 503
+/// page and the login is kept (not "start over", its cookie not cleared); once the database
+/// is back, the same code finishes the login at the other replica.
+#[tokio::test]
+async fn a_code_posted_while_the_database_is_down_gets_503_and_the_login_waits_for_its_return() {
+    let server = or_skip!(pg::throwaway());
+    let pair = PairConfig {
+        extra: "[mfa]\ntotp = \"required\"",
+        clock: Clock::manual_from_now(),
+        ..PairConfig::default()
+    };
+    let r = start_pair(server.create_database(), pair).await;
+    let (browser, page) = sign_in_at(&r.a).await;
+    let (key, _, _) = enrol_at(&r, &browser, &page, &r.a).await;
+    r.next_step();
+    let (second, page) = sign_in_at(&r.b).await;
+    assert!(page.contains("mfa-verify-form"), "{page}");
+    let code = totp::code(&key, r.now());
+
+    server.stop();
+    let (status, location, body) = submit(&second, &r.a, &page, "mfa-verify-form", &code).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (503, None),
+        "a store that does not answer is not 'nothing waiting': {body}"
+    );
+    server.start();
+    let mut outcome = (503, None, String::new());
+    for _ in 0..200 {
+        outcome = submit(&second, &r.a, &page, "mfa-verify-form", &code).await;
+        if outcome.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, location, body) = outcome;
+    assert_eq!(
+        (status, location.as_deref()),
+        (302, Some("/")),
+        "the kept login finishes once the database is back: {body}"
+    );
+    assert_eq!(second.get(&r.b.url("/")).await.status(), 200);
 }

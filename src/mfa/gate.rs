@@ -275,46 +275,52 @@ impl MfaGate {
     }
 
     /// The pending login a cookie value names, if it is still waiting (read from a shared
-    /// store on the blocking pool; a store error reads as nothing waiting).
-    pub async fn peek(&self, cookie: &str) -> Option<Waiting> {
-        let plain = self.cookie_sealer.open(COOKIE_PURPOSE, cookie).ok()?;
-        let body: CookieBody = serde_json::from_slice(&plain).ok()?;
+    /// store on the blocking pool). A store that does not answer is an `Err`, not "nothing
+    /// waiting": the login is still there when the store is back.
+    pub async fn peek(&self, cookie: &str) -> Result<Option<Waiting>, StoreError> {
+        let Some(body) = self
+            .cookie_sealer
+            .open(COOKIE_PURPOSE, cookie)
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<CookieBody>(&plain).ok())
+        else {
+            return Ok(None);
+        };
         let now = self.now();
         if body.exp <= now {
-            return None;
+            return Ok(None);
         }
         if let Some(store) = &self.shared {
             let key = login_key(&body.id);
-            let bytes = match off_thread(store, move |s| s.pending(&key, now)).await {
-                Ok(bytes) => bytes?,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a pending MFA login from the store");
-                    return None;
-                }
+            let Some(bytes) = off_thread(store, move |s| s.pending(&key, now)).await? else {
+                return Ok(None);
             };
-            let login: StoredLogin = self.open_record(LOGIN_RECORD_PURPOSE, &bytes)?;
-            if login.id != body.id || login.user_id != body.uid {
-                return None;
-            }
-            return Some(Waiting {
+            let login = self
+                .open_record::<StoredLogin>(LOGIN_RECORD_PURPOSE, &bytes)
+                .filter(|login| login.id == body.id && login.user_id == body.uid);
+            return Ok(login.map(|login| Waiting {
                 id: body.id,
                 connection: login.connection,
                 exp: login.exp,
                 user_id: login.user_id,
                 username: login.username,
                 rd: login.rd,
-            });
+            }));
         }
-        let map = self.pending.lock().ok()?;
-        let login = map.get(&body.id, now).filter(|p| p.user_id == body.uid)?;
-        Some(Waiting {
-            id: body.id,
-            connection: login.connection.clone(),
-            exp: login.exp,
-            user_id: login.user_id.clone(),
-            username: login.username.clone(),
-            rd: login.rd.clone(),
-        })
+        let Ok(map) = self.pending.lock() else {
+            return Ok(None);
+        };
+        Ok(map
+            .get(&body.id, now)
+            .filter(|p| p.user_id == body.uid)
+            .map(|login| Waiting {
+                id: body.id,
+                connection: login.connection.clone(),
+                exp: login.exp,
+                user_id: login.user_id.clone(),
+                username: login.username.clone(),
+                rd: login.rd.clone(),
+            }))
     }
 
     /// Takes a pending login out (once, across replicas too: a second take finds nothing),
@@ -558,11 +564,15 @@ mod tests {
         let clock = Clock::manual(START);
         let gate = gate(dir.path(), clock.clone());
         let cookie = gate.hold(pending(START + PENDING_TTL)).unwrap();
-        assert!(gate.peek(&cookie).await.is_some());
+        assert!(gate.peek(&cookie).await.unwrap().is_some());
         clock.advance(Duration::from_secs(PENDING_TTL - 1));
-        let waiting = gate.peek(&cookie).await.expect("one second before expiry");
+        let waiting = gate
+            .peek(&cookie)
+            .await
+            .unwrap()
+            .expect("one second before expiry");
         assert_eq!(waiting.username, "alice");
         clock.advance(Duration::from_secs(1));
-        assert!(gate.peek(&cookie).await.is_none(), "at its expiry");
+        assert!(gate.peek(&cookie).await.unwrap().is_none(), "at its expiry");
     }
 }

@@ -142,7 +142,14 @@ impl Context {
     }
 }
 
-async fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option<Context> {
+/// What the code page is for: a login waiting for its second factor, or a step-up of the
+/// live session. A shared store that does not answer is an `Err` (the pending login is kept
+/// for when it is back).
+async fn context(
+    auth: &AuthView,
+    session: &Session,
+    rd: Option<&str>,
+) -> Result<Option<Context>, StoreError> {
     let headers = &session.req_header().headers;
     let name = pending_cookie_name(auth);
     // A login (or session) whose connection a config reload removed has nothing to finish.
@@ -152,31 +159,35 @@ async fn context(auth: &AuthView, session: &Session, rd: Option<&str>) -> Option
         .collect();
     let mut pending = None;
     for value in &candidates {
-        if let Some(waiting) = auth.mfa.peek(value).await {
+        if let Some(waiting) = auth.mfa.peek(value).await? {
             pending = Some(waiting);
             break;
         }
     }
     let pending = pending.filter(|w| auth.provider(&w.connection).is_some());
     if let Some(waiting) = pending {
-        return Some(Context::Pending(waiting));
+        return Ok(Some(Context::Pending(waiting)));
     }
     let Lookup::Live(live) = auth.sessions.lookup(headers) else {
-        return None;
+        return Ok(None);
     };
-    auth.provider(&live.identity.connection)?;
-    let user_id = live.identity.user_id.clone()?;
+    if auth.provider(&live.identity.connection).is_none() {
+        return Ok(None);
+    }
+    let Some(user_id) = live.identity.user_id.clone() else {
+        return Ok(None);
+    };
     let username = live
         .identity
         .username
         .clone()
         .unwrap_or_else(|| user_id.clone());
-    Some(Context::StepUp {
+    Ok(Some(Context::StepUp {
         rd: safe_rd(auth, session, rd),
         live,
         user_id,
         username,
-    })
+    }))
 }
 
 /// Serves `/oauth2/mfa`.
@@ -192,9 +203,14 @@ pub async fn handle(
     } else {
         pairs.to_vec()
     };
-    let Some(ctx) = context(auth, session, param(&form, "rd")).await else {
+    let ctx = match context(auth, session, param(&form, "rd")).await {
+        Ok(Some(ctx)) => ctx,
         // Nothing to verify: start over.
-        return redirect(session, paths::START, vec![clear_pending_cookie(auth)]).await;
+        Ok(None) => {
+            return redirect(session, paths::START, vec![clear_pending_cookie(auth)]).await;
+        }
+        // The pending login may be there: keep its cookie and say to try again.
+        Err(e) => return store_failure(auth, session, e).await,
     };
     if let Context::StepUp { live, rd, .. } = &ctx {
         if live.mfa_done_at().is_some() {

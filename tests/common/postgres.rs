@@ -536,3 +536,18 @@ pub fn psql(url: &str, sql: &str) -> String {
         .psql(url, sql)
         .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
 }
+
+/// Unwraps an `Option` a PostgreSQL helper returned, or ends the test as skipped (outside CI,
+/// without a server; under `CI=true` the helpers panic instead).
+#[macro_export]
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => {
+                eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)");
+                return;
+            }
+        }
+    };
+}
