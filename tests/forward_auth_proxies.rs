@@ -8,72 +8,21 @@
 //! missing binary fails it (`.ci/run` installs both).
 
 mod common;
+#[path = "common/front.rs"]
+mod front;
 #[path = "common/idp.rs"]
 mod idp;
 #[path = "common/login_env.rs"]
 mod login_env;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{bind_gatehouse, client, start_echo, start_on, Harness};
+use front::{binary, nginx, repo, reserve_port, run_nginx, substitute, wait_listening, Proc};
 use idp::{client_config, Browser, TestIdp};
-
-/// The binary, or `None` (with a message) when it is missing outside CI.
-fn binary(name: &str, paths: &[&str]) -> Option<PathBuf> {
-    let found = paths.iter().map(PathBuf::from).find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{name} is not installed, and CI=true: .ci/run installs it (apt-get install {name})");
-        }
-        eprintln!("SKIPPED: {name} is not installed (apt-get install {name}); set CI=true to make this a failure");
-    }
-    found
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// `text` with each `from` replaced by its `to`; every `from` must be there, so an example
-/// that drifts from what the test expects fails loudly instead of testing something else.
-fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
-    let mut out = text.to_string();
-    for (from, to) in pairs {
-        assert!(
-            out.contains(from),
-            "the example no longer contains `{from}`"
-        );
-        out = out.replace(from, to);
-    }
-    out
-}
-
-/// A child process that is killed when the test ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until something accepts connections on `addr`.
-async fn wait_listening(addr: SocketAddr, what: &str, log: &Path) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "{what} never listened on {addr}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
 
 /// Gatehouse from the example's `gatehouse.toml`, the test OP, the echo app, and the two
 /// sessions.
@@ -160,19 +109,14 @@ async fn env(example: &str) -> Env {
 /// never listens on it, so it takes no connection), and nginx binds the same port with
 /// `reuseport`. Drop the returned socket once nginx listens; the port is never free between.
 fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr, tokio::net::TcpSocket) {
-    let reservation = tokio::net::TcpSocket::new_v4().unwrap();
-    reservation.set_reuseport(true).unwrap();
-    reservation.bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let front = reservation.local_addr().unwrap();
-    let port = front.port();
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let (reservation, front) = reserve_port();
     let text = std::fs::read_to_string(repo("examples/nginx/nginx.conf")).unwrap();
     let conf = substitute(
         &text,
         &[
             (
                 "listen 127.0.0.1:8000;",
-                format!("listen 127.0.0.1:{port} reuseport;"),
+                format!("listen {front} reuseport;"),
             ),
             (
                 "server 127.0.0.1:4180;",
@@ -184,21 +128,7 @@ fn start_nginx(bin: &Path, env: &Env, dir: &Path) -> (Proc, SocketAddr, tokio::n
             ),
         ],
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    // One process (no master): killing the child stops it all. `user` only matters when
-    // running as root (as CI does); nginx ignores it with a warning otherwise.
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off; master_process off; user root;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    (Proc(child), front, reservation)
+    (run_nginx(bin, dir, &conf), front, reservation)
 }
 
 /// Caddy with the example's `Caddyfile` (addresses from its environment variables), admin
@@ -417,7 +347,7 @@ async fn check_front(name: &str, env: &Env, front: SocketAddr) {
 /// inside can; without a session an API client gets 401 and a browser is sent to sign in.
 #[tokio::test]
 async fn nginx_auth_request_checks_the_request_nginx_serves() {
-    let Some(bin) = binary("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]) else {
+    let Some(bin) = nginx() else {
         return;
     };
     let env = env("nginx").await;

@@ -13,21 +13,23 @@
 //! either missing fails it.
 
 mod common;
+#[path = "common/front.rs"]
+mod front;
 #[path = "common/idp.rs"]
 mod idp;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 use common::postgres as pg;
 use common::{client, get_status, start_echo, Served};
+use front::{nginx, repo, reserve_port, run_nginx, substitute, wait_listening, Proc};
 use idp::{client_config, Browser, TestIdp};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-const NGINX: &str = "/usr/sbin/nginx";
 
 /// The environment variables the example's README gives replica B (its own ports and data
 /// directory on a machine that runs both).
@@ -36,49 +38,6 @@ const REPLICA_B_VARS: [&str; 3] = [
     "GATEHOUSE__SERVER__ADMIN_LISTEN",
     "GATEHOUSE__STORE__DATA_DIR",
 ];
-
-macro_rules! or_skip {
-    ($e:expr) => {
-        match $e {
-            Some(v) => v,
-            None => {
-                eprintln!("skipping: no PostgreSQL (see tests/common/postgres.rs)");
-                return;
-            }
-        }
-    };
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The nginx binary, or `None` (with a message) when it is missing outside CI.
-fn nginx() -> Option<PathBuf> {
-    let path = PathBuf::from(NGINX);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("nginx is not installed, and CI=true: .ci/run installs it (apt-get install nginx)");
-    }
-    eprintln!("SKIPPED: nginx is not installed (apt-get install nginx); set CI=true to make this a failure");
-    None
-}
-
-/// `text` with each `from` replaced by its `to`; every `from` must be there, so an example
-/// that drifts from what the test expects fails loudly instead of testing something else.
-fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
-    let mut out = text.to_string();
-    for (from, to) in pairs {
-        assert!(
-            out.contains(from),
-            "the example no longer contains `{from}`"
-        );
-        out = out.replace(from, to);
-    }
-    out
-}
 
 /// The example's `gatehouse.toml` with ports the kernel picks (read back from the child's
 /// log), the database at `url`, the data directory `data`, the echo app, the test IdP, and
@@ -176,36 +135,9 @@ async fn exited(child: &mut Child) -> Option<i32> {
     panic!("the child did not exit");
 }
 
-/// nginx, killed when dropped.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port reserved for nginx, which cannot listen on port 0: bound with
-/// `SO_REUSEPORT` and never listened on (so it takes no connection); nginx binds the same
-/// port with `reuseport`. Drop it once nginx listens; the port is never free between.
-fn reserve_port() -> (tokio::net::TcpSocket, SocketAddr) {
-    let reservation = tokio::net::TcpSocket::new_v4().unwrap();
-    reservation.set_reuseport(true).unwrap();
-    reservation.bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let addr = reservation.local_addr().unwrap();
-    (reservation, addr)
-}
-
 /// nginx with the example's `nginx.conf` in its own prefix `dir`, listening on `front` (held
 /// by a reservation), balancing over `replicas`; returns once it accepts connections.
-async fn start_nginx(
-    bin: &Path,
-    dir: &Path,
-    front: SocketAddr,
-    replicas: [SocketAddr; 2],
-) -> Nginx {
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
+async fn start_nginx(bin: &Path, dir: &Path, front: SocketAddr, replicas: [SocketAddr; 2]) -> Proc {
     let text = std::fs::read_to_string(repo("examples/replicas/nginx.conf")).unwrap();
     let conf = substitute(
         &text,
@@ -218,31 +150,9 @@ async fn start_nginx(
             ("server 127.0.0.1:4181 ", format!("server {} ", replicas[1])),
         ],
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    // One process (no master): killing the child stops it all. `user` only matters when
-    // running as root (as CI does); nginx ignores it with a warning otherwise.
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off; master_process off; user root;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    let nginx = Nginx(child);
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(front).await.is_ok() {
-            return nginx;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "nginx never listened on {front}: {}",
-        std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
-    );
+    let nginx = run_nginx(bin, dir, &conf);
+    wait_listening(front, "nginx", &dir.join("logs/error.log")).await;
+    nginx
 }
 
 /// The echo app's view of one request through nginx: status, and the JSON the app echoed.
