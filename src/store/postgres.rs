@@ -568,6 +568,9 @@ impl Apply {
     }
 }
 
+/// Records a write transaction knows (read or written), by table and key: `None` for absent.
+type KnownRows = HashMap<(Rows, String), Option<Vec<u8>>>;
+
 /// One transaction, read-only or not. Its statements run on the engine's runtime.
 ///
 /// A write transaction keeps its changes (`pending`) and sends them in one round trip at
@@ -584,7 +587,7 @@ struct PgTx {
     origin: String,
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pending: std::cell::RefCell<Vec<Op>>,
-    rows_known: std::cell::RefCell<HashMap<(Rows, String), Option<Vec<u8>>>>,
+    rows_known: std::cell::RefCell<KnownRows>,
     ids_known: std::cell::RefCell<HashMap<IdKey, Option<String>>>,
     /// Keys a pending change may have changed without `ids_known` telling how (an entry
     /// released without having been read): read only after the changes are sent.
