@@ -2,9 +2,10 @@
 //! "Measured").
 //!
 //! Each login is the one `Auth::complete_login` commits: JIT provisioning plus the new session
-//! record in one transaction, through the group commit (`GroupCommit`, one writer thread that
-//! puts the logins queued meanwhile into one transaction), answered only once that
-//! transaction is durable, then the session made live. `THREADS` logins (default 8) are in
+//! record in one transaction, through `GroupCommit` as the login uses it (on redb one writer
+//! thread that puts the logins queued meanwhile into one transaction; on PostgreSQL each
+//! login's own transaction on its caller's thread and pooled connection), answered only once
+//! that transaction is durable, then the session made live. `THREADS` logins (default 8) are in
 //! flight at once; every login is a user never seen before (unique subject, username and
 //! email), so each one creates an account.
 //!
@@ -12,7 +13,9 @@
 //! `SECONDS` each, default 5: redb, then PostgreSQL, each round), so drift on a shared machine
 //! hits both alike. Printed per round and engine: durable provisions/s, and a login's store
 //! time (from the call into the group commit to its answer: queueing, the transaction and its
-//! commit) at p50 and p99; then the medians and the PostgreSQL/redb ratio of each round.
+//! commit) at p50 and p99, and PostgreSQL's round trips per login (statements, BEGIN and
+//! COMMIT, counted by the engine); then the medians and the PostgreSQL/redb ratio of each
+//! round.
 //!
 //! PostgreSQL: a throwaway cluster started the way the tests start one
 //! (`tests/common/postgres.rs`: initdb into a temp dir, `fsync = on`,
@@ -128,6 +131,7 @@ impl Engine {
 
     /// `threads` threads logging in new users for `length`; the figures of the round.
     fn round(&self, threads: usize, length: Duration) -> Round {
+        let trips_before = self.round_trips();
         let start = Instant::now();
         let deadline = start + length;
         let mut times: Vec<Duration> = std::thread::scope(|s| {
@@ -154,12 +158,19 @@ impl Engine {
         let elapsed = start.elapsed();
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        let trips = self.round_trips() - trips_before;
         Round {
             per_second: times.len() as f64 / elapsed.as_secs_f64(),
+            trips_per_login: trips as f64 / times.len().max(1) as f64,
             logins: times.len(),
             p50: at(0.50),
             p99: at(0.99),
         }
+    }
+
+    /// Round trips to the database so far (PostgreSQL; 0 for redb).
+    fn round_trips(&self) -> u64 {
+        self.store.postgres().map_or(0, |pg| pg.round_trips())
     }
 
     fn accounts(&self) -> u64 {
@@ -173,6 +184,8 @@ impl Engine {
 #[derive(Debug, Clone, Copy)]
 struct Round {
     per_second: f64,
+    /// Round trips to the database per login (PostgreSQL).
+    trips_per_login: f64,
     logins: usize,
     p50: Duration,
     p99: Duration,
@@ -257,12 +270,13 @@ fn main() {
         let figures = [0, 1].map(|i| {
             let r = engines[i].round(threads, length);
             eprintln!(
-                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms",
+                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms  {:.1} round trips/login",
                 engines[i].name,
                 r.per_second,
                 r.logins,
                 ms(r.p50),
-                ms(r.p99)
+                ms(r.p99),
+                r.trips_per_login
             );
             r
         });

@@ -471,3 +471,143 @@ conformance! {
             .unwrap();
     }
 }
+
+conformance! {
+    /// A write transaction reads its own changes before it commits: an account written, its
+    /// link and index entries, a renamed account's released entries, an account deleted with
+    /// entries this transaction never read before, a session written and deleted, and counts.
+    fn a_transaction_reads_its_own_changes_before_it_commits(o) {
+        let henry = linked(&o.store, "henry", "corp", "s-h");
+        let mut ivy = user("ivy", Some("ivy@example.com"));
+        let link = Link { connection: "corp".into(), subject: "s-i".into() };
+        ivy.links.push(link.clone());
+        o.store
+            .write(|tx| {
+                tx.put_user(&ivy)?;
+                tx.link(&link, &ivy.id)?;
+                assert_eq!(tx.user(&ivy.id)?.unwrap().username, "ivy");
+                assert_eq!(tx.user_by_link("corp", "s-i")?.unwrap().id, ivy.id);
+                assert_eq!(tx.user_by_email("IVY@example.com")?.unwrap().id, ivy.id);
+                assert_eq!(tx.user_by_username("Ivy")?.unwrap().id, ivy.id);
+                assert_eq!(tx.user_count()?, 2);
+                assert_eq!(tx.index_sizes()?, (2, 2));
+
+                let mut renamed = ivy.clone();
+                renamed.username = "ivy2".into();
+                renamed.email = Some("ivy2@example.com".into());
+                tx.put_user(&renamed)?;
+                assert!(!tx.username_taken("ivy", "nobody")?);
+                assert!(tx.user_by_email("ivy@example.com")?.is_none());
+                assert_eq!(tx.user_by_username("IVY2")?.unwrap().id, ivy.id);
+
+                assert_eq!(tx.delete_user(&henry.id)?.unwrap().id, henry.id);
+                assert!(tx.user(&henry.id)?.is_none());
+                assert!(!tx.username_taken("henry", "nobody")?);
+                assert!(tx.user_by_email("henry@example.com")?.is_none());
+                assert!(tx.user_by_link("corp", "s-h")?.is_none());
+                assert_eq!(tx.user_count()?, 1);
+                assert_eq!(tx.index_sizes()?, (1, 1));
+
+                tx.put_session(&session("s9", Some(&ivy.id)))?;
+                assert_eq!(tx.delete_sessions(&["s9".into(), "s9".into()])?, 1);
+                assert_eq!(tx.delete_sessions(&["s9".into()])?, 0);
+                Ok(())
+            })
+            .unwrap();
+        o.store
+            .read(|tx| {
+                assert_eq!(tx.user_by_username("ivy2")?.unwrap().id, ivy.id);
+                assert!(tx.user_by_username("ivy")?.is_none());
+                assert!(tx.user(&henry.id)?.is_none());
+                assert_eq!(tx.index_sizes()?, (1, 1));
+                assert_eq!(tx.user_count()?, 1);
+                assert!(tx.session("s9")?.is_none());
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+/// A username claim that another replica's commit beat is found when the transaction
+/// commits (PostgreSQL sends a transaction's changes at commit): the commit is a conflict,
+/// the transaction runs again, sees the name taken and lands with another one.
+#[test]
+fn a_claim_lost_to_another_replica_fails_the_commit_and_the_rerun_lands() {
+    let Some(o) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let gina = user("gina", None);
+    let (run, name) = o
+        .store
+        .write(|tx| {
+            let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let name = if tx.username_taken("gina", "")? {
+                "gina-2"
+            } else {
+                "gina"
+            };
+            if run == 1 {
+                // Another replica takes the name between this transaction's read and its
+                // commit.
+                let (other, gina) = (o.store.clone(), gina.clone());
+                std::thread::spawn(move || other.write(|tx| tx.put_user(&gina)))
+                    .join()
+                    .unwrap()
+                    .unwrap();
+            }
+            tx.put_user(&user(name, None))?;
+            Ok((run, name))
+        })
+        .unwrap();
+    assert_eq!((run, name), (2, "gina-2"));
+    let holder = o
+        .store
+        .read(|tx| tx.user_by_username("gina"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder.id, gina.id);
+    assert_eq!(o.store.read(|tx| tx.user_count()).unwrap(), 2);
+}
+
+/// A new user's login (JIT provisioning and the session, one transaction) costs few round
+/// trips to PostgreSQL: BEGIN, the four reads it decides on (link, email, username, the new
+/// account `FOR UPDATE`), the audit number, its changes in one call, COMMIT. Printed, so a
+/// change in the count shows.
+#[test]
+fn a_new_users_login_is_eight_round_trips_on_postgres() {
+    let Some(o) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let config = gatehouse::config::parse(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n[[connections]]\nid = \"corp\"\n\
+         issuer = \"https://idp.example.com\"\nclient_id = \"gh\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let connection = config.connections[0].clone();
+    let mut claims = gatehouse::identity::Identity::new("corp", "new-subject");
+    claims.username = Some("newbie".into());
+    claims.email = Some("newbie@example.com".into());
+    claims.email_verified = true;
+    let pg = o.store.postgres().unwrap();
+    let before = pg.round_trips();
+    o.store
+        .write(|tx| {
+            let provisioned =
+                gatehouse::identity::jit::provision(tx, &connection, &claims, 100, "r")?;
+            let gatehouse::identity::jit::Provisioned::Allowed { identity, .. } = provisioned
+            else {
+                panic!("refused");
+            };
+            let mut record = session("s-new", identity.user_id.as_deref());
+            record.identity.user_id = identity.user_id;
+            tx.put_session(&record)
+        })
+        .unwrap();
+    let trips = pg.round_trips() - before;
+    eprintln!("a new user's login: {trips} round trips");
+    assert_eq!(trips, 8);
+    assert_eq!(o.store.read(|tx| tx.user_count()).unwrap(), 1);
+}

@@ -1,8 +1,9 @@
 //! The end of a login, once the IdP's answer has checked out: the identity step (JIT
 //! provisioning into the store, or the claims as they are) and the new session, written in one
 //! store transaction, group-committed with the logins that arrive while a commit is in flight
-//! ([`crate::store::writer::GroupCommit`]). It waits for that commit, so the callback runs it on
-//! tokio's blocking pool, never on a proxy thread.
+//! ([`crate::store::writer::GroupCommit`]; on PostgreSQL committed on its own connection beside
+//! them). It waits for that commit, so the callback runs it on tokio's blocking pool, never on a
+//! proxy thread.
 
 use std::time::Instant;
 
@@ -77,7 +78,7 @@ impl AuthView {
         let mfa_config = self.settings.mfa.config.clone();
         // The login's transaction, group-committed with logins arriving meanwhile; it owns
         // what it reads, since it runs on the commit thread (and runs again alone if its
-        // batch fails).
+        // batch fails, or again after a lost race on PostgreSQL).
         let written = self.logins.write(move |tx| {
             if !old_in_tx.is_empty() {
                 tx.delete_sessions(&old_in_tx)?;

@@ -9,11 +9,18 @@
 //! usernames) are claimed with `INSERT ... ON CONFLICT DO NOTHING`, and a claim another
 //! transaction won is a [`StoreError::Conflict`] that [`super::Store::write`] retries.
 //!
+//! Round trips: a write transaction keeps its changes and sends them in one call at commit
+//! (`gatehouse_apply`, migration 2, which applies them in order with the rules above), and
+//! answers its own reads from what it wrote or already read; only the reads it decides on,
+//! the audit number, BEGIN, the call and COMMIT go to the server (a new user's login: 8,
+//! where one statement per change took 16).
+//!
 //! The engine owns a small tokio runtime for its connections, so it works the same from any
 //! thread (Gatehouse calls the store from the blocking pool and its writer threads, never
 //! from a proxy thread).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,11 +34,18 @@ use super::sessions::{SessionColumns, SessionOwner};
 use super::StoreError;
 
 /// The schema, one migration per step; the number is the schema version.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "accounts sessions audit keys events",
-    include_str!("migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "accounts sessions audit keys events",
+        include_str!("migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "a write transaction's changes in one call",
+        include_str!("migrations/0002_apply.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
@@ -81,6 +95,8 @@ pub struct PgStore {
     /// Since when it has not (`None` while it answers).
     down_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     offline_grace: Duration,
+    /// Round trips made by transactions (statements, BEGIN, COMMIT), for tests and benches.
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -110,8 +126,11 @@ fn run<T: Send + 'static>(
 pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // unique_violation, serialization_failure, deadlock_detected
-            Some("23505" | "40001" | "40P01") => StoreError::Conflict(db.message().to_string()),
+            // unique_violation, serialization_failure, deadlock_detected, and `gatehouse_apply`
+            // finding a claim or link held by another account (migration 2)
+            Some("23505" | "40001" | "40P01" | "GH409") => {
+                StoreError::Conflict(db.message().to_string())
+            }
             // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
             Some("57P01" | "57P02" | "57P03" | "53300") => {
                 StoreError::Unavailable(db.message().to_string())
@@ -170,6 +189,7 @@ impl PgStore {
             up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             down_since: Default::default(),
             offline_grace: options.offline_grace,
+            round_trips: Default::default(),
         };
         Ok(store)
     }
@@ -186,6 +206,14 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How many round trips to the database this store's transactions have made so far
+    /// (each statement, BEGIN and COMMIT is one). For tests and benches (Gatehouse never
+    /// reads it).
+    #[doc(hidden)]
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The schema version the database is at (0: empty).
@@ -287,11 +315,19 @@ impl PgStore {
             Ok::<_, sqlx::Error>(tx)
         })?
         .map_err(store_error)?;
+        let begun = if writable { 1 } else { 2 };
+        self.round_trips
+            .fetch_add(begun, std::sync::atomic::Ordering::Relaxed);
         Ok(PgTx {
             tx: std::cell::RefCell::new(Some(tx)),
             handle: self.handle.clone(),
             writable,
             origin: self.origin.clone(),
+            round_trips: self.round_trips.clone(),
+            pending: Default::default(),
+            rows_known: Default::default(),
+            ids_known: Default::default(),
+            unsure: Default::default(),
         })
     }
 
@@ -323,6 +359,9 @@ enum Arg {
     Bytes(Vec<u8>),
     Int(i64),
     MaybeText(Option<String>),
+    Texts(Vec<Option<String>>),
+    Ints(Vec<Option<i64>>),
+    Blobs(Vec<Option<Vec<u8>>>),
 }
 
 fn text(s: &str) -> Arg {
@@ -337,15 +376,222 @@ fn bind_all(sql: &str, args: Vec<Arg>) -> Query<'_> {
         Arg::Bytes(v) => q.bind(v),
         Arg::Int(v) => q.bind(v),
         Arg::MaybeText(v) => q.bind(v),
+        Arg::Texts(v) => q.bind(v),
+        Arg::Ints(v) => q.bind(v),
+        Arg::Blobs(v) => q.bind(v),
     })
 }
 
+/// A key whose value a write transaction may know without asking the database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IdKey {
+    Index(Index, String),
+    Link(String, String),
+}
+
+/// One buffered change, sent at commit (or before a read that needs it) through
+/// `gatehouse_apply` (migration 2), which applies it with the same rule the statement of its
+/// own had.
+enum Op {
+    PutUser {
+        id: String,
+        record: Vec<u8>,
+    },
+    RemoveUser(String),
+    PutSession {
+        sid: String,
+        record: Vec<u8>,
+        columns: SessionColumns,
+    },
+    RemoveSession(String),
+    Claim {
+        index: Index,
+        key: String,
+        user_id: String,
+        replacing: Option<String>,
+    },
+    Release {
+        index: Index,
+        key: String,
+        user_id: String,
+    },
+    SetLink {
+        connection: String,
+        subject: String,
+        user_id: String,
+    },
+    RemoveLink {
+        connection: String,
+        subject: String,
+    },
+    Audit {
+        seq: i64,
+        user_id: Option<String>,
+        entry: Vec<u8>,
+    },
+}
+
+/// The arguments of one `gatehouse_apply` call: one element per change in each array.
+#[derive(Default)]
+struct Apply {
+    op: Vec<Option<String>>,
+    k: [Vec<Option<String>>; 5],
+    num: Vec<Option<i64>>,
+    blob: Vec<Option<Vec<u8>>>,
+}
+
+impl Apply {
+    fn push(&mut self, op: &str, k: [Option<&str>; 5], num: Option<i64>, blob: Option<&[u8]>) {
+        self.op.push(Some(op.to_string()));
+        for (column, value) in self.k.iter_mut().zip(k) {
+            column.push(value.map(str::to_string));
+        }
+        self.num.push(num);
+        self.blob.push(blob.map(<[u8]>::to_vec));
+    }
+
+    fn of(ops: &[Op]) -> Self {
+        let mut apply = Self::default();
+        for op in ops {
+            match op {
+                Op::PutUser { id, record } => apply.push(
+                    "put_user",
+                    [Some(id.as_str()), None, None, None, None],
+                    None,
+                    Some(record.as_slice()),
+                ),
+                Op::RemoveUser(id) => apply.push(
+                    "remove_user",
+                    [Some(id.as_str()), None, None, None, None],
+                    None,
+                    None,
+                ),
+                Op::PutSession {
+                    sid,
+                    record,
+                    columns,
+                } => apply.push(
+                    "put_session",
+                    [
+                        Some(sid.as_str()),
+                        columns.identity.user_id.as_deref(),
+                        Some(columns.identity.connection.as_str()),
+                        Some(columns.identity.subject.as_str()),
+                        columns.idp_sid.as_deref(),
+                    ],
+                    Some(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
+                    Some(record.as_slice()),
+                ),
+                Op::RemoveSession(sid) => apply.push(
+                    "remove_session",
+                    [Some(sid.as_str()), None, None, None, None],
+                    None,
+                    None,
+                ),
+                Op::Claim {
+                    index,
+                    key,
+                    user_id,
+                    replacing,
+                } => apply.push(
+                    match index {
+                        Index::Emails => "claim_email",
+                        Index::Usernames => "claim_username",
+                    },
+                    [
+                        Some(key.as_str()),
+                        Some(user_id.as_str()),
+                        replacing.as_deref(),
+                        None,
+                        None,
+                    ],
+                    None,
+                    None,
+                ),
+                Op::Release {
+                    index,
+                    key,
+                    user_id,
+                } => apply.push(
+                    match index {
+                        Index::Emails => "release_email",
+                        Index::Usernames => "release_username",
+                    },
+                    [Some(key.as_str()), Some(user_id.as_str()), None, None, None],
+                    None,
+                    None,
+                ),
+                Op::SetLink {
+                    connection,
+                    subject,
+                    user_id,
+                } => apply.push(
+                    "set_link",
+                    [
+                        Some(connection.as_str()),
+                        Some(subject.as_str()),
+                        Some(user_id.as_str()),
+                        None,
+                        None,
+                    ],
+                    None,
+                    None,
+                ),
+                Op::RemoveLink {
+                    connection,
+                    subject,
+                } => apply.push(
+                    "remove_link",
+                    [
+                        Some(connection.as_str()),
+                        Some(subject.as_str()),
+                        None,
+                        None,
+                        None,
+                    ],
+                    None,
+                    None,
+                ),
+                Op::Audit {
+                    seq,
+                    user_id,
+                    entry,
+                } => apply.push(
+                    "audit",
+                    [user_id.as_deref(), None, None, None, None],
+                    Some(*seq),
+                    Some(entry.as_slice()),
+                ),
+            }
+        }
+        apply
+    }
+}
+
+/// Records a write transaction knows (read or written), by table and key: `None` for absent.
+type KnownRows = HashMap<(Rows, String), Option<Vec<u8>>>;
+
 /// One transaction, read-only or not. Its statements run on the engine's runtime.
+///
+/// A write transaction keeps its changes (`pending`) and sends them in one round trip at
+/// commit, or earlier when a read needs them (a scan, a count, a key a pending change
+/// affects in a way it cannot tell by itself). What it has read or written is remembered
+/// (`rows_known`, `ids_known`), so a key read again, or read after this transaction's own
+/// write, is answered without a round trip: an account is read `FOR UPDATE`, so it cannot
+/// change meanwhile; an unlocked index entry or link read again gives the first answer, and
+/// a claim decided on it is checked again when it is applied.
 struct PgTx {
     tx: std::cell::RefCell<Option<Transaction<'static, Postgres>>>,
     handle: Handle,
     writable: bool,
     origin: String,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pending: std::cell::RefCell<Vec<Op>>,
+    rows_known: std::cell::RefCell<KnownRows>,
+    ids_known: std::cell::RefCell<HashMap<IdKey, Option<String>>>,
+    /// Keys a pending change may have changed without `ids_known` telling how (an entry
+    /// released without having been read): read only after the changes are sent.
+    unsure: std::cell::RefCell<std::collections::HashSet<IdKey>>,
 }
 
 impl Drop for PgTx {
@@ -391,6 +637,8 @@ impl PgTx {
         let Some(mut tx) = self.tx.borrow_mut().take() else {
             return Err(StoreError::Db("the transaction has ended".into()));
         };
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, out) = run(&self.handle, async move {
             let out = work(&mut tx).await;
             (tx, out)
@@ -399,14 +647,79 @@ impl PgTx {
         out.map_err(store_error)
     }
 
-    /// Tells the other replicas (at commit) that a session changed or ended.
-    fn session_event(&self, sid: &str) -> Result<(), StoreError> {
+    /// Sends the pending changes (one round trip; none when there are none).
+    fn flush(&self) -> Result<(), StoreError> {
+        let ops = std::mem::take(&mut *self.pending.borrow_mut());
+        self.unsure.borrow_mut().clear();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let Apply { op, k, num, blob } = Apply::of(&ops);
+        let [k1, k2, k3, k4, k5] = k;
         self.execute(
-            "INSERT INTO session_events (sid, origin) VALUES ($1, $2)",
-            vec![text(sid), text(&self.origin)],
+            "SELECT gatehouse_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            vec![
+                text(&self.origin),
+                text(SESSION_CHANNEL),
+                Arg::Texts(op),
+                Arg::Texts(k1),
+                Arg::Texts(k2),
+                Arg::Texts(k3),
+                Arg::Texts(k4),
+                Arg::Texts(k5),
+                Arg::Ints(num),
+                Arg::Blobs(blob),
+            ],
         )?;
-        self.execute("SELECT pg_notify($1, '')", vec![text(SESSION_CHANNEL)])?;
         Ok(())
+    }
+
+    /// Sends the pending changes first when a read depends on rows they may change (a
+    /// read-only transaction has none).
+    fn settled(&self) -> Result<(), StoreError> {
+        if self.writable {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A user id by index entry or link: known to this transaction, else read (and kept).
+    fn id_of(
+        &self,
+        key: IdKey,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Option<String>, StoreError> {
+        if !self.writable {
+            return self.one_text(sql, args);
+        }
+        if let Some(known) = self.ids_known.borrow().get(&key) {
+            return Ok(known.clone());
+        }
+        if self.unsure.borrow().contains(&key) {
+            self.flush()?;
+        }
+        let read = self.one_text(sql, args)?;
+        self.ids_known.borrow_mut().insert(key, read.clone());
+        Ok(read)
+    }
+
+    /// Whether a record exists, as this transaction sees it; a row that does is locked
+    /// (`FOR UPDATE`), as the DELETE that follows would lock it.
+    fn exists_locked(&self, rows: Rows, key: &str) -> Result<bool, StoreError> {
+        if let Some(known) = self.rows_known.borrow().get(&(rows, key.to_string())) {
+            return Ok(known.is_some());
+        }
+        let sql = match rows {
+            Rows::Users => "SELECT record FROM users WHERE id = $1 FOR UPDATE",
+            Rows::Sessions => "SELECT record FROM sessions WHERE sid = $1 FOR UPDATE",
+        };
+        let read = self.one_bytes(sql, vec![text(key)])?;
+        let exists = read.is_some();
+        self.rows_known
+            .borrow_mut()
+            .insert((rows, key.to_string()), read);
+        Ok(exists)
     }
 
     fn one_bytes(&self, sql: &'static str, args: Vec<Arg>) -> Result<Option<Vec<u8>>, StoreError> {
@@ -431,15 +744,13 @@ impl PgTx {
     }
 }
 
-fn rows_table(rows: Rows) -> (&'static str, &'static str) {
-    match rows {
-        Rows::Users => ("users", "id"),
-        Rows::Sessions => ("sessions", "sid"),
-    }
-}
-
 impl RawRead for PgTx {
     fn get(&self, rows: Rows, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.writable {
+            if let Some(known) = self.rows_known.borrow().get(&(rows, key.to_string())) {
+                return Ok(known.clone());
+            }
+        }
         let sql = match (rows, self.writable) {
             // A write transaction locks the account it reads: two replicas changing one
             // account (a TOTP step, a failure count) take turns instead of losing a change.
@@ -447,10 +758,17 @@ impl RawRead for PgTx {
             (Rows::Users, false) => "SELECT record FROM users WHERE id = $1",
             (Rows::Sessions, _) => "SELECT record FROM sessions WHERE sid = $1",
         };
-        self.one_bytes(sql, vec![text(key)])
+        let read = self.one_bytes(sql, vec![text(key)])?;
+        if self.writable {
+            self.rows_known
+                .borrow_mut()
+                .insert((rows, key.to_string()), read.clone());
+        }
+        Ok(read)
     }
 
     fn scan(&self, rows: Rows) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.settled()?;
         let sql = match rows {
             Rows::Users => "SELECT record FROM users ORDER BY id",
             Rows::Sessions => "SELECT record FROM sessions ORDER BY sid",
@@ -463,17 +781,19 @@ impl RawRead for PgTx {
             Index::Emails => "SELECT user_id FROM user_emails WHERE email = $1",
             Index::Usernames => "SELECT user_id FROM user_usernames WHERE username = $1",
         };
-        self.one_text(sql, vec![text(key)])
+        self.id_of(IdKey::Index(index, key.to_string()), sql, vec![text(key)])
     }
 
     fn link(&self, connection: &str, subject: &str) -> Result<Option<String>, StoreError> {
-        self.one_text(
+        self.id_of(
+            IdKey::Link(connection.to_string(), subject.to_string()),
             "SELECT user_id FROM user_links WHERE connection = $1 AND subject = $2",
             vec![text(connection), text(subject)],
         )
     }
 
     fn count(&self, what: Counted) -> Result<u64, StoreError> {
+        self.settled()?;
         let sql = match what {
             Counted::Users => "SELECT count(*) FROM users",
             Counted::Links => "SELECT count(*) FROM user_links",
@@ -491,6 +811,7 @@ impl RawRead for PgTx {
     }
 
     fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError> {
+        self.settled()?;
         let (sql, args) = match owner {
             SessionOwner::User(user) => (
                 "SELECT sid FROM sessions WHERE user_id = $1 ORDER BY sid",
@@ -518,6 +839,7 @@ impl RawRead for PgTx {
     }
 
     fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.settled()?;
         self.all_bytes(
             "SELECT entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
             vec![Arg::MaybeText(user_id.map(str::to_string))],
@@ -525,6 +847,7 @@ impl RawRead for PgTx {
     }
 
     fn keyed(&self, rows: Rows) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.settled()?;
         // `COLLATE "C"`: byte order, the order the embedded file keeps.
         let sql = match rows {
             Rows::Users => "SELECT id, record FROM users ORDER BY id COLLATE \"C\"",
@@ -542,6 +865,7 @@ impl RawRead for PgTx {
     }
 
     fn index_entries(&self, index: Index) -> Result<Vec<(String, String)>, StoreError> {
+        self.settled()?;
         let sql = match index {
             Index::Emails => "SELECT email, user_id FROM user_emails ORDER BY email COLLATE \"C\"",
             Index::Usernames => {
@@ -560,6 +884,7 @@ impl RawRead for PgTx {
     }
 
     fn links(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.settled()?;
         self.rows(
             "SELECT connection, subject, user_id FROM user_links \
              ORDER BY connection COLLATE \"C\", subject COLLATE \"C\"",
@@ -577,6 +902,7 @@ impl RawRead for PgTx {
     }
 
     fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.settled()?;
         self.rows("SELECT seq, entry FROM audit ORDER BY seq", vec![])?
             .iter()
             .map(|row| {
@@ -590,50 +916,37 @@ impl RawRead for PgTx {
 
 impl RawWrite for PgTx {
     fn put(&mut self, rows: Rows, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        match rows {
-            Rows::Users => {
-                self.execute(
-                    "INSERT INTO users (id, record) VALUES ($1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    vec![text(key), Arg::Bytes(value.to_vec())],
-                )?;
-            }
-            Rows::Sessions => {
-                let columns: SessionColumns =
-                    serde_json::from_slice(value).map_err(|e| StoreError::Decode(e.to_string()))?;
-                self.execute(
-                    "INSERT INTO sessions (sid, record, user_id, connection, subject, idp_sid, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (sid) DO UPDATE SET record = EXCLUDED.record, user_id = EXCLUDED.user_id, \
-                     connection = EXCLUDED.connection, subject = EXCLUDED.subject, \
-                     idp_sid = EXCLUDED.idp_sid, expires_at = EXCLUDED.expires_at",
-                    vec![
-                        text(key),
-                        Arg::Bytes(value.to_vec()),
-                        Arg::MaybeText(columns.identity.user_id),
-                        Arg::Text(columns.identity.connection),
-                        Arg::Text(columns.identity.subject),
-                        Arg::MaybeText(columns.idp_sid),
-                        Arg::Int(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
-                    ],
-                )?;
-                self.session_event(key)?;
-            }
-        }
+        let op = match rows {
+            Rows::Users => Op::PutUser {
+                id: key.to_string(),
+                record: value.to_vec(),
+            },
+            Rows::Sessions => Op::PutSession {
+                sid: key.to_string(),
+                record: value.to_vec(),
+                columns: serde_json::from_slice(value)
+                    .map_err(|e| StoreError::Decode(e.to_string()))?,
+            },
+        };
+        self.pending.get_mut().push(op);
+        self.rows_known
+            .get_mut()
+            .insert((rows, key.to_string()), Some(value.to_vec()));
         Ok(())
     }
 
     fn remove(&mut self, rows: Rows, key: &str) -> Result<bool, StoreError> {
-        let (table, column) = rows_table(rows);
-        let sql = match (table, column) {
-            ("users", _) => "DELETE FROM users WHERE id = $1",
-            _ => "DELETE FROM sessions WHERE sid = $1",
-        };
-        let removed = self.execute(sql, vec![text(key)])? > 0;
-        if removed && rows == Rows::Sessions {
-            self.session_event(key)?;
+        if !self.exists_locked(rows, key)? {
+            return Ok(false);
         }
-        Ok(removed)
+        self.pending.get_mut().push(match rows {
+            Rows::Users => Op::RemoveUser(key.to_string()),
+            Rows::Sessions => Op::RemoveSession(key.to_string()),
+        });
+        self.rows_known
+            .get_mut()
+            .insert((rows, key.to_string()), None);
+        Ok(true)
     }
 
     fn claim(
@@ -643,41 +956,39 @@ impl RawWrite for PgTx {
         user_id: &str,
         replacing: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (insert, holder, take) = match index {
-            Index::Emails => (
-                "INSERT INTO user_emails (email, user_id) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING",
-                "SELECT user_id FROM user_emails WHERE email = $1 FOR UPDATE",
-                "UPDATE user_emails SET user_id = $2 WHERE email = $1",
-            ),
-            Index::Usernames => (
-                "INSERT INTO user_usernames (username, user_id) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING",
-                "SELECT user_id FROM user_usernames WHERE username = $1 FOR UPDATE",
-                "UPDATE user_usernames SET user_id = $2 WHERE username = $1",
-            ),
-        };
-        if self.execute(insert, vec![text(key), text(user_id)])? == 1 {
-            return Ok(());
-        }
-        match self.one_text(holder, vec![text(key)])?.as_deref() {
-            Some(id) if id == user_id => Ok(()),
-            Some(id) if Some(id) == replacing => {
-                self.execute(take, vec![text(key), text(user_id)])?;
-                Ok(())
-            }
-            // Gone again meanwhile: the claim is retried with the transaction.
-            _ => Err(StoreError::Conflict(format!(
-                "{} entry already held by another account",
-                index.name()
-            ))),
-        }
+        // Checked when applied: an entry held by another account (not `replacing`) fails the
+        // commit as a conflict, and the transaction runs again.
+        self.pending.get_mut().push(Op::Claim {
+            index,
+            key: key.to_string(),
+            user_id: user_id.to_string(),
+            replacing: replacing.map(str::to_string),
+        });
+        let entry = IdKey::Index(index, key.to_string());
+        self.unsure.get_mut().remove(&entry);
+        self.ids_known
+            .get_mut()
+            .insert(entry, Some(user_id.to_string()));
+        Ok(())
     }
 
     fn release(&mut self, index: Index, key: &str, user_id: &str) -> Result<(), StoreError> {
-        let sql = match index {
-            Index::Emails => "DELETE FROM user_emails WHERE email = $1 AND user_id = $2",
-            Index::Usernames => "DELETE FROM user_usernames WHERE username = $1 AND user_id = $2",
-        };
-        self.execute(sql, vec![text(key), text(user_id)])?;
+        self.pending.get_mut().push(Op::Release {
+            index,
+            key: key.to_string(),
+            user_id: user_id.to_string(),
+        });
+        let entry = IdKey::Index(index, key.to_string());
+        match self.ids_known.get_mut().get_mut(&entry) {
+            Some(holder) => {
+                if holder.as_deref() == Some(user_id) {
+                    *holder = None;
+                }
+            }
+            None => {
+                self.unsure.get_mut().insert(entry);
+            }
+        }
         Ok(())
     }
 
@@ -687,39 +998,29 @@ impl RawWrite for PgTx {
         subject: &str,
         user_id: &str,
     ) -> Result<(), StoreError> {
-        let inserted = self.execute(
-            "INSERT INTO user_links (connection, subject, user_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (connection, subject) DO NOTHING",
-            vec![text(connection), text(subject), text(user_id)],
-        )?;
-        if inserted == 1 {
-            return Ok(());
-        }
-        let current = self.one_text(
-            "SELECT l.user_id FROM user_links l WHERE l.connection = $1 AND l.subject = $2 FOR UPDATE",
-            vec![text(connection), text(subject)],
-        )?;
-        match current.as_deref() {
-            Some(id) if id == user_id => Ok(()),
-            Some(id) if self.get(Rows::Users, id)?.is_none() => {
-                // A link left naming an account that is gone is taken over.
-                self.execute(
-                    "UPDATE user_links SET user_id = $3 WHERE connection = $1 AND subject = $2",
-                    vec![text(connection), text(subject), text(user_id)],
-                )?;
-                Ok(())
-            }
-            _ => Err(StoreError::Conflict(
-                "the identity is already linked to another account".into(),
-            )),
-        }
+        // Checked when applied: a link to another account that still exists fails the commit
+        // as a conflict, and the transaction runs again (and then finds the link).
+        self.pending.get_mut().push(Op::SetLink {
+            connection: connection.to_string(),
+            subject: subject.to_string(),
+            user_id: user_id.to_string(),
+        });
+        self.ids_known.get_mut().insert(
+            IdKey::Link(connection.to_string(), subject.to_string()),
+            Some(user_id.to_string()),
+        );
+        Ok(())
     }
 
     fn remove_link(&mut self, connection: &str, subject: &str) -> Result<(), StoreError> {
-        self.execute(
-            "DELETE FROM user_links WHERE connection = $1 AND subject = $2",
-            vec![text(connection), text(subject)],
-        )?;
+        self.pending.get_mut().push(Op::RemoveLink {
+            connection: connection.to_string(),
+            subject: subject.to_string(),
+        });
+        self.ids_known.get_mut().insert(
+            IdKey::Link(connection.to_string(), subject.to_string()),
+            None,
+        );
         Ok(())
     }
 
@@ -728,6 +1029,8 @@ impl RawWrite for PgTx {
         user_id: Option<&str>,
         encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
     ) -> Result<u64, StoreError> {
+        // The number is taken now (the entry is encoded with it), the row written with the
+        // other changes.
         let rows = self.rows(
             "SELECT nextval(pg_get_serial_sequence('audit', 'seq'))",
             vec![],
@@ -736,23 +1039,22 @@ impl RawWrite for PgTx {
             Some(row) => row.try_get(0).map_err(store_error)?,
             None => return Err(StoreError::Db("no audit sequence number".into())),
         };
-        let seq = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
-        let bytes = encode(seq)?;
-        self.execute(
-            "INSERT INTO audit (seq, user_id, entry) VALUES ($1, $2, $3)",
-            vec![
-                Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
-                Arg::MaybeText(user_id.map(str::to_string)),
-                Arg::Bytes(bytes),
-            ],
-        )?;
-        Ok(seq)
+        let entry = encode(u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?)?;
+        self.pending.get_mut().push(Op::Audit {
+            seq,
+            user_id: user_id.map(str::to_string),
+            entry,
+        });
+        u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.flush()?;
         let Some(tx) = self.tx.get_mut().take() else {
             return Err(StoreError::Db("the transaction has ended".into()));
         };
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         run(&self.handle, async move { tx.commit().await })?.map_err(store_error)
     }
 
@@ -763,6 +1065,7 @@ impl RawWrite for PgTx {
         entry: &[u8],
     ) -> Result<(), StoreError> {
         let seq = i64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.flush()?;
         self.execute(
             "INSERT INTO audit (seq, user_id, entry) VALUES ($1, $2, $3)",
             vec![

@@ -8,14 +8,14 @@ use super::sessions::SessionOwner;
 use super::StoreError;
 
 /// A table of records (JSON documents) by a string key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rows {
     Users,
     Sessions,
 }
 
 /// A unique index: a normalized value -> the user id that holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Index {
     /// Normalized (trimmed, lower-case) verified email.
     Emails,
