@@ -330,7 +330,8 @@ fn per_request(c: &mut Criterion) {
     group.bench_function("wire_headers_cached", |b| {
         b.iter(|| {
             Arc::clone(
-                live.header_cache
+                live.in_use()
+                    .header_cache
                     .get_or_init(|| wire_headers(names, &live.identity, false)),
             )
         })
@@ -346,7 +347,7 @@ fn per_request(c: &mut Criterion) {
     for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
         let signer = Arc::new(AssertionSigner::generate(alg).expect("signing key"));
         let signed = SignedHeader::new(signer, &signing, &bench.config.upstreams, Clock::system());
-        live.signed.clear();
+        live.in_use().signed.clear();
         let first = signed
             .value(0, who.identity(), who.assertion_cache())
             .expect("signed header");

@@ -5,7 +5,10 @@
 //! are idle: no request has built their header cache or signed header yet.
 //!
 //! The store is not involved: a live session's memory is the in-memory map; its record is on
-//! disk. Run with `cargo bench --bench memory` (prints a table; no criterion, no timing).
+//! disk, and so are its IdP tokens (memory keeps only when to refresh them; they are read from
+//! the store at refresh and sign-out). A config that forwards tokens to the app keeps them in
+//! memory too, for sessions in use only: not measured here (idle sessions).
+//! Run with `cargo bench --bench memory` (prints a table; no criterion, no timing).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

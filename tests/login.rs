@@ -380,6 +380,49 @@ async fn an_expired_access_token_is_refreshed_on_the_next_request() {
     );
 }
 
+/// Memory keeps no IdP tokens for a session: sign-out takes the `id_token_hint` from the
+/// store's record, and a refresh its refresh token. So a session whose stored record lost its
+/// ID token signs out without a hint, and one whose stored refresh token was swapped for junk
+/// fails its refresh and ends. Had memory kept the login's tokens, the first would still send
+/// the hint and the second refresh fine.
+#[tokio::test]
+async fn an_idle_sessions_tokens_are_read_from_the_store_at_sign_out_and_refresh() {
+    let env = manual_login_env(serde_json::json!({"ttl": {"AccessToken": 60}}), "").await;
+    let store = env.gh.gatehouse.store.clone().expect("a store");
+    let amend_the_one_session = |amend: &dyn Fn(&mut gatehouse::store::sessions::SessionRecord)| {
+        let sessions = store.sessions().expect("stored sessions");
+        assert_eq!(sessions.len(), 1);
+        let sid = sessions[0].sid.clone();
+        assert!(store.write(|tx| tx.amend_session(&sid, amend)).unwrap());
+    };
+
+    let (browser, _) = sign_in(&env, "alice", "alice-pw").await;
+    amend_the_one_session(&|r| r.tokens.id_token = None);
+    let csrf = login_env::sign_out_token(&browser, &env.url("/oauth2/sign_out")).await;
+    let done = browser
+        .post_form(&env.url("/oauth2/sign_out"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(done.status(), 302);
+    let location = done.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&env.idp.issuer), "{location}");
+    assert!(
+        !location.contains("id_token_hint="),
+        "the hint came from memory: {location}"
+    );
+
+    let (_, cookie) = sign_in(&env, "bob", "bob-pw").await;
+    amend_the_one_session(&|r| r.tokens.refresh_token = Some("not-a-refresh-token".into()));
+    let clock = env.gh.clock();
+    clock.advance(Duration::from_secs(access_expires_at(&env) - clock.now()));
+    assert_eq!(
+        env.api_status(cookie.clone()).await,
+        401,
+        "the refresh used a refresh token from memory"
+    );
+    let failure = "gatehouse_session_refresh_total{result=\"failure\"}";
+    assert_eq!(env.gh.metric(failure).await, 1.0);
+}
+
 /// The access token's expiry (unix seconds on Gatehouse's clock) of the one stored session.
 fn access_expires_at(env: &LoginEnv) -> u64 {
     let store = env.gh.gatehouse.store.as_ref().expect("a store");

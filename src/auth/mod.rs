@@ -182,7 +182,11 @@ impl Auth {
             metrics.evictions(crate::metrics::BoundedMap::PendingMfa),
             store.is_shared().then(|| store.clone()),
         );
-        let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?;
+        let sessions = Sessions::new(config.session.clone(), sealer, store.clone(), clock.clone())?
+            .with_forwarding(session::TokenForwarding {
+                access_token: config.headers.access_token.clone(),
+                id_token: config.headers.id_token.clone(),
+            });
         metrics.sessions_active.set(sessions.active() as i64);
         metrics.users.set(store.read(|tx| tx.user_count())? as i64);
         Ok(Some(Self {
@@ -262,36 +266,31 @@ impl Auth {
         self.discovery.lock().ok().and_then(|q| q.clone())
     }
 
-    /// The IdP's access token and ID token, for a session, when the config passes them to
-    /// the app.
-    pub fn token_headers(
+    /// The IdP's access token and ID token of a session, as headers, when the config passes
+    /// them to the app (kept in memory while the session is in use, else read from the
+    /// store on the blocking pool). `Ok(None)`: nothing to pass (a bearer token, or the
+    /// config passes no token). A session the store no longer has is ended here.
+    pub async fn token_headers(
         &self,
         who: &Authenticated,
-        req: &mut pingora::http::RequestHeader,
-    ) -> pingora::Result<()> {
+    ) -> Result<Option<Arc<session::ForwardedTokens>>, session::TokensUnavailable> {
         let Authenticated::Session(live) = who else {
-            return Ok(());
+            return Ok(None);
         };
-        if self.headers.access_token.is_none() && self.headers.id_token.is_none() {
-            return Ok(());
-        }
-        let (access, id) = match live.tokens.lock() {
-            Ok(t) => (t.access_token.clone(), t.id_token.clone()),
-            Err(_) => return Ok(()),
-        };
-        for (name, token) in [
-            (&self.headers.access_token, access),
-            (&self.headers.id_token, id),
-        ] {
-            let (Some(name), Some(token)) = (name, token) else {
-                continue;
-            };
-            match http::HeaderValue::from_str(&token) {
-                Ok(value) => req.insert_header(name.clone(), value)?,
-                Err(_) => tracing::info!(header = %name, "token not sendable as a header: dropped"),
+        let outcome = self.sessions.forwarded_tokens(live).await;
+        match &outcome {
+            Err(session::TokensUnavailable::Store(e)) => {
+                self.metrics.store_error(crate::metrics::StoreOp::Read);
+                tracing::warn!(error = %crate::text::Escaped(e), "cannot read the session's tokens to pass them on");
             }
+            Err(session::TokensUnavailable::Ended) => {
+                self.metrics
+                    .session_rejected(session::Rejection::Revoked.label());
+                self.update_sessions_gauge();
+            }
+            Ok(_) => {}
         }
-        Ok(())
+        outcome
     }
 
     pub fn update_sessions_gauge(&self) {
@@ -414,54 +413,59 @@ impl AuthView {
 
     /// Refreshes the session's IdP tokens when the access token has expired and a refresh
     /// token exists; one refresh per session at a time, the others wait for its outcome.
-    /// Returns false when the session had to end (the refresh failed).
-    pub async fn ensure_fresh(&self, live: &Arc<session::LiveSession>) -> bool {
-        // One look at the tokens per request: expired, and refreshable.
-        let needs_refresh = |s: &session::LiveSession| {
-            let now = self.clock.now();
-            s.tokens.lock().is_ok_and(|t| {
-                t.refresh_token.is_some() && t.access_expires_at.is_some_and(|exp| exp <= now)
-            })
-        };
-        if !needs_refresh(live) {
-            return true;
+    /// Memory only knows when a refresh is due (one load per request): the refresh token is
+    /// read from the store then, on the blocking pool, and the new tokens written back.
+    pub async fn ensure_fresh(&self, live: &Arc<session::LiveSession>) -> Freshness {
+        if !live.refresh_due(self.clock.now()) {
+            return Freshness::Fresh;
         }
-        let _guard = live.refresh_lock.lock().await;
-        if !needs_refresh(live) {
-            return true; // another request refreshed it while we waited
+        let _turn = self.sessions.refresh_turn(&live.sid).await;
+        if !live.refresh_due(self.clock.now()) {
+            return Freshness::Fresh; // another request refreshed it while we waited
         }
         if !self.sessions.is_live(&live.sid) {
-            return false;
+            return Freshness::Ended;
         }
-        let Some(refresh_token) = live
-            .tokens
-            .lock()
-            .ok()
-            .and_then(|t| t.refresh_token.clone())
+        let stored = match self.sessions.tokens(&live.sid).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                // Ended meanwhile (here or at another replica).
+                self.sessions.forget(std::slice::from_ref(&live.sid));
+                self.update_sessions_gauge();
+                return Freshness::Ended;
+            }
+            Err(e) => {
+                self.metrics.store_error(crate::metrics::StoreOp::Read);
+                tracing::warn!(error = %crate::text::Escaped(&e), "cannot read the session's tokens to refresh them; refusing the request");
+                return Freshness::StoreUnavailable;
+            }
+        };
+        // Another replica may have refreshed them already.
+        self.sessions.adopt_tokens(live, &stored);
+        let Some(refresh_token) = stored
+            .refresh_token
+            .clone()
+            .filter(|_| live.refresh_due(self.clock.now()))
         else {
-            return true;
+            return Freshness::Fresh;
         };
         let Some(provider) = self.provider(&live.identity.connection).cloned() else {
-            return false;
+            return Freshness::Ended;
         };
         match provider
             .refresh(&refresh_token, &live.identity.subject)
             .await
         {
-            Ok(tokens) => {
-                if let Ok(mut t) = live.tokens.lock() {
-                    if tokens.id_token.is_some() {
-                        t.id_token = tokens.id_token;
-                    }
-                    t.access_token = tokens.access_token;
-                    t.refresh_token = tokens.refresh_token;
-                    t.access_expires_at = tokens.access_expires_at;
-                }
-                if let Err(e) = self.sessions.save(live).await {
+            Ok(fresh) => {
+                let tokens = crate::store::sessions::Tokens {
+                    id_token: fresh.id_token.or(stored.id_token),
+                    ..fresh
+                };
+                if let Err(e) = self.sessions.store_tokens(live, tokens).await {
                     tracing::warn!(error = %crate::text::Escaped(&e), "refreshed tokens could not be stored");
                 }
                 self.metrics.refresh(RefreshResult::Success);
-                true
+                Freshness::Fresh
             }
             Err(e) => {
                 tracing::info!(connection = %live.identity.connection, error = %crate::text::Escaped(&e), "token refresh failed: session ended");
@@ -469,7 +473,7 @@ impl AuthView {
                 self.metrics.logouts(LogoutKind::RefreshFailed, 1);
                 self.sessions.revoke(std::slice::from_ref(&live.sid));
                 self.update_sessions_gauge();
-                false
+                Freshness::Ended
             }
         }
     }
@@ -479,7 +483,7 @@ impl AuthView {
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<Option<Authenticated>, bearer::BearerError> {
+    ) -> Result<Option<Authenticated>, AuthError> {
         let mut found = self.sessions.lookup(headers);
         if let session::Lookup::Unknown(sid) = &found {
             // A shared store may hold it (made at another replica): one read, then cached.
@@ -499,9 +503,11 @@ impl AuthView {
                     .session_rejected(session::Rejection::Revoked.label());
                 tracing::info!(connection = %live.identity.connection, "session refused: its connection is no longer configured");
             }
-            session::Lookup::Live(live) if self.ensure_fresh(&live).await => {
-                return Ok(Some(Authenticated::Session(live)));
-            }
+            session::Lookup::Live(live) => match self.ensure_fresh(&live).await {
+                Freshness::Fresh => return Ok(Some(Authenticated::Session(live))),
+                Freshness::StoreUnavailable => return Err(AuthError::StoreUnavailable),
+                Freshness::Ended => {}
+            },
             session::Lookup::Rejected(reason) => {
                 self.metrics.session_rejected(reason.label());
                 tracing::info!(reason = reason.label().as_str(), "session cookie refused");
@@ -513,7 +519,7 @@ impl AuthView {
         };
         if !bearer::BearerVerifier::any_enabled(&self.settings.providers) {
             self.metrics.bearer(BearerResult::NotAllowed);
-            return Err(bearer::BearerError::NotAllowed);
+            return Err(bearer::BearerError::NotAllowed.into());
         }
         let verified = match self
             .bearer
@@ -536,7 +542,7 @@ impl AuthView {
             Err(e) => {
                 self.metrics.bearer(e.label());
                 tracing::info!(error = %crate::text::Escaped(&e), "bearer token refused");
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -587,6 +593,7 @@ impl AuthView {
         use crate::identity::headers::wire_headers;
         match who {
             Authenticated::Session(live) => live
+                .in_use()
                 .header_cache
                 .get_or_init(|| {
                     let trusted = self.trusts_email(&live.identity.connection);
@@ -620,6 +627,28 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a session's tokens are fresh enough for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Nothing to refresh, or refreshed now.
+    Fresh,
+    /// The session ended (the refresh failed, or it was revoked meanwhile).
+    Ended,
+    /// The stored tokens could not be read: the request is refused (503), the session kept.
+    StoreUnavailable,
+}
+
+/// Why a request's credentials were not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A bearer token was presented and refused (401 `invalid_token`).
+    #[error(transparent)]
+    Bearer(#[from] bearer::BearerError),
+    /// A session's tokens were due for a refresh and the store did not answer (503).
+    #[error("the session store does not answer")]
+    StoreUnavailable,
+}
+
 /// Who a request is from.
 #[derive(Debug)]
 pub enum Authenticated {
@@ -639,7 +668,7 @@ impl Authenticated {
     /// Where the signed identity header is cached: a session's, none for a bearer token.
     pub fn assertion_cache(&self) -> Option<&crate::identity::signed_header::AssertionCache> {
         match self {
-            Authenticated::Session(live) => Some(&live.signed),
+            Authenticated::Session(live) => Some(&live.in_use().signed),
             Authenticated::Bearer(..) => None,
         }
     }

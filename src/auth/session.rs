@@ -1,12 +1,17 @@
 //! Sessions: the sealed cookie that names a session, and the in-memory cache of live sessions
 //! kept in step with the store. Per request, a session is checked in memory only; the store is
 //! written at login, refresh and logout.
+//!
+//! Memory holds what every request needs (identity, lifetimes, second factor), not the IdP's
+//! tokens: they stay in the store's record and are read (on the blocking pool) when they are
+//! needed: at a refresh, at sign-out (`id_token_hint`), and for the requests of a config that
+//! forwards them to the app, which keep them in memory while the session is in use.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
@@ -41,7 +46,65 @@ struct CookieBody {
     exp: u64,
 }
 
-/// A session that is alive right now.
+/// The IdP tokens a session forwards to the app (`[headers] pass_access_token`,
+/// `pass_id_token`), as ready header values.
+#[derive(Debug, Default)]
+pub struct ForwardedTokens(Vec<(HeaderName, HeaderValue)>);
+
+impl ForwardedTokens {
+    /// The headers to set, by name.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+}
+
+/// Which IdP tokens every protected request forwards to the app, under which header names.
+#[derive(Debug, Clone, Default)]
+pub struct TokenForwarding {
+    pub access_token: Option<HeaderName>,
+    pub id_token: Option<HeaderName>,
+}
+
+impl TokenForwarding {
+    fn any(&self) -> bool {
+        self.access_token.is_some() || self.id_token.is_some()
+    }
+
+    /// The header values of `tokens` (a token that is no valid header value is dropped).
+    fn of(&self, tokens: &Tokens) -> ForwardedTokens {
+        let mut out = Vec::new();
+        for (name, token) in [
+            (&self.access_token, &tokens.access_token),
+            (&self.id_token, &tokens.id_token),
+        ] {
+            let (Some(name), Some(token)) = (name, token) else {
+                continue;
+            };
+            match HeaderValue::from_str(token) {
+                Ok(value) => out.push((name.clone(), value)),
+                Err(_) => tracing::info!(header = %name, "token not sendable as a header: dropped"),
+            }
+        }
+        ForwardedTokens(out)
+    }
+}
+
+/// Why a session's tokens could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensUnavailable {
+    /// The store did not answer (fail closed: 503).
+    #[error("the session store does not answer: {0}")]
+    Store(StoreError),
+    /// The store no longer has the session (ended at another replica, or just now).
+    #[error("the session is no longer in the store")]
+    Ended,
+}
+
+/// The forwarded tokens of a session unused this long are dropped from memory by the sweep
+/// (its next request reads them again).
+const FORWARDED_IDLE: u64 = 300;
+
+/// A session that is alive right now. Its IdP tokens are not here (see the module docs).
 #[derive(Debug)]
 pub struct LiveSession {
     pub sid: String,
@@ -49,46 +112,61 @@ pub struct LiveSession {
     pub idp_sid: Option<String>,
     pub created_at: u64,
     pub expires_at: u64,
-    pub tokens: Mutex<Tokens>,
+    /// When the access token expires, for a session with a refresh token (unix seconds; 0:
+    /// never refreshed): one load per request tells whether a refresh is due.
+    refresh_at: AtomicU64,
+    /// The tokens the config forwards to the app, while the session is in use.
+    forwarded: arc_swap::ArcSwapOption<ForwardedTokens>,
     last_seen: AtomicU64,
     /// When this replica last wrote the session's last use to a shared store.
     touched: AtomicU64,
-    /// Held while this session's tokens are being refreshed (single flight).
-    pub refresh_lock: tokio::sync::Mutex<()>,
-    /// The identity headers, built on first use and reused by every request.
-    pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
     /// When the second factor was passed (unix seconds; 0: not in this session).
     pub mfa_at: AtomicU64,
-    /// Signed identity assertions, per upstream, while fresh.
-    pub signed: crate::identity::signed_header::AssertionCache,
     /// Set when the session is revoked, so connections still open for it (WebSocket,
     /// long downloads) stop at their next frame.
     ended: std::sync::atomic::AtomicBool,
+    /// What only a session that requests use needs, made at its first use: an idle session
+    /// pays one pointer for it.
+    in_use: std::sync::OnceLock<Box<InUse>>,
+}
+
+/// The parts of a live session its requests build and reuse.
+#[derive(Debug, Default)]
+pub struct InUse {
+    /// The identity headers, built on first use and reused by every request.
+    pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
+    /// Signed identity assertions, per upstream, while fresh.
+    pub signed: crate::identity::signed_header::AssertionCache,
     /// Made for the first connection that waits on the end (an upgraded one); most sessions
     /// never need one, and it is a few hundred bytes.
     ended_signal: std::sync::OnceLock<tokio::sync::watch::Sender<bool>>,
 }
 
 impl LiveSession {
-    /// A live session for `record`, last seen at `now`.
-    fn from_record(record: SessionRecord, now: u64) -> Self {
+    /// A live session for `record`, last seen at `now`. The record's tokens are left out
+    /// (only when to refresh them is kept).
+    fn from_record(mut record: SessionRecord, now: u64) -> Self {
         let mfa_at = record.mfa_at.unwrap_or(0);
+        record.identity.attributes.shrink_to_fit();
         Self {
             last_seen: AtomicU64::new(now),
             touched: AtomicU64::new(record.last_seen.unwrap_or(record.created_at)),
+            refresh_at: AtomicU64::new(refresh_at(&record.tokens)),
+            forwarded: arc_swap::ArcSwapOption::empty(),
             sid: record.sid,
             identity: record.identity,
             idp_sid: record.idp_sid,
             created_at: record.created_at,
             expires_at: record.expires_at,
-            tokens: Mutex::new(record.tokens),
-            refresh_lock: tokio::sync::Mutex::new(()),
-            header_cache: std::sync::OnceLock::new(),
             mfa_at: AtomicU64::new(mfa_at),
-            signed: Default::default(),
             ended: std::sync::atomic::AtomicBool::new(false),
-            ended_signal: std::sync::OnceLock::new(),
+            in_use: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The parts requests build and reuse (made now if this is the first use).
+    pub fn in_use(&self) -> &InUse {
+        self.in_use.get_or_init(Box::default)
     }
 
     /// Whether the session was revoked (signed out, logged out, expired, disabled).
@@ -100,6 +178,7 @@ impl LiveSession {
     /// waits on it to close even when no frame moves.
     pub fn ended_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         let signal = self
+            .in_use()
             .ended_signal
             .get_or_init(|| tokio::sync::watch::Sender::new(self.has_ended()));
         let receiver = signal.subscribe();
@@ -114,23 +193,35 @@ impl LiveSession {
     /// Marks the session ended, and wakes what waits on its signal.
     fn end(&self) {
         self.ended.store(true, Ordering::SeqCst);
-        if let Some(signal) = self.ended_signal.get() {
+        if let Some(signal) = self.in_use.get().and_then(|u| u.ended_signal.get()) {
             signal.send_replace(true);
         }
     }
 
-    fn record(&self) -> SessionRecord {
-        SessionRecord {
-            version: SESSION_RECORD_VERSION,
+    /// This session with another identity (an admin changed the account); the rest, the
+    /// forwarded tokens included, is kept.
+    fn with_identity(&self, identity: Identity) -> Self {
+        let load = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        Self {
             sid: self.sid.clone(),
-            identity: self.identity.clone(),
+            identity,
             idp_sid: self.idp_sid.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
-            tokens: self.tokens.lock().map(|t| t.clone()).unwrap_or_default(),
-            mfa_at: self.mfa_done_at(),
-            last_seen: Some(self.last_seen.load(Ordering::Relaxed)),
+            refresh_at: load(&self.refresh_at),
+            forwarded: arc_swap::ArcSwapOption::new(self.forwarded.load_full()),
+            last_seen: load(&self.last_seen),
+            touched: load(&self.touched),
+            mfa_at: load(&self.mfa_at),
+            ended: std::sync::atomic::AtomicBool::new(false),
+            in_use: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the access token has expired at `now` and a refresh token can renew it.
+    pub fn refresh_due(&self, now: u64) -> bool {
+        let at = self.refresh_at.load(Ordering::Relaxed);
+        at != 0 && at <= now
     }
 
     /// When the second factor was passed in this session, if it was.
@@ -139,7 +230,39 @@ impl LiveSession {
     }
 }
 
+/// When a session's tokens are due for a refresh: the access token's expiry when there is a
+/// refresh token (at least 1), else 0 (never).
+fn refresh_at(tokens: &Tokens) -> u64 {
+    match (&tokens.refresh_token, tokens.access_expires_at) {
+        (Some(_), Some(at)) => at.max(1),
+        _ => 0,
+    }
+}
+
 pub use crate::store::sessions::PendingSession;
+
+/// One session's turn to refresh its tokens: held from before the refresh decision until its
+/// outcome is stored, so parallel requests of the session share one refresh.
+pub struct RefreshTurn<'a> {
+    sessions: &'a Sessions,
+    sid: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RefreshTurn<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sessions.refreshing.lock() {
+            // Held by the map and by this turn only: nobody waits, the entry goes.
+            if map
+                .get(&self.sid)
+                .is_some_and(|l| Arc::strong_count(l) == 2)
+            {
+                map.remove(&self.sid);
+            }
+        }
+        self.guard.take();
+    }
+}
 
 /// Why a request's session cookie was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +346,45 @@ enum IndexKind {
 /// Sessions by the hash of a (kind, text, text) key; the entries are the sessions themselves
 /// (no copies of ids or names), and a lookup keeps only those whose own fields match the key
 /// exactly, so two keys that share a hash never mix.
-type Index = HashMap<u64, Vec<Arc<LiveSession>>>;
+type Index = HashMap<u64, Slot>;
+
+/// The sessions under one index key: most keys have one, held without an allocation.
+enum Slot {
+    One(Arc<LiveSession>),
+    Many(Box<[Arc<LiveSession>]>),
+}
+
+impl Slot {
+    fn sessions(&self) -> &[Arc<LiveSession>] {
+        match self {
+            Slot::One(s) => std::slice::from_ref(s),
+            Slot::Many(list) => list,
+        }
+    }
+
+    fn with(self, session: Arc<LiveSession>) -> Slot {
+        let mut list = match self {
+            Slot::One(s) => vec![s],
+            Slot::Many(list) => list.into_vec(),
+        };
+        list.push(session);
+        Slot::Many(list.into_boxed_slice())
+    }
+
+    /// The slot without `session`; `None` when nothing is left.
+    fn without(self, session: &Arc<LiveSession>) -> Option<Slot> {
+        let mut list: Vec<_> = match self {
+            Slot::One(s) => vec![s],
+            Slot::Many(list) => list.into_vec(),
+        };
+        list.retain(|s| !Arc::ptr_eq(s, session));
+        match list.len() {
+            0 => None,
+            1 => list.pop().map(Slot::One),
+            _ => Some(Slot::Many(list.into_boxed_slice())),
+        }
+    }
+}
 
 /// The live sessions by id, with the indexes that let a logout or an admin change find a
 /// user's sessions without scanning them all (kept in step by `insert` and `remove`).
@@ -278,7 +439,11 @@ impl LiveMap {
         self.remove(&session.sid);
         for key in index_keys(&session).into_iter().flatten() {
             let slot = self.slot(key);
-            self.index.entry(slot).or_default().push(session.clone());
+            let entry = match self.index.remove(&slot) {
+                Some(old) => old.with(session.clone()),
+                None => Slot::One(session.clone()),
+            };
+            self.index.insert(slot, entry);
         }
         self.by_sid.insert(BySid(session));
     }
@@ -287,11 +452,12 @@ impl LiveMap {
         let session = self.by_sid.take(sid)?.0;
         for key in index_keys(&session).into_iter().flatten() {
             let slot = self.slot(key);
-            if let Some(list) = self.index.get_mut(&slot) {
-                list.retain(|s| !Arc::ptr_eq(s, &session));
-                if list.is_empty() {
-                    self.index.remove(&slot);
-                }
+            if let Some(rest) = self
+                .index
+                .remove(&slot)
+                .and_then(|old| old.without(&session))
+            {
+                self.index.insert(slot, rest);
             }
         }
         Some(session)
@@ -309,7 +475,8 @@ impl LiveMap {
         self.index
             .get(&self.slot(key))
             .map(|list| {
-                list.iter()
+                list.sessions()
+                    .iter()
                     .filter(|s| has_key(s, key))
                     .map(|s| s.sid.clone())
                     .collect()
@@ -369,6 +536,12 @@ pub struct Sessions {
     /// Session ids a shared store did not have (so a dead cookie costs one read, not one
     /// per request); bounded, and forgotten after an hour.
     missing: Mutex<crate::bounded::ExpiringMap<String, ()>>,
+    /// The sessions refreshing their tokens now, each with the lock its refresh holds (a
+    /// session has an entry only while one of its requests refreshes or waits for that).
+    refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The tokens the config forwards to the app (none: tokens are read only at refresh
+    /// and sign-out).
+    forwarding: TokenForwarding,
 }
 
 /// At most this many unknown session ids are remembered as missing.
@@ -457,7 +630,16 @@ impl Sessions {
             clock,
             shared,
             missing: Mutex::new(crate::bounded::ExpiringMap::new(MISSING_CACHE)),
+            refreshing: Mutex::new(HashMap::new()),
+            forwarding: TokenForwarding::default(),
         })
+    }
+
+    /// These sessions forward these IdP tokens to the app on every protected request: a
+    /// session in use keeps them in memory (as header values).
+    pub fn with_forwarding(mut self, forwarding: TokenForwarding) -> Self {
+        self.forwarding = forwarding;
+        self
     }
 
     pub fn sealer(&self) -> &Sealer {
@@ -511,7 +693,15 @@ impl Sessions {
         let sealed = self
             .sealer
             .seal(PURPOSE, &serde_json::to_vec(&body).unwrap_or_default());
-        let live = Arc::new(LiveSession::from_record(record, self.clock.now()));
+        // The browser comes straight back: a session that forwards tokens keeps them now
+        // instead of reading them again on its first request.
+        let forwarded = self
+            .forwarding
+            .any()
+            .then(|| Arc::new(self.forwarding.of(&record.tokens)));
+        let live = LiveSession::from_record(record, self.clock.now());
+        live.forwarded.store(forwarded);
+        let live = Arc::new(live);
         if let Ok(mut map) = self.live.write() {
             map.insert(live);
         }
@@ -675,24 +865,20 @@ impl Sessions {
         let Ok(mut map) = self.live.write() else {
             return 0;
         };
-        let mut records = Vec::new();
+        let mut changed = Vec::new();
         for sid in map.find(SessionsOf::User(user_id)) {
             let Some(old) = map.get(&sid).cloned() else {
                 continue;
             };
-            let mut record = old.record();
-            record.identity = update(&old.identity);
-            let fresh = LiveSession::from_record(record.clone(), 0);
-            fresh
-                .last_seen
-                .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
-            map.insert(Arc::new(fresh));
-            records.push(record);
+            let identity = update(&old.identity);
+            map.insert(Arc::new(old.with_identity(identity.clone())));
+            changed.push((sid, identity));
         }
         drop(map);
-        let count = records.len();
-        for record in records {
-            if let Err(e) = self.writer.submit(SessionWrite::Put(Box::new(record))) {
+        let count = changed.len();
+        for (sid, identity) in changed {
+            let amend = Arc::new(move |r: &mut SessionRecord| r.identity = identity.clone());
+            if let Err(e) = self.writer.submit(SessionWrite::Amend(sid, amend)) {
                 tracing::error!(error = %e, "an updated session could not be queued for the store; it is updated in memory");
             }
         }
@@ -711,15 +897,92 @@ impl Sessions {
     /// until the store has it.
     pub async fn mark_mfa(&self, session: &LiveSession, at: u64) -> Result<(), StoreError> {
         session.mfa_at.store(at, Ordering::Relaxed);
-        self.save(session).await
+        let amend = Arc::new(move |r: &mut SessionRecord| r.mfa_at = Some(at));
+        self.writer
+            .commit(SessionWrite::Amend(session.sid.clone(), amend))
+            .await
     }
 
-    /// Writes the session's current record back (after a refresh) and waits until it is
-    /// durable; the wait parks the task, not the thread.
-    pub async fn save(&self, session: &LiveSession) -> Result<(), StoreError> {
-        self.writer
-            .commit(SessionWrite::Put(Box::new(session.record())))
+    /// The session's IdP tokens, read from the store on the blocking pool (memory keeps
+    /// none). `Ok(None)` when the store no longer has the session.
+    pub async fn tokens(&self, sid: &str) -> Result<Option<Tokens>, StoreError> {
+        let (store, sid) = (self.store.clone(), sid.to_string());
+        tokio::task::spawn_blocking(move || store.read(|tx| tx.session(&sid)))
             .await
+            .unwrap_or_else(|e| Err(StoreError::Db(format!("the task failed: {e}"))))
+            .map(|record| record.map(|r| r.tokens))
+    }
+
+    /// Takes what memory keeps of tokens read from the store: when they are due for a
+    /// refresh, and the forwarded ones while the session is in use.
+    pub fn adopt_tokens(&self, session: &LiveSession, tokens: &Tokens) {
+        session
+            .refresh_at
+            .store(refresh_at(tokens), Ordering::Relaxed);
+        if self.forwarding.any() {
+            session
+                .forwarded
+                .store(Some(Arc::new(self.forwarding.of(tokens))));
+        }
+    }
+
+    /// Keeps refreshed tokens: in memory what [`Self::adopt_tokens`] keeps, in the store the
+    /// tokens themselves (the rest of the record unchanged); waits until that is durable
+    /// (the wait parks the task, not the thread).
+    pub async fn store_tokens(
+        &self,
+        session: &LiveSession,
+        tokens: Tokens,
+    ) -> Result<(), StoreError> {
+        self.adopt_tokens(session, &tokens);
+        let amend = Arc::new(move |r: &mut SessionRecord| r.tokens = tokens.clone());
+        self.writer
+            .commit(SessionWrite::Amend(session.sid.clone(), amend))
+            .await
+    }
+
+    /// The tokens the config forwards to the app, for a request of `session`: from memory
+    /// while the session is in use, else read from the store (on the blocking pool) and kept.
+    /// `Ok(None)` when the config forwards no token.
+    pub async fn forwarded_tokens(
+        &self,
+        session: &LiveSession,
+    ) -> Result<Option<Arc<ForwardedTokens>>, TokensUnavailable> {
+        if !self.forwarding.any() {
+            return Ok(None);
+        }
+        if let Some(kept) = session.forwarded.load_full() {
+            return Ok(Some(kept));
+        }
+        match self.tokens(&session.sid).await {
+            Ok(Some(tokens)) => {
+                let forwarded = Arc::new(self.forwarding.of(&tokens));
+                session
+                    .refresh_at
+                    .store(refresh_at(&tokens), Ordering::Relaxed);
+                session.forwarded.store(Some(forwarded.clone()));
+                Ok(Some(forwarded))
+            }
+            Ok(None) => {
+                self.forget_live(std::slice::from_ref(&session.sid));
+                Err(TokensUnavailable::Ended)
+            }
+            Err(e) => Err(TokensUnavailable::Store(e)),
+        }
+    }
+
+    /// Waits for the session's turn to refresh its tokens (one refresh per session at a time).
+    pub async fn refresh_turn(&self, sid: &str) -> RefreshTurn<'_> {
+        let lock = match self.refreshing.lock() {
+            Ok(mut map) => map.entry(sid.to_string()).or_default().clone(),
+            // Poisoned: this refresh goes alone rather than not at all.
+            Err(_) => Arc::default(),
+        };
+        RefreshTurn {
+            sessions: self,
+            sid: sid.to_string(),
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// Finds the session named by the request's cookie, in memory.
@@ -788,9 +1051,10 @@ impl Sessions {
             // replicas can tell an idle session from one used elsewhere.
             if self.shared && now.saturating_sub(live.touched.load(Ordering::Relaxed)) > idle / 4 {
                 live.touched.store(now, Ordering::Relaxed);
+                let amend = Arc::new(move |r: &mut SessionRecord| r.last_seen = Some(now));
                 if let Err(e) = self
                     .writer
-                    .submit(SessionWrite::Put(Box::new(live.record())))
+                    .submit(SessionWrite::Amend(live.sid.clone(), amend))
                 {
                     tracing::warn!(error = %e, "could not queue a session's last use for the store");
                 }
@@ -879,6 +1143,16 @@ impl Sessions {
         };
         // A revoked session's value may stay until it expires: the live map refuses it.
         self.opened.retain(|body| body.exp > now);
+        // A session out of use gives back its forwarded tokens (the store keeps them).
+        if let Ok(map) = self.live.read() {
+            for s in map.sessions() {
+                let quiet =
+                    now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > FORWARDED_IDLE;
+                if quiet && s.forwarded.load().is_some() {
+                    s.forwarded.store(None);
+                }
+            }
+        }
         ended
     }
 
@@ -1192,6 +1466,63 @@ mod tests {
             s.lookup(&headers),
             Lookup::Rejected(Rejection::Idle)
         ));
+    }
+
+    /// Parallel refreshes of one session take turns, other sessions do not wait for them,
+    /// and a session's entry goes with its last turn (idle sessions hold none).
+    #[tokio::test]
+    async fn refresh_turns_are_per_session_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let first = s.refresh_turn("a").await;
+        let other = s.refresh_turn("b").await;
+        let waiting = s.refresh_turn("a");
+        tokio::pin!(waiting);
+        assert!(
+            futures_poll_once(waiting.as_mut()).await.is_none(),
+            "a second turn of a session waits for the first"
+        );
+        drop(first);
+        let second = waiting.await;
+        drop(other);
+        assert_eq!(s.refreshing.lock().unwrap().len(), 1);
+        drop(second);
+        assert!(s.refreshing.lock().unwrap().is_empty());
+    }
+
+    /// Polls a future once: its output if it is ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(
+                match std::future::Future::poll(std::pin::Pin::new(&mut f), cx) {
+                    std::task::Poll::Ready(out) => Some(out),
+                    std::task::Poll::Pending => None,
+                },
+            )
+        })
+        .await
+    }
+
+    /// A session made from a record keeps none of its IdP tokens, only when to refresh them.
+    #[test]
+    fn a_live_session_keeps_when_to_refresh_not_the_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let tokens = Tokens {
+            id_token: Some("id".into()),
+            access_token: Some("access".into()),
+            refresh_token: Some("refresh".into()),
+            access_expires_at: Some(START + 60),
+        };
+        let headers = with_cookie(&s.create(identity("u1"), None, tokens).unwrap()[0]);
+        let Lookup::Live(live) = s.lookup(&headers) else {
+            panic!("not live")
+        };
+        assert!(live.forwarded.load().is_none());
+        assert!(!live.refresh_due(START + 59));
+        assert!(live.refresh_due(START + 60));
+        assert!(!format!("{live:?}").contains("access"), "{live:?}");
     }
 
     /// The sweep ends sessions by the clock: none before the idle timeout, all after it.

@@ -216,7 +216,7 @@ pub fn profile_identity(user: &UserRecord, claims: &Identity) -> Identity {
         groups: user.groups.clone(),
         user_id: Some(user.id.clone()),
         roles: user.roles.clone(),
-        attributes: user.merged_attributes(),
+        attributes: user.merged_attributes().into(),
     }
 }
 
@@ -290,12 +290,9 @@ fn sync(user: &mut UserRecord, claims: &Identity, mode: AttributeSync) -> Vec<St
     user.email_verified = claims.email_verified;
     user.display_name = claims.name.clone();
     user.groups = claims.groups.clone();
-    changed.extend(changed_keys(
-        "attributes",
-        &user.attributes,
-        &claims.attributes,
-    ));
-    user.attributes = claims.attributes.clone();
+    let attributes = claims.attributes.to_map();
+    changed.extend(changed_keys("attributes", &user.attributes, &attributes));
+    user.attributes = attributes;
     if mode == AttributeSync::Override && !user.local_attributes.is_empty() {
         changed.extend(
             user.local_attributes

@@ -23,7 +23,8 @@ use super::forwarded::Peer;
 use super::path::{self, NormalPath, PathError, PathOptions};
 use super::routes::Route;
 use super::{target, Gatehouse, RequestCtx};
-use crate::auth::{Auth, AuthView, Authenticated};
+use crate::auth::session::TokensUnavailable;
+use crate::auth::{Auth, AuthError, AuthView, Authenticated};
 use crate::conns::Deadlined;
 use crate::error::RequestError;
 use crate::headers::{wire, HeaderEdit, X_REQUEST_ID};
@@ -237,7 +238,12 @@ impl Gatehouse {
             match auth.authenticate(&session.req_header().headers).await {
                 Ok(Some(who)) => return self.admit(&auth, session, ctx, who).await,
                 Ok(None) => {}
-                Err(_) => {
+                Err(AuthError::StoreUnavailable) => {
+                    return self
+                        .answer_error(session, ctx, RequestError::StoreUnavailable)
+                        .await;
+                }
+                Err(AuthError::Bearer(_)) => {
                     return refuse_bearer(
                         session,
                         ctx,
@@ -285,11 +291,23 @@ impl Gatehouse {
         {
             return Ok(Flow::Answered);
         }
+        let tokens = match auth.token_headers(&who).await {
+            Ok(tokens) => tokens,
+            Err(unavailable) => {
+                let error = match unavailable {
+                    TokensUnavailable::Store(_) => RequestError::StoreUnavailable,
+                    TokensUnavailable::Ended => RequestError::Unauthenticated,
+                };
+                return self.answer_error(session, ctx, error).await;
+            }
+        };
         let req = session.req_header_mut();
         for (name, value) in auth.wire_headers(&who).iter() {
             req.insert_header(name.clone(), value.clone())?;
         }
-        auth.token_headers(&who, req)?;
+        for (name, value) in tokens.iter().flat_map(|t| t.headers()) {
+            req.insert_header(name.clone(), value.clone())?;
+        }
         let routing = ctx.routing.clone();
         if let (Some(signed), Some(upstream)) = (&routing.signed, ctx.upstream) {
             if let Some(value) = signed.value(upstream, who.identity(), who.assertion_cache()) {

@@ -756,7 +756,10 @@ impl RawRead for PgTx {
             // account (a TOTP step, a failure count) take turns instead of losing a change.
             (Rows::Users, true) => "SELECT record FROM users WHERE id = $1 FOR UPDATE",
             (Rows::Users, false) => "SELECT record FROM users WHERE id = $1",
-            (Rows::Sessions, _) => "SELECT record FROM sessions WHERE sid = $1",
+            // Likewise a session amended in place (a refresh at one replica, a last use
+            // at the other): neither change is lost.
+            (Rows::Sessions, true) => "SELECT record FROM sessions WHERE sid = $1 FOR UPDATE",
+            (Rows::Sessions, false) => "SELECT record FROM sessions WHERE sid = $1",
         };
         let read = self.one_bytes(sql, vec![text(key)])?;
         if self.writable {

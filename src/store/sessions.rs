@@ -30,7 +30,110 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// Attributes: the claims the connection keeps, and (JIT) locally set ones.
     #[serde(default)]
-    pub attributes: std::collections::BTreeMap<String, String>,
+    pub attributes: Attributes,
+}
+
+/// An identity's attributes, name -> value, sorted by name, in one small allocation: every
+/// live session holds one, and a map's tree node is half a KiB for the two or three
+/// attributes a login typically carries. Written as a JSON object, like a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes(Vec<(String, String)>);
+
+impl Attributes {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets `name`; returns the value it had.
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The attributes in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The attributes as a map.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+
+    /// Gives back the room kept for more attributes.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl std::ops::Index<&str> for Attributes {
+    type Output = String;
+
+    /// The value of `name`; panics when there is none (as a map's index does).
+    fn index(&self, name: &str) -> &String {
+        match self.get(name) {
+            Some(value) => value,
+            None => panic!("no attribute {name:?}"),
+        }
+    }
+}
+
+impl From<std::collections::BTreeMap<String, String>> for Attributes {
+    fn from(map: std::collections::BTreeMap<String, String>) -> Self {
+        // A map iterates in key order: already sorted, no duplicates.
+        Self(map.into_iter().collect())
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Attributes {
+    fn from(pairs: [(String, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl FromIterator<(String, String)> for Attributes {
+    /// A later value for the same name wins, as in a map.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut out = Self::default();
+        for (k, v) in pairs {
+            out.insert(k, v);
+        }
+        out.shrink_to_fit();
+        out
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        std::collections::BTreeMap::<String, String>::deserialize(deserializer).map(Self::from)
+    }
 }
 
 /// The IdP's tokens for a session, kept server-side only.
@@ -155,6 +258,25 @@ impl Tx {
             self.put_session(&record)?;
         }
         Ok(())
+    }
+
+    /// Changes a stored session in place: read (a shared store locks the row until the
+    /// commit), changed by `amend`, written back, in this transaction. Returns false and
+    /// writes nothing when the store no longer has the session: an ended session is never
+    /// brought back by a late write. Memory does not hold a session's IdP tokens, so every
+    /// write after login changes the stored record instead of replacing it from memory.
+    pub fn amend_session(
+        &mut self,
+        sid: &str,
+        amend: &dyn Fn(&mut SessionRecord),
+    ) -> Result<bool, StoreError> {
+        let Some(bytes) = self.raw.get(Rows::Sessions, sid)? else {
+            return Ok(false);
+        };
+        let mut record: SessionRecord = decode(&bytes, SESSION_RECORD_VERSION)?;
+        amend(&mut record);
+        self.put_session(&record)?;
+        Ok(true)
     }
 
     /// Writes (or replaces) a session record.
@@ -296,6 +418,50 @@ mod tests {
             !error.contains("chmod"),
             "refused as corrupt, not for its mode: {error}"
         );
+    }
+
+    /// An amendment changes only what it touches (the tokens stay), and a session deleted
+    /// meanwhile is not brought back by it.
+    #[test]
+    fn an_amendment_keeps_the_rest_and_never_brings_a_deleted_session_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record("a");
+        r.tokens.refresh_token = Some("kept".into());
+        store.put_session(&r).unwrap();
+        let amended = store
+            .write(|tx| tx.amend_session("a", &|r| r.mfa_at = Some(7)))
+            .unwrap();
+        assert!(amended);
+        let stored = store.read(|tx| tx.session("a")).unwrap().unwrap();
+        assert_eq!(stored.mfa_at, Some(7));
+        assert_eq!(stored.tokens.refresh_token.as_deref(), Some("kept"));
+        store.delete_sessions(&["a".into()]).unwrap();
+        let amended = store
+            .write(|tx| tx.amend_session("a", &|r| r.mfa_at = Some(8)))
+            .unwrap();
+        assert!(!amended);
+        assert!(store.read(|tx| tx.session("a")).unwrap().is_none());
+    }
+
+    /// Attributes keep a map's meaning and its JSON form: sorted by name, a later value for
+    /// a name replaces the earlier one, and a record written with a map reads back the same.
+    #[test]
+    fn attributes_behave_and_serialize_like_a_map() {
+        let mut a: Attributes = [("b", "2"), ("a", "1"), ("b", "3")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(a.insert("c".into(), "4".into()), None);
+        assert_eq!(a.insert("a".into(), "0".into()), Some("1".into()));
+        assert_eq!(a["b"], "3");
+        assert!(!a.contains_key("z"));
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"a":"0","b":"3","c":"4"}"#);
+        let map: std::collections::BTreeMap<String, String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(Attributes::from(map.clone()), a);
+        assert_eq!(serde_json::from_str::<Attributes>(&json).unwrap(), a);
+        assert_eq!(a.to_map(), map);
     }
 
     #[test]

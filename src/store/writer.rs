@@ -23,11 +23,19 @@ const BATCH: usize = 512;
 /// A new identity for each stored session of an owner (an admin changed the account).
 pub type Reprofile = Arc<dyn Fn(&Identity) -> Identity + Send + Sync>;
 
+/// A change to one stored session record (it may run twice: a failed batch is retried one
+/// write at a time).
+pub type Amend = Arc<dyn Fn(&mut SessionRecord) + Send + Sync>;
+
 /// One session write.
 #[derive(Clone)]
 pub enum SessionWrite {
     /// Writes (or replaces) a session record.
     Put(Box<SessionRecord>),
+    /// Changes a stored session in place (its last use, second factor, identity, tokens),
+    /// keeping the rest, the IdP tokens above all (memory does not hold them); nothing
+    /// when the store no longer has the session.
+    Amend(String, Amend),
     /// Deletes sessions by id.
     Delete(Vec<String>),
     /// Deletes every stored session of an owner (a shared store: sessions other replicas
@@ -41,6 +49,7 @@ impl std::fmt::Debug for SessionWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionWrite::Put(record) => f.debug_tuple("Put").field(&record.sid).finish(),
+            SessionWrite::Amend(sid, _) => f.debug_tuple("Amend").field(sid).finish(),
             SessionWrite::Delete(sids) => f.debug_tuple("Delete").field(sids).finish(),
             SessionWrite::DeleteOf(owner) => f.debug_tuple("DeleteOf").field(owner).finish(),
             SessionWrite::ReprofileOf(owner, _) => {
@@ -123,6 +132,7 @@ impl SessionWriter {
 fn apply(tx: &mut super::Tx, write: &SessionWrite) -> Result<(), StoreError> {
     match write {
         SessionWrite::Put(record) => tx.put_session(record),
+        SessionWrite::Amend(sid, amend) => tx.amend_session(sid, &**amend).map(|_| ()),
         SessionWrite::Delete(sids) => tx.delete_sessions(sids).map(|_| ()),
         SessionWrite::DeleteOf(owner) => tx.delete_sessions_of(owner).map(|_| ()),
         SessionWrite::ReprofileOf(owner, reprofile) => {

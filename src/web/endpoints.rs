@@ -627,16 +627,29 @@ async fn sign_out(
         .await;
     }
     let rd = safe_rd(auth, session, param(&form, "rd"));
+    let provider = auth.provider(&live.identity.connection);
+    let end_session = provider
+        .and_then(|p| p.current())
+        .and_then(|d| d.end_session_endpoint.clone());
+    // The `id_token_hint` comes from the store (memory keeps no tokens), read before the
+    // record is deleted. A store that does not answer does not keep the user signed in: the
+    // redirect goes without the hint (the IdP then asks the user to confirm).
+    let id_token = match end_session {
+        Some(_) => match auth.sessions.tokens(&live.sid).await {
+            Ok(tokens) => tokens.and_then(|t| t.id_token),
+            Err(e) => {
+                auth.metrics.store_error(crate::metrics::StoreOp::Read);
+                tracing::warn!(error = %Escaped(&e), "cannot read the session's ID token for the sign-out; signing out without id_token_hint");
+                None
+            }
+        },
+        None => None,
+    };
     auth.sessions
         .revoke_durably(std::slice::from_ref(&live.sid))
         .await;
     auth.update_sessions_gauge();
     auth.metrics.logouts(LogoutKind::User, 1);
-    let provider = auth.provider(&live.identity.connection);
-    let end_session = provider
-        .and_then(|p| p.current())
-        .and_then(|d| d.end_session_endpoint.clone());
-    let id_token = live.tokens.lock().ok().and_then(|t| t.id_token.clone());
     let location = match end_session {
         Some(endpoint) => {
             let post_logout = if rd.starts_with('/') {
@@ -728,6 +741,10 @@ async fn forward_auth(
     }
     let who = match auth.authenticate(&session.req_header().headers).await {
         Ok(Some(who)) => who,
+        Err(crate::auth::AuthError::StoreUnavailable) => {
+            let error = crate::error::RequestError::StoreUnavailable;
+            return respond::error(session, &error, request_id).await;
+        }
         outcome => {
             let challenge = match outcome {
                 Err(_) => "Bearer error=\"invalid_token\"",
