@@ -389,49 +389,42 @@ enum IdKey {
     Link(String, String),
 }
 
-/// One buffered change, sent at commit (or before a read that needs it) through
-/// `gatehouse_apply` (migration 2), which applies it with the same rule the statement of its
-/// own had.
-enum Op {
-    PutUser {
-        id: String,
-        record: Vec<u8>,
-    },
-    RemoveUser(String),
-    PutSession {
-        sid: String,
-        record: Vec<u8>,
-        columns: SessionColumns,
-    },
-    RemoveSession(String),
-    Claim {
-        index: Index,
-        key: String,
-        user_id: String,
-        replacing: Option<String>,
-    },
-    Release {
-        index: Index,
-        key: String,
-        user_id: String,
-    },
-    SetLink {
-        connection: String,
-        subject: String,
-        user_id: String,
-    },
-    RemoveLink {
-        connection: String,
-        subject: String,
-    },
-    Audit {
-        seq: i64,
-        user_id: Option<String>,
-        entry: Vec<u8>,
-    },
+/// A kind of buffered change: its name in `gatehouse_apply` (migration 2), which applies it
+/// with the rule the statement of its own had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    PutUser,
+    RemoveUser,
+    PutSession,
+    RemoveSession,
+    Claim(Index),
+    Release(Index),
+    SetLink,
+    RemoveLink,
+    Audit,
 }
 
-/// The arguments of one `gatehouse_apply` call: one element per change in each array.
+impl Change {
+    fn name(self) -> &'static str {
+        match self {
+            Change::PutUser => "put_user",
+            Change::RemoveUser => "remove_user",
+            Change::PutSession => "put_session",
+            Change::RemoveSession => "remove_session",
+            Change::Claim(Index::Emails) => "claim_email",
+            Change::Claim(Index::Usernames) => "claim_username",
+            Change::Release(Index::Emails) => "release_email",
+            Change::Release(Index::Usernames) => "release_username",
+            Change::SetLink => "set_link",
+            Change::RemoveLink => "remove_link",
+            Change::Audit => "audit",
+        }
+    }
+}
+
+/// A write transaction's buffered changes, in order, as the arguments of one
+/// `gatehouse_apply` call: one element per change in each array (the columns each kind
+/// uses are listed in the migration).
 #[derive(Default)]
 struct Apply {
     op: Vec<Option<String>>,
@@ -441,130 +434,23 @@ struct Apply {
 }
 
 impl Apply {
-    fn push(&mut self, op: &str, k: [Option<&str>; 5], num: Option<i64>, blob: Option<&[u8]>) {
-        self.op.push(Some(op.to_string()));
+    fn push(
+        &mut self,
+        change: Change,
+        k: [Option<&str>; 5],
+        num: Option<i64>,
+        blob: Option<Vec<u8>>,
+    ) {
+        self.op.push(Some(change.name().to_string()));
         for (column, value) in self.k.iter_mut().zip(k) {
             column.push(value.map(str::to_string));
         }
         self.num.push(num);
-        self.blob.push(blob.map(<[u8]>::to_vec));
+        self.blob.push(blob);
     }
 
-    fn of(ops: &[Op]) -> Self {
-        let mut apply = Self::default();
-        for op in ops {
-            match op {
-                Op::PutUser { id, record } => apply.push(
-                    "put_user",
-                    [Some(id.as_str()), None, None, None, None],
-                    None,
-                    Some(record.as_slice()),
-                ),
-                Op::RemoveUser(id) => apply.push(
-                    "remove_user",
-                    [Some(id.as_str()), None, None, None, None],
-                    None,
-                    None,
-                ),
-                Op::PutSession {
-                    sid,
-                    record,
-                    columns,
-                } => apply.push(
-                    "put_session",
-                    [
-                        Some(sid.as_str()),
-                        columns.identity.user_id.as_deref(),
-                        Some(columns.identity.connection.as_str()),
-                        Some(columns.identity.subject.as_str()),
-                        columns.idp_sid.as_deref(),
-                    ],
-                    Some(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
-                    Some(record.as_slice()),
-                ),
-                Op::RemoveSession(sid) => apply.push(
-                    "remove_session",
-                    [Some(sid.as_str()), None, None, None, None],
-                    None,
-                    None,
-                ),
-                Op::Claim {
-                    index,
-                    key,
-                    user_id,
-                    replacing,
-                } => apply.push(
-                    match index {
-                        Index::Emails => "claim_email",
-                        Index::Usernames => "claim_username",
-                    },
-                    [
-                        Some(key.as_str()),
-                        Some(user_id.as_str()),
-                        replacing.as_deref(),
-                        None,
-                        None,
-                    ],
-                    None,
-                    None,
-                ),
-                Op::Release {
-                    index,
-                    key,
-                    user_id,
-                } => apply.push(
-                    match index {
-                        Index::Emails => "release_email",
-                        Index::Usernames => "release_username",
-                    },
-                    [Some(key.as_str()), Some(user_id.as_str()), None, None, None],
-                    None,
-                    None,
-                ),
-                Op::SetLink {
-                    connection,
-                    subject,
-                    user_id,
-                } => apply.push(
-                    "set_link",
-                    [
-                        Some(connection.as_str()),
-                        Some(subject.as_str()),
-                        Some(user_id.as_str()),
-                        None,
-                        None,
-                    ],
-                    None,
-                    None,
-                ),
-                Op::RemoveLink {
-                    connection,
-                    subject,
-                } => apply.push(
-                    "remove_link",
-                    [
-                        Some(connection.as_str()),
-                        Some(subject.as_str()),
-                        None,
-                        None,
-                        None,
-                    ],
-                    None,
-                    None,
-                ),
-                Op::Audit {
-                    seq,
-                    user_id,
-                    entry,
-                } => apply.push(
-                    "audit",
-                    [user_id.as_deref(), None, None, None, None],
-                    Some(*seq),
-                    Some(entry.as_slice()),
-                ),
-            }
-        }
-        apply
+    fn is_empty(&self) -> bool {
+        self.op.is_empty()
     }
 }
 
@@ -586,7 +472,7 @@ struct PgTx {
     writable: bool,
     origin: String,
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pending: std::cell::RefCell<Vec<Op>>,
+    pending: std::cell::RefCell<Apply>,
     rows_known: std::cell::RefCell<KnownRows>,
     ids_known: std::cell::RefCell<HashMap<IdKey, Option<String>>>,
     /// Keys a pending change may have changed without `ids_known` telling how (an entry
@@ -649,12 +535,12 @@ impl PgTx {
 
     /// Sends the pending changes (one round trip; none when there are none).
     fn flush(&self) -> Result<(), StoreError> {
-        let ops = std::mem::take(&mut *self.pending.borrow_mut());
+        let changes = std::mem::take(&mut *self.pending.borrow_mut());
         self.unsure.borrow_mut().clear();
-        if ops.is_empty() {
+        if changes.is_empty() {
             return Ok(());
         }
-        let Apply { op, k, num, blob } = Apply::of(&ops);
+        let Apply { op, k, num, blob } = changes;
         let [k1, k2, k3, k4, k5] = k;
         self.execute(
             "SELECT gatehouse_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -919,19 +805,30 @@ impl RawRead for PgTx {
 
 impl RawWrite for PgTx {
     fn put(&mut self, rows: Rows, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let op = match rows {
-            Rows::Users => Op::PutUser {
-                id: key.to_string(),
-                record: value.to_vec(),
-            },
-            Rows::Sessions => Op::PutSession {
-                sid: key.to_string(),
-                record: value.to_vec(),
-                columns: serde_json::from_slice(value)
-                    .map_err(|e| StoreError::Decode(e.to_string()))?,
-            },
-        };
-        self.pending.get_mut().push(op);
+        match rows {
+            Rows::Users => self.pending.get_mut().push(
+                Change::PutUser,
+                [Some(key), None, None, None, None],
+                None,
+                Some(value.to_vec()),
+            ),
+            Rows::Sessions => {
+                let columns: SessionColumns =
+                    serde_json::from_slice(value).map_err(|e| StoreError::Decode(e.to_string()))?;
+                self.pending.get_mut().push(
+                    Change::PutSession,
+                    [
+                        Some(key),
+                        columns.identity.user_id.as_deref(),
+                        Some(columns.identity.connection.as_str()),
+                        Some(columns.identity.subject.as_str()),
+                        columns.idp_sid.as_deref(),
+                    ],
+                    Some(i64::try_from(columns.expires_at).unwrap_or(i64::MAX)),
+                    Some(value.to_vec()),
+                );
+            }
+        }
         self.rows_known
             .get_mut()
             .insert((rows, key.to_string()), Some(value.to_vec()));
@@ -942,10 +839,13 @@ impl RawWrite for PgTx {
         if !self.exists_locked(rows, key)? {
             return Ok(false);
         }
-        self.pending.get_mut().push(match rows {
-            Rows::Users => Op::RemoveUser(key.to_string()),
-            Rows::Sessions => Op::RemoveSession(key.to_string()),
-        });
+        let change = match rows {
+            Rows::Users => Change::RemoveUser,
+            Rows::Sessions => Change::RemoveSession,
+        };
+        self.pending
+            .get_mut()
+            .push(change, [Some(key), None, None, None, None], None, None);
         self.rows_known
             .get_mut()
             .insert((rows, key.to_string()), None);
@@ -961,12 +861,12 @@ impl RawWrite for PgTx {
     ) -> Result<(), StoreError> {
         // Checked when applied: an entry held by another account (not `replacing`) fails the
         // commit as a conflict, and the transaction runs again.
-        self.pending.get_mut().push(Op::Claim {
-            index,
-            key: key.to_string(),
-            user_id: user_id.to_string(),
-            replacing: replacing.map(str::to_string),
-        });
+        self.pending.get_mut().push(
+            Change::Claim(index),
+            [Some(key), Some(user_id), replacing, None, None],
+            None,
+            None,
+        );
         let entry = IdKey::Index(index, key.to_string());
         self.unsure.get_mut().remove(&entry);
         self.ids_known
@@ -976,11 +876,12 @@ impl RawWrite for PgTx {
     }
 
     fn release(&mut self, index: Index, key: &str, user_id: &str) -> Result<(), StoreError> {
-        self.pending.get_mut().push(Op::Release {
-            index,
-            key: key.to_string(),
-            user_id: user_id.to_string(),
-        });
+        self.pending.get_mut().push(
+            Change::Release(index),
+            [Some(key), Some(user_id), None, None, None],
+            None,
+            None,
+        );
         let entry = IdKey::Index(index, key.to_string());
         match self.ids_known.get_mut().get_mut(&entry) {
             Some(holder) => {
@@ -1003,11 +904,12 @@ impl RawWrite for PgTx {
     ) -> Result<(), StoreError> {
         // Checked when applied: a link to another account that still exists fails the commit
         // as a conflict, and the transaction runs again (and then finds the link).
-        self.pending.get_mut().push(Op::SetLink {
-            connection: connection.to_string(),
-            subject: subject.to_string(),
-            user_id: user_id.to_string(),
-        });
+        self.pending.get_mut().push(
+            Change::SetLink,
+            [Some(connection), Some(subject), Some(user_id), None, None],
+            None,
+            None,
+        );
         self.ids_known.get_mut().insert(
             IdKey::Link(connection.to_string(), subject.to_string()),
             Some(user_id.to_string()),
@@ -1016,10 +918,12 @@ impl RawWrite for PgTx {
     }
 
     fn remove_link(&mut self, connection: &str, subject: &str) -> Result<(), StoreError> {
-        self.pending.get_mut().push(Op::RemoveLink {
-            connection: connection.to_string(),
-            subject: subject.to_string(),
-        });
+        self.pending.get_mut().push(
+            Change::RemoveLink,
+            [Some(connection), Some(subject), None, None, None],
+            None,
+            None,
+        );
         self.ids_known.get_mut().insert(
             IdKey::Link(connection.to_string(), subject.to_string()),
             None,
@@ -1042,13 +946,15 @@ impl RawWrite for PgTx {
             Some(row) => row.try_get(0).map_err(store_error)?,
             None => return Err(StoreError::Db("no audit sequence number".into())),
         };
-        let entry = encode(u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?)?;
-        self.pending.get_mut().push(Op::Audit {
-            seq,
-            user_id: user_id.map(str::to_string),
-            entry,
-        });
-        u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))
+        let number = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+        let entry = encode(number)?;
+        self.pending.get_mut().push(
+            Change::Audit,
+            [user_id, None, None, None, None],
+            Some(seq),
+            Some(entry),
+        );
+        Ok(number)
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
