@@ -1143,7 +1143,11 @@ impl Sessions {
         };
         // A revoked session's value may stay until it expires: the live map refuses it.
         self.opened.retain(|body| body.exp > now);
-        // A session out of use gives back its forwarded tokens (the store keeps them).
+        // A session out of use gives back its forwarded tokens (the store keeps them); only
+        // a config that forwards tokens has any to give back, and pays for this pass.
+        if !self.forwarding.any() {
+            return ended;
+        }
         if let Ok(map) = self.live.read() {
             for s in map.sessions() {
                 let quiet =
