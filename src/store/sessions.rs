@@ -87,18 +87,6 @@ impl Attributes {
     }
 }
 
-impl std::ops::Index<&str> for Attributes {
-    type Output = String;
-
-    /// The value of `name`; panics when there is none (as a map's index does).
-    fn index(&self, name: &str) -> &String {
-        match self.get(name) {
-            Some(value) => value,
-            None => panic!("no attribute {name:?}"),
-        }
-    }
-}
-
 impl From<std::collections::BTreeMap<String, String>> for Attributes {
     fn from(map: std::collections::BTreeMap<String, String>) -> Self {
         // A map iterates in key order: already sorted, no duplicates.
@@ -454,7 +442,7 @@ mod tests {
             .collect();
         assert_eq!(a.insert("c".into(), "4".into()), None);
         assert_eq!(a.insert("a".into(), "0".into()), Some("1".into()));
-        assert_eq!(a["b"], "3");
+        assert_eq!(a.get("b").map(String::as_str), Some("3"));
         assert!(!a.contains_key("z"));
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, r#"{"a":"0","b":"3","c":"4"}"#);
