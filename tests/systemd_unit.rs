@@ -7,8 +7,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
@@ -93,12 +95,14 @@ fn receive(socket: &UnixDatagram) -> String {
 fn serve_notifies_systemd_when_ready_and_when_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (proxy, admin, dead_idp) = (free_port(), free_port(), free_port());
+    // Gatehouse listens on ports the kernel picks (read back from its log); the IdP's port
+    // is only ever connected to, and nothing answers OIDC there.
+    let dead_idp = free_port();
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = [\"{proxy}\"]\nadmin_listen = \"{admin}\"\nshutdown_grace = \"1s\"\n\
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n\
              [log]\naccess_log = false\n[store]\ndata_dir = \"{}\"\n[session]\ncookie_secure = false\n\
              [[upstreams]]\nurl = \"http://127.0.0.1:9\"\n\
              [[connections]]\nid = \"down\"\nissuer = \"http://{dead_idp}\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
@@ -111,15 +115,10 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // `env` sets NOTIFY_SOCKET (as systemd does) and runs the binary, its last argument.
+    let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let mut served = common::Served::start(Path::new("env"), &[&notify, BIN], &config);
+    let admin = served.admin;
 
     let ready = receive(&socket);
     assert_eq!(ready.trim(), "READY=1");
@@ -137,10 +136,10 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
     assert!(store_files > 0, "the store is open in {}", data.display());
 
     // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(served.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let stopping = receive(&socket);
     assert_eq!(stopping.trim(), "STOPPING=1");
-    let status = child.wait().unwrap();
+    let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
