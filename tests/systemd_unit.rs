@@ -88,11 +88,9 @@ fn receive(socket: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// With `NOTIFY_SOCKET` set (as systemd does for `Type=notify`), `gatehouse serve` sends
-/// READY=1, and at that moment the admin listener already answers `/live` and the store
-/// file exists; SIGTERM then sends STOPPING=1 and the process exits 0.
-#[test]
-fn serve_notifies_systemd_when_ready_and_when_stopping() {
+/// `gatehouse serve` as systemd runs it for `Type=notify` (`NOTIFY_SOCKET` set), on ports the
+/// kernel picks, with the socket it notifies (30 s read timeout) and its temp dir.
+fn serve_notifying() -> (common::Served, UnixDatagram, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Gatehouse listens on ports the kernel picks (read back from its log); the IdP's port
@@ -117,7 +115,23 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
         .unwrap();
     // `env` sets NOTIFY_SOCKET (as systemd does) and runs the binary, its last argument.
     let notify = format!("NOTIFY_SOCKET={}", socket_path.display());
-    let mut served = common::Served::start(Path::new("env"), &[&notify, BIN], &config);
+    let served = common::Served::start(Path::new("env"), &[&notify, BIN], &config);
+    (served, socket, dir)
+}
+
+/// Sends SIGTERM to the child.
+fn terminate(served: &common::Served) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(served.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+/// With `NOTIFY_SOCKET` set (as systemd does for `Type=notify`), `gatehouse serve` sends
+/// READY=1, and at that moment the admin listener already answers `/live` and the store
+/// file exists; SIGTERM then sends STOPPING=1 and the process exits 0.
+#[test]
+fn serve_notifies_systemd_when_ready_and_when_stopping() {
+    let (mut served, socket, dir) = serve_notifying();
     let admin = served.admin;
 
     let ready = receive(&socket);
@@ -132,14 +146,27 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let data = dir.path().join("data");
     let store_files = std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(0);
     assert!(store_files > 0, "the store is open in {}", data.display());
 
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(served.child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    terminate(&served);
     let stopping = receive(&socket);
     assert_eq!(stopping.trim(), "STOPPING=1");
     let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A SIGTERM that comes the moment systemd hears READY=1 drains and exits 0: the signal
+/// handlers are in place before READY=1 is sent (before, a SIGTERM in between took the
+/// signal's default action and killed the process, with no STOPPING=1).
+#[test]
+fn a_sigterm_right_after_ready_drains_and_exits_cleanly() {
+    for _ in 0..3 {
+        let (mut served, socket, _dir) = serve_notifying();
+        assert_eq!(receive(&socket).trim(), "READY=1");
+        terminate(&served);
+        assert_eq!(receive(&socket).trim(), "STOPPING=1");
+        assert_eq!(served.child.wait().unwrap().code(), Some(0));
+    }
 }

@@ -388,11 +388,10 @@ impl Prepared {
             }
         }
         shutdown::exit_when_drained(self.server.watch_execution_phase(), self.metrics.clone());
-        // Every listener is bound and the store is open (both in `prepare`): tell systemd
-        // (`Type=notify`); connections that arrive before pingora accepts wait in the backlog.
-        shutdown::notify_systemd(sd_notify::NotifyState::Ready);
+        // systemd (`Type=notify`) hears READY=1 once the signal handlers are in place.
         let signals = Box::new(shutdown::OsSignals {
             readiness: self.readiness.clone(),
+            announced: Default::default(),
         });
         self.run(signals);
     }

@@ -16,29 +16,45 @@ use crate::metrics::Metrics;
 /// Waits for SIGTERM, SIGINT or SIGQUIT.
 pub struct OsSignals {
     pub readiness: Arc<Readiness>,
+    /// Whether systemd was told READY=1 (once, after the signal handlers are in place).
+    pub announced: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for OsSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        // A signal that cannot be watched is logged and never fires; the others still work.
-        let watch = |kind| async move {
+        // Every handler is installed before systemd hears READY=1: a SIGTERM right after it
+        // drains instead of killing the process by the signal's default action. A signal that
+        // cannot be watched is logged and never fires; the others still work.
+        let mut streams = Vec::new();
+        for kind in [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+        ] {
             match signal(kind) {
-                Ok(mut stream) => {
-                    stream.recv().await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for a shutdown signal");
-                    std::future::pending::<()>().await;
+                Ok(stream) => streams.push(stream),
+                Err(e) => tracing::error!(error = %e, "cannot listen for a shutdown signal"),
+            }
+        }
+        if !self
+            .announced
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Every listener is bound and the store is open (both in `prepare`); connections
+            // that arrive before pingora accepts wait in the backlog.
+            notify_systemd(sd_notify::NotifyState::Ready);
+        }
+        std::future::poll_fn(|cx| {
+            for stream in &mut streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(());
                 }
             }
-        };
-        tokio::select! {
-            _ = watch(SignalKind::terminate()) => {}
-            _ = watch(SignalKind::interrupt()) => {}
-            _ = watch(SignalKind::quit()) => {}
-        }
+            std::task::Poll::Pending
+        })
+        .await;
         self.readiness.set_draining();
         notify_systemd(sd_notify::NotifyState::Stopping);
         tracing::info!("shutdown signal received: draining");
