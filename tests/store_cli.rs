@@ -172,7 +172,9 @@ fn fill_redb(data_dir: &Path) -> Fixture {
         let mut entry = AuditEntry::new(AuditActor::Admin, action, 1_700_000_000 + i as u64);
         entry.user_id = user.map(|u| u.id.clone());
         entry.changed = vec!["roles".into()];
-        entry.seq = store.write(|tx| tx.append_audit(&entry)).unwrap();
+        store.write(|tx| tx.append_audit(&entry)).unwrap();
+        let stored = store.read(|tx| tx.audit(None)).unwrap();
+        entry.seq = stored.last().map(|e| e.seq).unwrap();
         audit.push(entry);
     }
     // A log restored from elsewhere may have gaps: the numbers are kept, not renumbered.
@@ -277,7 +279,7 @@ fn a_redb_store_is_copied_whole_into_an_empty_postgres_database() {
     assert_holds(&target, &fixture);
     let counts = target.read(|tx| tx.counts()).unwrap();
     assert_eq!(counts.links, 3);
-    let next = target
+    target
         .write(|tx| {
             tx.append_audit(&AuditEntry::new(
                 AuditActor::Admin,
@@ -286,7 +288,13 @@ fn a_redb_store_is_copied_whole_into_an_empty_postgres_database() {
             ))
         })
         .unwrap();
-    assert_eq!(next, 11, "numbered after the highest copied entry");
+    let log = target.read(|tx| tx.audit(None)).unwrap();
+    let appended = log.last().unwrap();
+    assert_eq!(
+        (appended.seq, appended.action),
+        (11, AuditAction::Enabled),
+        "numbered after the highest copied entry"
+    );
     drop(target);
 
     // The source is untouched and still opens.

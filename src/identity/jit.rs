@@ -124,6 +124,15 @@ pub fn provision(
         Ok(Provisioned::Refused(refusal))
     };
 
+    let link = Link {
+        connection: connection.id.clone(),
+        subject: claims.subject.clone(),
+    };
+    // What a new account would be called, worked out before the look-ups so they all go
+    // to the store together.
+    let base = base_username(claims);
+    tx.look_ahead(&link, claims.email.as_deref(), Some(&base))?;
+
     if let Some(mut user) = tx.user_by_link(&connection.id, &claims.subject)? {
         if user.disabled {
             return refuse(tx, JitRefusal::Disabled { user_id: user.id });
@@ -161,10 +170,6 @@ pub fn provision(
         if user.disabled {
             return refuse(tx, JitRefusal::Disabled { user_id: user.id });
         }
-        let link = Link {
-            connection: connection.id.clone(),
-            subject: claims.subject.clone(),
-        };
         tx.link(&link, &user.id)?;
         user.links.push(link);
         let mut changed = sync(&mut user, claims, connection.attribute_sync);
@@ -178,18 +183,15 @@ pub fn provision(
         return Ok(allowed(&user, claims, JitAction::Linked));
     }
 
-    let username = free_username(tx, &base_username(claims))?;
+    note_unclean_usernames(claims);
+    let username = free_username(tx, &base)?;
     let mut user = UserRecord::new(username, now);
     let mut changed = vec!["username".to_string()];
     changed.extend(sync(&mut user, claims, AttributeSync::Override));
     user.last_login_at = Some(now);
-    let link = Link {
-        connection: connection.id.clone(),
-        subject: claims.subject.clone(),
-    };
     tx.link(&link, &user.id)?;
     user.links.push(link);
-    tx.put_user(&user)?;
+    tx.create_user(&user)?;
     let mut entry = audit(AuditAction::Created, &user.id);
     entry.changed = changed;
     tx.append_audit(&entry)?;
@@ -226,13 +228,32 @@ pub fn profile_identity(user: &UserRecord, claims: &Identity) -> Identity {
 /// anything unclean percent-encoded. The header value is then one-to-one with it, so the
 /// store's uniqueness check is a check on what the app receives.
 fn base_username(claims: &Identity) -> String {
+    if let Some(clean) = username_candidates(claims).find(|c| is_clean_username(c)) {
+        return clean.to_string();
+    }
+    if is_clean_username(&claims.subject) {
+        return claims.subject.clone();
+    }
+    safe_value(&claims.subject)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .filter(|s| is_clean_username(s))
+        .unwrap_or_else(|| format!("user-{}", crate::ids::random_id()))
+}
+
+/// The names the IdP offers for a new account, in the order they are tried: its username,
+/// then the email's local part.
+fn username_candidates(claims: &Identity) -> impl Iterator<Item = &str> {
     let from_email = claims.email.as_deref().and_then(|e| e.split('@').next());
-    for candidate in [claims.username.as_deref(), from_email]
+    [claims.username.as_deref(), from_email]
         .into_iter()
         .flatten()
-    {
+}
+
+/// Logs the IdP's names passed over as unclean, when a new account is named.
+fn note_unclean_usernames(claims: &Identity) {
+    for candidate in username_candidates(claims) {
         if is_clean_username(candidate) {
-            return candidate.to_string();
+            break;
         }
         if !candidate.is_empty() {
             tracing::info!(
@@ -242,13 +263,6 @@ fn base_username(claims: &Identity) -> String {
             );
         }
     }
-    if is_clean_username(&claims.subject) {
-        return claims.subject.clone();
-    }
-    safe_value(&claims.subject)
-        .and_then(|v| v.to_str().ok().map(str::to_string))
-        .filter(|s| is_clean_username(s))
-        .unwrap_or_else(|| format!("user-{}", crate::ids::random_id()))
 }
 
 /// `base` when free, else the first free of `base-2`, `base-3`, ...

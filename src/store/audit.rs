@@ -120,8 +120,8 @@ impl AuditEntry {
 }
 
 impl Tx {
-    /// Appends an entry; returns its sequence number.
-    pub fn append_audit(&mut self, entry: &AuditEntry) -> Result<u64, StoreError> {
+    /// Appends an entry (numbered in commit order on PostgreSQL, next in the file on redb).
+    pub fn append_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
         let encode_at = |seq: u64| {
             let mut entry = entry.clone();
             entry.seq = seq;
@@ -137,7 +137,11 @@ impl ReadTx {
         self.raw
             .audit(user_id)?
             .iter()
-            .map(|bytes| decode(bytes, AUDIT_ENTRY_VERSION))
+            .map(|(seq, bytes)| {
+                let mut entry: AuditEntry = decode(bytes, AUDIT_ENTRY_VERSION)?;
+                entry.seq = *seq;
+                Ok(entry)
+            })
             .collect()
     }
 }
@@ -154,12 +158,14 @@ mod tests {
         let mut a = AuditEntry::new(AuditActor::Login, AuditAction::Created, 10);
         a.user_id = Some("u1".into());
         let b = AuditEntry::new(AuditActor::Admin, AuditAction::Disabled, 11);
-        let seqs = store
-            .write(|tx| Ok((tx.append_audit(&a)?, tx.append_audit(&b)?)))
+        store
+            .write(|tx| {
+                tx.append_audit(&a)?;
+                tx.append_audit(&b)
+            })
             .unwrap();
-        assert_eq!(seqs, (1, 2));
         let all = store.read(|tx| tx.audit(None)).unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(all[1].action, AuditAction::Disabled);
         let mine = store.read(|tx| tx.audit(Some("u1"))).unwrap();
         assert_eq!(mine.len(), 1);

@@ -138,7 +138,7 @@ impl Snapshot {
             sessions.push((sid, bytes));
         }
         let mut audit = Vec::new();
-        for (seq, bytes) in raw.numbered_audit()? {
+        for (seq, bytes) in raw.audit(None)? {
             let entry: AuditEntry = decode(&bytes, AUDIT_ENTRY_VERSION)
                 .map_err(|e| StoreError::Decode(format!("audit entry {seq}: {e}")))?;
             audit.push((seq, entry.user_id, bytes));
@@ -266,7 +266,7 @@ impl ReadTx {
 
     /// Every audit entry as stored, with its sequence number.
     pub fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.reader().numbered_audit()
+        self.reader().audit(None)
     }
 }
 

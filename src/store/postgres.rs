@@ -23,13 +23,15 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Row};
 use tokio::runtime::Handle;
 
-use super::raw::{Counted, Index, RawRead, RawWrite, Rows};
+use super::raw::{Ahead, Counted, Index, RawRead, RawWrite, Rows};
 use super::sessions::{SessionColumns, SessionOwner};
 use super::StoreError;
 
@@ -45,12 +47,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "a write transaction's changes in one call",
         include_str!("migrations/0002_apply.sql"),
     ),
+    (
+        3,
+        "logins commit side by side",
+        include_str!("migrations/0003_commit_side_by_side.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
+
+/// A pooled connection idle this long is pinged before it is used again.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// The channel replicas are told about session changes on (the payload is the event's
 /// sequence number; the rows themselves are read from `session_events`).
@@ -97,6 +107,8 @@ pub struct PgStore {
     offline_grace: Duration,
     /// Round trips made by transactions (statements, BEGIN, COMMIT), for tests and benches.
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How long (ms) a pooled connection may sit idle before it is pinged when taken.
+    idle_before_ping: std::sync::Arc<AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -173,11 +185,29 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(&options.url)
             .map_err(|e| open_error(format!("store.url: {e}")))?
             .application_name("gatehouse");
+        let idle_before_ping = std::sync::Arc::new(AtomicU64::new(
+            u64::try_from(IDLE_BEFORE_PING.as_millis()).unwrap_or(u64::MAX),
+        ));
+        let ping_after = idle_before_ping.clone();
         let pool = {
             let _entered = handle.enter();
             PgPoolOptions::new()
                 .max_connections(options.pool_size.max(1))
                 .acquire_timeout(options.acquire_timeout)
+                // A connection in steady use is not pinged before each use (a round trip
+                // per transaction); one idle for a while is, as it may be one the server
+                // dropped. A transaction's first statement that still finds its connection
+                // gone is sent again on another (`PgTx::statement`).
+                .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    let after = Duration::from_millis(ping_after.load(Ordering::Relaxed));
+                    Box::pin(async move {
+                        if meta.idle_for >= after {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(connect)
         };
         let store = Self {
@@ -190,6 +220,7 @@ impl PgStore {
             down_since: Default::default(),
             offline_grace: options.offline_grace,
             round_trips: Default::default(),
+            idle_before_ping,
         };
         Ok(store)
     }
@@ -214,6 +245,15 @@ impl PgStore {
     #[doc(hidden)]
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long a pooled connection may sit idle before it is pinged when taken again (1 s).
+    /// For tests: a long one leaves a connection the server dropped to be found out by the
+    /// statement that uses it.
+    #[doc(hidden)]
+    pub fn ping_idle_after(&self, idle: Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.idle_before_ping.store(ms, Ordering::Relaxed);
     }
 
     /// The schema version the database is at (0: empty).
@@ -303,23 +343,13 @@ impl PgStore {
         Ok(Box::new(self.begin(false)?))
     }
 
+    /// A transaction. Nothing is sent yet: the connection is taken, and BEGIN sent, with
+    /// the first statement that needs them (see [`PgTx`]).
     fn begin(&self, writable: bool) -> Result<PgTx, StoreError> {
-        let pool = self.pool.clone();
-        let tx = run(&self.handle, async move {
-            let mut tx = pool.begin().await?;
-            if !writable {
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>(tx)
-        })?
-        .map_err(store_error)?;
-        let begun = if writable { 1 } else { 2 };
-        self.round_trips
-            .fetch_add(begun, std::sync::atomic::Ordering::Relaxed);
         Ok(PgTx {
-            tx: std::cell::RefCell::new(Some(tx)),
+            conn: std::cell::RefCell::new(Conn::Unused),
+            failed: std::cell::Cell::new(false),
+            pool: self.pool.clone(),
             handle: self.handle.clone(),
             writable,
             origin: self.origin.clone(),
@@ -354,6 +384,7 @@ impl PgStore {
 }
 
 /// A bound value.
+#[derive(Clone)]
 enum Arg {
     Text(String),
     Bytes(Vec<u8>),
@@ -457,7 +488,57 @@ impl Apply {
 /// Records a write transaction knows (read or written), by table and key: `None` for absent.
 type KnownRows = HashMap<(Rows, String), Option<Vec<u8>>>;
 
+/// A transaction's hold on the database.
+enum Conn {
+    /// Nothing sent yet: a connection is taken with the first statement.
+    Unused,
+    /// A connection with no transaction open: each statement commits by itself. A write
+    /// transaction's plain reads run so until something needs the transaction.
+    Plain(PoolConnection<Postgres>),
+    /// BEGIN sent (a read snapshot: `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY`).
+    Open(PoolConnection<Postgres>),
+}
+
+/// What a statement needs from the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Nothing: a read whose answer is checked again when the changes are applied (an index
+    /// entry, a link), so it may run before BEGIN.
+    Nothing,
+    /// The open transaction: a lock, a change, or a read that must see this transaction's
+    /// changes (BEGIN is sent first when it was not yet).
+    Transaction,
+    /// None, as it is the whole transaction: the changes, sent at commit by a transaction
+    /// that never needed BEGIN, which PostgreSQL commits as a statement of its own. Never
+    /// sent twice: when the connection is lost under it, it may have been applied.
+    ItsOwn,
+}
+
+const BEGIN_WRITE: &str = "BEGIN";
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Whether an error means the connection is gone (the server restarted, the socket broke):
+/// a statement that is the first on a connection taken from the pool is then sent again on
+/// another one, as nothing of the transaction was on the lost one.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
 /// One transaction, read-only or not. Its statements run on the engine's runtime.
+///
+/// Round trips: nothing is sent until a statement needs it. A write transaction's plain
+/// reads (index entries, links: [`Needs::Nothing`]) run before BEGIN, each committing by
+/// itself; BEGIN goes with the first statement that needs the transaction (a lock, a change
+/// sent before commit). A write transaction that never needed it commits by sending its
+/// changes as one statement, which PostgreSQL runs as a transaction of its own: a new
+/// user's login is then two round trips, the look-ups ([`RawRead::prefetch`]) and the
+/// changes.
 ///
 /// A write transaction keeps its changes (`pending`) and sends them in one round trip at
 /// commit, or earlier when a read needs them (a scan, a count, a key a pending change
@@ -467,7 +548,11 @@ type KnownRows = HashMap<(Rows, String), Option<Vec<u8>>>;
 /// change meanwhile; an unlocked index entry or link read again gives the first answer, and
 /// a claim decided on it is checked again when it is applied.
 struct PgTx {
-    tx: std::cell::RefCell<Option<Transaction<'static, Postgres>>>,
+    conn: std::cell::RefCell<Conn>,
+    /// A statement inside the open transaction failed: PostgreSQL has aborted it, and
+    /// COMMIT would roll it back without an error, so commit refuses.
+    failed: std::cell::Cell<bool>,
+    pool: PgPool,
     handle: Handle,
     writable: bool,
     origin: String,
@@ -482,59 +567,130 @@ struct PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        // Not committed: rolled back when the connection goes back to the pool, which
-        // needs the engine's runtime.
-        if let Some(tx) = self.tx.get_mut().take() {
-            let _entered = self.handle.enter();
-            drop(tx);
+        let conn = std::mem::replace(self.conn.get_mut(), Conn::Unused);
+        let _entered = self.handle.enter();
+        match conn {
+            Conn::Unused => {}
+            // Back to the pool (which needs the engine's runtime).
+            Conn::Plain(conn) => drop(conn),
+            // Not committed: rolled back before the connection goes back; a connection that
+            // cannot roll back is closed.
+            Conn::Open(mut conn) => {
+                self.handle.spawn(async move {
+                    if sqlx::Executor::execute(&mut *conn, "ROLLBACK")
+                        .await
+                        .is_err()
+                    {
+                        conn.close_on_drop();
+                    }
+                });
+            }
         }
     }
 }
 
 impl PgTx {
-    /// Runs one statement and returns its rows.
+    /// Runs one statement inside the transaction and returns its rows.
     fn rows(&self, sql: &'static str, args: Vec<Arg>) -> Result<Vec<PgRow>, StoreError> {
-        self.with(move |tx| Box::pin(async move { bind_all(sql, args).fetch_all(&mut **tx).await }))
+        self.statement(Needs::Transaction, sql, args)
     }
 
-    /// Runs one statement and returns how many rows it changed.
-    fn execute(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StoreError> {
-        self.with(move |tx| {
-            Box::pin(async move {
-                bind_all(sql, args)
-                    .execute(&mut **tx)
-                    .await
-                    .map(|done| done.rows_affected())
-            })
-        })
+    /// Runs one statement inside the transaction.
+    fn execute(&self, sql: &'static str, args: Vec<Arg>) -> Result<(), StoreError> {
+        self.statement(Needs::Transaction, sql, args).map(drop)
     }
 
-    fn with<T: Send + 'static>(
+    /// Runs one statement (taking a connection, and sending BEGIN, first when `needs` them)
+    /// and returns its rows. A statement that is the first on a connection from the pool
+    /// and finds it gone is sent again on another (unless it commits by itself).
+    fn statement(
         &self,
-        work: impl for<'t> FnOnce(
-                &'t mut Transaction<'static, Postgres>,
-            ) -> std::pin::Pin<
-                Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 't>,
-            > + Send
-            + 'static,
-    ) -> Result<T, StoreError> {
-        // The transaction moves into the task and back (reads take `&self`: they share the
-        // trait with the read-only snapshot).
-        let Some(mut tx) = self.tx.borrow_mut().take() else {
-            return Err(StoreError::Db("the transaction has ended".into()));
+        needs: Needs,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        // A read snapshot's reads all belong to it.
+        let needs = if self.writable {
+            needs
+        } else {
+            Needs::Transaction
         };
+        let conn = std::mem::replace(&mut *self.conn.borrow_mut(), Conn::Unused);
+        let was_open = matches!(conn, Conn::Open(_));
+        let begin = match (&conn, needs) {
+            (Conn::Open(_), _) | (_, Needs::Nothing | Needs::ItsOwn) => None,
+            (_, Needs::Transaction) if self.writable => Some(BEGIN_WRITE),
+            (_, Needs::Transaction) => Some(BEGIN_SNAPSHOT),
+        };
+        let trips = 1 + u64::from(begin.is_some());
         self.round_trips
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, out) = run(&self.handle, async move {
-            let out = work(&mut tx).await;
-            (tx, out)
+            .fetch_add(trips, std::sync::atomic::Ordering::Relaxed);
+        let pool = self.pool.clone();
+        let tries = match needs {
+            Needs::ItsOwn => 1,
+            Needs::Nothing | Needs::Transaction => self.pool.options().get_max_connections() + 1,
+        };
+        let mut args = args;
+        let (held, out) = run(&self.handle, async move {
+            let mut held = match conn {
+                Conn::Unused => None,
+                Conn::Plain(c) | Conn::Open(c) => Some(c),
+            };
+            let mut tried = 0;
+            loop {
+                let fresh = held.is_none();
+                let mut c = match held.take() {
+                    Some(c) => c,
+                    None => match pool.acquire().await {
+                        Ok(c) => c,
+                        Err(e) => return (None, Err(e)),
+                    },
+                };
+                tried += 1;
+                // Kept for another try only while one may follow.
+                let these = if fresh && tried < tries {
+                    args.clone()
+                } else {
+                    std::mem::take(&mut args)
+                };
+                let sent = async {
+                    if let Some(begin) = begin {
+                        sqlx::Executor::execute(&mut *c, begin).await?;
+                    }
+                    bind_all(sql, these).fetch_all(&mut *c).await
+                }
+                .await;
+                match sent {
+                    Err(e) if fresh && tried < tries && connection_lost(&e) => {
+                        tracing::debug!(error = %e, "a pooled database connection was gone; using another");
+                        c.close_on_drop();
+                    }
+                    sent => return (Some(c), sent),
+                }
+            }
         })?;
-        *self.tx.borrow_mut() = Some(tx);
+        let open = was_open || begin.is_some();
+        *self.conn.borrow_mut() = match held {
+            None => Conn::Unused,
+            Some(c) if open => Conn::Open(c),
+            Some(c) => Conn::Plain(c),
+        };
+        if out.is_err() && open {
+            self.failed.set(true);
+        }
         out.map_err(store_error)
     }
 
-    /// Sends the pending changes (one round trip; none when there are none).
+    /// Sends the pending changes inside the transaction (one round trip; none when there
+    /// are none).
     fn flush(&self) -> Result<(), StoreError> {
+        self.send_changes(Needs::Transaction)
+    }
+
+    /// Sends the pending changes as one `gatehouse_apply` call: inside the transaction, or
+    /// (`Needs::ItsOwn`, at the commit of a transaction that never needed BEGIN) as a
+    /// statement PostgreSQL commits by itself.
+    fn send_changes(&self, needs: Needs) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut *self.pending.borrow_mut());
         self.unsure.borrow_mut().clear();
         if changes.is_empty() {
@@ -542,7 +698,8 @@ impl PgTx {
         }
         let Apply { op, k, num, blob } = changes;
         let [k1, k2, k3, k4, k5] = k;
-        self.execute(
+        self.statement(
+            needs,
             "SELECT gatehouse_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             vec![
                 text(&self.origin),
@@ -585,7 +742,7 @@ impl PgTx {
         if self.unsure.borrow().contains(&key) {
             self.flush()?;
         }
-        let read = self.one_text(sql, args)?;
+        let read = first_text(&self.statement(Needs::Nothing, sql, args)?)?;
         self.ids_known.borrow_mut().insert(key, read.clone());
         Ok(read)
     }
@@ -616,10 +773,7 @@ impl PgTx {
     }
 
     fn one_text(&self, sql: &'static str, args: Vec<Arg>) -> Result<Option<String>, StoreError> {
-        self.rows(sql, args)?
-            .first()
-            .map(|row| row.try_get::<String, _>(0).map_err(store_error))
-            .transpose()
+        first_text(&self.rows(sql, args)?)
     }
 
     fn all_bytes(&self, sql: &'static str, args: Vec<Arg>) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -630,6 +784,13 @@ impl PgTx {
     }
 }
 
+/// The first column of the first row, as text (`None`: no row, or NULL).
+fn first_text(rows: &[PgRow]) -> Result<Option<String>, StoreError> {
+    match rows.first() {
+        Some(row) => row.try_get::<Option<String>, _>(0).map_err(store_error),
+        None => Ok(None),
+    }
+}
 impl RawRead for PgTx {
     fn get(&self, rows: Rows, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if self.writable {
@@ -727,12 +888,19 @@ impl RawRead for PgTx {
             .collect()
     }
 
-    fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn audit(&self, user_id: Option<&str>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.settled()?;
-        self.all_bytes(
-            "SELECT entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
+        self.rows(
+            "SELECT seq, entry FROM audit WHERE $1::text IS NULL OR user_id = $1 ORDER BY seq",
             vec![Arg::MaybeText(user_id.map(str::to_string))],
-        )
+        )?
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.try_get(0).map_err(store_error)?;
+            let seq = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
+            Ok((seq, row.try_get(1).map_err(store_error)?))
+        })
+        .collect()
     }
 
     fn keyed(&self, rows: Rows) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -790,16 +958,59 @@ impl RawRead for PgTx {
         .collect()
     }
 
-    fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.settled()?;
-        self.rows("SELECT seq, entry FROM audit ORDER BY seq", vec![])?
-            .iter()
-            .map(|row| {
-                let seq: i64 = row.try_get(0).map_err(store_error)?;
-                let seq = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
-                Ok((seq, row.try_get(1).map_err(store_error)?))
-            })
-            .collect()
+    fn prefetch(&self, ahead: &Ahead<'_>) -> Result<(), StoreError> {
+        if !self.writable {
+            return Ok(());
+        }
+        // Only what this transaction does not know yet (nor may have changed unseen).
+        let wanted = |key: IdKey| {
+            let fetch =
+                !self.ids_known.borrow().contains_key(&key) && !self.unsure.borrow().contains(&key);
+            fetch.then_some(key)
+        };
+        let link = ahead
+            .link
+            .and_then(|(c, s)| wanted(IdKey::Link(c.to_string(), s.to_string())));
+        let email = ahead
+            .email
+            .and_then(|e| wanted(IdKey::Index(Index::Emails, e.to_string())));
+        let username = ahead
+            .username
+            .and_then(|u| wanted(IdKey::Index(Index::Usernames, u.to_string())));
+        if link.is_none() && email.is_none() && username.is_none() {
+            return Ok(());
+        }
+        let (connection, subject) = match &link {
+            Some(IdKey::Link(c, s)) => (Some(c.clone()), Some(s.clone())),
+            _ => (None, None),
+        };
+        let key_of = |key: &Option<IdKey>| match key {
+            Some(IdKey::Index(_, k)) => Some(k.clone()),
+            _ => None,
+        };
+        let rows = self.statement(
+            Needs::Nothing,
+            "SELECT (SELECT user_id FROM user_links WHERE connection = $1 AND subject = $2), \
+                    (SELECT user_id FROM user_emails WHERE email = $3), \
+                    (SELECT user_id FROM user_usernames WHERE username = $4)",
+            vec![
+                Arg::MaybeText(connection),
+                Arg::MaybeText(subject),
+                Arg::MaybeText(key_of(&email)),
+                Arg::MaybeText(key_of(&username)),
+            ],
+        )?;
+        let Some(row) = rows.first() else {
+            return Err(StoreError::Db("the look-ups returned no row".into()));
+        };
+        let mut known = self.ids_known.borrow_mut();
+        for (column, key) in [link, email, username].into_iter().enumerate() {
+            if let Some(key) = key {
+                let holder: Option<String> = row.try_get(column).map_err(store_error)?;
+                known.insert(key, holder);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -935,36 +1146,42 @@ impl RawWrite for PgTx {
         &mut self,
         user_id: Option<&str>,
         encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<u64, StoreError> {
-        // The number is taken now (the entry is encoded with it), the row written with the
-        // other changes.
-        let rows = self.rows(
-            "SELECT nextval(pg_get_serial_sequence('audit', 'seq'))",
-            vec![],
-        )?;
-        let seq: i64 = match rows.first() {
-            Some(row) => row.try_get(0).map_err(store_error)?,
-            None => return Err(StoreError::Db("no audit sequence number".into())),
-        };
-        let number = u64::try_from(seq).map_err(|e| StoreError::Db(e.to_string()))?;
-        let entry = encode(number)?;
+    ) -> Result<(), StoreError> {
+        // Numbered when applied (migration 3), in the order entries commit; the number is
+        // the row's (`audit` reads it with the entry).
+        let entry = encode(0)?;
         self.pending.get_mut().push(
             Change::Audit,
             [user_id, None, None, None, None],
-            Some(seq),
+            None,
             Some(entry),
         );
-        Ok(number)
+        Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.failed.get() {
+            return Err(StoreError::Db(
+                "a statement of the transaction failed: it was rolled back".into(),
+            ));
+        }
+        if !matches!(self.conn.get_mut(), Conn::Open(_)) {
+            // BEGIN was never needed: the changes commit as one statement.
+            return self.send_changes(Needs::ItsOwn);
+        }
         self.flush()?;
-        let Some(tx) = self.tx.get_mut().take() else {
+        let Conn::Open(mut conn) = std::mem::replace(self.conn.get_mut(), Conn::Unused) else {
             return Err(StoreError::Db("the transaction has ended".into()));
         };
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        run(&self.handle, async move { tx.commit().await })?.map_err(store_error)
+        run(&self.handle, async move {
+            let done = sqlx::Executor::execute(&mut *conn, "COMMIT").await;
+            drop(conn);
+            done
+        })?
+        .map(drop)
+        .map_err(store_error)
     }
 
     fn put_audit(

@@ -54,8 +54,10 @@ pub trait RawRead {
     /// The user id a (connection, subject) link names.
     fn link(&self, connection: &str, subject: &str) -> Result<Option<String>, StoreError>;
     fn count(&self, what: Counted) -> Result<u64, StoreError>;
-    /// The audit entries in sequence order, optionally only those about one user.
-    fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The audit entries with their sequence numbers, in sequence order, optionally only
+    /// those about one user. The number is the row's: an engine that numbers entries as it
+    /// commits them (PostgreSQL) stores 0 in the entry itself.
+    fn audit(&self, user_id: Option<&str>) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// The ids of the stored sessions that belong to `owner`.
     fn sessions_of(&self, owner: &SessionOwner) -> Result<Vec<String>, StoreError>;
     /// Every record of the table with its key, in key order (`store copy`).
@@ -64,8 +66,22 @@ pub trait RawRead {
     fn index_entries(&self, index: Index) -> Result<Vec<(String, String)>, StoreError>;
     /// Every link: (connection, subject, user id), in (connection, subject) order.
     fn links(&self) -> Result<Vec<(String, String, String)>, StoreError>;
-    /// Every audit entry with its sequence number, in sequence order.
-    fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Reads these index entries and link now, together, for the reads that follow (an
+    /// engine a round trip away answers them from what it fetched). Only a hint: the
+    /// embedded file reads each when asked.
+    fn prefetch(&self, _ahead: &Ahead<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What a transaction is about to look up ([`RawRead::prefetch`]): a login's link, email
+/// and username, normalized as the index keeps them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ahead<'a> {
+    /// (connection, subject)
+    pub link: Option<(&'a str, &'a str)>,
+    pub email: Option<&'a str>,
+    pub username: Option<&'a str>,
 }
 
 /// Changes, inside one transaction that [`RawWrite::commit`] makes durable.
@@ -94,12 +110,14 @@ pub trait RawWrite: RawRead {
         user_id: &str,
     ) -> Result<(), StoreError>;
     fn remove_link(&mut self, connection: &str, subject: &str) -> Result<(), StoreError>;
-    /// Appends an audit entry: `encode` is given the entry's sequence number.
+    /// Appends an audit entry: `encode` is given the entry's sequence number, or 0 on an
+    /// engine that numbers the entry when it commits (then [`RawRead::audit`] gives the
+    /// number).
     fn append_audit(
         &mut self,
         user_id: Option<&str>,
         encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<(), StoreError>;
     /// Makes everything durable, or nothing.
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// For benches only: the commit skips the fsync (see `Tx::bench_only_skip_fsync`).

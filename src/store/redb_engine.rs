@@ -185,7 +185,7 @@ macro_rules! redb_reads {
                 Ok(out)
             }
 
-            fn audit(&self, user_id: Option<&str>) -> Result<Vec<Vec<u8>>, StoreError> {
+            fn audit(&self, user_id: Option<&str>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
                 #[derive(serde::Deserialize)]
                 struct About {
                     user_id: Option<String>,
@@ -193,7 +193,7 @@ macro_rules! redb_reads {
                 let table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
                 let mut out = Vec::new();
                 for row in table.iter().map_err(StoreError::db)? {
-                    let (_, value) = row.map_err(StoreError::db)?;
+                    let (seq, value) = row.map_err(StoreError::db)?;
                     let bytes = value.value();
                     if let Some(wanted) = user_id {
                         let about: About = serde_json::from_slice(bytes)
@@ -202,7 +202,7 @@ macro_rules! redb_reads {
                             continue;
                         }
                     }
-                    out.push(bytes.to_vec());
+                    out.push((seq.value(), bytes.to_vec()));
                 }
                 Ok(out)
             }
@@ -244,16 +244,6 @@ macro_rules! redb_reads {
                         subject.to_string(),
                         value.value().to_string(),
                     ));
-                }
-                Ok(out)
-            }
-
-            fn numbered_audit(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-                let table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
-                let mut out = Vec::new();
-                for entry in table.iter().map_err(StoreError::db)? {
-                    let (seq, value) = entry.map_err(StoreError::db)?;
-                    out.push((seq.value(), value.value().to_vec()));
                 }
                 Ok(out)
             }
@@ -363,7 +353,7 @@ impl RawWrite for RedbWrite {
         &mut self,
         _user_id: Option<&str>,
         encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(AUDIT).map_err(StoreError::db)?;
         let seq = table
             .last()
@@ -373,7 +363,7 @@ impl RawWrite for RedbWrite {
         table
             .insert(seq, bytes.as_slice())
             .map_err(StoreError::db)?;
-        Ok(seq)
+        Ok(())
     }
 
     fn commit(self: Box<Self>) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw::{Counted, Index, RawRead, Rows};
+use super::raw::{Ahead, Counted, Index, RawRead, Rows};
 use super::{decode, encode, ReadTx, StoreError, Tx};
 
 /// The version written into every user record.
@@ -198,6 +198,38 @@ impl Tx {
     /// (an entry from before this rule); never taken from another verified holder.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
         let previous = self.user(&user.id)?;
+        self.store_user(previous.as_ref(), user)
+    }
+
+    /// Writes a new account, as [`Tx::put_user`] does, without reading the account first:
+    /// `user` has a fresh id (from [`UserRecord::new`]) that nothing stored has.
+    pub fn create_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
+        self.store_user(None, user)
+    }
+
+    /// Tells the transaction the link, email and username a login is about to look up, so
+    /// an engine a round trip away reads them together ([`RawRead::prefetch`]); the later
+    /// look-ups are answered from what it read.
+    pub fn look_ahead(
+        &self,
+        link: &Link,
+        email: Option<&str>,
+        username: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let email = email.map(normalize_email);
+        let username = username.map(username_key);
+        self.reader().prefetch(&Ahead {
+            link: Some((&link.connection, &link.subject)),
+            email: email.as_deref(),
+            username: username.as_deref(),
+        })
+    }
+
+    fn store_user(
+        &mut self,
+        previous: Option<&UserRecord>,
+        user: &UserRecord,
+    ) -> Result<(), StoreError> {
         let indexed = user
             .email
             .as_deref()
@@ -219,7 +251,7 @@ impl Tx {
         };
         let bytes = encode(user)?;
         self.raw.put(Rows::Users, &user.id, &bytes)?;
-        if let Some(old) = &previous {
+        if let Some(old) = previous {
             let old_name = username_key(&old.username);
             if old_name != username_key(&user.username) {
                 self.raw.release(Index::Usernames, &old_name, &user.id)?;
