@@ -109,10 +109,17 @@ pub struct PgStore {
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// How long (ms) a pooled connection may sit idle before it is pinged when taken.
     idle_before_ping: std::sync::Arc<AtomicU64>,
+    /// Connections kept between transactions.
+    warm: std::sync::Arc<Warm>,
 }
 
 impl Drop for PgStore {
     fn drop(&mut self) {
+        // Kept connections go back while the runtime they need still runs.
+        if let Ok(mut idle) = self.warm.idle.lock() {
+            let _entered = self.handle.enter();
+            idle.clear();
+        }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -220,6 +227,11 @@ impl PgStore {
             down_since: Default::default(),
             offline_grace: options.offline_grace,
             round_trips: Default::default(),
+            warm: std::sync::Arc::new(Warm {
+                idle: Default::default(),
+                keep: usize::try_from(options.pool_size.max(1) / 2).unwrap_or(0),
+                ping_after: idle_before_ping.clone(),
+            }),
             idle_before_ping,
         };
         Ok(store)
@@ -350,6 +362,8 @@ impl PgStore {
             conn: std::cell::RefCell::new(Conn::Unused),
             failed: std::cell::Cell::new(false),
             pool: self.pool.clone(),
+            warm: self.warm.clone(),
+            broken: std::cell::Cell::new(false),
             handle: self.handle.clone(),
             writable,
             origin: self.origin.clone(),
@@ -530,6 +544,37 @@ fn connection_lost(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Connections kept out of the pool between transactions. sqlx pings every connection it
+/// gets back (a round trip, and a task, per transaction); a connection kept here goes to the
+/// next transaction as it is. It keeps at most half the pool, so the pool's other users (the
+/// session follower, login states, pending logins) always find connections; one idle for
+/// [`IDLE_BEFORE_PING`] is pinged before it is used again, as the pool's own would be.
+struct Warm {
+    idle: std::sync::Mutex<Vec<(PoolConnection<Postgres>, std::time::Instant)>>,
+    keep: usize,
+    /// How long (ms) a connection may sit idle before it is pinged when taken.
+    ping_after: std::sync::Arc<AtomicU64>,
+}
+
+impl Warm {
+    /// The connection used last, and whether it has been idle long enough to be pinged.
+    fn take(&self) -> Option<(PoolConnection<Postgres>, bool)> {
+        let (conn, since) = self.idle.lock().ok()?.pop()?;
+        let after = Duration::from_millis(self.ping_after.load(Ordering::Relaxed));
+        Some((conn, since.elapsed() >= after))
+    }
+
+    /// Keeps `conn` for the next transaction; a connection it has no room for goes back to
+    /// the pool (the caller is in the engine's runtime).
+    fn keep(&self, conn: PoolConnection<Postgres>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.keep {
+                idle.push((conn, std::time::Instant::now()));
+            }
+        }
+    }
+}
+
 /// One transaction, read-only or not. Its statements run on the engine's runtime.
 ///
 /// Round trips: nothing is sent until a statement needs it. A write transaction's plain
@@ -553,6 +598,9 @@ struct PgTx {
     /// COMMIT would roll it back without an error, so commit refuses.
     failed: std::cell::Cell<bool>,
     pool: PgPool,
+    warm: std::sync::Arc<Warm>,
+    /// The connection was lost under a statement: it is closed, not kept.
+    broken: std::cell::Cell<bool>,
     handle: Handle,
     writable: bool,
     origin: String,
@@ -568,20 +616,22 @@ struct PgTx {
 impl Drop for PgTx {
     fn drop(&mut self) {
         let conn = std::mem::replace(self.conn.get_mut(), Conn::Unused);
+        // Connections go back (to `warm` or the pool) in the engine's runtime.
         let _entered = self.handle.enter();
         match conn {
             Conn::Unused => {}
-            // Back to the pool (which needs the engine's runtime).
-            Conn::Plain(conn) => drop(conn),
-            // Not committed: rolled back before the connection goes back; a connection that
-            // cannot roll back is closed.
+            Conn::Plain(mut conn) | Conn::Open(mut conn) if self.broken.get() => {
+                conn.close_on_drop();
+            }
+            Conn::Plain(conn) => self.warm.keep(conn),
+            // Not committed: rolled back before the connection is used again; a connection
+            // that cannot roll back is closed.
             Conn::Open(mut conn) => {
+                let warm = self.warm.clone();
                 self.handle.spawn(async move {
-                    if sqlx::Executor::execute(&mut *conn, "ROLLBACK")
-                        .await
-                        .is_err()
-                    {
-                        conn.close_on_drop();
+                    match sqlx::Executor::execute(&mut *conn, "ROLLBACK").await {
+                        Ok(_) => warm.keep(conn),
+                        Err(_) => conn.close_on_drop(),
                     }
                 });
             }
@@ -631,14 +681,27 @@ impl PgTx {
             Needs::Nothing | Needs::Transaction => self.pool.options().get_max_connections() + 1,
         };
         let mut args = args;
+        // A connection of this transaction's, else one kept from an earlier transaction
+        // (`stale`: to be pinged first), else one from the pool.
+        let (mut held, mut stale, fresh) = match conn {
+            Conn::Unused => match self.warm.take() {
+                Some((c, stale)) => (Some(c), stale, true),
+                None => (None, false, true),
+            },
+            Conn::Plain(c) | Conn::Open(c) => (Some(c), false, false),
+        };
         let (held, out) = run(&self.handle, async move {
-            let mut held = match conn {
-                Conn::Unused => None,
-                Conn::Plain(c) | Conn::Open(c) => Some(c),
-            };
             let mut tried = 0;
             loop {
-                let fresh = held.is_none();
+                if stale {
+                    stale = false;
+                    if let Some(mut c) = held.take() {
+                        match sqlx::Connection::ping(&mut *c).await {
+                            Ok(()) => held = Some(c),
+                            Err(_) => c.close_on_drop(),
+                        }
+                    }
+                }
                 let mut c = match held.take() {
                     Some(c) => c,
                     None => match pool.acquire().await {
@@ -670,6 +733,9 @@ impl PgTx {
             }
         })?;
         let open = was_open || begin.is_some();
+        if out.as_ref().is_err_and(connection_lost) {
+            self.broken.set(true);
+        }
         *self.conn.borrow_mut() = match held {
             None => Conn::Unused,
             Some(c) if open => Conn::Open(c),
@@ -1147,8 +1213,8 @@ impl RawWrite for PgTx {
         user_id: Option<&str>,
         encode: &dyn Fn(u64) -> Result<Vec<u8>, StoreError>,
     ) -> Result<(), StoreError> {
-        // Numbered when applied (migration 3), in the order entries commit; the number is
-        // the row's (`audit` reads it with the entry).
+        // Numbered when applied (migration 3), in the order entries are written; the
+        // number is the row's (`audit` reads it with the entry).
         let entry = encode(0)?;
         self.pending.get_mut().push(
             Change::Audit,
@@ -1175,9 +1241,13 @@ impl RawWrite for PgTx {
         };
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let warm = self.warm.clone();
         run(&self.handle, async move {
             let done = sqlx::Executor::execute(&mut *conn, "COMMIT").await;
-            drop(conn);
+            match &done {
+                Ok(_) => warm.keep(conn),
+                Err(_) => conn.close_on_drop(),
+            }
             done
         })?
         .map(drop)

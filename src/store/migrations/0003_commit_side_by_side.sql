@@ -1,29 +1,17 @@
 -- Gatehouse schema 3: a login commits without waiting on other logins' commits.
 --
--- 1. An audit entry is numbered as its row goes in. The engine sends a new entry with no
---    number (NULL `seq`); the trigger below takes the next one from the table's sequence.
---    The row's number is the entry's (the JSON document keeps 0). A write transaction so
---    needs no round trip of its own to number its entries, and entries are numbered in the
---    order they are written. An entry restored with its number (`gatehouse store copy`)
---    keeps it.
--- 2. `gatehouse_apply` (schema 2) again, with one change: storing a session that did not
---    exist adds no session event and sends no NOTIFY. Replicas follow the events to read
---    again the sessions they hold, and no replica holds a session that was just made.
---    Every transaction that sends a NOTIFY takes one lock, from before its commit until
---    after it (so notifications keep commit order): logins that notified committed one at
---    a time, each with its own WAL flush; now they share flushes.
-
-CREATE FUNCTION gatehouse_number_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.seq IS NULL THEN
-        NEW.seq := nextval(pg_get_serial_sequence('audit', 'seq'));
-    END IF;
-    RETURN NEW;
-END;
-$$;
-
-CREATE TRIGGER audit_numbered BEFORE INSERT ON audit
-    FOR EACH ROW EXECUTE FUNCTION gatehouse_number_audit();
+-- `gatehouse_apply` (schema 2) again, with two changes:
+-- 1. An audit entry sent without a number (NULL `num`) is numbered as its row goes in, by
+--    the table's sequence (the column's default). The row's number is the entry's (the JSON
+--    document keeps 0). A write transaction so needs no round trip of its own to number its
+--    entries, and entries are numbered in the order they are written. An entry restored
+--    with its number (`gatehouse store copy`) keeps it.
+-- 2. Storing a session that did not exist adds no session event and sends no NOTIFY.
+--    Replicas follow the events to read again the sessions they hold, and no replica holds
+--    a session that was just made. Every transaction that sends a NOTIFY takes one lock,
+--    from before its commit until after it (so notifications keep commit order): logins
+--    that notified committed one at a time, each with its own WAL flush; now they share
+--    flushes.
 
 CREATE OR REPLACE FUNCTION gatehouse_apply(
     origin_name text,
@@ -122,7 +110,11 @@ BEGIN
         WHEN 'remove_link' THEN
             DELETE FROM user_links WHERE connection = k1[i] AND subject = k2[i];
         WHEN 'audit' THEN
-            INSERT INTO audit (seq, user_id, entry) VALUES (num[i], k1[i], blob[i]);
+            IF num[i] IS NULL THEN
+                INSERT INTO audit (user_id, entry) VALUES (k1[i], blob[i]);
+            ELSE
+                INSERT INTO audit (seq, user_id, entry) VALUES (num[i], k1[i], blob[i]);
+            END IF;
         ELSE
             RAISE EXCEPTION 'gatehouse_apply: unknown change %', op[i];
         END CASE;
