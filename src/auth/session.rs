@@ -489,6 +489,142 @@ impl LiveMap {
     }
 }
 
+/// Shards of the live map. A lock covers one shard, so whatever looks at every session (the
+/// sweep, a replica catching up) holds each lock for a slice of them, never the whole map,
+/// and the requests of other sessions go on meanwhile.
+const LIVE_SHARDS: usize = 64;
+
+/// The live sessions, in shards by session id (each shard a [`LiveMap`] with its own
+/// indexes; a search by owner asks every shard).
+struct Live {
+    shards: Box<[RwLock<LiveMap>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            shards: (0..LIVE_SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Live {
+    fn shard(&self, sid: &str) -> &RwLock<LiveMap> {
+        use std::hash::BuildHasher;
+        let at = self.hasher.hash_one(sid) as usize % self.shards.len();
+        &self.shards[at]
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<LiveSession>> {
+        self.shard(sid).read().ok()?.get(sid).cloned()
+    }
+
+    fn contains(&self, sid: &str) -> bool {
+        self.shard(sid).read().is_ok_and(|m| m.get(sid).is_some())
+    }
+
+    /// Adds (or replaces) a session.
+    fn insert(&self, session: Arc<LiveSession>) {
+        if let Ok(mut map) = self.shard(&session.sid).write() {
+            map.insert(session);
+        }
+    }
+
+    /// Adds a session unless one with its id is live already.
+    fn insert_new(&self, session: Arc<LiveSession>) {
+        if let Ok(mut map) = self.shard(&session.sid).write() {
+            if map.get(&session.sid).is_none() {
+                map.insert(session);
+            }
+        }
+    }
+
+    /// Replaces a live session with what `change` makes of it (nothing when it is not live).
+    fn replace(&self, sid: &str, change: impl FnOnce(&LiveSession) -> LiveSession) -> bool {
+        let Ok(mut map) = self.shard(sid).write() else {
+            return false;
+        };
+        let Some(old) = map.get(sid).cloned() else {
+            return false;
+        };
+        map.insert(Arc::new(change(&old)));
+        true
+    }
+
+    fn remove(&self, sid: &str) -> Option<Arc<LiveSession>> {
+        self.shard(sid).write().ok()?.remove(sid)
+    }
+
+    /// The ids of the live sessions `which` names, from each shard's index (no scan).
+    fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.read().ok().map(|m| m.find(which)))
+            .flatten()
+            .collect()
+    }
+
+    /// The live sessions `which` names.
+    fn find_sessions(&self, which: SessionsOf<'_>) -> Vec<Arc<LiveSession>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            if let Ok(map) = shard.read() {
+                out.extend(
+                    map.find(which)
+                        .iter()
+                        .filter_map(|sid| map.get(sid).cloned()),
+                );
+            }
+        }
+        out
+    }
+
+    /// The ids of the sessions `pred` picks, one shard at a time.
+    fn sids_where(&self, pred: impl Fn(&LiveSession) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            if let Ok(map) = shard.read() {
+                out.extend(map.sessions().filter(|s| pred(s)).map(|s| s.sid.clone()));
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on every session, one shard at a time.
+    fn for_each(&self, f: impl Fn(&LiveSession)) {
+        for shard in self.shards.iter() {
+            if let Ok(map) = shard.read() {
+                map.sessions().for_each(|s| f(s));
+            }
+        }
+    }
+
+    /// Drops the sessions `pred` picks from memory, one shard at a time.
+    fn drop_where(&self, pred: impl Fn(&LiveSession) -> bool) {
+        for shard in self.shards.iter() {
+            if let Ok(mut map) = shard.write() {
+                let picked: Vec<String> = map
+                    .sessions()
+                    .filter(|s| pred(s))
+                    .map(|s| s.sid.clone())
+                    .collect();
+                for sid in picked {
+                    map.remove(&sid);
+                }
+            }
+        }
+    }
+}
+
 /// At most this many opened cookies are remembered; past it the memory starts over.
 const OPENED_CACHE: usize = 65_536;
 
@@ -496,17 +632,41 @@ const OPENED_CACHE: usize = 65_536;
 /// that brings the same value again skips the decryption and the JSON. A hit is exactly as
 /// strict as a full open: only the very value that opened is found (the map compares every
 /// byte), and what it carries goes through the same checks (expiry, live record, its user).
-#[derive(Default)]
-struct OpenedCookies(RwLock<HashMap<Box<str>, Arc<CookieBody>>>);
+struct OpenedCookies {
+    /// In shards by value, each with its own lock and its share of [`OPENED_CACHE`], so
+    /// dropping expired values holds one shard at a time.
+    shards: Box<[RwLock<OpenedShard>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Opened values by their exact bytes.
+type OpenedShard = HashMap<Box<str>, Arc<CookieBody>>;
+
+const OPENED_SHARDS: usize = 16;
+
+impl Default for OpenedCookies {
+    fn default() -> Self {
+        Self {
+            shards: (0..OPENED_SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
 
 impl OpenedCookies {
+    fn shard(&self, sealed: &str) -> &RwLock<OpenedShard> {
+        use std::hash::BuildHasher;
+        let at = self.hasher.hash_one(sealed) as usize % self.shards.len();
+        &self.shards[at]
+    }
+
     fn get(&self, sealed: &str) -> Option<Arc<CookieBody>> {
-        self.0.read().ok()?.get(sealed).cloned()
+        self.shard(sealed).read().ok()?.get(sealed).cloned()
     }
 
     fn insert(&self, sealed: &str, body: Arc<CookieBody>) {
-        if let Ok(mut map) = self.0.write() {
-            if map.len() >= OPENED_CACHE {
+        if let Ok(mut map) = self.shard(sealed).write() {
+            if map.len() >= OPENED_CACHE / OPENED_SHARDS {
                 map.clear();
             }
             map.insert(sealed.into(), body);
@@ -515,9 +675,19 @@ impl OpenedCookies {
 
     /// Keeps only the values `keep` accepts.
     fn retain(&self, keep: impl Fn(&CookieBody) -> bool) {
-        if let Ok(mut map) = self.0.write() {
-            map.retain(|_, body| keep(body));
+        for shard in self.shards.iter() {
+            if let Ok(mut map) = shard.write() {
+                map.retain(|_, body| keep(body));
+            }
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().map_or(0, |m| m.len()))
+            .sum()
     }
 }
 
@@ -528,7 +698,7 @@ pub struct Sessions {
     store: Arc<Store>,
     /// Every session write after login goes through it: never an fsync on a proxy thread.
     writer: SessionWriter,
-    live: RwLock<LiveMap>,
+    live: Live,
     /// Lifetimes and idle timeouts are measured on it.
     clock: Clock,
     /// The store is shared with other replicas (PostgreSQL): memory is a cache of it.
@@ -598,7 +768,7 @@ impl Sessions {
         store: Arc<Store>,
         clock: Clock,
     ) -> Result<Self, StoreError> {
-        let mut live = LiveMap::default();
+        let live = Live::default();
         let mut expired = Vec::new();
         let now = clock.now();
         let shared = store.is_shared();
@@ -626,7 +796,7 @@ impl Sessions {
             store,
             writer,
             opened: OpenedCookies::default(),
-            live: RwLock::new(live),
+            live,
             clock,
             shared,
             missing: Mutex::new(crate::bounded::ExpiringMap::new(MISSING_CACHE)),
@@ -656,7 +826,7 @@ impl Sessions {
     }
 
     pub fn active(&self) -> usize {
-        self.live.read().map_or(0, |l| l.len())
+        self.live.len()
     }
 
     /// A new session record, not yet stored or live: write it with
@@ -701,10 +871,7 @@ impl Sessions {
             .then(|| Arc::new(self.forwarding.of(&record.tokens)));
         let live = LiveSession::from_record(record, self.clock.now());
         live.forwarded.store(forwarded);
-        let live = Arc::new(live);
-        if let Ok(mut map) = self.live.write() {
-            map.insert(live);
-        }
+        self.live.insert(Arc::new(live));
         self.set_cookie(&sealed, self.config.lifetime.as_secs())
     }
 
@@ -768,11 +935,7 @@ impl Sessions {
                     return false;
                 }
                 let live = Arc::new(LiveSession::from_record(record, last_seen));
-                if let Ok(mut map) = self.live.write() {
-                    if map.get(sid).is_none() {
-                        map.insert(live);
-                    }
-                }
+                self.live.insert_new(live);
                 true
             }
             Ok(_) => {
@@ -796,31 +959,23 @@ impl Sessions {
         let sids: Vec<String> = match news {
             SessionNews::Changed(sids) => sids
                 .into_iter()
-                .filter(|sid| self.live.read().is_ok_and(|m| m.get(sid).is_some()))
+                .filter(|sid| self.live.contains(sid))
                 .collect(),
-            SessionNews::Lost => self
-                .live
-                .read()
-                .map(|m| m.sessions().map(|s| s.sid.clone()).collect())
-                .unwrap_or_default(),
+            SessionNews::Lost => self.live.sids_where(|_| true),
         };
         for sid in sids {
             match self.store.read(|tx| tx.session(&sid)) {
                 Ok(Some(record)) => {
-                    let Ok(mut map) = self.live.write() else {
-                        continue;
-                    };
-                    let Some(old) = map.get(&sid).cloned() else {
-                        continue;
-                    };
-                    let fresh = LiveSession::from_record(record, 0);
-                    fresh
-                        .last_seen
-                        .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
-                    fresh
-                        .touched
-                        .store(old.touched.load(Ordering::Relaxed), Ordering::Relaxed);
-                    map.insert(Arc::new(fresh));
+                    self.live.replace(&sid, |old| {
+                        let fresh = LiveSession::from_record(record, 0);
+                        fresh
+                            .last_seen
+                            .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+                        fresh
+                            .touched
+                            .store(old.touched.load(Ordering::Relaxed), Ordering::Relaxed);
+                        fresh
+                    });
                 }
                 Ok(None) => {
                     self.forget_live(std::slice::from_ref(&sid));
@@ -828,9 +983,7 @@ impl Sessions {
                 Err(e) => {
                     // Unreadable now: not trusted either (the follower reads again later).
                     tracing::warn!(error = %crate::text::Escaped(&e), "cannot read a changed session; dropping it from memory");
-                    if let Ok(mut map) = self.live.write() {
-                        map.remove(&sid);
-                    }
+                    self.live.remove(&sid);
                 }
             }
         }
@@ -838,20 +991,12 @@ impl Sessions {
 
     /// The ids of the live sessions `which` names, from an index (no scan).
     pub fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
-        self.live.read().map(|m| m.find(which)).unwrap_or_default()
+        self.live.find(which)
     }
 
     /// The live sessions `which` names, from an index (no scan).
     pub fn find_sessions(&self, which: SessionsOf<'_>) -> Vec<Arc<LiveSession>> {
-        self.live
-            .read()
-            .map(|m| {
-                m.find(which)
-                    .iter()
-                    .filter_map(|sid| m.get(sid).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.live.find_sessions(which)
     }
 
     /// Gives every live session of a local account its new identity (after an admin changed
@@ -862,19 +1007,18 @@ impl Sessions {
         update: impl Fn(&Identity) -> Identity + Send + Sync + 'static,
     ) -> usize {
         let update = Arc::new(update);
-        let Ok(mut map) = self.live.write() else {
-            return 0;
-        };
         let mut changed = Vec::new();
-        for sid in map.find(SessionsOf::User(user_id)) {
-            let Some(old) = map.get(&sid).cloned() else {
-                continue;
-            };
-            let identity = update(&old.identity);
-            map.insert(Arc::new(old.with_identity(identity.clone())));
-            changed.push((sid, identity));
+        for sid in self.live.find(SessionsOf::User(user_id)) {
+            let mut identity = None;
+            self.live.replace(&sid, |old| {
+                let new = update(&old.identity);
+                identity = Some(new.clone());
+                old.with_identity(new)
+            });
+            if let Some(identity) = identity {
+                changed.push((sid, identity));
+            }
         }
-        drop(map);
         let count = changed.len();
         for (sid, identity) in changed {
             let amend = Arc::new(move |r: &mut SessionRecord| r.identity = identity.clone());
@@ -1008,12 +1152,7 @@ impl Sessions {
         if body.exp <= now {
             return Lookup::Rejected(Rejection::Expired);
         }
-        let live = self
-            .live
-            .read()
-            .ok()
-            .and_then(|m| m.get(&body.sid).cloned());
-        let Some(live) = live else {
+        let Some(live) = self.live.get(&body.sid) else {
             let known_missing = self
                 .missing
                 .lock()
@@ -1037,9 +1176,7 @@ impl Sessions {
             if self.shared {
                 // Idle here, maybe not at another replica: [`Self::load`] reads the store's
                 // record again (its last use anywhere) and decides.
-                if let Ok(mut map) = self.live.write() {
-                    map.remove(&live.sid);
-                }
+                self.live.remove(&live.sid);
                 return Lookup::Unknown(live.sid.clone());
             }
             self.revoke(std::slice::from_ref(&live.sid));
@@ -1068,7 +1205,7 @@ impl Sessions {
 
     /// Whether the session is still live (not revoked meanwhile).
     pub fn is_live(&self, sid: &str) -> bool {
-        self.live.read().is_ok_and(|m| m.get(sid).is_some())
+        self.live.contains(sid)
     }
 
     /// Ends sessions: at once in memory (the next request is refused), and in the store
@@ -1106,12 +1243,10 @@ impl Sessions {
             }
         }
         let mut removed = 0;
-        if let Ok(mut map) = self.live.write() {
-            for sid in sids {
-                if let Some(session) = map.remove(sid) {
-                    session.end();
-                    removed += 1;
-                }
+        for sid in sids {
+            if let Some(session) = self.live.remove(sid) {
+                session.end();
+                removed += 1;
             }
         }
         removed
@@ -1127,16 +1262,7 @@ impl Sessions {
         let ended = if self.shared {
             // Idle here may be busy at another replica: such a session only leaves this
             // replica's memory (the store's record decides when a request brings it back).
-            if let Ok(mut map) = self.live.write() {
-                let quiet: Vec<String> = map
-                    .sessions()
-                    .filter(|s| s.expires_at > now && idle_here(s))
-                    .map(|s| s.sid.clone())
-                    .collect();
-                for sid in quiet {
-                    map.remove(&sid);
-                }
-            }
+            self.live.drop_where(|s| s.expires_at > now && idle_here(s));
             self.revoke_where(|s| s.expires_at <= now)
         } else {
             self.revoke_where(|s| s.expires_at <= now || idle_here(s))
@@ -1148,15 +1274,12 @@ impl Sessions {
         if !self.forwarding.any() {
             return ended;
         }
-        if let Ok(map) = self.live.read() {
-            for s in map.sessions() {
-                let quiet =
-                    now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > FORWARDED_IDLE;
-                if quiet && s.forwarded.load().is_some() {
-                    s.forwarded.store(None);
-                }
+        self.live.for_each(|s| {
+            let quiet = now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > FORWARDED_IDLE;
+            if quiet && s.forwarded.load().is_some() {
+                s.forwarded.store(None);
             }
-        }
+        });
         ended
     }
 
@@ -1167,16 +1290,7 @@ impl Sessions {
 
     /// Ends every session that matches `pred`. Returns how many.
     pub fn revoke_where(&self, pred: impl Fn(&LiveSession) -> bool) -> usize {
-        let sids: Vec<String> = self
-            .live
-            .read()
-            .map(|m| {
-                m.sessions()
-                    .filter(|s| pred(s))
-                    .map(|s| s.sid.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let sids = self.live.sids_where(pred);
         if sids.is_empty() {
             return 0;
         }
@@ -1634,7 +1748,7 @@ mod tests {
                 Lookup::Rejected(Rejection::Revoked)
             ));
         }
-        assert_eq!(s.opened.0.read().unwrap().len(), 0);
+        assert_eq!(s.opened.len(), 0);
     }
 
     #[test]
@@ -1652,6 +1766,41 @@ mod tests {
         s.create(identity("u2"), None, Tokens::default()).unwrap();
         assert_eq!(s.sweep(), 0);
         assert_eq!(s.active(), 1);
+    }
+
+    /// The live map is in shards, each behind its own lock: while one shard is held (as a
+    /// sweep holds each in turn), a request for a session in another shard is answered.
+    #[test]
+    fn a_session_is_found_while_another_shard_of_the_map_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(sessions(dir.path(), [7; 32]));
+        let mut cookies = Vec::new();
+        for i in 0..LIVE_SHARDS * 2 {
+            cookies.push(
+                s.create(identity(&format!("u{i}")), None, Tokens::default())
+                    .unwrap(),
+            );
+        }
+        assert_eq!(s.active(), LIVE_SHARDS * 2);
+        let sid_of = |cookie: &[String]| match s.lookup(&with_cookie(&cookie[0])) {
+            Lookup::Live(live) => live.sid.clone(),
+            _ => panic!("not live"),
+        };
+        let held = s.live.shard(&sid_of(&cookies[0]));
+        let other = cookies
+            .iter()
+            .find(|c| !std::ptr::eq(s.live.shard(&sid_of(c)), held))
+            .expect("sessions in two shards")
+            .clone();
+        let lookups = s.clone();
+        let _guard = held.write().unwrap();
+        let (done, answered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let found = matches!(lookups.lookup(&with_cookie(&other[0])), Lookup::Live(_));
+            let _ = done.send(found);
+        });
+        // Only a lookup stuck behind the held lock takes this long.
+        assert_eq!(answered.recv_timeout(Duration::from_secs(30)), Ok(true));
     }
 
     #[test]
