@@ -494,34 +494,52 @@ impl LiveMap {
 /// and the requests of other sessions go on meanwhile.
 const LIVE_SHARDS: usize = 64;
 
-/// The live sessions, in shards by session id (each shard a [`LiveMap`] with its own
-/// indexes; a search by owner asks every shard).
-struct Live {
-    shards: Box<[RwLock<LiveMap>]>,
+/// A map in shards by key, each behind its own lock, so a pass over every entry holds one
+/// shard at a time.
+struct Sharded<T> {
+    shards: Box<[RwLock<T>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for Live {
-    fn default() -> Self {
+impl<T: Default> Sharded<T> {
+    fn new(count: usize) -> Self {
         Self {
-            shards: (0..LIVE_SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..count.max(1)).map(|_| RwLock::default()).collect(),
             hasher: Default::default(),
         }
     }
 }
 
-impl Live {
-    fn shard(&self, sid: &str) -> &RwLock<LiveMap> {
+impl<T> Sharded<T> {
+    /// The shard `key` belongs to.
+    fn shard(&self, key: &str) -> &RwLock<T> {
         use std::hash::BuildHasher;
-        let at = self.hasher.hash_one(sid) as usize % self.shards.len();
+        let at = self.hasher.hash_one(key) as usize % self.shards.len();
         &self.shards[at]
     }
 
+    fn all(&self) -> impl Iterator<Item = &RwLock<T>> {
+        self.shards.iter()
+    }
+}
+
+/// The live sessions, in shards by session id (each shard a [`LiveMap`] with its own
+/// indexes; a search by owner asks every shard).
+struct Live(Sharded<LiveMap>);
+
+impl Default for Live {
+    fn default() -> Self {
+        Self(Sharded::new(LIVE_SHARDS))
+    }
+}
+
+impl Live {
+    fn shard(&self, sid: &str) -> &RwLock<LiveMap> {
+        self.0.shard(sid)
+    }
+
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().map_or(0, |m| m.len()))
-            .sum()
+        self.0.all().map(|s| s.read().map_or(0, |m| m.len())).sum()
     }
 
     fn get(&self, sid: &str) -> Option<Arc<LiveSession>> {
@@ -566,8 +584,8 @@ impl Live {
 
     /// The ids of the live sessions `which` names, from each shard's index (no scan).
     fn find(&self, which: SessionsOf<'_>) -> Vec<String> {
-        self.shards
-            .iter()
+        self.0
+            .all()
             .filter_map(|s| s.read().ok().map(|m| m.find(which)))
             .flatten()
             .collect()
@@ -576,7 +594,7 @@ impl Live {
     /// The live sessions `which` names.
     fn find_sessions(&self, which: SessionsOf<'_>) -> Vec<Arc<LiveSession>> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.0.all() {
             if let Ok(map) = shard.read() {
                 out.extend(
                     map.find(which)
@@ -591,7 +609,7 @@ impl Live {
     /// The ids of the sessions `pred` picks, one shard at a time.
     fn sids_where(&self, pred: impl Fn(&LiveSession) -> bool) -> Vec<String> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.0.all() {
             if let Ok(map) = shard.read() {
                 out.extend(map.sessions().filter(|s| pred(s)).map(|s| s.sid.clone()));
             }
@@ -601,7 +619,7 @@ impl Live {
 
     /// Runs `f` on every session, one shard at a time.
     fn for_each(&self, f: impl Fn(&LiveSession)) {
-        for shard in self.shards.iter() {
+        for shard in self.0.all() {
             if let Ok(map) = shard.read() {
                 map.sessions().for_each(|s| f(s));
             }
@@ -610,7 +628,7 @@ impl Live {
 
     /// Drops the sessions `pred` picks from memory, one shard at a time.
     fn drop_where(&self, pred: impl Fn(&LiveSession) -> bool) {
-        for shard in self.shards.iter() {
+        for shard in self.0.all() {
             if let Ok(mut map) = shard.write() {
                 let picked: Vec<String> = map
                     .sessions()
@@ -632,12 +650,10 @@ const OPENED_CACHE: usize = 65_536;
 /// that brings the same value again skips the decryption and the JSON. A hit is exactly as
 /// strict as a full open: only the very value that opened is found (the map compares every
 /// byte), and what it carries goes through the same checks (expiry, live record, its user).
-struct OpenedCookies {
-    /// In shards by value, each with its own lock and its share of [`OPENED_CACHE`], so
-    /// dropping expired values holds one shard at a time.
-    shards: Box<[RwLock<OpenedShard>]>,
-    hasher: std::collections::hash_map::RandomState,
-}
+///
+/// In shards by value, each with its own lock and its share of [`OPENED_CACHE`], so dropping
+/// expired values holds one shard at a time.
+struct OpenedCookies(Sharded<OpenedShard>);
 
 /// Opened values by their exact bytes.
 type OpenedShard = HashMap<Box<str>, Arc<CookieBody>>;
@@ -646,18 +662,13 @@ const OPENED_SHARDS: usize = 16;
 
 impl Default for OpenedCookies {
     fn default() -> Self {
-        Self {
-            shards: (0..OPENED_SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: Default::default(),
-        }
+        Self(Sharded::new(OPENED_SHARDS))
     }
 }
 
 impl OpenedCookies {
     fn shard(&self, sealed: &str) -> &RwLock<OpenedShard> {
-        use std::hash::BuildHasher;
-        let at = self.hasher.hash_one(sealed) as usize % self.shards.len();
-        &self.shards[at]
+        self.0.shard(sealed)
     }
 
     fn get(&self, sealed: &str) -> Option<Arc<CookieBody>> {
@@ -675,7 +686,7 @@ impl OpenedCookies {
 
     /// Keeps only the values `keep` accepts.
     fn retain(&self, keep: impl Fn(&CookieBody) -> bool) {
-        for shard in self.shards.iter() {
+        for shard in self.0.all() {
             if let Ok(mut map) = shard.write() {
                 map.retain(|_, body| keep(body));
             }
@@ -684,10 +695,7 @@ impl OpenedCookies {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().map_or(0, |m| m.len()))
-            .sum()
+        self.0.all().map(|s| s.read().map_or(0, |m| m.len())).sum()
     }
 }
 
