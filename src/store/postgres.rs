@@ -116,9 +116,9 @@ pub struct PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         // Kept connections go back while the runtime they need still runs.
-        if let Ok(mut idle) = self.warm.idle.lock() {
+        {
             let _entered = self.handle.enter();
-            idle.clear();
+            self.warm.close();
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -228,7 +228,7 @@ impl PgStore {
             offline_grace: options.offline_grace,
             round_trips: Default::default(),
             warm: std::sync::Arc::new(Warm {
-                idle: Default::default(),
+                idle: std::sync::Mutex::new(Some(Vec::new())),
                 keep: usize::try_from(options.pool_size.max(1) / 2).unwrap_or(0),
                 ping_after: idle_before_ping.clone(),
             }),
@@ -550,16 +550,21 @@ fn connection_lost(e: &sqlx::Error) -> bool {
 /// session follower, login states, pending logins) always find connections; one idle for
 /// [`IDLE_BEFORE_PING`] is pinged before it is used again, as the pool's own would be.
 struct Warm {
-    idle: std::sync::Mutex<Vec<(PoolConnection<Postgres>, std::time::Instant)>>,
+    /// `None` once the store is dropped: a connection given back then goes to the pool (a
+    /// task finishing a rollback may give one back after the store is gone).
+    idle: std::sync::Mutex<Option<Kept>>,
     keep: usize,
     /// How long (ms) a connection may sit idle before it is pinged when taken.
     ping_after: std::sync::Arc<AtomicU64>,
 }
 
+/// Kept connections, each with when it was given back.
+type Kept = Vec<(PoolConnection<Postgres>, std::time::Instant)>;
+
 impl Warm {
     /// The connection used last, and whether it has been idle long enough to be pinged.
     fn take(&self) -> Option<(PoolConnection<Postgres>, bool)> {
-        let (conn, since) = self.idle.lock().ok()?.pop()?;
+        let (conn, since) = self.idle.lock().ok()?.as_mut()?.pop()?;
         let after = Duration::from_millis(self.ping_after.load(Ordering::Relaxed));
         Some((conn, since.elapsed() >= after))
     }
@@ -568,10 +573,17 @@ impl Warm {
     /// the pool (the caller is in the engine's runtime).
     fn keep(&self, conn: PoolConnection<Postgres>) {
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.keep {
+            if let Some(idle) = idle.as_mut().filter(|idle| idle.len() < self.keep) {
                 idle.push((conn, std::time::Instant::now()));
             }
         }
+    }
+
+    /// Gives every kept connection back to the pool and keeps none from now on (the caller
+    /// is in the engine's runtime).
+    fn close(&self) {
+        let kept = self.idle.lock().ok().and_then(|mut idle| idle.take());
+        drop(kept);
     }
 }
 
