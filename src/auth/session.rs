@@ -123,8 +123,10 @@ pub struct LiveSession {
     /// When the second factor was passed (unix seconds; 0: not in this session).
     pub mfa_at: AtomicU64,
     /// Set when the session is revoked, so connections still open for it (WebSocket,
-    /// long downloads) stop at their next frame.
-    ended: std::sync::atomic::AtomicBool,
+    /// long downloads) stop at their next frame. Shared with the copies that replace this
+    /// one in the live map (an identity change, a re-read after another replica's change):
+    /// a connection holding this copy still hears when the session ends.
+    ended: Arc<Ending>,
     /// What only a session that requests use needs, made at its first use: an idle session
     /// pays one pointer for it.
     in_use: std::sync::OnceLock<Box<InUse>>,
@@ -137,9 +139,15 @@ pub struct InUse {
     pub header_cache: std::sync::OnceLock<crate::identity::headers::WireHeaders>,
     /// Signed identity assertions, per upstream, while fresh.
     pub signed: crate::identity::signed_header::AssertionCache,
+}
+
+/// Whether a session has ended, shared by every copy of it.
+#[derive(Debug, Default)]
+struct Ending {
+    flag: std::sync::atomic::AtomicBool,
     /// Made for the first connection that waits on the end (an upgraded one); most sessions
     /// never need one, and it is a few hundred bytes.
-    ended_signal: std::sync::OnceLock<tokio::sync::watch::Sender<bool>>,
+    signal: std::sync::OnceLock<tokio::sync::watch::Sender<bool>>,
 }
 
 impl LiveSession {
@@ -159,7 +167,7 @@ impl LiveSession {
             created_at: record.created_at,
             expires_at: record.expires_at,
             mfa_at: AtomicU64::new(mfa_at),
-            ended: std::sync::atomic::AtomicBool::new(false),
+            ended: Arc::default(),
             in_use: std::sync::OnceLock::new(),
         }
     }
@@ -171,15 +179,15 @@ impl LiveSession {
 
     /// Whether the session was revoked (signed out, logged out, expired, disabled).
     pub fn has_ended(&self) -> bool {
-        self.ended.load(Ordering::SeqCst)
+        self.ended.flag.load(Ordering::SeqCst)
     }
 
     /// Turns true when the session ends: a connection that outlives its request (WebSocket)
     /// waits on it to close even when no frame moves.
     pub fn ended_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         let signal = self
-            .in_use()
-            .ended_signal
+            .ended
+            .signal
             .get_or_init(|| tokio::sync::watch::Sender::new(self.has_ended()));
         let receiver = signal.subscribe();
         // An end between the flag's read above and the signal's creation finds no signal to
@@ -192,8 +200,8 @@ impl LiveSession {
 
     /// Marks the session ended, and wakes what waits on its signal.
     fn end(&self) {
-        self.ended.store(true, Ordering::SeqCst);
-        if let Some(signal) = self.in_use.get().and_then(|u| u.ended_signal.get()) {
+        self.ended.flag.store(true, Ordering::SeqCst);
+        if let Some(signal) = self.ended.signal.get() {
             signal.send_replace(true);
         }
     }
@@ -213,7 +221,7 @@ impl LiveSession {
             last_seen: load(&self.last_seen),
             touched: load(&self.touched),
             mfa_at: load(&self.mfa_at),
-            ended: std::sync::atomic::AtomicBool::new(false),
+            ended: self.ended.clone(),
             in_use: std::sync::OnceLock::new(),
         }
     }
@@ -975,7 +983,8 @@ impl Sessions {
             match self.store.read(|tx| tx.session(&sid)) {
                 Ok(Some(record)) => {
                     self.live.replace(&sid, |old| {
-                        let fresh = LiveSession::from_record(record, 0);
+                        let mut fresh = LiveSession::from_record(record, 0);
+                        fresh.ended = old.ended.clone();
                         fresh
                             .last_seen
                             .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -1774,6 +1783,39 @@ mod tests {
         s.create(identity("u2"), None, Tokens::default()).unwrap();
         assert_eq!(s.sweep(), 0);
         assert_eq!(s.active(), 1);
+    }
+
+    /// A connection that outlives its request (a WebSocket) holds the session as it was when
+    /// it opened. When the live session is replaced meanwhile (an admin changed the account,
+    /// or another replica's change was read again), its end still reaches that connection.
+    #[tokio::test]
+    async fn a_replaced_session_still_ends_the_connections_opened_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path(), [7; 32]);
+        let mut who = identity("u1");
+        who.user_id = Some("user-1".into());
+        let cookie = s.create(who, None, Tokens::default()).unwrap();
+        let Lookup::Live(opened_with) = s.lookup(&with_cookie(&cookie[0])) else {
+            panic!("not live");
+        };
+        let mut signal = opened_with.ended_signal();
+        let replaced = s.update_user("user-1", |id| Identity {
+            roles: vec!["admin".into()],
+            ..id.clone()
+        });
+        assert_eq!(replaced, 1);
+        let Lookup::Live(now_live) = s.lookup(&with_cookie(&cookie[0])) else {
+            panic!("not live");
+        };
+        assert!(
+            !Arc::ptr_eq(&now_live, &opened_with),
+            "the session was not replaced"
+        );
+        assert!(!opened_with.has_ended());
+        assert_eq!(s.revoke(std::slice::from_ref(&now_live.sid)), 1);
+        assert!(opened_with.has_ended());
+        signal.changed().await.unwrap();
+        assert!(*signal.borrow());
     }
 
     /// The live map is in shards, each behind its own lock: while one shard is held (as a
