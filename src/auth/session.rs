@@ -1117,12 +1117,8 @@ impl Sessions {
         }
         match self.tokens(&session.sid).await {
             Ok(Some(tokens)) => {
-                let forwarded = Arc::new(self.forwarding.of(&tokens));
-                session
-                    .refresh_at
-                    .store(refresh_at(&tokens), Ordering::Relaxed);
-                session.forwarded.store(Some(forwarded.clone()));
-                Ok(Some(forwarded))
+                self.adopt_tokens(session, &tokens);
+                Ok(session.forwarded.load_full())
             }
             Ok(None) => {
                 self.forget_live(std::slice::from_ref(&session.sid));
