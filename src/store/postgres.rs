@@ -59,6 +59,25 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
+/// How long a transaction's statement (or its COMMIT) may take before the store gives up on
+/// it and on its connection (a server that stopped answering without closing the
+/// connection, a network that drops packets): the call fails as unavailable.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The error of a statement past [`STATEMENT_DEADLINE`]: the connection is treated as lost
+/// (closed, never reused; see [`connection_lost`]).
+fn statement_overdue() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from the database within {STATEMENT_DEADLINE:?}"),
+    ))
+}
+
+/// Whether `e` is [`statement_overdue`].
+fn overdue(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 /// A pooled connection idle this long is pinged before it is used again.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
@@ -728,15 +747,18 @@ impl PgTx {
                 } else {
                     std::mem::take(&mut args)
                 };
-                let sent = async {
+                let sent = tokio::time::timeout(STATEMENT_DEADLINE, async {
                     if let Some(begin) = begin {
                         sqlx::Executor::execute(&mut *c, begin).await?;
                     }
                     bind_all(sql, these).fetch_all(&mut *c).await
-                }
-                .await;
+                })
+                .await
+                .unwrap_or_else(|_| Err(statement_overdue()));
                 match sent {
-                    Err(e) if fresh && tried < tries && connection_lost(&e) => {
+                    // A statement past its deadline is not sent again: that would double the
+                    // wait of a server that does not answer.
+                    Err(e) if fresh && tried < tries && connection_lost(&e) && !overdue(&e) => {
                         tracing::debug!(error = %e, "a pooled database connection was gone; using another");
                         c.close_on_drop();
                     }
@@ -1255,7 +1277,12 @@ impl RawWrite for PgTx {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let warm = self.warm.clone();
         run(&self.handle, async move {
-            let done = sqlx::Executor::execute(&mut *conn, "COMMIT").await;
+            let done = tokio::time::timeout(
+                STATEMENT_DEADLINE,
+                sqlx::Executor::execute(&mut *conn, "COMMIT"),
+            )
+            .await
+            .unwrap_or_else(|_| Err(statement_overdue()));
             match &done {
                 Ok(_) => warm.keep(conn),
                 Err(_) => conn.close_on_drop(),
