@@ -132,6 +132,7 @@ impl Engine {
     /// `threads` threads logging in new users for `length`; the figures of the round.
     fn round(&self, threads: usize, length: Duration) -> Round {
         let trips_before = self.round_trips();
+        let busy_before = machine_busy();
         let start = Instant::now();
         let deadline = start + length;
         let mut times: Vec<Duration> = std::thread::scope(|s| {
@@ -156,12 +157,16 @@ impl Engine {
                 .collect()
         });
         let elapsed = start.elapsed();
+        let busy = machine_busy()
+            .zip(busy_before)
+            .map(|(after, before)| after.saturating_sub(before));
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         let trips = self.round_trips() - trips_before;
         Round {
             per_second: times.len() as f64 / elapsed.as_secs_f64(),
             trips_per_login: trips as f64 / times.len().max(1) as f64,
+            cpu_per_login: busy.map(|b| b.as_secs_f64() * 1e6 / times.len().max(1) as f64),
             logins: times.len(),
             p50: at(0.50),
             p99: at(0.99),
@@ -186,6 +191,9 @@ struct Round {
     per_second: f64,
     /// Round trips to the database per login (PostgreSQL).
     trips_per_login: f64,
+    /// CPU time the whole machine spent per login (us): the engine, the bench and, for
+    /// PostgreSQL, the server's processes (`/proc/stat`; `None` where it cannot be read).
+    cpu_per_login: Option<f64>,
     logins: usize,
     p50: Duration,
     p99: Duration,
@@ -216,6 +224,22 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// CPU time every core of the machine has spent busy so far (user, nice, system, irq and
+/// softirq in `/proc/stat`; idle, I/O wait and time stolen by the hypervisor are not).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ..., in 1/100 s
+    let busy = ticks.first()? + ticks.get(1)? + ticks.get(2)? + ticks.get(5)? + ticks.get(6)?;
+    Some(Duration::from_millis(busy * 10))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -270,13 +294,14 @@ fn main() {
         let figures = [0, 1].map(|i| {
             let r = engines[i].round(threads, length);
             eprintln!(
-                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms  {:.1} round trips/login",
+                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms  {:.1} round trips/login  machine CPU {:>5.0} us/login",
                 engines[i].name,
                 r.per_second,
                 r.logins,
                 ms(r.p50),
                 ms(r.p99),
-                r.trips_per_login
+                r.trips_per_login,
+                r.cpu_per_login.unwrap_or(f64::NAN)
             );
             r
         });
@@ -286,15 +311,18 @@ fn main() {
         );
         results.push(figures);
     }
-    println!("engine     provisions/s  store p50 ms  store p99 ms   (median of {rounds} rounds)");
+    println!(
+        "engine     provisions/s  store p50 ms  store p99 ms  machine CPU us/login   (median of {rounds} rounds)"
+    );
     for (i, engine) in engines.iter().enumerate() {
         let pick = |f: fn(&Round) -> f64| median(results.iter().map(|r| f(&r[i])).collect());
         println!(
-            "{:<10} {:>12.0}  {:>12.2}  {:>12.2}   ({} accounts in the store)",
+            "{:<10} {:>12.0}  {:>12.2}  {:>12.2}  {:>20.0}   ({} accounts in the store)",
             engine.name,
             pick(|r| r.per_second),
             pick(|r| ms(r.p50)),
             pick(|r| ms(r.p99)),
+            pick(|r| r.cpu_per_login.unwrap_or(f64::NAN)),
             engine.accounts()
         );
     }

@@ -696,3 +696,43 @@ fn only_sessions_other_replicas_may_hold_make_session_events_on_postgres() {
     let after: u32 = events().parse().unwrap();
     assert_eq!(after, before.parse::<u32>().unwrap() + 2);
 }
+
+/// A session record with the IdP's tokens is a little over 2 KB: stored as it is, neither
+/// compressed (every login paid for that) nor moved out of the row, and read back whole.
+#[test]
+fn session_records_with_tokens_are_stored_uncompressed_on_postgres() {
+    let Some(o) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let url = o.url.clone().unwrap();
+    let mut record = session("sid-big", None);
+    record.tokens = Tokens {
+        id_token: Some("e".repeat(900)),
+        access_token: Some("a".repeat(1200)),
+        refresh_token: Some("r".repeat(200)),
+        access_expires_at: Some(1_900_000_000),
+    };
+    o.store.put_session(&record).unwrap();
+    let stored = pg::psql(
+        &url,
+        "SELECT octet_length(record) || ' ' || pg_column_size(record) || ' ' || \
+         coalesce(pg_column_compression(record), 'none') FROM sessions WHERE sid = 'sid-big'",
+    );
+    let parts: Vec<&str> = stored.split(' ').collect();
+    let (length, size): (usize, usize) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+    assert!(
+        length > 2100,
+        "the record is not over the compression threshold: {stored}"
+    );
+    assert_eq!(
+        parts[2], "none",
+        "the session record was compressed: {stored}"
+    );
+    assert!(
+        size >= length,
+        "the session record was compressed: {stored}"
+    );
+    let read = o.store.read(|tx| tx.session("sid-big")).unwrap().unwrap();
+    assert_eq!(read.tokens.access_token, record.tokens.access_token);
+}

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "logins commit side by side",
         include_str!("migrations/0003_commit_side_by_side.sql"),
     ),
+    (
+        4,
+        "session records stored uncompressed",
+        include_str!("migrations/0004_sessions_uncompressed.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
