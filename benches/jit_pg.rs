@@ -133,6 +133,7 @@ impl Engine {
     fn round(&self, threads: usize, length: Duration) -> Round {
         let trips_before = self.round_trips();
         let busy_before = machine_busy();
+        let own_before = own_cpu();
         let start = Instant::now();
         let deadline = start + length;
         let mut times: Vec<Duration> = std::thread::scope(|s| {
@@ -160,6 +161,9 @@ impl Engine {
         let busy = machine_busy()
             .zip(busy_before)
             .map(|(after, before)| after.saturating_sub(before));
+        let own = own_cpu()
+            .zip(own_before)
+            .map(|(after, before)| after.saturating_sub(before));
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         let trips = self.round_trips() - trips_before;
@@ -167,6 +171,7 @@ impl Engine {
             per_second: times.len() as f64 / elapsed.as_secs_f64(),
             trips_per_login: trips as f64 / times.len().max(1) as f64,
             cpu_per_login: busy.map(|b| b.as_secs_f64() * 1e6 / times.len().max(1) as f64),
+            own_cpu_per_login: own.map(|b| b.as_secs_f64() * 1e6 / times.len().max(1) as f64),
             logins: times.len(),
             p50: at(0.50),
             p99: at(0.99),
@@ -194,6 +199,8 @@ struct Round {
     /// CPU time the whole machine spent per login (us): the engine, the bench and, for
     /// PostgreSQL, the server's processes (`/proc/stat`; `None` where it cannot be read).
     cpu_per_login: Option<f64>,
+    /// CPU time of this process (the engine, its runtime and the bench) per login (us).
+    own_cpu_per_login: Option<f64>,
     logins: usize,
     p50: Duration,
     p99: Duration,
@@ -240,6 +247,15 @@ fn machine_busy() -> Option<Duration> {
     // user nice system idle iowait irq softirq steal ..., in 1/100 s
     let busy = ticks.first()? + ticks.get(1)? + ticks.get(2)? + ticks.get(5)? + ticks.get(6)?;
     Some(Duration::from_millis(busy * 10))
+}
+
+/// CPU time this process has spent so far (user and system, `/proc/self/stat`).
+fn own_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which ends with the last ')'): utime is the 12th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -294,14 +310,15 @@ fn main() {
         let figures = [0, 1].map(|i| {
             let r = engines[i].round(threads, length);
             eprintln!(
-                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms  {:.1} round trips/login  machine CPU {:>5.0} us/login",
+                "  round {round}  {:<8} {:>8.0} provisions/s ({:>6} logins)  store time p50 {:>7.2} ms  p99 {:>7.2} ms  {:.1} round trips/login  machine CPU {:>5.0} us/login (this process {:>4.0})",
                 engines[i].name,
                 r.per_second,
                 r.logins,
                 ms(r.p50),
                 ms(r.p99),
                 r.trips_per_login,
-                r.cpu_per_login.unwrap_or(f64::NAN)
+                r.cpu_per_login.unwrap_or(f64::NAN),
+                r.own_cpu_per_login.unwrap_or(f64::NAN)
             );
             r
         });
