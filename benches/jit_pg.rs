@@ -13,9 +13,12 @@
 //! `SECONDS` each, default 5: redb, then PostgreSQL, each round), so drift on a shared machine
 //! hits both alike. Printed per round and engine: durable provisions/s, and a login's store
 //! time (from the call into the group commit to its answer: queueing, the transaction and its
-//! commit) at p50 and p99, and PostgreSQL's round trips per login (statements, BEGIN and
-//! COMMIT, counted by the engine); then the medians and the PostgreSQL/redb ratio of each
-//! round.
+//! commit) at p50 and p99, PostgreSQL's round trips per login (statements, BEGIN and
+//! COMMIT, counted by the engine), and CPU time per login: the whole machine's (`/proc/stat`:
+//! the engine, the bench and the PostgreSQL server, which shares the cores) and this
+//! process's alone (`/proc/self/stat`); then the medians and the PostgreSQL/redb ratio of each
+//! round. The machine's cores divided by its CPU time per login is about what it could do
+//! with every core busy with logins.
 //!
 //! PostgreSQL: a throwaway cluster started the way the tests start one
 //! (`tests/common/postgres.rs`: initdb into a temp dir, `fsync = on`,
