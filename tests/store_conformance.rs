@@ -736,3 +736,50 @@ fn session_records_with_tokens_are_stored_uncompressed_on_postgres() {
     let read = o.store.read(|tx| tx.session("sid-big")).unwrap().unwrap();
     assert_eq!(read.tokens.access_token, record.tokens.access_token);
 }
+
+/// A statement the server does not answer (here: it waits for a lock another session holds)
+/// fails as unavailable once its deadline passes, instead of holding the caller for as long
+/// as the server takes; once the server answers again, the same call works.
+#[test]
+fn a_login_state_the_database_does_not_answer_in_time_fails_as_unavailable_then_recovers_on_postgres(
+) {
+    let Some(o) = postgres() else {
+        eprintln!("skipping: no PostgreSQL");
+        return;
+    };
+    let url = o.url.clone().unwrap();
+    let store = o.store.postgres().expect("a PostgreSQL store");
+    store.set_statement_deadline(std::time::Duration::from_millis(500));
+    let server = pg::server().expect("the server");
+    let mut holder = server.psql_in_background(
+        &url,
+        "BEGIN; LOCK TABLE used_states IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
+    );
+    let held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                WHERE c.relname = 'used_states' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    while pg::psql(&url, held) != "1" {
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the lock holder ended"
+        );
+        std::thread::yield_now();
+    }
+    let waited = store.use_login_state("state-1", 2_000_000_000);
+    // The server ends the holder's session (a killed client is noticed only when its
+    // backend next talks to it, after the sleep).
+    pg::psql(
+        &url,
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'used_states' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+    );
+    holder.kill().ok();
+    holder.wait().unwrap();
+    assert!(
+        matches!(waited, Err(StoreError::Unavailable(_))),
+        "a statement past its deadline: {waited:?}"
+    );
+    while pg::psql(&url, held) != "0" {
+        std::thread::yield_now();
+    }
+    assert!(store.use_login_state("state-2", 2_000_000_000).unwrap());
+}

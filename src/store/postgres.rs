@@ -64,18 +64,29 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
-/// How long a transaction's statement (or its COMMIT) may take before the store gives up on
-/// it and on its connection (a server that stopped answering without closing the
-/// connection, a network that drops packets): the call fails as unavailable.
+/// How long a statement (a transaction's, its COMMIT, or a single call on the pool) may
+/// take before the store gives up on it and on its connection (a server that stopped
+/// answering without closing the connection, a network that drops packets, a lock held for
+/// ever): the call fails as unavailable.
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The error of a statement past [`STATEMENT_DEADLINE`]: the connection is treated as lost
-/// (closed, never reused; see [`connection_lost`]).
-fn statement_overdue() -> sqlx::Error {
+/// The error of a statement past its deadline: the connection is treated as lost (closed,
+/// never reused; see [`connection_lost`]).
+fn statement_overdue(deadline: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("no answer from the database within {STATEMENT_DEADLINE:?}"),
+        format!("no answer from the database within {deadline:?}"),
     ))
+}
+
+/// `fut` (a statement), failed as [`statement_overdue`] when it takes longer than `deadline`.
+async fn in_time<T>(
+    deadline: Duration,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(deadline, fut)
+        .await
+        .unwrap_or_else(|_| Err(statement_overdue(deadline)))
 }
 
 /// Whether `e` is [`statement_overdue`].
@@ -135,6 +146,9 @@ pub struct PgStore {
     idle_before_ping: std::sync::Arc<AtomicU64>,
     /// Connections kept between transactions.
     warm: std::sync::Arc<Warm>,
+    /// How long a statement may go unanswered (ms; [`STATEMENT_DEADLINE`] unless a test
+    /// shortens it).
+    statement_deadline: std::sync::Arc<AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -280,6 +294,9 @@ impl PgStore {
                 ping_after: idle_before_ping.clone(),
             }),
             idle_before_ping,
+            statement_deadline: std::sync::Arc::new(AtomicU64::new(
+                u64::try_from(STATEMENT_DEADLINE.as_millis()).unwrap_or(u64::MAX),
+            )),
         };
         Ok(store)
     }
@@ -313,6 +330,21 @@ impl PgStore {
     pub fn ping_idle_after(&self, idle: Duration) {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         self.idle_before_ping.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long a statement may go unanswered before the call fails as unavailable.
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.statement_deadline.load(Ordering::Relaxed))
+    }
+
+    /// Shortens (or lengthens) how long a statement may go unanswered: for tests of a
+    /// server that does not answer.
+    #[doc(hidden)]
+    pub fn set_statement_deadline(&self, deadline: Duration) {
+        self.statement_deadline.store(
+            u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The schema version the database is at (0: empty).
@@ -410,6 +442,7 @@ impl PgStore {
             failed: std::cell::Cell::new(false),
             pool: self.pool.clone(),
             warm: self.warm.clone(),
+            deadline: self.deadline(),
             broken: std::cell::Cell::new(false),
             handle: self.handle.clone(),
             writable,
@@ -425,9 +458,9 @@ impl PgStore {
     /// A key every replica must share: the stored one, or `generated` stored now (the first
     /// replica wins; the others read what it stored).
     pub fn shared_key(&self, name: &str, generated: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let name = name.to_string();
-        run(&self.handle, async move {
+        run(&self.handle, in_time(deadline, async move {
             sqlx::query(
                 "INSERT INTO shared_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             )
@@ -439,7 +472,7 @@ impl PgStore {
                 .bind(&name)
                 .fetch_one(&pool)
                 .await
-        })?
+        }))?
         .map_err(store_error)
     }
 }
@@ -658,6 +691,8 @@ struct PgTx {
     failed: std::cell::Cell<bool>,
     pool: PgPool,
     warm: std::sync::Arc<Warm>,
+    /// How long each statement may go unanswered.
+    deadline: Duration,
     /// The connection was lost under a statement: it is closed, not kept.
     broken: std::cell::Cell<bool>,
     handle: Handle,
@@ -734,7 +769,7 @@ impl PgTx {
         let trips = 1 + u64::from(begin.is_some());
         self.round_trips
             .fetch_add(trips, std::sync::atomic::Ordering::Relaxed);
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline);
         let tries = match needs {
             Needs::ItsOwn => 1,
             Needs::Nothing | Needs::Transaction => self.pool.options().get_max_connections() + 1,
@@ -775,14 +810,13 @@ impl PgTx {
                 } else {
                     std::mem::take(&mut args)
                 };
-                let sent = tokio::time::timeout(STATEMENT_DEADLINE, async {
+                let sent = in_time(deadline, async {
                     if let Some(begin) = begin {
                         sqlx::Executor::execute(&mut *c, begin).await?;
                     }
                     bind_all(sql, these).fetch_all(&mut *c).await
                 })
-                .await
-                .unwrap_or_else(|_| Err(statement_overdue()));
+                .await;
                 match sent {
                     // A statement past its deadline is not sent again: that would double the
                     // wait of a server that does not answer.
@@ -1303,14 +1337,9 @@ impl RawWrite for PgTx {
         };
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let warm = self.warm.clone();
+        let (warm, deadline) = (self.warm.clone(), self.deadline);
         run(&self.handle, async move {
-            let done = tokio::time::timeout(
-                STATEMENT_DEADLINE,
-                sqlx::Executor::execute(&mut *conn, "COMMIT"),
-            )
-            .await
-            .unwrap_or_else(|_| Err(statement_overdue()));
+            let done = in_time(deadline, sqlx::Executor::execute(&mut *conn, "COMMIT")).await;
             match &done {
                 Ok(_) => warm.keep(conn),
                 Err(_) => conn.close_on_drop(),
@@ -1467,18 +1496,21 @@ impl PgStore {
 
     /// Marks a login state used; `false` when another replica used it first.
     pub fn use_login_state(&self, state: &str, expires_at: u64) -> Result<bool, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let state = state.to_string();
         let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
         run(&self.handle, async move {
-            sqlx::query(
-                "INSERT INTO used_states (state, expires_at) VALUES ($1, $2) ON CONFLICT (state) DO NOTHING",
-            )
-            .bind(state)
-            .bind(expires)
-            .execute(&pool)
+            in_time(deadline, async move {
+                sqlx::query(
+                    "INSERT INTO used_states (state, expires_at) VALUES ($1, $2) ON CONFLICT (state) DO NOTHING",
+                )
+                .bind(state)
+                .bind(expires)
+                .execute(&pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+            })
             .await
-            .map(|done| done.rows_affected() == 1)
         })?
         .map_err(store_error)
     }
@@ -1603,18 +1635,21 @@ impl PgStore {
     /// Keeps an opaque pending record (a login waiting for its second factor, an emailed
     /// code) under `id` until `expires_at`, replacing one kept under the same id.
     pub fn put_pending(&self, id: &str, record: &[u8], expires_at: u64) -> Result<(), StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let (id, record) = (id.to_string(), record.to_vec());
         let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
         run(&self.handle, async move {
-            sqlx::query(
-                "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
-            )
-            .bind(id)
-            .bind(record)
-            .bind(expires)
-            .execute(&pool)
+            in_time(deadline, async move {
+                sqlx::query(
+                    "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
+                )
+                .bind(id)
+                .bind(record)
+                .bind(expires)
+                .execute(&pool)
+                .await
+            })
             .await
         })?
         .map(|_| ())
@@ -1623,16 +1658,19 @@ impl PgStore {
 
     /// The pending record kept under `id`, unless it expired by `now`.
     pub fn pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let id = id.to_string();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         run(&self.handle, async move {
-            sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2",
-            )
-            .bind(id)
-            .bind(now)
-            .fetch_optional(&pool)
+            in_time(deadline, async move {
+                sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2",
+                )
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&pool)
+                .await
+            })
             .await
         })?
         .map_err(store_error)
@@ -1642,15 +1680,18 @@ impl PgStore {
     /// RETURNING`): of two replicas taking the same id at once, only one gets it. An expired
     /// record is deleted and not returned.
     pub fn take_pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let id = id.to_string();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         let taken = run(&self.handle, async move {
-            sqlx::query_as::<_, (Vec<u8>, i64)>(
-                "DELETE FROM pending_logins WHERE id = $1 RETURNING record, expires_at",
-            )
-            .bind(id)
-            .fetch_optional(&pool)
+            in_time(deadline, async move {
+                sqlx::query_as::<_, (Vec<u8>, i64)>(
+                    "DELETE FROM pending_logins WHERE id = $1 RETURNING record, expires_at",
+                )
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+            })
             .await
         })?
         .map_err(store_error)?;
@@ -1694,14 +1735,17 @@ impl PgStore {
 
     /// Deletes the pending records expired by `now`; returns how many.
     pub fn prune_pending(&self, now: u64) -> Result<u64, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         run(&self.handle, async move {
-            sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1")
-                .bind(now)
-                .execute(&pool)
-                .await
-                .map(|done| done.rows_affected())
+            in_time(deadline, async move {
+                sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&pool)
+                    .await
+                    .map(|done| done.rows_affected())
+            })
+            .await
         })?
         .map_err(store_error)
     }

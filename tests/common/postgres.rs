@@ -159,6 +159,17 @@ impl PgServer {
         }
     }
 
+    /// Starts `sql` in a `psql` of its own and returns at once; the caller ends it (kill,
+    /// wait) when done: for a session that holds a lock while a test runs.
+    pub fn psql_in_background(&self, url: &str, sql: &str) -> Child {
+        Command::new(&self.psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.psql.display()))
+    }
+
     /// The data directory, when this process knows it (a throwaway cluster, or
     /// `GATEHOUSE_TEST_PG_DATADIR`).
     pub fn data_dir(&self) -> Option<&Path> {
