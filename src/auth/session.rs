@@ -226,6 +226,22 @@ impl LiveSession {
         }
     }
 
+    /// This session as another replica left it (`record`, read again); what only this
+    /// replica knows is kept: its last use here, and the end connections opened with this
+    /// copy wait on.
+    fn reread(&self, record: SessionRecord) -> Self {
+        let fresh = Self::from_record(record, 0);
+        let carry = |to: &AtomicU64, from: &AtomicU64| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        carry(&fresh.last_seen, &self.last_seen);
+        carry(&fresh.touched, &self.touched);
+        Self {
+            ended: self.ended.clone(),
+            ..fresh
+        }
+    }
+
     /// Whether the access token has expired at `now` and a refresh token can renew it.
     pub fn refresh_due(&self, now: u64) -> bool {
         let at = self.refresh_at.load(Ordering::Relaxed);
@@ -982,17 +998,7 @@ impl Sessions {
         for sid in sids {
             match self.store.read(|tx| tx.session(&sid)) {
                 Ok(Some(record)) => {
-                    self.live.replace(&sid, |old| {
-                        let mut fresh = LiveSession::from_record(record, 0);
-                        fresh.ended = old.ended.clone();
-                        fresh
-                            .last_seen
-                            .store(old.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
-                        fresh
-                            .touched
-                            .store(old.touched.load(Ordering::Relaxed), Ordering::Relaxed);
-                        fresh
-                    });
+                    self.live.replace(&sid, |old| old.reread(record));
                 }
                 Ok(None) => {
                     self.forget_live(std::slice::from_ref(&sid));
