@@ -148,7 +148,7 @@ pub struct PgStore {
     warm: std::sync::Arc<Warm>,
     /// How long a statement may go unanswered (ms; [`STATEMENT_DEADLINE`] unless a test
     /// shortens it).
-    statement_deadline: std::sync::Arc<AtomicU64>,
+    statement_deadline: AtomicU64,
 }
 
 impl Drop for PgStore {
@@ -294,9 +294,9 @@ impl PgStore {
                 ping_after: idle_before_ping.clone(),
             }),
             idle_before_ping,
-            statement_deadline: std::sync::Arc::new(AtomicU64::new(
+            statement_deadline: AtomicU64::new(
                 u64::try_from(STATEMENT_DEADLINE.as_millis()).unwrap_or(u64::MAX),
-            )),
+            ),
         };
         Ok(store)
     }
@@ -347,10 +347,22 @@ impl PgStore {
         );
     }
 
+    /// Runs statements on a pooled connection (no transaction of their own) within the
+    /// statement deadline.
+    fn on_pool<T, F>(&self, statements: impl FnOnce(PgPool) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        run(
+            &self.handle,
+            in_time(self.deadline(), statements(self.pool.clone())),
+        )?
+        .map_err(store_error)
+    }
+
     /// The schema version the database is at (0: empty).
     pub fn database_version(&self) -> Result<i64, StoreError> {
-        let pool = self.pool.clone();
-        run(&self.handle, async move {
+        self.on_pool(|pool| async move {
             let exists: Option<String> =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
                     .fetch_one(&pool)
@@ -362,9 +374,8 @@ impl PgStore {
                 sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
                     .fetch_one(&pool)
                     .await?;
-            Ok::<i64, sqlx::Error>(version.unwrap_or(0))
-        })?
-        .map_err(store_error)
+            Ok(version.unwrap_or(0))
+        })
     }
 
     /// A database migrated by a newer Gatehouse is refused, naming both versions.
@@ -458,9 +469,8 @@ impl PgStore {
     /// A key every replica must share: the stored one, or `generated` stored now (the first
     /// replica wins; the others read what it stored).
     pub fn shared_key(&self, name: &str, generated: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let name = name.to_string();
-        run(&self.handle, in_time(deadline, async move {
+        self.on_pool(|pool| async move {
             sqlx::query(
                 "INSERT INTO shared_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             )
@@ -472,8 +482,7 @@ impl PgStore {
                 .bind(&name)
                 .fetch_one(&pool)
                 .await
-        }))?
-        .map_err(store_error)
+        })
     }
 }
 
@@ -1496,23 +1505,18 @@ impl PgStore {
 
     /// Marks a login state used; `false` when another replica used it first.
     pub fn use_login_state(&self, state: &str, expires_at: u64) -> Result<bool, StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let state = state.to_string();
         let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
-        run(&self.handle, async move {
-            in_time(deadline, async move {
-                sqlx::query(
-                    "INSERT INTO used_states (state, expires_at) VALUES ($1, $2) ON CONFLICT (state) DO NOTHING",
-                )
-                .bind(state)
-                .bind(expires)
-                .execute(&pool)
-                .await
-                .map(|done| done.rows_affected() == 1)
-            })
+        self.on_pool(|pool| async move {
+            sqlx::query(
+                "INSERT INTO used_states (state, expires_at) VALUES ($1, $2) ON CONFLICT (state) DO NOTHING",
+            )
+            .bind(state)
+            .bind(expires)
+            .execute(&pool)
             .await
-        })?
-        .map_err(store_error)
+            .map(|done| done.rows_affected() == 1)
+        })
     }
 }
 
@@ -1635,66 +1639,51 @@ impl PgStore {
     /// Keeps an opaque pending record (a login waiting for its second factor, an emailed
     /// code) under `id` until `expires_at`, replacing one kept under the same id.
     pub fn put_pending(&self, id: &str, record: &[u8], expires_at: u64) -> Result<(), StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let (id, record) = (id.to_string(), record.to_vec());
         let expires = i64::try_from(expires_at).unwrap_or(i64::MAX);
-        run(&self.handle, async move {
-            in_time(deadline, async move {
-                sqlx::query(
-                    "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
-                )
-                .bind(id)
-                .bind(record)
-                .bind(expires)
-                .execute(&pool)
-                .await
-            })
+        self.on_pool(|pool| async move {
+            sqlx::query(
+                "INSERT INTO pending_logins (id, record, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
+            )
+            .bind(id)
+            .bind(record)
+            .bind(expires)
+            .execute(&pool)
             .await
-        })?
-        .map(|_| ())
-        .map_err(store_error)
+            .map(drop)
+        })
     }
 
     /// The pending record kept under `id`, unless it expired by `now`.
     pub fn pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let id = id.to_string();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        run(&self.handle, async move {
-            in_time(deadline, async move {
-                sqlx::query_scalar::<_, Vec<u8>>(
-                    "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2",
-                )
-                .bind(id)
-                .bind(now)
-                .fetch_optional(&pool)
-                .await
-            })
+        self.on_pool(|pool| async move {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT record FROM pending_logins WHERE id = $1 AND expires_at > $2",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&pool)
             .await
-        })?
-        .map_err(store_error)
+        })
     }
 
     /// Takes the pending record kept under `id` out, in one statement (`DELETE ...
     /// RETURNING`): of two replicas taking the same id at once, only one gets it. An expired
     /// record is deleted and not returned.
     pub fn take_pending(&self, id: &str, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let id = id.to_string();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        let taken = run(&self.handle, async move {
-            in_time(deadline, async move {
-                sqlx::query_as::<_, (Vec<u8>, i64)>(
-                    "DELETE FROM pending_logins WHERE id = $1 RETURNING record, expires_at",
-                )
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-            })
+        let taken = self.on_pool(|pool| async move {
+            sqlx::query_as::<_, (Vec<u8>, i64)>(
+                "DELETE FROM pending_logins WHERE id = $1 RETURNING record, expires_at",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
             .await
-        })?
-        .map_err(store_error)?;
+        })?;
         Ok(taken.and_then(|(record, expires)| (expires > now).then_some(record)))
     }
 
@@ -1735,19 +1724,14 @@ impl PgStore {
 
     /// Deletes the pending records expired by `now`; returns how many.
     pub fn prune_pending(&self, now: u64) -> Result<u64, StoreError> {
-        let (pool, deadline) = (self.pool.clone(), self.deadline());
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        run(&self.handle, async move {
-            in_time(deadline, async move {
-                sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1")
-                    .bind(now)
-                    .execute(&pool)
-                    .await
-                    .map(|done| done.rows_affected())
-            })
-            .await
-        })?
-        .map_err(store_error)
+        self.on_pool(|pool| async move {
+            sqlx::query("DELETE FROM pending_logins WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
     }
 }
 
