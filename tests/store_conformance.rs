@@ -757,7 +757,13 @@ fn a_login_state_the_database_does_not_answer_in_time_fails_as_unavailable_then_
     );
     let held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
                 WHERE c.relname = 'used_states' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    // Bounds for the waits on the other session (a hung test is a failed test).
+    let given_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while pg::psql(&url, held) != "1" {
+        assert!(
+            std::time::Instant::now() < given_up,
+            "the lock was never taken"
+        );
         assert!(
             holder.try_wait().unwrap().is_none(),
             "the lock holder ended"
@@ -779,6 +785,10 @@ fn a_login_state_the_database_does_not_answer_in_time_fails_as_unavailable_then_
         "a statement past its deadline: {waited:?}"
     );
     while pg::psql(&url, held) != "0" {
+        assert!(
+            std::time::Instant::now() < given_up,
+            "the lock was never released"
+        );
         std::thread::yield_now();
     }
     assert!(store.use_login_state("state-2", 2_000_000_000).unwrap());
