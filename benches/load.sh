@@ -12,6 +12,7 @@
 #   ROUNDS=5 SECONDS_PER_ROUND=15 CONNECTIONS=128 benches/load.sh
 #   PROFILE=/tmp/profiles benches/load.sh   # also perf profiles (needs Debian's linux-perf)
 #   STORE=postgres benches/load.sh          # also Gatehouse on PostgreSQL, beside redb
+#   CALLGRIND=/tmp/cg benches/load.sh       # instructions and allocations per request instead
 #
 # STORE=postgres (default STORE=redb) adds a third Gatehouse, `gatehouse_pg`, the same as
 # `gatehouse` (access log off) but with `[store] backend = "postgres"`, measured in the same
@@ -31,6 +32,15 @@
 # rate for every target: half of the peak of Gatehouse with a session (hey -q; RATE=... sets
 # it), interleaved over FIXED_ROUNDS rounds of FIXED_SECONDS.
 # Needs wrk, hey and nginx (installed from Debian if missing). Every run is bounded in time.
+#
+# CALLGRIND=dir runs bare pingora and the Gatehouse without access log under valgrind's
+# callgrind instead, and replaces the timed rounds: for bare pingora, Gatehouse's public route
+# and Gatehouse with a session it counts the user-space instructions and the allocator calls
+# (mimalloc's entry points) of CALLGRIND_REQUESTS requests (hey -n, 8 connections, after a
+# warm-up), and prints them per request. Instruction counts do not depend on the machine's
+# load, so they compare builds where timed runs on a shared machine cannot; the kernel's
+# share (about half of a proxied request) is not in them. Each measured part is kept as a
+# callgrind file in dir, for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +74,19 @@ if [ -z "${GATEHOUSE_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
 fi
 BIN=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
 BARE=${BARE_BIN:-$TARGET_DIR/release/examples/bare_pingora}
+CALLGRIND=${CALLGRIND:-}
+CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-4000}
+WRAP=()
+WAIT_STEPS=50
+if [ -n "$CALLGRIND" ]; then
+  command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
+  mkdir -p "$CALLGRIND"
+  CALLGRIND=$(cd "$CALLGRIND" && pwd)
+  rm -f "$CALLGRIND"/callgrind.*
+  # Dumps are taken by callgrind_control around each measured part (a dump zeroes the counts).
+  WRAP=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$CALLGRIND/callgrind.%p")
+  WAIT_STEPS=600
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -199,7 +222,7 @@ CONF
 }
 gatehouse_conf gatehouse "$GATEHOUSE" "$ADMIN" false warn
 gatehouse_conf gatehouse_log "$GATEHOUSE_LOG" "$ADMIN_LOG" true "warn,gatehouse::access=info"
-"$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
+"${WRAP[@]}" "$BIN" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
 pids+=($!)
 GATEHOUSE_PID=$!
 # The access log at info goes to stderr, into a file, as a service manager would keep it.
@@ -213,17 +236,17 @@ url = \"$PG_URL\""
   pids+=($!)
   GATEHOUSE_PG_PID=$!
 fi
-"$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM" "$WORKERS" 2>"$work/bare.log" &
+"${WRAP[@]}" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM" "$WORKERS" 2>"$work/bare.log" &
 pids+=($!)
 BARE_PID=$!
 
 GATEHOUSES="$GATEHOUSE $GATEHOUSE_LOG"; ADMINS="$ADMIN $ADMIN_LOG"
 [ "$STORE" = postgres ] && GATEHOUSES="$GATEHOUSES $GATEHOUSE_PG" && ADMINS="$ADMINS $ADMIN_PG"
 for port in $UPSTREAM $NGINX_PROXY $GATEHOUSES $BARE_PORT; do
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq "$WAIT_STEPS"); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
 done
 for admin in $ADMINS; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/ready" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq $((WAIT_STEPS * 2))); do curl -sf "http://127.0.0.1:$admin/ready" >/dev/null && break; sleep 0.1; done
 done
 
 # Sign in once as alice through the OP's login form, and keep the session cookie.
@@ -263,6 +286,62 @@ if { [ "$SIGNED_HEADER" = true ] && [ "$jwks" != 200 ]; } || { [ "$SIGNED_HEADER
 fi
 MODE="gatehouse_auth mode: JIT $([ "$JIT" = true ] && echo on || echo off) (accounts created by the first login: ${created%.*}), signed identity header $([ "$SIGNED_HEADER" = true ] && echo "on (JWKS $jwks)" || echo off)"
 echo "$MODE" >&2
+
+# CALLGRIND=dir: instructions and allocator calls per request, then stop.
+if [ -n "$CALLGRIND" ]; then
+  counted() { # name pid port [path] [header]
+    local path=${4:-/public/bench?x=1} header=${5:-X-Bench: 1} file
+    hey -n 400 -c 8 -H "$header" "http://127.0.0.1:$3$path" >/dev/null
+    callgrind_control -d "$2" >/dev/null
+    hey -n "$CALLGRIND_REQUESTS" -c 8 -H "$header" "http://127.0.0.1:$3$path" >"$work/hey.out"
+    awk -v want="$CALLGRIND_REQUESTS" '$1 == "[200]" && $2 == want {ok = 1} END {exit !ok}' "$work/hey.out" \
+      || { echo "$1: not every request answered 200" >&2; cat "$work/hey.out" >&2; exit 1; }
+    callgrind_control -d "$2" >/dev/null
+    file=$(ls -t "$CALLGRIND"/callgrind."$2".* | head -1)
+    mv "$file" "$CALLGRIND/$1.callgrind"
+    echo "$1 $CALLGRIND/$1.callgrind" >>"$work/counted"
+    echo "  counted $1" >&2
+  }
+  counted pingora "$BARE_PID" "$BARE_PORT"
+  counted gatehouse "$GATEHOUSE_PID" "$GATEHOUSE"
+  counted gatehouse_auth "$GATEHOUSE_PID" "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
+  python3 - "$work/counted" "$CALLGRIND_REQUESTS" <<'PY'
+import re, sys
+ALLOC = re.compile(r"^(mi_malloc|mi_zalloc|mi_calloc|mi_realloc|mi_malloc_aligned|mi_zalloc_aligned|mi_realloc_aligned)")
+FREE = re.compile(r"^mi_free")
+def count(path):
+    total, allocs, frees, callee = 0, 0, 0, None
+    for line in open(path, errors="replace"):
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = max(total, int(line.split()[1]))
+        elif line.startswith("cfn="):
+            callee = line[4:].strip()
+        elif line.startswith("calls=") and callee is not None:
+            n = int(line[6:].split()[0])
+            if ALLOC.match(callee):
+                allocs += n
+            elif FREE.match(callee):
+                frees += n
+            callee = None
+    return total, allocs, frees
+n = int(sys.argv[2])
+rows = {}
+for line in open(sys.argv[1]):
+    name, path = line.split()
+    rows[name] = count(path)
+print(f"\nuser-space instructions and allocator calls per request (callgrind, {n} requests each, hey -c8)")
+print("| target | instructions/req | x bare pingora | allocations/req | frees/req |")
+print("|---|---:|---:|---:|---:|")
+base = rows["pingora"][0] / n
+for name, (total, allocs, frees) in rows.items():
+    print(f"| {name} | {total / n:,.0f} | {total / n / base:.2f} | {allocs / n:.1f} | {frees / n:.1f} |")
+pub, auth = rows["gatehouse"][0], rows["gatehouse_auth"][0]
+print(f"\nwith a session / public route, instructions: {auth / pub:.2f}")
+PY
+  echo "callgrind files: $CALLGRIND (callgrind_annotate --inclusive=yes FILE)"
+  echo "$MODE"
+  exit 0
+fi
 
 # wrk's --latency output in ms, whatever unit it printed.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }

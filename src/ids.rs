@@ -9,6 +9,25 @@ pub fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Writes `value` in lowercase hex, at least `width` digits (zeros in front), as
+/// `format!("{value:0width$x}")` does, without the formatting machinery (ids are made on
+/// every request).
+pub fn push_hex(out: &mut String, value: u128, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let needed = (128 - value.leading_zeros() as usize).div_ceil(4);
+    for _ in needed..width {
+        out.push('0');
+    }
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().rev().enumerate() {
+        *digit = DIGITS[((value >> (i * 4)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII, so this always succeeds.
+    if let Ok(text) = std::str::from_utf8(&digits[32 - needed..]) {
+        out.push_str(text);
+    }
+}
+
 /// The W3C Trace Context header (<https://www.w3.org/TR/trace-context/>).
 pub const TRACEPARENT: &str = "traceparent";
 /// Vendor trace state; meaningless without the `traceparent` it came with.
@@ -57,7 +76,13 @@ impl TraceParent {
     pub fn generate() -> Self {
         let trace: u128 = rand::random::<u128>().max(1);
         let parent: u64 = rand::random::<u64>().max(1);
-        Self(format!("00-{trace:032x}-{parent:016x}-00"))
+        let mut value = String::with_capacity(55);
+        value.push_str("00-");
+        push_hex(&mut value, trace, 32);
+        value.push('-');
+        push_hex(&mut value, u128::from(parent), 16);
+        value.push_str("-00");
+        Self(value)
     }
 
     /// The 32 hex digits that name the trace (in the access log).
@@ -134,6 +159,17 @@ mod tests {
             bytes[at] = c.as_bytes()[0];
             let text = String::from_utf8(bytes).unwrap();
             prop_assert!(TraceParent::parse(&text).is_none(), "{}", text);
+        }
+    }
+
+    proptest! {
+        /// Hex is written as `format!` writes it, for every width.
+        #[test]
+        fn hex_is_written_as_format_writes_it(value in any::<u128>(), shift in 0u32..128, width in 0usize..40) {
+            let value = value >> shift;
+            let mut out = String::new();
+            push_hex(&mut out, value, width);
+            prop_assert_eq!(out, format!("{value:0width$x}"));
         }
     }
 

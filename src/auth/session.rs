@@ -520,6 +520,9 @@ const LIVE_SHARDS: usize = 64;
 
 /// A map in shards by key, each behind its own lock, so a pass over every entry holds one
 /// shard at a time.
+/// How many of a key's last bytes pick its shard.
+const SHARD_KEY_TAIL: usize = 16;
+
 struct Sharded<T> {
     shards: Box<[RwLock<T>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -538,7 +541,10 @@ impl<T> Sharded<T> {
     /// The shard `key` belongs to.
     fn shard(&self, key: &str) -> &RwLock<T> {
         use std::hash::BuildHasher;
-        let at = self.hasher.hash_one(key) as usize % self.shards.len();
+        // The keys (session ids, sealed cookie values) end in random bytes, so their last 16
+        // spread them as well as the whole key would, for less hashing on every request.
+        let tail = &key.as_bytes()[key.len().saturating_sub(SHARD_KEY_TAIL)..];
+        let at = self.hasher.hash_one(tail) as usize % self.shards.len();
         &self.shards[at]
     }
 
@@ -765,25 +771,58 @@ pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])>
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .flat_map(|v| SemicolonSplit(Some(v.as_bytes())))
         .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+        .map(|pair| match memchr::memchr(b'=', pair) {
             Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
             None => (pair, &b""[..]),
         })
 }
 
-/// Every well-formed `name=value` pair of the request's Cookie headers: a pair whose name is
-/// not a token or whose value has a byte outside printable ASCII is skipped, not the header.
-pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// The parts of a header value between `;`s (found with `memchr`: a session cookie is a few
+/// hundred bytes, read on every request).
+struct SemicolonSplit<'a>(Option<&'a [u8]>);
+
+impl<'a> Iterator for SemicolonSplit<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.0?;
+        match memchr::memchr(b';', rest) {
+            Some(i) => {
+                self.0 = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// Whether a cookie name is a token (RFC 6265: no separators, no controls).
+fn is_cookie_name(name: &[u8]) -> bool {
     fn token(b: u8) -> bool {
         b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
     }
+    !name.is_empty() && name.iter().all(|b| token(*b))
+}
+
+/// Whether a cookie value is printable ASCII without `;`.
+fn is_cookie_value(value: &[u8]) -> bool {
+    // Without a short cut, so the compiler can check many bytes at once.
+    value.iter().fold(true, |ok, b| {
+        ok & (b.wrapping_sub(0x20) < 0x5f) & (*b != b';')
+    })
+}
+
+/// Every well-formed `name=value` pair of the request's Cookie headers: a pair whose name is
+/// not a token or whose value has a byte outside printable ASCII is skipped, not the header.
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     cookie_pairs(headers).filter_map(|(k, v)| {
-        let name_ok = !k.is_empty() && k.iter().all(|b| token(*b));
-        let value_ok = v.iter().all(|b| (0x20..0x7f).contains(b) && *b != b';');
-        if !(name_ok && value_ok) {
+        if !(is_cookie_name(k) && is_cookie_value(v)) {
             return None;
         }
         Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
@@ -1322,7 +1361,16 @@ impl Sessions {
         let name = self.config.cookie_name.as_str();
         let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
         let mut twice = false;
-        for (k, v) in request_cookies(headers) {
+        // The pairs `request_cookies` would keep, but only the values of the pairs named
+        // here are read (the others may be long, and are the app's).
+        let ours = cookie_pairs(headers).filter_map(|(k, v)| {
+            let named = k == name.as_bytes() || chunk_index(k, name.as_bytes()).is_some();
+            if !(named && is_cookie_name(k) && is_cookie_value(v)) {
+                return None;
+            }
+            Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+        });
+        for (k, v) in ours {
             if k == name {
                 return Some(v.into());
             }
@@ -1415,11 +1463,14 @@ impl Sessions {
     /// other pairs are kept as their bytes. `None` when there is nothing to remove;
     /// `Some(None)` when no cookie is left.
     pub fn without_own_cookies(&self, headers: &HeaderMap) -> Option<Option<http::HeaderValue>> {
-        if !cookie_pairs(headers).any(|(k, _)| self.is_own(k)) {
-            return None;
-        }
+        // One pass: the other pairs are collected as the header is read.
+        let mut own = false;
         let mut kept: Vec<u8> = Vec::new();
-        for (k, v) in cookie_pairs(headers).filter(|(k, _)| !self.is_own(k)) {
+        for (k, v) in cookie_pairs(headers) {
+            if self.is_own(k) {
+                own = true;
+                continue;
+            }
             if !kept.is_empty() {
                 kept.extend_from_slice(b"; ");
             }
@@ -1428,6 +1479,9 @@ impl Sessions {
                 kept.push(b'=');
                 kept.extend_from_slice(v);
             }
+        }
+        if !own {
+            return None;
         }
         if kept.is_empty() {
             return Some(None);
@@ -2001,6 +2055,46 @@ mod tests {
                 Just(b"=\x80".to_vec()),
                 Just(b"app=caf\xc3\xa9".to_vec()),
             ]
+        }
+
+        proptest! {
+            /// A value is accepted exactly when every byte is printable ASCII other than `;`.
+            #[test]
+            fn cookie_values_are_checked_byte_by_byte(value in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let plain = value.iter().all(|b| (0x20..0x7f).contains(b) && *b != b';');
+                prop_assert_eq!(is_cookie_value(&value), plain);
+            }
+
+            /// The pairs read from any Cookie headers are exactly those of a plain split on
+            /// `;` and the first `=` (trimmed, empty pairs skipped), in order.
+            #[test]
+            fn cookie_pairs_match_a_plain_split(
+                values in proptest::collection::vec(
+                    proptest::collection::vec(
+                        prop_oneof![Just(b';'), Just(b'='), Just(b' '), Just(b'a'), 0x20u8..0x7f, 0x80u8..=0xff],
+                        0..40,
+                    ),
+                    0..4,
+                )
+            ) {
+                let mut h = HeaderMap::new();
+                for v in &values {
+                    h.append(http::header::COOKIE, http::HeaderValue::from_bytes(v).unwrap());
+                }
+                let expected: Vec<(Vec<u8>, Vec<u8>)> = values
+                    .iter()
+                    .flat_map(|v| v.split(|b| *b == b';'))
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| match pair.iter().position(|b| *b == b'=') {
+                        Some(i) => (pair[..i].trim_ascii().to_vec(), pair[i + 1..].trim_ascii().to_vec()),
+                        None => (pair.to_vec(), Vec::new()),
+                    })
+                    .collect();
+                let got: Vec<(Vec<u8>, Vec<u8>)> =
+                    cookie_pairs(&h).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                prop_assert_eq!(got, expected);
+            }
         }
 
         /// Whatever junk surrounds it, a valid session cookie is found, the app never gets

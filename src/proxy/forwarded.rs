@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{FORWARDED, HOST};
 use http::HeaderValue;
 
@@ -80,15 +81,26 @@ impl Forwarding {
             if !chain.is_empty() {
                 chain.push_str(", ");
             }
-            chain.push_str(&ip.to_string());
+            push_ip(&mut chain, ip);
         }
-        if let Ok(v) = HeaderValue::from_str(&chain) {
-            if !chain.is_empty() {
-                headers.insert(wire::X_FORWARDED_FOR, v);
-            }
+        // The chain is only the peer's address unless a trusted proxy sent one.
+        let only_peer = !trusted_peer && peer_ip.is_some();
+        let chain = (!chain.is_empty())
+            .then(|| HeaderValue::from_maybe_shared(Bytes::from(chain)).ok())
+            .flatten();
+        if let Some(v) = &chain {
+            headers.insert(wire::X_FORWARDED_FOR, v.clone());
         }
         if let Some(ip) = client {
-            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            let value = match chain {
+                Some(v) if only_peer && client == peer_ip => Some(v),
+                _ => {
+                    let mut text = String::with_capacity(15);
+                    push_ip(&mut text, ip);
+                    HeaderValue::from_str(&text).ok()
+                }
+            };
+            if let Some(v) = value {
                 headers.insert(wire::X_REAL_IP, v);
             }
         }
@@ -107,6 +119,31 @@ impl Forwarding {
             }
         }
         client
+    }
+}
+
+/// Writes an address as `Display` does; IPv4 (the usual peer) without the formatting
+/// machinery, since every request writes it twice.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -160,5 +197,34 @@ mod tests {
         );
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "evil.example");
+        assert_eq!(h[&X_REAL_IP], "198.51.100.1");
+    }
+
+    /// An IPv6 peer (and an IPv4-mapped one, which is shown as IPv4) is written as `Display`
+    /// writes it, in both headers.
+    #[test]
+    fn an_ipv6_peer_is_written_in_its_usual_form() {
+        let f = Forwarding::default();
+        for (addr, shown) in [
+            ("2001:db8::7", "2001:db8::7"),
+            ("::ffff:192.0.2.9", "192.0.2.9"),
+        ] {
+            let mut h = HeaderMap::new();
+            f.apply(&mut h, peer(addr), None);
+            assert_eq!(h[&X_FORWARDED_FOR], shown);
+            assert_eq!(h[&X_REAL_IP], shown);
+        }
+    }
+
+    proptest::proptest! {
+        /// Every address is written exactly as `Display` writes it.
+        #[test]
+        fn addresses_are_written_as_display_writes_them(v4 in proptest::prelude::any::<[u8; 4]>(), v6 in proptest::prelude::any::<[u16; 8]>()) {
+            for ip in [IpAddr::from(v4), IpAddr::from(v6)] {
+                let mut out = String::new();
+                push_ip(&mut out, ip);
+                proptest::prop_assert_eq!(out, ip.to_string());
+            }
+        }
     }
 }

@@ -41,11 +41,13 @@ impl RequestIds {
     pub fn for_request(&self, incoming: Option<&HeaderValue>) -> String {
         match incoming {
             Some(v) if is_plausible(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            _ => format!(
-                "{:08x}{:012x}",
-                self.prefix,
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
+            _ => {
+                let mut id = String::with_capacity(20);
+                crate::ids::push_hex(&mut id, u128::from(self.prefix), 8);
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                crate::ids::push_hex(&mut id, u128::from(n), 12);
+                id
+            }
         }
     }
 }
@@ -64,5 +66,15 @@ mod tests {
         let made = ids.for_request(Some(&HeaderValue::from_static("a b<script>")));
         assert_eq!(made.len(), 20);
         assert_ne!(ids.for_request(None), ids.for_request(None));
+    }
+
+    #[test]
+    fn a_made_id_is_the_prefix_and_the_count_in_hex() {
+        let ids = RequestIds {
+            prefix: 0xab,
+            next: AtomicU64::new(0x1_0000_0000_0000),
+        };
+        assert_eq!(ids.for_request(None), "000000ab1000000000000");
+        assert_eq!(ids.for_request(None), "000000ab1000000000001");
     }
 }

@@ -546,7 +546,9 @@ async fn refuse_bearer(
 /// trace id for the access line.
 fn trace_context(req: &mut pingora::http::RequestHeader) -> String {
     use crate::ids::{TraceParent, TRACEPARENT, TRACESTATE};
-    let mut incoming = req.headers.get_all(TRACEPARENT).iter();
+    // Looked up by a parsed name: a `&str` name is parsed again on every look-up.
+    const TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+    let mut incoming = req.headers.get_all(&TRACEPARENT_NAME).iter();
     let kept = match (incoming.next(), incoming.next()) {
         (Some(one), None) => one.to_str().ok().and_then(TraceParent::parse),
         _ => None,
@@ -554,7 +556,7 @@ fn trace_context(req: &mut pingora::http::RequestHeader) -> String {
     let trace = match kept {
         Some(trace) => trace,
         None => {
-            if req.headers.contains_key(TRACEPARENT) {
+            if req.headers.contains_key(&TRACEPARENT_NAME) {
                 HeaderEdit::remove(req, &http::HeaderName::from_static(TRACESTATE));
             }
             let trace = TraceParent::generate();
