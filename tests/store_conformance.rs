@@ -361,10 +361,7 @@ conformance! {
 /// A database migrated by a newer Gatehouse is refused at open, naming both versions.
 #[test]
 fn a_postgres_schema_newer_than_this_build_is_refused() {
-    let Some(opened) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let opened = or_skip!(postgres());
     let url = opened.url.clone().unwrap();
     drop(opened);
     pg::psql(
@@ -383,10 +380,7 @@ fn a_postgres_schema_newer_than_this_build_is_refused() {
 /// Without auto_migrate an empty database is refused with the command that migrates it.
 #[test]
 fn a_postgres_database_behind_the_schema_is_refused_without_auto_migrate() {
-    let Some(url) = pg::fresh_database() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let url = or_skip!(pg::fresh_database());
     let mut options = pg_options(&url);
     options.auto_migrate = false;
     let error = Store::open_postgres(&options).unwrap_err().to_string();
@@ -397,10 +391,7 @@ fn a_postgres_database_behind_the_schema_is_refused_without_auto_migrate() {
 /// Keys replicas share: the first stored wins, every later open reads it.
 #[test]
 fn the_first_shared_key_stored_wins() {
-    let Some(opened) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let opened = or_skip!(postgres());
     let pg = opened.store.postgres().unwrap();
     let first = pg.shared_key("session", b"first".to_vec()).unwrap();
     let second = pg.shared_key("session", b"second".to_vec()).unwrap();
@@ -543,10 +534,7 @@ conformance! {
 /// the transaction runs again, sees the name taken and lands with another one.
 #[test]
 fn a_claim_lost_to_another_replica_fails_the_commit_and_the_rerun_lands() {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let runs = std::sync::atomic::AtomicUsize::new(0);
     let gina = user("gina", None);
     let (run, name) = o
@@ -588,10 +576,7 @@ fn a_claim_lost_to_another_replica_fails_the_commit_and_the_rerun_lands() {
 /// a change in the count shows.
 #[test]
 fn a_new_users_login_is_two_round_trips_on_postgres() {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let config = gatehouse::config::parse(
         "[[upstreams]]\nurl = \"http://127.0.0.1:8080\"\n[[connections]]\nid = \"corp\"\n\
          issuer = \"https://idp.example.com\"\nclient_id = \"gh\"\nclient_secret = \"s\"\n",
@@ -629,10 +614,7 @@ fn a_new_users_login_is_two_round_trips_on_postgres() {
 /// is switched off here, so that retry is the only thing that can save the write.
 #[test]
 fn writes_after_the_server_dropped_every_pooled_connection_succeed_on_postgres() {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let url = o.url.clone().unwrap();
     let pg = o.store.postgres().unwrap();
     pg.ping_idle_after(std::time::Duration::from_secs(3600));
@@ -677,10 +659,7 @@ fn writes_after_the_server_dropped_every_pooled_connection_succeed_on_postgres()
 /// one adds one each.
 #[test]
 fn only_sessions_other_replicas_may_hold_make_session_events_on_postgres() {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let url = o.url.clone().unwrap();
     let events = || pg::psql(&url, "SELECT count(*) FROM session_events");
     let before = events();
@@ -701,10 +680,7 @@ fn only_sessions_other_replicas_may_hold_make_session_events_on_postgres() {
 /// compressed (every login paid for that) nor moved out of the row, and read back whole.
 #[test]
 fn session_records_with_tokens_are_stored_uncompressed_on_postgres() {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let url = o.url.clone().unwrap();
     let mut record = session("sid-big", None);
     record.tokens = Tokens {
@@ -743,10 +719,7 @@ fn session_records_with_tokens_are_stored_uncompressed_on_postgres() {
 #[test]
 fn a_login_state_the_database_does_not_answer_in_time_fails_as_unavailable_then_recovers_on_postgres(
 ) {
-    let Some(o) = postgres() else {
-        eprintln!("skipping: no PostgreSQL");
-        return;
-    };
+    let o = or_skip!(postgres());
     let url = o.url.clone().unwrap();
     let store = o.store.postgres().expect("a PostgreSQL store");
     store.set_statement_deadline(std::time::Duration::from_millis(500));
