@@ -20,24 +20,82 @@ pub fn init(log: &Log) {
         .with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match log.format {
-        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
-        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Json => {
+            tracing::subscriber::set_global_default(registry.with(lines.json().flatten_event(true)))
+        }
+        LogFormat::Text => tracing::subscriber::set_global_default(registry.with(lines)),
     };
     match result {
         Ok(()) => {
             let setter: LevelSetter =
                 Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
             let _ = LEVEL.set(setter);
+            if log::set_boxed_logger(Box::new(PingoraLog(tracing_log::LogTracer::new()))).is_ok() {
+                follow_level();
+            }
         }
         Err(e) => eprintln!("logging was already set up: {e}"),
     }
+}
+
+/// pingora logs through the `log` crate: [`init`] installs this bridge, which passes its
+/// records on as `tracing` events, except one that reports no fault (see
+/// [`is_lost_pooled_connection`]): that one is written at debug, not as an ERROR line on
+/// every occurrence under load.
+struct PingoraLog(tracing_log::LogTracer);
+
+impl log::Log for PingoraLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        log::Log::enabled(&self.0, metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if is_lost_pooled_connection(record) {
+            tracing::debug!(
+                target: "gatehouse::upstream",
+                "a pooled upstream connection was handed between worker threads before its \
+                 idle watcher let go; a new connection is opened instead (cloudflare/pingora#998)"
+            );
+            return;
+        }
+        log::Log::log(&self.0, record);
+    }
+
+    fn flush(&self) {
+        log::Log::flush(&self.0);
+    }
+}
+
+/// pingora 0.9's "failed to acquire reusable stream": a race between two worker threads over
+/// an idle upstream connection (cloudflare/pingora#998). The request is served on a new
+/// connection and nothing is lost, so it is not an error an operator can act on.
+fn is_lost_pooled_connection(record: &log::Record<'_>) -> bool {
+    record.target().starts_with("pingora_core::connectors")
+        && record.args().as_str() == Some("failed to acquire reusable stream")
+}
+
+/// `log`'s own level gate follows the subscriber's, so pingora's debug records cost nothing
+/// unless a level asks for them.
+fn follow_level() {
+    let level = match tracing::level_filters::LevelFilter::current().into_level() {
+        None => log::LevelFilter::Off,
+        Some(tracing::Level::ERROR) => log::LevelFilter::Error,
+        Some(tracing::Level::WARN) => log::LevelFilter::Warn,
+        Some(tracing::Level::INFO) => log::LevelFilter::Info,
+        Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
+        Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
+    };
+    log::set_max_level(level);
 }
 
 /// Changes the level filter of the running process (a config reload of `[log] level`).
 pub fn set_level(log: &Log) {
     match LEVEL.get() {
         Some(set) => match set(filter_for(log)) {
-            Ok(()) => tracing::info!(level = %log.level, "log level changed"),
+            Ok(()) => {
+                follow_level();
+                tracing::info!(level = %log.level, "log level changed");
+            }
             Err(e) => tracing::warn!(error = %e, "the log level could not be changed"),
         },
         None => tracing::debug!("logging is not set up by Gatehouse: the level stays"),
@@ -140,6 +198,47 @@ impl fmt::Debug for Redacted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record_is_lost_connection(target: &str, args: std::fmt::Arguments<'_>) -> bool {
+        is_lost_pooled_connection(
+            &log::Record::builder()
+                .target(target)
+                .level(log::Level::Error)
+                .args(args)
+                .build(),
+        )
+    }
+
+    /// Only pingora's lost-reuse message is taken off the ERROR lines; any other record of
+    /// pingora's connectors, or the same words from elsewhere, still goes through as it is.
+    #[test]
+    fn only_the_lost_pooled_connection_record_is_quieted() {
+        assert!(record_is_lost_connection(
+            "pingora_core::connectors",
+            format_args!("failed to acquire reusable stream")
+        ));
+        let n = 3;
+        for (target, args) in [
+            (
+                "pingora_core::connectors",
+                format_args!("Unexpected data read in idle connection"),
+            ),
+            (
+                "pingora_core::connectors",
+                format_args!("failed to acquire reusable stream {n}"),
+            ),
+            (
+                "pingora_proxy",
+                format_args!("failed to acquire reusable stream"),
+            ),
+            (
+                "gatehouse",
+                format_args!("failed to acquire reusable stream"),
+            ),
+        ] {
+            assert!(!record_is_lost_connection(target, args), "{target}: {args}");
+        }
+    }
 
     #[test]
     fn credentials_are_redacted_and_other_headers_shown() {
