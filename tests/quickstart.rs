@@ -4,6 +4,7 @@
 //! public route answers, a protected one refuses an API client without a session, and alice
 //! signs in through the OP's form and reaches the echo app with her identity headers.
 
+mod common;
 #[path = "common/idp.rs"]
 mod idp;
 
@@ -205,14 +206,7 @@ async fn the_quick_start_serves_the_echo_app_and_signs_alice_in() {
     );
 
     // The metrics the README points at are served on the admin listener.
-    let metrics = api
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&format!("http://{admin}/metrics")).await;
     assert!(metrics.contains("gatehouse_logins_total"), "{metrics}");
 
     drop(running);

@@ -362,6 +362,18 @@ fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
+/// The body of a GET to `url`, by [`client`]; panics when there is no answer.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+}
+
 /// An HTTP client that never follows redirects.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
