@@ -14,7 +14,8 @@ pub fn random_id() -> String {
 /// every request).
 pub fn push_hex(out: &mut String, value: u128, width: usize) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let needed = (128 - value.leading_zeros() as usize).div_ceil(4);
+    // At least one digit: zero is written "0", as `format!` writes it.
+    let needed = (128 - value.leading_zeros() as usize).div_ceil(4).max(1);
     for _ in needed..width {
         out.push('0');
     }
@@ -170,6 +171,15 @@ mod tests {
             let mut out = String::new();
             push_hex(&mut out, value, width);
             prop_assert_eq!(out, format!("{value:0width$x}"));
+        }
+    }
+
+    #[test]
+    fn zero_and_the_largest_value_are_written_as_format_writes_them() {
+        for (value, width) in [(0, 0), (0, 1), (0, 5), (u128::MAX, 0), (u128::MAX, 40)] {
+            let mut out = String::new();
+            push_hex(&mut out, value, width);
+            assert_eq!(out, format!("{value:0width$x}"));
         }
     }
 

@@ -1463,14 +1463,11 @@ impl Sessions {
     /// other pairs are kept as their bytes. `None` when there is nothing to remove;
     /// `Some(None)` when no cookie is left.
     pub fn without_own_cookies(&self, headers: &HeaderMap) -> Option<Option<http::HeaderValue>> {
-        // One pass: the other pairs are collected as the header is read.
-        let mut own = false;
+        if !cookie_pairs(headers).any(|(k, _)| self.is_own(k)) {
+            return None;
+        }
         let mut kept: Vec<u8> = Vec::new();
-        for (k, v) in cookie_pairs(headers) {
-            if self.is_own(k) {
-                own = true;
-                continue;
-            }
+        for (k, v) in cookie_pairs(headers).filter(|(k, _)| !self.is_own(k)) {
             if !kept.is_empty() {
                 kept.extend_from_slice(b"; ");
             }
@@ -1479,9 +1476,6 @@ impl Sessions {
                 kept.push(b'=');
                 kept.extend_from_slice(v);
             }
-        }
-        if !own {
-            return None;
         }
         if kept.is_empty() {
             return Some(None);
