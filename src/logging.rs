@@ -40,8 +40,9 @@ pub fn init(log: &Log) {
 
 /// pingora logs through the `log` crate: [`init`] installs this bridge, which passes its
 /// records on as `tracing` events, except one that reports no fault (see
-/// [`is_lost_pooled_connection`]): that one is written at debug, not as an ERROR line on
-/// every occurrence under load.
+/// [`is_lost_pooled_connection`]): that one is counted
+/// (`gatehouse_upstream_pooled_connections_lost_total`) and written at debug, not as an ERROR
+/// line on every occurrence under load.
 struct PingoraLog(tracing_log::LogTracer);
 
 impl log::Log for PingoraLog {
@@ -51,6 +52,7 @@ impl log::Log for PingoraLog {
 
     fn log(&self, record: &log::Record<'_>) {
         if is_lost_pooled_connection(record) {
+            crate::metrics::Metrics::pooled_connection_lost();
             tracing::debug!(
                 target: "gatehouse::upstream",
                 "a pooled upstream connection was handed between worker threads before its \
@@ -207,6 +209,36 @@ mod tests {
                 .args(args)
                 .build(),
         )
+    }
+
+    /// The lost-reuse record is counted in `gatehouse_upstream_pooled_connections_lost_total`
+    /// (once per record), and another pingora record is not.
+    #[test]
+    fn a_lost_pooled_connection_is_counted() {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let count = || {
+            let text = String::from_utf8(metrics.render()).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("gatehouse_upstream_pooled_connections_lost_total "))
+                .map_or(-1.0, |v| v.trim().parse::<f64>().unwrap())
+        };
+        let bridge = PingoraLog(tracing_log::LogTracer::new());
+        let before = count();
+        assert!(before >= 0.0, "the counter is exported");
+        for message in [
+            format_args!("failed to acquire reusable stream"),
+            format_args!("Unexpected data read in idle connection"),
+        ] {
+            log::Log::log(
+                &bridge,
+                &log::Record::builder()
+                    .target("pingora_core::connectors")
+                    .level(log::Level::Error)
+                    .args(message)
+                    .build(),
+            );
+        }
+        assert_eq!(count(), before + 1.0);
     }
 
     /// Only pingora's lost-reuse message is taken off the ERROR lines; any other record of

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Defines the values one metric label can take: an enum whose variants are the only values,
@@ -768,6 +768,16 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        if POOLED_CONNECTIONS_LOST.get().is_none() {
+            let _ = POOLED_CONNECTIONS_LOST.set(IntCounter::with_opts(Opts::new(
+                "gatehouse_upstream_pooled_connections_lost_total",
+                "Idle upstream connections dropped instead of reused (a pingora race between \
+                 worker threads); each request went on a new connection.",
+            ))?);
+        }
+        if let Some(lost) = POOLED_CONNECTIONS_LOST.get() {
+            registry.register(Box::new(lost.clone()))?;
+        }
         let ready = IntGauge::new(
             "gatehouse_ready",
             "1 while /ready answers 200 (serving, not draining, IdPs discovered if required).",
@@ -841,6 +851,14 @@ impl Metrics {
         self.in_flight.get()
     }
 
+    /// Counts one idle upstream connection pingora dropped instead of reusing (see
+    /// [`POOLED_CONNECTIONS_LOST`]); a no-op before the first [`Metrics`] is made.
+    pub fn pooled_connection_lost() {
+        if let Some(counter) = POOLED_CONNECTIONS_LOST.get() {
+            counter.inc();
+        }
+    }
+
     pub fn upstream_error(&self, reason: UpstreamError) {
         self.upstream_errors
             .with_label_values(&[reason.as_str()])
@@ -860,6 +878,13 @@ impl Metrics {
         out
     }
 }
+
+/// `gatehouse_upstream_pooled_connections_lost_total`: idle upstream connections pingora 0.9
+/// dropped instead of reusing, in a race between worker threads (cloudflare/pingora#998);
+/// the request is served on a new connection. pingora tells of it only in a log record, which
+/// the process-wide log bridge counts (`logging`), so unlike the other metrics this counter
+/// is one per process, shared by every registry in it.
+static POOLED_CONNECTIONS_LOST: std::sync::OnceLock<IntCounter> = std::sync::OnceLock::new();
 
 label! {
     /// How a config reload ended (`gatehouse_config_reloads_total`).

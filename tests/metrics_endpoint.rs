@@ -29,6 +29,7 @@ async fn metrics_parse_as_prometheus_text_and_hold_every_metric() {
         "gatehouse_http_request_duration_seconds",
         "gatehouse_http_requests_in_flight",
         "gatehouse_upstream_errors_total",
+        "gatehouse_upstream_pooled_connections_lost_total",
         "gatehouse_build_info",
         // (gatehouse_jit_provisions_total has series per connection: see tests/jit.rs.)
         "gatehouse_jit_duration_seconds",
