@@ -518,11 +518,11 @@ impl LiveMap {
 /// and the requests of other sessions go on meanwhile.
 const LIVE_SHARDS: usize = 64;
 
-/// A map in shards by key, each behind its own lock, so a pass over every entry holds one
-/// shard at a time.
 /// How many of a key's last bytes pick its shard.
 const SHARD_KEY_TAIL: usize = 16;
 
+/// A map in shards by key, each behind its own lock, so a pass over every entry holds one
+/// shard at a time.
 struct Sharded<T> {
     shards: Box<[RwLock<T>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -818,15 +818,21 @@ fn is_cookie_value(value: &[u8]) -> bool {
     })
 }
 
+/// A pair as text when it is well-formed: a token name and a printable ASCII value.
+fn well_formed<'a>(name: &'a [u8], value: &'a [u8]) -> Option<(&'a str, &'a str)> {
+    if !(is_cookie_name(name) && is_cookie_value(value)) {
+        return None;
+    }
+    Some((
+        std::str::from_utf8(name).ok()?,
+        std::str::from_utf8(value).ok()?,
+    ))
+}
+
 /// Every well-formed `name=value` pair of the request's Cookie headers: a pair whose name is
 /// not a token or whose value has a byte outside printable ASCII is skipped, not the header.
 pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    cookie_pairs(headers).filter_map(|(k, v)| {
-        if !(is_cookie_name(k) && is_cookie_value(v)) {
-            return None;
-        }
-        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
-    })
+    cookie_pairs(headers).filter_map(|(k, v)| well_formed(k, v))
 }
 
 pub use crate::ids::random_id;
@@ -1363,13 +1369,9 @@ impl Sessions {
         let mut twice = false;
         // The pairs `request_cookies` would keep, but only the values of the pairs named
         // here are read (the others may be long, and are the app's).
-        let ours = cookie_pairs(headers).filter_map(|(k, v)| {
-            let named = k == name.as_bytes() || chunk_index(k, name.as_bytes()).is_some();
-            if !(named && is_cookie_name(k) && is_cookie_value(v)) {
-                return None;
-            }
-            Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
-        });
+        let ours = cookie_pairs(headers)
+            .filter(|(k, _)| *k == name.as_bytes() || chunk_index(k, name.as_bytes()).is_some())
+            .filter_map(|(k, v)| well_formed(k, v));
         for (k, v) in ours {
             if k == name {
                 return Some(v.into());
