@@ -79,15 +79,8 @@ fn is_lost_pooled_connection(record: &log::Record<'_>) -> bool {
 /// `log`'s own level gate follows the subscriber's, so pingora's debug records cost nothing
 /// unless a level asks for them.
 fn follow_level() {
-    let level = match tracing::level_filters::LevelFilter::current().into_level() {
-        None => log::LevelFilter::Off,
-        Some(tracing::Level::ERROR) => log::LevelFilter::Error,
-        Some(tracing::Level::WARN) => log::LevelFilter::Warn,
-        Some(tracing::Level::INFO) => log::LevelFilter::Info,
-        Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
-        Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
-    };
-    log::set_max_level(level);
+    use tracing_log::AsLog;
+    log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
 }
 
 /// Changes the level filter of the running process (a config reload of `[log] level`).
