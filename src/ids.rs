@@ -31,6 +31,8 @@ pub fn push_hex(out: &mut String, value: u128, width: usize) {
 
 /// The W3C Trace Context header (<https://www.w3.org/TR/trace-context/>).
 pub const TRACEPARENT: &str = "traceparent";
+/// [`TRACEPARENT`] as a parsed name, for look-ups (a `&str` name is parsed on every one).
+pub const TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
 /// Vendor trace state; meaningless without the `traceparent` it came with.
 pub const TRACESTATE: &str = "tracestate";
 

@@ -545,9 +545,7 @@ async fn refuse_bearer(
 /// is dropped). The upstream gets it, and the IdP calls made for this request. Returns the
 /// trace id for the access line.
 fn trace_context(req: &mut pingora::http::RequestHeader) -> String {
-    use crate::ids::{TraceParent, TRACEPARENT, TRACESTATE};
-    // Looked up by a parsed name: a `&str` name is parsed again on every look-up.
-    const TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+    use crate::ids::{TraceParent, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE};
     let mut incoming = req.headers.get_all(&TRACEPARENT_NAME).iter();
     let kept = match (incoming.next(), incoming.next()) {
         (Some(one), None) => one.to_str().ok().and_then(TraceParent::parse),

@@ -545,7 +545,7 @@ async fn finish_login(
             session
                 .req_header()
                 .headers
-                .get(crate::ids::TRACEPARENT)
+                .get(crate::ids::TRACEPARENT_NAME)
                 .and_then(|v| v.to_str().ok()),
         )
         .await
