@@ -83,8 +83,6 @@ impl Forwarding {
             }
             push_ip(&mut chain, ip);
         }
-        // The chain is only the peer's address unless a trusted proxy sent one.
-        let only_peer = !trusted_peer && peer_ip.is_some();
         let chain = (!chain.is_empty())
             .then(|| HeaderValue::from_maybe_shared(Bytes::from(chain)).ok())
             .flatten();
@@ -93,7 +91,8 @@ impl Forwarding {
         }
         if let Some(ip) = client {
             let value = match chain {
-                Some(v) if only_peer && client == peer_ip => Some(v),
+                // From an untrusted peer the chain is the peer's address, which is the client.
+                Some(v) if !trusted_peer => Some(v),
                 _ => {
                     let mut text = String::with_capacity(15);
                     push_ip(&mut text, ip);
@@ -198,6 +197,29 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "evil.example");
         assert_eq!(h[&X_REAL_IP], "198.51.100.1");
+    }
+
+    /// A trusted proxy's chain with bytes outside visible ASCII or hops that are no address:
+    /// the unreadable value is dropped, the header stays valid text, and the client named
+    /// upstream is still an address Gatehouse parsed.
+    #[test]
+    fn a_hostile_chain_from_a_trusted_proxy_never_reaches_the_app_raw() {
+        let f = Forwarding::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"6.6.6.6\xff\xfe").unwrap(),
+        );
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"not-an-ip,\t198.51.100.9 ").unwrap(),
+        );
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        let client = f.apply(&mut h, peer("10.0.0.2"), None);
+        assert_eq!(client, Some("198.51.100.9".parse().unwrap()));
+        let chain = h[&X_FORWARDED_FOR].to_str().expect("visible ASCII");
+        assert_eq!(chain, "not-an-ip,\t198.51.100.9, 10.0.0.2");
+        assert_eq!(h[&X_REAL_IP], "198.51.100.9");
     }
 
     /// An IPv6 peer (and an IPv4-mapped one, which is shown as IPv4) is written as `Display`
