@@ -161,11 +161,13 @@ async fn the_quick_start_serves_the_echo_app_and_signs_alice_in() {
         .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
     // What the example prints (the OP's install, the URLs) is read off so it never blocks.
     let stdout = child.stdout.take().unwrap();
-    let printed = std::thread::spawn(move || {
-        BufReader::new(stdout)
+    let (lines_tx, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .collect::<Vec<_>>()
+            .collect();
+        let _ = lines_tx.send(lines);
     });
     let mut running = Running(child);
     wait_for(&format!("http://{admin}/ready"), &mut running.0).await;
@@ -210,7 +212,10 @@ async fn the_quick_start_serves_the_echo_app_and_signs_alice_in() {
     assert!(metrics.contains("gatehouse_logins_total"), "{metrics}");
 
     drop(running);
-    let printed = printed.join().unwrap();
+    // Its output ends when it does; bounded in case a child of it kept the pipe open.
+    let printed = printed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the quick start's output ends when it stops");
     assert!(
         printed.iter().any(|l| l.contains("sign in as alice")),
         "the example tells the user how to sign in: {printed:?}"
