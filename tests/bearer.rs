@@ -65,16 +65,7 @@ async fn start() -> Env {
     Env { idp, token }
 }
 
-async fn get_json(url: &str) -> Value {
-    common::client()
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
-}
+use common::get_json;
 
 /// The client-credentials grant at the token endpoint from the discovery document.
 async fn access_token(idp: &TestIdp) -> String {

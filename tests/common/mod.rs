@@ -362,16 +362,31 @@ fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
-/// The body of a GET to `url`, by [`client`]; panics when there is no answer.
-pub async fn get_text(url: &str) -> String {
+/// A GET to `url` by [`client`]; panics when there is no answer.
+async fn get(url: &str) -> reqwest::Response {
     client()
         .get(url)
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The body of a GET to `url`, as text.
+pub async fn get_text(url: &str) -> String {
+    get(url)
+        .await
         .text()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+}
+
+/// The body of a GET to `url`, as JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    get(url)
+        .await
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
 /// An HTTP client that never follows redirects.
