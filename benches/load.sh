@@ -13,6 +13,7 @@
 #   PROFILE=/tmp/profiles benches/load.sh   # also perf profiles (needs Debian's linux-perf)
 #   STORE=postgres benches/load.sh          # also Gatehouse on PostgreSQL, beside redb
 #   CALLGRIND=/tmp/cg benches/load.sh       # instructions and allocations per request instead
+#   SETTINGS=1 benches/load.sh              # pingora's own settings, one at a time, instead
 #
 # STORE=postgres (default STORE=redb) adds a third Gatehouse, `gatehouse_pg`, the same as
 # `gatehouse` (access log off) but with `[store] backend = "postgres"`, measured in the same
@@ -41,6 +42,18 @@
 # load, so they compare builds where timed runs on a shared machine cannot; the kernel's
 # share (about half of a proxied request) is not in them. Each measured part is kept as a
 # callgrind file in dir, for callgrind_annotate.
+#
+# SETTINGS=1 measures pingora's own settings instead of the usual targets (issue 14, target
+# 2): for each setting in SETTINGS_LIST one more bare pingora runs with that one setting
+# changed (examples/bare_pingora.rs reads them from its environment), and the timed rounds
+# interleave nginx, the bare pingora with Gatehouse's settings, every variant and Gatehouse
+# with a session. Settings: threads=N (worker threads), stealing (one work-stealing runtime),
+# pool=N (idle upstream connections kept), listener_tasks=N (accept tasks per socket),
+# l4=READ,WRITE (pingora's buffers of a client connection, bytes; 0 = none) and
+# socket_buf=BYTES (the kernel's socket buffers); `same` changes nothing, a second default
+# pingora that shows how far two identical proxies differ in one run. Printed per variant: req/s, CPU per request
+# against nginx's and against the default pingora's in the same round (medians of the
+# per-round ratios), and p50/p99 at a fixed rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,6 +103,8 @@ fi
 
 work=$(mktemp -d)
 pids=()
+variant_pids=()  # SETTINGS=1: bare pingoras with one setting changed (stopped with SIGINT)
+declare -A VARIANT_PID=()
 PG_DIR=""
 PG_ADMIN=""
 PG_DB=""
@@ -97,6 +112,7 @@ cleanup() {
   # Pingora takes SIGTERM as a graceful stop and waits out its 5-minute grace period; SIGINT
   # stops it at once (it must come first: after a SIGTERM, pingora no longer listens for it).
   [ -n "${BARE_PID:-}" ] && kill -INT "$BARE_PID" 2>/dev/null || true
+  for pid in "${variant_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for name in upstream proxy; do
     [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
@@ -361,6 +377,7 @@ proxy_pids() { # name -> the pids whose CPU counts for that target
     gatehouse_log|gatehouse_log_auth) echo "$GATEHOUSE_LOG_PID" ;;
     gatehouse_pg|gatehouse_pg_auth) echo "$GATEHOUSE_PG_PID" ;;
     pingora) echo "$BARE_PID" ;;
+    pingora:*) echo "${VARIANT_PID[$1]}" ;;
     *) echo "" ;;
   esac
 }
@@ -382,6 +399,91 @@ run() { # name port [path] [header] -> appends "name rps p50 p99 cpu_us_per_requ
   echo "$1 $rps $p50 $p99 $cpu_us" >>"$work/results"
   printf '  round %s  %-10s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/req\n' "$round" "$1" "$rps" "$p50" "$p99" "$cpu_us" >&2
 }
+
+fixed() { # name port [path] [header] -> appends "name p50_ms p99_ms rps" to fixed
+  local out path=${3:-/public/bench?x=1} header=${4:-X-Bench: 1}
+  out=$(timeout $((FIXED_SECONDS + 20)) hey -z "${FIXED_SECONDS}s" -c "$FIXED_CONNECTIONS" -q "$PER_CONN" -H "$header" "http://127.0.0.1:$2$path")
+  local p50 p99 rps
+  p50=$(awk '$1 == "50%" {printf "%.3f", $3 * 1000}' <<<"$out")
+  p99=$(awk '$1 == "99%" {printf "%.3f", $3 * 1000}' <<<"$out")
+  rps=$(awk '$1 == "Requests/sec:" {print $2}' <<<"$out")
+  echo "$1 $p50 $p99 $rps" >>"$work/fixed"
+  printf '  fixed %s  %-18s %8s req/s  p50 %7s ms  p99 %7s ms\n' "$round" "$1" "$rps" "$p50" "$p99" >&2
+}
+
+# SETTINGS=1: one bare pingora per changed setting, measured beside the default one, then stop.
+if [ -n "${SETTINGS:-}" ]; then
+  SETTINGS_LIST=${SETTINGS_LIST:-"same threads=1 threads=4 stealing pool=16 pool=1024 listener_tasks=2 l4=0,0 l4=4096,1460 l4=65536,16384 socket_buf=262144"}
+  for setting in $SETTINGS_LIST; do
+    threads=$WORKERS
+    envs=()
+    case $setting in
+      same) ;;
+      threads=*) threads=${setting#*=} ;;
+      stealing) envs=(BARE_STEALING=1) ;;
+      pool=*) envs=("BARE_POOL=${setting#*=}") ;;
+      listener_tasks=*) envs=("BARE_LISTENER_TASKS=${setting#*=}") ;;
+      l4=*,*) sizes=${setting#*=}; envs=("BARE_L4_READ=${sizes%,*}" "BARE_L4_WRITE=${sizes#*,}") ;;
+      socket_buf=*) envs=("BARE_SOCKET_BUF=${setting#*=}") ;;
+      *) echo "unknown setting in SETTINGS_LIST: $setting" >&2; exit 2 ;;
+    esac
+    port=$(free_port)
+    env "${envs[@]}" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM" "$threads" 2>"$work/bare-$setting.log" &
+    variant_pids+=($!)
+    VARIANT_PID["pingora:$setting"]=$!
+    for _ in $(seq "$WAIT_STEPS"); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
+    echo "pingora:$setting $port" >>"$work/variants"
+  done
+  for warm in $NGINX_PROXY $BARE_PORT $GATEHOUSE $(awk '{print $2}' "$work/variants"); do  # warm-up
+    timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/public/" >/dev/null
+  done
+  for round in $(seq "$ROUNDS"); do
+    run nginx "$NGINX_PROXY"
+    run pingora "$BARE_PORT"
+    while read -r name port; do run "$name" "$port"; done <"$work/variants"
+    run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
+  done
+  FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
+  RATE=${RATE:-$(awk '$1 == "pingora" {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
+  PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
+  for round in $(seq "$FIXED_ROUNDS"); do
+    fixed nginx "$NGINX_PROXY"
+    fixed pingora "$BARE_PORT"
+    while read -r name port; do fixed "$name" "$port"; done <"$work/variants"
+  done
+  python3 - "$work/results" "$work/fixed" "$ROUNDS" "$RATE" "$CONNECTIONS" "$WORKERS" <<'PY'
+import statistics, sys
+results, fixed_path, rounds, rate, conns, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:]
+runs, order = {}, []
+for line in open(results):
+    name, rps, p50, p99, cpu = line.split()
+    if name not in runs:
+        order.append(name)
+    runs.setdefault(name, []).append((float(rps), float(cpu)))
+fixed = {}
+for line in open(fixed_path):
+    name, p50, p99, _ = line.split()
+    fixed.setdefault(name, []).append((float(p50), float(p99)))
+med = statistics.median
+def per_round(name, base, i):  # median over rounds of name's value / base's, same round
+    return med(a[i] / b[i] for a, b in zip(runs[name], runs[base]))
+print(f"\npingora's settings, one at a time (wrk -c{conns}, {rounds} interleaved rounds; {workers} worker "
+      f"threads unless named; CPU: the proxy's user+system time per request; ratios are medians of "
+      f"same-round ratios; p50/p99 in ms at {rate} req/s, hey -q)")
+print("| target | req/s | x default pingora req/s | CPU us/req | CPU x nginx | CPU x default pingora | p50 @rate | p99 @rate |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for name in order:
+    rps = med(r for r, _ in runs[name])
+    cpu = med(c for _, c in runs[name])
+    x_rps = "-" if name == "nginx" else f"{per_round(name, 'pingora', 0):.2f}"
+    x_nginx = "-" if name == "nginx" else f"{per_round(name, 'nginx', 1):.2f}"
+    x_bare = "-" if name == "nginx" else f"{per_round(name, 'pingora', 1):.2f}"
+    p50, p99 = (f"{med(v[i] for v in fixed[name]):.3f}" if name in fixed else "-" for i in (0, 1))
+    print(f"| {name} | {rps:,.0f} | {x_rps} | {cpu:.1f} | {x_nginx} | {x_bare} | {p50} | {p99} |")
+PY
+  echo "$MODE"
+  exit 0
+fi
 
 for warm in $UPSTREAM $NGINX_PROXY $GATEHOUSES $BARE_PORT; do  # warm-up, not measured
   timeout 10 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$warm/public/" >/dev/null
@@ -424,16 +526,6 @@ fi
 FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
 RATE=${RATE:-$(awk '$1 == "gatehouse_auth" {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
 PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
-fixed() { # name port [path] [header] -> appends "name p50_ms p99_ms rps" to fixed
-  local out path=${3:-/public/bench?x=1} header=${4:-X-Bench: 1}
-  out=$(timeout $((FIXED_SECONDS + 20)) hey -z "${FIXED_SECONDS}s" -c "$FIXED_CONNECTIONS" -q "$PER_CONN" -H "$header" "http://127.0.0.1:$2$path")
-  local p50 p99 rps
-  p50=$(awk '$1 == "50%" {printf "%.3f", $3 * 1000}' <<<"$out")
-  p99=$(awk '$1 == "99%" {printf "%.3f", $3 * 1000}' <<<"$out")
-  rps=$(awk '$1 == "Requests/sec:" {print $2}' <<<"$out")
-  echo "$1 $p50 $p99 $rps" >>"$work/fixed"
-  printf '  fixed %s  %-18s %8s req/s  p50 %7s ms  p99 %7s ms\n' "$round" "$1" "$rps" "$p50" "$p99" >&2
-}
 for round in $(seq "$FIXED_ROUNDS"); do
   fixed direct "$UPSTREAM"
   fixed nginx "$NGINX_PROXY"
