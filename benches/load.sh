@@ -117,6 +117,17 @@ cleanup() {
   for name in upstream proxy; do
     [ -f "$work/$name.pid" ] && kill "$(cat "$work/$name.pid")" 2>/dev/null || true
   done
+  # A process still there after 5 s is killed, and named: a leftover proxy would spin on a
+  # core and skew the next run's figures. (One bare pingora did, after its SIGINT: its accept
+  # loop kept polling a listener whose runtime was shutting down, without a syscall.)
+  for pid in "${pids[@]}" "${variant_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      stuck=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo "pid $pid")
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "load.sh: $stuck did not stop within 5 s; killed" >&2
+    fi
+  done
   if [ -n "$PG_DB" ] && [ -n "${GATEHOUSE_BENCH_PG_URL:-}" ]; then
     psql -X -q -d "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   fi
