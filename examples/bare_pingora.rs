@@ -84,9 +84,10 @@ fn main() {
     let mut socket = TcpSocketOptions::default();
     socket.tcp_snd_buf = socket_buf;
     socket.tcp_recv_buf = socket_buf;
-    let mut l4 = L4BufferSettings::default();
-    l4.read = setting("BARE_L4_READ");
-    l4.write = setting("BARE_L4_WRITE");
+    let l4 = L4BufferSettings {
+        read: setting("BARE_L4_READ"),
+        write: setting("BARE_L4_WRITE"),
+    };
     proxy.add_listener(
         ListenerConfig::tcp(listen)
             .tcp_socket_options(socket)

@@ -10,69 +10,11 @@ mod idp;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idp::Browser;
-
-/// The example binary. `cargo test` builds every example beside the tests; when it is
-/// missing or older than the sources (a run of this test file alone), it is built here.
-fn quickstart_binary() -> PathBuf {
-    let gatehouse = Path::new(env!("CARGO_BIN_EXE_gatehouse"));
-    let profile_dir = gatehouse.parent().expect("the binary's directory");
-    let binary = profile_dir.join("examples/quickstart");
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest_change(&root.join("src"))
-        .into_iter()
-        .chain(
-            [
-                "examples/quickstart.rs",
-                "examples/echo_upstream.rs",
-                "Cargo.toml",
-                "Cargo.lock",
-            ]
-            .iter()
-            .filter_map(|f| {
-                std::fs::metadata(root.join(f))
-                    .and_then(|m| m.modified())
-                    .ok()
-            }),
-        )
-        .max();
-    if built.is_some() && built >= sources {
-        return binary;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "--example", "quickstart"])
-        .current_dir(root);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build
-        .status()
-        .expect("run cargo build --example quickstart");
-    assert!(status.success(), "cargo build --example quickstart failed");
-    binary
-}
-
-/// The newest modification time of any file under `dir`.
-fn newest_change(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_change(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(time);
-    }
-    newest
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -145,7 +87,10 @@ async fn wait_for(url: &str, child: &mut Child) {
 
 #[tokio::test]
 async fn the_quick_start_serves_the_echo_app_and_signs_alice_in() {
-    let binary = quickstart_binary();
+    let binary = common::examples::example_binary(
+        "quickstart",
+        &["examples/quickstart.rs", "examples/echo_upstream.rs"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let (config, proxy, admin) = shipped_config_on_free_ports(&dir.path().join("data"));
     let config_path = dir.path().join("gatehouse.toml");

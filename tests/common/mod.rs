@@ -24,6 +24,9 @@ mod echo;
 /// A real PostgreSQL: one server per test process, a fresh database per test.
 pub mod postgres;
 
+/// The examples' binaries.
+pub mod examples;
+
 /// The echo upstream, served on the test's runtime; it stops when dropped.
 pub struct Echo {
     pub addr: SocketAddr,
