@@ -50,10 +50,10 @@
 # with a session. Settings: threads=N (worker threads), stealing (one work-stealing runtime),
 # pool=N (idle upstream connections kept), listener_tasks=N (accept tasks per socket),
 # l4=READ,WRITE (pingora's buffers of a client connection, bytes; 0 = none) and
-# socket_buf=BYTES (the kernel's socket buffers); `same` changes nothing, a second default
-# pingora that shows how far two identical proxies differ in one run. Printed per variant: req/s, CPU per request
-# against nginx's and against the default pingora's in the same round (medians of the
-# per-round ratios), and p50/p99 at a fixed rate.
+# socket_buf=BYTES (the kernel's socket buffers); `same` changes nothing: a second default
+# pingora, to show how far two identical proxies differ in one run. Printed per variant:
+# req/s, CPU per request against nginx's and against the default pingora's in the same
+# round (medians of the per-round ratios), and p50/p99 at a fixed rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -442,7 +442,12 @@ if [ -n "${SETTINGS:-}" ]; then
     env "${envs[@]}" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM" "$threads" 2>"$work/bare-$setting.log" &
     variant_pids+=($!)
     VARIANT_PID["pingora:$setting"]=$!
-    for _ in $(seq "$WAIT_STEPS"); do curl -sf "http://127.0.0.1:$port/public/" >/dev/null && break; sleep 0.1; done
+    answered=false
+    for _ in $(seq "$WAIT_STEPS"); do
+      curl -sf "http://127.0.0.1:$port/public/" >/dev/null && { answered=true; break; }
+      sleep 0.1
+    done
+    $answered || { echo "bare pingora with $setting did not answer" >&2; tail "$work/bare-$setting.log" >&2; exit 1; }
     echo "pingora:$setting $port" >>"$work/variants"
   done
   for warm in $NGINX_PROXY $BARE_PORT $GATEHOUSE $(awk '{print $2}' "$work/variants"); do  # warm-up
