@@ -411,6 +411,13 @@ run() { # name port [path] [header] -> appends "name rps p50 p99 cpu_us_per_requ
   printf '  round %s  %-10s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/req\n' "$round" "$1" "$rps" "$p50" "$p99" "$cpu_us" >&2
 }
 
+# The fixed rate: RATE if given, else half of the target's peak (median of the rounds run so
+# far), spread over FIXED_CONNECTIONS with hey's rate limit (-q is per connection).
+FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
+set_rate() { # target
+  RATE=${RATE:-$(awk -v t="$1" '$1 == t {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
+  PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
+}
 fixed() { # name port [path] [header] -> appends "name p50_ms p99_ms rps" to fixed
   local out path=${3:-/public/bench?x=1} header=${4:-X-Bench: 1}
   out=$(timeout $((FIXED_SECONDS + 20)) hey -z "${FIXED_SECONDS}s" -c "$FIXED_CONNECTIONS" -q "$PER_CONN" -H "$header" "http://127.0.0.1:$2$path")
@@ -459,9 +466,7 @@ if [ -n "${SETTINGS:-}" ]; then
     while read -r name port; do run "$name" "$port"; done <"$work/variants"
     run gatehouse_auth "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
   done
-  FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
-  RATE=${RATE:-$(awk '$1 == "pingora" {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
-  PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
+  set_rate pingora
   for round in $(seq "$FIXED_ROUNDS"); do
     fixed nginx "$NGINX_PROXY"
     fixed pingora "$BARE_PORT"
@@ -537,11 +542,8 @@ if [ -n "${PROFILE:-}" ]; then
   profile gatehouse_auth "$GATEHOUSE_PID" "$GATEHOUSE" "/bench/path?x=1" "$COOKIE"
 fi
 
-# Latency at one fixed rate for every target: half of the peak of Gatehouse with a session
-# (median of the rounds above), with hey's rate limit (-q is per connection).
-FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
-RATE=${RATE:-$(awk '$1 == "gatehouse_auth" {print $2}' "$work/results" | sort -n | awk '{v[NR]=$1} END {printf "%d", v[int((NR+1)/2)] / 2}')}
-PER_CONN=$(( (RATE + FIXED_CONNECTIONS - 1) / FIXED_CONNECTIONS ))
+# Latency at one fixed rate for every target: half of the peak of Gatehouse with a session.
+set_rate gatehouse_auth
 for round in $(seq "$FIXED_ROUNDS"); do
   fixed direct "$UPSTREAM"
   fixed nginx "$NGINX_PROXY"

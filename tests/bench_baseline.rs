@@ -57,7 +57,7 @@ fn listening_port(pid: u32) -> Option<u16> {
 
 /// Starts the example with `settings` in its environment, towards `upstream`, and waits
 /// (bounded) until it listens.
-fn start(upstream: std::net::SocketAddr, settings: &[(&str, &str)]) -> (Bare, u16) {
+async fn start(upstream: std::net::SocketAddr, settings: &[(&str, &str)]) -> (Bare, u16) {
     let mut command = Command::new(baseline());
     command
         .args(["127.0.0.1:0", &upstream.to_string(), "2"])
@@ -79,7 +79,7 @@ fn start(upstream: std::net::SocketAddr, settings: &[(&str, &str)]) -> (Bare, u1
             Instant::now() < deadline,
             "bare_pingora with {settings:?} did not listen within 30 s"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -94,7 +94,7 @@ async fn proxies(port: u16, settings: &[(&str, &str)]) {
 #[tokio::test]
 async fn the_baseline_proxies_to_the_upstream_with_pingoras_defaults() {
     let echo = common::start_echo().await;
-    let (_bare, port) = start(echo.addr, &[]);
+    let (_bare, port) = start(echo.addr, &[]).await;
     proxies(port, &[]).await;
 }
 
@@ -110,7 +110,7 @@ async fn the_baseline_proxies_with_each_setting_the_sweep_changes() {
         &[("BARE_SOCKET_BUF", "262144")],
     ];
     for settings in sweep {
-        let (_bare, port) = start(echo.addr, settings);
+        let (_bare, port) = start(echo.addr, settings).await;
         // Twice: the second request may go over a pooled upstream connection.
         proxies(port, settings).await;
         proxies(port, settings).await;
