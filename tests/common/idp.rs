@@ -60,13 +60,18 @@ impl TestIdp {
     /// defaults). `port` is forced to 0 and `exit_on_stdin_eof` to true, so the server also
     /// goes away when the test process dies without running `Drop`.
     ///
-    /// Panics, with the server's stderr, when it does not come up within 20 s.
+    /// Panics, with the server's stderr, when the server exits before its ready line, or
+    /// when its start stalls twice ([`START_TIMEOUT`] each; see [`TestIdp::start_on_port`]).
     pub async fn start(config: serde_json::Value) -> TestIdp {
         Self::start_on_port(config, 0).await
     }
 
     /// [`TestIdp::start`] on a given port (0: the kernel picks), for a test that configures
     /// Gatehouse with the issuer before the IdP runs.
+    ///
+    /// A start that stalls (no ready line in time, the process still alive) is tried once
+    /// more, after saying so on stderr with what the stalled process was doing; a server
+    /// that exits (a bad config, a taken port) fails at once.
     pub async fn start_on_port(config: serde_json::Value, port: u16) -> TestIdp {
         let mut config = config;
         let obj = config
@@ -87,9 +92,39 @@ impl TestIdp {
         serde_json::to_writer_pretty(&mut file, &config).expect("write idp config");
         file.flush().expect("flush idp config");
 
+        let mut stalled = None;
+        for attempt in 1..=2 {
+            match Self::launch(file.path()).await {
+                Ok((child, stderr, issuer, port)) => {
+                    return TestIdp {
+                        issuer,
+                        port,
+                        child,
+                        stderr,
+                        _config: file,
+                    }
+                }
+                Err(Failed::Stalled(report)) if attempt == 1 => {
+                    eprintln!("test IdP start stalled; starting it again. {report}");
+                    stalled = Some(report);
+                }
+                Err(Failed::Stalled(report)) | Err(Failed::Exited(report)) => {
+                    let earlier = stalled
+                        .map(|r| format!("\n--- the first attempt also stalled ---\n{r}"))
+                        .unwrap_or_default();
+                    panic!("test IdP failed to start: {report}\nconfig: {config}{earlier}");
+                }
+            }
+        }
+        unreachable!("the second attempt returns or panics")
+    }
+
+    /// One start of the server with the config file at `path`: the child, its collected
+    /// stderr, and the issuer and port from its ready line.
+    async fn launch(path: &Path) -> Result<(Child, Arc<Mutex<Vec<u8>>>, String, u16), Failed> {
         let mut child = Command::new("node")
             .arg("tests/idp/server.mjs")
-            .arg(file.path())
+            .arg(path)
             .current_dir(crate_root())
             // Kept open for the lifetime of `child`: EOF tells the server to exit.
             .stdin(Stdio::piped())
@@ -128,32 +163,32 @@ impl TestIdp {
         }
 
         let outcome = match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Err(_) => Err(format!("no ready line within {START_TIMEOUT:?}")),
-            Ok(Err(_)) => Err("stdout reader thread vanished".to_string()),
-            Ok(Ok(Err(e))) => Err(format!("reading stdout failed: {e}")),
-            Ok(Ok(Ok(line))) if line.trim().is_empty() => {
-                Err("stdout closed before the ready line".to_string())
-            }
-            Ok(Ok(Ok(line))) => parse_ready_line(&line),
+            Err(_) => Err(Failed::Stalled(format!(
+                "no ready line within {START_TIMEOUT:?}; the process then: {}",
+                process_state(child.id())
+            ))),
+            Ok(Err(_)) => Err(Failed::Exited("stdout reader thread vanished".to_string())),
+            Ok(Ok(Err(e))) => Err(Failed::Exited(format!("reading stdout failed: {e}"))),
+            Ok(Ok(Ok(line))) if line.trim().is_empty() => Err(Failed::Exited(
+                "stdout closed before the ready line".to_string(),
+            )),
+            Ok(Ok(Ok(line))) => parse_ready_line(&line).map_err(Failed::Exited),
         };
 
         match outcome {
-            Ok((issuer, port)) => TestIdp {
-                issuer,
-                port,
-                child,
-                stderr,
-                _config: file,
-            },
-            Err(why) => {
+            Ok((issuer, port)) => Ok((child, stderr, issuer, port)),
+            Err(failed) => {
                 let _ = child.kill();
                 let status = child.wait();
                 // The pipe closes with the process, so this returns promptly.
                 let _ = stderr_thread.join();
                 let log = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-                panic!(
-                    "test IdP failed to start: {why} (exit: {status:?})\nconfig: {config}\n--- idp stderr ---\n{log}"
-                );
+                let tell =
+                    |why: String| format!("{why} (exit: {status:?})\n--- idp stderr ---\n{log}");
+                Err(match failed {
+                    Failed::Stalled(why) => Failed::Stalled(tell(why)),
+                    Failed::Exited(why) => Failed::Exited(tell(why)),
+                })
             }
         }
     }
@@ -237,6 +272,34 @@ impl Drop for TestIdp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Why a start of the test IdP failed.
+enum Failed {
+    /// No ready line in time while the process was still there.
+    Stalled(String),
+    /// The server exited, or said something that is not a ready line.
+    Exited(String),
+}
+
+/// What process `pid` is doing, from `/proc`: its state, the CPU time it used and the
+/// kernel function it waits in (to tell a busy start from a blocked one).
+fn process_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which ends with the last ')'): state is the 1st,
+    // utime and stime the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    format!(
+        "state {}, user {} and system {} ticks of CPU, waiting in {:?}",
+        fields.first().unwrap_or(&"?"),
+        fields.get(11).unwrap_or(&"?"),
+        fields.get(12).unwrap_or(&"?"),
+        wchan
+    )
 }
 
 fn parse_ready_line(line: &str) -> Result<(String, u16), String> {
