@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::get_json;
 use gatehouse::auth::bearer::{BearerError, BearerVerifier};
 use gatehouse::auth::oidc::{jwt_payload, Provider};
 use gatehouse::clock::Clock;
@@ -64,8 +65,6 @@ async fn start() -> Env {
     let token = access_token(&idp).await;
     Env { idp, token }
 }
-
-use common::get_json;
 
 /// The client-credentials grant at the token endpoint from the discovery document.
 async fn access_token(idp: &TestIdp) -> String {

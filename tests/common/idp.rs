@@ -92,36 +92,26 @@ impl TestIdp {
         serde_json::to_writer_pretty(&mut file, &config).expect("write idp config");
         file.flush().expect("flush idp config");
 
-        let mut stalled = None;
-        for attempt in 1..=2 {
-            match Self::launch(file.path()).await {
-                Ok((child, stderr, issuer, port)) => {
-                    return TestIdp {
-                        issuer,
-                        port,
-                        child,
-                        stderr,
-                        _config: file,
-                    }
-                }
-                Err(Failed::Stalled(report)) if attempt == 1 => {
-                    eprintln!("test IdP start stalled; starting it again. {report}");
-                    stalled = Some(report);
-                }
-                Err(Failed::Stalled(report)) | Err(Failed::Exited(report)) => {
-                    let earlier = stalled
-                        .map(|r| format!("\n--- the first attempt also stalled ---\n{r}"))
-                        .unwrap_or_default();
-                    panic!("test IdP failed to start: {report}\nconfig: {config}{earlier}");
-                }
-            }
+        let failed = |report: String, earlier: &str| -> ! {
+            panic!("test IdP failed to start: {report}\nconfig: {config}{earlier}")
+        };
+        let first = match Self::launch(file.path()).await {
+            Ok(up) => return up.with_config(file),
+            Err(Failed::Exited(report)) => failed(report, ""),
+            Err(Failed::Stalled(report)) => report,
+        };
+        eprintln!("test IdP start stalled; starting it again. {first}");
+        match Self::launch(file.path()).await {
+            Ok(up) => up.with_config(file),
+            Err(Failed::Stalled(report) | Failed::Exited(report)) => failed(
+                report,
+                &format!("\n--- the first attempt stalled ---\n{first}"),
+            ),
         }
-        unreachable!("the second attempt returns or panics")
     }
 
-    /// One start of the server with the config file at `path`: the child, its collected
-    /// stderr, and the issuer and port from its ready line.
-    async fn launch(path: &Path) -> Result<(Child, Arc<Mutex<Vec<u8>>>, String, u16), Failed> {
+    /// One start of the server with the config file at `path`.
+    async fn launch(path: &Path) -> Result<Launched, Failed> {
         let mut child = Command::new("node")
             .arg("tests/idp/server.mjs")
             .arg(path)
@@ -176,7 +166,12 @@ impl TestIdp {
         };
 
         match outcome {
-            Ok((issuer, port)) => Ok((child, stderr, issuer, port)),
+            Ok((issuer, port)) => Ok(Launched {
+                child,
+                stderr,
+                issuer,
+                port,
+            }),
             Err(failed) => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -271,6 +266,28 @@ impl Drop for TestIdp {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server process that printed its ready line.
+struct Launched {
+    child: Child,
+    /// Its stderr so far (a thread keeps collecting it).
+    stderr: Arc<Mutex<Vec<u8>>>,
+    issuer: String,
+    port: u16,
+}
+
+impl Launched {
+    /// The running IdP, which keeps its config file as long as it runs.
+    fn with_config(self, config: tempfile::NamedTempFile) -> TestIdp {
+        TestIdp {
+            issuer: self.issuer,
+            port: self.port,
+            child: self.child,
+            stderr: self.stderr,
+            _config: config,
+        }
     }
 }
 
